@@ -1,0 +1,1 @@
+//! Field-level encryption. In progress.

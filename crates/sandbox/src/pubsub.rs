@@ -1,0 +1,1 @@
+//! Salesforce Pub/Sub API emulator (gRPC). In progress.

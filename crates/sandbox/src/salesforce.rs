@@ -1,0 +1,1 @@
+//! Salesforce OAuth + REST emulator. In progress.

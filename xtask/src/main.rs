@@ -1,0 +1,170 @@
+//! `cargo xtask`: the one automation entry point of the workspace.
+//!
+//! - `cargo xtask ci`: everything CI checks, in the order a developer wants to hear about it.
+//! - `cargo xtask bench [criterion args]`: the criterion benchmarks of every crate.
+//! - `cargo xtask demo [args]`: `provisioner demo` in release mode.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &[String]) -> Result<()> {
+    let root = workspace_root()?;
+    std::env::set_current_dir(&root).context("entering the workspace root")?;
+    match args.first().map(String::as_str) {
+        Some("ci") => ci(),
+        Some("bench") => bench(&args[1..]),
+        Some("demo") => cargo(
+            &[
+                &["run", "--release", "--locked", "-p", "provisioner", "--", "demo"],
+                &args[1..].iter().map(String::as_str).collect::<Vec<_>>()[..],
+            ]
+            .concat(),
+        ),
+        _ => {
+            eprintln!("usage: cargo xtask <ci | bench [criterion args] | demo [demo args]>");
+            bail!("unknown or missing task")
+        }
+    }
+}
+
+fn workspace_root() -> Result<PathBuf> {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .map(Path::to_path_buf)
+        .context("xtask lives one level below the workspace root")
+}
+
+/// Runs `cargo <args>` and fails when it fails.
+fn cargo(args: &[&str]) -> Result<()> {
+    cargo_env(args, &[])
+}
+
+fn cargo_env(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    eprintln!("xtask: $ cargo {}", args.join(" "));
+    let mut cmd = Command::new(cargo);
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let status = cmd
+        .status()
+        .with_context(|| format!("starting cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("`cargo {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn has_cargo_subcommand(name: &str) -> bool {
+    Command::new("cargo")
+        .args([name, "--version"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+fn step(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
+    let started = Instant::now();
+    eprintln!("xtask: == {name}");
+    f().with_context(|| format!("ci step `{name}`"))?;
+    eprintln!("xtask: == {name}: ok in {:.1?}", started.elapsed());
+    Ok(())
+}
+
+fn ci() -> Result<()> {
+    let started = Instant::now();
+    step("fmt", || cargo(&["fmt", "--all", "--", "--check"]))?;
+    step("clippy", || {
+        cargo(&[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ])
+    })?;
+    step("doc", || {
+        cargo_env(
+            &["doc", "--workspace", "--no-deps", "--locked"],
+            &[("RUSTDOCFLAGS", "-D warnings")],
+        )
+    })?;
+    step("test", || {
+        if has_cargo_subcommand("nextest") {
+            cargo(&[
+                "nextest",
+                "run",
+                "--workspace",
+                "--locked",
+                "--no-fail-fast",
+            ])?;
+        } else {
+            eprintln!("xtask: cargo-nextest not installed, using cargo test");
+            cargo(&["test", "--workspace", "--locked", "--lib", "--bins", "--tests"])?;
+        }
+        // nextest does not run doctests.
+        cargo(&["test", "--workspace", "--locked", "--doc"])
+    })?;
+    step("deny", deny)?;
+    eprintln!("xtask: ci passed in {:.1?}", started.elapsed());
+    Ok(())
+}
+
+fn deny() -> Result<()> {
+    if !has_cargo_subcommand("deny") {
+        eprintln!("xtask: cargo-deny missing; installing it from crates.io (takes a few minutes)");
+        cargo(&["install", "--locked", "cargo-deny"])?;
+    }
+    cargo(&["deny", "--locked", "check", "bans", "licenses", "sources"])?;
+    // Advisories need the advisory database from the network: try, never fail on it.
+    let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let mut child = Command::new(cargo_bin)
+        .args(["deny", "--locked", "check", "advisories"])
+        .spawn()
+        .context("starting cargo deny check advisories")?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(status) = child.try_wait().context("waiting for cargo deny")? {
+            if !status.success() {
+                eprintln!(
+                    "xtask: warning: `cargo deny check advisories` did not pass ({status}); \
+                     offline or an advisory needs a look"
+                );
+            }
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            eprintln!("xtask: warning: advisories check timed out (offline?); skipped");
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn bench(extra: &[String]) -> Result<()> {
+    let mut args = vec!["bench", "--workspace", "--locked", "--benches"];
+    if !extra.is_empty() {
+        args.push("--");
+        args.extend(extra.iter().map(String::as_str));
+    }
+    cargo(&args)
+}
