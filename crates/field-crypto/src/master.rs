@@ -60,6 +60,7 @@ mod b64 {
     }
 }
 
+#[derive(Clone)]
 enum Source {
     Raw(Zeroizing<[u8; 32]>),
     Passphrase(SecretString),
@@ -67,7 +68,8 @@ enum Source {
 
 /// The master key, as configured by `FIELD_ENCRYPTION_KEY`.
 ///
-/// `Debug` shows only which kind of key it is.
+/// `Debug` shows only which kind of key it is. Clones are zeroized on drop too.
+#[derive(Clone)]
 pub struct MasterKey {
     source: Source,
 }

@@ -1,0 +1,169 @@
+//! Durable state of the provisioner, on SQLite (embedded, one process) or PostgreSQL (several
+//! instances).
+//!
+//! What it keeps, and the promises it makes:
+//!
+//! - **inbox + checkpoint**: [`Store::ingest_event`] stores an event and moves the topic's
+//!   replay checkpoint in one transaction, so the checkpoint never passes an event that is not
+//!   stored. Duplicates (same event id, or another event for an order that has a job) never
+//!   create a second job.
+//! - **jobs** (the idempotency ledger): one row per Salesforce Order Id, with its recovery point
+//!   ([`Step`]), the WHMCS ids once known, attempts and the next attempt time. Workers
+//!   [`Store::claim`] jobs under a lease (`FOR UPDATE SKIP LOCKED` on PostgreSQL); every later
+//!   write is fenced by the lease, so a worker whose lease was taken over cannot write. At most
+//!   one job per customer runs at a time, and a customer's jobs run in arrival order.
+//! - **dead letters**, with the raw payload encrypted by field-crypto.
+//! - **audit records** ([`audit::AuditLog`] is implemented by [`SqlStore`]).
+//! - **the keyring**, wrapped by the master key.
+//!
+//! A second process on the same SQLite file is refused with [`Error::InUse`]. On PostgreSQL,
+//! [`Store::try_lead`] takes a session advisory lock so one instance runs the subscriber.
+//!
+//! ```no_run
+//! use provisioner_store::{SqlStore, Store, StoreOptions};
+//! # async fn demo() -> Result<(), provisioner_store::Error> {
+//! let master = field_crypto::MasterKey::from_config("a long passphrase for the demo")?;
+//! let store = SqlStore::open("sqlite://provisioner.db", &master, StoreOptions::default()).await?;
+//! println!("{:?}", store.job_counts().await?);
+//! # Ok(()) }
+//! ```
+
+mod error;
+mod lock;
+mod sql;
+mod types;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+pub use error::{Error, Result};
+pub use sql::{Backend, Leadership, SqlStore, StoreOptions};
+pub use types::{
+    Checkpoint, DeadLetter, DeadLetterState, InboxEvent, IngestOutcome, Job, JobCounts, JobSource,
+    JobState, NewDeadLetter, NewJob, Step, StepUpdate,
+};
+
+/// Field kind under which dead-letter payloads are encrypted.
+pub const DEAD_LETTER_PAYLOAD_KIND: &str = "dead_letter_payload";
+
+/// The store port: everything the engine, the status API and the operator commands persist.
+#[async_trait]
+#[cfg_attr(feature = "mock", mockall::automock)]
+pub trait Store: Send + Sync {
+    /// Whether the database answers (for `/readyz`).
+    async fn ping(&self) -> Result<()>;
+
+    /// Stores `event` in the inbox and moves its topic's checkpoint to its replay id, in one
+    /// transaction; creates the order's job unless one exists.
+    async fn ingest_event(&self, event: &InboxEvent, now: DateTime<Utc>) -> Result<IngestOutcome>;
+
+    /// Records a dead letter, and (for a bad event) moves the checkpoint past it in the same
+    /// transaction. Returns the dead letter's id.
+    async fn dead_letter(
+        &self,
+        letter: NewDeadLetter,
+        checkpoint: Option<Checkpoint>,
+        now: DateTime<Utc>,
+    ) -> Result<String>;
+
+    /// Moves a topic's checkpoint (keepalive `latest_replay_id`).
+    async fn save_checkpoint(&self, checkpoint: &Checkpoint, now: DateTime<Utc>) -> Result<()>;
+
+    /// The stored replay id of a topic.
+    async fn load_checkpoint(&self, topic: &str) -> Result<Option<Vec<u8>>>;
+
+    /// Creates a job unless the order has one; `true` when created.
+    async fn enqueue(&self, job: NewJob, now: DateTime<Utc>) -> Result<bool>;
+
+    /// Claims the next runnable job for `owner` with a lease of `lease`: the oldest pending job
+    /// that is due, whose customer has no other job running or waiting before it; or a running
+    /// job whose lease expired.
+    async fn claim(&self, owner: &str, now: DateTime<Utc>, lease: Duration) -> Result<Option<Job>>;
+
+    /// Extends a held lease.
+    async fn renew_lease(&self, order_id: &str, owner: &str, until: DateTime<Utc>) -> Result<()>;
+
+    /// Records a recovery point of a running job (fenced by the lease).
+    async fn advance(
+        &self,
+        order_id: &str,
+        owner: &str,
+        step: Step,
+        update: StepUpdate,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+
+    /// Puts a running job back to pending until `next_attempt_at` with its last error;
+    /// `count_attempt` is false for a rate-limit delay.
+    async fn reschedule(
+        &self,
+        order_id: &str,
+        owner: &str,
+        next_attempt_at: DateTime<Utc>,
+        error: Option<String>,
+        count_attempt: bool,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+
+    /// Ends a running job as done, failed or refused.
+    async fn finish(
+        &self,
+        order_id: &str,
+        owner: &str,
+        state: JobState,
+        error: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+
+    /// Gives a running job back (graceful shutdown): pending at once, no attempt counted.
+    async fn release(&self, order_id: &str, owner: &str, now: DateTime<Utc>) -> Result<()>;
+
+    /// Makes every running job pending again (a starting SQLite process owns all leases).
+    async fn take_over_leases(&self, now: DateTime<Utc>) -> Result<u64>;
+
+    /// One job.
+    async fn job(&self, order_id: &str) -> Result<Option<Job>>;
+
+    /// Jobs in arrival order, from `after_seq`, at most `limit`.
+    async fn jobs(&self, after_seq: i64, limit: u32) -> Result<Vec<Job>>;
+
+    /// Jobs by state.
+    async fn job_counts(&self) -> Result<JobCounts>;
+
+    /// Dead letters, newest first, optionally of one state.
+    async fn dead_letters(
+        &self,
+        state: Option<DeadLetterState>,
+        limit: u32,
+    ) -> Result<Vec<DeadLetter>>;
+
+    /// One dead letter.
+    async fn dead_letter_by_id(&self, id: &str) -> Result<Option<DeadLetter>>;
+
+    /// A dead letter's decrypted payload.
+    async fn dead_letter_payload(&self, id: &str) -> Result<Option<field_crypto::Plaintext>>;
+
+    /// Marks a dead letter retried or discarded.
+    async fn set_dead_letter_state(
+        &self,
+        id: &str,
+        state: DeadLetterState,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+
+    /// Rotates the data key when the primary is older than `max_age_days`; persists the
+    /// keyring. Returns the new key id when it rotated.
+    async fn rotate_keys_if_older_than(
+        &self,
+        max_age_days: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Option<field_crypto::KeyId>>;
+
+    /// Re-encrypts every stored ciphertext under the primary key; returns how many moved.
+    async fn reencrypt_all(&self) -> Result<u64>;
+
+    /// Tries to become the instance that runs the subscriber (`name` = what is led).
+    async fn try_lead(&self, name: &str) -> Result<Option<Leadership>>;
+}

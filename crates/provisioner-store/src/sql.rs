@@ -1,0 +1,965 @@
+//! [`SqlStore`]: the [`Store`] on SQLite or PostgreSQL through sqlx's `Any` driver, with one
+//! SQL text for both where the dialects agree.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use field_crypto::{FieldContext, KeyId, Keyring, MasterKey, StoredKeyring};
+use parking_lot::RwLock;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::{AnyConnection, AnyPool, Connection, Executor, Row};
+
+use crate::error::{Error, Result};
+use crate::lock::ProcessLock;
+use crate::types::{
+    Checkpoint, DeadLetter, DeadLetterState, InboxEvent, IngestOutcome, Job, JobCounts, JobSource,
+    JobState, NewDeadLetter, NewJob, Step, StepUpdate, from_ms, ms,
+};
+use crate::{DEAD_LETTER_PAYLOAD_KIND, Store};
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Which database a store runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// An embedded SQLite file (one process).
+    Sqlite,
+    /// A PostgreSQL server (several instances).
+    Postgres,
+}
+
+/// Tuning of a [`SqlStore`].
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Connections to PostgreSQL (readers on SQLite; SQLite has one writer connection).
+    pub max_connections: u32,
+    /// How long to wait for a connection or a SQLite lock.
+    pub acquire_timeout: Duration,
+    /// Apply migrations on open (`provisioner run` does; `provisioner migrate` does it alone).
+    pub migrate: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(10),
+            migrate: true,
+        }
+    }
+}
+
+/// Holds the subscriber leadership while alive (see [`Store::try_lead`]).
+pub struct Leadership {
+    conn: Option<AnyConnection>,
+}
+
+impl std::fmt::Debug for Leadership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Leadership")
+            .field("session_lock", &self.conn.is_some())
+            .finish()
+    }
+}
+
+impl Leadership {
+    /// Leadership that needs no lock (a single SQLite process, or tests).
+    pub fn local() -> Self {
+        Leadership { conn: None }
+    }
+
+    /// Whether it is still held: the PostgreSQL session holding the advisory lock is alive.
+    pub async fn is_held(&mut self) -> bool {
+        match &mut self.conn {
+            None => true,
+            Some(conn) => conn.ping().await.is_ok(),
+        }
+    }
+}
+
+/// The SQL store.
+pub struct SqlStore {
+    backend: Backend,
+    writer: AnyPool,
+    reader: AnyPool,
+    keyring: RwLock<Arc<Keyring>>,
+    master: Arc<MasterKey>,
+    audit_key: audit::AuditKey,
+    _lock: Option<ProcessLock>,
+}
+
+impl std::fmt::Debug for SqlStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlStore")
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+enum Target {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+fn parse_url(url: &str) -> Result<Target> {
+    if let Some(rest) = url.strip_prefix("sqlite://") {
+        let path = rest.split(['?', '#']).next().unwrap_or_default();
+        if path.is_empty() {
+            return Err(Error::UnsupportedUrl {
+                scheme: "sqlite:// without a path".to_owned(),
+            });
+        }
+        return Ok(Target::Sqlite(PathBuf::from(path)));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(Target::Postgres(url.to_owned()));
+    }
+    let scheme = url.split(':').next().unwrap_or_default();
+    Err(Error::UnsupportedUrl {
+        scheme: scheme.chars().take(20).collect(),
+    })
+}
+
+const JOB_COLS: &str = "seq, order_id, customer_number, account_id, event_id, source, state, step, \
+    whmcs_order_id, service_ids, attempts, next_attempt_at, lease_owner, lease_until, last_error, \
+    created_at, updated_at";
+
+const DL_COLS: &str = "id, topic, event_id, replay_id, order_id, reason, payload, attempts, state, created_at, updated_at";
+
+fn col<'r, T>(row: &'r AnyRow, name: &'static str, what: &'static str) -> Result<T>
+where
+    T: sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>,
+{
+    row.try_get(name).map_err(|e| Error::Corrupt {
+        what,
+        reason: format!("column {name}: {e}"),
+    })
+}
+
+fn job_from_row(row: &AnyRow) -> Result<Job> {
+    const W: &str = "job";
+    let service_ids: Option<String> = col(row, "service_ids", W)?;
+    let lease_until: Option<i64> = col(row, "lease_until", W)?;
+    let attempts: i64 = col(row, "attempts", W)?;
+    Ok(Job {
+        seq: col(row, "seq", W)?,
+        order_id: col(row, "order_id", W)?,
+        customer_number: col(row, "customer_number", W)?,
+        account_id: col(row, "account_id", W)?,
+        event_id: col(row, "event_id", W)?,
+        source: JobSource::parse(&col::<String>(row, "source", W)?)?,
+        state: JobState::parse(&col::<String>(row, "state", W)?)?,
+        step: Step::parse(&col::<String>(row, "step", W)?)?,
+        whmcs_order_id: col(row, "whmcs_order_id", W)?,
+        service_ids: service_ids
+            .filter(|s| !s.is_empty())
+            .map(|s| s.split(',').map(str::to_owned).collect())
+            .unwrap_or_default(),
+        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+        next_attempt_at: from_ms(W, col(row, "next_attempt_at", W)?)?,
+        lease_owner: col(row, "lease_owner", W)?,
+        lease_until: lease_until.map(|v| from_ms(W, v)).transpose()?,
+        last_error: col(row, "last_error", W)?,
+        created_at: from_ms(W, col(row, "created_at", W)?)?,
+        updated_at: from_ms(W, col(row, "updated_at", W)?)?,
+    })
+}
+
+fn dead_letter_from_row(row: &AnyRow) -> Result<DeadLetter> {
+    const W: &str = "dead letter";
+    let payload: Option<String> = col(row, "payload", W)?;
+    let attempts: i64 = col(row, "attempts", W)?;
+    Ok(DeadLetter {
+        id: col(row, "id", W)?,
+        topic: col(row, "topic", W)?,
+        event_id: col(row, "event_id", W)?,
+        replay_id: col(row, "replay_id", W)?,
+        order_id: col(row, "order_id", W)?,
+        reason: col(row, "reason", W)?,
+        has_payload: payload.is_some(),
+        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+        state: DeadLetterState::parse(&col::<String>(row, "state", W)?)?,
+        created_at: from_ms(W, col(row, "created_at", W)?)?,
+        updated_at: from_ms(W, col(row, "updated_at", W)?)?,
+    })
+}
+
+/// A stable 63-bit advisory lock key for a name (FNV-1a).
+fn lock_key(name: &str) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h >> 1) as i64
+}
+
+fn sqlite_pragmas(
+    conn: &mut AnyConnection,
+    _meta: sqlx::pool::PoolConnectionMetadata,
+) -> futures::future::BoxFuture<'_, std::result::Result<(), sqlx::Error>> {
+    Box::pin(async move {
+        conn.execute(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+             PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
+        )
+        .await?;
+        Ok(())
+    })
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+impl SqlStore {
+    /// Opens (creating when missing) the database at `url`, applies migrations when asked, and
+    /// loads the keyring — creating it on first use — with `master`.
+    pub async fn open(url: &str, master: &MasterKey, options: StoreOptions) -> Result<Self> {
+        // The master key is kept to persist a rotated keyring; it never leaves this crate.
+        let master = Arc::new(master.clone());
+        sqlx::any::install_default_drivers();
+        let (backend, writer, reader, lock) = match parse_url(url)? {
+            Target::Sqlite(path) => {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+                        op: format!("creating directory {}", dir.display()),
+                        source,
+                    })?;
+                }
+                let lock = ProcessLock::acquire(&path)?;
+                let conn_url = format!("sqlite://{}?mode=rwc", path.display());
+                let opts: AnyConnectOptions = conn_url
+                    .parse()
+                    .map_err(Error::db("parsing the SQLite URL"))?;
+                let writer = AnyPoolOptions::new()
+                    .max_connections(1)
+                    .acquire_timeout(options.acquire_timeout)
+                    .after_connect(sqlite_pragmas)
+                    .connect_with(opts.clone())
+                    .await
+                    .map_err(Error::db("opening the SQLite database"))?;
+                let reader = AnyPoolOptions::new()
+                    .max_connections(options.max_connections.clamp(1, 8))
+                    .acquire_timeout(options.acquire_timeout)
+                    .after_connect(sqlite_pragmas)
+                    .connect_with(opts)
+                    .await
+                    .map_err(Error::db("opening the SQLite database"))?;
+                (Backend::Sqlite, writer, reader, Some(lock))
+            }
+            Target::Postgres(url) => {
+                let opts: AnyConnectOptions = url
+                    .parse()
+                    .map_err(Error::db("parsing the PostgreSQL URL"))?;
+                let pool = AnyPoolOptions::new()
+                    .max_connections(options.max_connections.max(2))
+                    .acquire_timeout(options.acquire_timeout)
+                    .connect_with(opts)
+                    .await
+                    .map_err(Error::db("connecting to PostgreSQL"))?;
+                (Backend::Postgres, pool.clone(), pool, None)
+            }
+        };
+        if options.migrate {
+            let migrator = match backend {
+                Backend::Sqlite => &SQLITE_MIGRATIONS,
+                Backend::Postgres => &POSTGRES_MIGRATIONS,
+            };
+            migrator.run(&writer).await?;
+        }
+        let keyring = Self::load_or_create_keyring(&writer, &master).await?;
+        let audit_key = audit::AuditKey::from_bytes(
+            secrecy::ExposeSecret::expose_secret(&keyring.derive_mac_key("audit-chain")).as_slice(),
+        )
+        .map_err(|e| Error::Corrupt {
+            what: "audit key",
+            reason: e.to_string(),
+        })?;
+        Ok(SqlStore {
+            backend,
+            writer,
+            reader,
+            keyring: RwLock::new(Arc::new(keyring)),
+            master,
+            audit_key,
+            _lock: lock,
+        })
+    }
+}
+
+impl SqlStore {
+    async fn load_or_create_keyring(pool: &AnyPool, master: &MasterKey) -> Result<Keyring> {
+        if let Some(stored) = Self::read_keyring(pool).await? {
+            return Ok(Keyring::open(master, &stored)?);
+        }
+        let fresh = Keyring::create(master, Utc::now())?;
+        let json = serde_json::to_string(&fresh.to_stored()).map_err(|e| Error::Corrupt {
+            what: "keyring",
+            reason: e.to_string(),
+        })?;
+        // Two instances starting at once: the first insert wins, the other reads it back.
+        sqlx::query(
+            "INSERT INTO keyring (id, stored, updated_at) VALUES (1, $1, $2) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(json)
+        .bind(ms(Utc::now()))
+        .execute(pool)
+        .await
+        .map_err(Error::db("storing the new keyring"))?;
+        let stored = Self::read_keyring(pool)
+            .await?
+            .ok_or_else(|| Error::Corrupt {
+                what: "keyring",
+                reason: "missing right after it was stored".to_owned(),
+            })?;
+        Ok(Keyring::open(master, &stored)?)
+    }
+
+    async fn read_keyring<'e, E>(executor: E) -> Result<Option<StoredKeyring>>
+    where
+        E: Executor<'e, Database = sqlx::Any>,
+    {
+        let row = sqlx::query("SELECT stored FROM keyring WHERE id = 1")
+            .fetch_optional(executor)
+            .await
+            .map_err(Error::db("reading the keyring"))?;
+        row.map(|row| {
+            let json: String = col(&row, "stored", "keyring")?;
+            serde_json::from_str(&json).map_err(|e| Error::Corrupt {
+                what: "keyring",
+                reason: e.to_string(),
+            })
+        })
+        .transpose()
+    }
+
+    /// Which database this store runs on.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The current keyring (shared; rotation swaps in a new one).
+    pub fn keyring(&self) -> Arc<Keyring> {
+        Arc::clone(&self.keyring.read())
+    }
+
+    /// The audit chain key (derived from the keyring's MAC root).
+    pub fn audit_key(&self) -> &audit::AuditKey {
+        &self.audit_key
+    }
+
+    /// Re-reads the keyring from the database (another instance may have rotated it).
+    pub async fn reload_keyring(&self) -> Result<()> {
+        if let Some(stored) = Self::read_keyring(&self.reader).await? {
+            let ring = Keyring::open(&self.master, &stored)?;
+            *self.keyring.write() = Arc::new(ring);
+        }
+        Ok(())
+    }
+
+    /// Writes a consistent copy of the SQLite database to `path` (`VACUUM INTO`). PostgreSQL
+    /// is backed up with `pg_dump` instead.
+    pub async fn backup_to(&self, path: &std::path::Path) -> Result<()> {
+        if self.backend != Backend::Sqlite {
+            return Err(Error::UnsupportedUrl {
+                scheme: "backup of postgres (use pg_dump)".to_owned(),
+            });
+        }
+        if path.exists() {
+            return Err(Error::Io {
+                op: format!("backup target {} already exists", path.display()),
+                source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+            });
+        }
+        sqlx::query("VACUUM INTO $1")
+            .bind(path.display().to_string())
+            .execute(&self.writer)
+            .await
+            .map_err(Error::db("writing the backup"))?;
+        Ok(())
+    }
+
+    fn lock_clause(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite => "",
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+        }
+    }
+
+    async fn fenced<'q>(
+        &self,
+        op: &'static str,
+        order_id: &str,
+        owner: &str,
+        query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    ) -> Result<()> {
+        let done = query.execute(&self.writer).await.map_err(Error::db(op))?;
+        if done.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(Error::LeaseLost {
+                order_id: order_id.to_owned(),
+                owner: owner.to_owned(),
+            })
+        }
+    }
+
+    fn encrypt_payload(&self, id: &str, payload: &[u8]) -> Result<String> {
+        let ctx = FieldContext::new(DEAD_LETTER_PAYLOAD_KIND, id)?;
+        Ok(self.keyring().encrypt(&ctx, payload)?)
+    }
+}
+
+async fn insert_job(
+    tx: &mut AnyConnection,
+    job: &NewJob,
+    now: DateTime<Utc>,
+) -> std::result::Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "INSERT INTO jobs (order_id, customer_number, account_id, event_id, source, state, step, \
+         attempts, next_attempt_at, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, 'pending', 'received', 0, $6, $6, $6) \
+         ON CONFLICT (order_id) DO NOTHING",
+    )
+    .bind(&job.order_id)
+    .bind(&job.customer_number)
+    .bind(&job.account_id)
+    .bind(&job.event_id)
+    .bind(job.source.as_str())
+    .bind(ms(now))
+    .execute(tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+async fn upsert_checkpoint(
+    tx: &mut AnyConnection,
+    cp: &Checkpoint,
+    now: DateTime<Utc>,
+) -> std::result::Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO checkpoints (topic, replay_id, updated_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (topic) DO UPDATE SET replay_id = excluded.replay_id, updated_at = excluded.updated_at",
+    )
+    .bind(&cp.topic)
+    .bind(&cp.replay_id)
+    .bind(ms(now))
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+fn lease_ms(lease: Duration) -> i64 {
+    i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2)
+}
+
+#[async_trait]
+impl Store for SqlStore {
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.reader)
+            .await
+            .map_err(Error::db("ping"))?;
+        Ok(())
+    }
+
+    async fn ingest_event(&self, event: &InboxEvent, now: DateTime<Utc>) -> Result<IngestOutcome> {
+        let mut tx = self
+            .writer
+            .begin()
+            .await
+            .map_err(Error::db("begin ingest"))?;
+        let seen = sqlx::query("SELECT 1 AS one FROM inbox WHERE event_id = $1")
+            .bind(&event.event_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(Error::db("ingest: inbox lookup"))?;
+        let outcome = if seen.is_some() {
+            IngestOutcome::DuplicateEvent
+        } else {
+            let created = insert_job(
+                &mut tx,
+                &NewJob {
+                    order_id: event.order_id.clone(),
+                    customer_number: event.customer_number.clone(),
+                    account_id: event.account_id.clone(),
+                    event_id: Some(event.event_id.clone()),
+                    source: JobSource::Event,
+                },
+                now,
+            )
+            .await
+            .map_err(Error::db("ingest: job"))?;
+            let outcome = if created {
+                IngestOutcome::Enqueued
+            } else {
+                IngestOutcome::DuplicateOrder
+            };
+            sqlx::query(
+                "INSERT INTO inbox (event_id, topic, replay_id, order_id, outcome, received_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING",
+            )
+            .bind(&event.event_id)
+            .bind(&event.topic)
+            .bind(&event.replay_id)
+            .bind(&event.order_id)
+            .bind(match outcome {
+                IngestOutcome::Enqueued => "enqueued",
+                _ => "duplicate_order",
+            })
+            .bind(ms(now))
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::db("ingest: inbox"))?;
+            outcome
+        };
+        upsert_checkpoint(
+            &mut tx,
+            &Checkpoint {
+                topic: event.topic.clone(),
+                replay_id: event.replay_id.clone(),
+            },
+            now,
+        )
+        .await
+        .map_err(Error::db("ingest: checkpoint"))?;
+        tx.commit().await.map_err(Error::db("commit ingest"))?;
+        Ok(outcome)
+    }
+
+    async fn dead_letter(
+        &self,
+        letter: NewDeadLetter,
+        checkpoint: Option<Checkpoint>,
+        now: DateTime<Utc>,
+    ) -> Result<String> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let payload = letter
+            .payload
+            .as_deref()
+            .map(|p| self.encrypt_payload(&id, p))
+            .transpose()?;
+        let mut tx = self
+            .writer
+            .begin()
+            .await
+            .map_err(Error::db("begin dead letter"))?;
+        sqlx::query(
+            "INSERT INTO dead_letters (id, topic, event_id, replay_id, order_id, reason, payload, \
+             attempts, state, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'open', $9, $9)",
+        )
+        .bind(&id)
+        .bind(&letter.topic)
+        .bind(&letter.event_id)
+        .bind(&letter.replay_id)
+        .bind(&letter.order_id)
+        .bind(&letter.reason)
+        .bind(&payload)
+        .bind(i64::from(letter.attempts))
+        .bind(ms(now))
+        .execute(&mut *tx)
+        .await
+        .map_err(Error::db("storing a dead letter"))?;
+        if let Some(cp) = &checkpoint {
+            upsert_checkpoint(&mut tx, cp, now)
+                .await
+                .map_err(Error::db("dead letter: checkpoint"))?;
+        }
+        tx.commit().await.map_err(Error::db("commit dead letter"))?;
+        Ok(id)
+    }
+
+    async fn save_checkpoint(&self, checkpoint: &Checkpoint, now: DateTime<Utc>) -> Result<()> {
+        let mut conn = self.writer.acquire().await.map_err(Error::db("acquire"))?;
+        upsert_checkpoint(&mut conn, checkpoint, now)
+            .await
+            .map_err(Error::db("saving a checkpoint"))
+    }
+
+    async fn load_checkpoint(&self, topic: &str) -> Result<Option<Vec<u8>>> {
+        let row = sqlx::query("SELECT replay_id FROM checkpoints WHERE topic = $1")
+            .bind(topic)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(Error::db("loading a checkpoint"))?;
+        row.map(|r| col(&r, "replay_id", "checkpoint")).transpose()
+    }
+
+    async fn enqueue(&self, job: NewJob, now: DateTime<Utc>) -> Result<bool> {
+        let mut conn = self.writer.acquire().await.map_err(Error::db("acquire"))?;
+        insert_job(&mut conn, &job, now)
+            .await
+            .map_err(Error::db("enqueueing a job"))
+    }
+
+    async fn claim(&self, owner: &str, now: DateTime<Utc>, lease: Duration) -> Result<Option<Job>> {
+        let now_ms = ms(now);
+        let mut tx = self
+            .writer
+            .begin()
+            .await
+            .map_err(Error::db("begin claim"))?;
+        let select = format!(
+            "SELECT j.order_id FROM jobs j \
+             WHERE ((j.state = 'pending' AND j.next_attempt_at <= $1) \
+                 OR (j.state = 'running' AND j.lease_until < $1)) \
+               AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.customer_number = j.customer_number \
+                   AND e.seq < j.seq AND e.state IN ('pending', 'running')) \
+               AND NOT EXISTS (SELECT 1 FROM jobs r WHERE r.customer_number = j.customer_number \
+                   AND r.state = 'running' AND r.seq <> j.seq) \
+             ORDER BY j.next_attempt_at, j.seq LIMIT 1{}",
+            self.lock_clause()
+        );
+        let Some(row) = sqlx::query(&select)
+            .bind(now_ms)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(Error::db("claim: select"))?
+        else {
+            return Ok(None);
+        };
+        let order_id: String = col(&row, "order_id", "job")?;
+        let update = format!(
+            "UPDATE jobs SET state = 'running', lease_owner = $1, lease_until = $2, updated_at = $3 \
+             WHERE order_id = $4 AND (state = 'pending' OR (state = 'running' AND lease_until < $3)) \
+             RETURNING {JOB_COLS}"
+        );
+        let claimed = match sqlx::query(&update)
+            .bind(owner)
+            .bind(now_ms.saturating_add(lease_ms(lease)))
+            .bind(now_ms)
+            .bind(&order_id)
+            .fetch_optional(&mut *tx)
+            .await
+        {
+            Ok(row) => row,
+            // Another worker got a job of this customer running first: nothing to claim now.
+            Err(e) if is_unique_violation(&e) => return Ok(None),
+            Err(e) => return Err(Error::db("claim: update")(e)),
+        };
+        let Some(row) = claimed else {
+            return Ok(None);
+        };
+        let job = job_from_row(&row)?;
+        tx.commit().await.map_err(Error::db("commit claim"))?;
+        Ok(Some(job))
+    }
+
+    async fn renew_lease(&self, order_id: &str, owner: &str, until: DateTime<Utc>) -> Result<()> {
+        let q = sqlx::query(
+            "UPDATE jobs SET lease_until = $1 WHERE order_id = $2 AND lease_owner = $3 AND state = 'running'",
+        )
+        .bind(ms(until))
+        .bind(order_id)
+        .bind(owner);
+        self.fenced("renewing a lease", order_id, owner, q).await
+    }
+
+    async fn advance(
+        &self,
+        order_id: &str,
+        owner: &str,
+        step: Step,
+        update: StepUpdate,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let q = sqlx::query(
+            "UPDATE jobs SET step = $1, whmcs_order_id = COALESCE($2, whmcs_order_id), \
+             service_ids = COALESCE($3, service_ids), updated_at = $4 \
+             WHERE order_id = $5 AND lease_owner = $6 AND state = 'running'",
+        )
+        .bind(step.as_str())
+        .bind(update.whmcs_order_id)
+        .bind(update.service_ids.map(|ids| ids.join(",")))
+        .bind(ms(now))
+        .bind(order_id)
+        .bind(owner);
+        self.fenced("recording a step", order_id, owner, q).await
+    }
+
+    async fn reschedule(
+        &self,
+        order_id: &str,
+        owner: &str,
+        next_attempt_at: DateTime<Utc>,
+        error: Option<String>,
+        count_attempt: bool,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let q = sqlx::query(
+            "UPDATE jobs SET state = 'pending', lease_owner = NULL, lease_until = NULL, \
+             next_attempt_at = $1, last_error = COALESCE($2, last_error), attempts = attempts + $3, \
+             updated_at = $4 WHERE order_id = $5 AND lease_owner = $6 AND state = 'running'",
+        )
+        .bind(ms(next_attempt_at))
+        .bind(error)
+        .bind(i64::from(count_attempt))
+        .bind(ms(now))
+        .bind(order_id)
+        .bind(owner);
+        self.fenced("rescheduling a job", order_id, owner, q).await
+    }
+
+    async fn finish(
+        &self,
+        order_id: &str,
+        owner: &str,
+        state: JobState,
+        error: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let q = sqlx::query(
+            "UPDATE jobs SET state = $1, lease_owner = NULL, lease_until = NULL, \
+             last_error = $2, step = CASE WHEN $1 = 'done' THEN 'done' ELSE step END, \
+             attempts = attempts + 1, updated_at = $3 \
+             WHERE order_id = $4 AND lease_owner = $5 AND state = 'running'",
+        )
+        .bind(state.as_str())
+        .bind(error)
+        .bind(ms(now))
+        .bind(order_id)
+        .bind(owner);
+        self.fenced("finishing a job", order_id, owner, q).await
+    }
+
+    async fn release(&self, order_id: &str, owner: &str, now: DateTime<Utc>) -> Result<()> {
+        let q = sqlx::query(
+            "UPDATE jobs SET state = 'pending', lease_owner = NULL, lease_until = NULL, updated_at = $1 \
+             WHERE order_id = $2 AND lease_owner = $3 AND state = 'running'",
+        )
+        .bind(ms(now))
+        .bind(order_id)
+        .bind(owner);
+        self.fenced("releasing a job", order_id, owner, q).await
+    }
+
+    async fn take_over_leases(&self, now: DateTime<Utc>) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE jobs SET state = 'pending', lease_owner = NULL, lease_until = NULL, updated_at = $1 \
+             WHERE state = 'running'",
+        )
+        .bind(ms(now))
+        .execute(&self.writer)
+        .await
+        .map_err(Error::db("taking over leases"))?;
+        Ok(done.rows_affected())
+    }
+
+    async fn job(&self, order_id: &str) -> Result<Option<Job>> {
+        let row = sqlx::query(&format!("SELECT {JOB_COLS} FROM jobs WHERE order_id = $1"))
+            .bind(order_id)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(Error::db("reading a job"))?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    async fn jobs(&self, after_seq: i64, limit: u32) -> Result<Vec<Job>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {JOB_COLS} FROM jobs WHERE seq > $1 ORDER BY seq LIMIT $2"
+        ))
+        .bind(after_seq)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(Error::db("listing jobs"))?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    async fn job_counts(&self) -> Result<JobCounts> {
+        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
+            .fetch_all(&self.reader)
+            .await
+            .map_err(Error::db("counting jobs"))?;
+        let mut counts = JobCounts::default();
+        for row in rows {
+            let state = JobState::parse(&col::<String>(&row, "state", "job count")?)?;
+            let n = u64::try_from(col::<i64>(&row, "n", "job count")?).unwrap_or(0);
+            match state {
+                JobState::Pending => counts.pending = n,
+                JobState::Running => counts.running = n,
+                JobState::Done => counts.done = n,
+                JobState::Failed => counts.failed = n,
+                JobState::Refused => counts.refused = n,
+            }
+        }
+        Ok(counts)
+    }
+
+    async fn dead_letters(
+        &self,
+        state: Option<DeadLetterState>,
+        limit: u32,
+    ) -> Result<Vec<DeadLetter>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {DL_COLS} FROM dead_letters WHERE ($1 IS NULL OR state = $1) \
+             ORDER BY created_at DESC, id LIMIT $2"
+        ))
+        .bind(state.map(DeadLetterState::as_str))
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(Error::db("listing dead letters"))?;
+        rows.iter().map(dead_letter_from_row).collect()
+    }
+
+    async fn dead_letter_by_id(&self, id: &str) -> Result<Option<DeadLetter>> {
+        let row = sqlx::query(&format!("SELECT {DL_COLS} FROM dead_letters WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(Error::db("reading a dead letter"))?;
+        row.as_ref().map(dead_letter_from_row).transpose()
+    }
+
+    async fn dead_letter_payload(&self, id: &str) -> Result<Option<field_crypto::Plaintext>> {
+        let row = sqlx::query("SELECT payload FROM dead_letters WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(Error::db("reading a dead letter"))?;
+        let Some(row) = row else {
+            return Err(Error::NotFound {
+                what: "dead letter",
+                id: id.to_owned(),
+            });
+        };
+        let Some(text) = col::<Option<String>>(&row, "payload", "dead letter")? else {
+            return Ok(None);
+        };
+        let ctx = FieldContext::new(DEAD_LETTER_PAYLOAD_KIND, id)?;
+        match self.keyring().decrypt(&ctx, &text) {
+            Err(field_crypto::Error::UnknownKey { .. }) => {
+                // Another instance may have rotated: reload once.
+                self.reload_keyring().await?;
+                Ok(Some(self.keyring().decrypt(&ctx, &text)?))
+            }
+            other => Ok(Some(other?)),
+        }
+    }
+
+    async fn set_dead_letter_state(
+        &self,
+        id: &str,
+        state: DeadLetterState,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let done = sqlx::query("UPDATE dead_letters SET state = $1, updated_at = $2 WHERE id = $3")
+            .bind(state.as_str())
+            .bind(ms(now))
+            .bind(id)
+            .execute(&self.writer)
+            .await
+            .map_err(Error::db("updating a dead letter"))?;
+        if done.rows_affected() == 0 {
+            return Err(Error::NotFound {
+                what: "dead letter",
+                id: id.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn rotate_keys_if_older_than(
+        &self,
+        max_age_days: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Option<KeyId>> {
+        let mut tx = self
+            .writer
+            .begin()
+            .await
+            .map_err(Error::db("begin rotation"))?;
+        let lock = match self.backend {
+            Backend::Sqlite => "",
+            Backend::Postgres => " FOR UPDATE",
+        };
+        let row = sqlx::query(&format!("SELECT stored FROM keyring WHERE id = 1{lock}"))
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(Error::db("rotation: reading the keyring"))?
+            .ok_or_else(|| Error::Corrupt {
+                what: "keyring",
+                reason: "missing".to_owned(),
+            })?;
+        let json: String = col(&row, "stored", "keyring")?;
+        let stored: StoredKeyring = serde_json::from_str(&json).map_err(|e| Error::Corrupt {
+            what: "keyring",
+            reason: e.to_string(),
+        })?;
+        let mut ring = Keyring::open(&self.master, &stored)?;
+        let rotated = ring.rotate_if_older_than(now, max_age_days)?;
+        if rotated.is_some() {
+            let json = serde_json::to_string(&ring.to_stored()).map_err(|e| Error::Corrupt {
+                what: "keyring",
+                reason: e.to_string(),
+            })?;
+            sqlx::query("UPDATE keyring SET stored = $1, updated_at = $2 WHERE id = 1")
+                .bind(json)
+                .bind(ms(now))
+                .execute(&mut *tx)
+                .await
+                .map_err(Error::db("rotation: storing the keyring"))?;
+        }
+        tx.commit().await.map_err(Error::db("commit rotation"))?;
+        *self.keyring.write() = Arc::new(ring);
+        Ok(rotated)
+    }
+
+    async fn reencrypt_all(&self) -> Result<u64> {
+        let ring = self.keyring();
+        let rows = sqlx::query("SELECT id, payload FROM dead_letters WHERE payload IS NOT NULL")
+            .fetch_all(&self.reader)
+            .await
+            .map_err(Error::db("re-encryption: listing"))?;
+        let mut moved = 0;
+        for row in rows {
+            let id: String = col(&row, "id", "dead letter")?;
+            let text: String = col(&row, "payload", "dead letter")?;
+            let ctx = FieldContext::new(DEAD_LETTER_PAYLOAD_KIND, &id)?;
+            if let Some(new) = ring.reencrypt(&ctx, &text)? {
+                sqlx::query("UPDATE dead_letters SET payload = $1 WHERE id = $2 AND payload = $3")
+                    .bind(new)
+                    .bind(&id)
+                    .bind(&text)
+                    .execute(&self.writer)
+                    .await
+                    .map_err(Error::db("re-encryption: update"))?;
+                moved += 1;
+            }
+        }
+        Ok(moved)
+    }
+
+    async fn try_lead(&self, name: &str) -> Result<Option<Leadership>> {
+        match self.backend {
+            Backend::Sqlite => Ok(Some(Leadership::local())),
+            Backend::Postgres => {
+                let mut conn = self
+                    .writer
+                    .acquire()
+                    .await
+                    .map_err(Error::db("leadership: acquire"))?
+                    .detach();
+                let row = sqlx::query("SELECT pg_try_advisory_lock($1) AS held")
+                    .bind(lock_key(name))
+                    .fetch_one(&mut conn)
+                    .await
+                    .map_err(Error::db("leadership: advisory lock"))?;
+                let held: bool = col(&row, "held", "advisory lock")?;
+                if held {
+                    Ok(Some(Leadership { conn: Some(conn) }))
+                } else {
+                    let _ = conn.close().await;
+                    Ok(None)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! The rows the store keeps, as typed values.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+macro_rules! str_enum {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $v:ident = $s:literal,)* }) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($(#[$vdoc])* $v,)* }
+
+        impl $name {
+            /// The stored name.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$v => $s,)* }
+            }
+
+            pub(crate) fn parse(s: &str) -> Result<Self> {
+                match s {
+                    $($s => Ok($name::$v),)*
+                    _ => Err(Error::Corrupt {
+                        what: stringify!($name),
+                        reason: format!("unknown value `{s}`"),
+                    }),
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+str_enum!(
+    /// Where a job is in its life.
+    JobState {
+        /// Waiting to be claimed (possibly not before `next_attempt_at`).
+        Pending = "pending",
+        /// Claimed by a worker holding a lease.
+        Running = "running",
+        /// Provisioned and written back.
+        Done = "done",
+        /// Ended by a permanent error.
+        Failed = "failed",
+        /// The event was refused (order not approved, customer mismatch); nothing was written.
+        Refused = "refused",
+    }
+);
+
+impl JobState {
+    /// Whether the job will not run again.
+    pub fn is_final(self) -> bool {
+        matches!(self, JobState::Done | JobState::Failed | JobState::Refused)
+    }
+}
+
+str_enum!(
+    /// The recovery point of a job: the last step known to be complete. A restarted job
+    /// resumes after it.
+    Step {
+        /// Nothing done yet.
+        Received = "received",
+        /// The Order was fetched and checked.
+        Checked = "checked",
+        /// The Order was marked `Provisioning` in Salesforce.
+        MarkedProvisioning = "marked_provisioning",
+        /// An AddOrder was sent whose outcome is unknown (timeout): look it up before anything else.
+        OrderUnknown = "order_unknown",
+        /// The WHMCS order exists (`whmcs_order_id` is set).
+        WhmcsOrdered = "whmcs_ordered",
+        /// An AcceptOrder was sent whose outcome is unknown: look it up before retrying.
+        AcceptUnknown = "accept_unknown",
+        /// The WHMCS order was accepted and its services set up.
+        Accepted = "accepted",
+        /// The final status was written to Salesforce.
+        Done = "done",
+    }
+);
+
+str_enum!(
+    /// What created a job.
+    JobSource {
+        /// A platform event.
+        Event = "event",
+        /// The reconcile sweep (an approved Order without a job).
+        Reconcile = "reconcile",
+        /// An operator command (dead-letter retry).
+        Operator = "operator",
+    }
+);
+
+str_enum!(
+    /// Life of a dead letter.
+    DeadLetterState {
+        /// Waiting for an operator.
+        Open = "open",
+        /// Re-enqueued by an operator.
+        Retried = "retried",
+        /// Dismissed by an operator.
+        Discarded = "discarded",
+    }
+);
+
+/// A job: one per Salesforce Order (the idempotency ledger).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Job {
+    /// Arrival order (per-customer order follows it).
+    pub seq: i64,
+    /// Salesforce Order Id.
+    pub order_id: String,
+    /// Customer number from the event (or the Order, for reconcile jobs).
+    pub customer_number: String,
+    /// Salesforce Account Id, when known.
+    pub account_id: Option<String>,
+    /// Event id that created it, for event jobs.
+    pub event_id: Option<String>,
+    /// What created it.
+    pub source: JobSource,
+    /// Life state.
+    pub state: JobState,
+    /// Recovery point.
+    pub step: Step,
+    /// WHMCS order id once known.
+    pub whmcs_order_id: Option<String>,
+    /// WHMCS service ids once known.
+    pub service_ids: Vec<String>,
+    /// Attempts made so far (retries count; lease takeovers do not).
+    pub attempts: u32,
+    /// Not to be claimed before this time.
+    pub next_attempt_at: DateTime<Utc>,
+    /// Worker holding the lease, while running.
+    pub lease_owner: Option<String>,
+    /// Lease expiry, while running.
+    pub lease_until: Option<DateTime<Utc>>,
+    /// Last error (sanitised: no PII, no secrets).
+    pub last_error: Option<String>,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A new job (from an event, the reconcile sweep or an operator).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewJob {
+    /// Salesforce Order Id.
+    pub order_id: String,
+    /// Customer number.
+    pub customer_number: String,
+    /// Salesforce Account Id, when known.
+    pub account_id: Option<String>,
+    /// Event id, for event jobs.
+    pub event_id: Option<String>,
+    /// What created it.
+    pub source: JobSource,
+}
+
+/// A decoded platform event to store in the inbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InboxEvent {
+    /// Topic (channel) it came from.
+    pub topic: String,
+    /// `ConsumerEvent.event.id`: the event's unique id.
+    pub event_id: String,
+    /// Opaque replay id, verbatim.
+    pub replay_id: Vec<u8>,
+    /// Salesforce Order Id (`OrderId__c`).
+    pub order_id: String,
+    /// `CustomerNumber__c`.
+    pub customer_number: String,
+    /// `AccountId__c`, when present.
+    pub account_id: Option<String>,
+}
+
+/// What storing an event did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IngestOutcome {
+    /// A new job was created.
+    Enqueued,
+    /// This event id was stored before (redelivery, replay): nothing new.
+    DuplicateEvent,
+    /// A new event for an order that already has a job: recorded, no second job.
+    DuplicateOrder,
+}
+
+/// A replay position to store with an event (same transaction) or on a keepalive.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// Topic.
+    pub topic: String,
+    /// Opaque replay id, verbatim.
+    pub replay_id: Vec<u8>,
+}
+
+/// Progress of a running job to record (fenced by the lease).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StepUpdate {
+    /// WHMCS order id, once known.
+    pub whmcs_order_id: Option<String>,
+    /// WHMCS service ids, once known.
+    pub service_ids: Option<Vec<String>>,
+}
+
+/// A dead letter to record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewDeadLetter {
+    /// Topic, for events.
+    pub topic: Option<String>,
+    /// Event id, when the event had one.
+    pub event_id: Option<String>,
+    /// Replay id of the event.
+    pub replay_id: Option<Vec<u8>>,
+    /// Order id, when known.
+    pub order_id: Option<String>,
+    /// Why (sanitised, names the missing or bad field).
+    pub reason: String,
+    /// The raw payload; stored encrypted with field-crypto (kind `dead_letter_payload`).
+    pub payload: Option<Vec<u8>>,
+    /// Attempts made before it was dead-lettered.
+    pub attempts: u32,
+}
+
+/// A stored dead letter (payload still encrypted; see [`crate::Store::dead_letter_payload`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DeadLetter {
+    /// Its id (UUID).
+    pub id: String,
+    /// Topic, for events.
+    pub topic: Option<String>,
+    /// Event id.
+    pub event_id: Option<String>,
+    /// Replay id.
+    #[serde(skip)]
+    pub replay_id: Option<Vec<u8>>,
+    /// Order id.
+    pub order_id: Option<String>,
+    /// Why.
+    pub reason: String,
+    /// Whether a payload is stored.
+    pub has_payload: bool,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Open, retried or discarded.
+    pub state: DeadLetterState,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Job counts by state, for metrics and the demo summary.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct JobCounts {
+    /// Pending.
+    pub pending: u64,
+    /// Running.
+    pub running: u64,
+    /// Done.
+    pub done: u64,
+    /// Failed.
+    pub failed: u64,
+    /// Refused.
+    pub refused: u64,
+}
+
+pub(crate) fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+pub(crate) fn from_ms(what: &'static str, v: i64) -> Result<DateTime<Utc>> {
+    DateTime::from_timestamp_millis(v).ok_or_else(|| Error::Corrupt {
+        what,
+        reason: format!("timestamp {v} out of range"),
+    })
+}

@@ -1,0 +1,53 @@
+//! Event intake: inbox, duplicates, checkpoint in the same transaction.
+
+use chrono::Utc;
+use provisioner_store::{IngestOutcome, JobSource, JobState, NewJob, Step, Store};
+
+use crate::support::{both_backends, event};
+
+both_backends! {
+    async fn duplicates_never_make_a_second_job(db: &TestDb) {
+        let store = db.open().await;
+        let now = Utc::now();
+        let topic = "/event/OrderProvisionRequested__e";
+        assert_eq!(store.load_checkpoint(topic).await.unwrap(), None);
+
+        let e1 = event(1, "801000000000001AAA", "C-1");
+        assert_eq!(store.ingest_event(&e1, now).await.unwrap(), IngestOutcome::Enqueued);
+        assert_eq!(store.load_checkpoint(topic).await.unwrap(), Some(e1.replay_id.clone()));
+        // Redelivery of the same event.
+        assert_eq!(store.ingest_event(&e1, now).await.unwrap(), IngestOutcome::DuplicateEvent);
+        // Another event for the same order (a second approval, a replay with a new id).
+        let e2 = event(2, "801000000000001AAA", "C-1");
+        assert_eq!(store.ingest_event(&e2, now).await.unwrap(), IngestOutcome::DuplicateOrder);
+        assert_eq!(store.load_checkpoint(topic).await.unwrap(), Some(e2.replay_id.clone()));
+        // The reconcile sweep finds the order already known.
+        let again = NewJob {
+            order_id: "801000000000001AAA".into(),
+            customer_number: "C-1".into(),
+            account_id: None,
+            event_id: None,
+            source: JobSource::Reconcile,
+        };
+        assert!(!store.enqueue(again, now).await.unwrap());
+
+        let jobs = store.jobs(0, 100).await.unwrap();
+        assert_eq!(jobs.len(), 1);
+        let job = &jobs[0];
+        assert_eq!(job.state, JobState::Pending);
+        assert_eq!(job.step, Step::Received);
+        assert_eq!(job.event_id.as_deref(), Some("evt-1"));
+        assert_eq!(job.source, JobSource::Event);
+    }
+
+    async fn replay_ids_are_kept_verbatim(db: &TestDb) {
+        let store = db.open().await;
+        let mut e = event(1, "801000000000001AAA", "C-1");
+        e.replay_id = vec![0xff, 0, 0x80, 0, 0, 0, 0, 0, 0, 0, 1];
+        store.ingest_event(&e, Utc::now()).await.unwrap();
+        assert_eq!(store.load_checkpoint(&e.topic).await.unwrap(), Some(e.replay_id));
+        let cp = provisioner_store::Checkpoint { topic: e.topic.clone(), replay_id: vec![9; 10] };
+        store.save_checkpoint(&cp, Utc::now()).await.unwrap();
+        assert_eq!(store.load_checkpoint(&e.topic).await.unwrap(), Some(vec![9; 10]));
+    }
+}

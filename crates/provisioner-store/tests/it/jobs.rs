@@ -1,0 +1,209 @@
+//! Claiming, leases, fencing, per-customer order.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{Duration as ChronoDuration, Utc};
+use provisioner_store::{Error, JobState, Step, StepUpdate, Store};
+
+use crate::support::{both_backends, event};
+
+const LEASE: Duration = Duration::from_secs(30);
+
+both_backends! {
+    async fn one_running_job_per_customer_in_arrival_order(db: &TestDb) {
+        let store = db.open().await;
+        let now = Utc::now();
+        // Customer A has two orders, customer B one.
+        store.ingest_event(&event(1, "801000000000001AAA", "A"), now).await.unwrap();
+        store.ingest_event(&event(2, "801000000000002AAA", "A"), now).await.unwrap();
+        store.ingest_event(&event(3, "801000000000003AAA", "B"), now).await.unwrap();
+
+        let first = store.claim("w1", now, LEASE).await.unwrap().unwrap();
+        assert_eq!(first.order_id, "801000000000001AAA");
+        assert_eq!(first.state, JobState::Running);
+        assert_eq!(first.lease_owner.as_deref(), Some("w1"));
+        // A's second order waits for the first; B's can run.
+        let second = store.claim("w2", now, LEASE).await.unwrap().unwrap();
+        assert_eq!(second.order_id, "801000000000003AAA");
+        assert!(store.claim("w3", now, LEASE).await.unwrap().is_none());
+
+        store.finish(&first.order_id, "w1", JobState::Done, None, now).await.unwrap();
+        let third = store.claim("w3", now, LEASE).await.unwrap().unwrap();
+        assert_eq!(third.order_id, "801000000000002AAA");
+        let done = store.job("801000000000001AAA").await.unwrap().unwrap();
+        assert_eq!(done.state, JobState::Done);
+        assert_eq!(done.step, Step::Done);
+        assert_eq!(done.lease_owner, None);
+    }
+
+    async fn a_retry_waiting_blocks_the_customers_later_orders(db: &TestDb) {
+        let store = db.open().await;
+        let now = Utc::now();
+        store.ingest_event(&event(1, "801000000000001AAA", "A"), now).await.unwrap();
+        store.ingest_event(&event(2, "801000000000002AAA", "A"), now).await.unwrap();
+        let job = store.claim("w1", now, LEASE).await.unwrap().unwrap();
+        let later = now + ChronoDuration::seconds(60);
+        store
+            .reschedule(&job.order_id, "w1", later, Some("whmcs: 503".into()), true, now)
+            .await
+            .unwrap();
+        assert!(store.claim("w1", now, LEASE).await.unwrap().is_none());
+        let again = store.claim("w1", later, LEASE).await.unwrap().unwrap();
+        assert_eq!(again.order_id, "801000000000001AAA");
+        assert_eq!(again.attempts, 1);
+        assert_eq!(again.last_error.as_deref(), Some("whmcs: 503"));
+        // A rate-limit delay does not count as an attempt.
+        store.reschedule(&again.order_id, "w1", later, None, false, later).await.unwrap();
+        let again = store.claim("w1", later, LEASE).await.unwrap().unwrap();
+        assert_eq!(again.attempts, 1);
+    }
+
+    async fn an_expired_lease_is_taken_over_and_the_old_owner_is_fenced(db: &TestDb) {
+        let store = db.open().await;
+        let now = Utc::now();
+        store.ingest_event(&event(1, "801000000000001AAA", "A"), now).await.unwrap();
+        let job = store.claim("w1", now, LEASE).await.unwrap().unwrap();
+        store
+            .advance(&job.order_id, "w1", Step::WhmcsOrdered,
+                StepUpdate { whmcs_order_id: Some("77".into()), service_ids: None }, now)
+            .await
+            .unwrap();
+        // Still leased: nobody else gets it.
+        assert!(store.claim("w2", now + ChronoDuration::seconds(29), LEASE).await.unwrap().is_none());
+        // Lease expired: w2 takes it over, with the recovery point intact.
+        let later = now + ChronoDuration::seconds(31);
+        let taken = store.claim("w2", later, LEASE).await.unwrap().unwrap();
+        assert_eq!(taken.lease_owner.as_deref(), Some("w2"));
+        assert_eq!(taken.step, Step::WhmcsOrdered);
+        assert_eq!(taken.whmcs_order_id.as_deref(), Some("77"));
+        // w1 can no longer write.
+        let err = store
+            .advance(&job.order_id, "w1", Step::Accepted, StepUpdate::default(), later)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::LeaseLost { .. }), "{err}");
+        assert!(matches!(
+            store.finish(&job.order_id, "w1", JobState::Done, None, later).await,
+            Err(Error::LeaseLost { .. })
+        ));
+        store
+            .advance(&job.order_id, "w2", Step::Accepted,
+                StepUpdate { whmcs_order_id: None, service_ids: Some(vec!["5".into(), "6".into()]) }, later)
+            .await
+            .unwrap();
+        let job = store.job(&job.order_id).await.unwrap().unwrap();
+        assert_eq!(job.service_ids, vec!["5", "6"]);
+        assert_eq!(job.whmcs_order_id.as_deref(), Some("77"));
+    }
+
+    async fn release_and_take_over_make_jobs_pending(db: &TestDb) {
+        let store = db.open().await;
+        let now = Utc::now();
+        store.ingest_event(&event(1, "801000000000001AAA", "A"), now).await.unwrap();
+        store.ingest_event(&event(2, "801000000000002AAA", "B"), now).await.unwrap();
+        let a = store.claim("w1", now, LEASE).await.unwrap().unwrap();
+        let _b = store.claim("w1", now, LEASE).await.unwrap().unwrap();
+        store.release(&a.order_id, "w1", now).await.unwrap();
+        assert_eq!(store.job(&a.order_id).await.unwrap().unwrap().state, JobState::Pending);
+        assert_eq!(store.take_over_leases(now).await.unwrap(), 1);
+        let counts = store.job_counts().await.unwrap();
+        assert_eq!((counts.pending, counts.running), (2, 0));
+    }
+
+    async fn concurrent_workers_claim_each_job_once_in_customer_order(db: &TestDb) {
+        let store = Arc::new(db.open().await);
+        let now = Utc::now();
+        let customers = 20;
+        let per_customer = 5;
+        let mut n = 0;
+        for round in 0..per_customer {
+            for c in 0..customers {
+                n += 1;
+                let order = format!("801{:012}{round:03}", c);
+                store.ingest_event(&event(n, &order, &format!("C-{c}")), now).await.unwrap();
+            }
+        }
+        let log = Arc::new(claim_log::Log::default());
+        let mut tasks = Vec::new();
+        for w in 0..8 {
+            let store = Arc::clone(&store);
+            let log = Arc::clone(&log);
+            tasks.push(tokio::spawn(async move {
+                let owner = format!("w{w}");
+                let mut idle = 0;
+                while idle < 50 {
+                    match store.claim(&owner, Utc::now(), LEASE).await.unwrap() {
+                        Some(job) => {
+                            idle = 0;
+                            log.start(&job.customer_number, &job.order_id);
+                            tokio::task::yield_now().await;
+                            log.end(&job.customer_number);
+                            store
+                                .finish(&job.order_id, &owner, JobState::Done, None, Utc::now())
+                                .await
+                                .unwrap();
+                        }
+                        None => {
+                            idle += 1;
+                            tokio::time::sleep(Duration::from_millis(2)).await;
+                        }
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let counts = store.job_counts().await.unwrap();
+        assert_eq!(counts.done, u64::from(n));
+        let order = log.order();
+        assert_eq!(order.values().map(Vec::len).sum::<usize>(), n as usize, "each job once");
+        for (customer, orders) in order {
+            let mut sorted = orders.clone();
+            sorted.sort();
+            assert_eq!(orders, sorted, "customer {customer} out of order");
+        }
+        assert!(!log.overlapped(), "two jobs of one customer ran at once");
+    }
+}
+
+/// A tiny concurrent log of job starts/ends per customer.
+mod claim_log {
+    use std::collections::{HashMap, HashSet};
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct State {
+        started: HashMap<String, Vec<String>>,
+        running: HashSet<String>,
+        overlapped: bool,
+    }
+
+    #[derive(Default)]
+    pub(crate) struct Log {
+        inner: Mutex<State>,
+    }
+
+    impl Log {
+        pub(crate) fn start(&self, customer: &str, order: &str) {
+            let mut g = self.inner.lock().unwrap();
+            g.started
+                .entry(customer.to_owned())
+                .or_default()
+                .push(order.to_owned());
+            if !g.running.insert(customer.to_owned()) {
+                g.overlapped = true;
+            }
+        }
+        pub(crate) fn end(&self, customer: &str) {
+            self.inner.lock().unwrap().running.remove(customer);
+        }
+        pub(crate) fn order(&self) -> HashMap<String, Vec<String>> {
+            self.inner.lock().unwrap().started.clone()
+        }
+        pub(crate) fn overlapped(&self) -> bool {
+            self.inner.lock().unwrap().overlapped
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! Opening: URLs, the one-process rule on SQLite, leadership on PostgreSQL, backup.
+
+use provisioner_store::{Error, SqlStore, Store, StoreOptions};
+
+use crate::support::{TestDb, master};
+
+#[tokio::test]
+async fn a_second_process_on_the_same_sqlite_file_is_refused() {
+    let db = TestDb::sqlite();
+    let first = db.open().await;
+    let err = SqlStore::open(&db.url(), &master(), StoreOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InUse { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("in use by another provisioner process")
+    );
+    drop(first);
+    // Once the first is gone, the file opens again.
+    let again = db.open().await;
+    again.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn unsupported_urls_are_named() {
+    for url in ["mysql://x/y", "sqlite://", "provisioner.db"] {
+        let err = SqlStore::open(url, &master(), StoreOptions::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::UnsupportedUrl { .. }), "{url}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn sqlite_creates_missing_directories_and_backs_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/nested/dir/p.db", dir.path().display());
+    let store = SqlStore::open(&url, &master(), StoreOptions::default())
+        .await
+        .unwrap();
+    store
+        .ingest_event(
+            &crate::support::event(1, "801000000000001AAA", "C"),
+            chrono::Utc::now(),
+        )
+        .await
+        .unwrap();
+    let backup = dir.path().join("backup.db");
+    store.backup_to(&backup).await.unwrap();
+    assert!(store.backup_to(&backup).await.is_err(), "never overwrites");
+    drop(store);
+    let restored = SqlStore::open(
+        &format!("sqlite://{}", backup.display()),
+        &master(),
+        StoreOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert!(restored.job("801000000000001AAA").await.unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_leadership_moves_when_the_holder_goes() {
+    let db = TestDb::postgres().await;
+    let a = db.open().await;
+    let b = db.open().await;
+    let mut held = a
+        .try_lead("subscriber")
+        .await
+        .unwrap()
+        .expect("first takes it");
+    assert!(held.is_held().await);
+    assert!(b.try_lead("subscriber").await.unwrap().is_none());
+    // Another name is independent.
+    assert!(b.try_lead("other").await.unwrap().is_some());
+    drop(held);
+    // The session closes asynchronously; b gets it within a few tries.
+    let mut got = None;
+    for _ in 0..100 {
+        if let Some(l) = b.try_lead("subscriber").await.unwrap() {
+            got = Some(l);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(got.is_some(), "leadership did not move to b");
+    drop((a, b, got));
+    db.cleanup().await;
+}

@@ -1,0 +1,113 @@
+//! Test databases: a temporary SQLite file, or a fresh PostgreSQL database.
+
+use field_crypto::MasterKey;
+use provisioner_store::{SqlStore, StoreOptions};
+use sqlx::Connection;
+
+pub(crate) const MASTER: &str = "base64:q6v4cT9JkA0x3Fz1lVZqM2fY7p5dE8rW1nB6cH4sK0o=";
+
+pub(crate) fn master() -> MasterKey {
+    MasterKey::from_config(MASTER).unwrap()
+}
+
+/// A database for one test; call [`TestDb::cleanup`] at the end (drops the PostgreSQL database).
+pub(crate) enum TestDb {
+    Sqlite(tempfile::TempDir),
+    Postgres { name: String },
+}
+
+fn admin_url() -> String {
+    std::env::var("DATABASE_URL_TEST")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+fn with_db(admin: &str, db: &str) -> String {
+    match admin.rsplit_once('/') {
+        Some((base, _)) => format!("{base}/{db}"),
+        None => format!("{admin}/{db}"),
+    }
+}
+
+impl TestDb {
+    pub(crate) fn sqlite() -> Self {
+        TestDb::Sqlite(tempfile::tempdir().unwrap())
+    }
+
+    pub(crate) async fn postgres() -> Self {
+        sqlx::any::install_default_drivers();
+        let name = format!("pp_test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = sqlx::AnyConnection::connect(&admin_url()).await.unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL is required for these tests (set DATABASE_URL_TEST or start the local server): {e}"
+            )
+        });
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        admin.close().await.unwrap();
+        TestDb::Postgres { name }
+    }
+
+    pub(crate) fn url(&self) -> String {
+        match self {
+            TestDb::Sqlite(dir) => format!("sqlite://{}/provisioner.db", dir.path().display()),
+            TestDb::Postgres { name } => with_db(&admin_url(), name),
+        }
+    }
+
+    pub(crate) async fn open(&self) -> SqlStore {
+        SqlStore::open(&self.url(), &master(), StoreOptions::default())
+            .await
+            .unwrap()
+    }
+
+    pub(crate) async fn cleanup(self) {
+        if let TestDb::Postgres { name } = self {
+            let mut admin = sqlx::AnyConnection::connect(&admin_url()).await.unwrap();
+            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(&mut admin)
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// Runs an async test body against SQLite and against PostgreSQL.
+macro_rules! both_backends {
+    ($(async fn $name:ident($db:ident: &TestDb) $body:block)*) => {
+        $(
+            mod $name {
+                #[allow(unused_imports)]
+                use super::*;
+                async fn body($db: &$crate::support::TestDb) $body
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn sqlite() {
+                    let db = $crate::support::TestDb::sqlite();
+                    body(&db).await;
+                    db.cleanup().await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn postgres() {
+                    let db = $crate::support::TestDb::postgres().await;
+                    body(&db).await;
+                    db.cleanup().await;
+                }
+            }
+        )*
+    };
+}
+pub(crate) use both_backends;
+
+pub(crate) fn event(n: u32, order: &str, customer: &str) -> provisioner_store::InboxEvent {
+    provisioner_store::InboxEvent {
+        topic: "/event/OrderProvisionRequested__e".to_owned(),
+        event_id: format!("evt-{n}"),
+        replay_id: vec![0, 0, 0, 0, 0, 16, 219, 77, 0, n as u8],
+        order_id: order.to_owned(),
+        customer_number: customer.to_owned(),
+        account_id: None,
+    }
+}
