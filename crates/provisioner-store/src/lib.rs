@@ -28,6 +28,7 @@
 //! # Ok(()) }
 //! ```
 
+mod audit_log;
 mod error;
 mod lock;
 mod sql;

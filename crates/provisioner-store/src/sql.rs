@@ -338,6 +338,14 @@ impl SqlStore {
         .transpose()
     }
 
+    pub(crate) fn writer(&self) -> &AnyPool {
+        &self.writer
+    }
+
+    pub(crate) fn reader(&self) -> &AnyPool {
+        &self.reader
+    }
+
     /// Which database this store runs on.
     pub fn backend(&self) -> Backend {
         self.backend

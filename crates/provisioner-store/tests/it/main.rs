@@ -6,6 +6,7 @@
 
 mod support;
 
+mod audit_chain;
 mod dead_letters;
 mod intake;
 mod jobs;
