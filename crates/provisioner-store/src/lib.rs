@@ -50,8 +50,8 @@ pub use types::{
 pub const DEAD_LETTER_PAYLOAD_KIND: &str = "dead_letter_payload";
 
 /// The store port: everything the engine, the status API and the operator commands persist.
-#[async_trait]
 #[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
 pub trait Store: Send + Sync {
     /// Whether the database answers (for `/readyz`).
     async fn ping(&self) -> Result<()>;

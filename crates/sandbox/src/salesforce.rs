@@ -1,1 +1,802 @@
-//! Salesforce OAuth + REST emulator. In progress.
+//! Salesforce emulator: the OAuth 2.0 JWT bearer token endpoint, REST query and Order PATCH.
+//!
+//! [`SalesforceSandbox::start`] binds `127.0.0.1:0` and serves, until the handle is dropped:
+//!
+//! - `POST /services/oauth2/token`: checks the assertion like Salesforce (app by `iss`, RS256
+//!   signature against [`SalesforceConfig::public_key_pem`], `aud`, `exp`, user by `sub`) and
+//!   answers the documented `{"error", "error_description"}` JSON on failure. Tokens live for
+//!   [`SalesforceConfig::token_lifetime`]; afterwards REST answers 401 `INVALID_SESSION_ID`.
+//! - `GET /services/data/{version}/query?q=`: DESIGN §3's Order query and the reconcile
+//!   sweep's approved-Orders query (with `nextRecordsUrl` paging), answered from the
+//!   in-memory org in Salesforce's JSON shape.
+//! - `PATCH /services/data/{version}/sobjects/Order/{id}`: validates the `Status` picklist and
+//!   the writable fields, answers 204, records every write.
+//!
+//! Every REST answer carries `Sforce-Limit-Info: api-usage=<used>/<limit>`. [`Faults`] injects
+//! latency, 5xx/503, Salesforce error bodies and dropped connections per [`Route`];
+//! [`SalesforceSandbox::pause`] holds requests at the door so tests can line up concurrency
+//! without sleeping.
+//!
+//! ```no_run
+//! use sandbox::salesforce::{SalesforceConfig, SalesforceSandbox, SfOrder, salesforce_id};
+//!
+//! # async fn run() -> std::io::Result<()> {
+//! let sf = SalesforceSandbox::start(SalesforceConfig::default()).await?;
+//! let order_id = salesforce_id("801", 1);
+//! sf.insert_order(SfOrder::new(order_id.clone(), "Approved"));
+//! // point SF_LOGIN_URL at sf.base_url(), sign with test_keys::PRIVATE_KEY_PEM ...
+//! assert!(sf.patches().is_empty());
+//! # Ok(()) }
+//! ```
+
+mod fault;
+mod oauth;
+mod org;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, patch, post};
+use jsonwebtoken::DecodingKey;
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+
+pub use fault::{FaultKind, Faults, Route, Trigger};
+pub use org::{RecordedPatch, SfAccount, SfOrder, SfOrderItem, salesforce_id};
+
+use org::{ApiError, OrgData};
+
+/// Test-only RSA key pairs (2048-bit, generated once with `openssl genrsa`). They protect
+/// nothing and must never be trusted by a real connected app.
+pub mod test_keys {
+    /// Private key the default sandbox config trusts (PKCS#8 PEM).
+    pub const PRIVATE_KEY_PEM: &str = include_str!("fixtures/test_key_a.pem");
+    /// Public key matching [`PRIVATE_KEY_PEM`]; the default [`super::SalesforceConfig`] uses it.
+    pub const PUBLIC_KEY_PEM: &str = include_str!("fixtures/test_key_a.pub.pem");
+    /// A second private key the sandbox does not trust ("wrong key" tests).
+    pub const OTHER_PRIVATE_KEY_PEM: &str = include_str!("fixtures/test_key_b.pem");
+    /// Public key matching [`OTHER_PRIVATE_KEY_PEM`].
+    pub const OTHER_PUBLIC_KEY_PEM: &str = include_str!("fixtures/test_key_b.pub.pem");
+}
+
+/// The connected app, users and org the sandbox emulates.
+#[derive(Clone, Debug)]
+pub struct SalesforceConfig {
+    /// The connected app's consumer key (expected JWT `iss`).
+    pub client_id: String,
+    /// Pre-authorised usernames (accepted JWT `sub`); anybody else gets
+    /// `user hasn't approved this consumer`.
+    pub usernames: Vec<String>,
+    /// Accepted JWT `aud` values besides the sandbox's own base URL, which is always accepted.
+    pub audiences: Vec<String>,
+    /// The certificate's public key, PEM, that assertions must verify with.
+    pub public_key_pem: String,
+    /// How long an issued access token works.
+    pub token_lifetime: Duration,
+    /// Tolerance for an `exp` slightly in the past.
+    pub assertion_leeway: Duration,
+    /// The org id (18 characters) in token responses.
+    pub org_id: String,
+    /// Allowed values of the Order `Status` picklist.
+    pub statuses: Vec<String>,
+    /// The daily API request limit shown in `Sforce-Limit-Info`.
+    pub api_limit: u64,
+    /// Records per query page before `nextRecordsUrl` is used (Salesforce: 2000).
+    pub query_page_size: usize,
+}
+
+impl Default for SalesforceConfig {
+    fn default() -> Self {
+        Self {
+            client_id: "3MVG9SANDBOX.client.id".into(),
+            usernames: vec!["integration@example.com".into()],
+            audiences: vec![
+                "https://login.salesforce.com".into(),
+                "https://test.salesforce.com".into(),
+            ],
+            public_key_pem: test_keys::PUBLIC_KEY_PEM.into(),
+            token_lifetime: Duration::from_secs(2 * 60 * 60),
+            assertion_leeway: Duration::ZERO,
+            org_id: salesforce_id("00D", 1),
+            statuses: [
+                "Draft",
+                "Approved",
+                "Provisioning",
+                "Activated",
+                "Provisioning Failed",
+            ]
+            .map(String::from)
+            .to_vec(),
+            api_limit: 15_000,
+            query_page_size: 2000,
+        }
+    }
+}
+
+/// One request to the token endpoint, as received.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenRequest {
+    /// The `Content-Type` header.
+    pub content_type: Option<String>,
+    /// The form's `grant_type`.
+    pub grant_type: Option<String>,
+    /// The form's `assertion` (the signed JWT).
+    pub assertion: Option<String>,
+    /// `Ok(username)` or the OAuth `error_description` answered.
+    pub outcome: Result<String, String>,
+}
+
+/// Which access tokens the sandbox has issued and whether they still work; cheap to clone,
+/// for other emulators (Pub/Sub) that accept the same tokens.
+#[derive(Clone, Debug, Default)]
+pub struct TokenChecker {
+    tokens: Arc<Mutex<HashMap<String, Instant>>>,
+}
+
+impl TokenChecker {
+    /// Whether `token` was issued by this sandbox and has not expired.
+    pub fn is_valid(&self, token: &str) -> bool {
+        self.tokens
+            .lock()
+            .get(token)
+            .is_some_and(|expires| Instant::now() < *expires)
+    }
+}
+
+struct Gate {
+    paused: watch::Sender<bool>,
+    waiting: watch::Sender<usize>,
+}
+
+impl Gate {
+    fn new() -> Self {
+        Self {
+            paused: watch::Sender::new(false),
+            waiting: watch::Sender::new(0),
+        }
+    }
+}
+
+struct Shared {
+    config: SalesforceConfig,
+    key: DecodingKey,
+    base_url: String,
+    org: Mutex<OrgData>,
+    tokens: TokenChecker,
+    issued: Mutex<Vec<String>>,
+    token_log: Mutex<Vec<TokenRequest>>,
+    faults: Faults,
+    counts: Mutex<HashMap<Route, u64>>,
+    total: AtomicU64,
+    gates: HashMap<Route, Gate>,
+    api_usage: AtomicU64,
+    next_token: AtomicU64,
+}
+
+/// A running Salesforce emulator; stops when dropped.
+pub struct SalesforceSandbox {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    _shutdown: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for SalesforceSandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SalesforceSandbox")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SalesforceSandbox {
+    /// Starts the emulator on `127.0.0.1` with an ephemeral port.
+    pub async fn start(config: SalesforceConfig) -> std::io::Result<Self> {
+        let key = DecodingKey::from_rsa_pem(config.public_key_pem.as_bytes())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
+        let addr = listener.local_addr()?;
+        let gates = [Route::Token, Route::Query, Route::Patch]
+            .into_iter()
+            .map(|r| (r, Gate::new()))
+            .collect();
+        let shared = Arc::new(Shared {
+            config,
+            key,
+            base_url: format!("http://{addr}"),
+            org: Mutex::new(OrgData::default()),
+            tokens: TokenChecker::default(),
+            issued: Mutex::new(Vec::new()),
+            token_log: Mutex::new(Vec::new()),
+            faults: Faults::default(),
+            counts: Mutex::new(HashMap::new()),
+            total: AtomicU64::new(0),
+            gates,
+            api_usage: AtomicU64::new(0),
+            next_token: AtomicU64::new(1),
+        });
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        tokio::spawn(serve(listener, router(shared.clone()), shutdown_rx));
+        tracing::debug!(%addr, "salesforce sandbox listening");
+        Ok(Self {
+            shared,
+            addr,
+            _shutdown: shutdown,
+        })
+    }
+
+    /// `http://127.0.0.1:<port>`: the login URL and the instance URL alike.
+    pub fn base_url(&self) -> String {
+        self.shared.base_url.clone()
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The configuration the sandbox runs with.
+    pub fn config(&self) -> &SalesforceConfig {
+        &self.shared.config
+    }
+
+    /// The org id in token responses.
+    pub fn org_id(&self) -> &str {
+        &self.shared.config.org_id
+    }
+
+    /// Adds or replaces an Account.
+    pub fn insert_account(&self, account: SfAccount) {
+        self.shared
+            .org
+            .lock()
+            .accounts
+            .insert(account.id.clone(), account);
+    }
+
+    /// Adds or replaces an Order.
+    pub fn insert_order(&self, order: SfOrder) {
+        self.shared
+            .org
+            .lock()
+            .orders
+            .insert(order.id.clone(), order);
+    }
+
+    /// Adds an OrderItem.
+    pub fn insert_order_item(&self, item: SfOrderItem) {
+        self.shared.org.lock().items.push(item);
+    }
+
+    /// The Order with this id (15 or 18 characters), as stored now.
+    pub fn order(&self, id: &str) -> Option<SfOrder> {
+        let org = self.shared.org.lock();
+        org.orders
+            .values()
+            .find(|o| org::same_id(&o.id, id))
+            .cloned()
+    }
+
+    /// Every Account.
+    pub fn accounts(&self) -> Vec<SfAccount> {
+        self.shared.org.lock().accounts.values().cloned().collect()
+    }
+
+    /// Every PATCH received, in order, whatever its outcome.
+    pub fn patches(&self) -> Vec<RecordedPatch> {
+        self.shared.org.lock().patches.clone()
+    }
+
+    /// The fault table.
+    pub fn faults(&self) -> &Faults {
+        &self.shared.faults
+    }
+
+    /// Requests received on `route` (faulted ones included).
+    pub fn requests(&self, route: Route) -> u64 {
+        self.shared.counts.lock().get(&route).copied().unwrap_or(0)
+    }
+
+    /// Requests received on any path.
+    pub fn total_requests(&self) -> u64 {
+        self.shared.total.load(Ordering::SeqCst)
+    }
+
+    /// Requests received by the token endpoint.
+    pub fn token_requests(&self) -> u64 {
+        self.requests(Route::Token)
+    }
+
+    /// The token endpoint's requests that got past fault injection, with their outcome.
+    pub fn token_log(&self) -> Vec<TokenRequest> {
+        self.shared.token_log.lock().clone()
+    }
+
+    /// Every access token issued so far (for tests that check tokens never leak).
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.shared.issued.lock().clone()
+    }
+
+    /// Whether `token` was issued here and has not expired.
+    pub fn is_token_valid(&self, token: &str) -> bool {
+        self.shared.tokens.is_valid(token)
+    }
+
+    /// A cheap handle to check tokens from another emulator.
+    pub fn token_checker(&self) -> TokenChecker {
+        self.shared.tokens.clone()
+    }
+
+    /// Ends every issued token's life now, as a session timeout would.
+    pub fn expire_all_tokens(&self) {
+        let now = Instant::now();
+        for expires in self.shared.tokens.tokens.lock().values_mut() {
+            *expires = now;
+        }
+    }
+
+    /// The `api-usage` count so far.
+    pub fn api_usage(&self) -> u64 {
+        self.shared.api_usage.load(Ordering::SeqCst)
+    }
+
+    /// Holds new requests on `route` at the door until [`SalesforceSandbox::resume`].
+    pub fn pause(&self, route: Route) {
+        if let Some(gate) = self.shared.gates.get(&route) {
+            gate.paused.send_replace(true);
+        }
+    }
+
+    /// Lets held and new requests on `route` through.
+    pub fn resume(&self, route: Route) {
+        if let Some(gate) = self.shared.gates.get(&route) {
+            gate.paused.send_replace(false);
+        }
+    }
+
+    /// Requests held at the door of `route` right now.
+    pub fn waiting(&self, route: Route) -> usize {
+        self.shared
+            .gates
+            .get(&route)
+            .map_or(0, |g| *g.waiting.borrow())
+    }
+
+    /// Waits until at least `n` requests are held at the door of `route`.
+    pub async fn wait_until_waiting(&self, route: Route, n: usize) {
+        if let Some(gate) = self.shared.gates.get(&route) {
+            let mut rx = gate.waiting.subscribe();
+            // The sender lives as long as `self`, so this only ends when the count is reached.
+            let _ = rx.wait_for(|count| *count >= n).await;
+        }
+    }
+}
+
+#[derive(Clone)]
+struct ConnKill(Arc<Notify>);
+
+async fn serve(listener: TcpListener, app: Router, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "salesforce sandbox accept failed");
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let app = app.clone();
+        let mut shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let kill = Arc::new(Notify::new());
+            let marker = ConnKill(kill.clone());
+            let service = tower::ServiceExt::map_request(
+                app,
+                move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(marker.clone());
+                    req
+                },
+            );
+            let connection = hyper::server::conn::http1::Builder::new().serve_connection(
+                hyper_util::rt::TokioIo::new(stream),
+                hyper_util::service::TowerToHyperService::new(service),
+            );
+            tokio::select! {
+                _ = connection => {}
+                _ = kill.notified() => {}
+                _ = shutdown.changed() => {}
+            }
+        });
+    }
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/services/oauth2/token", post(token))
+        .route("/services/data/{version}/query", get(query))
+        .route("/services/data/{version}/query/{locator}", get(query_more))
+        .route(
+            "/services/data/{version}/sobjects/Order/{id}",
+            patch(patch_order),
+        )
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(shared.clone(), intercept))
+        .with_state(shared)
+}
+
+fn route_of(method: &Method, path: &str) -> Option<Route> {
+    if path == "/services/oauth2/token" && method == Method::POST {
+        Some(Route::Token)
+    } else if path.starts_with("/services/data/") && path.contains("/query") {
+        Some(Route::Query)
+    } else if path.contains("/sobjects/Order/") && method == Method::PATCH {
+        Some(Route::Patch)
+    } else {
+        None
+    }
+}
+
+/// Counts, holds paused requests, and applies injected faults, before any handler runs.
+async fn intercept(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+    shared.total.fetch_add(1, Ordering::SeqCst);
+    let Some(route) = route_of(req.method(), req.uri().path()) else {
+        return next.run(req).await;
+    };
+    *shared.counts.lock().entry(route).or_default() += 1;
+    if let Some(gate) = shared.gates.get(&route) {
+        let mut paused = gate.paused.subscribe();
+        if *paused.borrow_and_update() {
+            gate.waiting.send_modify(|n| *n += 1);
+            let _ = paused.wait_for(|p| !*p).await;
+            gate.waiting.send_modify(|n| *n = n.saturating_sub(1));
+        }
+    }
+    for fault in shared.faults.take(route) {
+        match fault {
+            FaultKind::Latency(delay) => tokio::time::sleep(delay).await,
+            FaultKind::Status(status) => return status_fault(route, status),
+            FaultKind::SalesforceError {
+                status,
+                error_code,
+                message,
+            } => {
+                let body = json!([{ "message": message, "errorCode": error_code, "fields": [] }]);
+                return json_response(status, &body);
+            }
+            FaultKind::DropConnection => {
+                if let Some(kill) = req.extensions().get::<ConnKill>() {
+                    kill.0.notify_one();
+                    std::future::pending::<()>().await;
+                }
+                return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+            }
+        }
+    }
+    next.run(req).await
+}
+
+fn status_fault(route: Route, status: u16) -> Response {
+    let body = match (route, status) {
+        (Route::Token, _) => {
+            json!({ "error": "server_error", "error_description": "internal server error" })
+        }
+        (_, 503) => json!([{
+            "message": "Server is temporarily unavailable",
+            "errorCode": "SERVER_UNAVAILABLE",
+            "fields": []
+        }]),
+        _ => json!([{
+            "message": "An unexpected error occurred. Please include this ErrorId if you contact support: 1234567890-12345 (-1234567890)",
+            "errorCode": "UNKNOWN_EXCEPTION",
+            "fields": []
+        }]),
+    };
+    json_response(status, &body)
+}
+
+fn json_response(status: u16, body: &Value) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = (status, body.to_string()).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json;charset=UTF-8"),
+    );
+    response
+}
+
+async fn not_found() -> Response {
+    json_response(
+        404,
+        &ApiError::new(404, "NOT_FOUND", "The requested resource does not exist").body(),
+    )
+}
+
+fn form_fields(body: &[u8]) -> HashMap<String, String> {
+    url_decode_form(&String::from_utf8_lossy(body))
+}
+
+/// Decodes `application/x-www-form-urlencoded` (`+` = space, `%XX`).
+fn url_decode_form(text: &str) -> HashMap<String, String> {
+    fn decode(s: &str) -> String {
+        let bytes = s.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'+' => out.push(b' '),
+                b'%' if i + 2 < bytes.len() => {
+                    let hex = |c: u8| char::from(c).to_digit(16);
+                    match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                        (Some(hi), Some(lo)) => {
+                            out.push((hi * 16 + lo) as u8);
+                            i += 2;
+                        }
+                        _ => out.push(b'%'),
+                    }
+                }
+                b => out.push(b),
+            }
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    text.split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+async fn token(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let form = form_fields(&body);
+    let grant_type = form.get("grant_type").cloned();
+    let assertion = form.get("assertion").cloned();
+    let outcome = if grant_type.as_deref() != Some(oauth::JWT_BEARER_GRANT) {
+        Err(oauth::UNSUPPORTED_GRANT)
+    } else {
+        let mut audiences = shared.config.audiences.clone();
+        audiences.push(shared.base_url.clone());
+        let now_secs = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let expect = oauth::Expectation {
+            client_id: &shared.config.client_id,
+            usernames: &shared.config.usernames,
+            audiences: &audiences,
+            key: &shared.key,
+            leeway_secs: shared.config.assertion_leeway.as_secs(),
+            now_secs,
+        };
+        oauth::verify(assertion.as_deref().unwrap_or_default(), &expect)
+    };
+    shared.token_log.lock().push(TokenRequest {
+        content_type: headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        grant_type,
+        assertion,
+        outcome: outcome.clone().map_err(|e| e.description.to_owned()),
+    });
+    let username = match outcome {
+        Ok(username) => username,
+        Err(e) => {
+            return json_response(
+                400,
+                &json!({ "error": e.error, "error_description": e.description }),
+            );
+        }
+    };
+    let n = shared.next_token.fetch_add(1, Ordering::SeqCst);
+    let org15 = shared.config.org_id.get(..15).unwrap_or("00D000000000000");
+    let token = format!(
+        "{org15}!AQ{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    shared
+        .tokens
+        .tokens
+        .lock()
+        .insert(token.clone(), Instant::now() + shared.config.token_lifetime);
+    shared.issued.lock().push(token.clone());
+    let user_index = shared
+        .config
+        .usernames
+        .iter()
+        .position(|u| *u == username)
+        .unwrap_or(0);
+    let user_id = salesforce_id("005", user_index as u64 + 1);
+    let issued_at = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    tracing::debug!(n, %username, "salesforce sandbox issued a token");
+    json_response(
+        200,
+        &json!({
+            "access_token": token,
+            "scope": "api",
+            "instance_url": shared.base_url,
+            "id": format!("{}/id/{}/{}", shared.base_url, shared.config.org_id, user_id),
+            "token_type": "Bearer",
+            "issued_at": issued_at.to_string(),
+        }),
+    )
+}
+
+/// The 401 answer when the bearer token is missing, unknown or expired; otherwise counts
+/// the call against the API limit.
+fn refuse_session(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if !shared.tokens.is_valid(token) {
+        return Some(json_response(
+            401,
+            &json!([{ "message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID" }]),
+        ));
+    }
+    shared.api_usage.fetch_add(1, Ordering::SeqCst);
+    None
+}
+
+fn with_limit_info(shared: &Shared, mut response: Response) -> Response {
+    let value = format!(
+        "api-usage={}/{}",
+        shared.api_usage.load(Ordering::SeqCst),
+        shared.config.api_limit
+    );
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        response.headers_mut().insert("Sforce-Limit-Info", value);
+    }
+    response
+}
+
+fn version_ok(version: &str) -> bool {
+    version
+        .strip_prefix('v')
+        .and_then(|v| v.split_once('.'))
+        .is_some_and(|(major, minor)| {
+            !major.is_empty()
+                && !minor.is_empty()
+                && major
+                    .bytes()
+                    .chain(minor.bytes())
+                    .all(|b| b.is_ascii_digit())
+        })
+}
+
+fn rest_answer(shared: &Shared, result: Result<Response, ApiError>) -> Response {
+    let response = result.unwrap_or_else(|e| json_response(e.status, &e.body()));
+    with_limit_info(shared, response)
+}
+
+async fn query(
+    State(shared): State<Arc<Shared>>,
+    Path(version): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(denied) = refuse_session(&shared, &headers) {
+        return denied;
+    }
+    let result = if !version_ok(&version) {
+        Err(ApiError::new(
+            404,
+            "NOT_FOUND",
+            "The requested resource does not exist",
+        ))
+    } else {
+        match params.get("q") {
+            None => Err(ApiError::new(
+                400,
+                "MALFORMED_QUERY",
+                "A query string has to be specified",
+            )),
+            Some(q) => shared
+                .org
+                .lock()
+                .query(q, &version, shared.config.query_page_size)
+                .map(|v| json_response(200, &v)),
+        }
+    };
+    rest_answer(&shared, result)
+}
+
+async fn query_more(
+    State(shared): State<Arc<Shared>>,
+    Path((version, locator)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(denied) = refuse_session(&shared, &headers) {
+        return denied;
+    }
+    let result = shared
+        .org
+        .lock()
+        .query_more(&locator, &version, shared.config.query_page_size)
+        .map(|v| json_response(200, &v));
+    rest_answer(&shared, result)
+}
+
+async fn patch_order(
+    State(shared): State<Arc<Shared>>,
+    Path((version, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(denied) = refuse_session(&shared, &headers) {
+        return denied;
+    }
+    let result = if !version_ok(&version) {
+        Err(ApiError::new(
+            404,
+            "NOT_FOUND",
+            "The requested resource does not exist",
+        ))
+    } else {
+        shared
+            .org
+            .lock()
+            .patch_order(&id, &body, &shared.config.statuses)
+            .map(|()| StatusCode::NO_CONTENT.into_response())
+    };
+    rest_answer(&shared, result)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn form_decoding_handles_escapes() {
+        let form =
+            url_decode_form("grant_type=urn%3Aietf%3Aparams&assertion=a.b-c_d&x=1+2&bad=%zz");
+        assert_eq!(form["grant_type"], "urn:ietf:params");
+        assert_eq!(form["assertion"], "a.b-c_d");
+        assert_eq!(form["x"], "1 2");
+        assert_eq!(form["bad"], "%zz");
+    }
+
+    #[test]
+    fn versions_look_like_v62_0() {
+        assert!(version_ok("v62.0"));
+        assert!(!version_ok("62.0"));
+        assert!(!version_ok("v62"));
+        assert!(!version_ok("vX.0"));
+    }
+
+    #[test]
+    fn routes_are_recognised() {
+        assert_eq!(
+            route_of(&Method::POST, "/services/oauth2/token"),
+            Some(Route::Token)
+        );
+        assert_eq!(
+            route_of(&Method::GET, "/services/data/v62.0/query"),
+            Some(Route::Query)
+        );
+        assert_eq!(
+            route_of(&Method::PATCH, "/services/data/v62.0/sobjects/Order/x"),
+            Some(Route::Patch)
+        );
+        assert_eq!(route_of(&Method::GET, "/"), None);
+    }
+}

@@ -1,9 +1,40 @@
 //! Salesforce OAuth 2.0 JWT bearer authentication.
 //!
 //! [`TokenSource`] is the port every Salesforce client (REST, Pub/Sub) asks for an access token.
+//! [`JwtBearer`] is the real one: it signs an RS256 assertion (`iss` = connected app client id,
+//! `sub` = username, `aud` = login URL or `SF_AUDIENCE`, `exp` = now + 3 minutes, in seconds),
+//! posts it to `{login_url}/services/oauth2/token`, and caches the token until a client reports
+//! it stale with [`TokenSource::invalidate`]. However many tasks need a new token at once, exactly
+//! one request goes out (single flight). [`StaticToken`] hands out a fixed token, for tools and
+//! tests.
+//!
+//! ```no_run
+//! use secrecy::SecretString;
+//! use sf_auth::{JwtBearer, JwtBearerConfig, TokenSource};
+//!
+//! # async fn run(pem: String) -> Result<(), sf_auth::Error> {
+//! let config = JwtBearerConfig::new(
+//!     "https://login.salesforce.com",
+//!     "3MVG9...consumer-key",
+//!     "integration@example.com",
+//!     SecretString::from(pem),
+//! );
+//! let source = JwtBearer::new(config)?;
+//! let token = source.token().await?;
+//! println!("org {} at {}", token.org_id, token.instance_url);
+//! // after Salesforce answers 401 INVALID_SESSION_ID with `token`:
+//! source.invalidate(&token);
+//! # Ok(()) }
+//! ```
+
+mod error;
+mod jwt;
 
 use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
+
+pub use error::{Error, Result};
+pub use jwt::{DEFAULT_ASSERTION_LIFETIME, DEFAULT_LOGIN_URL, JwtBearer, JwtBearerConfig};
 
 /// An access token with what a client needs to call the org.
 #[derive(Clone)]
@@ -36,21 +67,9 @@ impl std::fmt::Debug for AccessToken {
     }
 }
 
-/// Errors from obtaining a token.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum Error {
-    /// Placeholder until the JWT bearer implementation lands.
-    #[error("token endpoint failed: {0}")]
-    Other(String),
-}
-
-/// `Result` with this crate's [`Error`].
-pub type Result<T, E = Error> = std::result::Result<T, E>;
-
 /// Where Salesforce clients get their access token.
-#[async_trait]
 #[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
 pub trait TokenSource: Send + Sync {
     /// A valid token: the cached one, or a freshly minted one (one request even when many tasks
     /// ask at once).
@@ -60,4 +79,62 @@ pub trait TokenSource: Send + Sync {
     /// `UNAUTHENTICATED`); the next [`TokenSource::token`] mints a new one unless a newer
     /// generation is already cached.
     fn invalidate(&self, stale: &AccessToken);
+}
+
+/// A [`TokenSource`] that always hands out the same token (generation 1) and ignores
+/// invalidation: for tools given a session id by hand, and for tests.
+#[derive(Clone, Debug)]
+pub struct StaticToken {
+    token: AccessToken,
+}
+
+impl StaticToken {
+    /// A source for `token` at `instance_url` (scheme + host) in org `org_id`.
+    pub fn new(
+        token: SecretString,
+        instance_url: impl Into<String>,
+        org_id: impl Into<String>,
+    ) -> Self {
+        let instance_url = instance_url.into().trim_end_matches('/').to_owned();
+        Self {
+            token: AccessToken {
+                token,
+                instance_url,
+                org_id: org_id.into(),
+                generation: 1,
+            },
+        }
+    }
+}
+
+#[async_trait]
+impl TokenSource for StaticToken {
+    async fn token(&self) -> Result<AccessToken> {
+        Ok(self.token.clone())
+    }
+
+    fn invalidate(&self, _stale: &AccessToken) {}
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[tokio::test]
+    async fn static_token_hands_out_its_token_and_hides_it_from_debug() {
+        let source = StaticToken::new(
+            SecretString::from("00Dxx!sessionsecret"),
+            "https://example.my.salesforce.com/",
+            "00D000000000001AAA",
+        );
+        let token = source.token().await.unwrap();
+        assert_eq!(token.secret(), "00Dxx!sessionsecret");
+        assert_eq!(token.instance_url, "https://example.my.salesforce.com");
+        source.invalidate(&token);
+        assert_eq!(source.token().await.unwrap().generation, 1);
+        let debug = format!("{source:?} {token:?}");
+        assert!(!debug.contains("sessionsecret"), "{debug}");
+        assert!(debug.contains("00D000000000001AAA"));
+    }
 }

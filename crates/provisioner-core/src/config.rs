@@ -1,0 +1,147 @@
+//! What the engine is told: picklist values, WHMCS order options, retry and pacing policy.
+
+use std::time::Duration;
+
+/// The Order `Status` picklist values the engine reads and writes (`SF_ORDER_STATUS_*`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OrderStatuses {
+    /// Approved by an operator: ready to provision (`Approved`).
+    pub approved: String,
+    /// Written while provisioning; `None` skips that PATCH (`Provisioning`).
+    pub provisioning: Option<String>,
+    /// Written on success (`Activated`).
+    pub provisioned: String,
+    /// Written on permanent failure (`Provisioning Failed`).
+    pub failed: String,
+}
+
+impl Default for OrderStatuses {
+    fn default() -> Self {
+        OrderStatuses {
+            approved: "Approved".into(),
+            provisioning: Some("Provisioning".into()),
+            provisioned: "Activated".into(),
+            failed: "Provisioning Failed".into(),
+        }
+    }
+}
+
+/// Retries of retryable errors: exponential backoff with full jitter, bounded by attempts and
+/// by the job's age.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Delay before the first retry (doubles each attempt).
+    pub base: Duration,
+    /// Longest delay between attempts.
+    pub max_delay: Duration,
+    /// Attempts after which a retryable error becomes a failure.
+    pub max_attempts: u32,
+    /// Age after which a retryable error becomes a failure.
+    pub max_age: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            base: Duration::from_secs(2),
+            max_delay: Duration::from_secs(600),
+            max_attempts: 12,
+            max_age: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The delay before attempt `attempt + 1` (attempt counts from 0), with full jitter:
+    /// uniformly in `[cap/2, cap]` where `cap = min(max_delay, base * 2^attempt)`, so retries of
+    /// many jobs spread out but never come back immediately.
+    pub fn delay(&self, attempt: u32, unit_random: f64) -> Duration {
+        let exp = self
+            .base
+            .checked_mul(1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX))
+            .unwrap_or(self.max_delay);
+        let cap = exp.min(self.max_delay);
+        let r = unit_random.clamp(0.0, 1.0);
+        cap.mul_f64(0.5 + r / 2.0)
+    }
+
+    /// Whether a job that has made `attempts` attempts and is `age` old may try again.
+    pub fn may_retry(&self, attempts: u32, age: Duration) -> bool {
+        attempts < self.max_attempts && age < self.max_age
+    }
+}
+
+/// Everything the engine needs besides its ports.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Picklist values.
+    pub statuses: OrderStatuses,
+    /// Topic events come from (for checkpoints).
+    pub topic: String,
+    /// AddOrder `paymentmethod` (`WHMCS_PAYMENT_METHOD`).
+    pub payment_method: String,
+    /// Product custom field holding the Salesforce Order Id (`WHMCS_ORDER_REF_FIELD_ID`).
+    pub order_ref_field_id: Option<u64>,
+    /// `WHMCS_SEND_EMAIL`: false sends `noemail=1` and `sendemail=0`.
+    pub send_email: bool,
+    /// `WHMCS_NO_INVOICE`.
+    pub no_invoice: bool,
+    /// Jobs in flight at once (`PROVISIONER_CONCURRENCY`).
+    pub concurrency: usize,
+    /// Lease of a claimed job (`JOB_LEASE`).
+    pub lease: Duration,
+    /// Retry policy.
+    pub retry: RetryPolicy,
+    /// How often the reconcile sweep runs (`RECONCILE_INTERVAL`).
+    pub reconcile_interval: Duration,
+    /// Only Orders approved at least this long ago are swept (gives events time to arrive).
+    pub reconcile_min_age: Duration,
+    /// `ENCRYPTION_KEY_ROTATION_DAYS`.
+    pub key_rotation_days: u32,
+    /// How often idle workers look for due retries.
+    pub poll_interval: Duration,
+    /// Longest time shutdown waits for in-flight steps.
+    pub shutdown_grace: Duration,
+    /// Name of this instance (lease owner prefix, audit `instance`).
+    pub instance: String,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            statuses: OrderStatuses::default(),
+            topic: "/event/OrderProvisionRequested__e".into(),
+            payment_method: "banktransfer".into(),
+            order_ref_field_id: None,
+            send_email: true,
+            no_invoice: false,
+            concurrency: 16,
+            lease: Duration::from_secs(30),
+            retry: RetryPolicy::default(),
+            reconcile_interval: Duration::from_secs(15 * 60),
+            reconcile_min_age: Duration::from_secs(120),
+            key_rotation_days: 90,
+            poll_interval: Duration::from_millis(200),
+            shutdown_grace: Duration::from_secs(25),
+            instance: "provisioner".into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_caps_and_jitters() {
+        let p = RetryPolicy::default();
+        assert_eq!(p.delay(0, 1.0), Duration::from_secs(2));
+        assert_eq!(p.delay(0, 0.0), Duration::from_secs(1));
+        assert_eq!(p.delay(3, 1.0), Duration::from_secs(16));
+        assert_eq!(p.delay(20, 1.0), Duration::from_secs(600));
+        assert_eq!(p.delay(u32::MAX, 0.0), Duration::from_secs(300));
+        assert!(p.may_retry(11, Duration::from_secs(10)));
+        assert!(!p.may_retry(12, Duration::from_secs(10)));
+        assert!(!p.may_retry(1, Duration::from_secs(24 * 3600)));
+    }
+}

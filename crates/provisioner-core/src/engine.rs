@@ -1,0 +1,294 @@
+//! The running engine: workers under a concurrency bound, the reconcile sweep, key rotation,
+//! graceful shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use audit::{Action, Actor, DetailKey, NewAuditRecord, Outcome};
+use chrono::Utc;
+use provisioner_store::{JobSource, NewJob};
+use tokio::sync::{Notify, Semaphore, watch};
+use tokio::task::JoinSet;
+
+use crate::config::EngineConfig;
+use crate::intake::{self, IntakeItem, IntakeResult};
+use crate::job::{JobOutcome, JobRunner, Ports, renew_every};
+
+/// The engine: cheap to clone, all state behind `Arc`s.
+#[derive(Clone)]
+pub struct Engine {
+    ports: Ports,
+    config: Arc<EngineConfig>,
+    rate: Option<Arc<security::KeyedRateLimiter<String>>>,
+    notify: Arc<Notify>,
+    owner: String,
+    shutdown_tx: Arc<watch::Sender<bool>>,
+    outcomes: Option<tokio::sync::mpsc::UnboundedSender<(String, JobOutcome)>>,
+}
+
+/// A started engine; [`EngineHandle::shutdown`] stops it gracefully.
+pub struct EngineHandle {
+    shutdown_tx: Arc<watch::Sender<bool>>,
+    tasks: JoinSet<()>,
+}
+
+impl Engine {
+    /// An engine over `ports`, with an optional per-customer provisioning rate.
+    pub fn new(
+        ports: Ports,
+        config: EngineConfig,
+        rate: Option<Arc<security::KeyedRateLimiter<String>>>,
+    ) -> Self {
+        let owner = format!("{}-{:08x}", config.instance, rand::random::<u32>());
+        let (shutdown_tx, _) = watch::channel(false);
+        Engine {
+            ports,
+            config: Arc::new(config),
+            rate,
+            notify: Arc::new(Notify::new()),
+            owner,
+            shutdown_tx: Arc::new(shutdown_tx),
+            outcomes: None,
+        }
+    }
+
+    /// Sends every job outcome to `tx` (progress display, tests).
+    pub fn with_outcomes(
+        mut self,
+        tx: tokio::sync::mpsc::UnboundedSender<(String, JobOutcome)>,
+    ) -> Self {
+        self.outcomes = Some(tx);
+        self
+    }
+
+    /// The lease owner name of this engine.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// Stores one subscription item and wakes a worker when it created a job.
+    pub async fn intake(&self, item: IntakeItem) -> provisioner_store::Result<IntakeResult> {
+        let result = intake::handle(&self.ports, &self.config.topic, item).await?;
+        if result == IntakeResult::Enqueued {
+            self.notify.notify_one();
+        }
+        Ok(result)
+    }
+
+    /// One reconcile sweep: approved Orders older than the configured age with no job are
+    /// enqueued. Returns how many.
+    pub async fn reconcile_once(&self) -> Result<usize, String> {
+        let orders = self
+            .ports
+            .orders
+            .list_approved_orders(self.config.reconcile_min_age)
+            .await
+            .map_err(|e| format!("reconcile: listing approved orders: {e}"))?;
+        let mut enqueued = 0;
+        for order in orders {
+            let Some(customer) = order
+                .customer_number
+                .clone()
+                .filter(|c| !c.trim().is_empty())
+            else {
+                tracing::warn!(order_id = %order.id, "approved Order without Customer_Number__c skipped by reconcile");
+                continue;
+            };
+            let created = self
+                .ports
+                .store
+                .enqueue(
+                    NewJob {
+                        order_id: order.id.to_string(),
+                        customer_number: customer.trim().to_owned(),
+                        account_id: order.account_id.clone(),
+                        event_id: None,
+                        source: JobSource::Reconcile,
+                    },
+                    Utc::now(),
+                )
+                .await
+                .map_err(|e| format!("reconcile: enqueue: {e}"))?;
+            if created {
+                enqueued += 1;
+                tracing::info!(order_id = %order.id, "reconcile enqueued an approved Order without a job");
+                let rec = NewAuditRecord::new(
+                    Actor::RECONCILER,
+                    Action::RECONCILE_ENQUEUED,
+                    Outcome::Success,
+                )
+                .order_id(order.id.to_string());
+                if let Ok(rec) = rec {
+                    let _ = self.ports.audit.append(rec).await;
+                }
+            }
+        }
+        if enqueued > 0 {
+            self.notify.notify_waiters();
+        }
+        Ok(enqueued)
+    }
+
+    /// Rotates the data key when it is older than `ENCRYPTION_KEY_ROTATION_DAYS`.
+    pub async fn rotate_keys_once(&self) -> provisioner_store::Result<bool> {
+        let rotated = self
+            .ports
+            .store
+            .rotate_keys_if_older_than(self.config.key_rotation_days, Utc::now())
+            .await?;
+        if let Some(id) = rotated {
+            tracing::info!(key_id = id.get(), "data key rotated");
+            let rec =
+                NewAuditRecord::new(Actor::KEY_MANAGER, Action::KEY_ROTATED, Outcome::Success)
+                    .detail(DetailKey::KeyId, id.get().to_string());
+            if let Ok(rec) = rec {
+                let _ = self.ports.audit.append(rec).await;
+            }
+        }
+        Ok(rotated.is_some())
+    }
+
+    /// Starts the workers, the reconcile sweep and key rotation.
+    pub fn start(&self) -> EngineHandle {
+        let mut tasks = JoinSet::new();
+        tasks.spawn(self.clone().dispatch());
+        let me = self.clone();
+        tasks.spawn(async move {
+            let mut shutdown = me.shutdown_tx.subscribe();
+            let mut tick = tokio::time::interval(me.config.reconcile_interval);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        if let Err(e) = me.reconcile_once().await {
+                            tracing::warn!(error = %e, "reconcile sweep failed");
+                        }
+                    }
+                    _ = shutdown.changed() => break,
+                }
+            }
+        });
+        let me = self.clone();
+        tasks.spawn(async move {
+            let mut shutdown = me.shutdown_tx.subscribe();
+            let mut tick = tokio::time::interval(Duration::from_secs(3600));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        if let Err(e) = me.rotate_keys_once().await {
+                            tracing::warn!(error = %e, "key rotation failed");
+                        }
+                    }
+                    _ = shutdown.changed() => break,
+                }
+            }
+        });
+        EngineHandle {
+            shutdown_tx: Arc::clone(&self.shutdown_tx),
+            tasks,
+        }
+    }
+
+    async fn dispatch(self) {
+        let permits = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
+        let mut shutdown = self.shutdown_tx.subscribe();
+        let mut running = JoinSet::new();
+        let runner = Arc::new(JobRunner::new(
+            self.ports.clone(),
+            Arc::clone(&self.config),
+            self.owner.clone(),
+            self.rate.clone(),
+            self.shutdown_tx.subscribe(),
+        ));
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let permit = tokio::select! {
+                p = Arc::clone(&permits).acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+                _ = shutdown.changed() => break,
+            };
+            while running.try_join_next().is_some() {}
+            match self
+                .ports
+                .store
+                .claim(&self.owner, Utc::now(), self.config.lease)
+                .await
+            {
+                Ok(Some(job)) => {
+                    let runner = Arc::clone(&runner);
+                    let store = Arc::clone(&self.ports.store);
+                    let lease = self.config.lease;
+                    let notify = Arc::clone(&self.notify);
+                    let outcomes = self.outcomes.clone();
+                    running.spawn(async move {
+                        let _permit = permit;
+                        let order_id = job.order_id.clone();
+                        let owner = runner.owner().to_owned();
+                        let renew = tokio::spawn({
+                            let order_id = order_id.clone();
+                            async move {
+                                let mut tick = tokio::time::interval(renew_every(lease));
+                                tick.tick().await;
+                                loop {
+                                    tick.tick().await;
+                                    let until = Utc::now()
+                                        + chrono::Duration::from_std(lease).unwrap_or_default();
+                                    if store.renew_lease(&order_id, &owner, until).await.is_err() {
+                                        break;
+                                    }
+                                }
+                            }
+                        });
+                        let outcome = runner.run(job).await;
+                        renew.abort();
+                        tracing::debug!(order_id = %order_id, ?outcome, "job settled");
+                        if let Some(tx) = outcomes {
+                            let _ = tx.send((order_id, outcome));
+                        }
+                        // A finished job may unblock its customer's next one.
+                        notify.notify_one();
+                    });
+                }
+                Ok(None) => {
+                    drop(permit);
+                    tokio::select! {
+                        _ = self.notify.notified() => {}
+                        _ = tokio::time::sleep(self.config.poll_interval) => {}
+                        _ = shutdown.changed() => break,
+                    }
+                }
+                Err(e) => {
+                    drop(permit);
+                    tracing::warn!(error = %e, "claiming a job failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.config.poll_interval) => {}
+                        _ = shutdown.changed() => break,
+                    }
+                }
+            }
+        }
+        // Shutdown: in-flight jobs stop at their next step boundary and release themselves.
+        let grace = self.config.shutdown_grace;
+        if tokio::time::timeout(grace, async {
+            while running.join_next().await.is_some() {}
+        })
+        .await
+        .is_err()
+        {
+            tracing::warn!("shutdown grace ran out; remaining jobs are left to their leases");
+            running.abort_all();
+        }
+    }
+}
+
+impl EngineHandle {
+    /// Stops taking work, lets in-flight steps finish (bounded by the configured grace) and
+    /// waits for every task.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown_tx.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+}

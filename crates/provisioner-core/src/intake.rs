@@ -1,0 +1,174 @@
+//! Event intake: a subscription item becomes an inbox row (and a job), a dead letter with the
+//! reason, or a checkpoint — the checkpoint always in the same transaction as what it passes.
+
+use audit::{Action, Actor, DetailKey, NewAuditRecord, Outcome};
+use chrono::Utc;
+use provisioner_store::{Checkpoint, InboxEvent, IngestOutcome, NewDeadLetter};
+
+use crate::job::Ports;
+
+/// The fields the engine needs from a decoded `OrderProvisionRequested__e`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventFields {
+    /// `OrderId__c`.
+    pub order_id: String,
+    /// `CustomerNumber__c`.
+    pub customer_number: String,
+    /// `AccountId__c`.
+    pub account_id: Option<String>,
+}
+
+/// One item of the subscription, as the engine sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IntakeItem {
+    /// An event: decoded fields, or why decoding failed (names the field).
+    Event {
+        /// `ConsumerEvent.event.id`.
+        event_id: String,
+        /// Opaque replay id.
+        replay_id: Vec<u8>,
+        /// The raw Avro payload (kept, encrypted, only when the event is dead-lettered).
+        payload: Vec<u8>,
+        /// The decoded fields, or the reason it could not be decoded.
+        decoded: Result<EventFields, String>,
+    },
+    /// A keepalive: the subscription's latest position.
+    Keepalive {
+        /// `FetchResponse.latest_replay_id`.
+        latest_replay_id: Vec<u8>,
+    },
+}
+
+/// What intake did with an item.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IntakeResult {
+    /// A new job was created.
+    Enqueued,
+    /// The event (or its order) was seen before: no new job.
+    Duplicate,
+    /// The event was bad: dead letter with this id.
+    DeadLettered(String),
+    /// A keepalive moved the checkpoint.
+    Checkpointed,
+}
+
+fn validate(event_id: &str, fields: &EventFields) -> Result<(), String> {
+    if event_id.is_empty() || event_id.len() > 255 {
+        return Err("event id missing or longer than 255 bytes".to_owned());
+    }
+    sf_rest::OrderId::parse(&fields.order_id)
+        .map_err(|_| "OrderId__c is not a 15/18-character Salesforce id".to_owned())?;
+    let customer = fields.customer_number.trim();
+    if customer.is_empty() || customer.len() > 80 {
+        return Err("CustomerNumber__c is empty or longer than 80 characters".to_owned());
+    }
+    Ok(())
+}
+
+async fn audit(ports: &Ports, record: Result<NewAuditRecord, audit::Error>) {
+    match record {
+        Ok(r) => {
+            if let Err(e) = ports.audit.append(r).await {
+                tracing::warn!(error = %e, "could not audit an intake decision");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "intake audit record rejected"),
+    }
+}
+
+/// Stores one subscription item. An error means nothing was stored and the checkpoint did
+/// not move: retry the same item (or resubscribe from the stored checkpoint).
+pub async fn handle(
+    ports: &Ports,
+    topic: &str,
+    item: IntakeItem,
+) -> provisioner_store::Result<IntakeResult> {
+    let now = Utc::now();
+    match item {
+        IntakeItem::Keepalive { latest_replay_id } => {
+            ports
+                .store
+                .save_checkpoint(
+                    &Checkpoint {
+                        topic: topic.to_owned(),
+                        replay_id: latest_replay_id,
+                    },
+                    now,
+                )
+                .await?;
+            Ok(IntakeResult::Checkpointed)
+        }
+        IntakeItem::Event {
+            event_id,
+            replay_id,
+            payload,
+            decoded,
+        } => {
+            let checked = decoded.and_then(|f| validate(&event_id, &f).map(|()| f));
+            match checked {
+                Err(reason) => {
+                    tracing::warn!(event_id = %event_id, %reason, "bad event dead-lettered");
+                    let id = ports
+                        .store
+                        .dead_letter(
+                            NewDeadLetter {
+                                topic: Some(topic.to_owned()),
+                                event_id: (!event_id.is_empty()).then(|| event_id.clone()),
+                                replay_id: Some(replay_id.clone()),
+                                order_id: None,
+                                reason: crate::sanitize_reason(&reason),
+                                payload: Some(payload),
+                                attempts: 0,
+                            },
+                            Some(Checkpoint {
+                                topic: topic.to_owned(),
+                                replay_id,
+                            }),
+                            now,
+                        )
+                        .await?;
+                    let mut rec = NewAuditRecord::new(
+                        Actor::SUBSCRIBER,
+                        Action::DEAD_LETTERED,
+                        Outcome::Failed,
+                    )
+                    .detail(DetailKey::ReasonCode, "bad_event");
+                    if !event_id.is_empty() {
+                        rec = rec.and_then(|r| r.detail(DetailKey::EventId, event_id.as_str()));
+                    }
+                    audit(ports, rec).await;
+                    Ok(IntakeResult::DeadLettered(id))
+                }
+                Ok(fields) => {
+                    let outcome = ports
+                        .store
+                        .ingest_event(
+                            &InboxEvent {
+                                topic: topic.to_owned(),
+                                event_id: event_id.clone(),
+                                replay_id,
+                                order_id: fields.order_id.clone(),
+                                customer_number: fields.customer_number.trim().to_owned(),
+                                account_id: fields.account_id.clone(),
+                            },
+                            now,
+                        )
+                        .await?;
+                    let action = match outcome {
+                        IngestOutcome::Enqueued => Action::EVENT_RECEIVED,
+                        _ => Action::EVENT_DUPLICATE,
+                    };
+                    tracing::info!(event_id = %event_id, order_id = %fields.order_id, ?outcome, "event stored");
+                    let rec = NewAuditRecord::new(Actor::SUBSCRIBER, action, Outcome::Success)
+                        .order_id(fields.order_id.as_str())
+                        .and_then(|r| r.detail(DetailKey::EventId, event_id.as_str()));
+                    audit(ports, rec).await;
+                    Ok(match outcome {
+                        IngestOutcome::Enqueued => IntakeResult::Enqueued,
+                        _ => IntakeResult::Duplicate,
+                    })
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,809 @@
+//! One job, step by step: the state machine of DESIGN §1 with a recovery point after every
+//! step and an *intent* recorded before each non-idempotent WHMCS call, so a restarted job
+//! looks an unknown outcome up before it ever repeats the call.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use audit::{Action, Actor, AuditLog, DetailKey, NewAuditRecord, Outcome};
+use chrono::{DateTime, Utc};
+use provisioner_store::{Job, JobState, NewDeadLetter, Step, StepUpdate, Store};
+use secrecy::ExposeSecret;
+use sf_rest::{OrderApi, OrderUpdate};
+use whmcs_client::{
+    AcceptOrderRequest, ConfigOptions, CustomFields, NewOrder, OrderLine, WhmcsApi,
+};
+
+use crate::alerts::Alerts;
+use crate::config::EngineConfig;
+use crate::sanitize::sanitize_reason;
+
+/// The ports one job talks through.
+#[derive(Clone)]
+pub struct Ports {
+    /// Salesforce Orders.
+    pub orders: Arc<dyn OrderApi>,
+    /// WHMCS.
+    pub whmcs: Arc<dyn WhmcsApi>,
+    /// Durable state.
+    pub store: Arc<dyn Store>,
+    /// The audit chain.
+    pub audit: Arc<dyn AuditLog>,
+    /// Security / operations alerts.
+    pub alerts: Arc<dyn Alerts>,
+}
+
+/// How running a job ended (for logs, metrics and tests).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JobOutcome {
+    /// Provisioned and written back to Salesforce.
+    Provisioned {
+        /// WHMCS order id.
+        whmcs_order_id: u64,
+        /// WHMCS service ids.
+        service_ids: Vec<u64>,
+    },
+    /// The Order was already provisioned (a replay or a restore): recorded as done.
+    AlreadyProvisioned,
+    /// The event was refused; nothing was written to the Order or WHMCS.
+    Refused {
+        /// Machine-readable reason (`not_approved`, `customer_mismatch`, ...).
+        code: &'static str,
+    },
+    /// A retryable error; the job runs again at `at`.
+    Retrying {
+        /// When.
+        at: DateTime<Utc>,
+        /// Sanitised reason.
+        reason: String,
+    },
+    /// The customer's provisioning rate was exceeded; the job runs again at `at`.
+    Delayed {
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// Failed permanently: Order marked failed, dead letter written, alert raised.
+    Failed {
+        /// Sanitised reason.
+        reason: String,
+    },
+    /// Given back at shutdown, to be resumed by the next claim.
+    Released,
+    /// Another worker took the job over (this worker's lease expired); nothing more written.
+    LeaseLost,
+    /// The store failed while settling the job; its lease will expire and it runs again.
+    StoreUnavailable,
+}
+
+/// Why a step did not complete.
+#[derive(Debug)]
+enum Stop {
+    Retry { reason: String, code: &'static str },
+    Permanent { reason: String, code: &'static str },
+    Refuse { code: &'static str },
+    AlreadyDone,
+    LeaseLost,
+    Shutdown,
+}
+
+impl From<provisioner_store::Error> for Stop {
+    fn from(e: provisioner_store::Error) -> Self {
+        match e {
+            provisioner_store::Error::LeaseLost { .. } => Stop::LeaseLost,
+            other => Stop::Retry {
+                reason: format!("store: {other}"),
+                code: "store_error",
+            },
+        }
+    }
+}
+
+impl From<audit::Error> for Stop {
+    fn from(e: audit::Error) -> Self {
+        Stop::Retry {
+            reason: format!("audit: {e}"),
+            code: "audit_error",
+        }
+    }
+}
+
+fn sf_stop(e: sf_rest::Error) -> Stop {
+    match e.class() {
+        sf_rest::ErrorClass::Permanent => Stop::Permanent {
+            reason: format!("salesforce: {e}"),
+            code: "salesforce_permanent",
+        },
+        _ => Stop::Retry {
+            reason: format!("salesforce: {e}"),
+            code: "salesforce_retryable",
+        },
+    }
+}
+
+fn whmcs_stop(e: whmcs_client::Error) -> Stop {
+    match e.class() {
+        whmcs_client::ErrorClass::Business => Stop::Permanent {
+            reason: format!("whmcs: {e}"),
+            code: "whmcs_business",
+        },
+        whmcs_client::ErrorClass::UnknownOutcome => Stop::Retry {
+            reason: format!("whmcs: {e}"),
+            code: "whmcs_unknown_outcome",
+        },
+        whmcs_client::ErrorClass::Configuration => Stop::Retry {
+            reason: format!("whmcs: {e}"),
+            code: "whmcs_configuration",
+        },
+        _ => Stop::Retry {
+            reason: format!("whmcs: {e}"),
+            code: "whmcs_transient",
+        },
+    }
+}
+
+fn permanent(code: &'static str, reason: impl Into<String>) -> Stop {
+    Stop::Permanent {
+        reason: reason.into(),
+        code,
+    }
+}
+
+/// Parses a WHMCS id that Salesforce may hold as text (`"12"`) or a number (`"12.0"`).
+fn parse_id(s: &str) -> Option<u64> {
+    let s = s.trim();
+    if let Ok(n) = s.parse::<u64>() {
+        return Some(n);
+    }
+    let f: f64 = s.parse().ok()?;
+    (f.fract() == 0.0 && (1.0..9.0e15).contains(&f)).then_some(f as u64)
+}
+
+/// What a job learns as it goes.
+#[derive(Default)]
+struct Progress {
+    order: Option<sf_rest::Order>,
+    client_id: Option<u64>,
+    whmcs_order_id: Option<u64>,
+    service_ids: Vec<u64>,
+}
+
+/// Runs claimed jobs.
+pub struct JobRunner {
+    ports: Ports,
+    config: Arc<EngineConfig>,
+    owner: String,
+    rate: Option<Arc<security::KeyedRateLimiter<String>>>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+impl JobRunner {
+    /// A runner claiming as `owner`, with an optional per-customer provisioning rate limit.
+    pub fn new(
+        ports: Ports,
+        config: Arc<EngineConfig>,
+        owner: String,
+        rate: Option<Arc<security::KeyedRateLimiter<String>>>,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
+        JobRunner {
+            ports,
+            config,
+            owner,
+            rate,
+            shutdown,
+        }
+    }
+
+    /// The lease owner name of this runner.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// Runs one claimed job until it finishes, waits for a retry, or is given back.
+    pub async fn run(&self, job: Job) -> JobOutcome {
+        if job.step == Step::Received
+            && let Some(limiter) = &self.rate
+            && let Err(wait) = limiter.check(&job.customer_number)
+        {
+            let at = Utc::now() + chrono::Duration::from_std(wait.0).unwrap_or_default();
+            return match self
+                .ports
+                .store
+                .reschedule(&job.order_id, &self.owner, at, None, false, Utc::now())
+                .await
+            {
+                Ok(()) => JobOutcome::Delayed { at },
+                Err(provisioner_store::Error::LeaseLost { .. }) => JobOutcome::LeaseLost,
+                Err(_) => JobOutcome::StoreUnavailable,
+            };
+        }
+        let mut progress = Progress {
+            whmcs_order_id: job.whmcs_order_id.as_deref().and_then(parse_id),
+            service_ids: job.service_ids.iter().filter_map(|s| parse_id(s)).collect(),
+            ..Progress::default()
+        };
+        let mut step = job.step;
+        loop {
+            if step == Step::Done {
+                return self.settle_done(&job, &progress).await;
+            }
+            if *self.shutdown.borrow() {
+                return self.settle(&job, step, Stop::Shutdown).await;
+            }
+            match self.step(&job, step, &mut progress).await {
+                Ok(next) => step = next,
+                Err(stop) => return self.settle(&job, step, stop).await,
+            }
+        }
+    }
+
+    async fn audit(&self, job: &Job, record: NewAuditRecord) -> Result<(), Stop> {
+        let record = record.order_id(job.order_id.as_str())?;
+        let record = match audit::SubjectId::new(job.customer_number.as_str()) {
+            Ok(_) => record.customer_number(job.customer_number.as_str())?,
+            Err(_) => record,
+        };
+        self.ports.audit.append(record).await?;
+        Ok(())
+    }
+
+    async fn advance(
+        &self,
+        job: &Job,
+        step: Step,
+        update: StepUpdate,
+        extra: Option<(DetailKey, String)>,
+    ) -> Result<Step, Stop> {
+        self.ports
+            .store
+            .advance(&job.order_id, &self.owner, step, update, Utc::now())
+            .await?;
+        let mut record =
+            NewAuditRecord::new(Actor::WORKER, Action::STEP_SUCCEEDED, Outcome::Success)
+                .detail(DetailKey::Step, step.as_str())?;
+        if let Some((key, value)) = extra {
+            record = record.detail(key, value)?;
+        }
+        self.audit(job, record).await?;
+        Ok(step)
+    }
+
+    async fn fetch(&self, job: &Job, progress: &mut Progress) -> Result<(), Stop> {
+        if progress.order.is_none() {
+            let order =
+                self.ports
+                    .orders
+                    .fetch_order(&job.order_id)
+                    .await
+                    .map_err(|e| match e {
+                        sf_rest::Error::NotFound { .. } if job.step == Step::Received => {
+                            Stop::Refuse {
+                                code: "order_not_found",
+                            }
+                        }
+                        sf_rest::Error::InvalidId { .. } => Stop::Refuse {
+                            code: "invalid_order_id",
+                        },
+                        other => sf_stop(other),
+                    })?;
+            progress.order = Some(order);
+        }
+        Ok(())
+    }
+
+    fn client_id(progress: &Progress) -> Result<u64, Stop> {
+        let order = progress
+            .order
+            .as_ref()
+            .ok_or_else(|| permanent("internal", "order not loaded"))?;
+        order
+            .whmcs_client_id
+            .as_deref()
+            .and_then(parse_id)
+            .ok_or_else(|| permanent("invalid_order", "Order has no valid WHMCS_Client_Id__c"))
+    }
+
+    fn lines(&self, job: &Job, progress: &Progress) -> Result<Vec<OrderLine>, Stop> {
+        let order = progress
+            .order
+            .as_ref()
+            .ok_or_else(|| permanent("internal", "order not loaded"))?;
+        if order.items.is_empty() {
+            return Err(permanent("invalid_order", "Order has no OrderItems"));
+        }
+        let mut lines = Vec::new();
+        for (i, item) in order.items.iter().enumerate() {
+            let n = i + 1;
+            let pid = item
+                .whmcs_product_id
+                .as_deref()
+                .and_then(parse_id)
+                .ok_or_else(|| {
+                    permanent(
+                        "invalid_order",
+                        format!("OrderItem {n} has no valid WHMCS_Product_Id__c"),
+                    )
+                })?;
+            let cycle = item
+                .billing_cycle
+                .as_deref()
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .ok_or_else(|| {
+                    permanent(
+                        "invalid_order",
+                        format!("OrderItem {n} has no Billing_Cycle__c"),
+                    )
+                })?;
+            let options = match &item.config_options {
+                None => ConfigOptions::new(),
+                Some(secret) => {
+                    let json: serde_json::Value = serde_json::from_str(secret.expose_secret())
+                        .map_err(|_| {
+                            permanent(
+                                "invalid_order",
+                                format!("OrderItem {n} Config_Options__c is not a JSON object"),
+                            )
+                        })?;
+                    ConfigOptions::from_json(&json)
+                        .map_err(|e| permanent("invalid_order", format!("OrderItem {n}: {e}")))?
+                }
+            };
+            let mut fields = CustomFields::new();
+            if let Some(field) = self.config.order_ref_field_id {
+                fields = fields.with(field, job.order_id.clone());
+            }
+            if item.quantity == 0 {
+                return Err(permanent(
+                    "invalid_order",
+                    format!("OrderItem {n} has quantity 0"),
+                ));
+            }
+            for _ in 0..item.quantity {
+                let mut line = OrderLine::new(pid, cycle.to_owned());
+                line.custom_fields = fields.clone();
+                line.config_options = options.clone();
+                lines.push(line);
+            }
+        }
+        Ok(lines)
+    }
+
+    async fn step(&self, job: &Job, step: Step, progress: &mut Progress) -> Result<Step, Stop> {
+        let statuses = &self.config.statuses;
+        match step {
+            Step::Received => {
+                self.fetch(job, progress).await?;
+                let order = progress
+                    .order
+                    .as_ref()
+                    .ok_or_else(|| permanent("internal", "order not loaded"))?;
+                let status = order.status.as_deref().unwrap_or_default();
+                if status == statuses.provisioned {
+                    return Err(Stop::AlreadyDone);
+                }
+                if status != statuses.approved {
+                    return Err(Stop::Refuse {
+                        code: "not_approved",
+                    });
+                }
+                if order.customer_number.as_deref().map(str::trim)
+                    != Some(job.customer_number.trim())
+                {
+                    return Err(Stop::Refuse {
+                        code: "customer_mismatch",
+                    });
+                }
+                let client_id = Self::client_id(progress)?;
+                self.lines(job, progress)?;
+                let client = self
+                    .ports
+                    .whmcs
+                    .get_client_details(client_id)
+                    .await
+                    .map_err(whmcs_stop)?;
+                if !matches!(client.status, whmcs_client::ClientStatus::Active) {
+                    return Err(permanent(
+                        "whmcs_client_inactive",
+                        format!("WHMCS client {client_id} is not Active"),
+                    ));
+                }
+                progress.client_id = Some(client_id);
+                self.advance(job, Step::Checked, StepUpdate::default(), None)
+                    .await
+            }
+            Step::Checked => {
+                if let Some(value) = &statuses.provisioning {
+                    let update = OrderUpdate {
+                        status: Some(value.clone()),
+                        ..OrderUpdate::default()
+                    };
+                    self.ports
+                        .orders
+                        .update_order(&job.order_id, &update)
+                        .await
+                        .map_err(sf_stop)?;
+                }
+                self.advance(job, Step::MarkedProvisioning, StepUpdate::default(), None)
+                    .await
+            }
+            Step::MarkedProvisioning | Step::OrderUnknown => {
+                self.fetch(job, progress).await?;
+                let client_id = Self::client_id(progress)?;
+                if let Some(field) = self.config.order_ref_field_id {
+                    let found = self
+                        .ports
+                        .whmcs
+                        .find_service_by_custom_field(client_id, field, &job.order_id)
+                        .await
+                        .map_err(whmcs_stop)?;
+                    if let Some(service) = found {
+                        let services = self
+                            .ports
+                            .whmcs
+                            .all_client_services(client_id)
+                            .await
+                            .map_err(whmcs_stop)?;
+                        let ids: Vec<u64> = services
+                            .iter()
+                            .filter(|s| s.order_id == service.order_id)
+                            .map(|s| s.id)
+                            .collect();
+                        return self
+                            .ordered(job, progress, service.order_id, ids, "found_existing")
+                            .await;
+                    }
+                } else if step == Step::OrderUnknown {
+                    return Err(permanent(
+                        "unknown_outcome",
+                        "AddOrder outcome unknown and WHMCS_ORDER_REF_FIELD_ID is not set to look it up; \
+                         check WHMCS before retrying",
+                    ));
+                }
+                let lines = self.lines(job, progress)?;
+                if step != Step::OrderUnknown {
+                    // Intent first: a crash during AddOrder resumes with a lookup.
+                    self.ports
+                        .store
+                        .advance(
+                            &job.order_id,
+                            &self.owner,
+                            Step::OrderUnknown,
+                            StepUpdate::default(),
+                            Utc::now(),
+                        )
+                        .await?;
+                }
+                let mut order = NewOrder::new(client_id, lines);
+                order.payment_method = Some(self.config.payment_method.clone());
+                order.no_email = !self.config.send_email;
+                order.no_invoice = self.config.no_invoice;
+                let placed = self
+                    .ports
+                    .whmcs
+                    .add_order(&order)
+                    .await
+                    .map_err(whmcs_stop)?;
+                self.ordered(
+                    job,
+                    progress,
+                    placed.order_id,
+                    placed.service_ids,
+                    "add_order",
+                )
+                .await
+            }
+            Step::WhmcsOrdered | Step::AcceptUnknown => {
+                let order_id = progress
+                    .whmcs_order_id
+                    .ok_or_else(|| permanent("internal", "WHMCS order id missing at accept"))?;
+                if step == Step::AcceptUnknown {
+                    match self
+                        .ports
+                        .whmcs
+                        .get_order(order_id)
+                        .await
+                        .map_err(whmcs_stop)?
+                    {
+                        Some(o) if o.is_active() => return self.accepted(job, order_id).await,
+                        Some(o) if o.status.eq_ignore_ascii_case("pending") => {}
+                        Some(_) | None => {
+                            return Err(permanent(
+                                "whmcs_order_state",
+                                format!("WHMCS order {order_id} is neither Pending nor Active"),
+                            ));
+                        }
+                    }
+                } else {
+                    self.ports
+                        .store
+                        .advance(
+                            &job.order_id,
+                            &self.owner,
+                            Step::AcceptUnknown,
+                            StepUpdate::default(),
+                            Utc::now(),
+                        )
+                        .await?;
+                }
+                let request = AcceptOrderRequest::provision(order_id, self.config.send_email);
+                match self.ports.whmcs.accept_order(&request).await {
+                    Ok(()) => self.accepted(job, order_id).await,
+                    Err(e) if e.is_order_not_pending() => {
+                        match self
+                            .ports
+                            .whmcs
+                            .get_order(order_id)
+                            .await
+                            .map_err(whmcs_stop)?
+                        {
+                            Some(o) if o.is_active() => self.accepted(job, order_id).await,
+                            _ => Err(permanent(
+                                "whmcs_order_state",
+                                format!("WHMCS order {order_id} is not Pending and not Active"),
+                            )),
+                        }
+                    }
+                    Err(e) => Err(whmcs_stop(e)),
+                }
+            }
+            Step::Accepted => {
+                let order_id = progress
+                    .whmcs_order_id
+                    .ok_or_else(|| permanent("internal", "WHMCS order id missing at write-back"))?;
+                let update = OrderUpdate {
+                    status: Some(statuses.provisioned.clone()),
+                    whmcs_order_id: Some(order_id.to_string()),
+                    whmcs_service_ids: Some(
+                        progress.service_ids.iter().map(u64::to_string).collect(),
+                    ),
+                    provisioned_at: Some(Utc::now()),
+                    provisioning_error: None,
+                };
+                self.ports
+                    .orders
+                    .update_order(&job.order_id, &update)
+                    .await
+                    .map_err(sf_stop)?;
+                Ok(Step::Done)
+            }
+            Step::Done => Ok(Step::Done),
+        }
+    }
+
+    async fn ordered(
+        &self,
+        job: &Job,
+        progress: &mut Progress,
+        order_id: u64,
+        service_ids: Vec<u64>,
+        how: &'static str,
+    ) -> Result<Step, Stop> {
+        progress.whmcs_order_id = Some(order_id);
+        progress.service_ids = service_ids;
+        let update = StepUpdate {
+            whmcs_order_id: Some(order_id.to_string()),
+            service_ids: Some(progress.service_ids.iter().map(u64::to_string).collect()),
+        };
+        self.advance(
+            job,
+            Step::WhmcsOrdered,
+            update,
+            Some((DetailKey::ReasonCode, how.to_owned())),
+        )
+        .await
+    }
+
+    async fn accepted(&self, job: &Job, order_id: u64) -> Result<Step, Stop> {
+        self.advance(
+            job,
+            Step::Accepted,
+            StepUpdate::default(),
+            Some((DetailKey::WhmcsOrderId, order_id.to_string())),
+        )
+        .await
+    }
+
+    async fn settle_done(&self, job: &Job, progress: &Progress) -> JobOutcome {
+        let store = &self.ports.store;
+        match store
+            .finish(&job.order_id, &self.owner, JobState::Done, None, Utc::now())
+            .await
+        {
+            Ok(()) => {}
+            Err(provisioner_store::Error::LeaseLost { .. }) => return JobOutcome::LeaseLost,
+            Err(_) => return JobOutcome::StoreUnavailable,
+        }
+        let ids: Vec<String> = progress.service_ids.iter().map(u64::to_string).collect();
+        let record =
+            NewAuditRecord::new(Actor::WORKER, Action::ORDER_PROVISIONED, Outcome::Success)
+                .detail(
+                    DetailKey::WhmcsOrderId,
+                    progress.whmcs_order_id.unwrap_or_default().to_string(),
+                )
+                .and_then(|r| {
+                    if ids.is_empty() {
+                        Ok(r)
+                    } else {
+                        r.detail(DetailKey::ServiceIds, ids.join(","))
+                    }
+                });
+        if let Ok(record) = record {
+            let _ = self.audit(job, record).await;
+        }
+        JobOutcome::Provisioned {
+            whmcs_order_id: progress.whmcs_order_id.unwrap_or_default(),
+            service_ids: progress.service_ids.clone(),
+        }
+    }
+
+    async fn settle(&self, job: &Job, step: Step, stop: Stop) -> JobOutcome {
+        let now = Utc::now();
+        let store = &self.ports.store;
+        let settled = match stop {
+            Stop::LeaseLost => return JobOutcome::LeaseLost,
+            Stop::Shutdown => store
+                .release(&job.order_id, &self.owner, now)
+                .await
+                .map(|()| JobOutcome::Released),
+            Stop::AlreadyDone => {
+                let r = store
+                    .finish(&job.order_id, &self.owner, JobState::Done, None, now)
+                    .await;
+                if r.is_ok() {
+                    let rec = NewAuditRecord::new(
+                        Actor::WORKER,
+                        Action::ORDER_PROVISIONED,
+                        Outcome::Success,
+                    )
+                    .detail(DetailKey::ReasonCode, "already_provisioned");
+                    if let Ok(rec) = rec {
+                        let _ = self.audit(job, rec).await;
+                    }
+                }
+                r.map(|()| JobOutcome::AlreadyProvisioned)
+            }
+            Stop::Refuse { code } => {
+                let r = store
+                    .finish(
+                        &job.order_id,
+                        &self.owner,
+                        JobState::Refused,
+                        Some(code.to_owned()),
+                        now,
+                    )
+                    .await;
+                if r.is_ok() {
+                    tracing::warn!(order_id = %job.order_id, code, "event refused");
+                    let rec =
+                        NewAuditRecord::new(Actor::WORKER, Action::ORDER_REFUSED, Outcome::Refused)
+                            .detail(DetailKey::ReasonCode, code);
+                    if let Ok(rec) = rec {
+                        let _ = self.audit(job, rec).await;
+                    }
+                    self.ports
+                        .alerts
+                        .order_refused(&job.order_id, &job.customer_number)
+                        .await;
+                }
+                r.map(|()| JobOutcome::Refused { code })
+            }
+            Stop::Retry { reason, code } => {
+                let attempts = job.attempts.saturating_add(1);
+                let age = (now - job.created_at).to_std().unwrap_or_default();
+                if self.config.retry.may_retry(attempts, age) {
+                    let delay = self.config.retry.delay(job.attempts, rand::random::<f64>());
+                    let at = now + chrono::Duration::from_std(delay).unwrap_or_default();
+                    let reason = sanitize_reason(&reason);
+                    tracing::info!(order_id = %job.order_id, step = %step, attempt = attempts, %reason, "retrying");
+                    let r = store
+                        .reschedule(
+                            &job.order_id,
+                            &self.owner,
+                            at,
+                            Some(reason.clone()),
+                            true,
+                            now,
+                        )
+                        .await;
+                    if r.is_ok() {
+                        let outcome = if code == "whmcs_unknown_outcome" {
+                            Outcome::Unknown
+                        } else {
+                            Outcome::Retry
+                        };
+                        let rec = NewAuditRecord::new(Actor::WORKER, Action::STEP_FAILED, outcome)
+                            .detail(DetailKey::Step, step.as_str())
+                            .and_then(|r| r.detail(DetailKey::ErrorCode, code))
+                            .and_then(|r| r.detail(DetailKey::Attempt, attempts.to_string()));
+                        if let Ok(rec) = rec {
+                            let _ = self.audit(job, rec).await;
+                        }
+                    }
+                    r.map(|()| JobOutcome::Retrying { at, reason })
+                } else {
+                    let reason = format!("gave up after {attempts} attempts: {reason}");
+                    self.fail(job, step, code, &reason).await
+                }
+            }
+            Stop::Permanent { reason, code } => self.fail(job, step, code, &reason).await,
+        };
+        match settled {
+            Ok(outcome) => outcome,
+            Err(provisioner_store::Error::LeaseLost { .. }) => JobOutcome::LeaseLost,
+            Err(e) => {
+                tracing::error!(order_id = %job.order_id, error = %e, "could not settle job; its lease will expire");
+                JobOutcome::StoreUnavailable
+            }
+        }
+    }
+
+    async fn fail(
+        &self,
+        job: &Job,
+        step: Step,
+        code: &'static str,
+        reason: &str,
+    ) -> provisioner_store::Result<JobOutcome> {
+        let now = Utc::now();
+        let reason = sanitize_reason(reason);
+        tracing::error!(order_id = %job.order_id, step = %step, code, %reason, "order failed");
+        let update = OrderUpdate {
+            status: Some(self.config.statuses.failed.clone()),
+            provisioning_error: Some(reason.clone()),
+            ..OrderUpdate::default()
+        };
+        if let Err(e) = self.ports.orders.update_order(&job.order_id, &update).await {
+            tracing::warn!(order_id = %job.order_id, error = %e, "could not mark the Order failed in Salesforce");
+        }
+        self.ports
+            .store
+            .dead_letter(
+                NewDeadLetter {
+                    topic: None,
+                    event_id: job.event_id.clone(),
+                    replay_id: None,
+                    order_id: Some(job.order_id.clone()),
+                    reason: reason.clone(),
+                    payload: None,
+                    attempts: job.attempts.saturating_add(1),
+                },
+                None,
+                now,
+            )
+            .await?;
+        self.ports
+            .store
+            .finish(
+                &job.order_id,
+                &self.owner,
+                JobState::Failed,
+                Some(reason.clone()),
+                now,
+            )
+            .await?;
+        for (action, extra) in [
+            (Action::ORDER_FAILED, Some(step.as_str())),
+            (Action::DEAD_LETTERED, None),
+        ] {
+            let mut rec = NewAuditRecord::new(Actor::WORKER, action, Outcome::Failed)
+                .detail(DetailKey::ErrorCode, code);
+            if let Some(s) = extra {
+                rec = rec.and_then(|r| r.detail(DetailKey::Step, s));
+            }
+            if let Ok(rec) = rec {
+                let _ = self.audit(job, rec).await;
+            }
+        }
+        self.ports
+            .alerts
+            .provisioning_failed(&job.order_id, &job.customer_number)
+            .await;
+        Ok(JobOutcome::Failed { reason })
+    }
+}
+
+/// How long a lease is renewed before it runs out.
+pub(crate) fn renew_every(lease: Duration) -> Duration {
+    (lease / 3).max(Duration::from_millis(100))
+}

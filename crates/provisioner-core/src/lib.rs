@@ -1,0 +1,29 @@
+//! The exactly-once workflow engine (DESIGN §1).
+//!
+//! It talks only through the ports of the crates below it: [`sf_rest::OrderApi`],
+//! [`whmcs_client::WhmcsApi`], [`provisioner_store::Store`], [`audit::AuditLog`] and the
+//! [`Alerts`] port (implemented by [`security::SecurityMonitor`]). It does no I/O of its own.
+//!
+//! - [`JobRunner`] runs one claimed job through the steps of DESIGN §1, recording a recovery
+//!   point after every step and an intent before every non-idempotent WHMCS call.
+//! - [`intake`] turns subscription items into inbox rows, dead letters and checkpoints.
+//! - [`Engine`] runs the workers, the reconcile sweep and key rotation, and shuts down
+//!   gracefully.
+
+mod alerts;
+mod config;
+mod engine;
+pub mod intake;
+mod job;
+mod sanitize;
+
+pub use alerts::Alerts;
+#[cfg(any(test, feature = "mock"))]
+pub use alerts::MockAlerts;
+pub use config::{EngineConfig, OrderStatuses, RetryPolicy};
+pub use engine::{Engine, EngineHandle};
+pub use job::{JobOutcome, JobRunner, Ports};
+pub use sanitize::{MAX_REASON_CHARS, sanitize_reason};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,882 @@
+//! mockall tests of every decision of the core: each check, each error class, resumption from
+//! each recovery point.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::{Arc, Mutex};
+
+use audit::{AuditKey, ChainHead, MockAuditLog};
+use chrono::Utc;
+use provisioner_store::{Job, JobSource, JobState, MockStore, Step};
+use secrecy::SecretString;
+use sf_rest::{MockOrderApi, Order, OrderId, OrderItem};
+use whmcs_client::{ClientDetails, ClientStatus, MockWhmcsApi, PlacedOrder};
+
+use crate::alerts::MockAlerts;
+use crate::config::{EngineConfig, OrderStatuses};
+use crate::intake::{EventFields, IntakeItem, IntakeResult};
+use crate::job::{JobOutcome, JobRunner, Ports};
+
+const ORDER: &str = "801000000000001AAA";
+const CUSTOMER: &str = "C-1001";
+
+type Calls = Arc<Mutex<Vec<String>>>;
+
+fn log(calls: &Calls, s: impl Into<String>) {
+    calls.lock().unwrap().push(s.into());
+}
+
+fn job(step: Step, attempts: u32) -> Job {
+    let now = Utc::now();
+    Job {
+        seq: 1,
+        order_id: ORDER.into(),
+        customer_number: CUSTOMER.into(),
+        account_id: None,
+        event_id: Some("evt-1".into()),
+        source: JobSource::Event,
+        state: JobState::Running,
+        step,
+        whmcs_order_id: matches!(
+            step,
+            Step::WhmcsOrdered | Step::AcceptUnknown | Step::Accepted
+        )
+        .then(|| "77".into()),
+        service_ids: if matches!(
+            step,
+            Step::WhmcsOrdered | Step::AcceptUnknown | Step::Accepted
+        ) {
+            vec!["5".into(), "6".into()]
+        } else {
+            vec![]
+        },
+        attempts,
+        next_attempt_at: now,
+        lease_owner: Some("w".into()),
+        lease_until: None,
+        last_error: None,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+fn order(status: &str) -> Order {
+    Order {
+        id: OrderId::parse(ORDER).unwrap(),
+        order_number: Some("00000100".into()),
+        status: Some(status.into()),
+        account_id: None,
+        customer_number: Some(CUSTOMER.into()),
+        whmcs_client_id: Some("12".into()),
+        items: vec![OrderItem {
+            id: "802000000000001AAA".into(),
+            quantity: 2,
+            whmcs_product_id: Some("3".into()),
+            billing_cycle: Some("monthly".into()),
+            config_options: Some(SecretString::from(r#"{"9":"root-pw"}"#.to_owned())),
+        }],
+    }
+}
+
+fn whmcs_order(status: &str) -> whmcs_client::Order {
+    serde_json::from_value(serde_json::json!({"id": 77, "userid": 12, "status": status})).unwrap()
+}
+
+fn service(id: u64, order_id: u64) -> whmcs_client::Service {
+    serde_json::from_value(
+        serde_json::json!({"id": id, "clientid": 12, "orderid": order_id, "pid": 3}),
+    )
+    .unwrap()
+}
+
+fn active_client() -> ClientDetails {
+    ClientDetails {
+        id: 12,
+        status: ClientStatus::Active,
+        first_name: String::new(),
+        last_name: String::new(),
+        company_name: String::new(),
+        email: String::new(),
+        custom_fields: vec![],
+        email_verified: false,
+    }
+}
+
+fn business(action: whmcs_client::Action, message: &str) -> whmcs_client::Error {
+    whmcs_client::Error::Business {
+        action,
+        http_status: 200,
+        message: message.into(),
+    }
+}
+
+fn unknown(action: whmcs_client::Action) -> whmcs_client::Error {
+    whmcs_client::Error::UnknownOutcome {
+        action,
+        http_status: None,
+        reason: "connection closed before the answer".into(),
+    }
+}
+
+/// Mocks whose every call is logged; tests add the expectations they need.
+struct World {
+    calls: Calls,
+    orders: MockOrderApi,
+    whmcs: MockWhmcsApi,
+    store: MockStore,
+    config: EngineConfig,
+    shutdown: bool,
+    rate: Option<Arc<security::KeyedRateLimiter<String>>>,
+}
+
+impl World {
+    fn new() -> Self {
+        let calls: Calls = Arc::default();
+        let mut store = MockStore::new();
+        let c = calls.clone();
+        store
+            .expect_advance()
+            .returning(move |_, _, step, update, _| {
+                let mut s = format!("advance:{step}");
+                if let Some(id) = update.whmcs_order_id {
+                    s.push_str(&format!(":{id}"));
+                }
+                log(&c, s);
+                Ok(())
+            });
+        let c = calls.clone();
+        store
+            .expect_reschedule()
+            .returning(move |_, _, _, _, count, _| {
+                log(&c, format!("reschedule:count={count}"));
+                Ok(())
+            });
+        let c = calls.clone();
+        store.expect_finish().returning(move |_, _, state, _, _| {
+            log(&c, format!("finish:{state}"));
+            Ok(())
+        });
+        let c = calls.clone();
+        store.expect_release().returning(move |_, _, _| {
+            log(&c, "release");
+            Ok(())
+        });
+        let c = calls.clone();
+        store.expect_dead_letter().returning(move |letter, _, _| {
+            log(&c, format!("dead_letter:{}", letter.reason));
+            Ok("dl-1".into())
+        });
+        let mut orders = MockOrderApi::new();
+        let c = calls.clone();
+        orders.expect_update_order().returning(move |_, update| {
+            log(
+                &c,
+                format!("sf_patch:{}", update.status.clone().unwrap_or_default()),
+            );
+            Ok(())
+        });
+        World {
+            calls,
+            orders,
+            whmcs: MockWhmcsApi::new(),
+            store,
+            config: EngineConfig {
+                order_ref_field_id: Some(4),
+                ..EngineConfig::default()
+            },
+            shutdown: false,
+            rate: None,
+        }
+    }
+
+    fn fetch_returns(&mut self, o: Order) {
+        let c = self.calls.clone();
+        self.orders.expect_fetch_order().returning(move |_| {
+            log(&c, "sf_fetch");
+            Ok(o.clone())
+        });
+    }
+
+    fn client_active(&mut self) {
+        let c = self.calls.clone();
+        self.whmcs.expect_get_client_details().returning(move |_| {
+            log(&c, "whmcs_client");
+            Ok(active_client())
+        });
+    }
+
+    fn lookup_finds(&mut self, found: Option<u64>) {
+        let c = self.calls.clone();
+        self.whmcs
+            .expect_find_service_by_custom_field()
+            .returning(move |_, field, value| {
+                assert_eq!((field, value), (4, ORDER));
+                log(&c, "whmcs_lookup");
+                Ok(found.map(|o| service(5, o)))
+            });
+        let c = self.calls.clone();
+        self.whmcs.expect_all_client_services().returning(move |_| {
+            log(&c, "whmcs_services");
+            Ok(vec![service(5, 77), service(6, 77), service(9, 12)])
+        });
+    }
+
+    fn add_order_ok(&mut self) {
+        let c = self.calls.clone();
+        self.whmcs.expect_add_order().returning(move |o| {
+            assert_eq!(o.lines.len(), 2, "quantity 2 gives two lines");
+            assert_eq!(o.client_id, 12);
+            log(&c, "whmcs_add_order");
+            Ok(PlacedOrder {
+                order_id: 77,
+                service_ids: vec![5, 6],
+                addon_ids: vec![],
+                domain_ids: vec![],
+                invoice_id: None,
+            })
+        });
+    }
+
+    fn accept_ok(&mut self) {
+        let c = self.calls.clone();
+        self.whmcs.expect_accept_order().returning(move |r| {
+            assert_eq!(r.order_id, 77);
+            assert!(r.auto_setup);
+            log(&c, "whmcs_accept");
+            Ok(())
+        });
+    }
+
+    async fn run(self, job: Job) -> (JobOutcome, Vec<String>) {
+        let calls = self.calls.clone();
+        let mut audit = MockAuditLog::new();
+        let key = AuditKey::from_bytes(&[7u8; 32]).unwrap();
+        let c = calls.clone();
+        audit.expect_append().returning(move |r| {
+            let sealed = ChainHead::GENESIS.seal(&key, r).unwrap();
+            log(&c, format!("audit:{}", sealed.record.action));
+            Ok(sealed)
+        });
+        let mut alerts = MockAlerts::new();
+        let c = calls.clone();
+        alerts
+            .expect_order_refused()
+            .returning(move |_, _| log(&c, "alert:refused"));
+        let c = calls.clone();
+        alerts
+            .expect_provisioning_failed()
+            .returning(move |_, _| log(&c, "alert:failed"));
+        let ports = Ports {
+            orders: Arc::new(self.orders),
+            whmcs: Arc::new(self.whmcs),
+            store: Arc::new(self.store),
+            audit: Arc::new(audit),
+            alerts: Arc::new(alerts),
+        };
+        let (_tx, rx) = tokio::sync::watch::channel(self.shutdown);
+        let runner = JobRunner::new(ports, Arc::new(self.config), "w".into(), self.rate, rx);
+        let outcome = runner.run(job).await;
+        let calls = calls.lock().unwrap().clone();
+        (outcome, calls)
+    }
+}
+
+/// The calls that change something outside (no audit lines).
+fn effects(calls: &[String]) -> Vec<&str> {
+    calls
+        .iter()
+        .map(String::as_str)
+        .filter(|c| !c.starts_with("audit:"))
+        .collect()
+}
+
+#[tokio::test]
+async fn happy_path_runs_every_step_in_order() {
+    let mut w = World::new();
+    w.fetch_returns(order("Approved"));
+    w.client_active();
+    w.lookup_finds(None);
+    w.add_order_ok();
+    w.accept_ok();
+    let (outcome, calls) = w.run(job(Step::Received, 0)).await;
+    assert_eq!(
+        outcome,
+        JobOutcome::Provisioned {
+            whmcs_order_id: 77,
+            service_ids: vec![5, 6]
+        }
+    );
+    assert_eq!(
+        effects(&calls),
+        [
+            "sf_fetch",
+            "whmcs_client",
+            "advance:checked",
+            "sf_patch:Provisioning",
+            "advance:marked_provisioning",
+            "whmcs_lookup",
+            "advance:order_unknown",
+            "whmcs_add_order",
+            "advance:whmcs_ordered:77",
+            "advance:accept_unknown",
+            "whmcs_accept",
+            "advance:accepted",
+            "sf_patch:Activated",
+            "finish:done",
+        ]
+    );
+    assert!(calls.contains(&"audit:order_provisioned".to_owned()));
+    assert!(!calls.iter().any(|c| c.starts_with("alert")));
+}
+
+#[tokio::test]
+async fn without_a_provisioning_status_no_intermediate_patch_is_sent() {
+    let mut w = World::new();
+    w.config.statuses = OrderStatuses {
+        provisioning: None,
+        ..OrderStatuses::default()
+    };
+    w.config.order_ref_field_id = None;
+    w.fetch_returns(order("Approved"));
+    w.client_active();
+    w.add_order_ok();
+    w.accept_ok();
+    let (outcome, calls) = w.run(job(Step::Received, 0)).await;
+    assert!(matches!(outcome, JobOutcome::Provisioned { .. }));
+    assert!(!calls.contains(&"sf_patch:Provisioning".to_owned()));
+    assert!(!calls.contains(&"whmcs_lookup".to_owned()));
+}
+
+async fn refused_with(o: Order, code: &'static str) {
+    let mut w = World::new();
+    w.fetch_returns(o);
+    let (outcome, calls) = w.run(job(Step::Received, 0)).await;
+    assert_eq!(outcome, JobOutcome::Refused { code });
+    // No WHMCS call (the mock has no expectations) and no write to the Order.
+    assert_eq!(
+        effects(&calls),
+        ["sf_fetch", "finish:refused", "alert:refused"]
+    );
+    assert!(calls.contains(&"audit:order_refused".to_owned()));
+}
+
+#[tokio::test]
+async fn an_order_that_is_not_approved_is_refused_without_writes() {
+    refused_with(order("Draft"), "not_approved").await;
+}
+
+#[tokio::test]
+async fn a_customer_mismatch_is_refused_without_writes() {
+    let mut o = order("Approved");
+    o.customer_number = Some("C-9999".into());
+    refused_with(o, "customer_mismatch").await;
+}
+
+#[tokio::test]
+async fn an_unknown_order_is_refused() {
+    let mut w = World::new();
+    w.orders.expect_fetch_order().returning(|id| {
+        Err(sf_rest::Error::NotFound {
+            action: sf_rest::Action::FetchOrder,
+            order_id: id.to_owned(),
+        })
+    });
+    let (outcome, calls) = w.run(job(Step::Received, 0)).await;
+    assert_eq!(
+        outcome,
+        JobOutcome::Refused {
+            code: "order_not_found"
+        }
+    );
+    assert_eq!(effects(&calls), ["finish:refused", "alert:refused"]);
+}
+
+#[tokio::test]
+async fn an_already_provisioned_order_is_done_without_alert() {
+    let mut w = World::new();
+    w.fetch_returns(order("Activated"));
+    let (outcome, calls) = w.run(job(Step::Received, 0)).await;
+    assert_eq!(outcome, JobOutcome::AlreadyProvisioned);
+    assert_eq!(effects(&calls), ["sf_fetch", "finish:done"]);
+}
+
+async fn fails_with(w: World, start: Step, needle: &str) -> Vec<String> {
+    let (outcome, calls) = w.run_owned(job(start, 0)).await;
+    let JobOutcome::Failed { reason } = outcome else {
+        panic!("expected failure, got {outcome:?}")
+    };
+    assert!(
+        reason.contains(needle),
+        "{reason:?} should mention {needle:?}"
+    );
+    let effects = effects(&calls);
+    let tail = &effects[effects.len() - 4..];
+    assert_eq!(tail[0], "sf_patch:Provisioning Failed");
+    assert!(tail[1].starts_with("dead_letter:"));
+    assert_eq!(&tail[2..], ["finish:failed", "alert:failed"]);
+    calls
+}
+
+impl World {
+    async fn run_owned(self, job: Job) -> (JobOutcome, Vec<String>) {
+        self.run(job).await
+    }
+}
+
+#[tokio::test]
+async fn an_inactive_whmcs_client_fails_the_order() {
+    let mut w = World::new();
+    w.fetch_returns(order("Approved"));
+    w.whmcs.expect_get_client_details().returning(|_| {
+        let mut c = active_client();
+        c.status = ClientStatus::Closed;
+        Ok(c)
+    });
+    fails_with(w, Step::Received, "not Active").await;
+}
+
+#[tokio::test]
+async fn invalid_order_data_fails_with_a_reason_naming_the_field() {
+    type Mutation = Box<dyn Fn(&mut Order)>;
+    let cases: Vec<(Mutation, &str)> = vec![
+        (Box::new(|o| o.whmcs_client_id = None), "WHMCS_Client_Id__c"),
+        (Box::new(|o| o.items.clear()), "no OrderItems"),
+        (
+            Box::new(|o| o.items[0].whmcs_product_id = Some("abc".into())),
+            "WHMCS_Product_Id__c",
+        ),
+        (
+            Box::new(|o| o.items[0].billing_cycle = None),
+            "Billing_Cycle__c",
+        ),
+        (
+            Box::new(|o| {
+                o.items[0].config_options = Some(SecretString::from("not json".to_owned()))
+            }),
+            "Config_Options__c",
+        ),
+    ];
+    for (mutate, needle) in cases {
+        let mut w = World::new();
+        let mut o = order("Approved");
+        mutate(&mut o);
+        w.fetch_returns(o);
+        w.client_active();
+        let calls = fails_with(w, Step::Received, needle).await;
+        assert!(!calls.iter().any(|c| c.starts_with("whmcs_add")));
+    }
+}
+
+#[tokio::test]
+async fn resuming_after_an_unknown_add_order_finds_the_earlier_attempt() {
+    let mut w = World::new();
+    w.fetch_returns(order("Provisioning"));
+    w.lookup_finds(Some(77));
+    w.accept_ok();
+    let (outcome, calls) = w.run(job(Step::OrderUnknown, 1)).await;
+    assert_eq!(
+        outcome,
+        JobOutcome::Provisioned {
+            whmcs_order_id: 77,
+            service_ids: vec![5, 6]
+        }
+    );
+    assert!(
+        !calls.contains(&"whmcs_add_order".to_owned()),
+        "never a second AddOrder"
+    );
+    assert_eq!(
+        effects(&calls)[..4],
+        [
+            "sf_fetch",
+            "whmcs_lookup",
+            "whmcs_services",
+            "advance:whmcs_ordered:77"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn resuming_after_an_unknown_add_order_without_a_ref_field_fails_safe() {
+    let mut w = World::new();
+    w.config.order_ref_field_id = None;
+    w.fetch_returns(order("Provisioning"));
+    let calls = fails_with(w, Step::OrderUnknown, "outcome unknown").await;
+    assert!(!calls.contains(&"whmcs_add_order".to_owned()));
+}
+
+#[tokio::test]
+async fn resuming_at_marked_provisioning_looks_up_then_orders() {
+    let mut w = World::new();
+    w.fetch_returns(order("Provisioning"));
+    w.lookup_finds(None);
+    w.add_order_ok();
+    w.accept_ok();
+    let (outcome, calls) = w.run(job(Step::MarkedProvisioning, 0)).await;
+    assert!(matches!(outcome, JobOutcome::Provisioned { .. }));
+    assert_eq!(
+        effects(&calls)[..4],
+        [
+            "sf_fetch",
+            "whmcs_lookup",
+            "advance:order_unknown",
+            "whmcs_add_order"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn resuming_at_checked_marks_provisioning_again() {
+    let mut w = World::new();
+    w.fetch_returns(order("Approved"));
+    w.lookup_finds(None);
+    w.add_order_ok();
+    w.accept_ok();
+    let (_, calls) = w.run(job(Step::Checked, 0)).await;
+    assert_eq!(
+        effects(&calls)[..2],
+        ["sf_patch:Provisioning", "advance:marked_provisioning"]
+    );
+    assert!(
+        !calls.contains(&"whmcs_client".to_owned()),
+        "checks are not repeated"
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_add_order_outcome_is_retried_from_the_intent() {
+    let mut w = World::new();
+    w.fetch_returns(order("Provisioning"));
+    w.lookup_finds(None);
+    w.whmcs
+        .expect_add_order()
+        .returning(|_| Err(unknown(whmcs_client::Action::AddOrder)));
+    let (outcome, calls) = w.run(job(Step::MarkedProvisioning, 0)).await;
+    assert!(
+        matches!(outcome, JobOutcome::Retrying { .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        effects(&calls),
+        [
+            "sf_fetch",
+            "whmcs_lookup",
+            "advance:order_unknown",
+            "reschedule:count=true"
+        ]
+    );
+    assert!(calls.contains(&"audit:step_failed".to_owned()));
+}
+
+#[tokio::test]
+async fn a_business_error_on_add_order_fails_the_order() {
+    let mut w = World::new();
+    w.fetch_returns(order("Provisioning"));
+    w.lookup_finds(None);
+    w.whmcs.expect_add_order().returning(|_| {
+        Err(business(
+            whmcs_client::Action::AddOrder,
+            "Client ID Not Found",
+        ))
+    });
+    fails_with(w, Step::MarkedProvisioning, "Client ID Not Found").await;
+}
+
+#[tokio::test]
+async fn a_configuration_error_is_retried_not_failed() {
+    let mut w = World::new();
+    w.fetch_returns(order("Approved"));
+    w.whmcs.expect_get_client_details().returning(|_| {
+        Err(whmcs_client::Error::Configuration {
+            action: whmcs_client::Action::GetClientsDetails,
+            http_status: 403,
+            message: "Authentication Failed".into(),
+        })
+    });
+    let (outcome, _) = w.run(job(Step::Received, 0)).await;
+    assert!(
+        matches!(outcome, JobOutcome::Retrying { .. }),
+        "{outcome:?}"
+    );
+}
+
+#[tokio::test]
+async fn resuming_after_an_unknown_accept_checks_the_order_first() {
+    for (status, accepts) in [("Active", false), ("Pending", true)] {
+        let mut w = World::new();
+        let c = w.calls.clone();
+        w.whmcs.expect_get_order().returning(move |_| {
+            log(&c, "whmcs_get_order");
+            Ok(Some(whmcs_order(status)))
+        });
+        if accepts {
+            w.accept_ok();
+        }
+        let (outcome, calls) = w.run(job(Step::AcceptUnknown, 1)).await;
+        assert!(
+            matches!(
+                outcome,
+                JobOutcome::Provisioned {
+                    whmcs_order_id: 77,
+                    ..
+                }
+            ),
+            "{outcome:?}"
+        );
+        assert_eq!(
+            calls.contains(&"whmcs_accept".to_owned()),
+            accepts,
+            "{status}"
+        );
+        assert_eq!(effects(&calls)[0], "whmcs_get_order");
+    }
+}
+
+#[tokio::test]
+async fn accept_on_an_already_active_order_counts_as_accepted() {
+    let mut w = World::new();
+    w.whmcs.expect_accept_order().returning(|_| {
+        Err(business(
+            whmcs_client::Action::AcceptOrder,
+            "Order ID not found or Status not Pending",
+        ))
+    });
+    w.whmcs
+        .expect_get_order()
+        .returning(|_| Ok(Some(whmcs_order("Active"))));
+    let (outcome, calls) = w.run(job(Step::WhmcsOrdered, 0)).await;
+    assert!(
+        matches!(outcome, JobOutcome::Provisioned { .. }),
+        "{outcome:?}"
+    );
+    assert!(calls.contains(&"advance:accepted".to_owned()));
+}
+
+#[tokio::test]
+async fn a_transient_accept_failure_is_retried() {
+    let mut w = World::new();
+    w.whmcs.expect_accept_order().returning(|_| {
+        Err(whmcs_client::Error::Transient {
+            action: whmcs_client::Action::AcceptOrder,
+            http_status: Some(500),
+            reason: "html error page".into(),
+        })
+    });
+    let (outcome, calls) = w.run(job(Step::WhmcsOrdered, 0)).await;
+    assert!(matches!(outcome, JobOutcome::Retrying { .. }));
+    assert_eq!(
+        effects(&calls),
+        ["advance:accept_unknown", "reschedule:count=true"]
+    );
+}
+
+#[tokio::test]
+async fn resuming_at_accepted_only_writes_back() {
+    let w = World::new();
+    let (outcome, calls) = w.run(job(Step::Accepted, 0)).await;
+    assert_eq!(
+        outcome,
+        JobOutcome::Provisioned {
+            whmcs_order_id: 77,
+            service_ids: vec![5, 6]
+        }
+    );
+    assert_eq!(effects(&calls), ["sf_patch:Activated", "finish:done"]);
+}
+
+#[tokio::test]
+async fn a_retryable_salesforce_error_is_retried_then_given_up() {
+    let make = || {
+        let mut w = World::new();
+        w.orders.expect_fetch_order().returning(|_| {
+            Err(sf_rest::Error::Transport {
+                action: sf_rest::Action::FetchOrder,
+                timeout: true,
+                reason: "timed out".into(),
+            })
+        });
+        w
+    };
+    let (outcome, _) = make().run(job(Step::Received, 0)).await;
+    assert!(matches!(outcome, JobOutcome::Retrying { .. }));
+    let w = make();
+    let max = w.config.retry.max_attempts;
+    fails_with_job(w, job(Step::Received, max - 1), "gave up after").await;
+}
+
+async fn fails_with_job(w: World, job: Job, needle: &str) {
+    let (outcome, calls) = w.run(job).await;
+    let JobOutcome::Failed { reason } = outcome else {
+        panic!("expected failure, got {outcome:?}")
+    };
+    assert!(reason.contains(needle), "{reason}");
+    assert!(calls.contains(&"finish:failed".to_owned()));
+    assert!(calls.contains(&"alert:failed".to_owned()));
+}
+
+#[tokio::test]
+async fn a_permanent_write_back_error_fails_the_order() {
+    let mut w = World::new();
+    w.orders.checkpoint();
+    let c = w.calls.clone();
+    w.orders.expect_update_order().returning(move |_, update| {
+        log(
+            &c,
+            format!("sf_patch:{}", update.status.clone().unwrap_or_default()),
+        );
+        if update.status.as_deref() == Some("Activated") {
+            Err(sf_rest::Error::Api {
+                action: sf_rest::Action::UpdateOrder,
+                status: 400,
+                code: "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST".into(),
+                message: "bad value for restricted picklist field: Activated".into(),
+                fields: vec!["Status".into()],
+            })
+        } else {
+            Ok(())
+        }
+    });
+    fails_with_job(w, job(Step::Accepted, 0), "PICKLIST").await;
+}
+
+#[tokio::test]
+async fn a_rate_limited_customer_is_delayed_without_an_attempt() {
+    let mut w = World::new();
+    let rate: security::Rate = "1/hour".parse().unwrap();
+    let limiter = Arc::new(security::KeyedRateLimiter::new(rate));
+    assert!(limiter.check(&CUSTOMER.to_owned()).is_ok());
+    w.rate = Some(limiter);
+    let (outcome, calls) = w.run(job(Step::Received, 0)).await;
+    assert!(matches!(outcome, JobOutcome::Delayed { .. }));
+    assert_eq!(effects(&calls), ["reschedule:count=false"]);
+}
+
+#[tokio::test]
+async fn a_lost_lease_stops_all_writes() {
+    let mut w = World::new();
+    w.fetch_returns(order("Approved"));
+    w.client_active();
+    w.store.checkpoint();
+    w.store.expect_advance().returning(|id, owner, _, _, _| {
+        Err(provisioner_store::Error::LeaseLost {
+            order_id: id.into(),
+            owner: owner.into(),
+        })
+    });
+    let (outcome, calls) = w.run(job(Step::Received, 0)).await;
+    assert_eq!(outcome, JobOutcome::LeaseLost);
+    assert_eq!(effects(&calls), ["sf_fetch", "whmcs_client"]);
+}
+
+#[tokio::test]
+async fn shutdown_releases_the_job_at_a_step_boundary() {
+    let mut w = World::new();
+    w.shutdown = true;
+    let (outcome, calls) = w.run(job(Step::WhmcsOrdered, 0)).await;
+    assert_eq!(outcome, JobOutcome::Released);
+    assert_eq!(effects(&calls), ["release"]);
+}
+
+// ---- intake ----
+
+fn intake_ports(store: MockStore, calls: &Calls) -> Ports {
+    let mut audit = MockAuditLog::new();
+    let key = AuditKey::from_bytes(&[7u8; 32]).unwrap();
+    let c = calls.clone();
+    audit.expect_append().returning(move |r| {
+        let sealed = ChainHead::GENESIS.seal(&key, r).unwrap();
+        log(&c, format!("audit:{}", sealed.record.action));
+        Ok(sealed)
+    });
+    Ports {
+        orders: Arc::new(MockOrderApi::new()),
+        whmcs: Arc::new(MockWhmcsApi::new()),
+        store: Arc::new(store),
+        audit: Arc::new(audit),
+        alerts: Arc::new(MockAlerts::new()),
+    }
+}
+
+#[tokio::test]
+async fn intake_stores_good_events_and_dead_letters_bad_ones_with_the_checkpoint() {
+    let calls: Calls = Arc::default();
+    let mut store = MockStore::new();
+    let c = calls.clone();
+    store.expect_ingest_event().returning(move |e, _| {
+        log(&c, format!("ingest:{}", e.order_id));
+        Ok(provisioner_store::IngestOutcome::Enqueued)
+    });
+    let c = calls.clone();
+    store.expect_dead_letter().returning(move |letter, cp, _| {
+        assert_eq!(cp.unwrap().replay_id, vec![2]);
+        assert_eq!(letter.payload.as_deref(), Some(&b"garbage"[..]));
+        log(&c, format!("dead_letter:{}", letter.reason));
+        Ok("dl".into())
+    });
+    let c = calls.clone();
+    store.expect_save_checkpoint().returning(move |cp, _| {
+        log(&c, format!("checkpoint:{:?}", cp.replay_id));
+        Ok(())
+    });
+    let ports = intake_ports(store, &calls);
+    let topic = "/event/OrderProvisionRequested__e";
+    let good = IntakeItem::Event {
+        event_id: "evt-1".into(),
+        replay_id: vec![1],
+        payload: vec![],
+        decoded: Ok(EventFields {
+            order_id: ORDER.into(),
+            customer_number: CUSTOMER.into(),
+            account_id: None,
+        }),
+    };
+    assert_eq!(
+        crate::intake::handle(&ports, topic, good).await.unwrap(),
+        IntakeResult::Enqueued
+    );
+    let bad = IntakeItem::Event {
+        event_id: "evt-2".into(),
+        replay_id: vec![2],
+        payload: b"garbage".to_vec(),
+        decoded: Err("missing required field OrderId__c".into()),
+    };
+    assert!(matches!(
+        crate::intake::handle(&ports, topic, bad).await.unwrap(),
+        IntakeResult::DeadLettered(_)
+    ));
+    let forged = IntakeItem::Event {
+        event_id: "evt-3".into(),
+        replay_id: vec![2],
+        payload: b"garbage".to_vec(),
+        decoded: Ok(EventFields {
+            order_id: "x' OR Id != '".into(),
+            customer_number: CUSTOMER.into(),
+            account_id: None,
+        }),
+    };
+    assert!(matches!(
+        crate::intake::handle(&ports, topic, forged).await.unwrap(),
+        IntakeResult::DeadLettered(_)
+    ));
+    let keepalive = IntakeItem::Keepalive {
+        latest_replay_id: vec![9],
+    };
+    assert_eq!(
+        crate::intake::handle(&ports, topic, keepalive)
+            .await
+            .unwrap(),
+        IntakeResult::Checkpointed
+    );
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(
+        calls,
+        [
+            format!("ingest:{ORDER}"),
+            "audit:event_received".into(),
+            "dead_letter:missing required field OrderId__c".into(),
+            "audit:dead_lettered".into(),
+            "dead_letter:OrderId__c is not a 15/18-character Salesforce id".into(),
+            "audit:dead_lettered".into(),
+            "checkpoint:[9]".into(),
+        ]
+    );
+}

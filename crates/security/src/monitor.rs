@@ -1,0 +1,426 @@
+//! [`SecurityMonitor`]: feeds events to the detectors and sends the alerts they raise.
+
+use std::net::IpAddr;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use crate::{
+    Alert, AlertKind, AlertSink, Details, DetectorConfig, Error, IntegrityCheck, Result, Subject,
+    Thresholds, WindowCounter,
+};
+
+/// The detectors and the alert path of one process.
+///
+/// Cheap to clone (an `Arc` inside); share one per process. Each method records one event with
+/// its detector and, when that crosses the detector's threshold within its window, builds an
+/// [`Alert`], passes it through deduplication and hands it to the [`AlertSink`]. The methods
+/// return the alert that was handed over, if any, so callers can also audit it.
+///
+/// The sink is never awaited on the network (see [`AlertSink`]), so calling these from the
+/// request or provisioning path costs a mutex and a hash-map update.
+#[derive(Clone)]
+pub struct SecurityMonitor {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    thresholds: Thresholds,
+    detectors: Mutex<Detectors>,
+    dedup: Mutex<crate::Deduplicator>,
+    sink: Arc<dyn AlertSink>,
+}
+
+struct Detectors {
+    auth_failures: WindowCounter<Subject>,
+    status_not_found: WindowCounter<Subject>,
+    rate_limited: WindowCounter<Subject>,
+    integrity_failures: WindowCounter<Subject>,
+    refused_orders: WindowCounter<Subject>,
+    provisioning_failures: WindowCounter<Subject>,
+}
+
+impl Detectors {
+    fn new(t: &Thresholds) -> Self {
+        Self {
+            auth_failures: WindowCounter::new(t.auth_failures),
+            status_not_found: WindowCounter::new(t.status_not_found),
+            rate_limited: WindowCounter::new(t.rate_limited),
+            integrity_failures: WindowCounter::new(t.integrity_failures),
+            refused_orders: WindowCounter::new(t.refused_orders),
+            provisioning_failures: WindowCounter::new(t.provisioning_failures),
+        }
+    }
+
+    fn for_kind(&mut self, kind: AlertKind) -> &mut WindowCounter<Subject> {
+        match kind {
+            AlertKind::AuthFailureBurst => &mut self.auth_failures,
+            AlertKind::StatusEnumeration => &mut self.status_not_found,
+            AlertKind::RateLimitAbuse => &mut self.rate_limited,
+            AlertKind::IntegrityFailure => &mut self.integrity_failures,
+            AlertKind::UnapprovedOrderEvent => &mut self.refused_orders,
+            AlertKind::RepeatedProvisioningFailure => &mut self.provisioning_failures,
+        }
+    }
+
+    fn prune(&mut self, now: Instant) -> usize {
+        self.auth_failures.prune(now)
+            + self.status_not_found.prune(now)
+            + self.rate_limited.prune(now)
+            + self.integrity_failures.prune(now)
+            + self.refused_orders.prune(now)
+            + self.provisioning_failures.prune(now)
+    }
+}
+
+impl SecurityMonitor {
+    /// A monitor sending to `sink` with the given thresholds.
+    pub fn new(sink: Arc<dyn AlertSink>, thresholds: Thresholds) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                detectors: Mutex::new(Detectors::new(&thresholds)),
+                dedup: Mutex::new(crate::Deduplicator::new(thresholds.dedup_window)),
+                thresholds,
+                sink,
+            }),
+        }
+    }
+
+    /// The thresholds in use.
+    pub fn thresholds(&self) -> &Thresholds {
+        &self.inner.thresholds
+    }
+
+    /// A bearer-token check failed for a request from `ip`.
+    pub async fn auth_failed(&self, ip: IpAddr) -> Option<Alert> {
+        let subject = Subject::ip(ip);
+        let details = subject.details();
+        self.record(AlertKind::AuthFailureBurst, subject, details)
+            .await
+    }
+
+    /// A status lookup by `customer` from `ip` was answered 404: counted per customer, as
+    /// probing order ids is what enumeration looks like.
+    pub async fn status_not_found(&self, customer: &str, ip: IpAddr) -> Option<Alert> {
+        let subject = Subject::customer(customer);
+        let details = subject.details().ip(ip);
+        self.record(AlertKind::StatusEnumeration, subject, details)
+            .await
+    }
+
+    /// A rate-limit check for `key` (a customer or an address) was refused.
+    pub async fn rate_limited(&self, key: Subject) -> Option<Alert> {
+        let details = key.details();
+        self.record(AlertKind::RateLimitAbuse, key, details).await
+    }
+
+    /// An integrity check failed; `key_id` names the data key involved, when known.
+    pub async fn integrity_failure(
+        &self,
+        check: IntegrityCheck,
+        key_id: Option<&str>,
+    ) -> Option<Alert> {
+        let subject = Subject::Integrity(check);
+        let mut details = subject.details();
+        if let Some(key_id) = key_id {
+            details = details.key_id(key_id);
+        }
+        self.record(AlertKind::IntegrityFailure, subject, details)
+            .await
+    }
+
+    /// An event for `order_id` was refused: the Order is not approved or belongs to another
+    /// customer than the event's `customer`.
+    pub async fn order_refused(&self, order_id: &str, customer: &str) -> Option<Alert> {
+        let subject = Subject::customer(customer);
+        let details = subject.details().order_id(order_id);
+        self.record(AlertKind::UnapprovedOrderEvent, subject, details)
+            .await
+    }
+
+    /// A provisioning job for `order_id` of `customer` ended as failed.
+    pub async fn provisioning_failed(&self, order_id: &str, customer: &str) -> Option<Alert> {
+        let subject = Subject::customer(customer);
+        let details = subject.details().order_id(order_id);
+        self.record(AlertKind::RepeatedProvisioningFailure, subject, details)
+            .await
+    }
+
+    /// Sends an alert built elsewhere, through deduplication. Returns it if it was sent.
+    pub async fn raise(&self, alert: Alert) -> Option<Alert> {
+        let out = self.inner.dedup.lock().offer(alert, Instant::now());
+        if let Some(alert) = &out {
+            self.inner.sink.send(alert.clone()).await;
+        }
+        out
+    }
+
+    /// Sends the summaries of deduplication windows that have ended and drops idle detector
+    /// keys. Returns how many summaries were sent. Runs from
+    /// [`spawn_housekeeping`](Self::spawn_housekeeping); call it directly in tests.
+    pub async fn flush(&self) -> usize {
+        self.flush_at(Instant::now()).await
+    }
+
+    async fn flush_at(&self, now: Instant) -> usize {
+        let summaries = self.inner.dedup.lock().flush(now);
+        self.inner.detectors.lock().prune(now);
+        let n = summaries.len();
+        for alert in summaries {
+            self.inner.sink.send(alert).await;
+        }
+        n
+    }
+
+    /// Spawns a task calling [`flush`](Self::flush) every `every` while any clone of the
+    /// monitor is alive.
+    ///
+    /// # Errors
+    /// [`Error::NoRuntime`] outside a Tokio runtime.
+    pub fn spawn_housekeeping(&self, every: Duration) -> Result<tokio::task::JoinHandle<()>> {
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime {
+            component: "security monitor housekeeping",
+        })?;
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        Ok(handle.spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { break };
+                SecurityMonitor { inner }.flush().await;
+            }
+        }))
+    }
+
+    async fn record(&self, kind: AlertKind, subject: Subject, details: Details) -> Option<Alert> {
+        self.record_at(kind, subject, details, Instant::now()).await
+    }
+
+    async fn record_at(
+        &self,
+        kind: AlertKind,
+        subject: Subject,
+        details: Details,
+        now: Instant,
+    ) -> Option<Alert> {
+        let (count, config): (u64, DetectorConfig) = {
+            let mut detectors = self.inner.detectors.lock();
+            let counter = detectors.for_kind(kind);
+            let config = counter.config();
+            (counter.record(subject.clone(), now)?, config)
+        };
+        let alert = Alert::new(kind, subject, count, config.window, details);
+        let out = self.inner.dedup.lock().offer(alert, now);
+        if let Some(alert) = &out {
+            self.inner.sink.send(alert.clone()).await;
+        }
+        out
+    }
+}
+
+impl std::fmt::Debug for SecurityMonitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecurityMonitor")
+            .field("thresholds", &self.inner.thresholds)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use mockall::predicate::function;
+
+    use super::*;
+    use crate::{DetailKey, DetailValue, Id, MockAlertSink};
+
+    const S: Duration = Duration::from_secs(1);
+
+    fn monitor(sink: MockAlertSink) -> SecurityMonitor {
+        SecurityMonitor::new(Arc::new(sink), Thresholds::default())
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn auth_failure_burst_fires_at_threshold_per_ip() {
+        let mut sink = MockAlertSink::new();
+        sink.expect_send()
+            .with(function(|a: &Alert| {
+                a.kind == AlertKind::AuthFailureBurst
+                    && a.count == 10
+                    && a.window_seconds == 60
+                    && a.details.get(DetailKey::Ip) == Some(&DetailValue::Ip(ip("192.0.2.1")))
+            }))
+            .times(1)
+            .return_const(());
+        let m = monitor(sink);
+        for _ in 0..9 {
+            assert!(m.auth_failed(ip("192.0.2.1")).await.is_none());
+            assert!(m.auth_failed(ip("192.0.2.2")).await.is_none());
+        }
+        // The mapped form of the same client counts as the same IP.
+        let alert = m.auth_failed(ip("::ffff:192.0.2.1")).await.unwrap();
+        assert_eq!(alert.severity, crate::Severity::Medium);
+    }
+
+    #[tokio::test]
+    async fn status_enumeration_counts_per_customer_across_ips() {
+        let mut sink = MockAlertSink::new();
+        sink.expect_send()
+            .with(function(|a: &Alert| {
+                a.kind == AlertKind::StatusEnumeration
+                    && a.count == 20
+                    && a.subject == Subject::customer("C-7")
+            }))
+            .times(1)
+            .return_const(());
+        let m = monitor(sink);
+        for i in 0..19u8 {
+            assert!(
+                m.status_not_found("C-7", IpAddr::from([10, 0, 0, i]))
+                    .await
+                    .is_none()
+            );
+        }
+        let alert = m.status_not_found("C-7", ip("10.0.0.99")).await.unwrap();
+        assert_eq!(
+            alert.details.get(DetailKey::CustomerNumber),
+            Some(&DetailValue::Id(Id::new("C-7")))
+        );
+        assert_eq!(
+            alert.details.get(DetailKey::Ip),
+            Some(&DetailValue::Ip(ip("10.0.0.99")))
+        );
+    }
+
+    #[tokio::test]
+    async fn rate_limit_abuse_fires_per_key() {
+        let mut sink = MockAlertSink::new();
+        sink.expect_send()
+            .with(function(|a: &Alert| {
+                a.kind == AlertKind::RateLimitAbuse && a.severity == crate::Severity::Low
+            }))
+            .times(1)
+            .return_const(());
+        let m = monitor(sink);
+        for _ in 0..19 {
+            assert!(m.rate_limited(Subject::customer("C-1")).await.is_none());
+        }
+        assert!(m.rate_limited(Subject::customer("C-1")).await.is_some());
+    }
+
+    #[tokio::test]
+    async fn integrity_failure_fires_at_once_and_dedups_per_check() {
+        let mut sink = MockAlertSink::new();
+        sink.expect_send()
+            .with(function(|a: &Alert| {
+                a.kind == AlertKind::IntegrityFailure && a.severity == crate::Severity::High
+            }))
+            .times(2)
+            .return_const(());
+        let m = monitor(sink);
+        let first = m
+            .integrity_failure(IntegrityCheck::AuditMac, Some("k-1"))
+            .await
+            .unwrap();
+        assert_eq!(
+            first.details.get(DetailKey::KeyId),
+            Some(&DetailValue::Id(Id::new("k-1")))
+        );
+        assert!(
+            m.integrity_failure(IntegrityCheck::AuditMac, None)
+                .await
+                .is_none()
+        );
+        assert!(
+            m.integrity_failure(IntegrityCheck::FieldDecrypt, None)
+                .await
+                .is_some()
+        );
+    }
+
+    #[tokio::test]
+    async fn refused_order_alerts_with_order_and_customer() {
+        let mut sink = MockAlertSink::new();
+        sink.expect_send().times(1).return_const(());
+        let m = monitor(sink);
+        let alert = m.order_refused("801000000000001AAA", "C-3").await.unwrap();
+        assert_eq!(alert.kind, AlertKind::UnapprovedOrderEvent);
+        assert_eq!(
+            alert.details.get(DetailKey::OrderId),
+            Some(&DetailValue::Id(Id::new("801000000000001AAA")))
+        );
+        // A second forged event for the same customer within the dedup window is held back.
+        assert!(m.order_refused("801000000000002AAA", "C-3").await.is_none());
+    }
+
+    #[tokio::test]
+    async fn provisioning_failures_fire_on_the_third() {
+        let mut sink = MockAlertSink::new();
+        sink.expect_send().times(1).return_const(());
+        let m = monitor(sink);
+        assert!(m.provisioning_failed("o1", "C-5").await.is_none());
+        assert!(m.provisioning_failed("o2", "C-5").await.is_none());
+        assert!(m.provisioning_failed("o3", "C-6").await.is_none());
+        let alert = m.provisioning_failed("o4", "C-5").await.unwrap();
+        assert_eq!(alert.count, 3);
+        assert_eq!(alert.kind, AlertKind::RepeatedProvisioningFailure);
+    }
+
+    #[tokio::test]
+    async fn dedup_then_flush_sends_the_aggregated_count() {
+        let mut sink = MockAlertSink::new();
+        let mut seq = mockall::Sequence::new();
+        sink.expect_send()
+            .with(function(|a: &Alert| a.count == 1))
+            .times(1)
+            .in_sequence(&mut seq)
+            .return_const(());
+        sink.expect_send()
+            .with(function(|a: &Alert| {
+                a.count == 4 && a.kind == AlertKind::IntegrityFailure
+            }))
+            .times(1)
+            .in_sequence(&mut seq)
+            .return_const(());
+        let m = monitor(sink);
+        let t0 = Instant::now();
+        let subject = Subject::Integrity(IntegrityCheck::KeyUnwrap);
+        for i in 0..5 {
+            m.record_at(
+                AlertKind::IntegrityFailure,
+                subject.clone(),
+                subject.details(),
+                t0 + i * S,
+            )
+            .await;
+        }
+        assert_eq!(m.flush_at(t0 + 299 * S).await, 0);
+        assert_eq!(m.flush_at(t0 + 300 * S).await, 1);
+        assert_eq!(m.flush_at(t0 + 900 * S).await, 0);
+    }
+
+    #[tokio::test]
+    async fn disabled_detector_sends_nothing() {
+        let sink = MockAlertSink::new();
+        let thresholds = Thresholds {
+            provisioning_failures: DetectorConfig::disabled(),
+            ..Thresholds::default()
+        };
+        let m = SecurityMonitor::new(Arc::new(sink), thresholds);
+        for i in 0..100 {
+            assert!(
+                m.provisioning_failed(&format!("o{i}"), "C-1")
+                    .await
+                    .is_none()
+            );
+        }
+    }
+}

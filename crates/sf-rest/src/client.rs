@@ -1,0 +1,504 @@
+//! [`RestOrderApi`]: the REST implementation of [`OrderApi`] over reqwest (rustls).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use parking_lot::Mutex;
+use reqwest::{Method, StatusCode};
+use serde::Deserialize;
+use serde_json::Value;
+use sf_auth::{AccessToken, TokenSource};
+
+use crate::model::{approved_orders_soql, order_soql, parse_approved, parse_order};
+use crate::{Action, ApprovedOrder, Error, Order, OrderApi, OrderId, OrderUpdate, Result};
+
+/// `SF_API_VERSION`'s default.
+pub const DEFAULT_API_VERSION: &str = "v62.0";
+
+/// How the client retries retryable errors ([`Error::is_retryable`]).
+///
+/// Attempt `n` (from 1) that fails retryably is followed, after
+/// `min(initial_backoff * 2^(n-1), max_backoff)`, by attempt `n + 1`, up to `max_attempts` in
+/// all; then the last error is returned. There is no jitter: callers are few and the
+/// provisioner's job queue already spreads work. A 401 `INVALID_SESSION_ID` is not part of
+/// this budget: it mints a new token and repeats the request once, inside the same attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in all (1 = no retry).
+    pub max_attempts: u32,
+    /// Wait before the second attempt.
+    pub initial_backoff: Duration,
+    /// Longest wait between attempts.
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 4,
+            initial_backoff: Duration::from_millis(250),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// No retries.
+    pub fn none() -> Self {
+        Self {
+            max_attempts: 1,
+            ..Self::default()
+        }
+    }
+
+    /// The wait after failed attempt `attempt` (from 1).
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(16));
+        self.initial_backoff
+            .saturating_mul(factor)
+            .min(self.max_backoff)
+    }
+}
+
+/// Settings of [`RestOrderApi`].
+#[derive(Clone, Debug)]
+pub struct RestConfig {
+    /// `SF_API_VERSION`, e.g. `v62.0`.
+    pub api_version: String,
+    /// `SF_ORDER_STATUS_APPROVED`: what the reconcile sweep looks for.
+    pub approved_status: String,
+    /// Most Orders one reconcile sweep returns.
+    pub reconcile_limit: u32,
+    /// Timeout of one HTTP request.
+    pub request_timeout: Duration,
+    /// Retries of retryable errors.
+    pub retry: RetryPolicy,
+}
+
+impl Default for RestConfig {
+    fn default() -> Self {
+        Self {
+            api_version: DEFAULT_API_VERSION.into(),
+            approved_status: "Approved".into(),
+            reconcile_limit: 2000,
+            request_timeout: Duration::from_secs(30),
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+/// The last `Sforce-Limit-Info: api-usage=<used>/<limit>` seen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ApiUsage {
+    /// API requests used in the last 24 hours.
+    pub used: u64,
+    /// The org's 24-hour API request limit.
+    pub limit: u64,
+}
+
+impl ApiUsage {
+    /// Reads the `api-usage` entry of a `Sforce-Limit-Info` header value (other entries such as
+    /// `per-app-api-usage=..` are ignored).
+    pub fn parse(header: &str) -> Option<Self> {
+        header.split(',').find_map(|entry| {
+            let (used, limit) = entry.trim().strip_prefix("api-usage=")?.split_once('/')?;
+            Some(Self {
+                used: used.trim().parse().ok()?,
+                limit: limit.trim().parse().ok()?,
+            })
+        })
+    }
+}
+
+/// Salesforce REST error entry.
+#[derive(Deserialize)]
+struct ApiErrorEntry {
+    #[serde(default)]
+    message: String,
+    #[serde(default, rename = "errorCode")]
+    error_code: String,
+    #[serde(default)]
+    fields: Vec<String>,
+}
+
+/// [`OrderApi`] over Salesforce REST, authenticated by any [`TokenSource`].
+pub struct RestOrderApi {
+    http: reqwest::Client,
+    tokens: Arc<dyn TokenSource>,
+    config: RestConfig,
+    usage: Mutex<Option<ApiUsage>>,
+}
+
+impl std::fmt::Debug for RestOrderApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RestOrderApi")
+            .field("config", &self.config)
+            .field("usage", &*self.usage.lock())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one HTTP exchange produced.
+struct Reply {
+    status: StatusCode,
+    body: Vec<u8>,
+}
+
+impl RestOrderApi {
+    /// A client with its own HTTP client (rustls, `config.request_timeout`).
+    pub fn new(tokens: Arc<dyn TokenSource>, config: RestConfig) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(config.request_timeout)
+            .connect_timeout(config.request_timeout.min(Duration::from_secs(10)))
+            .build()
+            .map_err(|e| Error::Transport {
+                action: Action::FetchOrder,
+                timeout: false,
+                reason: format!("cannot build http client: {e}"),
+            })?;
+        Ok(Self::with_http_client(tokens, config, http))
+    }
+
+    /// A client using `http` (its timeouts apply).
+    pub fn with_http_client(
+        tokens: Arc<dyn TokenSource>,
+        config: RestConfig,
+        http: reqwest::Client,
+    ) -> Self {
+        Self {
+            http,
+            tokens,
+            config,
+            usage: Mutex::new(None),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RestConfig {
+        &self.config
+    }
+
+    /// The last `Sforce-Limit-Info` `api-usage` seen, if any response carried one.
+    pub fn api_usage(&self) -> Option<ApiUsage> {
+        *self.usage.lock()
+    }
+
+    fn data_url(&self, token: &AccessToken, path: &str) -> String {
+        format!(
+            "{}/services/data/{}/{path}",
+            token.instance_url, self.config.api_version
+        )
+    }
+
+    /// Runs `request` with retries for retryable errors.
+    async fn call(&self, action: Action, request: &Request<'_>) -> Result<Reply> {
+        let policy = &self.config.retry;
+        let mut attempt = 1;
+        loop {
+            match self.call_once(action, request).await {
+                Ok(reply) => return Ok(reply),
+                Err(e) if e.is_retryable() && attempt < policy.max_attempts.max(1) => {
+                    let wait = policy.backoff(attempt);
+                    tracing::warn!(%action, attempt, wait_ms = wait.as_millis() as u64, error = %e, "salesforce call failed, retrying");
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// One attempt: a request, and on 401 `INVALID_SESSION_ID` one more with a new token.
+    async fn call_once(&self, action: Action, request: &Request<'_>) -> Result<Reply> {
+        let auth = |source| Error::Auth { action, source };
+        let token = self.tokens.token().await.map_err(auth)?;
+        let reply = self.send(action, request, &token).await?;
+        if reply.status != StatusCode::UNAUTHORIZED {
+            return self.check(action, request, reply);
+        }
+        tracing::info!(%action, generation = token.generation, "salesforce session expired or invalid, minting a new token");
+        self.tokens.invalidate(&token);
+        let fresh = self.tokens.token().await.map_err(auth)?;
+        let reply = self.send(action, request, &fresh).await?;
+        if reply.status == StatusCode::UNAUTHORIZED {
+            self.tokens.invalidate(&fresh);
+            return Err(Error::SessionRejected { action });
+        }
+        self.check(action, request, reply)
+    }
+
+    async fn send(
+        &self,
+        action: Action,
+        request: &Request<'_>,
+        token: &AccessToken,
+    ) -> Result<Reply> {
+        let builder = match request {
+            Request::Query { soql } => self
+                .http
+                .get(self.data_url(token, "query"))
+                .query(&[("q", soql)]),
+            Request::Next { path } => self.http.get(format!("{}{path}", token.instance_url)),
+            Request::Patch { order_id, body } => self
+                .http
+                .request(
+                    Method::PATCH,
+                    self.data_url(token, &format!("sobjects/Order/{order_id}")),
+                )
+                .json(body),
+        };
+        tracing::debug!(%action, request = %request.describe(), "salesforce rest request");
+        let transport = |e: reqwest::Error| Error::Transport {
+            action,
+            timeout: e.is_timeout(),
+            reason: describe_transport(&e),
+        };
+        let response = builder
+            .bearer_auth(token.secret())
+            .header(reqwest::header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(transport)?;
+        if let Some(usage) = response
+            .headers()
+            .get("Sforce-Limit-Info")
+            .and_then(|v| v.to_str().ok())
+            .and_then(ApiUsage::parse)
+        {
+            *self.usage.lock() = Some(usage);
+        }
+        let status = response.status();
+        let body = response.bytes().await.map_err(transport)?.to_vec();
+        tracing::debug!(%action, status = status.as_u16(), "salesforce rest response");
+        Ok(Reply { status, body })
+    }
+
+    fn check(&self, action: Action, request: &Request<'_>, reply: Reply) -> Result<Reply> {
+        if reply.status.is_success() {
+            return Ok(reply);
+        }
+        let status = reply.status.as_u16();
+        let first = serde_json::from_slice::<Vec<ApiErrorEntry>>(&reply.body)
+            .ok()
+            .and_then(|v| v.into_iter().next());
+        let (code, message, fields) = first.map_or_else(
+            || {
+                (
+                    String::new(),
+                    reply
+                        .status
+                        .canonical_reason()
+                        .unwrap_or("error")
+                        .to_owned(),
+                    Vec::new(),
+                )
+            },
+            |e| (e.error_code, e.message, e.fields),
+        );
+        if let (404, _) | (_, "NOT_FOUND") = (status, code.as_str())
+            && let Request::Patch { order_id, .. } = request
+        {
+            return Err(Error::NotFound {
+                action,
+                order_id: order_id.to_string(),
+            });
+        }
+        let err = Error::Api {
+            action,
+            status,
+            code,
+            message,
+            fields,
+        };
+        tracing::warn!(%action, status, error = %err, "salesforce rest error");
+        Err(err)
+    }
+
+    async fn query_page(&self, action: Action, request: &Request<'_>) -> Result<Value> {
+        let reply = self.call(action, request).await?;
+        serde_json::from_slice(&reply.body).map_err(|e| Error::InvalidResponse {
+            action,
+            reason: format!(
+                "query answer is not json (line {} column {})",
+                e.line(),
+                e.column()
+            ),
+        })
+    }
+}
+
+/// One REST request, kept so it can be sent again.
+enum Request<'a> {
+    Query { soql: String },
+    Next { path: String },
+    Patch { order_id: &'a OrderId, body: Value },
+}
+
+impl Request<'_> {
+    /// For logs: the SOQL or path, never a body (bodies may carry values worth keeping out).
+    fn describe(&self) -> String {
+        match self {
+            Request::Query { soql } => format!("query {soql}"),
+            Request::Next { path } => format!("query more {path}"),
+            Request::Patch { order_id, body } => {
+                let fields: Vec<&str> = body
+                    .as_object()
+                    .map(|o| o.keys().map(String::as_str).collect())
+                    .unwrap_or_default();
+                format!("patch Order {order_id} fields {}", fields.join(","))
+            }
+        }
+    }
+}
+
+fn describe_transport(e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "request timed out"
+    } else if e.is_connect() {
+        "connect failed"
+    } else {
+        "request failed"
+    };
+    let mut text = kind.to_owned();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+fn records(page: &Value, action: Action) -> Result<&Vec<Value>> {
+    page.get("records")
+        .and_then(Value::as_array)
+        .ok_or_else(|| Error::InvalidResponse {
+            action,
+            reason: "query answer has no records array".into(),
+        })
+}
+
+#[async_trait]
+impl OrderApi for RestOrderApi {
+    async fn fetch_order(&self, order_id: &str) -> Result<Order> {
+        let action = Action::FetchOrder;
+        let id = OrderId::parse(order_id)?;
+        let page = self
+            .query_page(
+                action,
+                &Request::Query {
+                    soql: order_soql(&id),
+                },
+            )
+            .await?;
+        let record = records(&page, action)?
+            .first()
+            .ok_or_else(|| Error::NotFound {
+                action,
+                order_id: id.to_string(),
+            })?;
+        parse_order(record, &id)
+    }
+
+    async fn update_order(&self, order_id: &str, update: &OrderUpdate) -> Result<()> {
+        let action = Action::UpdateOrder;
+        let id = OrderId::parse(order_id)?;
+        if update.is_empty() {
+            return Ok(());
+        }
+        let reply = self
+            .call(
+                action,
+                &Request::Patch {
+                    order_id: &id,
+                    body: update.to_json(),
+                },
+            )
+            .await?;
+        if reply.status != StatusCode::NO_CONTENT {
+            tracing::debug!(
+                status = reply.status.as_u16(),
+                "order patch answered other than 204"
+            );
+        }
+        Ok(())
+    }
+
+    async fn list_approved_orders(&self, older_than: Duration) -> Result<Vec<ApprovedOrder>> {
+        let action = Action::ListApprovedOrders;
+        let age = chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
+        let cutoff = Utc::now()
+            .checked_sub_signed(age)
+            .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC);
+        let mut request = Request::Query {
+            soql: approved_orders_soql(
+                &self.config.approved_status,
+                cutoff,
+                self.config.reconcile_limit,
+            ),
+        };
+        let mut found = Vec::new();
+        loop {
+            let page = self.query_page(action, &request).await?;
+            for record in records(&page, action)? {
+                found.push(
+                    parse_approved(record)
+                        .map_err(|reason| Error::InvalidResponse { action, reason })?,
+                );
+            }
+            match page.get("nextRecordsUrl").and_then(Value::as_str) {
+                Some(next) if page.get("done") != Some(&Value::Bool(true)) => {
+                    if !next.starts_with("/services/data/") {
+                        return Err(Error::InvalidResponse {
+                            action,
+                            reason: "nextRecordsUrl is not a /services/data/ path".into(),
+                        });
+                    }
+                    request = Request::Next {
+                        path: next.to_owned(),
+                    };
+                }
+                _ => return Ok(found),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn limit_info_reads_only_the_api_usage_entry() {
+        assert_eq!(
+            ApiUsage::parse("api-usage=18/15000"),
+            Some(ApiUsage {
+                used: 18,
+                limit: 15000
+            })
+        );
+        assert_eq!(
+            ApiUsage::parse("per-app-api-usage=17/250(appName=x), api-usage=19/15000"),
+            Some(ApiUsage {
+                used: 19,
+                limit: 15000
+            })
+        );
+        assert_eq!(ApiUsage::parse("per-app-api-usage=17/250"), None);
+        assert_eq!(ApiUsage::parse("api-usage=x/1"), None);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let policy = RetryPolicy {
+            max_attempts: 10,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(500),
+        };
+        let waits: Vec<u128> = (1..=5).map(|a| policy.backoff(a).as_millis()).collect();
+        assert_eq!(waits, vec![100, 200, 400, 500, 500]);
+    }
+}

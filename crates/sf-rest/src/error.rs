@@ -1,0 +1,224 @@
+//! The error type of this crate, classified by what the caller should do.
+
+use std::fmt;
+
+/// The operation that failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Action {
+    /// [`crate::OrderApi::fetch_order`].
+    FetchOrder,
+    /// [`crate::OrderApi::update_order`].
+    UpdateOrder,
+    /// [`crate::OrderApi::list_approved_orders`].
+    ListApprovedOrders,
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Action::FetchOrder => "fetch order",
+            Action::UpdateOrder => "update order",
+            Action::ListApprovedOrders => "list approved orders",
+        })
+    }
+}
+
+/// What the caller should do about an [`Error`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorClass {
+    /// Try again later (5xx, 503, timeouts, network, `UNABLE_TO_LOCK_ROW`, API limit).
+    Retryable,
+    /// Trying again cannot help (validation, picklist, not found, malformed data): give up on
+    /// this order.
+    Permanent,
+    /// An operator must fix configuration or permissions (credentials, field access).
+    Reconfigure,
+}
+
+/// Errors of the Salesforce REST client.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The id is not a 15/18-character Salesforce id; no request was made.
+    #[error("invalid salesforce id \"{id}\": {reason}")]
+    InvalidId {
+        /// The offending id, escaped and truncated.
+        id: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
+    /// No such Order (empty query result or 404 `NOT_FOUND`).
+    #[error("{action}: order {order_id} not found")]
+    NotFound {
+        /// The operation.
+        action: Action,
+        /// The Order id.
+        order_id: String,
+    },
+
+    /// Salesforce answered an error (`[{message, errorCode, fields}]`).
+    #[error("{action}: salesforce answered http {status} {code}: {message}")]
+    Api {
+        /// The operation.
+        action: Action,
+        /// HTTP status.
+        status: u16,
+        /// The first error's `errorCode` (empty when the body had none).
+        code: String,
+        /// The first error's `message`.
+        message: String,
+        /// The first error's `fields`.
+        fields: Vec<String>,
+    },
+
+    /// Salesforce still answered 401 `INVALID_SESSION_ID` with a freshly minted token.
+    #[error("{action}: salesforce rejected a freshly minted session (INVALID_SESSION_ID)")]
+    SessionRejected {
+        /// The operation.
+        action: Action,
+    },
+
+    /// No token could be had.
+    #[error("{action}: {source}")]
+    Auth {
+        /// The operation.
+        action: Action,
+        /// Why.
+        #[source]
+        source: sf_auth::Error,
+    },
+
+    /// Network failure or timeout.
+    #[error("{action}: {reason}")]
+    Transport {
+        /// The operation.
+        action: Action,
+        /// Whether it was a timeout.
+        timeout: bool,
+        /// What happened.
+        reason: String,
+    },
+
+    /// A success status with a body that is not what Salesforce sends.
+    #[error("{action}: unexpected answer from salesforce: {reason}")]
+    InvalidResponse {
+        /// The operation.
+        action: Action,
+        /// What is wrong (never record values).
+        reason: String,
+    },
+
+    /// The Order's data cannot be provisioned as it is (e.g. quantity 1.5, config options that
+    /// are not a JSON object).
+    #[error("order {order_id}: {reason}")]
+    InvalidRecord {
+        /// The Order id.
+        order_id: String,
+        /// What is wrong (never the value of a secret field).
+        reason: String,
+    },
+}
+
+impl Error {
+    /// What the caller should do.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Error::InvalidId { .. }
+            | Error::NotFound { .. }
+            | Error::InvalidRecord { .. }
+            | Error::InvalidResponse { .. } => ErrorClass::Permanent,
+            Error::SessionRejected { .. } => ErrorClass::Reconfigure,
+            Error::Transport { .. } => ErrorClass::Retryable,
+            Error::Auth { source, .. } if source.is_retryable() => ErrorClass::Retryable,
+            Error::Auth { .. } => ErrorClass::Reconfigure,
+            Error::Api { status, code, .. } => classify_api(*status, code),
+        }
+    }
+
+    /// Shorthand for `class() == ErrorClass::Retryable`.
+    pub fn is_retryable(&self) -> bool {
+        self.class() == ErrorClass::Retryable
+    }
+}
+
+fn classify_api(status: u16, code: &str) -> ErrorClass {
+    match code {
+        "UNABLE_TO_LOCK_ROW"
+        | "SERVER_UNAVAILABLE"
+        | "REQUEST_LIMIT_EXCEEDED"
+        | "REQUEST_RUNNING_TOO_LONG"
+        | "QUERY_TIMEOUT" => return ErrorClass::Retryable,
+        "INVALID_SESSION_ID"
+        | "INSUFFICIENT_ACCESS"
+        | "INSUFFICIENT_ACCESS_OR_READONLY"
+        | "API_DISABLED_FOR_ORG"
+        | "API_CURRENTLY_DISABLED" => return ErrorClass::Reconfigure,
+        _ => {}
+    }
+    match status {
+        408 | 429 | 500..=599 => ErrorClass::Retryable,
+        401 | 403 => ErrorClass::Reconfigure,
+        _ => ErrorClass::Permanent,
+    }
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(status: u16, code: &str) -> Error {
+        Error::Api {
+            action: Action::UpdateOrder,
+            status,
+            code: code.into(),
+            message: String::new(),
+            fields: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn api_errors_are_classified_by_code_then_status() {
+        let check = |status, code: &str, want| assert_eq!(api(status, code).class(), want);
+        check(503, "SERVER_UNAVAILABLE", ErrorClass::Retryable);
+        check(500, "UNKNOWN_EXCEPTION", ErrorClass::Retryable);
+        check(400, "UNABLE_TO_LOCK_ROW", ErrorClass::Retryable);
+        check(403, "REQUEST_LIMIT_EXCEEDED", ErrorClass::Retryable);
+        check(
+            400,
+            "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST",
+            ErrorClass::Permanent,
+        );
+        check(
+            400,
+            "FIELD_CUSTOM_VALIDATION_EXCEPTION",
+            ErrorClass::Permanent,
+        );
+        check(400, "INVALID_FIELD", ErrorClass::Permanent);
+        check(404, "NOT_FOUND", ErrorClass::Permanent);
+        check(403, "INSUFFICIENT_ACCESS", ErrorClass::Reconfigure);
+        check(401, "INVALID_SESSION_ID", ErrorClass::Reconfigure);
+    }
+
+    #[test]
+    fn auth_errors_follow_the_token_source() {
+        let retry = Error::Auth {
+            action: Action::FetchOrder,
+            source: sf_auth::Error::Unavailable {
+                status: None,
+                reason: "connect failed".into(),
+            },
+        };
+        assert!(retry.is_retryable());
+        let fix = Error::Auth {
+            action: Action::FetchOrder,
+            source: sf_auth::Error::InvalidAssertion,
+        };
+        assert_eq!(fix.class(), ErrorClass::Reconfigure);
+    }
+}

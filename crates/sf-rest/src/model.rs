@@ -1,0 +1,407 @@
+//! Orders as the provisioner sees them, read leniently from Salesforce's JSON, and the SOQL
+//! that selects them.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Map, Value};
+
+use crate::{Error, OrderId, Result};
+
+/// DESIGN §3's Order query up to the id literal (contract: keep it exactly so).
+pub const ORDER_QUERY: &str = "SELECT Id, OrderNumber, Status, AccountId, Customer_Number__c, WHMCS_Client_Id__c, (SELECT Id, Quantity, WHMCS_Product_Id__c, Billing_Cycle__c, Config_Options__c FROM OrderItems) FROM Order WHERE Id = ";
+
+/// The reconcile sweep's query up to the status literal.
+pub const APPROVED_ORDERS_QUERY: &str =
+    "SELECT Id, AccountId, Customer_Number__c, LastModifiedDate FROM Order WHERE Status = ";
+
+/// Most order lines one OrderItem may ask for.
+pub const MAX_QUANTITY: u32 = 1000;
+
+/// The SOQL for one Order with its OrderItems. The id is validated, so quoting is plain.
+pub fn order_soql(id: &OrderId) -> String {
+    format!("{ORDER_QUERY}'{id}'")
+}
+
+/// The SOQL for approved Orders last modified before `cutoff`, oldest first.
+pub fn approved_orders_soql(status: &str, cutoff: DateTime<Utc>, limit: u32) -> String {
+    format!(
+        "{APPROVED_ORDERS_QUERY}{} AND LastModifiedDate < {} ORDER BY LastModifiedDate ASC, Id ASC LIMIT {limit}",
+        soql_quote(status),
+        cutoff.to_rfc3339_opts(SecondsFormat::Secs, true),
+    )
+}
+
+/// A SOQL string literal: quotes, backslashes and control characters escaped.
+pub fn soql_quote(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('\'');
+    for c in value.chars() {
+        match c {
+            '\'' => out.push_str("\\'"),
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// An Order with the fields DESIGN §3 selects. Fields Salesforce may leave empty are `Option`s.
+#[derive(Clone, Debug)]
+pub struct Order {
+    /// `Id`.
+    pub id: OrderId,
+    /// `OrderNumber`.
+    pub order_number: Option<String>,
+    /// `Status` (picklist API value).
+    pub status: Option<String>,
+    /// `AccountId`.
+    pub account_id: Option<String>,
+    /// `Customer_Number__c`.
+    pub customer_number: Option<String>,
+    /// `WHMCS_Client_Id__c`, read from Text (`"12"`) or Number (`12.0`) as `"12"`.
+    pub whmcs_client_id: Option<String>,
+    /// The OrderItems (empty when Salesforce sends `null`).
+    pub items: Vec<OrderItem>,
+}
+
+/// An OrderItem.
+#[derive(Clone, Debug)]
+pub struct OrderItem {
+    /// `Id`.
+    pub id: String,
+    /// `Quantity` as a whole number (Salesforce sends `2.0`): this many order lines.
+    pub quantity: u32,
+    /// `WHMCS_Product_Id__c` (the WHMCS `pid`), Text or Number read as `"5"`.
+    pub whmcs_product_id: Option<String>,
+    /// `Billing_Cycle__c`, a WHMCS cycle name such as `monthly`.
+    pub billing_cycle: Option<String>,
+    /// `Config_Options__c`: JSON object text (checked to be one); may hold secrets.
+    pub config_options: Option<SecretString>,
+}
+
+/// An approved Order found by the reconcile sweep.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ApprovedOrder {
+    /// `Id`.
+    pub id: OrderId,
+    /// `AccountId`.
+    pub account_id: Option<String>,
+    /// `Customer_Number__c`.
+    pub customer_number: Option<String>,
+    /// `LastModifiedDate`.
+    pub last_modified: Option<DateTime<Utc>>,
+}
+
+/// The fields a PATCH sets; `None` fields are left out of the request.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct OrderUpdate {
+    /// `Status` (picklist API value).
+    pub status: Option<String>,
+    /// `WHMCS_Order_Id__c`.
+    pub whmcs_order_id: Option<String>,
+    /// `WHMCS_Service_Ids__c`, sent comma-separated.
+    pub whmcs_service_ids: Option<Vec<String>>,
+    /// `Provisioned_At__c`, sent as ISO-8601 UTC.
+    pub provisioned_at: Option<DateTime<Utc>>,
+    /// `Provisioning_Error__c`, cut to 255 characters. Callers keep it free of PII and secrets.
+    pub provisioning_error: Option<String>,
+}
+
+/// Longest `Provisioning_Error__c`.
+pub const MAX_PROVISIONING_ERROR_CHARS: usize = 255;
+
+impl OrderUpdate {
+    /// Whether no field is set.
+    pub fn is_empty(&self) -> bool {
+        self == &OrderUpdate::default()
+    }
+
+    /// The PATCH body: only the fields that are set.
+    pub fn to_json(&self) -> Value {
+        let mut body = Map::new();
+        let mut put = |name: &str, value: Option<String>| {
+            if let Some(v) = value {
+                body.insert(name.to_owned(), Value::String(v));
+            }
+        };
+        put("Status", self.status.clone());
+        put("WHMCS_Order_Id__c", self.whmcs_order_id.clone());
+        put(
+            "WHMCS_Service_Ids__c",
+            self.whmcs_service_ids.as_ref().map(|ids| ids.join(",")),
+        );
+        put(
+            "Provisioned_At__c",
+            self.provisioned_at
+                .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true)),
+        );
+        put(
+            "Provisioning_Error__c",
+            self.provisioning_error
+                .as_ref()
+                .map(|e| e.chars().take(MAX_PROVISIONING_ERROR_CHARS).collect()),
+        );
+        Value::Object(body)
+    }
+}
+
+/// A field read as text: strings as they are, whole numbers without `.0`; `null`/empty = None.
+fn text(record: &Value, field: &str) -> std::result::Result<Option<String>, String> {
+    match record.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::Number(n)) => {
+            if let Some(i) = n.as_i64() {
+                Ok(Some(i.to_string()))
+            } else if let Some(u) = n.as_u64() {
+                Ok(Some(u.to_string()))
+            } else {
+                match n.as_f64() {
+                    Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => {
+                        Ok(Some(format!("{}", f as i64)))
+                    }
+                    _ => Err(format!("{field} is not a whole number")),
+                }
+            }
+        }
+        Some(Value::Bool(b)) => Ok(Some(b.to_string())),
+        Some(_) => Err(format!("{field} is not a text or number value")),
+    }
+}
+
+fn quantity(item: &Value) -> std::result::Result<u32, String> {
+    let value = match item.get("Quantity") {
+        Some(Value::Number(n)) => n.as_f64(),
+        Some(Value::String(s)) => s.trim().parse::<f64>().ok(),
+        _ => None,
+    }
+    .ok_or("Quantity is missing or not a number")?;
+    if value.fract() != 0.0 || value < 1.0 || value > f64::from(MAX_QUANTITY) {
+        return Err(format!(
+            "Quantity {value} is not a whole number from 1 to {MAX_QUANTITY}"
+        ));
+    }
+    Ok(value as u32)
+}
+
+fn config_options(item: &Value) -> std::result::Result<Option<SecretString>, String> {
+    let raw = match item.get("Config_Options__c") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(s)) if s.trim().is_empty() => return Ok(None),
+        Some(Value::String(s)) => SecretString::from(s.clone()),
+        Some(Value::Object(o)) => SecretString::from(Value::Object(o.clone()).to_string()),
+        Some(_) => return Err("Config_Options__c is not JSON object text".into()),
+    };
+    match serde_json::from_str::<Value>(raw.expose_secret()) {
+        Ok(Value::Object(_)) => Ok(Some(raw)),
+        _ => Err("Config_Options__c is not a JSON object".into()),
+    }
+}
+
+/// Reads one Order record of [`ORDER_QUERY`]'s answer.
+pub(crate) fn parse_order(record: &Value, requested: &OrderId) -> Result<Order> {
+    let invalid = |reason: String| Error::InvalidRecord {
+        order_id: requested.to_string(),
+        reason,
+    };
+    let id = text(record, "Id")
+        .map_err(&invalid)?
+        .ok_or_else(|| invalid("Id is missing".into()))?;
+    let id = OrderId::parse(&id).map_err(|e| invalid(e.to_string()))?;
+    if !id.same_record(requested) {
+        return Err(invalid(format!(
+            "salesforce answered with another order ({id})"
+        )));
+    }
+    let items = match record.get("OrderItems") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(sub) => {
+            if sub.get("done") == Some(&Value::Bool(false)) {
+                return Err(invalid(
+                    "more OrderItems than one query page holds".to_owned(),
+                ));
+            }
+            sub.get("records")
+                .and_then(Value::as_array)
+                .ok_or_else(|| invalid("OrderItems has no records array".into()))?
+                .iter()
+                .map(|item| parse_item(item).map_err(&invalid))
+                .collect::<Result<Vec<_>>>()?
+        }
+    };
+    Ok(Order {
+        id,
+        order_number: text(record, "OrderNumber").map_err(&invalid)?,
+        status: text(record, "Status").map_err(&invalid)?,
+        account_id: text(record, "AccountId").map_err(&invalid)?,
+        customer_number: text(record, "Customer_Number__c").map_err(&invalid)?,
+        whmcs_client_id: text(record, "WHMCS_Client_Id__c").map_err(&invalid)?,
+        items,
+    })
+}
+
+fn parse_item(item: &Value) -> std::result::Result<OrderItem, String> {
+    let id = text(item, "Id")?.ok_or("an OrderItem has no Id")?;
+    let with_id = |e: String| format!("OrderItem {id}: {e}");
+    Ok(OrderItem {
+        quantity: quantity(item).map_err(with_id)?,
+        whmcs_product_id: text(item, "WHMCS_Product_Id__c").map_err(with_id)?,
+        billing_cycle: text(item, "Billing_Cycle__c").map_err(with_id)?,
+        config_options: config_options(item).map_err(with_id)?,
+        id,
+    })
+}
+
+/// Salesforce's REST date-time (`2024-05-01T12:34:56.000+0000`) or RFC 3339.
+pub(crate) fn parse_datetime(s: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f%z")
+        .or_else(|_| DateTime::parse_from_rfc3339(s))
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// Reads one record of [`APPROVED_ORDERS_QUERY`]'s answer.
+pub(crate) fn parse_approved(record: &Value) -> std::result::Result<ApprovedOrder, String> {
+    let id = text(record, "Id")?.ok_or("a record has no Id")?;
+    let id = OrderId::parse(&id).map_err(|e| e.to_string())?;
+    Ok(ApprovedOrder {
+        account_id: text(record, "AccountId")?,
+        customer_number: text(record, "Customer_Number__c")?,
+        last_modified: text(record, "LastModifiedDate")?
+            .as_deref()
+            .and_then(parse_datetime),
+        id,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use serde_json::json;
+
+    fn id() -> OrderId {
+        OrderId::parse("801A0000006Vm9rIAC").unwrap()
+    }
+
+    #[test]
+    fn the_order_query_is_design_section_3_verbatim() {
+        assert_eq!(
+            order_soql(&id()),
+            "SELECT Id, OrderNumber, Status, AccountId, Customer_Number__c, WHMCS_Client_Id__c, \
+             (SELECT Id, Quantity, WHMCS_Product_Id__c, Billing_Cycle__c, Config_Options__c FROM OrderItems) \
+             FROM Order WHERE Id = '801A0000006Vm9rIAC'"
+        );
+    }
+
+    #[test]
+    fn approved_query_quotes_the_status() {
+        let cutoff = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        assert_eq!(
+            approved_orders_soql("Appro'ved\\", cutoff, 50),
+            "SELECT Id, AccountId, Customer_Number__c, LastModifiedDate FROM Order WHERE Status = 'Appro\\'ved\\\\' \
+             AND LastModifiedDate < 2023-11-14T22:13:20Z ORDER BY LastModifiedDate ASC, Id ASC LIMIT 50"
+        );
+    }
+
+    #[test]
+    fn reads_numbers_and_text_leniently() {
+        let record = json!({
+            "attributes": {"type": "Order"},
+            "Id": "801A0000006Vm9rIAC",
+            "Status": "Approved",
+            "WHMCS_Client_Id__c": 12.0,
+            "OrderItems": {"totalSize": 2, "done": true, "records": [
+                {"Id": "802A", "Quantity": 2.0, "WHMCS_Product_Id__c": "5", "Billing_Cycle__c": "monthly",
+                 "Config_Options__c": "{\"7\":\"hunter2\"}"},
+                {"Id": "802B", "Quantity": 1, "WHMCS_Product_Id__c": 6}
+            ]}
+        });
+        let order = parse_order(&record, &id()).unwrap();
+        assert_eq!(order.whmcs_client_id.as_deref(), Some("12"));
+        assert_eq!(order.order_number, None);
+        assert_eq!(order.items.len(), 2);
+        assert_eq!(order.items[0].quantity, 2);
+        assert_eq!(order.items[1].whmcs_product_id.as_deref(), Some("6"));
+        assert_eq!(
+            order.items[0]
+                .config_options
+                .as_ref()
+                .unwrap()
+                .expose_secret(),
+            "{\"7\":\"hunter2\"}"
+        );
+        assert!(!format!("{order:?}").contains("hunter2"));
+        let no_items =
+            json!({"Id": "801A0000006Vm9r", "OrderItems": null, "WHMCS_Client_Id__c": "12"});
+        let order = parse_order(&no_items, &id()).unwrap();
+        assert!(order.items.is_empty());
+        assert_eq!(order.whmcs_client_id.as_deref(), Some("12"));
+    }
+
+    #[test]
+    fn refuses_data_it_cannot_provision_without_echoing_secrets() {
+        let check = |item: Value, want: &str| {
+            let record = json!({"Id": "801A0000006Vm9rIAC", "OrderItems": {"done": true, "records": [item]}});
+            let err = parse_order(&record, &id()).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains(want), "{text}");
+            assert!(!text.contains("hunter2"), "{text}");
+        };
+        check(json!({"Id": "802A", "Quantity": 1.5}), "Quantity 1.5");
+        check(json!({"Id": "802A", "Quantity": 0.0}), "Quantity 0");
+        check(
+            json!({"Id": "802A", "Quantity": 1.0, "Config_Options__c": "[\"hunter2\"]"}),
+            "not a JSON object",
+        );
+        check(
+            json!({"Id": "802A", "Quantity": 1.0, "Config_Options__c": "hunter2"}),
+            "not a JSON object",
+        );
+        let other = json!({"Id": "801000000000001AAA"});
+        assert!(parse_order(&other, &id()).is_err());
+    }
+
+    #[test]
+    fn update_sends_only_the_fields_set() {
+        let update = OrderUpdate {
+            status: Some("Activated".into()),
+            whmcs_service_ids: Some(vec!["10".into(), "11".into()]),
+            provisioned_at: DateTime::from_timestamp(1_700_000_000, 0),
+            ..OrderUpdate::default()
+        };
+        assert_eq!(
+            update.to_json(),
+            json!({"Status": "Activated", "WHMCS_Service_Ids__c": "10,11",
+                   "Provisioned_At__c": "2023-11-14T22:13:20.000Z"})
+        );
+        let long = OrderUpdate {
+            provisioning_error: Some("é".repeat(300)),
+            ..OrderUpdate::default()
+        };
+        let sent = long.to_json()["Provisioning_Error__c"]
+            .as_str()
+            .unwrap()
+            .chars()
+            .count();
+        assert_eq!(sent, 255);
+        assert!(OrderUpdate::default().is_empty());
+    }
+
+    #[test]
+    fn datetimes_in_salesforce_format_parse() {
+        let t = parse_datetime("2023-11-14T22:13:20.000+0000").unwrap();
+        assert_eq!(t.timestamp(), 1_700_000_000);
+        assert_eq!(
+            parse_datetime("2023-11-14T22:13:20Z").unwrap().timestamp(),
+            1_700_000_000
+        );
+        assert!(parse_datetime("yesterday").is_none());
+    }
+}

@@ -1,0 +1,150 @@
+//! Retryable failures are retried; sessions are renewed once; exhausted retries surface.
+
+use sandbox::salesforce::{FaultKind, Route, Trigger};
+use sf_rest::{Error, ErrorClass, OrderApi, OrderUpdate};
+
+use crate::support::world;
+
+fn activate() -> OrderUpdate {
+    OrderUpdate {
+        status: Some("Activated".into()),
+        ..OrderUpdate::default()
+    }
+}
+
+#[tokio::test]
+async fn injected_503s_are_retried() {
+    let w = world().await;
+    w.sf.faults()
+        .fail_next(Route::Query, 2, FaultKind::Status(503));
+    let order = w.api.fetch_order(&w.order_id).await.unwrap();
+    assert_eq!(order.items.len(), 2);
+    assert_eq!(w.sf.requests(Route::Query), 3);
+    assert_eq!(w.sf.faults().fired(Route::Query), 2);
+
+    w.sf.faults()
+        .fail_next(Route::Patch, 2, FaultKind::Status(503));
+    w.api.update_order(&w.order_id, &activate()).await.unwrap();
+    assert_eq!(w.sf.requests(Route::Patch), 3);
+    assert_eq!(w.sf.order(&w.order_id).unwrap().status, "Activated");
+}
+
+#[tokio::test]
+async fn lock_contention_500s_and_dropped_connections_are_retried() {
+    let w = world().await;
+    w.sf.faults().fail_next(
+        Route::Patch,
+        1,
+        FaultKind::SalesforceError {
+            status: 400,
+            error_code: "UNABLE_TO_LOCK_ROW".into(),
+            message: "unable to obtain exclusive access to this record".into(),
+        },
+    );
+    w.sf.faults()
+        .inject(Route::Patch, FaultKind::Status(500), Trigger::Next(1));
+    w.api.update_order(&w.order_id, &activate()).await.unwrap();
+    assert_eq!(w.sf.requests(Route::Patch), 2);
+
+    w.sf.faults()
+        .fail_next(Route::Query, 1, FaultKind::DropConnection);
+    w.api.fetch_order(&w.order_id).await.unwrap();
+    assert_eq!(w.sf.requests(Route::Query), 2);
+}
+
+#[tokio::test]
+async fn exhausted_retries_return_the_retryable_error() {
+    let w = world().await;
+    w.sf.faults()
+        .inject(Route::Query, FaultKind::Status(503), Trigger::Always);
+    let err = w.api.fetch_order(&w.order_id).await.unwrap_err();
+    match &err {
+        Error::Api { status, code, .. } => {
+            assert_eq!(*status, 503);
+            assert_eq!(code, "SERVER_UNAVAILABLE");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(err.class(), ErrorClass::Retryable);
+    assert_eq!(w.sf.requests(Route::Query), 4);
+}
+
+#[tokio::test]
+async fn an_expired_session_is_renewed_once() {
+    let w = world().await;
+    w.api.fetch_order(&w.order_id).await.unwrap();
+    w.sf.expire_all_tokens();
+    w.api.fetch_order(&w.order_id).await.unwrap();
+    assert_eq!(w.sf.token_requests(), 2);
+    assert_eq!(w.sf.requests(Route::Query), 3);
+}
+
+#[tokio::test]
+async fn a_session_refused_even_when_fresh_is_not_looped_on() {
+    let w = world().await;
+    w.sf.faults().inject(
+        Route::Patch,
+        FaultKind::SalesforceError {
+            status: 401,
+            error_code: "INVALID_SESSION_ID".into(),
+            message: "Session expired or invalid".into(),
+        },
+        Trigger::Always,
+    );
+    let err = w
+        .api
+        .update_order(&w.order_id, &activate())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::SessionRejected { .. }), "{err:?}");
+    assert_eq!(err.class(), ErrorClass::Reconfigure);
+    assert_eq!(w.sf.requests(Route::Patch), 2);
+    assert_eq!(w.sf.token_requests(), 2);
+}
+
+#[tokio::test]
+async fn token_endpoint_outage_is_retried_through_the_rest_client() {
+    let w = world().await;
+    w.sf.faults()
+        .fail_next(Route::Token, 2, FaultKind::Status(503));
+    w.api.fetch_order(&w.order_id).await.unwrap();
+    assert_eq!(w.sf.token_requests(), 3);
+}
+
+#[tokio::test]
+async fn timeouts_are_retried() {
+    let w = world().await;
+    let api = sf_rest::RestOrderApi::new(
+        w.tokens.clone(),
+        sf_rest::RestConfig {
+            request_timeout: std::time::Duration::from_millis(200),
+            retry: crate::support::fast_retry(),
+            ..sf_rest::RestConfig::default()
+        },
+    )
+    .unwrap();
+    // Warm the token so the slow request is the query itself.
+    api.fetch_order(&w.order_id).await.unwrap();
+    w.sf.faults().fail_next(
+        Route::Query,
+        1,
+        FaultKind::Latency(std::time::Duration::from_secs(5)),
+    );
+    api.fetch_order(&w.order_id).await.unwrap();
+    assert_eq!(w.sf.requests(Route::Query), 3);
+}
+
+#[tokio::test]
+async fn tokens_past_their_lifetime_are_refused() {
+    let w = crate::support::world_with(sandbox::salesforce::SalesforceConfig {
+        token_lifetime: std::time::Duration::ZERO,
+        ..sandbox::salesforce::SalesforceConfig::default()
+    })
+    .await;
+    let err = w.api.fetch_order(&w.order_id).await.unwrap_err();
+    assert!(matches!(err, Error::SessionRejected { .. }), "{err:?}");
+    // One renewal, no loop.
+    assert_eq!(w.sf.token_requests(), 2);
+    assert_eq!(w.sf.requests(Route::Query), 2);
+    assert!(w.sf.issued_tokens().iter().all(|t| !w.sf.is_token_valid(t)));
+}

@@ -1,0 +1,48 @@
+//! Client configuration.
+
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+/// How to reach and authenticate to WHMCS. `Debug` shows the URL and settings, never the
+/// identifier, secret or access key.
+#[derive(Debug, Clone)]
+pub struct WhmcsConfig {
+    /// The full `https://<host>/<path>/includes/api.php` URL (`WHMCS_API_URL`).
+    pub api_url: String,
+    /// API credential identifier (`WHMCS_API_IDENTIFIER`).
+    pub identifier: SecretString,
+    /// API credential secret (`WHMCS_API_SECRET`).
+    pub secret: SecretString,
+    /// Optional `$api_access_key` that skips the IP allow-list (`WHMCS_ACCESS_KEY`).
+    pub access_key: Option<SecretString>,
+    /// Default AddOrder `paymentmethod` (`WHMCS_PAYMENT_METHOD`, default `banktransfer`).
+    pub payment_method: String,
+    /// TCP/TLS connect timeout.
+    pub connect_timeout: Duration,
+    /// Whole-request timeout of reads and of AddOrder/AddClient (default 30 s, as WHMCS's
+    /// own sample).
+    pub read_timeout: Duration,
+    /// Whole-request timeout of AcceptOrder and ModuleCreate, which run the control panel's
+    /// create call inside the request (default 10 minutes).
+    pub provisioning_timeout: Duration,
+    /// `limitnum` of list calls (default 25, WHMCS's default).
+    pub page_size: u64,
+}
+
+impl WhmcsConfig {
+    /// A configuration with the defaults above.
+    pub fn new(api_url: impl Into<String>, identifier: SecretString, secret: SecretString) -> Self {
+        Self {
+            api_url: api_url.into(),
+            identifier,
+            secret,
+            access_key: None,
+            payment_method: "banktransfer".to_owned(),
+            connect_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(30),
+            provisioning_timeout: Duration::from_secs(600),
+            page_size: 25,
+        }
+    }
+}

@@ -1,0 +1,554 @@
+//! [`HttpWhmcsClient`]: the [`WhmcsApi`] over HTTPS with reqwest (rustls).
+
+use std::time::Instant;
+
+use async_trait::async_trait;
+use reqwest::header::{CONTENT_TYPE, HeaderValue};
+use secrecy::ExposeSecret;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::WhmcsApi;
+use crate::config::WhmcsConfig;
+use crate::encoding::FormBody;
+use crate::error::{Action, Error, Result};
+use crate::model::{
+    AcceptOrderRequest, AddClientEnvelope, ClientDetails, ClientDetailsEnvelope, ListPage,
+    NewClient, NewOrder, Order, OrdersEnvelope, OrdersQuery, Page, PlacedOrder, ProductsEnvelope,
+    ProductsQuery, Service,
+};
+
+/// Largest reply body read; WHMCS replies are small, anything bigger is not WHMCS.
+const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+
+/// Hard stop for list paging, in pages, against a server that keeps answering.
+const MAX_PAGES: u64 = 10_000;
+
+/// The WHMCS External API client. Cheap to clone (shares the connection pool).
+///
+/// Nothing it logs contains request or response bodies: only the action, HTTP status, timing
+/// and error class.
+#[derive(Clone)]
+pub struct HttpWhmcsClient {
+    http: reqwest::Client,
+    config: WhmcsConfig,
+}
+
+impl std::fmt::Debug for HttpWhmcsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpWhmcsClient")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpWhmcsClient {
+    /// A client for `config`. Fails on a URL that is not `http(s)://.../api.php`-shaped or
+    /// when the TLS stack cannot start.
+    pub fn new(config: WhmcsConfig) -> Result<Self> {
+        let url = url::Url::parse(&config.api_url).map_err(|e| Error::InvalidInput {
+            reason: format!("WHMCS_API_URL is not a valid url: {e}"),
+        })?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(Error::InvalidInput {
+                reason: "WHMCS_API_URL must be an http(s) url".to_owned(),
+            });
+        }
+        if url.query().is_some() || !url.username().is_empty() || url.password().is_some() {
+            return Err(Error::InvalidInput {
+                reason: "WHMCS_API_URL must not carry credentials or a query".to_owned(),
+            });
+        }
+        if !url.path().ends_with("api.php") {
+            tracing::warn!(
+                "WHMCS_API_URL does not end in api.php; it should be the full .../includes/api.php url"
+            );
+        }
+        if config.page_size == 0 {
+            return Err(Error::InvalidInput {
+                reason: "page size must be at least 1".to_owned(),
+            });
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            // A redirect would turn the POST into a GET and drop the form: refuse it.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!(
+                "portal-provisioner-whmcs-client/",
+                env!("CARGO_PKG_VERSION")
+            ))
+            .build()
+            .map_err(|e| Error::InvalidInput {
+                reason: format!("cannot build the http client: {e}"),
+            })?;
+        Ok(Self { http, config })
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &WhmcsConfig {
+        &self.config
+    }
+
+    /// Builds the body of `action` with the credential fields first.
+    fn body(&self, action: Action) -> FormBody {
+        let mut body = FormBody::new();
+        body.push("action", action.as_str());
+        body.push("identifier", self.config.identifier.expose_secret());
+        body.push("secret", self.config.secret.expose_secret());
+        if let Some(key) = &self.config.access_key {
+            body.push("accesskey", key.expose_secret());
+        }
+        body.push("responsetype", "json");
+        body
+    }
+
+    /// Sends `body` and returns the success envelope, or the classified error.
+    async fn call(&self, action: Action, body: FormBody) -> Result<Value> {
+        let timeout = if action.provisions() {
+            self.config.provisioning_timeout
+        } else {
+            self.config.read_timeout
+        };
+        let encoded = body.to_urlencoded();
+        drop(body);
+        let started = Instant::now();
+
+        let response = self
+            .http
+            .post(&self.config.api_url)
+            .header(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/x-www-form-urlencoded"),
+            )
+            .timeout(timeout)
+            .body(encoded)
+            .send()
+            .await;
+        let response = match response {
+            Ok(r) => r,
+            Err(e) => {
+                let err = classify_send_error(action, &e);
+                tracing::warn!(
+                    action = action.as_str(),
+                    class = ?err.class(),
+                    elapsed_ms = elapsed_ms(started),
+                    "whmcs call failed before a reply"
+                );
+                return Err(err);
+            }
+        };
+        let status = response.status().as_u16();
+        let bytes = match read_body(response).await {
+            Ok(b) => b,
+            Err(reason) => {
+                let err = Error::after_send(action, Some(status), reason);
+                tracing::warn!(action = action.as_str(), status, class = ?err.class(), "whmcs reply unreadable");
+                return Err(err);
+            }
+        };
+        let result = interpret(action, status, &bytes);
+        match &result {
+            Ok(_) => tracing::debug!(
+                action = action.as_str(),
+                status,
+                elapsed_ms = elapsed_ms(started),
+                "whmcs call succeeded"
+            ),
+            Err(err) => tracing::warn!(
+                action = action.as_str(),
+                status,
+                class = ?err.class(),
+                elapsed_ms = elapsed_ms(started),
+                "whmcs call failed"
+            ),
+        }
+        result
+    }
+
+    async fn call_typed<T: DeserializeOwned>(&self, action: Action, body: FormBody) -> Result<T> {
+        let value = self.call(action, body).await?;
+        serde_json::from_value(value).map_err(|e| {
+            Error::after_send(
+                action,
+                Some(200),
+                // serde's message may quote reply values (which can be secrets): leave it out.
+                format!(
+                    "success reply does not have the expected shape ({:?} error)",
+                    e.classify()
+                ),
+            )
+        })
+    }
+
+    async fn products_page(&self, query: &ProductsQuery, page: Page) -> Result<ListPage<Service>> {
+        let mut body = self.body(Action::GetClientsProducts);
+        query.write_form(&mut body);
+        page.write_form(&mut body);
+        let env: ProductsEnvelope = self.call_typed(Action::GetClientsProducts, body).await?;
+        Ok(ListPage {
+            total_results: env.total_results,
+            start_number: env.start_number,
+            num_returned: env.num_returned,
+            items: env.products,
+        })
+    }
+
+    /// Walks every page of GetClientsProducts for `query`; `visit` returns `true` to stop.
+    async fn walk_products(
+        &self,
+        query: &ProductsQuery,
+        mut visit: impl FnMut(Service) -> bool,
+    ) -> Result<()> {
+        let size = self.config.page_size;
+        let mut start = 0_u64;
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..MAX_PAGES {
+            let page = self.products_page(query, Page { start, size }).await?;
+            let got = page.items.len() as u64;
+            let mut new_ids = 0_u64;
+            for service in page.items {
+                if seen.insert(service.id) {
+                    new_ids += 1;
+                }
+                if visit(service) {
+                    return Ok(());
+                }
+            }
+            start += got;
+            let known_total = page.total_results > 0;
+            if got == 0
+                || (known_total && start >= page.total_results)
+                || (!known_total && got < size)
+            {
+                return Ok(());
+            }
+            if new_ids == 0 {
+                // A server that ignores `limitstart` would hand out the same page forever;
+                // stopping quietly could hide an earlier attempt, so fail instead.
+                return Err(Error::Transient {
+                    action: Action::GetClientsProducts,
+                    http_status: None,
+                    reason: "paging does not advance (limitstart ignored?)".to_owned(),
+                });
+            }
+        }
+        Err(Error::Transient {
+            action: Action::GetClientsProducts,
+            http_status: None,
+            reason: format!("paging did not end after {MAX_PAGES} pages"),
+        })
+    }
+}
+
+fn elapsed_ms(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Classifies a reqwest error that happened before a reply's headers arrived.
+fn classify_send_error(action: Action, e: &reqwest::Error) -> Error {
+    // Never include the URL or the body; the error's own text may carry the URL, which holds
+    // no secret (credentials are only in the body), but keep it short and generic.
+    let kind = if e.is_connect() {
+        "connection failed"
+    } else if e.is_timeout() {
+        "timed out"
+    } else if e.is_redirect() {
+        "redirect"
+    } else {
+        "connection lost"
+    };
+    let detail = error_chain(e);
+    if e.is_connect() || e.is_builder() {
+        // Nothing was sent: safe to retry for every action.
+        Error::Transient {
+            action,
+            http_status: None,
+            reason: format!("{kind}: {detail}"),
+        }
+    } else {
+        Error::after_send(action, None, format!("{kind}: {detail}"))
+    }
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = Vec::new();
+    let mut current = e.source();
+    while let Some(err) = current {
+        parts.push(err.to_string());
+        current = err.source();
+    }
+    if parts.is_empty() {
+        "no detail".to_owned()
+    } else {
+        parts.join(": ")
+    }
+}
+
+async fn read_body(mut response: reqwest::Response) -> Result<Vec<u8>, String> {
+    let mut bytes = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if bytes.len() + chunk.len() > MAX_BODY_BYTES {
+                    return Err("reply body too large".to_owned());
+                }
+                bytes.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(bytes),
+            Err(e) => {
+                let kind = if e.is_timeout() {
+                    "timed out"
+                } else {
+                    "connection lost"
+                };
+                return Err(format!(
+                    "{kind} while reading the reply: {}",
+                    error_chain(&e)
+                ));
+            }
+        }
+    }
+}
+
+/// Reads the WHMCS envelope from a reply of any HTTP status (interop checklist item 6).
+pub(crate) fn interpret(action: Action, status: u16, bytes: &[u8]) -> Result<Value> {
+    if (300..400).contains(&status) {
+        // The redirect was not followed (it would turn the POST into a GET): the URL is wrong.
+        return Err(Error::Configuration {
+            action,
+            http_status: status,
+            message: "WHMCS_API_URL answers with a redirect; configure the final api.php url"
+                .to_owned(),
+        });
+    }
+    let parsed: Option<Value> = serde_json::from_slice(bytes).ok();
+    let Some(Value::Object(map)) = parsed else {
+        // HTML from a WAF, proxy or PHP fatal error.
+        let reason = format!("http {status} with a reply that is not a whmcs json object");
+        return Err(if status >= 500 || action.is_mutating() && status < 400 {
+            // The server may have run (part of) the action before failing.
+            Error::after_send(action, Some(status), reason)
+        } else {
+            Error::Transient {
+                action,
+                http_status: Some(status),
+                reason,
+            }
+        });
+    };
+    let field = |name: &str| {
+        map.get(name)
+            .and_then(Value::as_str)
+            .map(|s| s.trim().to_ascii_lowercase())
+    };
+    let result = field("result");
+    let state = field("status");
+    let is_error = result.as_deref() == Some("error") || state.as_deref() == Some("error");
+    let is_success = result.as_deref() == Some("success") || state.as_deref() == Some("success");
+    if is_error || !is_success {
+        let message = ["message", "warning", "error"]
+            .iter()
+            .find_map(|k| map.get(*k).and_then(Value::as_str))
+            .unwrap_or("error reply without a message");
+        return Err(Error::from_envelope(action, status, message));
+    }
+    Ok(Value::Object(map))
+}
+
+#[async_trait]
+impl WhmcsApi for HttpWhmcsClient {
+    async fn get_client_details(&self, client_id: u64) -> Result<ClientDetails> {
+        let mut body = self.body(Action::GetClientsDetails);
+        body.push("clientid", client_id.to_string());
+        let env: ClientDetailsEnvelope = self.call_typed(Action::GetClientsDetails, body).await?;
+        env.client.ok_or_else(|| Error::Transient {
+            action: Action::GetClientsDetails,
+            http_status: Some(200),
+            reason: "success reply without a client".to_owned(),
+        })
+    }
+
+    async fn get_clients_products(
+        &self,
+        query: &ProductsQuery,
+        page: Page,
+    ) -> Result<ListPage<Service>> {
+        self.products_page(query, page).await
+    }
+
+    async fn all_client_services(&self, client_id: u64) -> Result<Vec<Service>> {
+        let mut all = Vec::new();
+        self.walk_products(&ProductsQuery::client(client_id), |s| {
+            all.push(s);
+            false
+        })
+        .await?;
+        Ok(all)
+    }
+
+    async fn find_service_by_custom_field(
+        &self,
+        client_id: u64,
+        field_id: u64,
+        value: &str,
+    ) -> Result<Option<Service>> {
+        let mut found = None;
+        self.walk_products(&ProductsQuery::client(client_id), |s| {
+            if s.custom_field(field_id) == Some(value) {
+                found = Some(s);
+                true
+            } else {
+                false
+            }
+        })
+        .await?;
+        Ok(found)
+    }
+
+    async fn add_order(&self, order: &NewOrder) -> Result<PlacedOrder> {
+        if order.lines.is_empty() {
+            return Err(Error::InvalidInput {
+                reason: "an order needs at least one line".to_owned(),
+            });
+        }
+        let mut body = self.body(Action::AddOrder);
+        order.write_form(&self.config.payment_method, &mut body);
+        self.call_typed(Action::AddOrder, body).await
+    }
+
+    async fn accept_order(&self, request: &AcceptOrderRequest) -> Result<()> {
+        let mut body = self.body(Action::AcceptOrder);
+        request.write_form(&mut body);
+        self.call(Action::AcceptOrder, body).await.map(drop)
+    }
+
+    async fn get_orders(&self, query: &OrdersQuery, page: Page) -> Result<ListPage<Order>> {
+        let mut body = self.body(Action::GetOrders);
+        query.write_form(&mut body);
+        page.write_form(&mut body);
+        let env: OrdersEnvelope = self.call_typed(Action::GetOrders, body).await?;
+        Ok(ListPage {
+            total_results: env.total_results,
+            start_number: env.start_number,
+            num_returned: env.num_returned,
+            items: env.orders,
+        })
+    }
+
+    async fn get_order(&self, order_id: u64) -> Result<Option<Order>> {
+        let page = self
+            .get_orders(&OrdersQuery::order(order_id), Page::first(1))
+            .await?;
+        Ok(page.items.into_iter().find(|o| o.id == order_id))
+    }
+
+    async fn module_create(&self, service_id: u64) -> Result<()> {
+        let mut body = self.body(Action::ModuleCreate);
+        body.push("serviceid", service_id.to_string());
+        self.call(Action::ModuleCreate, body).await.map(drop)
+    }
+
+    async fn add_client(&self, client: &NewClient) -> Result<u64> {
+        let mut body = self.body(Action::AddClient);
+        client.write_form(&mut body);
+        let env: AddClientEnvelope = self.call_typed(Action::AddClient, body).await?;
+        Ok(env.client_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::error::ErrorClass;
+
+    fn class(action: Action, status: u16, body: &str) -> Option<ErrorClass> {
+        interpret(action, status, body.as_bytes())
+            .err()
+            .map(|e| e.class())
+    }
+
+    #[test]
+    fn envelope_rules() {
+        use ErrorClass::*;
+        let a = Action::GetClientsDetails;
+        assert_eq!(class(a, 200, r#"{"result":"success"}"#), None);
+        assert_eq!(class(a, 200, r#"{"status":"success"}"#), None);
+        assert_eq!(
+            class(a, 200, r#"{"result":"error","message":"Client Not Found"}"#),
+            Some(Business)
+        );
+        assert_eq!(
+            class(
+                a,
+                200,
+                r#"{"status":"error","message":"Client ID Not Found"}"#
+            ),
+            Some(Business)
+        );
+        assert_eq!(
+            class(
+                a,
+                200,
+                r#"{"warning":"Invalid or Missing Payment Information - Please Reload and Try Again"}"#
+            ),
+            Some(Business)
+        );
+        assert_eq!(
+            class(a, 200, r#"{"result":"success","status":"error"}"#),
+            Some(Business)
+        );
+        assert_eq!(
+            class(
+                a,
+                403,
+                r#"{"result":"error","message":"Authentication Failed"}"#
+            ),
+            Some(Configuration)
+        );
+        assert_eq!(
+            class(
+                a,
+                400,
+                r#"{"result":"error","message":"Invalid IP 10.0.0.9"}"#
+            ),
+            Some(Configuration)
+        );
+        assert_eq!(
+            class(a, 403, "<html><body>403 Forbidden</body></html>"),
+            Some(Transient)
+        );
+        assert_eq!(class(a, 500, "<html>500</html>"), Some(Transient));
+        assert_eq!(class(a, 200, r#"["success"]"#), Some(Transient));
+        assert_eq!(
+            class(Action::AddOrder, 500, "<html>500</html>"),
+            Some(UnknownOutcome)
+        );
+        assert_eq!(
+            class(
+                Action::AddOrder,
+                200,
+                "Notice: undefined index {\"result\":"
+            ),
+            Some(UnknownOutcome)
+        );
+        assert_eq!(
+            class(Action::AddOrder, 403, "<html>waf</html>"),
+            Some(Transient)
+        );
+        assert_eq!(class(Action::AddOrder, 301, ""), Some(Configuration));
+        assert_eq!(class(a, 302, "<html>moved</html>"), Some(Configuration));
+    }
+
+    #[test]
+    fn error_message_is_kept() {
+        let err = interpret(
+            Action::AcceptOrder,
+            200,
+            br#"{"result":"error","message":"Order ID not found or Status not Pending"}"#,
+        )
+        .unwrap_err();
+        assert!(err.is_order_not_pending());
+        assert_eq!(err.action(), Some(Action::AcceptOrder));
+    }
+}

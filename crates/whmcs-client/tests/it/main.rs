@@ -1,0 +1,11 @@
+//! Integration tests of the WHMCS client against the sandbox's WHMCS emulator.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod actions;
+mod errors;
+mod faults;
+mod mock;
+mod roundtrip;
+mod secrets;
+mod support;
