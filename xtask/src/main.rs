@@ -1,6 +1,8 @@
 //! `cargo xtask`: the one automation entry point of the workspace.
 //!
 //! - `cargo xtask ci`: everything CI checks, in the order a developer wants to hear about it.
+//! - `cargo xtask codegen [--check]`: regenerates the committed gRPC code of `sf-pubsub` from its
+//!   `.proto` (protox + tonic-prost-build, no protoc); `--check` fails when the file is stale.
 //! - `cargo xtask bench [criterion args]`: the criterion benchmarks of every crate.
 //! - `cargo xtask demo [args]`: `provisioner demo` in release mode.
 
@@ -9,6 +11,8 @@ use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+
+mod codegen;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -26,16 +30,31 @@ fn run(args: &[String]) -> Result<()> {
     std::env::set_current_dir(&root).context("entering the workspace root")?;
     match args.first().map(String::as_str) {
         Some("ci") => ci(),
+        Some("codegen") => match args.get(1).map(String::as_str) {
+            None => codegen::run(&root, codegen::Mode::Write),
+            Some("--check") => codegen::run(&root, codegen::Mode::Check),
+            Some(other) => bail!("unknown codegen option `{other}` (expected `--check`)"),
+        },
         Some("bench") => bench(&args[1..]),
         Some("demo") => cargo(
             &[
-                &["run", "--release", "--locked", "-p", "provisioner", "--", "demo"],
+                &[
+                    "run",
+                    "--release",
+                    "--locked",
+                    "-p",
+                    "provisioner",
+                    "--",
+                    "demo",
+                ],
                 &args[1..].iter().map(String::as_str).collect::<Vec<_>>()[..],
             ]
             .concat(),
         ),
         _ => {
-            eprintln!("usage: cargo xtask <ci | bench [criterion args] | demo [demo args]>");
+            eprintln!(
+                "usage: cargo xtask <ci | codegen [--check] | bench [criterion args] | demo [demo args]>"
+            );
             bail!("unknown or missing task")
         }
     }
@@ -90,6 +109,9 @@ fn step(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
 fn ci() -> Result<()> {
     let started = Instant::now();
     step("fmt", || cargo(&["fmt", "--all", "--", "--check"]))?;
+    step("codegen --check", || {
+        codegen::run(&workspace_root()?, codegen::Mode::Check)
+    })?;
     step("clippy", || {
         cargo(&[
             "clippy",
@@ -118,7 +140,14 @@ fn ci() -> Result<()> {
             ])?;
         } else {
             eprintln!("xtask: cargo-nextest not installed, using cargo test");
-            cargo(&["test", "--workspace", "--locked", "--lib", "--bins", "--tests"])?;
+            cargo(&[
+                "test",
+                "--workspace",
+                "--locked",
+                "--lib",
+                "--bins",
+                "--tests",
+            ])?;
         }
         // nextest does not run doctests.
         cargo(&["test", "--workspace", "--locked", "--doc"])

@@ -325,6 +325,8 @@ struct State {
     next_invoice: u64,
     requests: Vec<RecordedRequest>,
     faults: HashMap<String, Vec<FaultEntry>>,
+    rate_faults: HashMap<String, Vec<(Fault, f64)>>,
+    rng: Option<rand::rngs::StdRng>,
     ip_denied: bool,
     allowed_actions: Option<HashSet<String>>,
 }
@@ -457,9 +459,27 @@ impl WhmcsSandbox {
             });
     }
 
+    /// Injects `fault` into each call of `action` with `probability` (0.0..=1.0), drawn from a
+    /// random generator seeded with `seed` so runs repeat. Queued faults of
+    /// [`WhmcsSandbox::inject_fault`] take precedence.
+    pub fn inject_fault_rate(&self, action: &str, fault: Fault, probability: f64, seed: u64) {
+        use rand::SeedableRng;
+        let mut state = self.shared.state.lock();
+        if state.rng.is_none() {
+            state.rng = Some(rand::rngs::StdRng::seed_from_u64(seed));
+        }
+        state
+            .rate_faults
+            .entry(action.to_ascii_lowercase())
+            .or_default()
+            .push((fault, probability.clamp(0.0, 1.0)));
+    }
+
     /// Removes every injected fault.
     pub fn clear_faults(&self) {
-        self.shared.state.lock().faults.clear();
+        let mut state = self.shared.state.lock();
+        state.faults.clear();
+        state.rate_faults.clear();
     }
 
     /// All clients.
@@ -650,6 +670,22 @@ async fn api(
 }
 
 fn take_fault(state: &mut State, action_key: &str) -> Option<Fault> {
+    if let Some(queued) = take_queued_fault(state, action_key) {
+        return Some(queued);
+    }
+    let State {
+        rate_faults, rng, ..
+    } = state;
+    let rng = rng.as_mut()?;
+    for (fault, p) in rate_faults.get(action_key)? {
+        if rand::Rng::random::<f64>(rng) < *p {
+            return Some(fault.clone());
+        }
+    }
+    None
+}
+
+fn take_queued_fault(state: &mut State, action_key: &str) -> Option<Fault> {
     let queue = state.faults.get_mut(action_key)?;
     let entry = queue.first_mut()?;
     let fault = entry.fault.clone();

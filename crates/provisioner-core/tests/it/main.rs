@@ -1,0 +1,6 @@
+//! The engine against the real loopback sandboxes (Salesforce REST + OAuth, WHMCS) and a real
+//! store, with faults injected everywhere.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod faults;
+mod stack;
