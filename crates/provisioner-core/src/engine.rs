@@ -61,6 +61,29 @@ impl Engine {
         self
     }
 
+    /// The store port (for the subscriber and operator commands).
+    pub fn store(&self) -> &std::sync::Arc<dyn provisioner_store::Store> {
+        &self.ports.store
+    }
+
+    /// Starts the subscriber as one of this engine's tasks (stopped by the handle's shutdown).
+    pub fn spawn_subscriber(
+        &self,
+        handle: &mut EngineHandle,
+        pubsub: Arc<dyn sf_pubsub::PubSubApi>,
+        config: crate::subscriber::SubscriberConfig,
+    ) -> Arc<crate::subscriber::SubscriberStatus> {
+        let status = Arc::new(crate::subscriber::SubscriberStatus::default());
+        handle.tasks.spawn(crate::subscriber::run_subscriber(
+            self.clone(),
+            pubsub,
+            config,
+            Arc::clone(&status),
+            self.shutdown_tx.subscribe(),
+        ));
+        status
+    }
+
     /// The lease owner name of this engine.
     pub fn owner(&self) -> &str {
         &self.owner
@@ -150,6 +173,8 @@ impl Engine {
 
     /// Starts the workers, the reconcile sweep and key rotation.
     pub fn start(&self) -> EngineHandle {
+        // A restarted engine (after a shutdown) takes work again.
+        self.shutdown_tx.send_replace(false);
         let mut tasks = JoinSet::new();
         tasks.spawn(self.clone().dispatch());
         let me = self.clone();

@@ -16,6 +16,7 @@ mod engine;
 pub mod intake;
 mod job;
 mod sanitize;
+pub mod subscriber;
 
 pub use alerts::Alerts;
 #[cfg(any(test, feature = "mock"))]

@@ -7,6 +7,7 @@ use std::time::Duration;
 use provisioner_core::intake::{EventFields, IntakeItem};
 use provisioner_core::{Engine, EngineConfig, Ports, RetryPolicy};
 use provisioner_store::{SqlStore, Store, StoreOptions};
+use sandbox::pubsub::{PubSubConfig, PubSubSandbox};
 use sandbox::salesforce::{
     SalesforceConfig, SalesforceSandbox, SfOrder, SfOrderItem, salesforce_id, test_keys,
 };
@@ -18,10 +19,14 @@ pub(crate) const REF_FIELD: u64 = 1;
 pub(crate) struct Stack {
     pub(crate) sf: SalesforceSandbox,
     pub(crate) whmcs: WhmcsSandbox,
+    pub(crate) pubsub: Option<PubSubSandbox>,
+    pub(crate) pubsub_client: Option<Arc<dyn sf_pubsub::PubSubApi>>,
     pub(crate) store: Arc<SqlStore>,
     pub(crate) engine: Engine,
     pub(crate) orders: Vec<SeededOrder>,
-    pub(crate) _dir: tempfile::TempDir,
+    pub(crate) dir: tempfile::TempDir,
+    rest: Arc<dyn sf_rest::OrderApi>,
+    whmcs_api: Arc<dyn whmcs_client::WhmcsApi>,
 }
 
 #[derive(Clone, Debug)]
@@ -32,6 +37,10 @@ pub(crate) struct SeededOrder {
 }
 
 pub(crate) async fn build(customers: usize, per_customer: usize) -> Stack {
+    build_with(customers, per_customer, false).await
+}
+
+pub(crate) async fn build_with(customers: usize, per_customer: usize, with_pubsub: bool) -> Stack {
     let sf = SalesforceSandbox::start(SalesforceConfig::default())
         .await
         .unwrap();
@@ -59,12 +68,15 @@ pub(crate) async fn build(customers: usize, per_customer: usize) -> Stack {
             let customer = format!("C-{c:04}");
             let mut order = SfOrder::new(order_id.clone(), "Approved");
             order.customer_number = Some(customer.clone());
+            // Approved a while ago (the reconcile sweep only looks at Orders older than a minute
+            // boundary).
+            order.last_modified = chrono::Utc::now() - chrono::Duration::hours(1);
             order.whmcs_client_id = serde_json::json!(clients[&c].to_string());
             sf.insert_order(order);
             sf.insert_order_item(SfOrderItem {
                 id: salesforce_id("802", n),
                 order_id: order_id.clone(),
-                quantity: if n % 3 == 0 { 2.0 } else { 1.0 },
+                quantity: if n.is_multiple_of(3) { 2.0 } else { 1.0 },
                 whmcs_product_id: serde_json::json!(pid as f64),
                 billing_cycle: Some("monthly".into()),
                 config_options: None,
@@ -86,22 +98,67 @@ pub(crate) async fn build(customers: usize, per_customer: usize) -> Stack {
         ))
         .unwrap(),
     );
-    let rest = sf_rest::RestOrderApi::new(tokens, sf_rest::RestConfig::default()).unwrap();
+    let (pubsub, pubsub_client) = if with_pubsub {
+        let checker = sf.token_checker();
+        let ps = PubSubSandbox::start(
+            PubSubConfig::default()
+                .token_validator(move |t| checker.is_valid(t))
+                .keepalive_interval(Duration::from_millis(200)),
+        )
+        .await
+        .unwrap();
+        let client = sf_pubsub::PubSubClient::new(
+            sf_pubsub::ClientConfig::new(ps.endpoint()),
+            Arc::clone(&tokens) as Arc<dyn sf_auth::TokenSource>,
+        )
+        .unwrap();
+        (
+            Some(ps),
+            Some(Arc::new(client) as Arc<dyn sf_pubsub::PubSubApi>),
+        )
+    } else {
+        (None, None)
+    };
+    let rest: Arc<dyn sf_rest::OrderApi> =
+        Arc::new(sf_rest::RestOrderApi::new(tokens, sf_rest::RestConfig::default()).unwrap());
     let mut whmcs_config = whmcs_client::WhmcsConfig::new(
         whmcs.api_url(),
         SecretString::from(whmcs.config().identifier.clone()),
         SecretString::from(whmcs.config().secret.clone()),
     );
     whmcs_config.read_timeout = Duration::from_secs(5);
-    let whmcs_api = whmcs_client::HttpWhmcsClient::new(whmcs_config).unwrap();
+    let whmcs_api: Arc<dyn whmcs_client::WhmcsApi> =
+        Arc::new(whmcs_client::HttpWhmcsClient::new(whmcs_config).unwrap());
 
     let dir = tempfile::tempdir().unwrap();
+    let (store, engine) = engine_on(&dir, "p.db", &rest, &whmcs_api).await;
+    Stack {
+        sf,
+        whmcs,
+        pubsub,
+        pubsub_client,
+        store,
+        engine,
+        orders,
+        dir,
+        rest,
+        whmcs_api,
+    }
+}
+
+/// A store in `dir/file` and an engine over it and the given clients.
+pub(crate) async fn engine_on(
+    dir: &tempfile::TempDir,
+    file: &str,
+    rest: &Arc<dyn sf_rest::OrderApi>,
+    whmcs_api: &Arc<dyn whmcs_client::WhmcsApi>,
+) -> (Arc<SqlStore>, Engine) {
     let master =
         field_crypto::MasterKey::from_config("base64:q6v4cT9JkA0x3Fz1lVZqM2fY7p5dE8rW1nB6cH4sK0o=")
             .unwrap();
     let store = Arc::new(
         SqlStore::open(
-            &format!("sqlite://{}/p.db", dir.path().display()),
+            &format!("sqlite://{}/{file}", dir.path().display()),
             &master,
             StoreOptions::default(),
         )
@@ -113,8 +170,8 @@ pub(crate) async fn build(customers: usize, per_customer: usize) -> Stack {
         security::Thresholds::default(),
     );
     let ports = Ports {
-        orders: Arc::new(rest),
-        whmcs: Arc::new(whmcs_api),
+        orders: Arc::clone(rest),
+        whmcs: Arc::clone(whmcs_api),
         store: Arc::clone(&store) as Arc<dyn Store>,
         audit: Arc::clone(&store) as Arc<dyn audit::AuditLog>,
         alerts: Arc::new(monitor),
@@ -130,21 +187,37 @@ pub(crate) async fn build(customers: usize, per_customer: usize) -> Stack {
             max_age: Duration::from_secs(600),
         },
         reconcile_interval: Duration::from_secs(3600),
+        reconcile_min_age: Duration::ZERO,
         poll_interval: Duration::from_millis(20),
         ..EngineConfig::default()
     };
-    let engine = Engine::new(ports, config, None);
-    Stack {
-        sf,
-        whmcs,
-        store,
-        engine,
-        orders,
-        _dir: dir,
-    }
+    (store, Engine::new(ports, config, None))
 }
 
 impl Stack {
+    /// A second engine over a new, empty store (a restore from nothing), same sandboxes.
+    pub(crate) async fn fresh_engine(&self, file: &str) -> (Arc<SqlStore>, Engine) {
+        engine_on(&self.dir, file, &self.rest, &self.whmcs_api).await
+    }
+
+    /// Publishes the Pub/Sub event of a seeded order.
+    pub(crate) fn publish(&self, o: &SeededOrder) {
+        self.pubsub
+            .as_ref()
+            .unwrap()
+            .publish_order(
+                sf_pubsub::DEFAULT_TOPIC,
+                &sf_pubsub::OrderProvisionRequested {
+                    created_date: 1_700_000_000_000,
+                    created_by_id: "005000000000001AAA".into(),
+                    order_id: o.order_id.clone(),
+                    customer_number: o.customer.clone(),
+                    account_id: None,
+                },
+            )
+            .unwrap();
+    }
+
     pub(crate) fn event(&self, o: &SeededOrder, n: usize) -> IntakeItem {
         IntakeItem::Event {
             event_id: uuid::Uuid::new_v4().to_string(),
@@ -155,6 +228,22 @@ impl Stack {
                 customer_number: o.customer.clone(),
                 account_id: None,
             }),
+        }
+    }
+
+    /// Waits until `n` jobs are done, or panics after `limit`.
+    pub(crate) async fn drain_count(&self, n: u64, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let c = self.store.job_counts().await.unwrap();
+            if c.done >= n && c.pending == 0 && c.running == 0 {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "jobs did not drain: {c:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -177,6 +266,10 @@ impl Stack {
     /// The invariants every run must end with: one WHMCS order per Salesforce Order, every
     /// Order activated with its WHMCS ids, per-customer order kept, audit chain clean.
     pub(crate) async fn check_invariants(&self) {
+        self.check_invariants_of(&self.store).await;
+    }
+
+    pub(crate) async fn check_invariants_of(&self, store: &SqlStore) {
         let services = self.whmcs.services();
         let mut by_ref: BTreeMap<String, std::collections::BTreeSet<u64>> = BTreeMap::new();
         for s in &services {
@@ -219,9 +312,7 @@ impl Stack {
                 "customer {customer}: orders provisioned out of arrival order"
             );
         }
-        let summary = audit::verify(&*self.store, self.store.audit_key())
-            .await
-            .unwrap();
+        let summary = audit::verify(store, store.audit_key()).await.unwrap();
         assert!(summary.records > self.orders.len() as u64);
     }
 }

@@ -1,0 +1,237 @@
+//! Starting the sandboxes from the command line, and waiting for a signal.
+
+use anyhow::Context as _;
+use sandbox::pubsub::{PubSubConfig, PubSubSandbox};
+use sandbox::salesforce::{SalesforceConfig, SalesforceSandbox, test_keys};
+use sandbox::whmcs::{WhmcsSandbox, WhmcsSandboxConfig};
+use tempfile::TempPath;
+use tokio::signal::unix::{Signal, SignalKind, signal};
+
+use crate::cli::Cli;
+use crate::faults::{self, FaultPlan};
+use crate::forward::{self, Forwarder};
+use crate::seed::{self, Plan};
+
+/// SIGINT and SIGTERM, registered up front.
+#[derive(Debug)]
+pub(crate) struct Signals {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+impl Signals {
+    /// Registers the handlers.
+    pub(crate) fn install() -> anyhow::Result<Self> {
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+        })
+    }
+
+    /// Waits for either; returns its name.
+    pub(crate) async fn wait(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupt.recv() => "SIGINT",
+            _ = self.terminate.recv() => "SIGTERM",
+        }
+    }
+}
+
+/// The running sandboxes; everything stops (and the key file is removed) when dropped.
+#[derive(Debug)]
+pub(crate) struct Running {
+    env: Vec<(&'static str, String)>,
+    _forwarders: Vec<Forwarder>,
+    _pubsub: PubSubSandbox,
+    _whmcs: WhmcsSandbox,
+    _sf: SalesforceSandbox,
+    _key_file: TempPath,
+}
+
+impl Running {
+    /// The environment a provisioner needs, in print order.
+    pub(crate) fn env(&self) -> &[(&'static str, String)] {
+        &self.env
+    }
+}
+
+/// Starts, seeds, arms faults and publishes according to `cli`.
+pub(crate) async fn start(cli: &Cli) -> anyhow::Result<Running> {
+    // Fixed ports first, so a busy one fails before anything runs.
+    let sf_front = fixed(cli.sf_port, "the Salesforce login endpoint").await?;
+    let pubsub_front = fixed(cli.pubsub_port, "the Pub/Sub endpoint").await?;
+    let whmcs_front = fixed(cli.whmcs_port, "the WHMCS API").await?;
+
+    let mut sf_config = SalesforceConfig {
+        token_lifetime: cli.token_lifetime,
+        ..SalesforceConfig::default()
+    };
+    if let Some(client_id) = &cli.client_id {
+        sf_config.client_id.clone_from(client_id);
+    }
+    if let Some(username) = &cli.username {
+        sf_config.usernames = vec![username.clone()];
+    }
+    if !sf_config.statuses.contains(&cli.approved_status) {
+        sf_config.statuses.push(cli.approved_status.clone());
+    }
+    let sf_login_url = match &sf_front {
+        Some((_, addr)) => {
+            let url = format!("http://{addr}");
+            sf_config.audiences.push(url.clone());
+            Some(url)
+        }
+        None => None,
+    };
+    let sf = SalesforceSandbox::start(sf_config)
+        .await
+        .context("starting the Salesforce sandbox")?;
+    let sf_login_url = sf_login_url.unwrap_or_else(|| sf.base_url());
+
+    let checker = sf.token_checker();
+    let mut pubsub_config =
+        PubSubConfig::default().token_validator(move |token: &str| checker.is_valid(token));
+    pubsub_config.topics = vec![cli.channel.clone()];
+    let pubsub = PubSubSandbox::start(pubsub_config)
+        .await
+        .context("starting the Pub/Sub sandbox")?;
+
+    let mut whmcs_config = WhmcsSandboxConfig::default();
+    if let Some(identifier) = &cli.whmcs_identifier {
+        whmcs_config.identifier.clone_from(identifier);
+    }
+    if let Some(secret) = &cli.whmcs_secret {
+        whmcs_config.secret.clone_from(secret);
+    }
+    let whmcs = WhmcsSandbox::start_with(whmcs_config)
+        .await
+        .context("starting the WHMCS sandbox")?;
+
+    let mut forwarders = Vec::new();
+    let mut front = |listener: Option<(tokio::net::TcpListener, std::net::SocketAddr)>,
+                     target: std::net::SocketAddr| match listener {
+        Some((listener, addr)) => {
+            forwarders.push(Forwarder::spawn(listener, target));
+            addr
+        }
+        None => target,
+    };
+    let sf_addr = front(sf_front, sf.addr());
+    let pubsub_addr = front(pubsub_front, pubsub.addr());
+    let whmcs_addr = front(whmcs_front, whmcs.addr());
+    let pubsub_endpoint = format!("http://{pubsub_addr}");
+    let whmcs_api_url = format!("http://{whmcs_addr}{}", sandbox::whmcs::API_PATH);
+    tracing::info!(
+        login = %sf_login_url,
+        instance = %sf.base_url(),
+        "salesforce sandbox (OAuth + REST) listening"
+    );
+    if sf_addr != sf.addr() {
+        tracing::info!(
+            "REST calls go to the instance URL the token response names, {}",
+            sf.base_url()
+        );
+    }
+    tracing::info!(endpoint = %pubsub_endpoint, topic = %cli.channel, "pub/sub sandbox listening");
+    tracing::info!(url = %whmcs_api_url, "whmcs sandbox listening");
+
+    let plan = Plan {
+        customers: cli.customers,
+        orders_per_customer: cli.orders_per_customer,
+        quantity: cli.quantity,
+        billing_cycle: cli.billing_cycle.clone(),
+        config_options: cli.item_config_options.clone(),
+        status: cli.approved_status.clone(),
+        order_ref_field_id: cli.order_ref_field_id,
+    };
+    let seeded = seed::seed(&sf, &whmcs, &plan);
+    tracing::info!(
+        customers = cli.customers,
+        orders = seeded.events.len(),
+        whmcs_product_id = seeded.product_id,
+        status = %cli.approved_status,
+        "seeded the org"
+    );
+    if cli.publish {
+        for event in &seeded.events {
+            pubsub
+                .publish_order(&cli.channel, event)
+                .with_context(|| format!("publishing the event of order {}", event.order_id))?;
+        }
+        tracing::info!(events = seeded.events.len(), topic = %cli.channel, "published");
+    }
+
+    let fault_plan = FaultPlan {
+        rate: cli.fault_rate,
+        seed: cli.fault_seed,
+        end_stream_every: cli.pubsub_end_stream_every,
+    };
+    faults::apply(&fault_plan, &sf, &whmcs, &pubsub);
+    if cli.fault_rate > 0.0 || fault_plan.end_stream_every() > 0 {
+        tracing::info!(
+            rate = cli.fault_rate,
+            seed = cli.fault_seed,
+            pubsub_end_stream_every = fault_plan.end_stream_every(),
+            "faults armed"
+        );
+    }
+
+    let key_file = write_key_file()?;
+    let env = vec![
+        ("SF_LOGIN_URL", sf_login_url.clone()),
+        ("SF_AUDIENCE", sf_login_url),
+        ("SF_CLIENT_ID", sf.config().client_id.clone()),
+        (
+            "SF_USERNAME",
+            sf.config().usernames.first().cloned().unwrap_or_default(),
+        ),
+        ("SF_PRIVATE_KEY_FILE", key_file.display().to_string()),
+        ("SF_PUBSUB_ENDPOINT", pubsub_endpoint),
+        ("SF_PROVISION_EVENT_CHANNEL", cli.channel.clone()),
+        ("SF_EVENTS_REPLAY", "EARLIEST".to_owned()),
+        ("SF_ORDER_STATUS_APPROVED", cli.approved_status.clone()),
+        ("WHMCS_API_URL", whmcs_api_url),
+        ("WHMCS_API_IDENTIFIER", whmcs.config().identifier.clone()),
+        ("WHMCS_API_SECRET", whmcs.config().secret.clone()),
+        (
+            "WHMCS_ORDER_REF_FIELD_ID",
+            cli.order_ref_field_id.to_string(),
+        ),
+    ];
+    Ok(Running {
+        env,
+        _forwarders: forwarders,
+        _pubsub: pubsub,
+        _whmcs: whmcs,
+        _sf: sf,
+        _key_file: key_file,
+    })
+}
+
+async fn fixed(
+    port: u16,
+    what: &str,
+) -> anyhow::Result<Option<(tokio::net::TcpListener, std::net::SocketAddr)>> {
+    if port == 0 {
+        return Ok(None);
+    }
+    let listener = forward::bind(port, what).await?;
+    let addr = listener
+        .local_addr()
+        .with_context(|| format!("the address of {what}"))?;
+    Ok(Some((listener, addr)))
+}
+
+/// The sandbox's test-only private key in a private temporary file, removed on exit.
+fn write_key_file() -> anyhow::Result<TempPath> {
+    use std::io::Write as _;
+    let mut file = tempfile::Builder::new()
+        .prefix("sf-sandbox-key-")
+        .suffix(".pem")
+        .tempfile()
+        .context("creating the private key file")?;
+    file.write_all(test_keys::PRIVATE_KEY_PEM.as_bytes())
+        .and_then(|()| file.flush())
+        .context("writing the private key file")?;
+    Ok(file.into_temp_path())
+}

@@ -1,0 +1,150 @@
+//! The seeded org: WHMCS clients and a product with the external-ref custom field, Salesforce
+//! Accounts and Approved Orders pointing at them, and the events announcing those Orders.
+
+use sandbox::salesforce::{SalesforceSandbox, SfAccount, SfOrder, SfOrderItem, salesforce_id};
+use sandbox::whmcs::{Client, Product, WhmcsSandbox};
+use serde_json::Value;
+use sf_pubsub::OrderProvisionRequested;
+
+use crate::cli::ConfigOptions;
+
+/// What to seed.
+#[derive(Debug, Clone)]
+pub(crate) struct Plan {
+    /// Customers (Account + WHMCS client each).
+    pub(crate) customers: u32,
+    /// Orders per customer.
+    pub(crate) orders_per_customer: u32,
+    /// `Quantity` of each OrderItem.
+    pub(crate) quantity: u32,
+    /// `Billing_Cycle__c` of each OrderItem.
+    pub(crate) billing_cycle: String,
+    /// `Config_Options__c` of each OrderItem.
+    pub(crate) config_options: Option<ConfigOptions>,
+    /// `Status` of each Order.
+    pub(crate) status: String,
+    /// The WHMCS product custom field holding the Salesforce Order Id.
+    pub(crate) order_ref_field_id: u64,
+}
+
+/// What was seeded.
+#[derive(Debug)]
+pub(crate) struct Seeded {
+    /// The WHMCS product every OrderItem orders.
+    pub(crate) product_id: u64,
+    /// One event per Order, ready to publish.
+    pub(crate) events: Vec<OrderProvisionRequested>,
+}
+
+/// `Customer_Number__c` of the `index`-th customer (from 1).
+pub(crate) fn customer_number(index: u32) -> String {
+    format!("CUST-{index:05}")
+}
+
+/// Seeds both sandboxes according to `plan`.
+pub(crate) fn seed(sf: &SalesforceSandbox, whmcs: &WhmcsSandbox, plan: &Plan) -> Seeded {
+    let mut product = Product::new("VPS S").with_custom_field(
+        plan.order_ref_field_id,
+        "Salesforce Order Id",
+        false,
+    );
+    for id in plan.config_options.iter().flat_map(|c| &c.ids) {
+        product = product.with_config_option(*id, &format!("Option {id}"), "text");
+    }
+    let product_id = whmcs.seed_product(product);
+    // The integration user, as the token endpoint reports it.
+    let created_by = salesforce_id("005", 1);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let mut events = Vec::new();
+    let mut n: u64 = 0;
+    for customer in 1..=plan.customers {
+        let number = customer_number(customer);
+        let client_id = whmcs.seed_client(Client::active(
+            &format!("Customer{customer}"),
+            &format!("customer{customer}@example.com"),
+        ));
+        let account_id = salesforce_id("001", u64::from(customer));
+        sf.insert_account(SfAccount {
+            id: account_id.clone(),
+            name: format!("Customer {customer} Ltd"),
+            customer_number: Some(number.clone()),
+        });
+        for _ in 0..plan.orders_per_customer {
+            n += 1;
+            let order_id = salesforce_id("801", n);
+            let mut order = SfOrder::new(order_id.clone(), plan.status.clone());
+            order.order_number = format!("{:08}", 100 + n);
+            order.account_id = Some(account_id.clone());
+            order.customer_number = Some(number.clone());
+            order.whmcs_client_id = Value::String(client_id.to_string());
+            sf.insert_order(order);
+            sf.insert_order_item(SfOrderItem {
+                id: salesforce_id("802", n),
+                order_id: order_id.clone(),
+                quantity: f64::from(plan.quantity),
+                whmcs_product_id: Value::String(product_id.to_string()),
+                billing_cycle: Some(plan.billing_cycle.clone()),
+                config_options: plan.config_options.as_ref().map(|c| c.json.clone()),
+            });
+            events.push(OrderProvisionRequested {
+                created_date: now_ms,
+                created_by_id: created_by.clone(),
+                order_id,
+                customer_number: number.clone(),
+                account_id: Some(account_id.clone()),
+            });
+        }
+    }
+    Seeded { product_id, events }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use sandbox::salesforce::SalesforceConfig;
+
+    #[tokio::test]
+    async fn orders_point_at_their_account_and_whmcs_client() {
+        let sf = SalesforceSandbox::start(SalesforceConfig::default())
+            .await
+            .unwrap();
+        let whmcs = WhmcsSandbox::start().await.unwrap();
+        let plan = Plan {
+            customers: 2,
+            orders_per_customer: 3,
+            quantity: 2,
+            billing_cycle: "annually".into(),
+            config_options: Some(ConfigOptions {
+                ids: vec![4],
+                json: r#"{"4":"pw"}"#.into(),
+            }),
+            status: "Approved".into(),
+            order_ref_field_id: 9,
+        };
+        let seeded = seed(&sf, &whmcs, &plan);
+        assert_eq!(seeded.events.len(), 6);
+        let clients = whmcs.clients();
+        assert_eq!(clients.len(), 2);
+        assert!(clients.iter().all(|c| c.status == "Active"));
+        assert_eq!(sf.accounts().len(), 2);
+        let ids: std::collections::HashSet<_> =
+            seeded.events.iter().map(|e| e.order_id.clone()).collect();
+        assert_eq!(ids.len(), 6, "order ids are distinct");
+        for (i, event) in seeded.events.iter().enumerate() {
+            let customer = u32::try_from(i / 3).unwrap() + 1;
+            let order = sf.order(&event.order_id).unwrap();
+            assert_eq!(order.status, "Approved");
+            assert_eq!(event.customer_number, customer_number(customer));
+            assert_eq!(
+                order.customer_number.as_deref(),
+                Some(event.customer_number.as_str())
+            );
+            assert_eq!(order.account_id, event.account_id);
+            let client_id = clients[(customer - 1) as usize].id;
+            assert_eq!(order.whmcs_client_id, Value::String(client_id.to_string()));
+        }
+    }
+}

@@ -1,0 +1,350 @@
+//! `sf-sandbox` as a process: start it, read the environment it prints, and use exactly that
+//! environment with the real clients (JWT bearer, REST, WHMCS, Pub/Sub).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use sf_auth::{JwtBearer, JwtBearerConfig, TokenSource};
+use sf_pubsub::{
+    ClientConfig, Message, OrderProvisionRequested, PubSubClient, ReplayStart, SubscribeConfig,
+};
+use sf_rest::{OrderApi as _, RestConfig, RestOrderApi, RetryPolicy};
+use tokio::io::{AsyncBufReadExt as _, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+use tokio::time::timeout;
+use whmcs_client::{
+    CustomFields, HttpWhmcsClient, NewOrder, OrderLine, WhmcsApi as _, WhmcsConfig,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sf-sandbox");
+
+/// Bound on anything the sandbox does; reached only when something hangs.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// The running binary. `kill_on_drop` makes dropping it (a failed assertion included) kill
+/// the process, so no test leaves one behind.
+struct Sandbox {
+    child: Child,
+    stdout: Lines<BufReader<ChildStdout>>,
+    lines: Vec<String>,
+    env: BTreeMap<String, String>,
+}
+
+impl Sandbox {
+    /// Starts the binary with `args` and an empty environment, and reads its announcement.
+    async fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env_clear()
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut sandbox = Sandbox {
+            child,
+            stdout,
+            lines: Vec::new(),
+            env: BTreeMap::new(),
+        };
+        timeout(PATIENCE, sandbox.read_until_ready())
+            .await
+            .expect("no `# ready` line in time");
+        sandbox
+    }
+
+    async fn read_until_ready(&mut self) {
+        loop {
+            let line = self
+                .stdout
+                .next_line()
+                .await
+                .unwrap()
+                .unwrap_or_else(|| panic!("stdout ended before `# ready`: {:?}", self.lines));
+            self.lines.push(line.clone());
+            if line == "# ready" {
+                return;
+            }
+            let (key, value) = line
+                .split_once('=')
+                .unwrap_or_else(|| panic!("not a KEY=value line: {line:?}"));
+            self.env.insert(key.to_owned(), unquote(value));
+        }
+    }
+
+    fn var(&self, key: &str) -> &str {
+        self.env
+            .get(key)
+            .unwrap_or_else(|| panic!("{key} missing from {:?}", self.lines))
+    }
+
+    fn tokens(&self) -> Arc<dyn TokenSource> {
+        let pem = std::fs::read_to_string(self.var("SF_PRIVATE_KEY_FILE")).unwrap();
+        let mut config = JwtBearerConfig::new(
+            self.var("SF_LOGIN_URL"),
+            self.var("SF_CLIENT_ID"),
+            self.var("SF_USERNAME"),
+            SecretString::from(pem),
+        );
+        config.audience = Some(self.var("SF_AUDIENCE").to_owned());
+        Arc::new(JwtBearer::new(config).unwrap())
+    }
+
+    fn whmcs(&self) -> HttpWhmcsClient {
+        HttpWhmcsClient::new(WhmcsConfig::new(
+            self.var("WHMCS_API_URL"),
+            SecretString::from(self.var("WHMCS_API_IDENTIFIER").to_owned()),
+            SecretString::from(self.var("WHMCS_API_SECRET").to_owned()),
+        ))
+        .unwrap()
+    }
+
+    /// Subscribes from EARLIEST and returns the first `n` decoded events.
+    async fn events(&self, tokens: Arc<dyn TokenSource>, n: usize) -> Vec<OrderProvisionRequested> {
+        let client =
+            PubSubClient::new(ClientConfig::new(self.var("SF_PUBSUB_ENDPOINT")), tokens).unwrap();
+        assert_eq!(self.var("SF_EVENTS_REPLAY"), "EARLIEST");
+        let mut subscription = client.subscribe::<OrderProvisionRequested>(
+            SubscribeConfig::new(self.var("SF_PROVISION_EVENT_CHANNEL"))
+                .start(ReplayStart::Earliest),
+        );
+        let mut events = Vec::new();
+        while events.len() < n {
+            let message = timeout(PATIENCE, subscription.next())
+                .await
+                .expect("events in time")
+                .expect("the subscription goes on")
+                .unwrap();
+            if let Message::Event(event) = message {
+                events.push(event.record.unwrap());
+            }
+        }
+        events
+    }
+
+    /// Sends SIGTERM and returns the exit code.
+    async fn terminate(mut self) -> Option<i32> {
+        let pid = self.child.id().unwrap().to_string();
+        let kill = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+        let status = timeout(PATIENCE, self.child.wait())
+            .await
+            .expect("exit in time after SIGTERM")
+            .unwrap();
+        status.code()
+    }
+}
+
+/// Undoes the single-quoting a shell would undo.
+fn unquote(value: &str) -> String {
+    match value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')) {
+        Some(inner) => inner.replace(r"'\''", "'"),
+        None => value.to_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_printed_environment_reaches_every_seeded_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let state_file = dir.path().join("sandbox.env");
+    let sandbox = Sandbox::start(&[
+        "--customers",
+        "2",
+        "--orders-per-customer",
+        "2",
+        "--publish",
+        "--state-file",
+        state_file.to_str().unwrap(),
+    ])
+    .await;
+
+    // The announcement: every variable, `# ready` last, and the same text in the state file.
+    let keys: BTreeSet<&str> = sandbox.env.keys().map(String::as_str).collect();
+    for key in [
+        "SF_LOGIN_URL",
+        "SF_AUDIENCE",
+        "SF_CLIENT_ID",
+        "SF_USERNAME",
+        "SF_PRIVATE_KEY_FILE",
+        "SF_PUBSUB_ENDPOINT",
+        "SF_PROVISION_EVENT_CHANNEL",
+        "SF_EVENTS_REPLAY",
+        "WHMCS_API_URL",
+        "WHMCS_API_IDENTIFIER",
+        "WHMCS_API_SECRET",
+        "WHMCS_ORDER_REF_FIELD_ID",
+    ] {
+        assert!(keys.contains(key), "{key} missing from {:?}", sandbox.lines);
+    }
+    assert_eq!(sandbox.lines.last().map(String::as_str), Some("# ready"));
+    let mut announced = sandbox.lines.join("\n");
+    announced.push('\n');
+    assert_eq!(std::fs::read_to_string(&state_file).unwrap(), announced);
+    for key in ["SF_LOGIN_URL", "SF_PUBSUB_ENDPOINT", "WHMCS_API_URL"] {
+        assert!(sandbox.var(key).starts_with("http://127.0.0.1:"), "{key}");
+    }
+    assert_eq!(
+        sandbox.var("SF_PROVISION_EVENT_CHANNEL"),
+        sf_pubsub::DEFAULT_TOPIC
+    );
+    let key_file = std::path::PathBuf::from(sandbox.var("SF_PRIVATE_KEY_FILE"));
+
+    // (a) A token through the JWT bearer flow with the printed key, client id, user, audience.
+    let tokens = sandbox.tokens();
+    let token = tokens.token().await.unwrap();
+    assert!(token.instance_url.starts_with("http://127.0.0.1:"));
+    assert_eq!(token.org_id.len(), 18);
+
+    // (d) The four published events, decoded, from EARLIEST.
+    let events = sandbox.events(tokens.clone(), 4).await;
+    let order_ids: BTreeSet<&str> = events.iter().map(|e| e.order_id.as_str()).collect();
+    assert_eq!(order_ids.len(), 4, "{events:?}");
+    let customers: BTreeSet<&str> = events.iter().map(|e| e.customer_number.as_str()).collect();
+    assert_eq!(customers.len(), 2, "{events:?}");
+
+    // (b) Each Order through REST: Approved, the event's customer and account, a WHMCS client,
+    // one OrderItem with a WHMCS product.
+    let rest = RestOrderApi::new(tokens.clone(), RestConfig::default()).unwrap();
+    let mut client_of = BTreeMap::new();
+    let mut product_id = None;
+    for event in &events {
+        let order = rest.fetch_order(&event.order_id).await.unwrap();
+        assert_eq!(order.id.to_18(), event.order_id);
+        assert_eq!(order.status.as_deref(), Some("Approved"));
+        assert_eq!(
+            order.customer_number.as_deref(),
+            Some(event.customer_number.as_str())
+        );
+        assert_eq!(order.account_id, event.account_id);
+        assert!(order.order_number.is_some());
+        let client_id: u64 = order.whmcs_client_id.as_deref().unwrap().parse().unwrap();
+        let previous = client_of.insert(event.customer_number.clone(), client_id);
+        assert!(
+            previous.is_none_or(|p| p == client_id),
+            "one client per customer"
+        );
+        assert_eq!(order.items.len(), 1);
+        let item = &order.items[0];
+        assert_eq!(item.quantity, 1);
+        assert_eq!(item.billing_cycle.as_deref(), Some("monthly"));
+        product_id = Some(
+            item.whmcs_product_id
+                .as_deref()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap(),
+        );
+    }
+    let client_ids: BTreeSet<u64> = client_of.values().copied().collect();
+    assert_eq!(
+        client_ids.len(),
+        2,
+        "each customer has its own WHMCS client"
+    );
+
+    // (c) WHMCS with the printed credentials: the clients exist and are Active, and the product
+    // carries the printed external-ref custom field.
+    let whmcs = sandbox.whmcs();
+    for client_id in &client_ids {
+        let details = whmcs.get_client_details(*client_id).await.unwrap();
+        assert_eq!(details.id, *client_id);
+        assert!(details.is_active(), "{details:?}");
+    }
+    let ref_field: u64 = sandbox.var("WHMCS_ORDER_REF_FIELD_ID").parse().unwrap();
+    let client_id = *client_ids.first().unwrap();
+    let mut line = OrderLine::new(product_id.unwrap(), "monthly");
+    line.custom_fields = CustomFields::new().with(ref_field, events[0].order_id.as_str());
+    let mut order = NewOrder::new(client_id, vec![line]);
+    order.no_email = true;
+    whmcs.add_order(&order).await.unwrap();
+    let found = whmcs
+        .find_service_by_custom_field(client_id, ref_field, &events[0].order_id)
+        .await
+        .unwrap();
+    let service = found.expect("the service carries the external ref");
+    let field = service
+        .custom_fields
+        .iter()
+        .find(|f| f.id == ref_field)
+        .unwrap();
+    // A field the product defines is listed with its name; an undefined one has none.
+    assert_eq!(field.name, "Salesforce Order Id");
+
+    // SIGTERM: exit 0, and the key file and state file are gone.
+    assert!(key_file.exists());
+    assert_eq!(sandbox.terminate().await, Some(0));
+    assert!(
+        !key_file.exists(),
+        "the private key file is removed on exit"
+    );
+    assert!(!state_file.exists(), "the state file is removed on exit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_rate_one_fails_rest_and_whmcs_but_not_login_or_pubsub() {
+    let sandbox = Sandbox::start(&[
+        "--customers",
+        "1",
+        "--publish",
+        "--fault-rate",
+        "1",
+        "--pubsub-end-stream-every",
+        "0",
+    ])
+    .await;
+    let tokens = sandbox.tokens();
+    tokens.token().await.unwrap();
+    let events = sandbox.events(tokens.clone(), 1).await;
+    let rest = RestOrderApi::new(
+        tokens,
+        RestConfig {
+            retry: RetryPolicy::none(),
+            ..RestConfig::default()
+        },
+    )
+    .unwrap();
+    let err = rest.fetch_order(&events[0].order_id).await.unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    let err = sandbox.whmcs().get_client_details(1).await.unwrap_err();
+    assert!(
+        matches!(err.class(), whmcs_client::ErrorClass::Transient),
+        "{err}"
+    );
+    assert_eq!(sandbox.terminate().await, Some(0));
+}
+
+#[tokio::test]
+async fn bad_flags_exit_2_naming_the_flag() {
+    for args in [
+        &["--fault-rate", "2"][..],
+        &["--token-lifetime", "soon"],
+        &["--item-config-options", r#"{"pw":"x"}"#],
+    ] {
+        let out = timeout(
+            PATIENCE,
+            Command::new(BIN)
+                .args(args)
+                .env_clear()
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(args[0]), "{args:?}: {stderr}");
+    }
+}

@@ -1,0 +1,89 @@
+//! The provisioner's HTTP face (DESIGN §7): order status for the portal, health, readiness and
+//! Prometheus metrics for operators.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//!
+//! use secrecy::SecretString;
+//! use security::{IpAllowlist, Rate};
+//! use status_api::StatusApiState;
+//!
+//! # async fn demo(store: Arc<dyn provisioner_store::Store>) -> Result<(), Box<dyn std::error::Error>> {
+//! let state = StatusApiState::builder(store, SecretString::from("a-long-random-portal-token"))
+//!     .allowlist(IpAllowlist::parse("127.0.0.0/8,::1/128")?) // HTTP_ALLOWED_CIDRS
+//!     .status_rate(Rate::parse("60/minute")?) // CUSTOMER_STATUS_RATE
+//!     .subscriber_ready(|| true) // e.g. the subscriber's "connected" flag
+//!     .build()?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?; // PROVISIONER_HTTP_ADDR
+//! let shutdown = async {
+//!     let _ = tokio::signal::ctrl_c().await;
+//! };
+//! status_api::serve(listener, status_api::router(state), shutdown).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Routes:
+//! - `GET /v1/orders/{orderId}/status` with `Authorization: Bearer <PORTAL_API_TOKEN>` and
+//!   `X-Customer-Number`: 200 with [`OrderStatusBody`]; 404 `{"error":"not_found"}` alike for
+//!   ids never seen, ids of another customer's order and strings that are not order ids; 401
+//!   for a missing or wrong token (constant-time compare); 400 for a missing or malformed
+//!   customer number; 429 with `Retry-After` over the customer's rate.
+//! - `GET /healthz`: 200 while the process serves. `GET /readyz`: 200 when the store answers
+//!   its ping and the subscriber is connected or disabled, else 503.
+//! - `GET /metrics`: the Prometheus text of the process's recorder (404 without one).
+//!
+//! Every route, unknown paths included, sits behind the IP allowlist (403). Auth failures, 404s
+//! and rate-limit refusals feed the [`security::SecurityMonitor`]. Responses carry ids, states
+//! and sanitised errors only: no customer data, nothing echoed from the request.
+//!
+//! This crate reads no environment variables: the binary passes the configured values in.
+
+mod error;
+mod metrics;
+mod routes;
+mod state;
+mod status;
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+pub use crate::error::{Error, Result};
+pub use crate::metrics::{
+    LOOKUPS_TOTAL, REQUEST_DURATION_SECONDS, REQUESTS_TOTAL, ROUTE_LABELS, describe_metrics,
+};
+pub use crate::routes::{
+    CUSTOMER_NUMBER_HEADER, HEALTHZ_ROUTE, METRICS_ROUTE, PROMETHEUS_CONTENT_TYPE, READYZ_ROUTE,
+    STATUS_ROUTE, router,
+};
+pub use crate::state::{
+    DEFAULT_READINESS_TIMEOUT, DEFAULT_STATUS_RATE, StatusApiBuilder, StatusApiState,
+    SubscriberProbe,
+};
+pub use crate::status::{
+    MAX_CUSTOMER_NUMBER_LEN, MAX_ERROR_CHARS, OrderStatus, OrderStatusBody, canonical_order_id,
+    is_customer_number, is_order_id,
+};
+
+/// The default of `PROVISIONER_HTTP_ADDR`.
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
+
+/// Serves `router` on `listener` until `shutdown` completes, then lets in-flight requests
+/// finish.
+///
+/// Connections carry their peer address (`ConnectInfo<SocketAddr>`), which the allowlist needs.
+///
+/// # Errors
+/// [`Error::Serve`] when the server stops with an I/O error.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+    .map_err(|source| Error::Serve { source })
+}

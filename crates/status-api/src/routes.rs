@@ -1,0 +1,318 @@
+//! The routes of DESIGN §7 and the guards in front of them.
+//!
+//! Every request first passes the IP allowlist (403 otherwise, on every path). The status route
+//! then checks, in this order: the bearer token (401), the `X-Customer-Number` header (400),
+//! the customer's rate (429 with `Retry-After`), the shape of the order id (404, no store
+//! lookup; a 15-character id is looked up by its 18-character form) and finally the store (404 unless the order exists *and* is the customer's, 200
+//! with the status otherwise). Refusals carry a small JSON body `{"error": "<code>"}` and
+//! nothing a caller sent.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::Router;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{ConnectInfo, FromRequestParts, Path, Request, State};
+use axum::http::header::{
+    AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
+};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use security::Subject;
+use subtle::ConstantTimeEq;
+
+use crate::StatusApiState;
+use crate::status::{OrderStatusBody, canonical_order_id, is_customer_number};
+
+/// The order status route.
+pub const STATUS_ROUTE: &str = "/v1/orders/{orderId}/status";
+/// Liveness.
+pub const HEALTHZ_ROUTE: &str = "/healthz";
+/// Readiness.
+pub const READYZ_ROUTE: &str = "/readyz";
+/// Prometheus text.
+pub const METRICS_ROUTE: &str = "/metrics";
+
+/// The header naming the customer a status lookup is made for.
+pub const CUSTOMER_NUMBER_HEADER: HeaderName = HeaderName::from_static("x-customer-number");
+
+/// The `Content-Type` of `/metrics`: Prometheus text exposition format 0.0.4.
+pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4";
+
+/// The router: the four routes behind the allowlist, with request metrics around everything.
+///
+/// Serve it with [`crate::serve`] (or with `into_make_service_with_connect_info::<SocketAddr>()`
+/// yourself): the allowlist needs the peer address, and a request that arrives without one is
+/// refused with 403.
+pub fn router(state: StatusApiState) -> Router {
+    Router::new()
+        .route(STATUS_ROUTE, get(order_status))
+        .route(HEALTHZ_ROUTE, get(healthz))
+        .route(READYZ_ROUTE, get(readyz))
+        .route(METRICS_ROUTE, get(metrics_text))
+        .fallback(fallback)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            allowlist_guard,
+        ))
+        .layer(middleware::from_fn(crate::metrics::observe))
+        .with_state(state)
+}
+
+/// The peer address, put into the request by [`allowlist_guard`] once it is allowed.
+#[derive(Clone, Copy, Debug)]
+struct Peer(IpAddr);
+
+async fn allowlist_guard(
+    State(state): State<StatusApiState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip());
+    match peer {
+        Some(ip) if state.allowlist().allows(ip) => {
+            request.extensions_mut().insert(Peer(ip));
+            next.run(request).await
+        }
+        Some(ip) => {
+            tracing::debug!(peer = %ip, "status api: address not allowed");
+            refusal(StatusCode::FORBIDDEN, "forbidden")
+        }
+        None => {
+            tracing::warn!(
+                "status api: request without a peer address refused; serve with connect info"
+            );
+            refusal(StatusCode::FORBIDDEN, "forbidden")
+        }
+    }
+}
+
+async fn order_status(State(state): State<StatusApiState>, request: Request) -> Response {
+    let (mut parts, _body) = request.into_parts();
+    let Some(&Peer(ip)) = parts.extensions.get::<Peer>() else {
+        return refusal(StatusCode::FORBIDDEN, "forbidden");
+    };
+    let headers = &parts.headers;
+
+    if !bearer_matches(headers, state.token()) {
+        state.monitor().auth_failed(ip).await;
+        let mut response = refusal(StatusCode::UNAUTHORIZED, "unauthorized");
+        response
+            .headers_mut()
+            .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return response;
+    }
+
+    let Some(customer) = customer_number(headers) else {
+        return refusal(StatusCode::BAD_REQUEST, "invalid_customer_number");
+    };
+
+    if let Err(retry) = state.limiter().check(&customer) {
+        state
+            .monitor()
+            .rate_limited(Subject::customer(&customer))
+            .await;
+        let mut response = refusal(StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(retry.header_secs()));
+        return response;
+    }
+
+    let path: Result<Path<String>, PathRejection> =
+        <Path<String> as FromRequestParts<()>>::from_request_parts(&mut parts, &()).await;
+    let Some(order_id) = path.ok().and_then(|Path(id)| canonical_order_id(&id)) else {
+        return not_found(&state, &customer, ip).await;
+    };
+
+    match state.store().job(&order_id).await {
+        Ok(Some(job)) if job.customer_number == customer => {
+            crate::metrics::lookup("found");
+            let body = OrderStatusBody::from_job(&job);
+            match serde_json::to_vec(&body) {
+                Ok(json) => json_response(StatusCode::OK, json),
+                Err(error) => {
+                    tracing::error!(%error, "status api: could not encode a status");
+                    refusal(StatusCode::INTERNAL_SERVER_ERROR, "internal")
+                }
+            }
+        }
+        Ok(_) => {
+            crate::metrics::lookup("not_found");
+            not_found(&state, &customer, ip).await
+        }
+        Err(error) => {
+            crate::metrics::lookup("error");
+            tracing::warn!(%error, retryable = error.is_retryable(), "status api: store lookup failed");
+            refusal(StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+        }
+    }
+}
+
+/// The one 404 of the status route: never seen, someone else's, or not an order id at all
+/// look exactly alike.
+async fn not_found(state: &StatusApiState, customer: &str, ip: IpAddr) -> Response {
+    state.monitor().status_not_found(customer, ip).await;
+    refusal(StatusCode::NOT_FOUND, "not_found")
+}
+
+/// `Authorization: Bearer <token>`, exactly one such header, compared in constant time.
+fn bearer_matches(headers: &HeaderMap, expected: &[u8]) -> bool {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return false;
+    };
+    let Some((scheme, token)) = value.as_bytes().split_first_chunk::<7>() else {
+        return false;
+    };
+    if !scheme.eq_ignore_ascii_case(b"bearer ") {
+        return false;
+    }
+    token_matches(expected, token.trim_ascii())
+}
+
+/// Constant-time comparison: the work depends on the length of the expected token only, and
+/// no byte of either side decides an early exit.
+fn token_matches(expected: &[u8], given: &[u8]) -> bool {
+    let mut equal = (expected.len() as u64).ct_eq(&(given.len() as u64));
+    for (i, byte) in expected.iter().enumerate() {
+        equal &= byte.ct_eq(given.get(i).unwrap_or(&0));
+    }
+    equal.into()
+}
+
+/// Exactly one well-formed `X-Customer-Number`.
+fn customer_number(headers: &HeaderMap) -> Option<String> {
+    let mut values = headers.get_all(CUSTOMER_NUMBER_HEADER).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return None;
+    };
+    let number = value.to_str().ok()?;
+    is_customer_number(number).then(|| number.to_owned())
+}
+
+async fn healthz() -> Response {
+    json_response(StatusCode::OK, br#"{"status":"ok"}"#.to_vec())
+}
+
+async fn readyz(State(state): State<StatusApiState>) -> Response {
+    let store_ok = match tokio::time::timeout(state.readiness_timeout(), state.store().ping()).await
+    {
+        Ok(Ok(())) => true,
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "readiness: store ping failed");
+            false
+        }
+        Err(_) => {
+            tracing::warn!(timeout = ?state.readiness_timeout(), "readiness: store ping timed out");
+            false
+        }
+    };
+    let subscriber_ok = state.subscriber_ready();
+    let body = serde_json::json!({
+        "status": if store_ok && subscriber_ok { "ready" } else { "not_ready" },
+        "store": if store_ok { "ok" } else { "unreachable" },
+        "subscriber": if subscriber_ok { "ok" } else { "disconnected" },
+    });
+    let code = if store_ok && subscriber_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json_response(code, body.to_string().into_bytes())
+}
+
+async fn metrics_text(State(state): State<StatusApiState>) -> Response {
+    match state.metrics() {
+        Some(handle) => (
+            [(
+                CONTENT_TYPE,
+                HeaderValue::from_static(PROMETHEUS_CONTENT_TYPE),
+            )],
+            handle.render(),
+        )
+            .into_response(),
+        None => refusal(StatusCode::NOT_FOUND, "not_found"),
+    }
+}
+
+async fn fallback() -> Response {
+    refusal(StatusCode::NOT_FOUND, "not_found")
+}
+
+/// `{"error":"<code>"}` with `status`; `code` is one of a fixed set of snake_case words.
+fn refusal(status: StatusCode, code: &'static str) -> Response {
+    json_response(status, format!(r#"{{"error":"{code}"}}"#).into_bytes())
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+    (
+        status,
+        [
+            (CONTENT_TYPE, HeaderValue::from_static("application/json")),
+            (CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    fn auth(values: &[&[u8]]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for value in values {
+            headers.append(AUTHORIZATION, HeaderValue::from_bytes(value).unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn token_compare() {
+        assert!(token_matches(b"s3cret-token", b"s3cret-token"));
+        assert!(!token_matches(b"s3cret-token", b"s3cret-tokeN"));
+        assert!(!token_matches(b"s3cret-token", b"s3cret-token-and-more"));
+        assert!(!token_matches(b"s3cret-token", b"s3cret"));
+        assert!(!token_matches(b"s3cret-token", b""));
+    }
+
+    #[test]
+    fn bearer_header_parsing() {
+        let token = b"s3cret-token";
+        assert!(bearer_matches(&auth(&[b"Bearer s3cret-token"]), token));
+        assert!(bearer_matches(&auth(&[b"bearer s3cret-token"]), token));
+        assert!(bearer_matches(&auth(&[b"BEARER  s3cret-token "]), token));
+        assert!(!bearer_matches(&auth(&[]), token));
+        assert!(!bearer_matches(&auth(&[b"Basic s3cret-token"]), token));
+        assert!(!bearer_matches(&auth(&[b"Bearers3cret-token"]), token));
+        assert!(!bearer_matches(&auth(&[b"s3cret-token"]), token));
+        assert!(!bearer_matches(&auth(&[b"Bearer wrong"]), token));
+        assert!(!bearer_matches(
+            &auth(&[b"Bearer s3cret-token", b"Bearer s3cret-token"]),
+            token
+        ));
+    }
+
+    #[test]
+    fn customer_header_parsing() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(customer_number(&headers), None);
+        headers.insert(CUSTOMER_NUMBER_HEADER, HeaderValue::from_static("C-000123"));
+        assert_eq!(customer_number(&headers).as_deref(), Some("C-000123"));
+        headers.append(CUSTOMER_NUMBER_HEADER, HeaderValue::from_static("C-000124"));
+        assert_eq!(customer_number(&headers), None);
+        headers.insert(
+            CUSTOMER_NUMBER_HEADER,
+            HeaderValue::from_static("j@example.com"),
+        );
+        assert_eq!(customer_number(&headers), None);
+    }
+}

@@ -1,0 +1,200 @@
+//! [`StatusApiState`]: everything the routes need, built with [`StatusApiBuilder`].
+
+use std::fmt;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use provisioner_store::Store;
+use secrecy::{ExposeSecret, SecretString};
+use security::{IpAllowlist, KeyedRateLimiter, LogSink, Period, Rate, SecurityMonitor, Thresholds};
+
+use crate::{Error, Result};
+
+/// The default of `CUSTOMER_STATUS_RATE`: 60 lookups a minute per customer, burst 60.
+pub const DEFAULT_STATUS_RATE: Rate = Rate::new(
+    match NonZeroU32::new(60) {
+        Some(count) => count,
+        None => panic!("60 is not zero"),
+    },
+    Period::Minute,
+);
+
+/// How long `/readyz` waits for the store's ping by default before calling it unreachable.
+pub const DEFAULT_READINESS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The subscriber half of readiness: `true` when the Pub/Sub subscriber is connected, or when
+/// it is disabled (`SF_EVENTS_ENABLED=false`) or run by another instance.
+pub type SubscriberProbe = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// Shared state of the status API routes. Cheap to clone (an `Arc` inside).
+///
+/// Its `Debug` output shows the allowlist and the rate, never the token.
+#[derive(Clone)]
+pub struct StatusApiState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    allowlist: IpAllowlist,
+    token: SecretString,
+    limiter: KeyedRateLimiter<String>,
+    monitor: SecurityMonitor,
+    subscriber_ready: SubscriberProbe,
+    readiness_timeout: Duration,
+    metrics: Option<PrometheusHandle>,
+}
+
+impl StatusApiState {
+    /// Starts building the state from the two things that have no default: the store and the
+    /// portal's bearer token (`PORTAL_API_TOKEN`).
+    pub fn builder(store: Arc<dyn Store>, portal_token: SecretString) -> StatusApiBuilder {
+        StatusApiBuilder {
+            store,
+            token: portal_token,
+            allowlist: None,
+            rate: DEFAULT_STATUS_RATE,
+            monitor: None,
+            subscriber_ready: None,
+            readiness_timeout: DEFAULT_READINESS_TIMEOUT,
+            metrics: None,
+        }
+    }
+
+    pub(crate) fn store(&self) -> &dyn Store {
+        self.inner.store.as_ref()
+    }
+
+    pub(crate) fn allowlist(&self) -> &IpAllowlist {
+        &self.inner.allowlist
+    }
+
+    pub(crate) fn token(&self) -> &[u8] {
+        self.inner.token.expose_secret().as_bytes()
+    }
+
+    pub(crate) fn limiter(&self) -> &KeyedRateLimiter<String> {
+        &self.inner.limiter
+    }
+
+    pub(crate) fn monitor(&self) -> &SecurityMonitor {
+        &self.inner.monitor
+    }
+
+    pub(crate) fn subscriber_ready(&self) -> bool {
+        (self.inner.subscriber_ready)()
+    }
+
+    pub(crate) fn readiness_timeout(&self) -> Duration {
+        self.inner.readiness_timeout
+    }
+
+    pub(crate) fn metrics(&self) -> Option<&PrometheusHandle> {
+        self.inner.metrics.as_ref()
+    }
+}
+
+impl fmt::Debug for StatusApiState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StatusApiState")
+            .field("allowlist", &self.inner.allowlist.to_string())
+            .field("status_rate", &self.inner.limiter.rate().to_string())
+            .field("token", &"[redacted]")
+            .field("readiness_timeout", &self.inner.readiness_timeout)
+            .field("metrics", &self.inner.metrics.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`StatusApiState`]; every setting but the store and the token has a default.
+#[must_use]
+pub struct StatusApiBuilder {
+    store: Arc<dyn Store>,
+    token: SecretString,
+    allowlist: Option<IpAllowlist>,
+    rate: Rate,
+    monitor: Option<SecurityMonitor>,
+    subscriber_ready: Option<SubscriberProbe>,
+    readiness_timeout: Duration,
+    metrics: Option<PrometheusHandle>,
+}
+
+impl StatusApiBuilder {
+    /// Addresses allowed to call any route (`HTTP_ALLOWED_CIDRS`); default loopback only
+    /// ([`IpAllowlist::DEFAULT`]).
+    pub fn allowlist(mut self, allowlist: IpAllowlist) -> Self {
+        self.allowlist = Some(allowlist);
+        self
+    }
+
+    /// Status lookups per customer (`CUSTOMER_STATUS_RATE`); default
+    /// [`DEFAULT_STATUS_RATE`].
+    pub fn status_rate(mut self, rate: Rate) -> Self {
+        self.rate = rate;
+        self
+    }
+
+    /// The process's security monitor, fed with auth failures, 404s and rate-limit refusals;
+    /// default a monitor with default thresholds that only logs its alerts.
+    pub fn monitor(mut self, monitor: SecurityMonitor) -> Self {
+        self.monitor = Some(monitor);
+        self
+    }
+
+    /// The subscriber half of readiness (see [`SubscriberProbe`]); default always ready, as
+    /// for a disabled subscriber.
+    pub fn subscriber_ready(mut self, probe: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        self.subscriber_ready = Some(Arc::new(probe));
+        self
+    }
+
+    /// How long `/readyz` waits for the store; default [`DEFAULT_READINESS_TIMEOUT`].
+    pub fn readiness_timeout(mut self, timeout: Duration) -> Self {
+        self.readiness_timeout = timeout;
+        self
+    }
+
+    /// The installed Prometheus recorder's handle, rendered by `/metrics`; without one,
+    /// `/metrics` answers 404.
+    pub fn metrics(mut self, handle: PrometheusHandle) -> Self {
+        self.metrics = Some(handle);
+        self
+    }
+
+    /// The state.
+    ///
+    /// # Errors
+    /// [`Error::EmptyToken`] when the portal token is empty.
+    pub fn build(self) -> Result<StatusApiState> {
+        if self.token.expose_secret().is_empty() {
+            return Err(Error::EmptyToken);
+        }
+        let allowlist = match self.allowlist {
+            Some(allowlist) => allowlist,
+            // The default always parses; should it not, deny everything rather than allow.
+            None => {
+                IpAllowlist::parse(IpAllowlist::DEFAULT).unwrap_or_else(|_| IpAllowlist::deny_all())
+            }
+        };
+        let monitor = self
+            .monitor
+            .unwrap_or_else(|| SecurityMonitor::new(Arc::new(LogSink), Thresholds::default()));
+        let subscriber_ready = self
+            .subscriber_ready
+            .unwrap_or_else(|| Arc::new(|| true) as SubscriberProbe);
+        Ok(StatusApiState {
+            inner: Arc::new(Inner {
+                store: self.store,
+                allowlist,
+                token: self.token,
+                limiter: KeyedRateLimiter::new(self.rate),
+                monitor,
+                subscriber_ready,
+                readiness_timeout: self.readiness_timeout,
+                metrics: self.metrics,
+            }),
+        })
+    }
+}

@@ -1,0 +1,125 @@
+//! The guards in front of the routes: allowlist (403), bearer token (401), rate limit (429).
+
+use security::{AlertKind, IpAllowlist, Rate};
+
+use crate::support::{OTHER, OWNER, Server, TOKEN, TestStore, builder, eager_monitor, parts};
+
+const ORDER: &str = "801000000000001AAA";
+
+#[tokio::test]
+async fn a_missing_or_wrong_token_is_unauthorized_and_reported() {
+    let db = TestStore::open().await;
+    db.provisioned(ORDER, OWNER).await;
+    let (monitor, alerts) = eager_monitor();
+    let server = Server::start(builder(db.dyn_store()).monitor(monitor).build().unwrap()).await;
+
+    let wrong = format!("{TOKEN}x");
+    let short = &TOKEN[..TOKEN.len() - 1];
+    for token in [
+        None,
+        Some(""),
+        Some("nope"),
+        Some(wrong.as_str()),
+        Some(short),
+    ] {
+        let response = server.status(ORDER, Some(OWNER), token).await;
+        assert_eq!(
+            response.headers()["www-authenticate"].to_str().unwrap(),
+            "Bearer"
+        );
+        let (status, body) = parts(response).await;
+        assert_eq!(status, 401, "{token:?}");
+        assert_eq!(body, r#"{"error":"unauthorized"}"#);
+    }
+    // Another scheme carrying the right token is still refused.
+    let basic = server
+        .client
+        .get(server.url(&format!("/v1/orders/{ORDER}/status")))
+        .header("X-Customer-Number", OWNER)
+        .header("Authorization", format!("Basic {TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(basic.status(), 401);
+
+    assert_eq!(alerts.kinds().first(), Some(&AlertKind::AuthFailureBurst));
+    assert!(alerts.alerts()[0].to_json().contains("127.0.0.1"));
+    assert!(
+        alerts
+            .kinds()
+            .iter()
+            .all(|k| *k == AlertKind::AuthFailureBurst)
+    );
+    // The right token works, and no failed attempt consumed the customer's rate.
+    assert_eq!(server.lookup(ORDER, OWNER).await.status(), 200);
+}
+
+#[tokio::test]
+async fn a_disallowed_address_is_forbidden_on_every_route() {
+    let db = TestStore::open().await;
+    db.provisioned(ORDER, OWNER).await;
+    let (monitor, alerts) = eager_monitor();
+    let state = builder(db.dyn_store())
+        .allowlist(IpAllowlist::parse("10.0.0.0/8").unwrap())
+        .monitor(monitor)
+        .build()
+        .unwrap();
+    let server = Server::start(state).await;
+
+    // Even a fully valid request: the allowlist comes before everything else.
+    let (status, body) = parts(server.lookup(ORDER, OWNER).await).await;
+    assert_eq!((status, body.as_str()), (403, r#"{"error":"forbidden"}"#));
+    // A bad token from a disallowed address is not even an auth failure.
+    assert_eq!(
+        server
+            .status(ORDER, Some(OWNER), Some("bad"))
+            .await
+            .status(),
+        403
+    );
+    for path in ["/healthz", "/readyz", "/metrics", "/no/such/route"] {
+        let (status, body) = parts(server.get(path).await).await;
+        assert_eq!(status, 403, "{path}");
+        assert_eq!(body, r#"{"error":"forbidden"}"#, "{path}");
+    }
+    assert_eq!(alerts.kinds(), []);
+}
+
+#[tokio::test]
+async fn the_default_allowlist_admits_loopback() {
+    let db = TestStore::open().await;
+    let server = Server::start(builder(db.dyn_store()).build().unwrap()).await;
+    assert_eq!(server.get("/healthz").await.status(), 200);
+}
+
+#[tokio::test]
+async fn over_the_rate_a_customer_gets_429_with_retry_after() {
+    let db = TestStore::open().await;
+    db.provisioned(ORDER, OWNER).await;
+    let (monitor, alerts) = eager_monitor();
+    let state = builder(db.dyn_store())
+        .status_rate(Rate::parse("3/minute").unwrap())
+        .monitor(monitor)
+        .build()
+        .unwrap();
+    let server = Server::start(state).await;
+
+    for _ in 0..3 {
+        assert_eq!(server.lookup(ORDER, OWNER).await.status(), 200);
+    }
+    let limited = server.lookup(ORDER, OWNER).await;
+    assert_eq!(limited.status(), 429);
+    let retry: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // One lookup comes back every 20 s at 3/minute.
+    assert!((1..=20).contains(&retry), "Retry-After: {retry}");
+    assert_eq!(limited.text().await.unwrap(), r#"{"error":"rate_limited"}"#);
+    assert_eq!(alerts.kinds(), [AlertKind::RateLimitAbuse]);
+    assert!(alerts.alerts()[0].to_json().contains(OWNER));
+
+    // Another customer has a budget of its own (and gets its 404).
+    assert_eq!(server.lookup(ORDER, OTHER).await.status(), 404);
+}
