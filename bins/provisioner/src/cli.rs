@@ -1,10 +1,9 @@
-//! Command line and environment (DESIGN §5, §6).
+//! Command line (DESIGN §6). Configuration comes from the environment (and `--config FILE`),
+//! see [`crate::config`].
 
 use std::path::PathBuf;
 
-use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use secrecy::SecretString;
 
 /// How a command failed, which decides the exit code.
 #[derive(Debug)]
@@ -19,17 +18,51 @@ pub(crate) enum Failure {
 #[derive(Parser, Debug)]
 #[command(version, about)]
 pub(crate) struct Cli {
-    #[command(flatten)]
-    pub(crate) salesforce: SalesforceArgs,
+    /// A TOML file of configuration variables (`NAME = "value"`); the environment wins.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    /// What to do (default: `run`).
     #[command(subcommand)]
-    pub(crate) command: Command,
+    pub(crate) command: Option<Command>,
 }
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum Command {
+    /// Run the service: subscriber, workers, status API (the default).
+    Run,
+    /// The whole flow against an in-process sandbox with a temporary SQLite store.
+    Demo(DemoArgs),
     /// Salesforce platform events.
     #[command(subcommand)]
     Events(EventsCommand),
+    /// The tamper-evident audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Field-encryption keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Dead letters: events and jobs that could not be processed.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+    /// Enqueue approved Orders that have no job (one sweep, now).
+    Reconcile,
+    /// Configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Apply database migrations.
+    Migrate,
+    /// Write a consistent copy of the SQLite database (PostgreSQL: use pg_dump).
+    Backup(BackupArgs),
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct DemoArgs {
+    /// How many orders.
+    #[arg(long, default_value_t = 20)]
+    pub(crate) orders: u32,
+    /// Inject faults in every sandbox; the summary shows the retries that absorbed them.
+    #[arg(long)]
+    pub(crate) faults: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -40,9 +73,10 @@ pub(crate) enum EventsCommand {
 
 #[derive(Args, Debug)]
 pub(crate) struct TailArgs {
-    /// Where to start: `LATEST`, `EARLIEST` or `CUSTOM:<base64 replay id>`.
-    #[arg(long, default_value = "LATEST")]
-    pub(crate) replay: String,
+    /// Where to start: `LATEST`, `EARLIEST` or `CUSTOM:<base64 replay id>` (default:
+    /// SF_EVENTS_REPLAY).
+    #[arg(long)]
+    pub(crate) replay: Option<String>,
     /// Stop after this many events.
     #[arg(long)]
     pub(crate) count: Option<u64>,
@@ -51,87 +85,82 @@ pub(crate) struct TailArgs {
     pub(crate) json: bool,
 }
 
-/// Salesforce connection settings (environment variables of DESIGN §5).
+#[derive(Subcommand, Debug)]
+pub(crate) enum AuditCommand {
+    /// Verify the whole chain; exit 1 naming the first bad record.
+    Verify,
+    /// Remove records older than AUDIT_LOG_RETENTION_DAYS, keeping an anchor.
+    Purge,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum KeysCommand {
+    /// List data keys and which is primary.
+    Status,
+    /// Make a new data key primary now.
+    Rotate,
+    /// Re-encrypt stored data under the primary key.
+    Reencrypt,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum DlqCommand {
+    /// List open dead letters.
+    List {
+        /// Show retried and discarded ones too.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show one dead letter (payload only with --payload).
+    Show {
+        /// Its id.
+        id: String,
+        /// Print the decrypted payload (hex); it may hold personal data.
+        #[arg(long)]
+        payload: bool,
+    },
+    /// Enqueue the dead letter's order again.
+    Retry {
+        /// Its id.
+        id: String,
+    },
+    /// Mark the dead letter discarded.
+    Discard {
+        /// Its id.
+        id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum ConfigCommand {
+    /// Print the effective configuration (secrets redacted); exit 2 on any problem.
+    Check,
+}
+
 #[derive(Args, Debug)]
-pub(crate) struct SalesforceArgs {
-    /// Pub/Sub API endpoint; `http://` means plaintext (sandbox only).
-    #[arg(
-        long,
-        env = "SF_PUBSUB_ENDPOINT",
-        default_value = "https://api.pubsub.salesforce.com:7443",
-        global = true
-    )]
-    pub(crate) pubsub_endpoint: String,
-    /// Extra trusted root certificate for the Pub/Sub endpoint, PEM.
-    #[arg(long, env = "SF_PUBSUB_CA_FILE", global = true)]
-    pub(crate) pubsub_ca_file: Option<PathBuf>,
-    /// Topic of the provisioning events.
-    #[arg(long, env = "SF_PROVISION_EVENT_CHANNEL", default_value = sf_pubsub::DEFAULT_TOPIC, global = true)]
-    pub(crate) event_channel: String,
-    /// `num_requested` credit per Subscribe stream (1..100).
-    #[arg(long, env = "SF_PUBSUB_BATCH", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100), global = true)]
-    pub(crate) pubsub_batch: u32,
-    /// Token endpoint base.
-    #[arg(
-        long,
-        env = "SF_LOGIN_URL",
-        default_value = "https://login.salesforce.com",
-        global = true
-    )]
-    pub(crate) login_url: String,
-    /// JWT `aud` (defaults to the login URL).
-    #[arg(long, env = "SF_AUDIENCE", global = true)]
-    pub(crate) audience: Option<String>,
-    /// Connected app consumer key (JWT `iss`).
-    #[arg(long, env = "SF_CLIENT_ID", global = true)]
-    pub(crate) client_id: Option<String>,
-    /// Integration user (JWT `sub`).
-    #[arg(long, env = "SF_USERNAME", global = true)]
-    pub(crate) username: Option<String>,
-    /// RSA private key, PEM (prefer SF_PRIVATE_KEY_FILE).
-    #[arg(long, env = "SF_PRIVATE_KEY", hide_env_values = true, global = true)]
-    pub(crate) private_key: Option<SecretString>,
-    /// File holding the RSA private key, PEM.
-    #[arg(long, env = "SF_PRIVATE_KEY_FILE", global = true)]
-    pub(crate) private_key_file: Option<PathBuf>,
+pub(crate) struct BackupArgs {
+    /// Target file (must not exist).
+    #[arg(long)]
+    pub(crate) to: PathBuf,
 }
 
-impl SalesforceArgs {
-    /// The JWT bearer configuration, or what is missing.
-    pub(crate) fn jwt_config(&self) -> anyhow::Result<sf_auth::JwtBearerConfig> {
-        let client_id = self.client_id.clone().context("SF_CLIENT_ID is not set")?;
-        let username = self.username.clone().context("SF_USERNAME is not set")?;
-        let key = match (&self.private_key, &self.private_key_file) {
-            (Some(key), _) => key.clone(),
-            (None, Some(path)) => SecretString::from(
-                std::fs::read_to_string(path)
-                    .with_context(|| format!("reading SF_PRIVATE_KEY_FILE {}", path.display()))?,
-            ),
-            (None, None) => anyhow::bail!("SF_PRIVATE_KEY or SF_PRIVATE_KEY_FILE must be set"),
-        };
-        let mut config = sf_auth::JwtBearerConfig::new(&self.login_url, client_id, username, key);
-        config.audience.clone_from(&self.audience);
-        Ok(config)
-    }
-}
-
-/// Logs go to stderr: `LOG_FORMAT=json|pretty` (default pretty on a terminal), `RUST_LOG`
-/// filter (default `warn`).
-pub(crate) fn init_logging() {
+/// Logs go to stderr: `LOG_FORMAT=json|pretty` (default pretty on a terminal, else json),
+/// `RUST_LOG` filter (default `info`).
+pub(crate) fn init_logging(format: Option<crate::config::LogFormat>, default_filter: &str) {
     use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let json = match std::env::var("LOG_FORMAT").as_deref() {
-        Ok("json") => true,
-        Ok(_) => false,
-        Err(_) => !std::io::stderr().is_terminal(),
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let json = match format {
+        Some(crate::config::LogFormat::Json) => true,
+        Some(crate::config::LogFormat::Pretty) => false,
+        None => !std::io::stderr().is_terminal(),
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
+    let _ = if json {
+        builder.json().try_init()
     } else {
-        builder.init();
-    }
+        builder.try_init()
+    };
 }

@@ -8,14 +8,17 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use sf_pubsub::{ClientConfig, GenericRecord, Message, PubSubClient, ReplayStart, SubscribeConfig};
 
-use crate::cli::{Failure, SalesforceArgs, TailArgs};
+use crate::cli::{Failure, TailArgs};
+use crate::config::Config;
 
-pub(crate) async fn tail(sf: &SalesforceArgs, args: TailArgs) -> Result<(), Failure> {
+pub(crate) async fn tail(sf: &Config, args: TailArgs) -> Result<(), Failure> {
     let usage = Failure::Usage;
-    let start: ReplayStart = args
-        .replay
-        .parse()
-        .map_err(|e: sf_pubsub::Error| usage(anyhow!(e).context("--replay")))?;
+    let start: ReplayStart = match &args.replay {
+        Some(text) => text
+            .parse()
+            .map_err(|e: sf_pubsub::Error| usage(anyhow!(e).context("--replay")))?,
+        None => sf.replay.clone(),
+    };
     let jwt = sf_auth::JwtBearer::new(sf.jwt_config().map_err(usage)?)
         .map_err(|e| usage(anyhow!(e).context("salesforce credentials")))?;
     let mut config = ClientConfig::new(&sf.pubsub_endpoint);
@@ -28,7 +31,7 @@ pub(crate) async fn tail(sf: &SalesforceArgs, args: TailArgs) -> Result<(), Fail
     let client = PubSubClient::new(config, Arc::new(jwt))
         .map_err(|e| usage(anyhow!(e).context("SF_PUBSUB_ENDPOINT")))?;
     let mut sub = client.subscribe::<GenericRecord>(
-        SubscribeConfig::new(&sf.event_channel)
+        SubscribeConfig::new(&sf.channel)
             .start(start)
             .batch(sf.pubsub_batch),
     );
@@ -43,9 +46,8 @@ pub(crate) async fn tail(sf: &SalesforceArgs, args: TailArgs) -> Result<(), Fail
         let Some(message) = message else {
             return Err(runtime(anyhow!("the subscription ended")));
         };
-        let message = message.map_err(|e| {
-            runtime(anyhow!(e).context(format!("subscribing to {}", sf.event_channel)))
-        })?;
+        let message = message
+            .map_err(|e| runtime(anyhow!(e).context(format!("subscribing to {}", sf.channel))))?;
         let line = match message {
             Message::Event(event) => {
                 seen += 1;

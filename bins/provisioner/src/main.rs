@@ -1,6 +1,6 @@
 //! `provisioner`: the service and its operator commands (see `shared/DESIGN.md` §6).
 //!
-//! Thin: parse the command line and environment, set up logging, run one command, map the
+//! Thin: parse the command line and configuration, set up logging, run one command, map the
 //! outcome to an exit code (0 ok, 1 runtime failure, 2 bad usage or configuration) and print
 //! error chains with `{:#}`.
 
@@ -8,35 +8,60 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+mod app;
 mod cli;
+mod config;
+mod demo;
 mod events;
+mod ops;
+
+use cli::{Command, Failure};
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    cli::init_logging();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(cli::Failure::Usage(err)) => {
+        Err(Failure::Usage(err)) => {
             eprintln!("provisioner: configuration error: {err:#}");
             ExitCode::from(2)
         }
-        Err(cli::Failure::Runtime(err)) => {
+        Err(Failure::Runtime(err)) => {
             eprintln!("provisioner: error: {err:#}");
             ExitCode::from(1)
         }
     }
 }
 
-fn run(cli: cli::Cli) -> Result<(), cli::Failure> {
+fn run(cli: cli::Cli) -> Result<(), Failure> {
+    let sources = config::Sources::load(cli.config.as_deref());
+    let command = cli.command.unwrap_or(Command::Run);
+    let parsed = config::Config::parse(&sources);
+    if let Command::Config(cli::ConfigCommand::Check) = command {
+        return ops::config_check(parsed);
+    }
+    let config = parsed.map_err(|errors| Failure::Usage(anyhow::anyhow!(errors.join("; "))))?;
+    let default_filter = match command {
+        Command::Run => "info",
+        Command::Demo(_) => "error",
+        _ => "warn",
+    };
+    cli::init_logging(config.log_format, default_filter);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| {
-            cli::Failure::Runtime(anyhow::Error::new(e).context("starting the runtime"))
-        })?;
-    match cli.command {
-        cli::Command::Events(cli::EventsCommand::Tail(args)) => {
-            runtime.block_on(events::tail(&cli.salesforce, args))
+        .map_err(|e| Failure::Runtime(anyhow::Error::new(e).context("starting the runtime")))?;
+    runtime.block_on(async move {
+        match command {
+            Command::Run => app::run(config).await,
+            Command::Demo(args) => demo::demo(args).await,
+            Command::Events(cli::EventsCommand::Tail(args)) => events::tail(&config, args).await,
+            Command::Audit(c) => ops::audit(&config, c).await,
+            Command::Keys(c) => ops::keys(&config, c).await,
+            Command::Dlq(c) => ops::dlq(&config, c).await,
+            Command::Reconcile => ops::reconcile(&config).await,
+            Command::Migrate => ops::migrate(&config).await,
+            Command::Backup(args) => ops::backup(&config, args).await,
+            Command::Config(_) => Ok(()),
         }
-    }
+    })
 }

@@ -91,14 +91,7 @@ pub(crate) struct Cli {
     pub(crate) state_file: Option<PathBuf>,
 }
 
-/// `Config_Options__c` for seeded OrderItems: option id -> value, plus the JSON text.
-#[derive(Clone, Debug)]
-pub(crate) struct ConfigOptions {
-    /// The option ids.
-    pub(crate) ids: Vec<u64>,
-    /// The JSON object text stored in `Config_Options__c`.
-    pub(crate) json: String,
-}
+pub(crate) use sandbox::seed::ConfigOptions;
 
 fn parse_config_options(text: &str) -> Result<ConfigOptions, String> {
     let object: BTreeMap<String, serde_json::Value> =

@@ -10,7 +10,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use crate::cli::Cli;
 use crate::faults::{self, FaultPlan};
 use crate::forward::{self, Forwarder};
-use crate::seed::{self, Plan};
+use sandbox::seed::{self, Plan};
 
 /// SIGINT and SIGTERM, registered up front.
 #[derive(Debug)]

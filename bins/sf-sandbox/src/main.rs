@@ -21,7 +21,6 @@ mod env;
 mod faults;
 mod forward;
 mod launch;
-mod seed;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();

@@ -92,6 +92,20 @@ impl Engine {
     /// Stores one subscription item and wakes a worker when it created a job.
     pub async fn intake(&self, item: IntakeItem) -> provisioner_store::Result<IntakeResult> {
         let result = intake::handle(&self.ports, &self.config.topic, item).await?;
+        let label = match &result {
+            IntakeResult::Enqueued => "enqueued",
+            IntakeResult::Duplicate => "duplicate",
+            IntakeResult::DeadLettered(_) => "dead_lettered",
+            IntakeResult::Checkpointed => "keepalive",
+        };
+        metrics::counter!(crate::metrics::EVENTS_TOTAL, "outcome" => label).increment(1);
+        if matches!(result, IntakeResult::DeadLettered(_)) {
+            metrics::counter!(crate::metrics::DEAD_LETTERS_TOTAL, "kind" => "event").increment(1);
+        }
+        if !matches!(result, IntakeResult::Checkpointed) {
+            metrics::gauge!(crate::metrics::LAST_EVENT_TIMESTAMP)
+                .set(chrono::Utc::now().timestamp() as f64);
+        }
         if result == IntakeResult::Enqueued {
             self.notify.notify_one();
         }
@@ -134,6 +148,7 @@ impl Engine {
                 .map_err(|e| format!("reconcile: enqueue: {e}"))?;
             if created {
                 enqueued += 1;
+                metrics::counter!(crate::metrics::RECONCILE_ENQUEUED_TOTAL).increment(1);
                 tracing::info!(order_id = %order.id, "reconcile enqueued an approved Order without a job");
                 let rec = NewAuditRecord::new(
                     Actor::RECONCILER,
@@ -269,6 +284,7 @@ impl Engine {
                         });
                         let outcome = runner.run(job).await;
                         renew.abort();
+                        crate::metrics::job_outcome(&outcome);
                         tracing::debug!(order_id = %order_id, ?outcome, "job settled");
                         if let Some(tx) = outcomes {
                             let _ = tx.send((order_id, outcome));

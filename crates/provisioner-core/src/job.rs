@@ -230,7 +230,11 @@ impl JobRunner {
             if *self.shutdown.borrow() {
                 return self.settle(&job, step, Stop::Shutdown).await;
             }
-            match self.step(&job, step, &mut progress).await {
+            let started = std::time::Instant::now();
+            let result = self.step(&job, step, &mut progress).await;
+            metrics::histogram!(crate::metrics::STEP_SECONDS, "step" => step.as_str())
+                .record(started.elapsed().as_secs_f64());
+            match result {
                 Ok(next) => step = next,
                 Err(stop) => return self.settle(&job, step, stop).await,
             }
@@ -696,6 +700,7 @@ impl JobRunner {
                     let at = now + chrono::Duration::from_std(delay).unwrap_or_default();
                     let reason = sanitize_reason(&reason);
                     tracing::info!(order_id = %job.order_id, step = %step, attempt = attempts, %reason, "retrying");
+                    metrics::counter!(crate::metrics::RETRIES_TOTAL, "error" => code).increment(1);
                     let r = store
                         .reschedule(
                             &job.order_id,

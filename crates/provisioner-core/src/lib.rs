@@ -15,6 +15,7 @@ mod config;
 mod engine;
 pub mod intake;
 mod job;
+pub mod metrics;
 mod sanitize;
 pub mod subscriber;
 

@@ -118,6 +118,10 @@ pub trait Store: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<()>;
 
+    /// Makes a failed job pending again from its recovery point, attempts reset (an
+    /// operator's `dlq retry`); `false` when the order has no failed job.
+    async fn requeue_failed(&self, order_id: &str, now: DateTime<Utc>) -> Result<bool>;
+
     /// Gives a running job back (graceful shutdown): pending at once, no attempt counted.
     async fn release(&self, order_id: &str, owner: &str, now: DateTime<Utc>) -> Result<()>;
 

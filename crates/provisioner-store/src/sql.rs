@@ -747,6 +747,19 @@ impl Store for SqlStore {
         self.fenced("releasing a job", order_id, owner, q).await
     }
 
+    async fn requeue_failed(&self, order_id: &str, now: DateTime<Utc>) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE jobs SET state = 'pending', attempts = 0, next_attempt_at = $1, \
+             last_error = NULL, updated_at = $1 WHERE order_id = $2 AND state = 'failed'",
+        )
+        .bind(ms(now))
+        .bind(order_id)
+        .execute(&self.writer)
+        .await
+        .map_err(Error::db("requeueing a failed job"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
     async fn take_over_leases(&self, now: DateTime<Utc>) -> Result<u64> {
         let done = sqlx::query(
             "UPDATE jobs SET state = 'pending', lease_owner = NULL, lease_until = NULL, updated_at = $1 \

@@ -6,7 +6,9 @@
 //! - [`salesforce`]: OAuth token endpoint (JWT bearer), REST query and PATCH of Orders.
 //! - [`whmcs`]: the WHMCS External API (`/includes/api.php`).
 //! - [`pubsub`]: the Salesforce Pub/Sub API over gRPC.
+//! - [`seed`]: a consistent org across the three (customers, Orders, WHMCS clients, events).
 
 pub mod pubsub;
 pub mod salesforce;
+pub mod seed;
 pub mod whmcs;

@@ -207,3 +207,19 @@ mod claim_log {
         }
     }
 }
+
+both_backends! {
+    async fn a_failed_job_can_be_requeued_from_its_recovery_point(db: &TestDb) {
+        let store = db.open().await;
+        let now = Utc::now();
+        store.ingest_event(&event(1, "801000000000001AAA", "A"), now).await.unwrap();
+        let job = store.claim("w1", now, LEASE).await.unwrap().unwrap();
+        store.advance(&job.order_id, "w1", Step::WhmcsOrdered,
+            StepUpdate { whmcs_order_id: Some("9".into()), service_ids: None }, now).await.unwrap();
+        assert!(!store.requeue_failed(&job.order_id, now).await.unwrap(), "running is not failed");
+        store.finish(&job.order_id, "w1", JobState::Failed, Some("boom".into()), now).await.unwrap();
+        assert!(store.requeue_failed(&job.order_id, now).await.unwrap());
+        let again = store.claim("w2", now, LEASE).await.unwrap().unwrap();
+        assert_eq!((again.step, again.attempts, again.last_error), (Step::WhmcsOrdered, 0, None));
+    }
+}

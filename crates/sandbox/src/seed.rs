@@ -1,48 +1,55 @@
-//! The seeded org: WHMCS clients and a product with the external-ref custom field, Salesforce
+//! Seeding an org for demos and manual tests:  WHMCS clients and a product with the external-ref custom field, Salesforce
 //! Accounts and Approved Orders pointing at them, and the events announcing those Orders.
 
-use sandbox::salesforce::{SalesforceSandbox, SfAccount, SfOrder, SfOrderItem, salesforce_id};
-use sandbox::whmcs::{Client, Product, WhmcsSandbox};
+use crate::salesforce::{SalesforceSandbox, SfAccount, SfOrder, SfOrderItem, salesforce_id};
+use crate::whmcs::{Client, Product, WhmcsSandbox};
 use serde_json::Value;
 use sf_pubsub::OrderProvisionRequested;
 
-use crate::cli::ConfigOptions;
+/// `Config_Options__c` for every OrderItem, and the option ids the product defines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigOptions {
+    /// Option ids (each becomes a text option of the product).
+    pub ids: Vec<u64>,
+    /// The JSON object text stored in `Config_Options__c`.
+    pub json: String,
+}
 
 /// What to seed.
 #[derive(Debug, Clone)]
-pub(crate) struct Plan {
+pub struct Plan {
     /// Customers (Account + WHMCS client each).
-    pub(crate) customers: u32,
+    pub customers: u32,
     /// Orders per customer.
-    pub(crate) orders_per_customer: u32,
+    pub orders_per_customer: u32,
     /// `Quantity` of each OrderItem.
-    pub(crate) quantity: u32,
+    pub quantity: u32,
     /// `Billing_Cycle__c` of each OrderItem.
-    pub(crate) billing_cycle: String,
+    pub billing_cycle: String,
     /// `Config_Options__c` of each OrderItem.
-    pub(crate) config_options: Option<ConfigOptions>,
+    pub config_options: Option<ConfigOptions>,
     /// `Status` of each Order.
-    pub(crate) status: String,
+    pub status: String,
     /// The WHMCS product custom field holding the Salesforce Order Id.
-    pub(crate) order_ref_field_id: u64,
+    pub order_ref_field_id: u64,
 }
 
 /// What was seeded.
 #[derive(Debug)]
-pub(crate) struct Seeded {
+pub struct Seeded {
     /// The WHMCS product every OrderItem orders.
-    pub(crate) product_id: u64,
+    pub product_id: u64,
     /// One event per Order, ready to publish.
-    pub(crate) events: Vec<OrderProvisionRequested>,
+    pub events: Vec<OrderProvisionRequested>,
 }
 
 /// `Customer_Number__c` of the `index`-th customer (from 1).
-pub(crate) fn customer_number(index: u32) -> String {
+pub fn customer_number(index: u32) -> String {
     format!("CUST-{index:05}")
 }
 
 /// Seeds both sandboxes according to `plan`.
-pub(crate) fn seed(sf: &SalesforceSandbox, whmcs: &WhmcsSandbox, plan: &Plan) -> Seeded {
+pub fn seed(sf: &SalesforceSandbox, whmcs: &WhmcsSandbox, plan: &Plan) -> Seeded {
     let mut product = Product::new("VPS S").with_custom_field(
         plan.order_ref_field_id,
         "Salesforce Order Id",
@@ -104,7 +111,7 @@ pub(crate) fn seed(sf: &SalesforceSandbox, whmcs: &WhmcsSandbox, plan: &Plan) ->
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use sandbox::salesforce::SalesforceConfig;
+    use crate::salesforce::SalesforceConfig;
 
     #[tokio::test]
     async fn orders_point_at_their_account_and_whmcs_client() {

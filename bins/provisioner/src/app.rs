@@ -1,0 +1,243 @@
+//! Wiring: concrete adapters from the configuration, and the `run` service.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use provisioner_core::subscriber::{SubscriberConfig, SubscriberStatus};
+use provisioner_core::{Engine, EngineConfig, Ports};
+use provisioner_store::{Backend, SqlStore, Store, StoreOptions};
+use secrecy::ExposeSecret;
+
+use crate::cli::Failure;
+use crate::config::Config;
+
+/// Opens the store (applying migrations when `migrate`).
+pub(crate) async fn open_store(config: &Config, migrate: bool) -> anyhow::Result<Arc<SqlStore>> {
+    let master = config.master_key()?;
+    let store = SqlStore::open(
+        &config.database_url,
+        &master,
+        StoreOptions {
+            migrate,
+            ..StoreOptions::default()
+        },
+    )
+    .await
+    .context("opening DATABASE_URL")?;
+    Ok(Arc::new(store))
+}
+
+/// The engine configuration from the service configuration.
+pub(crate) fn engine_config(config: &Config) -> EngineConfig {
+    EngineConfig {
+        statuses: config.statuses.clone(),
+        topic: config.channel.clone(),
+        payment_method: config.payment_method.clone(),
+        order_ref_field_id: config.order_ref_field_id,
+        send_email: config.send_email,
+        no_invoice: config.no_invoice,
+        concurrency: config.concurrency,
+        lease: config.job_lease,
+        reconcile_interval: config.reconcile_interval,
+        key_rotation_days: config.key_rotation_days,
+        instance: hostname(),
+        ..EngineConfig::default()
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty() && h.len() <= 40)
+        .unwrap_or_else(|| "provisioner".to_owned())
+}
+
+/// Everything `run` and the operator commands share.
+pub(crate) struct Wired {
+    pub(crate) engine: Engine,
+    pub(crate) monitor: security::SecurityMonitor,
+    pub(crate) tokens: Arc<sf_auth::JwtBearer>,
+}
+
+/// Builds the clients, the alert sink and the engine.
+pub(crate) async fn wire(config: &Config, store: Arc<SqlStore>) -> anyhow::Result<Wired> {
+    let tokens = Arc::new(
+        sf_auth::JwtBearer::new(config.jwt_config()?).context("Salesforce JWT configuration")?,
+    );
+    let rest = sf_rest::RestOrderApi::new(
+        Arc::clone(&tokens) as Arc<dyn sf_auth::TokenSource>,
+        sf_rest::RestConfig {
+            api_version: config.api_version.clone(),
+            approved_status: config.statuses.approved.clone(),
+            ..sf_rest::RestConfig::default()
+        },
+    )
+    .context("Salesforce REST client")?;
+    let whmcs =
+        whmcs_client::HttpWhmcsClient::new(config.whmcs_config()?).context("WHMCS client")?;
+    let sink = security::sink_for(
+        config.alert_webhook.as_ref().map(|s| s.expose_secret()),
+        security::WebhookConfig::default(),
+    )
+    .context("SECURITY_ALERT_WEBHOOK")?;
+    let monitor = security::SecurityMonitor::new(sink, security::Thresholds::default());
+    let ports = Ports {
+        orders: Arc::new(rest),
+        whmcs: Arc::new(whmcs),
+        store: Arc::clone(&store) as Arc<dyn Store>,
+        audit: Arc::clone(&store) as Arc<dyn audit::AuditLog>,
+        alerts: Arc::new(monitor.clone()),
+    };
+    let limiter = Arc::new(security::KeyedRateLimiter::new(config.provision_rate));
+    let engine = Engine::new(ports, engine_config(config), Some(limiter));
+    Ok(Wired {
+        engine,
+        monitor,
+        tokens,
+    })
+}
+
+/// The Pub/Sub client.
+pub(crate) fn pubsub_client(
+    config: &Config,
+    tokens: Arc<dyn sf_auth::TokenSource>,
+) -> anyhow::Result<Arc<dyn sf_pubsub::PubSubApi>> {
+    let mut client_config = sf_pubsub::ClientConfig::new(&config.pubsub_endpoint);
+    if let Some(path) = &config.pubsub_ca_file {
+        let pem = std::fs::read(path)
+            .with_context(|| format!("reading SF_PUBSUB_CA_FILE {}", path.display()))?;
+        client_config = client_config.with_ca_pem(pem);
+    }
+    let client =
+        sf_pubsub::PubSubClient::new(client_config, tokens).context("SF_PUBSUB_ENDPOINT")?;
+    Ok(Arc::new(client))
+}
+
+/// Resolves when SIGTERM or SIGINT arrives.
+pub(crate) async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// `provisioner run`: the service, until SIGTERM/SIGINT.
+pub(crate) async fn run(config: Config) -> Result<(), Failure> {
+    let missing = config.missing_for_run();
+    if !missing.is_empty() {
+        return Err(Failure::Usage(anyhow::anyhow!(missing.join("; "))));
+    }
+    let runtime = Failure::Runtime;
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("installing the metrics recorder")
+        .map_err(runtime)?;
+    status_api::describe_metrics();
+    provisioner_core::metrics::describe();
+
+    // Bind first: a port in use is a configuration problem, found before any work starts.
+    let listener = tokio::net::TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("PROVISIONER_HTTP_ADDR {} cannot be bound", config.http_addr))
+        .map_err(Failure::Usage)?;
+    let store = open_store(&config, true).await.map_err(runtime)?;
+    if store.backend() == Backend::Sqlite {
+        let taken = store
+            .take_over_leases(chrono::Utc::now())
+            .await
+            .context("taking over leases")
+            .map_err(runtime)?;
+        if taken > 0 {
+            tracing::info!(
+                jobs = taken,
+                "resuming jobs left running by the previous process"
+            );
+        }
+    }
+    let wired = wire(&config, Arc::clone(&store))
+        .await
+        .map_err(Failure::Usage)?;
+    let mut handle = wired.engine.start();
+    let subscriber: Option<Arc<SubscriberStatus>> = if config.events_enabled {
+        let pubsub = pubsub_client(
+            &config,
+            Arc::clone(&wired.tokens) as Arc<dyn sf_auth::TokenSource>,
+        )
+        .map_err(Failure::Usage)?;
+        Some(wired.engine.spawn_subscriber(
+            &mut handle,
+            pubsub,
+            SubscriberConfig {
+                topic: config.channel.clone(),
+                start: config.replay.clone(),
+                batch: config.pubsub_batch,
+                ..SubscriberConfig::default()
+            },
+        ))
+    } else {
+        None
+    };
+    let ready = subscriber.clone();
+    let portal_token = config
+        .portal_token
+        .clone()
+        .ok_or_else(|| Failure::Usage(anyhow::anyhow!("PORTAL_API_TOKEN: required")))?;
+    let state =
+        status_api::StatusApiState::builder(Arc::clone(&store) as Arc<dyn Store>, portal_token)
+            .allowlist(config.allowed_cidrs.clone())
+            .status_rate(config.status_rate)
+            .monitor(wired.monitor.clone())
+            .subscriber_ready(move || ready.as_ref().is_none_or(|s| s.is_connected()))
+            .metrics(metrics.clone())
+            .build()
+            .map_err(|e| Failure::Usage(anyhow::Error::new(e)))?;
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(status_api::serve(
+        listener,
+        status_api::router(state),
+        async move {
+            let _ = http_stopped.await;
+        },
+    ));
+    let upkeep = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            metrics.run_upkeep();
+        }
+    });
+    tracing::info!(addr = %config.http_addr, events = config.events_enabled, "provisioner running");
+
+    shutdown_signal().await;
+    tracing::info!("shutting down: no new work; finishing in-flight steps");
+    let _ = stop_http.send(());
+    handle.shutdown().await;
+    upkeep.abort();
+    match server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "status API stopped with an error"),
+        Err(e) => tracing::warn!(error = %e, "status API task failed"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

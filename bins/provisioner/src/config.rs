@@ -1,0 +1,634 @@
+//! Configuration (DESIGN §5): environment variables, optionally a TOML file (`--config FILE`,
+//! the environment wins), secrets from `<NAME>` or `<NAME>_FILE`. Every problem is reported by
+//! variable name, all at once; secrets never appear in messages or in `config check` output.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+
+/// Variables whose values are secrets: read from `<NAME>` or `<NAME>_FILE`, printed redacted.
+pub(crate) const SECRETS: &[&str] = &[
+    "SF_PRIVATE_KEY",
+    "WHMCS_API_IDENTIFIER",
+    "WHMCS_API_SECRET",
+    "WHMCS_ACCESS_KEY",
+    "FIELD_ENCRYPTION_KEY",
+    "PORTAL_API_TOKEN",
+    "SECURITY_ALERT_WEBHOOK",
+];
+
+/// Every variable the provisioner reads, in DESIGN §5 order, with its default.
+pub(crate) const VARIABLES: &[(&str, Option<&str>)] = &[
+    ("SF_EVENTS_ENABLED", Some("true")),
+    (
+        "SF_PROVISION_EVENT_CHANNEL",
+        Some("/event/OrderProvisionRequested__e"),
+    ),
+    ("SF_EVENTS_REPLAY", Some("LATEST")),
+    ("SF_LOGIN_URL", Some("https://login.salesforce.com")),
+    ("SF_AUDIENCE", None),
+    ("SF_CLIENT_ID", None),
+    ("SF_USERNAME", None),
+    ("SF_PRIVATE_KEY", None),
+    ("SF_API_VERSION", Some("v62.0")),
+    (
+        "SF_PUBSUB_ENDPOINT",
+        Some("https://api.pubsub.salesforce.com:7443"),
+    ),
+    ("SF_PUBSUB_CA_FILE", None),
+    ("SF_PUBSUB_BATCH", Some("100")),
+    ("SF_ORDER_STATUS_APPROVED", Some("Approved")),
+    ("SF_ORDER_STATUS_PROVISIONING", Some("Provisioning")),
+    ("SF_ORDER_STATUS_PROVISIONED", Some("Activated")),
+    ("SF_ORDER_STATUS_FAILED", Some("Provisioning Failed")),
+    ("WHMCS_API_URL", None),
+    ("WHMCS_API_IDENTIFIER", None),
+    ("WHMCS_API_SECRET", None),
+    ("WHMCS_ACCESS_KEY", None),
+    ("WHMCS_PAYMENT_METHOD", Some("banktransfer")),
+    ("WHMCS_ORDER_REF_FIELD_ID", None),
+    ("WHMCS_SEND_EMAIL", Some("true")),
+    ("WHMCS_NO_INVOICE", Some("false")),
+    ("DATABASE_URL", Some("sqlite://provisioner.db")),
+    ("JOB_LEASE", Some("30s")),
+    ("FIELD_ENCRYPTION_KEY", None),
+    ("ENCRYPTION_KEY_ROTATION_DAYS", Some("90")),
+    ("AUDIT_LOG_RETENTION_DAYS", Some("2555")),
+    ("SECURITY_ALERT_WEBHOOK", None),
+    ("PROVISIONER_HTTP_ADDR", Some("127.0.0.1:8080")),
+    ("PORTAL_API_TOKEN", None),
+    ("HTTP_ALLOWED_CIDRS", Some("127.0.0.0/8,::1/128")),
+    ("PROVISIONER_CONCURRENCY", Some("16")),
+    ("CUSTOMER_PROVISION_RATE", Some("30/hour")),
+    ("CUSTOMER_STATUS_RATE", Some("60/minute")),
+    ("RECONCILE_INTERVAL", Some("15m")),
+    ("LOG_FORMAT", None),
+];
+
+/// Where the raw values come from.
+pub(crate) struct Sources {
+    values: BTreeMap<String, String>,
+    origin: BTreeMap<String, &'static str>,
+    errors: Vec<String>,
+}
+
+impl Sources {
+    /// The TOML file (if any), overlaid by the process environment.
+    pub(crate) fn load(file: Option<&Path>) -> Self {
+        Self::from_parts(file, std::env::vars())
+    }
+
+    /// Like [`Sources::load`] with an explicit environment (tests).
+    pub(crate) fn from_parts(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Self {
+        let mut s = Sources {
+            values: BTreeMap::new(),
+            origin: BTreeMap::new(),
+            errors: Vec::new(),
+        };
+        if let Some(path) = file {
+            match std::fs::read_to_string(path) {
+                Err(e) => s.errors.push(format!("--config {}: {e}", path.display())),
+                Ok(text) => match text.parse::<toml::Table>() {
+                    Err(e) => s.errors.push(format!(
+                        "--config {}: not valid TOML: {}",
+                        path.display(),
+                        e.message()
+                    )),
+                    Ok(table) => {
+                        for (k, v) in table {
+                            let value = match v {
+                                toml::Value::String(s) => s,
+                                toml::Value::Integer(i) => i.to_string(),
+                                toml::Value::Boolean(b) => b.to_string(),
+                                toml::Value::Float(f) => f.to_string(),
+                                _ => {
+                                    s.errors.push(format!(
+                                        "--config {}: {k} must be a string, number or boolean",
+                                        path.display()
+                                    ));
+                                    continue;
+                                }
+                            };
+                            s.values.insert(k.clone(), value);
+                            s.origin.insert(k, "file");
+                        }
+                    }
+                },
+            }
+        }
+        let known: Vec<String> = VARIABLES
+            .iter()
+            .flat_map(|(n, _)| [n.to_string(), format!("{n}_FILE")])
+            .collect();
+        for (k, v) in env {
+            if known.contains(&k) {
+                s.values.insert(k.clone(), v);
+                s.origin.insert(k, "env");
+            }
+        }
+        // Secrets from files.
+        for name in SECRETS {
+            let file_key = format!("{name}_FILE");
+            if s.values.contains_key(*name) {
+                continue;
+            }
+            if let Some(path) = s.values.get(&file_key).cloned() {
+                match std::fs::read_to_string(&path) {
+                    Ok(text) => {
+                        let text = text.trim_end_matches(['\n', '\r']).to_owned();
+                        s.values.insert((*name).to_owned(), text);
+                        s.origin.insert((*name).to_owned(), "file");
+                    }
+                    Err(e) => s
+                        .errors
+                        .push(format!("{file_key}: cannot read {path}: {e}")),
+                }
+            }
+        }
+        s
+    }
+
+    fn raw(&self, name: &str) -> Option<&str> {
+        self.values
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.trim().is_empty())
+    }
+}
+
+/// How logs are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// The effective configuration.
+pub(crate) struct Config {
+    pub(crate) events_enabled: bool,
+    pub(crate) channel: String,
+    pub(crate) replay: sf_pubsub::ReplayStart,
+    pub(crate) login_url: String,
+    pub(crate) audience: Option<String>,
+    pub(crate) client_id: Option<String>,
+    pub(crate) username: Option<String>,
+    pub(crate) private_key: Option<SecretString>,
+    pub(crate) api_version: String,
+    pub(crate) pubsub_endpoint: String,
+    pub(crate) pubsub_ca_file: Option<PathBuf>,
+    pub(crate) pubsub_batch: u32,
+    pub(crate) statuses: provisioner_core::OrderStatuses,
+    pub(crate) whmcs_api_url: Option<String>,
+    pub(crate) whmcs_identifier: Option<SecretString>,
+    pub(crate) whmcs_secret: Option<SecretString>,
+    pub(crate) whmcs_access_key: Option<SecretString>,
+    pub(crate) payment_method: String,
+    pub(crate) order_ref_field_id: Option<u64>,
+    pub(crate) send_email: bool,
+    pub(crate) no_invoice: bool,
+    pub(crate) database_url: String,
+    pub(crate) job_lease: Duration,
+    pub(crate) encryption_key: Option<SecretString>,
+    pub(crate) key_rotation_days: u32,
+    pub(crate) audit_retention_days: u32,
+    pub(crate) alert_webhook: Option<SecretString>,
+    pub(crate) http_addr: SocketAddr,
+    pub(crate) portal_token: Option<SecretString>,
+    pub(crate) allowed_cidrs: security::IpAllowlist,
+    pub(crate) concurrency: usize,
+    pub(crate) provision_rate: security::Rate,
+    pub(crate) status_rate: security::Rate,
+    pub(crate) reconcile_interval: Duration,
+    pub(crate) log_format: Option<LogFormat>,
+    /// Effective values for `config check`: (name, shown value, origin).
+    pub(crate) shown: Vec<(String, String, String)>,
+}
+
+/// Parses `500ms`, `30s`, `15m`, `2h`, `1d` (a bare number is seconds).
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 30s, 15m, 2h"))?;
+    let secs = match unit.trim() {
+        "ms" => return Ok(Duration::from_millis(n)),
+        "" | "s" => n,
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
+        "d" => n.saturating_mul(86_400),
+        other => {
+            return Err(format!(
+                "unknown duration unit {other:?} (use ms, s, m, h or d)"
+            ));
+        }
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+fn parse_bool(text: &str) -> Result<bool, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(format!("{text:?} is not true or false")),
+    }
+}
+
+struct Parser<'a> {
+    src: &'a Sources,
+    errors: Vec<String>,
+}
+
+impl Parser<'_> {
+    fn text(&self, name: &str) -> Option<String> {
+        self.src.raw(name).map(str::to_owned).or_else(|| {
+            VARIABLES
+                .iter()
+                .find(|(n, _)| *n == name)
+                .and_then(|(_, d)| d.map(str::to_owned))
+        })
+    }
+
+    fn parsed<T>(&mut self, name: &str, f: impl FnOnce(&str) -> Result<T, String>) -> Option<T> {
+        let text = self.text(name)?;
+        match f(&text) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.errors.push(format!("{name}: {e}"));
+                None
+            }
+        }
+    }
+
+    fn secret(&self, name: &str) -> Option<SecretString> {
+        self.src.raw(name).map(|v| SecretString::from(v.to_owned()))
+    }
+}
+
+impl Config {
+    /// Parses every variable; `Err` lists every problem by variable name.
+    pub(crate) fn parse(src: &Sources) -> Result<Config, Vec<String>> {
+        let mut p = Parser {
+            src,
+            errors: src.errors.clone(),
+        };
+        let events_enabled = p.parsed("SF_EVENTS_ENABLED", parse_bool).unwrap_or(true);
+        let replay = p
+            .parsed("SF_EVENTS_REPLAY", |t| {
+                t.parse::<sf_pubsub::ReplayStart>()
+                    .map_err(|e| e.to_string())
+            })
+            .unwrap_or(sf_pubsub::ReplayStart::Latest);
+        let pubsub_batch = p
+            .parsed("SF_PUBSUB_BATCH", |t| match t.trim().parse::<u32>() {
+                Ok(n) if (1..=100).contains(&n) => Ok(n),
+                _ => Err(format!("{t:?} must be a number from 1 to 100")),
+            })
+            .unwrap_or(100);
+        let url = |t: &str| {
+            if t.starts_with("https://") || t.starts_with("http://") {
+                Ok(t.trim_end_matches('/').to_owned())
+            } else {
+                Err(format!(
+                    "{t:?} must start with https:// (or http:// for a sandbox)"
+                ))
+            }
+        };
+        let login_url = p.parsed("SF_LOGIN_URL", url).unwrap_or_default();
+        let audience = p.parsed("SF_AUDIENCE", url);
+        let pubsub_endpoint = p.parsed("SF_PUBSUB_ENDPOINT", url).unwrap_or_default();
+        let whmcs_api_url = p.parsed("WHMCS_API_URL", url);
+        let order_ref_field_id = p.parsed("WHMCS_ORDER_REF_FIELD_ID", |t| {
+            t.trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("{t:?} is not a custom field id"))
+        });
+        let send_email = p.parsed("WHMCS_SEND_EMAIL", parse_bool).unwrap_or(true);
+        let no_invoice = p.parsed("WHMCS_NO_INVOICE", parse_bool).unwrap_or(false);
+        let database_url = p
+            .parsed("DATABASE_URL", |t| {
+                if t.starts_with("sqlite://")
+                    || t.starts_with("postgres://")
+                    || t.starts_with("postgresql://")
+                {
+                    Ok(t.to_owned())
+                } else {
+                    Err("must be sqlite://path or postgres://...".to_owned())
+                }
+            })
+            .unwrap_or_default();
+        let job_lease = p
+            .parsed("JOB_LEASE", parse_duration)
+            .unwrap_or(Duration::from_secs(30));
+        let days = |t: &str| {
+            t.trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("{t:?} must be a whole number of days, at least 1"))
+        };
+        let key_rotation_days = p.parsed("ENCRYPTION_KEY_ROTATION_DAYS", days).unwrap_or(90);
+        let audit_retention_days = p.parsed("AUDIT_LOG_RETENTION_DAYS", days).unwrap_or(2555);
+        let encryption_key = p.secret("FIELD_ENCRYPTION_KEY");
+        if let Some(key) = &encryption_key
+            && let Err(e) = field_crypto::MasterKey::from_config(key.expose_secret())
+        {
+            p.errors.push(format!("FIELD_ENCRYPTION_KEY: {e}"));
+        }
+        let http_addr = p
+            .parsed("PROVISIONER_HTTP_ADDR", |t| {
+                t.trim()
+                    .parse::<SocketAddr>()
+                    .map_err(|_| format!("{t:?} is not host:port"))
+            })
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+        let allowed_cidrs = p
+            .parsed("HTTP_ALLOWED_CIDRS", |t| {
+                security::IpAllowlist::parse(t).map_err(|e| e.to_string())
+            })
+            .unwrap_or_else(security::IpAllowlist::deny_all);
+        let concurrency = p
+            .parsed("PROVISIONER_CONCURRENCY", |t| {
+                t.trim()
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=1024).contains(n))
+                    .ok_or_else(|| format!("{t:?} must be a number from 1 to 1024"))
+            })
+            .unwrap_or(16);
+        let rate = |t: &str| security::Rate::parse(t).map_err(|e| e.to_string());
+        let provision_rate = p.parsed("CUSTOMER_PROVISION_RATE", rate);
+        let status_rate = p.parsed("CUSTOMER_STATUS_RATE", rate);
+        let reconcile_interval = p
+            .parsed("RECONCILE_INTERVAL", |t| {
+                parse_duration(t).and_then(|d| {
+                    if d.is_zero() {
+                        Err("must be positive".to_owned())
+                    } else {
+                        Ok(d)
+                    }
+                })
+            })
+            .unwrap_or(Duration::from_secs(900));
+        let log_format = p.parsed("LOG_FORMAT", |t| match t.trim() {
+            "json" => Ok(LogFormat::Json),
+            "pretty" => Ok(LogFormat::Pretty),
+            _ => Err(format!("{t:?} must be json or pretty")),
+        });
+        let provisioning = p.text("SF_ORDER_STATUS_PROVISIONING");
+        let provisioning = match src.values.get("SF_ORDER_STATUS_PROVISIONING") {
+            // Explicitly empty: skip that PATCH.
+            Some(v) if v.trim().is_empty() => None,
+            _ => provisioning,
+        };
+        let statuses = provisioner_core::OrderStatuses {
+            approved: p.text("SF_ORDER_STATUS_APPROVED").unwrap_or_default(),
+            provisioning,
+            provisioned: p.text("SF_ORDER_STATUS_PROVISIONED").unwrap_or_default(),
+            failed: p.text("SF_ORDER_STATUS_FAILED").unwrap_or_default(),
+        };
+        let pubsub_ca_file = p.text("SF_PUBSUB_CA_FILE").map(PathBuf::from);
+        if let Some(path) = &pubsub_ca_file
+            && !path.is_file()
+        {
+            p.errors.push(format!(
+                "SF_PUBSUB_CA_FILE: {} is not a file",
+                path.display()
+            ));
+        }
+        let mut shown = Vec::new();
+        for (name, _) in VARIABLES {
+            let value = match p.text(name) {
+                None => "(unset)".to_owned(),
+                Some(_) if SECRETS.contains(name) => "[REDACTED]".to_owned(),
+                Some(v) => v,
+            };
+            let origin = src.origin.get(*name).copied().unwrap_or("default");
+            shown.push(((*name).to_owned(), value, origin.to_owned()));
+        }
+        if !p.errors.is_empty() {
+            return Err(p.errors);
+        }
+        let (Some(provision_rate), Some(status_rate)) = (provision_rate, status_rate) else {
+            return Err(vec!["rates missing".to_owned()]);
+        };
+        Ok(Config {
+            events_enabled,
+            channel: p.text("SF_PROVISION_EVENT_CHANNEL").unwrap_or_default(),
+            replay,
+            login_url,
+            audience,
+            client_id: p.text("SF_CLIENT_ID"),
+            username: p.text("SF_USERNAME"),
+            private_key: p.secret("SF_PRIVATE_KEY"),
+            api_version: p.text("SF_API_VERSION").unwrap_or_default(),
+            pubsub_endpoint,
+            pubsub_ca_file,
+            pubsub_batch,
+            statuses,
+            whmcs_api_url,
+            whmcs_identifier: p.secret("WHMCS_API_IDENTIFIER"),
+            whmcs_secret: p.secret("WHMCS_API_SECRET"),
+            whmcs_access_key: p.secret("WHMCS_ACCESS_KEY"),
+            payment_method: p.text("WHMCS_PAYMENT_METHOD").unwrap_or_default(),
+            order_ref_field_id,
+            send_email,
+            no_invoice,
+            database_url,
+            job_lease,
+            encryption_key,
+            key_rotation_days,
+            audit_retention_days,
+            alert_webhook: p.secret("SECURITY_ALERT_WEBHOOK"),
+            http_addr,
+            portal_token: p.secret("PORTAL_API_TOKEN"),
+            allowed_cidrs,
+            concurrency,
+            provision_rate,
+            status_rate,
+            reconcile_interval,
+            log_format,
+            shown,
+        })
+    }
+
+    /// The variables `run` needs that are missing.
+    pub(crate) fn missing_for_run(&self) -> Vec<String> {
+        let mut missing = Vec::new();
+        let mut need = |set: bool, name: &str| {
+            if !set {
+                missing.push(format!("{name}: required"));
+            }
+        };
+        need(self.client_id.is_some(), "SF_CLIENT_ID");
+        need(self.username.is_some(), "SF_USERNAME");
+        need(
+            self.private_key.is_some(),
+            "SF_PRIVATE_KEY (or SF_PRIVATE_KEY_FILE)",
+        );
+        need(self.whmcs_api_url.is_some(), "WHMCS_API_URL");
+        need(self.whmcs_identifier.is_some(), "WHMCS_API_IDENTIFIER");
+        need(self.whmcs_secret.is_some(), "WHMCS_API_SECRET");
+        need(self.portal_token.is_some(), "PORTAL_API_TOKEN");
+        missing.extend(self.missing_for_store());
+        missing
+    }
+
+    /// The variables a store-only command (audit, keys, dlq, migrate, backup) needs.
+    pub(crate) fn missing_for_store(&self) -> Vec<String> {
+        if self.encryption_key.is_none() {
+            vec!["FIELD_ENCRYPTION_KEY: required".to_owned()]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// The master key (validated in [`Config::parse`]).
+    pub(crate) fn master_key(&self) -> anyhow::Result<field_crypto::MasterKey> {
+        let key = self
+            .encryption_key
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("FIELD_ENCRYPTION_KEY: required"))?;
+        Ok(field_crypto::MasterKey::from_config(key.expose_secret())?)
+    }
+
+    /// The JWT bearer configuration.
+    pub(crate) fn jwt_config(&self) -> anyhow::Result<sf_auth::JwtBearerConfig> {
+        let (Some(client_id), Some(username), Some(key)) =
+            (&self.client_id, &self.username, &self.private_key)
+        else {
+            anyhow::bail!("SF_CLIENT_ID, SF_USERNAME and SF_PRIVATE_KEY (or _FILE) are required");
+        };
+        let mut config = sf_auth::JwtBearerConfig::new(
+            &self.login_url,
+            client_id.clone(),
+            username.clone(),
+            key.clone(),
+        );
+        config.audience.clone_from(&self.audience);
+        Ok(config)
+    }
+
+    /// The WHMCS client configuration.
+    pub(crate) fn whmcs_config(&self) -> anyhow::Result<whmcs_client::WhmcsConfig> {
+        let (Some(url), Some(id), Some(secret)) = (
+            &self.whmcs_api_url,
+            &self.whmcs_identifier,
+            &self.whmcs_secret,
+        ) else {
+            anyhow::bail!("WHMCS_API_URL, WHMCS_API_IDENTIFIER and WHMCS_API_SECRET are required");
+        };
+        let mut config = whmcs_client::WhmcsConfig::new(url.clone(), id.clone(), secret.clone());
+        config.access_key.clone_from(&self.whmcs_access_key);
+        config.payment_method.clone_from(&self.payment_method);
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_apply_and_every_bad_value_is_named() {
+        let src = Sources::from_parts(None, env(&[]));
+        let c = Config::parse(&src).unwrap();
+        assert!(c.events_enabled);
+        assert_eq!(c.job_lease, Duration::from_secs(30));
+        assert_eq!(c.reconcile_interval, Duration::from_secs(900));
+        assert_eq!(c.statuses.provisioning.as_deref(), Some("Provisioning"));
+        assert!(
+            c.missing_for_run()
+                .iter()
+                .any(|m| m.starts_with("SF_CLIENT_ID"))
+        );
+
+        let src = Sources::from_parts(
+            None,
+            env(&[
+                ("SF_PUBSUB_BATCH", "500"),
+                ("JOB_LEASE", "soon"),
+                ("CUSTOMER_PROVISION_RATE", "30/fortnight"),
+                ("HTTP_ALLOWED_CIDRS", "10.0.0.0/33"),
+                ("FIELD_ENCRYPTION_KEY", "tiny-canary"),
+                ("SF_LOGIN_URL", "login.salesforce.com"),
+                ("WHMCS_SEND_EMAIL", "maybe"),
+            ]),
+        );
+        let errors = Config::parse(&src).err().unwrap();
+        for name in [
+            "SF_PUBSUB_BATCH",
+            "JOB_LEASE",
+            "CUSTOMER_PROVISION_RATE",
+            "HTTP_ALLOWED_CIDRS",
+            "FIELD_ENCRYPTION_KEY",
+            "SF_LOGIN_URL",
+            "WHMCS_SEND_EMAIL",
+        ] {
+            assert!(
+                errors.iter().any(|e| e.starts_with(name)),
+                "{name}: {errors:?}"
+            );
+        }
+        assert!(
+            !errors.iter().any(|e| e.contains("tiny-canary")),
+            "no secret in errors"
+        );
+    }
+
+    #[test]
+    fn env_wins_over_the_file_and_secrets_come_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.toml");
+        std::fs::write(
+            &file,
+            "SF_PUBSUB_BATCH = 10\nWHMCS_PAYMENT_METHOD = \"paypal\"\n",
+        )
+        .unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "s3cr3t-value\n").unwrap();
+        let src = Sources::from_parts(
+            Some(&file),
+            env(&[
+                ("SF_PUBSUB_BATCH", "20"),
+                ("WHMCS_API_SECRET_FILE", secret.to_str().unwrap()),
+                ("SF_ORDER_STATUS_PROVISIONING", ""),
+            ]),
+        );
+        let c = Config::parse(&src).unwrap();
+        assert_eq!(c.pubsub_batch, 20);
+        assert_eq!(c.payment_method, "paypal");
+        assert_eq!(c.whmcs_secret.unwrap().expose_secret(), "s3cr3t-value");
+        assert_eq!(c.statuses.provisioning, None);
+        let shown: Vec<_> = c.shown.iter().map(|(n, v, _)| format!("{n}={v}")).collect();
+        assert!(shown.contains(&"WHMCS_API_SECRET=[REDACTED]".to_owned()));
+        assert!(!shown.iter().any(|l| l.contains("s3cr3t")));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        assert_eq!(parse_duration("45").unwrap(), Duration::from_secs(45));
+        assert!(parse_duration("1w").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}

@@ -1,0 +1,321 @@
+//! Operator commands: config check, audit, keys, dead letters, reconcile, migrate, backup.
+
+use std::io::Write as _;
+use std::sync::Arc;
+
+use anyhow::{Context as _, anyhow};
+use chrono::Utc;
+use provisioner_store::{DeadLetterState, JobSource, NewJob, Store};
+
+use crate::app;
+use crate::cli::{AuditCommand, BackupArgs, DlqCommand, Failure, KeysCommand};
+use crate::config::Config;
+
+fn out(text: &str) -> Result<(), Failure> {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{text}")
+        .and_then(|()| stdout.flush())
+        .map_err(|e| Failure::Runtime(anyhow!(e).context("writing to stdout")))
+}
+
+fn runtime(e: anyhow::Error) -> Failure {
+    Failure::Runtime(e)
+}
+
+async fn store(
+    config: &Config,
+    migrate: bool,
+) -> Result<Arc<provisioner_store::SqlStore>, Failure> {
+    let missing = config.missing_for_store();
+    if !missing.is_empty() {
+        return Err(Failure::Usage(anyhow!(missing.join("; "))));
+    }
+    app::open_store(config, migrate).await.map_err(runtime)
+}
+
+/// `provisioner config check`.
+pub(crate) fn config_check(parsed: Result<Config, Vec<String>>) -> Result<(), Failure> {
+    match parsed {
+        Ok(config) => {
+            for (name, value, origin) in &config.shown {
+                out(&format!("{name}={value}  # {origin}"))?;
+            }
+            let missing = config.missing_for_run();
+            if missing.is_empty() {
+                out("# configuration ok")?;
+                Ok(())
+            } else {
+                for m in &missing {
+                    eprintln!("provisioner: {m}");
+                }
+                Err(Failure::Usage(anyhow!(
+                    "{} problem(s): {}",
+                    missing.len(),
+                    missing.join("; ")
+                )))
+            }
+        }
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("provisioner: {e}");
+            }
+            Err(Failure::Usage(anyhow!(
+                "{} problem(s): {}",
+                errors.len(),
+                errors.join("; ")
+            )))
+        }
+    }
+}
+
+/// `provisioner audit verify|purge`.
+pub(crate) async fn audit(config: &Config, command: AuditCommand) -> Result<(), Failure> {
+    let store = store(config, false).await?;
+    match command {
+        AuditCommand::Verify => {
+            let summary = audit::verify(&*store, store.audit_key())
+                .await
+                .context("audit chain verification failed")
+                .map_err(runtime)?;
+            out(&format!(
+                "audit chain ok: {} records (seq {}..{}), {} purged before the anchor",
+                summary.records,
+                summary.first_seq.unwrap_or(0),
+                summary.last_seq.unwrap_or(0),
+                summary.anchor.removed
+            ))
+        }
+        AuditCommand::Purge => {
+            let policy = audit::RetentionPolicy::from_days(i64::from(config.audit_retention_days))
+                .map_err(|e| Failure::Usage(anyhow!(e).context("AUDIT_LOG_RETENTION_DAYS")))?;
+            let report =
+                audit::AuditLog::purge(&*store, policy.cutoff(Utc::now()), audit::Actor::RETENTION)
+                    .await
+                    .context("purging the audit log")
+                    .map_err(runtime)?;
+            out(&format!(
+                "purged {} records older than {} days; chain now anchored at seq {}",
+                report.removed,
+                policy.days(),
+                report.anchor.seq
+            ))
+        }
+    }
+}
+
+/// `provisioner keys status|rotate|reencrypt`.
+pub(crate) async fn keys(config: &Config, command: KeysCommand) -> Result<(), Failure> {
+    let store = store(config, false).await?;
+    match command {
+        KeysCommand::Status => {
+            for key in store.keyring().key_infos() {
+                out(&format!(
+                    "key {}  created {}  {}",
+                    key.id,
+                    key.created_at.to_rfc3339(),
+                    if key.primary {
+                        "primary"
+                    } else {
+                        "decrypt-only"
+                    }
+                ))?;
+            }
+            Ok(())
+        }
+        KeysCommand::Rotate => {
+            let id = store
+                .rotate_keys_if_older_than(0, Utc::now())
+                .await
+                .context("rotating the data key")
+                .map_err(runtime)?;
+            let record = audit::NewAuditRecord::new(
+                audit::Actor::OPERATOR,
+                audit::Action::KEY_ROTATED,
+                audit::Outcome::Success,
+            );
+            let record = match id {
+                Some(id) => record.detail(audit::DetailKey::KeyId, id.get().to_string()),
+                None => Ok(record),
+            }
+            .map_err(|e| runtime(anyhow!(e)))?;
+            audit::AuditLog::append(&*store, record)
+                .await
+                .map_err(|e| runtime(anyhow!(e)))?;
+            out(&format!(
+                "new primary key: {}",
+                id.map_or_else(|| "unchanged".to_owned(), |k| k.to_string())
+            ))
+        }
+        KeysCommand::Reencrypt => {
+            let moved = store
+                .reencrypt_all()
+                .await
+                .context("re-encrypting")
+                .map_err(runtime)?;
+            let record = audit::NewAuditRecord::new(
+                audit::Actor::OPERATOR,
+                audit::Action::KEYS_REENCRYPTED,
+                audit::Outcome::Success,
+            )
+            .detail(audit::DetailKey::Count, moved.to_string())
+            .map_err(|e| runtime(anyhow!(e)))?;
+            audit::AuditLog::append(&*store, record)
+                .await
+                .map_err(|e| runtime(anyhow!(e)))?;
+            out(&format!(
+                "re-encrypted {moved} values under the primary key"
+            ))
+        }
+    }
+}
+
+/// `provisioner dlq list|show|retry|discard`.
+pub(crate) async fn dlq(config: &Config, command: DlqCommand) -> Result<(), Failure> {
+    let store = store(config, false).await?;
+    let not_found = |id: &str| Failure::Usage(anyhow!("no dead letter {id}"));
+    match command {
+        DlqCommand::List { all } => {
+            let state = (!all).then_some(DeadLetterState::Open);
+            let letters = store
+                .dead_letters(state, 1000)
+                .await
+                .map_err(|e| runtime(anyhow!(e)))?;
+            for l in letters {
+                out(&format!(
+                    "{}  {}  {}  order={}  attempts={}  {}",
+                    l.id,
+                    l.created_at.to_rfc3339(),
+                    l.state,
+                    l.order_id.as_deref().unwrap_or("-"),
+                    l.attempts,
+                    l.reason
+                ))?;
+            }
+            Ok(())
+        }
+        DlqCommand::Show { id, payload } => {
+            let letter = store
+                .dead_letter_by_id(&id)
+                .await
+                .map_err(|e| runtime(anyhow!(e)))?
+                .ok_or_else(|| not_found(&id))?;
+            out(&serde_json::to_string_pretty(&letter).map_err(|e| runtime(anyhow!(e)))?)?;
+            if payload
+                && let Some(bytes) = store
+                    .dead_letter_payload(&id)
+                    .await
+                    .map_err(|e| runtime(anyhow!(e)))?
+            {
+                let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+                out(&format!("payload (hex): {hex}"))?;
+            }
+            Ok(())
+        }
+        DlqCommand::Retry { id } => {
+            let letter = store
+                .dead_letter_by_id(&id)
+                .await
+                .map_err(|e| runtime(anyhow!(e)))?
+                .ok_or_else(|| not_found(&id))?;
+            let Some(order_id) = letter.order_id.clone() else {
+                return Err(Failure::Usage(anyhow!(
+                    "dead letter {id} names no order (a malformed event); discard it, the reconcile sweep covers its order"
+                )));
+            };
+            // A failed job keeps its row (the ledger); a new attempt needs the operator's
+            // decision, so the job is re-created as a fresh operator job.
+            let job = store
+                .job(&order_id)
+                .await
+                .map_err(|e| runtime(anyhow!(e)))?;
+            let customer = job
+                .map(|j| j.customer_number)
+                .ok_or_else(|| Failure::Usage(anyhow!("order {order_id} has no job to retry")))?;
+            let requeued = store
+                .requeue_failed(&order_id, Utc::now())
+                .await
+                .map_err(|e| runtime(anyhow!(e)))?;
+            if !requeued {
+                store
+                    .enqueue(
+                        NewJob {
+                            order_id: order_id.clone(),
+                            customer_number: customer,
+                            account_id: None,
+                            event_id: None,
+                            source: JobSource::Operator,
+                        },
+                        Utc::now(),
+                    )
+                    .await
+                    .map_err(|e| runtime(anyhow!(e)))?;
+            }
+            store
+                .set_dead_letter_state(&id, DeadLetterState::Retried, Utc::now())
+                .await
+                .map_err(|e| runtime(anyhow!(e)))?;
+            audit_op(&store, audit::Action::DEAD_LETTER_RETRIED, Some(&order_id)).await?;
+            out(&format!(
+                "order {order_id} queued again; a running provisioner picks it up"
+            ))
+        }
+        DlqCommand::Discard { id } => {
+            store
+                .set_dead_letter_state(&id, DeadLetterState::Discarded, Utc::now())
+                .await
+                .map_err(|e| match e {
+                    provisioner_store::Error::NotFound { .. } => not_found(&id),
+                    other => runtime(anyhow!(other)),
+                })?;
+            audit_op(&store, audit::Action::DEAD_LETTER_DISCARDED, None).await?;
+            out(&format!("dead letter {id} discarded"))
+        }
+    }
+}
+
+async fn audit_op(
+    store: &provisioner_store::SqlStore,
+    action: audit::Action,
+    order_id: Option<&str>,
+) -> Result<(), Failure> {
+    let mut record =
+        audit::NewAuditRecord::new(audit::Actor::OPERATOR, action, audit::Outcome::Success);
+    if let Some(id) = order_id {
+        record = record.order_id(id).map_err(|e| runtime(anyhow!(e)))?;
+    }
+    audit::AuditLog::append(store, record)
+        .await
+        .map_err(|e| runtime(anyhow!(e)))?;
+    Ok(())
+}
+
+/// `provisioner reconcile`: one sweep now.
+pub(crate) async fn reconcile(config: &Config) -> Result<(), Failure> {
+    let store = store(config, true).await?;
+    let wired = app::wire(config, store).await.map_err(Failure::Usage)?;
+    let n = wired
+        .engine
+        .reconcile_once()
+        .await
+        .map_err(|e| runtime(anyhow!(e)))?;
+    out(&format!(
+        "reconcile enqueued {n} approved order(s) without a job"
+    ))
+}
+
+/// `provisioner migrate`.
+pub(crate) async fn migrate(config: &Config) -> Result<(), Failure> {
+    store(config, true).await?;
+    out("migrations applied")
+}
+
+/// `provisioner backup --to FILE`.
+pub(crate) async fn backup(config: &Config, args: BackupArgs) -> Result<(), Failure> {
+    let store = store(config, false).await?;
+    store
+        .backup_to(&args.to)
+        .await
+        .with_context(|| format!("backing up to {}", args.to.display()))
+        .map_err(runtime)?;
+    out(&format!("backup written to {}", args.to.display()))
+}

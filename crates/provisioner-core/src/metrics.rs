@@ -1,0 +1,52 @@
+//! Metric names the engine records (with the `metrics` crate; the binary installs the
+//! Prometheus recorder and `/metrics` renders them).
+
+/// Events stored by intake, by `outcome` (`enqueued`, `duplicate`, `dead_lettered`).
+pub const EVENTS_TOTAL: &str = "provisioner_events_total";
+/// Settled job runs, by `outcome` (`provisioned`, `already_provisioned`, `refused`,
+/// `failed`, `retrying`, `delayed`, `released`, `lease_lost`, `store_unavailable`).
+pub const JOBS_TOTAL: &str = "provisioner_jobs_total";
+/// Duration of each workflow step, by `step`, in seconds (includes the downstream calls).
+pub const STEP_SECONDS: &str = "provisioner_step_duration_seconds";
+/// Retries scheduled, by `error` code.
+pub const RETRIES_TOTAL: &str = "provisioner_retries_total";
+/// Dead letters written, by `kind` (`event`, `job`).
+pub const DEAD_LETTERS_TOTAL: &str = "provisioner_dead_letters_total";
+/// Unix time of the last event stored (replay position age = now - this).
+pub const LAST_EVENT_TIMESTAMP: &str = "provisioner_last_event_timestamp_seconds";
+/// Orders enqueued by the reconcile sweep.
+pub const RECONCILE_ENQUEUED_TOTAL: &str = "provisioner_reconcile_enqueued_total";
+
+/// Registers descriptions (call once after installing a recorder).
+pub fn describe() {
+    metrics::describe_counter!(EVENTS_TOTAL, "Platform events stored by intake, by outcome");
+    metrics::describe_counter!(JOBS_TOTAL, "Job runs settled, by outcome");
+    metrics::describe_histogram!(
+        STEP_SECONDS,
+        metrics::Unit::Seconds,
+        "Duration of each workflow step including downstream calls"
+    );
+    metrics::describe_counter!(RETRIES_TOTAL, "Retries scheduled, by error code");
+    metrics::describe_counter!(DEAD_LETTERS_TOTAL, "Dead letters written");
+    metrics::describe_gauge!(LAST_EVENT_TIMESTAMP, "Unix time of the last stored event");
+    metrics::describe_counter!(RECONCILE_ENQUEUED_TOTAL, "Orders enqueued by reconcile");
+}
+
+pub(crate) fn job_outcome(outcome: &crate::JobOutcome) {
+    use crate::JobOutcome as O;
+    let label = match outcome {
+        O::Provisioned { .. } => "provisioned",
+        O::AlreadyProvisioned => "already_provisioned",
+        O::Refused { .. } => "refused",
+        O::Retrying { .. } => "retrying",
+        O::Delayed { .. } => "delayed",
+        O::Failed { .. } => "failed",
+        O::Released => "released",
+        O::LeaseLost => "lease_lost",
+        O::StoreUnavailable => "store_unavailable",
+    };
+    metrics::counter!(JOBS_TOTAL, "outcome" => label).increment(1);
+    if matches!(outcome, O::Failed { .. }) {
+        metrics::counter!(DEAD_LETTERS_TOTAL, "kind" => "job").increment(1);
+    }
+}
