@@ -1,0 +1,1 @@
+//! Crash and scale-out tests (issue 6): in progress.

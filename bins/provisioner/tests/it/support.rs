@@ -1,0 +1,164 @@
+//! Shared harness: in-process sandboxes with a seeded org, and the provisioner binary as a
+//! child process configured only through environment variables.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use sandbox::pubsub::{PubSubConfig, PubSubSandbox};
+use sandbox::salesforce::{SalesforceConfig, SalesforceSandbox, test_keys};
+use sandbox::seed::{ConfigOptions, Plan, Seeded};
+use sandbox::whmcs::WhmcsSandbox;
+
+/// The provisioner binary under test.
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_provisioner");
+
+/// The custom field holding the Salesforce Order Id in the seeded WHMCS product.
+pub(crate) const REF_FIELD: u64 = 1;
+
+/// A known root password in every OrderItem's `Config_Options__c` (log-canary tests).
+pub(crate) const ROOT_PASSWORD: &str = "canary-root-pw-7f3a91";
+
+/// Three sandboxes sharing one seeded org.
+pub(crate) struct World {
+    pub(crate) sf: SalesforceSandbox,
+    pub(crate) whmcs: WhmcsSandbox,
+    pub(crate) pubsub: PubSubSandbox,
+    pub(crate) seeded: Seeded,
+    pub(crate) dir: tempfile::TempDir,
+    key_file: PathBuf,
+}
+
+impl World {
+    /// Starts the sandboxes and seeds `customers` x `per_customer` Approved Orders (events
+    /// are not published yet: see [`World::publish_all`]).
+    pub(crate) async fn start(customers: u32, per_customer: u32) -> World {
+        let sf = SalesforceSandbox::start(SalesforceConfig::default())
+            .await
+            .unwrap();
+        let whmcs = WhmcsSandbox::start().await.unwrap();
+        let checker = sf.token_checker();
+        let pubsub = PubSubSandbox::start(
+            PubSubConfig::default()
+                .token_validator(move |t: &str| checker.is_valid(t))
+                .keepalive_interval(Duration::from_millis(500)),
+        )
+        .await
+        .unwrap();
+        let seeded = sandbox::seed::seed(
+            &sf,
+            &whmcs,
+            &Plan {
+                customers,
+                orders_per_customer: per_customer,
+                quantity: 1,
+                billing_cycle: "monthly".into(),
+                config_options: Some(ConfigOptions {
+                    ids: vec![4],
+                    json: format!(r#"{{"4":"{ROOT_PASSWORD}"}}"#),
+                }),
+                status: "Approved".into(),
+                order_ref_field_id: REF_FIELD,
+            },
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = dir.path().join("sf-key.pem");
+        std::fs::write(&key_file, test_keys::PRIVATE_KEY_PEM).unwrap();
+        World {
+            sf,
+            whmcs,
+            pubsub,
+            seeded,
+            dir,
+            key_file,
+        }
+    }
+
+    /// Publishes one event per seeded Order.
+    pub(crate) fn publish_all(&self) {
+        for event in &self.seeded.events {
+            self.pubsub
+                .publish_order(sf_pubsub::DEFAULT_TOPIC, event)
+                .unwrap();
+        }
+    }
+
+    /// The environment a provisioner needs to run against this world, with a SQLite store in
+    /// the world's directory and an ephemeral-ish HTTP port chosen by the caller.
+    pub(crate) fn env(&self, http_port: u16) -> BTreeMap<String, String> {
+        let mut env = BTreeMap::new();
+        let mut set = |k: &str, v: String| {
+            env.insert(k.to_owned(), v);
+        };
+        set("SF_LOGIN_URL", self.sf.base_url());
+        set("SF_CLIENT_ID", self.sf.config().client_id.clone());
+        set("SF_USERNAME", self.sf.config().usernames[0].clone());
+        set("SF_PRIVATE_KEY_FILE", self.key_file.display().to_string());
+        set("SF_PUBSUB_ENDPOINT", self.pubsub.endpoint());
+        set("SF_EVENTS_REPLAY", "EARLIEST".into());
+        set("WHMCS_API_URL", self.whmcs.api_url());
+        set(
+            "WHMCS_API_IDENTIFIER",
+            self.whmcs.config().identifier.clone(),
+        );
+        set("WHMCS_API_SECRET", self.whmcs.config().secret.clone());
+        set("WHMCS_ORDER_REF_FIELD_ID", REF_FIELD.to_string());
+        set(
+            "DATABASE_URL",
+            format!("sqlite://{}/provisioner.db", self.dir.path().display()),
+        );
+        set(
+            "FIELD_ENCRYPTION_KEY",
+            "base64:q6v4cT9JkA0x3Fz1lVZqM2fY7p5dE8rW1nB6cH4sK0o=".into(),
+        );
+        set("PORTAL_API_TOKEN", "portal-token-for-tests-5b1d".into());
+        set("PROVISIONER_HTTP_ADDR", format!("127.0.0.1:{http_port}"));
+        set("CUSTOMER_PROVISION_RATE", "1000/second".into());
+        set("LOG_FORMAT", "json".into());
+        set("RUST_LOG", "info".into());
+        env
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released).
+pub(crate) fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// Starts `provisioner <args>` with exactly `env` (nothing inherited but PATH), stdout and
+/// stderr piped; the child is killed when dropped.
+pub(crate) fn spawn(args: &[&str], env: &BTreeMap<String, String>) -> tokio::process::Child {
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.args(args)
+        .env_clear()
+        .envs(env)
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd.spawn().unwrap()
+}
+
+/// Waits until `GET http://127.0.0.1:port/healthz` answers 200, or panics after `limit`.
+pub(crate) async fn wait_healthy(port: u16, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    let client = reqwest::Client::new();
+    loop {
+        if let Ok(r) = client
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .await
+            && r.status().is_success()
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "provisioner never became healthy"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
