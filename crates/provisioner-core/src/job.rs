@@ -199,8 +199,20 @@ impl JobRunner {
         &self.owner
     }
 
-    /// Runs one claimed job until it finishes, waits for a retry, or is given back.
+    /// Runs one claimed job until it finishes, waits for a retry, or is given back. Every log
+    /// line of the run carries the order id and event id (a `job` span).
     pub async fn run(&self, job: Job) -> JobOutcome {
+        use tracing::Instrument as _;
+        let span = tracing::info_span!(
+            "job",
+            order_id = %job.order_id,
+            event_id = job.event_id.as_deref().unwrap_or(""),
+            step = %job.step,
+        );
+        self.run_in_span(job).instrument(span).await
+    }
+
+    async fn run_in_span(&self, job: Job) -> JobOutcome {
         if job.step == Step::Received
             && let Some(limiter) = &self.rate
             && let Err(wait) = limiter.check(&job.customer_number)
@@ -383,7 +395,13 @@ impl JobRunner {
                     .as_ref()
                     .ok_or_else(|| permanent("internal", "order not loaded"))?;
                 let status = order.status.as_deref().unwrap_or_default();
-                if status == statuses.provisioned {
+                // Provisioned before (a replay, a restore): done, not refused, no alert.
+                if status == statuses.provisioned
+                    && order
+                        .whmcs_order_id
+                        .as_deref()
+                        .is_some_and(|id| !id.trim().is_empty())
+                {
                     return Err(Stop::AlreadyDone);
                 }
                 if status != statuses.approved {

@@ -67,6 +67,7 @@ fn order(status: &str) -> Order {
         account_id: None,
         customer_number: Some(CUSTOMER.into()),
         whmcs_client_id: Some("12".into()),
+        whmcs_order_id: None,
         items: vec![OrderItem {
             id: "802000000000001AAA".into(),
             quantity: 2,
@@ -365,6 +366,11 @@ async fn an_order_that_is_not_approved_is_refused_without_writes() {
 }
 
 #[tokio::test]
+async fn an_activated_order_without_a_whmcs_id_is_refused() {
+    refused_with(order("Activated"), "not_approved").await;
+}
+
+#[tokio::test]
 async fn a_customer_mismatch_is_refused_without_writes() {
     let mut o = order("Approved");
     o.customer_number = Some("C-9999".into());
@@ -393,7 +399,9 @@ async fn an_unknown_order_is_refused() {
 #[tokio::test]
 async fn an_already_provisioned_order_is_done_without_alert() {
     let mut w = World::new();
-    w.fetch_returns(order("Activated"));
+    let mut o = order("Activated");
+    o.whmcs_order_id = Some("77".into());
+    w.fetch_returns(o);
     let (outcome, calls) = w.run(job(Step::Received, 0)).await;
     assert_eq!(outcome, JobOutcome::AlreadyProvisioned);
     assert_eq!(effects(&calls), ["sf_fetch", "finish:done"]);

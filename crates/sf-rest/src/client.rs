@@ -249,7 +249,9 @@ impl RestOrderApi {
                 )
                 .json(body),
         };
-        tracing::debug!(%action, request = %request.describe(), "salesforce rest request");
+        // A request id per call, for correlating our logs with the org's.
+        let request_id = uuid::Uuid::new_v4().to_string();
+        tracing::debug!(%action, %request_id, request = %request.describe(), "salesforce rest request");
         let transport = |e: reqwest::Error| Error::Transport {
             action,
             timeout: e.is_timeout(),
@@ -258,6 +260,7 @@ impl RestOrderApi {
         let response = builder
             .bearer_auth(token.secret())
             .header(reqwest::header::ACCEPT, "application/json")
+            .header("X-Request-ID", &request_id)
             .send()
             .await
             .map_err(transport)?;

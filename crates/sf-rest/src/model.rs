@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 use crate::{Error, OrderId, Result};
 
 /// DESIGN §3's Order query up to the id literal (contract: keep it exactly so).
-pub const ORDER_QUERY: &str = "SELECT Id, OrderNumber, Status, AccountId, Customer_Number__c, WHMCS_Client_Id__c, (SELECT Id, Quantity, WHMCS_Product_Id__c, Billing_Cycle__c, Config_Options__c FROM OrderItems) FROM Order WHERE Id = ";
+pub const ORDER_QUERY: &str = "SELECT Id, OrderNumber, Status, AccountId, Customer_Number__c, WHMCS_Client_Id__c, WHMCS_Order_Id__c, (SELECT Id, Quantity, WHMCS_Product_Id__c, Billing_Cycle__c, Config_Options__c FROM OrderItems) FROM Order WHERE Id = ";
 
 /// The reconcile sweep's query up to the status literal.
 pub const APPROVED_ORDERS_QUERY: &str =
@@ -65,6 +65,8 @@ pub struct Order {
     pub customer_number: Option<String>,
     /// `WHMCS_Client_Id__c`, read from Text (`"12"`) or Number (`12.0`) as `"12"`.
     pub whmcs_client_id: Option<String>,
+    /// `WHMCS_Order_Id__c`, written back by an earlier provisioning (a replay or a restore).
+    pub whmcs_order_id: Option<String>,
     /// The OrderItems (empty when Salesforce sends `null`).
     pub items: Vec<OrderItem>,
 }
@@ -242,6 +244,7 @@ pub(crate) fn parse_order(record: &Value, requested: &OrderId) -> Result<Order> 
         account_id: text(record, "AccountId").map_err(&invalid)?,
         customer_number: text(record, "Customer_Number__c").map_err(&invalid)?,
         whmcs_client_id: text(record, "WHMCS_Client_Id__c").map_err(&invalid)?,
+        whmcs_order_id: text(record, "WHMCS_Order_Id__c").map_err(&invalid)?,
         items,
     })
 }
@@ -290,11 +293,13 @@ mod tests {
         OrderId::parse("801A0000006Vm9rIAC").unwrap()
     }
 
+    /// DESIGN §3's query plus `WHMCS_Order_Id__c`, which the same section's rule needs ("an
+    /// Order already in the provisioned state with a WHMCS_Order_Id__c is recorded as done").
     #[test]
-    fn the_order_query_is_design_section_3_verbatim() {
+    fn the_order_query_is_design_section_3_plus_the_whmcs_order_id() {
         assert_eq!(
             order_soql(&id()),
-            "SELECT Id, OrderNumber, Status, AccountId, Customer_Number__c, WHMCS_Client_Id__c, \
+            "SELECT Id, OrderNumber, Status, AccountId, Customer_Number__c, WHMCS_Client_Id__c, WHMCS_Order_Id__c, \
              (SELECT Id, Quantity, WHMCS_Product_Id__c, Billing_Cycle__c, Config_Options__c FROM OrderItems) \
              FROM Order WHERE Id = '801A0000006Vm9rIAC'"
         );

@@ -112,10 +112,13 @@ impl HttpWhmcsClient {
         let encoded = body.to_urlencoded();
         drop(body);
         let started = Instant::now();
+        let request_id = uuid::Uuid::new_v4().to_string();
+        tracing::debug!(%action, %request_id, "whmcs request");
 
         let response = self
             .http
             .post(&self.config.api_url)
+            .header("X-Request-ID", &request_id)
             .header(
                 CONTENT_TYPE,
                 HeaderValue::from_static("application/x-www-form-urlencoded"),

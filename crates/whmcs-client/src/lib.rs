@@ -1,40 +1,54 @@
 //! WHMCS External API client (`includes/api.php`).
 //!
-//! Placing and accepting an order, the two non-idempotent steps of provisioning:
+//! Placing and accepting an order, the two non-idempotent steps of provisioning, here against
+//! the loopback WHMCS of the `sandbox` crate (a real HTTP server on `127.0.0.1`):
 //!
-//! ```no_run
+//! ```
+//! use sandbox::whmcs::{Client, Product, WhmcsSandbox};
 //! use secrecy::SecretString;
 //! use whmcs_client::{
-//!     AcceptOrderRequest, ConfigOptionValue, ConfigOptions, CustomFields, ErrorClass,
-//!     HttpWhmcsClient, NewOrder, OrderLine, WhmcsApi, WhmcsConfig,
+//!     AcceptOrderRequest, ConfigOptionValue, ConfigOptions, CustomFields, HttpWhmcsClient,
+//!     NewOrder, OrderLine, WhmcsApi, WhmcsConfig,
 //! };
 //!
-//! # async fn demo() -> whmcs_client::Result<()> {
-//! let config = WhmcsConfig::new(
-//!     "https://billing.example.com/includes/api.php",
-//!     SecretString::from("identifier".to_owned()),
-//!     SecretString::from("secret".to_owned()),
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // One Active client, and a product whose custom field 12 holds the external ref (the
+//! // Salesforce Order Id; WHMCS_ORDER_REF_FIELD_ID) and which has a text option 4.
+//! let sandbox = WhmcsSandbox::start().await?;
+//! let client_id = sandbox.seed_client(Client::active("Ada", "ada@example.com"));
+//! let pid = sandbox.seed_product(
+//!     Product::new("VPS S")
+//!         .with_custom_field(12, "Salesforce Order", false)
+//!         .with_config_option(4, "Root password", "text"),
 //! );
-//! let whmcs = HttpWhmcsClient::new(config)?;
 //!
-//! let mut line = OrderLine::new(5, "monthly");
-//! line.custom_fields = CustomFields::new().with(12, "801XX000003DHAZYA4"); // external ref
+//! // WHMCS_API_URL, WHMCS_API_IDENTIFIER, WHMCS_API_SECRET in the provisioner.
+//! let whmcs = HttpWhmcsClient::new(WhmcsConfig::new(
+//!     sandbox.api_url(),
+//!     SecretString::from(sandbox.config().identifier.clone()),
+//!     SecretString::from(sandbox.config().secret.clone()),
+//! ))?;
+//! assert!(whmcs.get_client_details(client_id).await?.is_active());
+//!
+//! let sf_order = "801XX000003DHAZYA4";
+//! let mut line = OrderLine::new(pid, "monthly");
+//! line.custom_fields = CustomFields::new().with(12, sf_order);
 //! line.config_options = ConfigOptions::new()
 //!     .with(4, ConfigOptionValue::Text(SecretString::from("root-pw".to_owned())));
-//! let mut order = NewOrder::new(42, vec![line]);
+//! let mut order = NewOrder::new(client_id, vec![line]);
 //! order.no_email = true;
 //!
-//! match whmcs.add_order(&order).await {
-//!     Ok(placed) => {
-//!         whmcs.accept_order(&AcceptOrderRequest::provision(placed.order_id, false)).await?;
-//!     }
-//!     Err(e) if e.class() == ErrorClass::UnknownOutcome => {
-//!         // The order may exist: look it up by the external ref before trying again.
-//!         let earlier = whmcs.find_service_by_custom_field(42, 12, "801XX000003DHAZYA4").await?;
-//!         println!("earlier attempt: {:?}", earlier.map(|s| s.order_id));
-//!     }
-//!     Err(e) => return Err(e),
-//! }
+//! let placed = whmcs.add_order(&order).await?; // a Pending order with Pending services
+//! whmcs
+//!     .accept_order(&AcceptOrderRequest::provision(placed.order_id, false))
+//!     .await?; // AcceptOrder(autosetup=1, sendemail=0)
+//! assert_eq!(sandbox.order(placed.order_id).map(|o| o.status).as_deref(), Some("Active"));
+//!
+//! // After an `ErrorClass::UnknownOutcome` (a timeout), look for an earlier attempt by the
+//! // external ref before placing the order again:
+//! let earlier = whmcs.find_service_by_custom_field(client_id, 12, sf_order).await?;
+//! assert_eq!(earlier.map(|s| s.order_id), Some(placed.order_id));
 //! # Ok(())
 //! # }
 //! ```

@@ -135,7 +135,7 @@ pub(crate) struct OrgData {
 }
 
 /// The fixed part of DESIGN §3's Order query, whitespace-normalised.
-const ORDER_QUERY_PREFIX: &str = "SELECT Id, OrderNumber, Status, AccountId, Customer_Number__c, WHMCS_Client_Id__c, (SELECT Id, Quantity, WHMCS_Product_Id__c, Billing_Cycle__c, Config_Options__c FROM OrderItems) FROM Order WHERE Id = ";
+const ORDER_QUERY_PREFIX: &str = "SELECT Id, OrderNumber, Status, AccountId, Customer_Number__c, WHMCS_Client_Id__c, WHMCS_Order_Id__c, (SELECT Id, Quantity, WHMCS_Product_Id__c, Billing_Cycle__c, Config_Options__c FROM OrderItems) FROM Order WHERE Id = ";
 
 /// The reconcile sweep's query (defined by `sf-rest`), whitespace-normalised.
 const APPROVED_QUERY_PREFIX: &str =
@@ -347,6 +347,7 @@ impl OrgData {
             "AccountId": string_or_null(&o.account_id),
             "Customer_Number__c": string_or_null(&o.customer_number),
             "WHMCS_Client_Id__c": o.whmcs_client_id,
+            "WHMCS_Order_Id__c": string_or_null(&o.whmcs_order_id),
             "OrderItems": order_items,
         })
     }
