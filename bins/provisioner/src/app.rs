@@ -13,13 +13,18 @@ use crate::cli::Failure;
 use crate::config::Config;
 
 /// Opens the store (applying migrations when `migrate`).
-pub(crate) async fn open_store(config: &Config, migrate: bool) -> anyhow::Result<Arc<SqlStore>> {
+pub(crate) async fn open_store(
+    config: &Config,
+    migrate: bool,
+    exclusive: bool,
+) -> anyhow::Result<Arc<SqlStore>> {
     let master = config.master_key()?;
     let store = SqlStore::open(
         &config.database_url,
         &master,
         StoreOptions {
             migrate,
+            exclusive,
             ..StoreOptions::default()
         },
     )
@@ -115,6 +120,12 @@ pub(crate) fn pubsub_client(
     Ok(Arc::new(client))
 }
 
+/// Histogram buckets (seconds) of every latency `/metrics` shows: step durations include
+/// WHMCS `AcceptOrder`, which may run for tens of seconds.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+
 /// Resolves when SIGTERM or SIGINT arrives.
 pub(crate) async fn shutdown_signal() {
     #[cfg(unix)]
@@ -148,7 +159,12 @@ pub(crate) async fn run(config: Config) -> Result<(), Failure> {
         return Err(Failure::Usage(anyhow::anyhow!(missing.join("; "))));
     }
     let runtime = Failure::Runtime;
+    // Latencies as Prometheus histograms (buckets aggregate across instances; the
+    // exporter's default, summaries, would not).
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets(LATENCY_BUCKETS)
+        .context("metrics buckets")
+        .map_err(runtime)?
         .install_recorder()
         .context("installing the metrics recorder")
         .map_err(runtime)?;
@@ -160,7 +176,7 @@ pub(crate) async fn run(config: Config) -> Result<(), Failure> {
         .await
         .with_context(|| format!("PROVISIONER_HTTP_ADDR {} cannot be bound", config.http_addr))
         .map_err(Failure::Usage)?;
-    let store = open_store(&config, true).await.map_err(runtime)?;
+    let store = open_store(&config, true, true).await.map_err(runtime)?;
     if store.backend() == Backend::Sqlite {
         let taken = store
             .take_over_leases(chrono::Utc::now())
@@ -207,7 +223,12 @@ pub(crate) async fn run(config: Config) -> Result<(), Failure> {
             .allowlist(config.allowed_cidrs.clone())
             .status_rate(config.status_rate)
             .monitor(wired.monitor.clone())
-            .subscriber_ready(move || ready.as_ref().is_none_or(|s| s.is_connected()))
+            // Ready when the subscriber is disabled, connected, or held by another instance.
+            .subscriber_ready(move || {
+                ready
+                    .as_ref()
+                    .is_none_or(|s| s.is_connected() || !s.is_leader())
+            })
             .metrics(metrics.clone())
             .build()
             .map_err(|e| Failure::Usage(anyhow::Error::new(e)))?;

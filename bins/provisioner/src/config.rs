@@ -272,6 +272,43 @@ impl Parser<'_> {
     }
 }
 
+/// `config check`'s view of every variable: (name, shown value, origin), secrets redacted.
+/// Works whether or not the configuration parses.
+pub(crate) fn shown(src: &Sources) -> Vec<(String, String, String)> {
+    VARIABLES
+        .iter()
+        .map(|(name, default)| {
+            let value = match src.raw(name).or(*default) {
+                None => "(unset)".to_owned(),
+                Some(_) if SECRETS.contains(name) => "[REDACTED]".to_owned(),
+                Some(v) => v.to_owned(),
+            };
+            let origin = src.origin.get(*name).copied().unwrap_or("default");
+            ((*name).to_owned(), value, origin.to_owned())
+        })
+        .collect()
+}
+
+/// The variables `run` requires that have no value at all, named as
+/// [`Config::missing_for_run`] names them (for `config check` when parsing failed, so that
+/// missing variables are reported next to malformed ones).
+pub(crate) fn missing_required(src: &Sources) -> Vec<String> {
+    [
+        ("SF_CLIENT_ID", "SF_CLIENT_ID"),
+        ("SF_USERNAME", "SF_USERNAME"),
+        ("SF_PRIVATE_KEY", "SF_PRIVATE_KEY (or SF_PRIVATE_KEY_FILE)"),
+        ("WHMCS_API_URL", "WHMCS_API_URL"),
+        ("WHMCS_API_IDENTIFIER", "WHMCS_API_IDENTIFIER"),
+        ("WHMCS_API_SECRET", "WHMCS_API_SECRET"),
+        ("PORTAL_API_TOKEN", "PORTAL_API_TOKEN"),
+        ("FIELD_ENCRYPTION_KEY", "FIELD_ENCRYPTION_KEY"),
+    ]
+    .into_iter()
+    .filter(|(name, _)| src.raw(name).is_none())
+    .map(|(_, shown)| format!("{shown}: required"))
+    .collect()
+}
+
 impl Config {
     /// Parses every variable; `Err` lists every problem by variable name.
     pub(crate) fn parse(src: &Sources) -> Result<Config, Vec<String>> {
@@ -405,16 +442,7 @@ impl Config {
                 path.display()
             ));
         }
-        let mut shown = Vec::new();
-        for (name, _) in VARIABLES {
-            let value = match p.text(name) {
-                None => "(unset)".to_owned(),
-                Some(_) if SECRETS.contains(name) => "[REDACTED]".to_owned(),
-                Some(v) => v,
-            };
-            let origin = src.origin.get(*name).copied().unwrap_or("default");
-            shown.push(((*name).to_owned(), value, origin.to_owned()));
-        }
+        let shown = shown(src);
         if !p.errors.is_empty() {
             return Err(p.errors);
         }

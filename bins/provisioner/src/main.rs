@@ -37,7 +37,7 @@ fn run(cli: cli::Cli) -> Result<(), Failure> {
     let command = cli.command.unwrap_or(Command::Run);
     let parsed = config::Config::parse(&sources);
     if let Command::Config(cli::ConfigCommand::Check) = command {
-        return ops::config_check(parsed);
+        return ops::config_check(&sources, parsed);
     }
     let config = parsed.map_err(|errors| Failure::Usage(anyhow::anyhow!(errors.join("; "))))?;
     let default_filter = match command {

@@ -30,11 +30,18 @@ async fn store(
     if !missing.is_empty() {
         return Err(Failure::Usage(anyhow!(missing.join("; "))));
     }
-    app::open_store(config, migrate).await.map_err(runtime)
+    // Operator commands run next to the service: no one-process lock.
+    app::open_store(config, migrate, false)
+        .await
+        .map_err(runtime)
 }
 
-/// `provisioner config check`.
-pub(crate) fn config_check(parsed: Result<Config, Vec<String>>) -> Result<(), Failure> {
+/// `provisioner config check`: the effective configuration (secrets redacted) on stdout,
+/// every problem (malformed and missing variables alike) by name on stderr.
+pub(crate) fn config_check(
+    sources: &crate::config::Sources,
+    parsed: Result<Config, Vec<String>>,
+) -> Result<(), Failure> {
     match parsed {
         Ok(config) => {
             for (name, value, origin) in &config.shown {
@@ -55,7 +62,18 @@ pub(crate) fn config_check(parsed: Result<Config, Vec<String>>) -> Result<(), Fa
                 )))
             }
         }
-        Err(errors) => {
+        Err(mut errors) => {
+            for (name, value, origin) in crate::config::shown(sources) {
+                out(&format!("{name}={value}  # {origin}"))?;
+            }
+            // Missing variables too, unless a problem with them is already named (an
+            // unreadable `SF_PRIVATE_KEY_FILE`, say).
+            for missing in crate::config::missing_required(sources) {
+                let name = missing.split([' ', ':']).next().unwrap_or_default();
+                if !errors.iter().any(|e| e.starts_with(name)) {
+                    errors.push(missing);
+                }
+            }
             for e in &errors {
                 eprintln!("provisioner: {e}");
             }
@@ -311,9 +329,13 @@ pub(crate) async fn migrate(config: &Config) -> Result<(), Failure> {
 
 /// `provisioner backup --to FILE`.
 pub(crate) async fn backup(config: &Config, args: BackupArgs) -> Result<(), Failure> {
-    let store = store(config, false).await?;
-    store
-        .backup_to(&args.to)
+    if !config.database_url.starts_with("sqlite://") {
+        return Err(Failure::Usage(anyhow!(
+            "backup --to works for SQLite; back PostgreSQL up with pg_dump (see README, Operations)"
+        )));
+    }
+    // No process lock: a backup may run next to the service.
+    provisioner_store::SqlStore::backup_sqlite(&config.database_url, &args.to)
         .await
         .with_context(|| format!("backing up to {}", args.to.display()))
         .map_err(runtime)?;

@@ -41,6 +41,9 @@ pub struct StoreOptions {
     pub acquire_timeout: Duration,
     /// Apply migrations on open (`provisioner run` does; `provisioner migrate` does it alone).
     pub migrate: bool,
+    /// SQLite: hold the one-process lock (the service). Short operator commands open without
+    /// it, so they work next to a running service; writes then wait on SQLite's busy timeout.
+    pub exclusive: bool,
 }
 
 impl Default for StoreOptions {
@@ -49,6 +52,7 @@ impl Default for StoreOptions {
             max_connections: 16,
             acquire_timeout: Duration::from_secs(10),
             migrate: true,
+            exclusive: true,
         }
     }
 }
@@ -231,7 +235,11 @@ impl SqlStore {
                         source,
                     })?;
                 }
-                let lock = ProcessLock::acquire(&path)?;
+                let lock = if options.exclusive {
+                    Some(ProcessLock::acquire(&path)?)
+                } else {
+                    None
+                };
                 let conn_url = format!("sqlite://{}?mode=rwc", path.display());
                 let opts: AnyConnectOptions = conn_url
                     .parse()
@@ -250,7 +258,7 @@ impl SqlStore {
                     .connect_with(opts)
                     .await
                     .map_err(Error::db("opening the SQLite database"))?;
-                (Backend::Sqlite, writer, reader, Some(lock))
+                (Backend::Sqlite, writer, reader, lock)
             }
             Target::Postgres(url) => {
                 let opts: AnyConnectOptions = url
@@ -370,8 +378,48 @@ impl SqlStore {
         Ok(())
     }
 
-    /// Writes a consistent copy of the SQLite database to `path` (`VACUUM INTO`). PostgreSQL
-    /// is backed up with `pg_dump` instead.
+    /// Writes a consistent copy of the SQLite database at `url` to `path` with `VACUUM INTO`,
+    /// without taking the process lock, so it works while the service runs (SQLite readers do
+    /// not block the writer in WAL mode). PostgreSQL is backed up with `pg_dump` instead.
+    pub async fn backup_sqlite(url: &str, path: &std::path::Path) -> Result<()> {
+        let Target::Sqlite(db) = parse_url(url)? else {
+            return Err(Error::UnsupportedUrl {
+                scheme: "backup of postgres (use pg_dump)".to_owned(),
+            });
+        };
+        if !db.exists() {
+            return Err(Error::Io {
+                op: format!("database {} does not exist", db.display()),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            });
+        }
+        if path.exists() {
+            return Err(Error::Io {
+                op: format!("backup target {} already exists", path.display()),
+                source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+            });
+        }
+        sqlx::any::install_default_drivers();
+        let opts: AnyConnectOptions = format!("sqlite://{}?mode=ro", db.display())
+            .parse()
+            .map_err(Error::db("parsing the SQLite URL"))?;
+        let mut conn = AnyConnection::connect_with(&opts)
+            .await
+            .map_err(Error::db("opening the database for backup"))?;
+        conn.execute("PRAGMA busy_timeout = 10000")
+            .await
+            .map_err(Error::db("backup: busy timeout"))?;
+        sqlx::query("VACUUM INTO $1")
+            .bind(path.display().to_string())
+            .execute(&mut conn)
+            .await
+            .map_err(Error::db("writing the backup"))?;
+        let _ = conn.close().await;
+        Ok(())
+    }
+
+    /// Writes a consistent copy of this store's SQLite database to `path` (`VACUUM INTO`).
+    /// PostgreSQL is backed up with `pg_dump` instead.
     pub async fn backup_to(&self, path: &std::path::Path) -> Result<()> {
         if self.backend != Backend::Sqlite {
             return Err(Error::UnsupportedUrl {

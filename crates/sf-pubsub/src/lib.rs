@@ -1,24 +1,64 @@
 //! Salesforce Pub/Sub API client: subscribe to platform events, decode them, publish.
 //!
-//! ```no_run
-//! # async fn example(tokens: std::sync::Arc<dyn sf_auth::TokenSource>) -> sf_pubsub::Result<()> {
-//! use sf_pubsub::{ClientConfig, Message, OrderProvisionRequested, PubSubClient, SubscribeConfig};
+//! Subscribing to `OrderProvisionRequested__e`, here against the loopback Pub/Sub server of
+//! the `sandbox` crate (a real gRPC server on `127.0.0.1`; a dev-dependency only, as `sandbox`
+//! itself builds its server on this crate's generated code). Against Salesforce, the endpoint
+//! is `https://api.pubsub.salesforce.com:7443` and the tokens come from `sf_auth::JwtBearer`.
 //!
-//! let client = PubSubClient::new(ClientConfig::new("https://api.pubsub.salesforce.com:7443"), tokens)?;
-//! let mut events = client.subscribe::<OrderProvisionRequested>(SubscribeConfig::new(
-//!     "/event/OrderProvisionRequested__e",
+//! ```
+//! use std::sync::Arc;
+//!
+//! use sandbox::pubsub::{PubSubConfig, PubSubSandbox, SANDBOX_ACCESS_TOKEN, SANDBOX_ORG_ID};
+//! use secrecy::SecretString;
+//! use sf_auth::StaticToken;
+//! use sf_pubsub::{
+//!     ClientConfig, DEFAULT_TOPIC, Message, OrderProvisionRequested, PubSubClient, ReplayStart,
+//!     SubscribeConfig,
+//! };
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // The Flow's side: one approved Order published on the channel.
+//! let server = PubSubSandbox::start(PubSubConfig::default()).await?;
+//! server.publish_order(DEFAULT_TOPIC, &OrderProvisionRequested {
+//!     created_date: 1_764_374_400_000,
+//!     created_by_id: "005xx000001X83aAAC".to_owned(),
+//!     order_id: "801xx000003DIsYAAW".to_owned(),
+//!     customer_number: "C-1001".to_owned(),
+//!     account_id: None,
+//! })?;
+//!
+//! // The subscriber's side (SF_PUBSUB_ENDPOINT; an `http://` endpoint is plaintext).
+//! let tokens = Arc::new(StaticToken::new(
+//!     SecretString::from(SANDBOX_ACCESS_TOKEN),
+//!     "https://sandbox.my.salesforce.com",
+//!     SANDBOX_ORG_ID,
 //! ));
+//! let client = PubSubClient::new(ClientConfig::new(server.endpoint()), tokens)?;
+//! let mut events = client.subscribe::<OrderProvisionRequested>(
+//!     SubscribeConfig::new(DEFAULT_TOPIC).start(ReplayStart::Earliest),
+//! );
 //! while let Some(message) = events.next().await {
 //!     match message? {
-//!         Message::Event(event) => match event.record {
-//!             Ok(order) => println!("order {} of {}", order.order_id, order.customer_number),
-//!             Err(bad) => eprintln!("bad event {}: {bad}", event.event_id),
-//!         },
-//!         Message::Keepalive { latest_replay_id } => { /* persist latest_replay_id */ }
-//!         Message::ReplayReset { .. } => { /* events may have been missed: reconcile */ }
+//!         Message::Event(event) => {
+//!             // Deduplicate by `event.event_id` (never by replay id); store
+//!             // `event.replay_id` as the checkpoint in the same transaction as the event.
+//!             let order = event.record?; // `Err`: a bad event, dead-letter it and go on
+//!             assert_eq!(order.order_id, "801xx000003DIsYAAW");
+//!             assert_eq!(order.customer_number, "C-1001");
+//!             break;
+//!         }
+//!         Message::Keepalive { latest_replay_id } => {
+//!             // Nothing new: persist `latest_replay_id` as the checkpoint.
+//!             let _ = latest_replay_id;
+//!         }
+//!         Message::ReplayReset { .. } => {
+//!             // The stored position was rejected: events may have been missed, reconcile.
+//!         }
 //!     }
 //! }
-//! # Ok(()) }
+//! # Ok(())
+//! # }
 //! ```
 //!
 //! What it takes care of (facts in `shared/interop/salesforce.md`):

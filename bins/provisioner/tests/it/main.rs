@@ -6,5 +6,6 @@
 mod support;
 
 mod crash;
+mod dr;
 mod e2e;
 mod events;

@@ -162,3 +162,155 @@ pub(crate) async fn wait_healthy(port: u16, limit: Duration) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Sends SIGKILL to the child and reaps it.
+pub(crate) async fn sigkill(child: &mut tokio::process::Child) {
+    let pid = child.id().expect("child still running");
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -KILL {pid} failed");
+    tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("a SIGKILLed child is reaped within 10 s")
+        .unwrap();
+}
+
+/// The lines a child writes to stdout and stderr, collected in the background so that the
+/// pipes never fill up.
+#[derive(Clone, Default)]
+pub(crate) struct Logs(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Logs {
+    /// Takes the child's stdout and stderr and collects their lines until it exits.
+    pub(crate) fn capture(child: &mut tokio::process::Child) -> Logs {
+        use tokio::io::AsyncBufReadExt as _;
+        let logs = Logs::default();
+        fn pump<R: tokio::io::AsyncRead + Unpin + Send + 'static>(r: Option<R>, logs: &Logs) {
+            if let Some(r) = r {
+                let logs = logs.clone();
+                tokio::spawn(async move {
+                    let mut lines = tokio::io::BufReader::new(r).lines();
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        logs.0.lock().unwrap().push(line);
+                    }
+                });
+            }
+        }
+        pump(child.stdout.take(), &logs);
+        pump(child.stderr.take(), &logs);
+        logs
+    }
+
+    /// Whether some line contains `needle`.
+    pub(crate) fn contains(&self, needle: &str) -> bool {
+        self.0.lock().unwrap().iter().any(|l| l.contains(needle))
+    }
+
+    /// Everything collected so far, one line each.
+    pub(crate) fn text(&self) -> String {
+        self.0.lock().unwrap().join("\n")
+    }
+}
+
+/// A fresh PostgreSQL database on the local server (`DATABASE_URL_TEST` names the admin
+/// database, default `postgres://postgres@127.0.0.1:5432/test`); call [`PgDb::drop_db`] at the
+/// end.
+pub(crate) struct PgDb {
+    name: String,
+}
+
+fn pg_admin_url() -> String {
+    std::env::var("DATABASE_URL_TEST")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+impl PgDb {
+    /// Creates `pp_test_<uuid>`.
+    pub(crate) async fn create() -> PgDb {
+        use sqlx::Connection as _;
+        sqlx::any::install_default_drivers();
+        let name = format!("pp_test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = sqlx::AnyConnection::connect(&pg_admin_url())
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "PostgreSQL is required (set DATABASE_URL_TEST or start the local server): {e}"
+                )
+            });
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        admin.close().await.unwrap();
+        PgDb { name }
+    }
+
+    /// The database's URL, for `DATABASE_URL`.
+    pub(crate) fn url(&self) -> String {
+        let admin = pg_admin_url();
+        match admin.rsplit_once('/') {
+            Some((base, _)) => format!("{base}/{}", self.name),
+            None => format!("{admin}/{}", self.name),
+        }
+    }
+
+    /// Drops the database, closing whatever connections remain.
+    pub(crate) async fn drop_db(self) {
+        use sqlx::Connection as _;
+        let mut admin = sqlx::AnyConnection::connect(&pg_admin_url()).await.unwrap();
+        sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+        admin.close().await.unwrap();
+    }
+}
+
+/// Runs `provisioner <args>` to completion with `env` and returns its exit code and output.
+pub(crate) async fn run_to_end(
+    args: &[&str],
+    env: &BTreeMap<String, String>,
+    limit: Duration,
+) -> (Option<i32>, String) {
+    let child = spawn(args, env);
+    let out = tokio::time::timeout(limit, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("provisioner {args:?} did not finish within {limit:?}"))
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
+/// Like [`spawn`], but stdout and stderr go to `log` (appended), so a long run can never
+/// block on a full pipe; read the file afterwards.
+pub(crate) fn spawn_logged(
+    args: &[&str],
+    env: &BTreeMap<String, String>,
+    log: &std::path::Path,
+) -> tokio::process::Child {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let err = file.try_clone().unwrap();
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.args(args)
+        .env_clear()
+        .envs(env)
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(file))
+        .stderr(Stdio::from(err))
+        .kill_on_drop(true);
+    cmd.spawn().unwrap()
+}

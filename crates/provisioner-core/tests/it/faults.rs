@@ -1,4 +1,5 @@
-//! Done-when 2 of issue 6: 500 orders from 50 customers with ~10% injected faults of every kind.
+//! Done-when 2 (SQLite) and 4a (PostgreSQL) of issue 6: 500 orders from 50 customers with ~10%
+//! injected faults of every kind.
 
 use std::time::Duration;
 
@@ -6,11 +7,24 @@ use provisioner_store::Store;
 use sandbox::salesforce::{FaultKind, Route, Trigger};
 use sandbox::whmcs::Fault;
 
-use crate::stack;
+use crate::stack::{self, Db, Stack};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn five_hundred_orders_with_faults_provision_exactly_once() {
-    let stack = stack::build(50, 10).await;
+    let stack = stack::build_on(Db::Sqlite, 50, 10, false).await;
+    five_hundred_orders_with_faults(&stack).await;
+    stack.cleanup().await;
+}
+
+/// Done-when 4a: the same run on a fresh PostgreSQL database (dropped at the end).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_hundred_orders_with_faults_provision_exactly_once_on_postgres() {
+    let stack = stack::build_on(Db::Postgres, 50, 10, false).await;
+    five_hundred_orders_with_faults(&stack).await;
+    stack.cleanup().await;
+}
+
+async fn five_hundred_orders_with_faults(stack: &Stack) {
     let faults = stack.sf.faults();
     faults.seed(7);
     for (route, kind) in [

@@ -1,4 +1,5 @@
-//! A whole provisioner stack on loopback: sandboxes, real clients, a SQLite store, the engine.
+//! A whole provisioner stack on loopback: sandboxes, real clients, a store (a SQLite file, or a
+//! fresh PostgreSQL database dropped at the end), the engine.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -25,6 +26,7 @@ pub(crate) struct Stack {
     pub(crate) engine: Engine,
     pub(crate) orders: Vec<SeededOrder>,
     pub(crate) dir: tempfile::TempDir,
+    pg: Option<PgDb>,
     rest: Arc<dyn sf_rest::OrderApi>,
     whmcs_api: Arc<dyn whmcs_client::WhmcsApi>,
 }
@@ -36,11 +38,79 @@ pub(crate) struct SeededOrder {
     pub(crate) seq: usize,
 }
 
-pub(crate) async fn build(customers: usize, per_customer: usize) -> Stack {
-    build_with(customers, per_customer, false).await
+/// Where a stack's store lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Db {
+    /// A SQLite file in the stack's temporary directory.
+    Sqlite,
+    /// A fresh database on the local PostgreSQL server (`DATABASE_URL_TEST` names the admin
+    /// database, default `postgres://postgres@127.0.0.1:5432/test`).
+    Postgres,
+}
+
+/// A PostgreSQL database created for one stack.
+pub(crate) struct PgDb {
+    name: String,
+}
+
+fn pg_admin_url() -> String {
+    std::env::var("DATABASE_URL_TEST")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+impl PgDb {
+    async fn create() -> PgDb {
+        use sqlx::Connection as _;
+        sqlx::any::install_default_drivers();
+        let name = format!("pp_test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = sqlx::AnyConnection::connect(&pg_admin_url())
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "PostgreSQL is required (set DATABASE_URL_TEST or start the local server): {e}"
+                )
+            });
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        admin.close().await.unwrap();
+        PgDb { name }
+    }
+
+    fn url(&self) -> String {
+        let admin = pg_admin_url();
+        match admin.rsplit_once('/') {
+            Some((base, _)) => format!("{base}/{}", self.name),
+            None => format!("{admin}/{}", self.name),
+        }
+    }
+
+    async fn drop_db(self) {
+        use sqlx::Connection as _;
+        let mut admin = sqlx::AnyConnection::connect(&pg_admin_url()).await.unwrap();
+        sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+        admin.close().await.unwrap();
+    }
 }
 
 pub(crate) async fn build_with(customers: usize, per_customer: usize, with_pubsub: bool) -> Stack {
+    build_on(Db::Sqlite, customers, per_customer, with_pubsub).await
+}
+
+/// A stack whose store is `db`; call [`Stack::cleanup`] at the end.
+pub(crate) async fn build_on(
+    db: Db,
+    customers: usize,
+    per_customer: usize,
+    with_pubsub: bool,
+) -> Stack {
     let sf = SalesforceSandbox::start(SalesforceConfig::default())
         .await
         .unwrap();
@@ -131,7 +201,15 @@ pub(crate) async fn build_with(customers: usize, per_customer: usize, with_pubsu
         Arc::new(whmcs_client::HttpWhmcsClient::new(whmcs_config).unwrap());
 
     let dir = tempfile::tempdir().unwrap();
-    let (store, engine) = engine_on(&dir, "p.db", &rest, &whmcs_api).await;
+    let pg = match db {
+        Db::Sqlite => None,
+        Db::Postgres => Some(PgDb::create().await),
+    };
+    let url = match &pg {
+        Some(pg) => pg.url(),
+        None => sqlite_url(&dir, "p.db"),
+    };
+    let (store, engine) = engine_at(&url, &rest, &whmcs_api).await;
     Stack {
         sf,
         whmcs,
@@ -141,9 +219,14 @@ pub(crate) async fn build_with(customers: usize, per_customer: usize, with_pubsu
         engine,
         orders,
         dir,
+        pg,
         rest,
         whmcs_api,
     }
+}
+
+fn sqlite_url(dir: &tempfile::TempDir, file: &str) -> String {
+    format!("sqlite://{}/{file}", dir.path().display())
 }
 
 /// A store in `dir/file` and an engine over it and the given clients.
@@ -153,17 +236,22 @@ pub(crate) async fn engine_on(
     rest: &Arc<dyn sf_rest::OrderApi>,
     whmcs_api: &Arc<dyn whmcs_client::WhmcsApi>,
 ) -> (Arc<SqlStore>, Engine) {
+    engine_at(&sqlite_url(dir, file), rest, whmcs_api).await
+}
+
+/// A store at `url` and an engine over it and the given clients.
+pub(crate) async fn engine_at(
+    url: &str,
+    rest: &Arc<dyn sf_rest::OrderApi>,
+    whmcs_api: &Arc<dyn whmcs_client::WhmcsApi>,
+) -> (Arc<SqlStore>, Engine) {
     let master =
         field_crypto::MasterKey::from_config("base64:q6v4cT9JkA0x3Fz1lVZqM2fY7p5dE8rW1nB6cH4sK0o=")
             .unwrap();
     let store = Arc::new(
-        SqlStore::open(
-            &format!("sqlite://{}/{file}", dir.path().display()),
-            &master,
-            StoreOptions::default(),
-        )
-        .await
-        .unwrap(),
+        SqlStore::open(url, &master, StoreOptions::default())
+            .await
+            .unwrap(),
     );
     let monitor = security::SecurityMonitor::new(
         Arc::new(security::LogSink),
@@ -195,6 +283,18 @@ pub(crate) async fn engine_on(
 }
 
 impl Stack {
+    /// Drops the stack's PostgreSQL database, if it has one.
+    pub(crate) async fn cleanup(self) {
+        let Stack {
+            store, engine, pg, ..
+        } = self;
+        // Whatever connections remain, DROP ... WITH (FORCE) closes them.
+        drop((engine, store));
+        if let Some(pg) = pg {
+            pg.drop_db().await;
+        }
+    }
+
     /// A second engine over a new, empty store (a restore from nothing), same sandboxes.
     pub(crate) async fn fresh_engine(&self, file: &str) -> (Arc<SqlStore>, Engine) {
         engine_on(&self.dir, file, &self.rest, &self.whmcs_api).await

@@ -49,6 +49,10 @@ async fn sqlite_creates_missing_directories_and_backs_up() {
     let backup = dir.path().join("backup.db");
     store.backup_to(&backup).await.unwrap();
     assert!(store.backup_to(&backup).await.is_err(), "never overwrites");
+    // The standalone backup works while the store is open (no process lock needed).
+    let second = dir.path().join("backup2.db");
+    SqlStore::backup_sqlite(&url, &second).await.unwrap();
+    assert!(second.exists());
     drop(store);
     let restored = SqlStore::open(
         &format!("sqlite://{}", backup.display()),
