@@ -651,6 +651,32 @@ mod tests {
     }
 
     #[test]
+    fn the_check_view_needs_no_valid_configuration() {
+        let src = Sources::from_parts(
+            None,
+            env(&[
+                ("JOB_LEASE", "soon"),
+                ("WHMCS_API_SECRET", "s3cr3t-value"),
+                ("SF_CLIENT_ID", "3MVG9"),
+            ]),
+        );
+        assert!(Config::parse(&src).is_err());
+        let shown: Vec<_> = shown(&src)
+            .iter()
+            .map(|(n, v, o)| format!("{n}={v} {o}"))
+            .collect();
+        assert_eq!(shown.len(), VARIABLES.len());
+        assert!(shown.contains(&"WHMCS_API_SECRET=[REDACTED] env".to_owned()));
+        assert!(shown.contains(&"JOB_LEASE=soon env".to_owned()));
+        assert!(shown.contains(&"SF_PUBSUB_BATCH=100 default".to_owned()));
+        let missing = missing_required(&src);
+        assert!(missing.contains(&"SF_USERNAME: required".to_owned()));
+        assert!(missing.contains(&"FIELD_ENCRYPTION_KEY: required".to_owned()));
+        assert!(!missing.iter().any(|m| m.starts_with("SF_CLIENT_ID")));
+        assert!(!missing.iter().any(|m| m.starts_with("WHMCS_API_SECRET")));
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));

@@ -31,6 +31,8 @@ pub struct SubscriberConfig {
     pub watchdog: Duration,
     /// Wait before resubscribing after the subscription gave up.
     pub restart_backoff: Duration,
+    /// The subscription's own reconnect backoff after a dropped stream (first, longest).
+    pub reconnect_backoff: (Duration, Duration),
     /// How often a waiting instance tries to take the subscriber over.
     pub leadership_poll: Duration,
 }
@@ -44,6 +46,7 @@ impl Default for SubscriberConfig {
             batch: 100,
             watchdog: Duration::from_secs(300),
             restart_backoff: Duration::from_secs(5),
+            reconnect_backoff: (Duration::from_secs(1), Duration::from_secs(60)),
             leadership_poll: Duration::from_secs(2),
         }
     }
@@ -150,7 +153,8 @@ pub async fn run_subscriber(
                     .start(start)
                     .fallback(config.fallback.clone())
                     .batch(config.batch)
-                    .watchdog(config.watchdog),
+                    .watchdog(config.watchdog)
+                    .backoff(config.reconnect_backoff.0, config.reconnect_backoff.1),
             );
             let mut check = tokio::time::interval(config.leadership_poll);
             loop {

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use provisioner_core::subscriber::SubscriberConfig;
 use provisioner_store::Store;
 use sandbox::salesforce::{FaultKind, Route, Trigger};
 use sandbox::whmcs::Fault;
@@ -11,7 +12,7 @@ use crate::stack::{self, Db, Stack};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn five_hundred_orders_with_faults_provision_exactly_once() {
-    let stack = stack::build_on(Db::Sqlite, 50, 10, false).await;
+    let stack = stack::build_on(Db::Sqlite, 50, 10, true).await;
     five_hundred_orders_with_faults(&stack).await;
     stack.cleanup().await;
 }
@@ -19,12 +20,18 @@ async fn five_hundred_orders_with_faults_provision_exactly_once() {
 /// Done-when 4a: the same run on a fresh PostgreSQL database (dropped at the end).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn five_hundred_orders_with_faults_provision_exactly_once_on_postgres() {
-    let stack = stack::build_on(Db::Postgres, 50, 10, false).await;
+    let stack = stack::build_on(Db::Postgres, 50, 10, true).await;
     five_hundred_orders_with_faults(&stack).await;
     stack.cleanup().await;
 }
 
 async fn five_hundred_orders_with_faults(stack: &Stack) {
+    // Approved just now: the start-up reconcile sweep leaves them to their events.
+    for o in &stack.orders {
+        let mut order = stack.sf.order(&o.order_id).unwrap();
+        order.last_modified = chrono::Utc::now() + chrono::Duration::hours(1);
+        stack.sf.insert_order(order);
+    }
     let faults = stack.sf.faults();
     faults.seed(7);
     for (route, kind) in [
@@ -49,6 +56,12 @@ async fn five_hundred_orders_with_faults(stack: &Stack) {
         FaultKind::Latency(Duration::from_millis(2)),
         Trigger::Probability(0.1),
     );
+    // Longer than the client's 1 s request timeout: real timeouts.
+    faults.inject(
+        Route::Query,
+        FaultKind::Latency(Duration::from_millis(1500)),
+        Trigger::Probability(0.01),
+    );
 
     for (action, fault) in [
         ("AddOrder", Fault::CommitThenDrop),
@@ -67,8 +80,32 @@ async fn five_hundred_orders_with_faults(stack: &Stack) {
         0.1,
         11,
     );
+    // Past the 1 s read timeout: a timed-out read, and an AddOrder whose outcome is unknown.
+    for action in ["GetClientsDetails", "AddOrder"] {
+        stack.whmcs.inject_fault_rate(
+            action,
+            Fault::Latency(Duration::from_millis(1500)),
+            0.01,
+            11,
+        );
+    }
+    // Dropped Pub/Sub streams: the server ends the stream every 10 events.
+    let pubsub = stack.pubsub.as_ref().expect("built with Pub/Sub");
+    pubsub.faults().end_stream_every(10);
 
-    let handle = stack.engine.start();
+    let mut handle = stack.engine.start();
+    let status = stack.engine.spawn_subscriber(
+        &mut handle,
+        stack.pubsub_client.clone().expect("built with Pub/Sub"),
+        SubscriberConfig {
+            start: sf_pubsub::ReplayStart::Earliest,
+            watchdog: Duration::from_secs(10),
+            restart_backoff: Duration::from_millis(50),
+            reconnect_backoff: (Duration::from_millis(20), Duration::from_millis(500)),
+            leadership_poll: Duration::from_millis(100),
+            ..SubscriberConfig::default()
+        },
+    );
     // Token expiry keeps coming while orders flow.
     let chaos = {
         let sf = &stack.sf;
@@ -80,11 +117,13 @@ async fn five_hundred_orders_with_faults(stack: &Stack) {
         }
     };
     let feed = async {
-        for (n, o) in stack.orders.iter().enumerate() {
-            stack.engine.intake(stack.event(o, n)).await.unwrap();
+        // The operator approves: one platform event per Order, through the Pub/Sub sandbox.
+        for o in &stack.orders {
+            stack.publish(o);
         }
-        stack.drain(Duration::from_secs(240)).await;
+        stack.drain_count(500, Duration::from_secs(240)).await;
     };
+    let _ = &status;
     tokio::select! {
         () = feed => {}
         () = chaos => unreachable!(),
@@ -114,5 +153,10 @@ async fn five_hundred_orders_with_faults(stack: &Stack) {
     assert!(
         stack.whmcs.requests_for("AddOrder").len() > 500,
         "WHMCS faults made AddOrder retry (after a lookup)"
+    );
+    assert_eq!(status.events(), 500, "every event stored once");
+    assert!(
+        pubsub.stats().subscribe_calls > 10,
+        "streams were dropped and resumed"
     );
 }

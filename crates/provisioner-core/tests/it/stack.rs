@@ -189,14 +189,23 @@ pub(crate) async fn build_on(
     } else {
         (None, None)
     };
-    let rest: Arc<dyn sf_rest::OrderApi> =
-        Arc::new(sf_rest::RestOrderApi::new(tokens, sf_rest::RestConfig::default()).unwrap());
+    let rest: Arc<dyn sf_rest::OrderApi> = Arc::new(
+        sf_rest::RestOrderApi::new(
+            tokens,
+            // Short, so injected latency turns into real client timeouts.
+            sf_rest::RestConfig {
+                request_timeout: Duration::from_secs(1),
+                ..sf_rest::RestConfig::default()
+            },
+        )
+        .unwrap(),
+    );
     let mut whmcs_config = whmcs_client::WhmcsConfig::new(
         whmcs.api_url(),
         SecretString::from(whmcs.config().identifier.clone()),
         SecretString::from(whmcs.config().secret.clone()),
     );
-    whmcs_config.read_timeout = Duration::from_secs(5);
+    whmcs_config.read_timeout = Duration::from_secs(1);
     let whmcs_api: Arc<dyn whmcs_client::WhmcsApi> =
         Arc::new(whmcs_client::HttpWhmcsClient::new(whmcs_config).unwrap());
 

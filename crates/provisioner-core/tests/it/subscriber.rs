@@ -15,6 +15,7 @@ fn sub_config(start: ReplayStart) -> SubscriberConfig {
         batch: 25,
         watchdog: Duration::from_secs(5),
         restart_backoff: Duration::from_millis(50),
+        reconnect_backoff: (Duration::from_millis(20), Duration::from_millis(500)),
         leadership_poll: Duration::from_millis(100),
         ..SubscriberConfig::default()
     }
