@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use provisioner_core::intake::{EventFields, IntakeItem};
 use provisioner_core::{Engine, EngineConfig, Ports, RetryPolicy};
 use provisioner_store::{SqlStore, Store, StoreOptions};
 use sandbox::pubsub::{PubSubConfig, PubSubSandbox};
@@ -325,19 +324,6 @@ impl Stack {
                 },
             )
             .unwrap();
-    }
-
-    pub(crate) fn event(&self, o: &SeededOrder, n: usize) -> IntakeItem {
-        IntakeItem::Event {
-            event_id: uuid::Uuid::new_v4().to_string(),
-            replay_id: (n as u64).to_be_bytes().to_vec(),
-            payload: vec![],
-            decoded: Ok(EventFields {
-                order_id: o.order_id.clone(),
-                customer_number: o.customer.clone(),
-                account_id: None,
-            }),
-        }
     }
 
     /// Waits until `n` jobs are done, or panics after `limit`.
