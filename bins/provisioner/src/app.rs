@@ -170,6 +170,20 @@ pub(crate) async fn run(config: Config) -> Result<(), Failure> {
         .map_err(runtime)?;
     status_api::describe_metrics();
     provisioner_core::metrics::describe();
+    metrics::describe_counter!(
+        sf_auth::TOKEN_REQUESTS_TOTAL,
+        "Salesforce token requests (JWT bearer exchanges)"
+    );
+    metrics::describe_histogram!(
+        sf_rest::REQUEST_SECONDS,
+        metrics::Unit::Seconds,
+        "Salesforce REST call latency by action"
+    );
+    metrics::describe_histogram!(
+        whmcs_client::REQUEST_SECONDS,
+        metrics::Unit::Seconds,
+        "WHMCS External API call latency by action"
+    );
 
     // Bind first: a port in use is a configuration problem, found before any work starts.
     let listener = tokio::net::TcpListener::bind(config.http_addr)

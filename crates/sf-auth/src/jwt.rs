@@ -241,6 +241,7 @@ impl JwtBearer {
     async fn mint(&self) -> Result<AccessToken> {
         let assertion = self.assertion()?;
         self.requests.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(crate::TOKEN_REQUESTS_TOTAL).increment(1);
         tracing::debug!(
             url = %self.token_url,
             client_id = %self.config.client_id,

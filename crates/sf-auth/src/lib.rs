@@ -67,6 +67,9 @@ impl std::fmt::Debug for AccessToken {
     }
 }
 
+/// Metric: token requests sent to the token endpoint (each is a fresh JWT bearer exchange).
+pub const TOKEN_REQUESTS_TOTAL: &str = "salesforce_token_requests_total";
+
 /// Where Salesforce clients get their access token.
 #[cfg_attr(feature = "mock", mockall::automock)]
 #[async_trait]

@@ -257,13 +257,16 @@ impl RestOrderApi {
             timeout: e.is_timeout(),
             reason: describe_transport(&e),
         };
-        let response = builder
+        let started = std::time::Instant::now();
+        let sent = builder
             .bearer_auth(token.secret())
             .header(reqwest::header::ACCEPT, "application/json")
             .header("X-Request-ID", &request_id)
             .send()
-            .await
-            .map_err(transport)?;
+            .await;
+        metrics::histogram!(crate::REQUEST_SECONDS, "action" => action.to_string().replace(' ', "_"))
+            .record(started.elapsed().as_secs_f64());
+        let response = sent.map_err(transport)?;
         if let Some(usage) = response
             .headers()
             .get("Sforce-Limit-Info")

@@ -45,6 +45,9 @@ pub use model::{
     Order, OrderItem, OrderUpdate, approved_orders_soql, order_soql, soql_quote,
 };
 
+/// Metric: duration of each REST call until the response headers, by `action`, in seconds.
+pub const REQUEST_SECONDS: &str = "salesforce_request_duration_seconds";
+
 /// The Salesforce Order operations the provisioner needs.
 #[cfg_attr(feature = "mock", mockall::automock)]
 #[async_trait]

@@ -150,6 +150,8 @@ impl HttpWhmcsClient {
             }
         };
         let result = interpret(action, status, &bytes);
+        metrics::histogram!(crate::REQUEST_SECONDS, "action" => action.as_str())
+            .record(started.elapsed().as_secs_f64());
         match &result {
             Ok(_) => tracing::debug!(
                 action = action.as_str(),
@@ -170,17 +172,7 @@ impl HttpWhmcsClient {
 
     async fn call_typed<T: DeserializeOwned>(&self, action: Action, body: FormBody) -> Result<T> {
         let value = self.call(action, body).await?;
-        serde_json::from_value(value).map_err(|e| {
-            Error::after_send(
-                action,
-                Some(200),
-                // serde's message may quote reply values (which can be secrets): leave it out.
-                format!(
-                    "success reply does not have the expected shape ({:?} error)",
-                    e.classify()
-                ),
-            )
-        })
+        crate::reply::decode_typed(action, value)
     }
 
     async fn products_page(&self, query: &ProductsQuery, page: Page) -> Result<ListPage<Service>> {
@@ -188,12 +180,7 @@ impl HttpWhmcsClient {
         query.write_form(&mut body);
         page.write_form(&mut body);
         let env: ProductsEnvelope = self.call_typed(Action::GetClientsProducts, body).await?;
-        Ok(ListPage {
-            total_results: env.total_results,
-            start_number: env.start_number,
-            num_returned: env.num_returned,
-            items: env.products,
-        })
+        Ok(crate::reply::products_page(env))
     }
 
     /// Walks every page of GetClientsProducts for `query`; `visit` returns `true` to stop.
@@ -364,11 +351,7 @@ impl WhmcsApi for HttpWhmcsClient {
         let mut body = self.body(Action::GetClientsDetails);
         body.push("clientid", client_id.to_string());
         let env: ClientDetailsEnvelope = self.call_typed(Action::GetClientsDetails, body).await?;
-        env.client.ok_or_else(|| Error::Transient {
-            action: Action::GetClientsDetails,
-            http_status: Some(200),
-            reason: "success reply without a client".to_owned(),
-        })
+        crate::reply::client_details(env)
     }
 
     async fn get_clients_products(
@@ -430,12 +413,7 @@ impl WhmcsApi for HttpWhmcsClient {
         query.write_form(&mut body);
         page.write_form(&mut body);
         let env: OrdersEnvelope = self.call_typed(Action::GetOrders, body).await?;
-        Ok(ListPage {
-            total_results: env.total_results,
-            start_number: env.start_number,
-            num_returned: env.num_returned,
-            items: env.orders,
-        })
+        Ok(crate::reply::orders_page(env))
     }
 
     async fn get_order(&self, order_id: u64) -> Result<Option<Order>> {

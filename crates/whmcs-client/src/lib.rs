@@ -71,6 +71,7 @@ mod error;
 mod http;
 mod lenient;
 mod model;
+mod reply;
 
 use async_trait::async_trait;
 
@@ -82,6 +83,10 @@ pub use model::{
     CustomFields, FieldValue, LineItem, ListPage, NewClient, NewOrder, Order, OrderLine,
     OrdersQuery, Page, PlacedOrder, ProductsQuery, Service, ServiceConfigOption,
 };
+pub use reply::{Reply, decode_reply};
+
+/// Metric: duration of each External API call including the body, by `action`, in seconds.
+pub const REQUEST_SECONDS: &str = "whmcs_request_duration_seconds";
 
 /// The WHMCS actions provisioning needs. [`HttpWhmcsClient`] is the real implementation;
 /// `MockWhmcsApi` (feature `mock`) the test double.

@@ -1568,6 +1568,27 @@ async fn metrics_are_valid_prometheus_text_and_move_as_orders_flow() {
             > total(&first, "status_api_requests_total", &[]),
         "status API requests are counted\n{text2}"
     );
+    // Token refreshes and per-call downstream latencies.
+    assert!(
+        total(&second, "salesforce_token_requests_total", &[]) >= 1.0,
+        "token requests are counted\n{text2}"
+    );
+    for (name, action) in [
+        ("salesforce_request_duration_seconds_count", "fetch_order"),
+        ("whmcs_request_duration_seconds_count", "AddOrder"),
+    ] {
+        let calls: f64 = second
+            .iter()
+            .filter(|s| s.name == name)
+            .filter(|s| {
+                s.labels
+                    .get("action")
+                    .is_some_and(|a| a.eq_ignore_ascii_case(action))
+            })
+            .map(|s| s.value)
+            .sum();
+        assert!(calls >= 6.0, "{name}{{action={action}}}: {calls}\n{text2}");
+    }
     assert_eq!(
         provisioner.terminate().await,
         Some(0),
