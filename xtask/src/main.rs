@@ -5,6 +5,8 @@
 //!   `.proto` (protox + tonic-prost-build, no protoc); `--check` fails when the file is stale.
 //! - `cargo xtask bench [criterion args]`: the criterion benchmarks of every crate.
 //! - `cargo xtask demo [args]`: `provisioner demo` in release mode.
+//! - `cargo xtask fuzz <target> <seconds>`: one cargo-fuzz target of `fuzz/` for a bounded time
+//!   (needs cargo-fuzz and a nightly toolchain; CI does not fuzz, it runs the proptests).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -36,6 +38,7 @@ fn run(args: &[String]) -> Result<()> {
             Some(other) => bail!("unknown codegen option `{other}` (expected `--check`)"),
         },
         Some("bench") => bench(&args[1..]),
+        Some("fuzz") => fuzz(&args[1..]),
         Some("demo") => cargo(
             &[
                 &[
@@ -53,7 +56,7 @@ fn run(args: &[String]) -> Result<()> {
         ),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci | codegen [--check] | bench [criterion args] | demo [demo args]>"
+                "usage: cargo xtask <ci | codegen [--check] | bench [criterion args] | demo [demo args] | fuzz <target> <seconds>>"
             );
             bail!("unknown or missing task")
         }
@@ -196,4 +199,68 @@ fn bench(extra: &[String]) -> Result<()> {
         args.extend(extra.iter().map(String::as_str));
     }
     cargo(&args)
+}
+
+/// The cargo-fuzz targets in `fuzz/fuzz_targets/`, one per parser of outside input.
+const FUZZ_TARGETS: [&str; 5] = [
+    "avro_decode",
+    "whmcs_response",
+    "php_form",
+    "ciphertext",
+    "status_path",
+];
+
+/// `cargo +nightly fuzz run <target> -- -max_total_time=<seconds>`, when the tools are here.
+fn fuzz(args: &[String]) -> Result<()> {
+    let (Some(target), Some(seconds), None) = (args.first(), args.get(1), args.get(2)) else {
+        bail!(
+            "usage: cargo xtask fuzz <target> <seconds>, target one of: {}",
+            FUZZ_TARGETS.join(", ")
+        );
+    };
+    if !FUZZ_TARGETS.contains(&target.as_str()) {
+        bail!(
+            "unknown fuzz target `{target}` (expected one of: {})",
+            FUZZ_TARGETS.join(", ")
+        );
+    }
+    let seconds: u64 = seconds
+        .parse()
+        .ok()
+        .filter(|s| *s > 0)
+        .with_context(|| format!("`{seconds}` is not a positive number of seconds"))?;
+    // `cargo +nightly` needs the rustup proxy, not the pinned toolchain's cargo in $CARGO.
+    let nightly = |args: &[&str]| {
+        let mut cmd = Command::new("cargo");
+        cmd.arg("+nightly")
+            .args(args)
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .env_remove("CARGO");
+        cmd
+    };
+    let works = |mut cmd: Command| cmd.output().map(|o| o.status.success()).unwrap_or(false);
+    if !works(nightly(&["--version"])) {
+        bail!(
+            "fuzzing needs a nightly toolchain (libFuzzer instrumentation is nightly-only): \
+             install it with `rustup toolchain install nightly`, then rerun"
+        );
+    }
+    if !works(nightly(&["fuzz", "--version"])) {
+        bail!(
+            "fuzzing needs cargo-fuzz: install it with `cargo install --locked cargo-fuzz`, \
+             then rerun"
+        );
+    }
+    let max_time = format!("-max_total_time={seconds}");
+    let run = ["fuzz", "run", target.as_str(), "--", max_time.as_str()];
+    eprintln!("xtask: $ cargo +nightly {}", run.join(" "));
+    let status = nightly(&run)
+        .status()
+        .context("starting cargo +nightly fuzz run")?;
+    if !status.success() {
+        bail!(
+            "fuzz target `{target}` failed ({status}); the crashing input is under fuzz/artifacts/{target}/"
+        );
+    }
+    Ok(())
 }

@@ -103,3 +103,74 @@ proptest! {
         }
     }
 }
+
+/// One character-level edit of a ciphertext text; positions wrap around its length.
+#[derive(Debug, Clone)]
+enum Edit {
+    Insert(usize, char),
+    Delete(usize),
+    Truncate(usize),
+    Swap(usize, usize),
+}
+
+fn edit() -> impl Strategy<Value = Edit> {
+    let ch = prop_oneof![
+        proptest::sample::select(b"pf1.0123456789AZaz_-=+/".to_vec()).prop_map(char::from),
+        proptest::char::any(),
+    ];
+    prop_oneof![
+        (any::<usize>(), ch).prop_map(|(i, c)| Edit::Insert(i, c)),
+        any::<usize>().prop_map(Edit::Delete),
+        any::<usize>().prop_map(Edit::Truncate),
+        (any::<usize>(), any::<usize>()).prop_map(|(i, j)| Edit::Swap(i, j)),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(3_000))]
+
+    /// Past the `pf1.` prefix the parser meets any key id and any body.
+    #[test]
+    fn pf1_texts_with_arbitrary_parts_are_rejected(
+        key_id in prop_oneof!["[0-9]{0,25}", ".{0,6}"],
+        body in prop_oneof!["[A-Za-z0-9_-]{0,160}", ".{0,40}"],
+        dots in 0usize..3,
+    ) {
+        let ring = keyring();
+        let text = format!("pf1.{key_id}{}{body}", ".".repeat(dots));
+        let result = ring.decrypt(&ctx(), &text);
+        prop_assert!(result.is_err(), "{text:?} decrypted");
+        let _ = field_crypto::Keyring::key_id_of(&text);
+        let _ = ring.needs_reencrypt(&text);
+    }
+
+    /// Several insertions, deletions, truncations and swaps of a valid text.
+    #[test]
+    fn edited_text_is_rejected(edits in proptest::collection::vec(edit(), 1..5)) {
+        let ring = keyring();
+        let text = ring.encrypt(&ctx(), b"root-password").unwrap();
+        let mut chars: Vec<char> = text.chars().collect();
+        for e in &edits {
+            let len = chars.len();
+            match *e {
+                Edit::Insert(i, c) => chars.insert(i % (len + 1), c),
+                Edit::Delete(i) if len > 0 => {
+                    chars.remove(i % len);
+                }
+                Edit::Truncate(i) => chars.truncate(i % (len + 1)),
+                Edit::Swap(i, j) if len > 0 => chars.swap(i % len, j % len),
+                _ => {}
+            }
+        }
+        let forged: String = chars.into_iter().collect();
+        match ring.decrypt(&ctx(), &forged) {
+            // Only a no-op edit (or one in the unused trailing bits of the last base64url
+            // character) may still decrypt, and then to the original plaintext.
+            Ok(plain) => prop_assert_eq!(&plain[..], b"root-password"),
+            Err(err) => {
+                let message = err.to_string();
+                prop_assert!(!message.contains("root-password"), "{message}");
+            }
+        }
+    }
+}

@@ -464,6 +464,9 @@ pub fn decode_serialized_base64(input: &[u8]) -> Option<Array> {
 }
 
 #[cfg(test)]
+mod robust;
+
+#[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;

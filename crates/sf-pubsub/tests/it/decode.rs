@@ -102,3 +102,153 @@ fn garbage_never_panics_and_never_decodes_into_nulls() {
     }
     assert!(typed_ok < 2_000);
 }
+
+/// The standard schema plus nullable fields the typed record does not know (it must skip them).
+const EXTENDED_SCHEMA: &str = r#"{"type":"record","name":"OrderProvisionRequested__e","namespace":"com.sforce.eventbus","fields":[
+    {"name":"CreatedDate","type":"long"},{"name":"CreatedById","type":"string"},
+    {"name":"Qty__c","type":["null","double"],"default":null},
+    {"name":"OrderId__c","type":["null","string"],"default":null},
+    {"name":"Count__c","type":["null","long"],"default":null},
+    {"name":"CustomerNumber__c","type":["null","string"],"default":null},
+    {"name":"Flag__c","type":["null","boolean"],"default":null},
+    {"name":"AccountId__c","type":["null","string"],"default":null}]}"#;
+
+fn sample_event(account: bool) -> OrderProvisionRequested {
+    OrderProvisionRequested {
+        created_date: 1_700_000_000_000,
+        created_by_id: "005xx000001X83aAAC".into(),
+        order_id: "801xx000003GZXbAAO".into(),
+        customer_number: "C-100042".into(),
+        account_id: account.then(|| "001xx000003DGb2AAG".into()),
+    }
+}
+
+/// One byte-level edit; positions wrap around the current length.
+#[derive(Debug, Clone)]
+enum Mutation {
+    Flip(usize, u8),
+    Set(usize, u8),
+    Insert(usize, u8),
+    Delete(usize),
+    Truncate(usize),
+}
+
+fn mutation() -> impl proptest::strategy::Strategy<Value = Mutation> {
+    use proptest::prelude::*;
+    prop_oneof![
+        (any::<usize>(), 0..8u8).prop_map(|(i, bit)| Mutation::Flip(i, bit)),
+        // Small zig-zag varints (lengths, union branches) and their extremes.
+        (
+            any::<usize>(),
+            prop_oneof![0..8u8, Just(0x7f), Just(0x80), Just(0xff), any::<u8>()]
+        )
+            .prop_map(|(i, b)| Mutation::Set(i, b)),
+        (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Mutation::Insert(i, b)),
+        any::<usize>().prop_map(Mutation::Delete),
+        any::<usize>().prop_map(Mutation::Truncate),
+    ]
+}
+
+fn apply(mut bytes: Vec<u8>, mutations: &[Mutation]) -> Vec<u8> {
+    for m in mutations {
+        let len = bytes.len();
+        match *m {
+            Mutation::Flip(i, bit) if len > 0 => bytes[i % len] ^= 1 << bit,
+            Mutation::Set(i, b) if len > 0 => bytes[i % len] = b,
+            Mutation::Insert(i, b) => bytes.insert(i % (len + 1), b),
+            Mutation::Delete(i) if len > 0 => {
+                bytes.remove(i % len);
+            }
+            Mutation::Truncate(i) => bytes.truncate(i % (len + 1)),
+            _ => {}
+        }
+    }
+    bytes
+}
+
+/// Both decoders on `bytes`: they agree on whether the bytes are a datum of `schema`, their
+/// errors are the crate's typed ones, and where both decode they read the same values.
+fn check_agreement(
+    schema: &WriterSchema,
+    bytes: &[u8],
+) -> Result<(), proptest::test_runner::TestCaseError> {
+    use proptest::prelude::*;
+    let typed = OrderProvisionRequested::decode(schema, bytes);
+    let generic = GenericRecord::decode(schema, bytes);
+    let typed_datum_ok = match &typed {
+        Ok(_) | Err(Error::MissingField { .. }) => true,
+        Err(Error::MalformedPayload { .. }) => false,
+        Err(other) => return Err(TestCaseError::fail(format!("unexpected error {other:?}"))),
+    };
+    if let Err(err) = &generic {
+        prop_assert!(
+            matches!(err, Error::MalformedPayload { .. }),
+            "generic: {err:?}"
+        );
+    }
+    prop_assert_eq!(
+        typed_datum_ok,
+        generic.is_ok(),
+        "{:?} vs {:?}",
+        typed,
+        generic
+    );
+    if let (Ok(event), Ok(record)) = (&typed, &generic) {
+        let json = record.to_json();
+        prop_assert_eq!(&json["CreatedDate"], &serde_json::json!(event.created_date));
+        prop_assert_eq!(
+            &json["CreatedById"],
+            &serde_json::json!(event.created_by_id)
+        );
+        prop_assert_eq!(&json["OrderId__c"], &serde_json::json!(event.order_id));
+        prop_assert_eq!(
+            &json["CustomerNumber__c"],
+            &serde_json::json!(event.customer_number)
+        );
+        prop_assert_eq!(&json["AccountId__c"], &serde_json::json!(event.account_id));
+    }
+    Ok(())
+}
+
+#[test]
+fn valid_encodings_decode_on_both_paths() {
+    for json in [OrderProvisionRequested::SCHEMA_JSON, EXTENDED_SCHEMA] {
+        let schema = WriterSchema::parse("s", json).unwrap();
+        for account in [false, true] {
+            let event = sample_event(account);
+            let bytes = event.encode(&schema).unwrap();
+            assert_eq!(
+                OrderProvisionRequested::decode(&schema, &bytes).unwrap(),
+                event
+            );
+            assert!(GenericRecord::decode(&schema, &bytes).is_ok());
+            check_agreement(&schema, &bytes).unwrap();
+        }
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config::with_cases(10_000))]
+
+    #[test]
+    fn mutated_valid_events_agree_and_never_panic(
+        extended in proptest::bool::ANY,
+        account in proptest::bool::ANY,
+        mutations in proptest::collection::vec(mutation(), 1..6),
+    ) {
+        let json = if extended { EXTENDED_SCHEMA } else { OrderProvisionRequested::SCHEMA_JSON };
+        let schema = WriterSchema::parse("s", json).unwrap();
+        let bytes = apply(sample_event(account).encode(&schema).unwrap(), &mutations);
+        check_agreement(&schema, &bytes)?;
+    }
+
+    #[test]
+    fn random_bytes_agree_and_never_panic(
+        extended in proptest::bool::ANY,
+        bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..128),
+    ) {
+        let json = if extended { EXTENDED_SCHEMA } else { OrderProvisionRequested::SCHEMA_JSON };
+        let schema = WriterSchema::parse("s", json).unwrap();
+        check_agreement(&schema, &bytes)?;
+    }
+}

@@ -6,6 +6,7 @@ mod actions;
 mod errors;
 mod faults;
 mod mock;
+mod robust;
 mod roundtrip;
 mod secrets;
 mod support;
