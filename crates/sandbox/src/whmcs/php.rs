@@ -209,6 +209,13 @@ pub fn parse_form(body: &[u8]) -> Array {
     post
 }
 
+/// PHP's default `max_input_nesting_level`.
+const MAX_INPUT_NESTING: usize = 64;
+
+/// Nesting depth `unserialize` accepts (PHP's `unserialize_max_depth` is 4096; lower here so
+/// the recursive parser stays well inside a test thread's stack).
+const MAX_UNSERIALIZE_DEPTH: usize = 512;
+
 fn insert_form_value(post: &mut Array, name: &str, value: Vec<u8>) {
     let name = name.trim_start_matches(' ');
     // Split "base[k1][k2]" into base and the bracketed keys; an unmatched '[' makes the rest
@@ -244,7 +251,8 @@ fn insert_form_value(post: &mut Array, name: &str, value: Vec<u8>) {
         }
         None => (name.to_owned(), Vec::new()),
     };
-    if base.is_empty() {
+    // PHP's max_input_nesting_level (64): deeper variables are dropped.
+    if base.is_empty() || path.len() > MAX_INPUT_NESTING {
         return;
     }
     let base: String = base
@@ -304,7 +312,11 @@ pub struct UnserializeError {
 
 /// PHP `unserialize()` for `N;`, `b:`, `i:`, `d:`, `s:` (byte lengths) and `a:` values.
 pub fn unserialize(input: &[u8]) -> Result<Value, UnserializeError> {
-    let mut parser = Unserializer { input, pos: 0 };
+    let mut parser = Unserializer {
+        input,
+        pos: 0,
+        depth: 0,
+    };
     let value = parser.value()?;
     if parser.pos != input.len() {
         return Err(parser.fail("trailing bytes"));
@@ -315,6 +327,7 @@ pub fn unserialize(input: &[u8]) -> Result<Value, UnserializeError> {
 struct Unserializer<'a> {
     input: &'a [u8],
     pos: usize,
+    depth: usize,
 }
 
 impl Unserializer<'_> {
@@ -418,6 +431,10 @@ impl Unserializer<'_> {
                 let count =
                     usize::try_from(self.int_until(b':')?).map_err(|_| self.fail("bad count"))?;
                 self.expect(b'{')?;
+                self.depth += 1;
+                if self.depth > MAX_UNSERIALIZE_DEPTH {
+                    return Err(self.fail("nested too deeply"));
+                }
                 let mut array = Array::default();
                 for _ in 0..count {
                     let key = match self.value()? {
@@ -429,6 +446,7 @@ impl Unserializer<'_> {
                     array.set(key, value);
                 }
                 self.expect(b'}')?;
+                self.depth -= 1;
                 Ok(Value::Array(array))
             }
             _ => Err(self.fail("unknown type tag")),
@@ -522,6 +540,22 @@ mod tests {
                 (Key::Int(2), Value::Null)
             ]))
         );
+    }
+
+    #[test]
+    fn deep_nesting_is_bounded() {
+        let deep = format!("{}i:1;{}", "a:1:{i:0;".repeat(100_000), "}".repeat(100_000));
+        assert_eq!(
+            unserialize(deep.as_bytes()).unwrap_err().reason,
+            "nested too deeply"
+        );
+        let name = format!("x{}", "[a]".repeat(100_000));
+        let form = parse_form(format!("{name}=1&y=2").as_bytes());
+        assert!(
+            form.get(&Key::from_text("x")).is_none(),
+            "too deep: dropped as PHP does"
+        );
+        assert!(form.get(&Key::from_text("y")).is_some());
     }
 
     #[test]
