@@ -191,12 +191,15 @@ impl Engine {
         // A restarted engine (after a shutdown) takes work again.
         self.shutdown_tx.send_replace(false);
         let mut tasks = JoinSet::new();
-        tasks.spawn(self.clone().dispatch());
+        let dispatch_shutdown = self.shutdown_tx.subscribe();
+        tasks.spawn(self.clone().dispatch(dispatch_shutdown));
         let me = self.clone();
+        // Subscribe before spawning: a receiver made after shutdown was sent would never see
+        // it change.
+        let mut shutdown = me.shutdown_tx.subscribe();
         tasks.spawn(async move {
-            let mut shutdown = me.shutdown_tx.subscribe();
             let mut tick = tokio::time::interval(me.config.reconcile_interval);
-            loop {
+            while !*shutdown.borrow() {
                 tokio::select! {
                     _ = tick.tick() => {
                         if let Err(e) = me.reconcile_once().await {
@@ -208,10 +211,10 @@ impl Engine {
             }
         });
         let me = self.clone();
+        let mut shutdown = me.shutdown_tx.subscribe();
         tasks.spawn(async move {
-            let mut shutdown = me.shutdown_tx.subscribe();
             let mut tick = tokio::time::interval(Duration::from_secs(3600));
-            loop {
+            while !*shutdown.borrow() {
                 tokio::select! {
                     _ = tick.tick() => {
                         if let Err(e) = me.rotate_keys_once().await {
@@ -228,9 +231,8 @@ impl Engine {
         }
     }
 
-    async fn dispatch(self) {
+    async fn dispatch(self, mut shutdown: watch::Receiver<bool>) {
         let permits = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
-        let mut shutdown = self.shutdown_tx.subscribe();
         let mut running = JoinSet::new();
         let runner = Arc::new(JobRunner::new(
             self.ports.clone(),

@@ -888,3 +888,25 @@ async fn intake_stores_good_events_and_dead_letters_bad_ones_with_the_checkpoint
         ]
     );
 }
+
+#[tokio::test]
+async fn an_engine_shut_down_right_after_start_stops() {
+    let calls: Calls = Arc::default();
+    let mut store = MockStore::new();
+    store.expect_claim().returning(|_, _, _| Ok(None));
+    store
+        .expect_rotate_keys_if_older_than()
+        .returning(|_, _| Ok(None));
+    let mut ports = intake_ports(store, &calls);
+    let mut orders = MockOrderApi::new();
+    orders
+        .expect_list_approved_orders()
+        .returning(|_| Ok(vec![]));
+    ports.orders = Arc::new(orders);
+    let engine = crate::Engine::new(ports, EngineConfig::default(), None);
+    let handle = engine.start();
+    // Shut down before the background tasks had a chance to run: must not hang.
+    tokio::time::timeout(std::time::Duration::from_secs(10), handle.shutdown())
+        .await
+        .expect("shutdown returns");
+}
