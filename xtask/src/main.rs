@@ -3,7 +3,8 @@
 //! - `cargo xtask ci`: everything CI checks, in the order a developer wants to hear about it.
 //! - `cargo xtask codegen [--check]`: regenerates the committed gRPC code of `sf-pubsub` from its
 //!   `.proto` (protox + tonic-prost-build, no protoc); `--check` fails when the file is stale.
-//! - `cargo xtask bench [criterion args]`: the criterion benchmarks of every crate.
+//! - `cargo xtask bench [criterion args]`: the criterion benchmarks of every crate, then the
+//!   100,000-event backlog drill (`BACKLOG_ORDERS` changes the size).
 //! - `cargo xtask demo [args]`: `provisioner demo` in release mode.
 //! - `cargo xtask fuzz <target> <seconds>`: one cargo-fuzz target of `fuzz/` for a bounded time
 //!   (needs cargo-fuzz and a nightly toolchain; CI does not fuzz, it runs the proptests).
@@ -133,24 +134,39 @@ fn ci() -> Result<()> {
         )
     })?;
     step("test", || {
+        // `nextest run --workspace` builds every package's binaries before any test runs; the
+        // provisioner's process tests use that sf-sandbox instead of building their own.
+        let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .map_or_else(|| workspace_root().map(|r| r.join("target")), Ok)?;
+        let sf_sandbox = target_dir
+            .join("debug")
+            .join(format!("sf-sandbox{}", std::env::consts::EXE_SUFFIX));
+        let sf_sandbox = sf_sandbox.to_string_lossy().into_owned();
         if has_cargo_subcommand("nextest") {
-            cargo(&[
-                "nextest",
-                "run",
-                "--workspace",
-                "--locked",
-                "--no-fail-fast",
-            ])?;
+            cargo_env(
+                &[
+                    "nextest",
+                    "run",
+                    "--workspace",
+                    "--locked",
+                    "--no-fail-fast",
+                ],
+                &[("PP_SF_SANDBOX_BIN", sf_sandbox.as_str())],
+            )?;
         } else {
             eprintln!("xtask: cargo-nextest not installed, using cargo test");
-            cargo(&[
-                "test",
-                "--workspace",
-                "--locked",
-                "--lib",
-                "--bins",
-                "--tests",
-            ])?;
+            cargo_env(
+                &[
+                    "test",
+                    "--workspace",
+                    "--locked",
+                    "--lib",
+                    "--bins",
+                    "--tests",
+                ],
+                &[("PP_SF_SANDBOX_BIN", sf_sandbox.as_str())],
+            )?;
         }
         // nextest does not run doctests.
         cargo(&["test", "--workspace", "--locked", "--doc"])
@@ -198,7 +214,26 @@ fn bench(extra: &[String]) -> Result<()> {
         args.push("--");
         args.extend(extra.iter().map(String::as_str));
     }
-    cargo(&args)
+    cargo(&args)?;
+    // The backlog drill: 100,000 events wait in the sandbox while the provisioner is down; the
+    // release binary drains them (exactly once, peak RSS <= 128 MiB, asserted by the test).
+    // `BACKLOG_ORDERS` overrides the size.
+    let orders = std::env::var("BACKLOG_ORDERS").unwrap_or_else(|_| "100000".to_owned());
+    cargo_env(
+        &[
+            "test",
+            "--release",
+            "--locked",
+            "-p",
+            "provisioner",
+            "--test",
+            "it",
+            "backlog",
+            "--",
+            "--nocapture",
+        ],
+        &[("BACKLOG_ORDERS", orders.as_str())],
+    )
 }
 
 /// The cargo-fuzz targets in `fuzz/fuzz_targets/`, one per parser of outside input.

@@ -107,6 +107,12 @@ pub(crate) async fn start(cli: &Cli) -> anyhow::Result<Running> {
         .await
         .context("starting the WHMCS sandbox")?;
 
+    // Nothing in this process reads the PATCH and request logs (they exist for in-process
+    // tests), so they are switched off: a long-running sandbox draining a 100,000-Order
+    // backlog then keeps only the org itself in memory.
+    sf.set_record_patches(false);
+    whmcs.set_record_requests(false);
+
     let mut forwarders = Vec::new();
     let mut front = |listener: Option<(tokio::net::TcpListener, std::net::SocketAddr)>,
                      target: std::net::SocketAddr| match listener {

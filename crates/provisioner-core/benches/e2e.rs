@@ -2,9 +2,11 @@
 //! the in-process sandboxes, over a SQLite file or a fresh PostgreSQL database.
 //!
 //! Each measured iteration provisions a batch of N new orders: N events are handed to
-//! [`Engine::intake`] (the call the Pub/Sub subscriber makes after decoding, so the gRPC stream
-//! and Avro decoding are not part of this benchmark), and the iteration ends when the engine has
-//! reported N settled job outcomes. Every batch gets a fresh stack (sandboxes, clients, store,
+//! [`Engine::intake_batch`] the way the Pub/Sub subscriber hands them over after decoding — what
+//! has arrived, at most one fetch's credit (100) at a time; in the burst all N have arrived at
+//! once, in the paced run only the events that are due — (the gRPC stream and Avro decoding
+//! are not part of this benchmark), and the iteration ends when the engine has reported N
+//! settled job outcomes. Every batch gets a fresh stack (sandboxes, clients, store,
 //! engine) and its Orders and WHMCS clients are seeded before the clock starts: the sandboxes
 //! answer lookups by scanning all the records they hold, so a long-lived sandbox would make
 //! later batches slower for reasons that are not the provisioner's. Every order has its own customer, so per-customer ordering never serialises
@@ -50,6 +52,8 @@ use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
 
 const REF_FIELD: u64 = 1;
+/// Events per intake batch at most: the subscriber's credit per fetch (`SF_PUBSUB_BATCH`).
+const FETCH_CREDIT: usize = 100;
 const SANDBOX_THREAD: &str = "sandbox";
 const MASTER_KEY: &str = "base64:q6v4cT9JkA0x3Fz1lVZqM2fY7p5dE8rW1nB6cH4sK0o=";
 
@@ -525,17 +529,32 @@ impl Stack {
         let (elapsed, intake_at, failed) = self.rt.block_on(async move {
             let start = Instant::now();
             let feeder = tokio::spawn(async move {
+                // Like the subscriber: what has arrived (here: is due) goes in as one batch, at
+                // most one fetch's credit (SF_PUBSUB_BATCH, default 100).
                 let mut at = Vec::with_capacity(orders.len());
-                for (i, (order_id, customer)) in orders.into_iter().enumerate() {
-                    if let Some(rate) = rate {
+                let mut pending = orders.into_iter().enumerate().peekable();
+                while pending.peek().is_some() {
+                    if let (Some(rate), Some((i, _))) = (rate, pending.peek()) {
                         tokio::time::sleep_until(
-                            (start + Duration::from_secs_f64(i as f64 / rate)).into(),
+                            (start + Duration::from_secs_f64(*i as f64 / rate)).into(),
                         )
                         .await;
                     }
-                    let t = Instant::now();
-                    let result = engine
-                        .intake(IntakeItem::Event {
+                    let due = match rate {
+                        None => usize::MAX,
+                        Some(rate) => (start.elapsed().as_secs_f64() * rate) as usize + 1,
+                    };
+                    let mut items = Vec::new();
+                    let mut ids = Vec::new();
+                    while items.len() < FETCH_CREDIT {
+                        let Some((i, _)) = pending.peek() else { break };
+                        if *i >= due {
+                            break;
+                        }
+                        let Some((i, (order_id, customer))) = pending.next() else {
+                            break;
+                        };
+                        items.push(IntakeItem::Event {
                             event_id: uuid::Uuid::new_v4().to_string(),
                             replay_id: (base + i as u64).to_be_bytes().to_vec(),
                             payload: Vec::new(),
@@ -544,11 +563,13 @@ impl Stack {
                                 customer_number: customer,
                                 account_id: None,
                             }),
-                        })
-                        .await
-                        .unwrap();
-                    assert_eq!(result, IntakeResult::Enqueued);
-                    at.push((order_id, t));
+                        });
+                        ids.push(order_id);
+                    }
+                    let t = Instant::now();
+                    let results = engine.intake_batch(items).await.unwrap();
+                    assert!(results.iter().all(|r| *r == IntakeResult::Enqueued));
+                    at.extend(ids.into_iter().map(|id| (id, t)));
                 }
                 at
             });
@@ -704,7 +725,10 @@ fn e2e(c: &mut Criterion) {
             name: "sqlite_zero_latency",
             db: Db::Sqlite,
             accept_latency: Duration::ZERO,
-            concurrency: 16,
+            concurrency: std::env::var("E2E_CONCURRENCY")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(16),
             batch: 2000,
             paced: Some((2000, 1000.0)),
         },

@@ -91,25 +91,48 @@ impl Engine {
 
     /// Stores one subscription item and wakes a worker when it created a job.
     pub async fn intake(&self, item: IntakeItem) -> provisioner_store::Result<IntakeResult> {
-        let result = intake::handle(&self.ports, &self.config.topic, item).await?;
-        let label = match &result {
-            IntakeResult::Enqueued => "enqueued",
-            IntakeResult::Duplicate => "duplicate",
-            IntakeResult::DeadLettered(_) => "dead_lettered",
-            IntakeResult::Checkpointed => "keepalive",
-        };
-        metrics::counter!(crate::metrics::EVENTS_TOTAL, "outcome" => label).increment(1);
-        if matches!(result, IntakeResult::DeadLettered(_)) {
-            metrics::counter!(crate::metrics::DEAD_LETTERS_TOTAL, "kind" => "event").increment(1);
+        let mut results = self.intake_batch(vec![item]).await?;
+        results.pop().ok_or(provisioner_store::Error::Corrupt {
+            what: "intake",
+            reason: "no result for the item".to_owned(),
+        })
+    }
+
+    /// Stores a batch of subscription items (what one Pub/Sub fetch delivered) in their
+    /// order, runs of valid events in one transaction each, and wakes the workers when jobs
+    /// were created. Results are in the order of `items`. On an error, retry the whole batch:
+    /// what was stored comes back as duplicates.
+    pub async fn intake_batch(
+        &self,
+        items: Vec<IntakeItem>,
+    ) -> provisioner_store::Result<Vec<IntakeResult>> {
+        let results = intake::handle_batch(&self.ports, &self.config.topic, items).await?;
+        let mut enqueued = false;
+        for result in &results {
+            let label = match result {
+                IntakeResult::Enqueued => "enqueued",
+                IntakeResult::Duplicate => "duplicate",
+                IntakeResult::DeadLettered(_) => "dead_lettered",
+                IntakeResult::Checkpointed => "keepalive",
+            };
+            metrics::counter!(crate::metrics::EVENTS_TOTAL, "outcome" => label).increment(1);
+            if matches!(result, IntakeResult::DeadLettered(_)) {
+                metrics::counter!(crate::metrics::DEAD_LETTERS_TOTAL, "kind" => "event")
+                    .increment(1);
+            }
+            enqueued |= *result == IntakeResult::Enqueued;
         }
-        if !matches!(result, IntakeResult::Checkpointed) {
+        if results
+            .iter()
+            .any(|r| !matches!(r, IntakeResult::Checkpointed))
+        {
             metrics::gauge!(crate::metrics::LAST_EVENT_TIMESTAMP)
                 .set(chrono::Utc::now().timestamp() as f64);
         }
-        if result == IntakeResult::Enqueued {
+        if enqueued {
             self.notify.notify_one();
         }
-        Ok(result)
+        Ok(results)
     }
 
     /// One reconcile sweep: approved Orders older than the configured age with no job are

@@ -172,3 +172,75 @@ pub async fn handle(
         }
     }
 }
+
+/// Stores a batch of subscription items in their order: runs of valid events go to the inbox
+/// in one transaction each (with the checkpoint moved to the run's last event), anything else
+/// (a bad event, a keepalive) is handled on its own between them, so the checkpoint only ever
+/// moves forward over stored items. An error means the items from the failed one on were not
+/// stored: retry the whole batch (stored events come back as duplicates).
+pub async fn handle_batch(
+    ports: &Ports,
+    topic: &str,
+    items: Vec<IntakeItem>,
+) -> provisioner_store::Result<Vec<IntakeResult>> {
+    let mut results = Vec::with_capacity(items.len());
+    let mut run: Vec<InboxEvent> = Vec::new();
+    for item in items {
+        match item {
+            IntakeItem::Event {
+                event_id,
+                replay_id,
+                payload,
+                decoded: Ok(fields),
+            } if validate(&event_id, &fields).is_ok() => {
+                // The payload is kept only for dead letters.
+                drop(payload);
+                run.push(InboxEvent {
+                    topic: topic.to_owned(),
+                    event_id,
+                    replay_id,
+                    order_id: fields.order_id,
+                    customer_number: fields.customer_number.trim().to_owned(),
+                    account_id: fields.account_id,
+                });
+            }
+            other => {
+                results.extend(store_run(ports, std::mem::take(&mut run)).await?);
+                results.push(handle(ports, topic, other).await?);
+            }
+        }
+    }
+    results.extend(store_run(ports, run).await?);
+    Ok(results)
+}
+
+/// Stores a run of valid events in one transaction and audits each (the audit appends run
+/// concurrently, so the store writes them together).
+async fn store_run(
+    ports: &Ports,
+    events: Vec<InboxEvent>,
+) -> provisioner_store::Result<Vec<IntakeResult>> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let outcomes = ports.store.ingest_events(&events, Utc::now()).await?;
+    let audits = events.iter().zip(&outcomes).map(|(event, outcome)| {
+        let action = match outcome {
+            IngestOutcome::Enqueued => Action::EVENT_RECEIVED,
+            _ => Action::EVENT_DUPLICATE,
+        };
+        tracing::info!(event_id = %event.event_id, order_id = %event.order_id, ?outcome, "event stored");
+        let rec = NewAuditRecord::new(Actor::SUBSCRIBER, action, Outcome::Success)
+            .order_id(event.order_id.as_str())
+            .and_then(|r| r.detail(DetailKey::EventId, event.event_id.as_str()));
+        audit(ports, rec)
+    });
+    futures::future::join_all(audits).await;
+    Ok(outcomes
+        .into_iter()
+        .map(|o| match o {
+            IngestOutcome::Enqueued => IntakeResult::Enqueued,
+            _ => IntakeResult::Duplicate,
+        })
+        .collect())
+}

@@ -165,6 +165,9 @@ struct Progress {
     client_id: Option<u64>,
     whmcs_order_id: Option<u64>,
     service_ids: Vec<u64>,
+    /// The stored recovery point already says "AcceptOrder may have run" (written together
+    /// with the WHMCS ids), so no separate intent is needed before calling it.
+    accept_intent_stored: bool,
 }
 
 /// Runs claimed jobs.
@@ -260,6 +263,15 @@ impl JobRunner {
             Err(_) => record,
         };
         self.ports.audit.append(record).await?;
+        Ok(())
+    }
+
+    /// Stores a recovery point (fenced by the lease) without an audit record: intents.
+    async fn store_point(&self, job: &Job, step: Step, update: StepUpdate) -> Result<(), Stop> {
+        self.ports
+            .store
+            .advance(&job.order_id, &self.owner, step, update, Utc::now())
+            .await?;
         Ok(())
     }
 
@@ -483,17 +495,13 @@ impl JobRunner {
                     ));
                 }
                 let lines = self.lines(job, progress)?;
-                if step != Step::OrderUnknown {
+                // With the external-ref field configured, resuming at MarkedProvisioning already
+                // looks the order up before ordering (above), exactly as OrderUnknown does, so
+                // the intent would be a second write with the same meaning. Without it, the
+                // intent is what stops a blind second AddOrder.
+                if step != Step::OrderUnknown && self.config.order_ref_field_id.is_none() {
                     // Intent first: a crash during AddOrder resumes with a lookup.
-                    self.ports
-                        .store
-                        .advance(
-                            &job.order_id,
-                            &self.owner,
-                            Step::OrderUnknown,
-                            StepUpdate::default(),
-                            Utc::now(),
-                        )
+                    self.store_point(job, Step::OrderUnknown, StepUpdate::default())
                         .await?;
                 }
                 let mut order = NewOrder::new(client_id, lines);
@@ -536,16 +544,8 @@ impl JobRunner {
                             ));
                         }
                     }
-                } else {
-                    self.ports
-                        .store
-                        .advance(
-                            &job.order_id,
-                            &self.owner,
-                            Step::AcceptUnknown,
-                            StepUpdate::default(),
-                            Utc::now(),
-                        )
+                } else if !progress.accept_intent_stored {
+                    self.store_point(job, Step::AcceptUnknown, StepUpdate::default())
                         .await?;
                 }
                 let request = AcceptOrderRequest::provision(order_id, self.config.send_email);
@@ -607,23 +607,29 @@ impl JobRunner {
             whmcs_order_id: Some(order_id.to_string()),
             service_ids: Some(progress.service_ids.iter().map(u64::to_string).collect()),
         };
-        self.advance(
-            job,
-            Step::WhmcsOrdered,
-            update,
-            Some((DetailKey::ReasonCode, how.to_owned())),
-        )
-        .await
+        // The WHMCS ids are stored with the AcceptOrder intent in one write: a job resumed
+        // from it asks WHMCS for the order's status first (Pending: accept; Active: done),
+        // which is also right when AcceptOrder was never called. The audit trail still
+        // records the `whmcs_ordered` step.
+        self.store_point(job, Step::AcceptUnknown, update).await?;
+        progress.accept_intent_stored = true;
+        let record = NewAuditRecord::new(Actor::WORKER, Action::STEP_SUCCEEDED, Outcome::Success)
+            .detail(DetailKey::Step, Step::WhmcsOrdered.as_str())?
+            .detail(DetailKey::ReasonCode, how)?;
+        self.audit(job, record).await?;
+        Ok(Step::WhmcsOrdered)
     }
 
+    /// AcceptOrder succeeded (or WHMCS shows the order Active). Audited, not stored as a
+    /// recovery point of its own: the stored AcceptUnknown point already resumes by asking
+    /// WHMCS for the order's status, which finds it Active and goes on to the write-back, an
+    /// idempotent PATCH. One database write less per order, same behaviour after a crash.
     async fn accepted(&self, job: &Job, order_id: u64) -> Result<Step, Stop> {
-        self.advance(
-            job,
-            Step::Accepted,
-            StepUpdate::default(),
-            Some((DetailKey::WhmcsOrderId, order_id.to_string())),
-        )
-        .await
+        let record = NewAuditRecord::new(Actor::WORKER, Action::STEP_SUCCEEDED, Outcome::Success)
+            .detail(DetailKey::Step, Step::Accepted.as_str())?
+            .detail(DetailKey::WhmcsOrderId, order_id.to_string())?;
+        self.audit(job, record).await?;
+        Ok(Step::Accepted)
     }
 
     async fn settle_done(&self, job: &Job, progress: &Progress) -> JobOutcome {

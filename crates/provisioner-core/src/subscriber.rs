@@ -157,8 +157,13 @@ pub async fn run_subscriber(
                     .backoff(config.reconnect_backoff.0, config.reconnect_backoff.1),
             );
             let mut check = tokio::time::interval(config.leadership_poll);
+            // A message read while gathering a batch that does not belong in it.
+            let mut carried = None;
             loop {
-                let next = tokio::select! {
+                let next = if let Some(m) = carried.take() {
+                    m
+                } else {
+                    tokio::select! {
                     m = subscription.next() => m,
                     _ = check.tick() => {
                         if !leadership.is_held().await {
@@ -170,6 +175,7 @@ pub async fn run_subscriber(
                         continue;
                     }
                     _ = shutdown.changed() => break 'lead,
+                    }
                 };
                 let item = match next {
                     None => {
@@ -208,19 +214,37 @@ pub async fn run_subscriber(
                     Some(Ok(Message::Event(event))) => to_item(event),
                 };
                 status.connected.store(true, Ordering::Relaxed);
-                // Store it before reading on; retry the same item while the store is down.
+                // What else has already arrived (the rest of this fetch) is stored with it, in
+                // one transaction: bounded by the credit of one request.
+                let mut items = vec![item];
+                while items.len() < config.batch.max(1) as usize {
+                    match subscription.try_next() {
+                        Some(Ok(Message::Event(event))) => items.push(to_item(event)),
+                        Some(Ok(Message::Keepalive { latest_replay_id })) => {
+                            items.push(IntakeItem::Keepalive { latest_replay_id });
+                        }
+                        Some(other) => {
+                            carried = Some(Some(other));
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                // Store them before reading on; retry the same batch while the store is down.
                 let mut backoff = Duration::from_millis(100);
                 loop {
-                    match engine.intake(item.clone()).await {
-                        Ok(result) => {
-                            match result {
-                                IntakeResult::Enqueued | IntakeResult::Duplicate => {
-                                    status.events.fetch_add(1, Ordering::Relaxed);
+                    match engine.intake_batch(items.clone()).await {
+                        Ok(results) => {
+                            for result in results {
+                                match result {
+                                    IntakeResult::Enqueued | IntakeResult::Duplicate => {
+                                        status.events.fetch_add(1, Ordering::Relaxed);
+                                    }
+                                    IntakeResult::DeadLettered(_) => {
+                                        status.dead_letters.fetch_add(1, Ordering::Relaxed);
+                                    }
+                                    IntakeResult::Checkpointed => {}
                                 }
-                                IntakeResult::DeadLettered(_) => {
-                                    status.dead_letters.fetch_add(1, Ordering::Relaxed);
-                                }
-                                IntakeResult::Checkpointed => {}
                             }
                             break;
                         }

@@ -255,6 +255,9 @@ impl World {
         audit.expect_append().returning(move |r| {
             let sealed = ChainHead::GENESIS.seal(&key, r).unwrap();
             log(&c, format!("audit:{}", sealed.record.action));
+            if let Some(step) = sealed.record.details.get(audit::DetailKey::Step) {
+                log(&c, format!("audit:{}:{step}", sealed.record.action));
+            }
             Ok(sealed)
         });
         let mut alerts = MockAlerts::new();
@@ -314,17 +317,29 @@ async fn happy_path_runs_every_step_in_order() {
             "advance:checked",
             "sf_patch:Provisioning",
             "advance:marked_provisioning",
+            // The lookup by external ref makes MarkedProvisioning an intent of its own: no
+            // separate OrderUnknown write before AddOrder.
             "whmcs_lookup",
-            "advance:order_unknown",
             "whmcs_add_order",
-            "advance:whmcs_ordered:77",
-            "advance:accept_unknown",
+            // The WHMCS ids are stored with the AcceptOrder intent, in one write.
+            "advance:accept_unknown:77",
             "whmcs_accept",
-            "advance:accepted",
             "sf_patch:Activated",
             "finish:done",
         ]
     );
+    // Every step is still in the audit trail.
+    for step in [
+        "checked",
+        "marked_provisioning",
+        "whmcs_ordered",
+        "accepted",
+    ] {
+        assert!(
+            calls.contains(&format!("audit:step_succeeded:{step}")),
+            "{step}: {calls:?}"
+        );
+    }
     assert!(calls.contains(&"audit:order_provisioned".to_owned()));
     assert!(!calls.iter().any(|c| c.starts_with("alert")));
 }
@@ -498,7 +513,7 @@ async fn resuming_after_an_unknown_add_order_finds_the_earlier_attempt() {
             "sf_fetch",
             "whmcs_lookup",
             "whmcs_services",
-            "advance:whmcs_ordered:77"
+            "advance:accept_unknown:77"
         ]
     );
 }
@@ -522,12 +537,27 @@ async fn resuming_at_marked_provisioning_looks_up_then_orders() {
     let (outcome, calls) = w.run(job(Step::MarkedProvisioning, 0)).await;
     assert!(matches!(outcome, JobOutcome::Provisioned { .. }));
     assert_eq!(
+        effects(&calls)[..3],
+        ["sf_fetch", "whmcs_lookup", "whmcs_add_order"]
+    );
+}
+
+#[tokio::test]
+async fn without_a_ref_field_the_add_order_intent_is_stored_before_the_call() {
+    let mut w = World::new();
+    w.config.order_ref_field_id = None;
+    w.fetch_returns(order("Provisioning"));
+    w.add_order_ok();
+    w.accept_ok();
+    let (outcome, calls) = w.run(job(Step::MarkedProvisioning, 0)).await;
+    assert!(matches!(outcome, JobOutcome::Provisioned { .. }));
+    assert_eq!(
         effects(&calls)[..4],
         [
             "sf_fetch",
-            "whmcs_lookup",
             "advance:order_unknown",
-            "whmcs_add_order"
+            "whmcs_add_order",
+            "advance:accept_unknown:77"
         ]
     );
 }
@@ -557,20 +587,18 @@ async fn an_unknown_add_order_outcome_is_retried_from_the_intent() {
     w.lookup_finds(None);
     w.whmcs
         .expect_add_order()
+        .times(1)
         .returning(|_| Err(unknown(whmcs_client::Action::AddOrder)));
     let (outcome, calls) = w.run(job(Step::MarkedProvisioning, 0)).await;
     assert!(
         matches!(outcome, JobOutcome::Retrying { .. }),
         "{outcome:?}"
     );
+    // With the external-ref field the stored MarkedProvisioning point is the intent: the
+    // retry looks the order up before any second AddOrder.
     assert_eq!(
         effects(&calls),
-        [
-            "sf_fetch",
-            "whmcs_lookup",
-            "advance:order_unknown",
-            "reschedule:count=true"
-        ]
+        ["sf_fetch", "whmcs_lookup", "reschedule:count=true"]
     );
     assert!(calls.contains(&"audit:step_failed".to_owned()));
 }
@@ -656,7 +684,8 @@ async fn accept_on_an_already_active_order_counts_as_accepted() {
         matches!(outcome, JobOutcome::Provisioned { .. }),
         "{outcome:?}"
     );
-    assert!(calls.contains(&"advance:accepted".to_owned()));
+    assert!(calls.contains(&"audit:step_succeeded:accepted".to_owned()));
+    assert!(calls.contains(&"sf_patch:Activated".to_owned()));
 }
 
 #[tokio::test]
@@ -804,6 +833,15 @@ fn intake_ports(store: MockStore, calls: &Calls) -> Ports {
     }
 }
 
+/// Logs every saved checkpoint as `checkpoint:[..]`.
+fn expect_checkpoints(store: &mut MockStore, calls: &Calls) {
+    let c = calls.clone();
+    store.expect_save_checkpoint().returning(move |cp, _| {
+        log(&c, format!("checkpoint:{:?}", cp.replay_id));
+        Ok(())
+    });
+}
+
 #[tokio::test]
 async fn intake_stores_good_events_and_dead_letters_bad_ones_with_the_checkpoint() {
     let calls: Calls = Arc::default();
@@ -820,11 +858,7 @@ async fn intake_stores_good_events_and_dead_letters_bad_ones_with_the_checkpoint
         log(&c, format!("dead_letter:{}", letter.reason));
         Ok("dl".into())
     });
-    let c = calls.clone();
-    store.expect_save_checkpoint().returning(move |cp, _| {
-        log(&c, format!("checkpoint:{:?}", cp.replay_id));
-        Ok(())
-    });
+    expect_checkpoints(&mut store, &calls);
     let ports = intake_ports(store, &calls);
     let topic = "/event/OrderProvisionRequested__e";
     let good = IntakeItem::Event {
@@ -887,6 +921,99 @@ async fn intake_stores_good_events_and_dead_letters_bad_ones_with_the_checkpoint
             "checkpoint:[9]".into(),
         ]
     );
+}
+
+fn good_event(n: u8, order: &str) -> IntakeItem {
+    IntakeItem::Event {
+        event_id: format!("evt-{n}"),
+        replay_id: vec![n],
+        payload: vec![],
+        decoded: Ok(EventFields {
+            order_id: order.into(),
+            customer_number: CUSTOMER.into(),
+            account_id: None,
+        }),
+    }
+}
+
+#[tokio::test]
+async fn a_batch_stores_runs_of_good_events_together_and_keeps_the_item_order() {
+    let calls: Calls = Arc::default();
+    let mut store = MockStore::new();
+    let c = calls.clone();
+    store.expect_ingest_events().returning(move |events, _| {
+        let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+        log(&c, format!("ingest:{}", ids.join(",")));
+        Ok(events
+            .iter()
+            .map(|e| {
+                if e.event_id == "evt-2" {
+                    provisioner_store::IngestOutcome::DuplicateEvent
+                } else {
+                    provisioner_store::IngestOutcome::Enqueued
+                }
+            })
+            .collect())
+    });
+    let c = calls.clone();
+    store.expect_dead_letter().returning(move |letter, cp, _| {
+        // The bad event's checkpoint is its own replay id: after the run before it.
+        assert_eq!(cp.unwrap().replay_id, vec![3]);
+        log(
+            &c,
+            format!("dead_letter:{}", letter.event_id.unwrap_or_default()),
+        );
+        Ok("dl".into())
+    });
+    expect_checkpoints(&mut store, &calls);
+    let ports = intake_ports(store, &calls);
+    let bad = IntakeItem::Event {
+        event_id: "evt-3".into(),
+        replay_id: vec![3],
+        payload: b"garbage".to_vec(),
+        decoded: Err("missing required field OrderId__c".into()),
+    };
+    let items = vec![
+        good_event(1, ORDER),
+        good_event(2, ORDER),
+        bad,
+        good_event(4, "801000000000004AAA"),
+        IntakeItem::Keepalive {
+            latest_replay_id: vec![9],
+        },
+    ];
+    let results = crate::intake::handle_batch(&ports, "/event/OrderProvisionRequested__e", items)
+        .await
+        .unwrap();
+    assert_eq!(results.len(), 5);
+    assert_eq!(results[0], IntakeResult::Enqueued);
+    assert_eq!(results[1], IntakeResult::Duplicate);
+    assert!(matches!(results[2], IntakeResult::DeadLettered(_)));
+    assert_eq!(results[3], IntakeResult::Enqueued);
+    assert_eq!(results[4], IntakeResult::Checkpointed);
+    let calls = calls.lock().unwrap().clone();
+    let effects: Vec<&str> = calls
+        .iter()
+        .map(String::as_str)
+        .filter(|c| !c.starts_with("audit:"))
+        .collect();
+    assert_eq!(
+        effects,
+        [
+            "ingest:evt-1,evt-2",
+            "dead_letter:evt-3",
+            "ingest:evt-4",
+            "checkpoint:[9]"
+        ]
+    );
+    // Every event is audited: received, duplicate, dead-lettered, received.
+    let audits: Vec<&str> = calls
+        .iter()
+        .map(String::as_str)
+        .filter(|c| c.starts_with("audit:"))
+        .collect();
+    assert_eq!(audits.len(), 4, "{audits:?}");
+    assert!(audits.contains(&"audit:event_duplicate"));
 }
 
 #[tokio::test]

@@ -1,6 +1,8 @@
-//! [`audit::AuditLog`] on the store's database: one sealed record per row, appends serialised
-//! (the single SQLite writer; a transaction-scoped advisory lock on PostgreSQL), purges that
-//! keep an anchor, all in one transaction each.
+//! [`audit::AuditLog`] on the store's database: one sealed record per row. An append is one
+//! `INSERT` sealed on the head this process keeps in memory; the `seq` primary key refuses a
+//! record sealed on a stale head (another instance or an operator command appended), and the
+//! append then re-reads the head and seals again, so the chain never forks or gaps. Purges keep
+//! an anchor, in one transaction (serialised across PostgreSQL instances by an advisory lock).
 
 use async_trait::async_trait;
 use audit::{Actor, Anchor, AuditLog, ChainHead, NewAuditRecord, PurgeReport, SealedRecord};
@@ -74,33 +76,178 @@ async fn read_head(conn: &mut AnyConnection) -> audit::Result<ChainHead> {
     }
 }
 
-async fn insert(conn: &mut AnyConnection, sealed: &SealedRecord) -> audit::Result<()> {
+/// Inserts a sealed record; the outer error is an encoding problem, the inner one the
+/// database's answer (a unique violation means the head moved).
+async fn insert_raw(
+    conn: &mut AnyConnection,
+    sealed: &SealedRecord,
+) -> audit::Result<std::result::Result<(), sqlx::Error>> {
     let json = serde_json::to_string(sealed).map_err(|e| corrupt("audit: encoding", e))?;
     let seq = i64::try_from(sealed.record.seq).map_err(|e| corrupt("audit: seq", e))?;
-    sqlx::query("INSERT INTO audit_log (seq, at, record) VALUES ($1, $2, $3)")
-        .bind(seq)
-        .bind(micros(sealed.record.at))
-        .bind(json)
-        .execute(conn)
-        .await
-        .map_err(backend("audit: insert"))?;
-    Ok(())
+    Ok(
+        sqlx::query("INSERT INTO audit_log (seq, at, record) VALUES ($1, $2, $3)")
+            .bind(seq)
+            .bind(micros(sealed.record.at))
+            .bind(json)
+            .execute(conn)
+            .await
+            .map(|_| ()),
+    )
+}
+
+/// One multi-row `INSERT` of consecutive sealed records (atomic: all or none).
+async fn insert_many(
+    conn: &mut AnyConnection,
+    sealed: &[SealedRecord],
+) -> audit::Result<std::result::Result<(), sqlx::Error>> {
+    if let [one] = sealed {
+        return insert_raw(conn, one).await;
+    }
+    let mut sql = String::from("INSERT INTO audit_log (seq, at, record) VALUES ");
+    for i in 0..sealed.len() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        let p = 3 * i;
+        sql.push_str(&format!("(${}, ${}, ${})", p + 1, p + 2, p + 3));
+    }
+    let mut query = sqlx::query(&sql);
+    for s in sealed {
+        let json = serde_json::to_string(s).map_err(|e| corrupt("audit: encoding", e))?;
+        let seq = i64::try_from(s.record.seq).map_err(|e| corrupt("audit: seq", e))?;
+        query = query.bind(seq).bind(micros(s.record.at)).bind(json);
+    }
+    Ok(query.execute(conn).await.map(|_| ()))
+}
+
+async fn insert(conn: &mut AnyConnection, sealed: &SealedRecord) -> audit::Result<()> {
+    insert_raw(conn, sealed)
+        .await?
+        .map_err(backend("audit: insert"))
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+/// How often one flush re-reads the head after another writer took its place.
+const APPEND_ATTEMPTS: usize = 16;
+
+/// At most this many records go into one `INSERT` (3 parameters each).
+const MAX_BATCH: usize = 256;
+
+type Reply = tokio::sync::oneshot::Sender<audit::Result<SealedRecord>>;
+
+/// Records waiting for the next flush, each with where its result goes.
+#[derive(Default)]
+pub(crate) struct AuditQueue(parking_lot::Mutex<Vec<(NewAuditRecord, Reply)>>);
+
+impl SqlStore {
+    /// Seals `records` on the chain head and writes them in one multi-row `INSERT`. The head
+    /// is kept in memory; the `seq` primary key refuses records sealed on a head another
+    /// process (a second instance, an operator command) has moved on from, and the flush then
+    /// reads the head again and seals anew, so the chain never forks or gaps.
+    async fn flush_audit(
+        &self,
+        cached: &mut Option<ChainHead>,
+        records: &[NewAuditRecord],
+    ) -> audit::Result<Vec<SealedRecord>> {
+        for _ in 0..APPEND_ATTEMPTS {
+            let mut conn = self
+                .writer()
+                .acquire()
+                .await
+                .map_err(backend("audit: acquire"))?;
+            let mut head = match *cached {
+                Some(head) => head,
+                None => read_head(&mut conn).await?,
+            };
+            let mut sealed = Vec::with_capacity(records.len());
+            for record in records {
+                let s = head.seal(self.audit_key(), record.clone())?;
+                head = ChainHead::after(&s);
+                sealed.push(s);
+            }
+            match insert_many(&mut conn, &sealed).await? {
+                Ok(()) => {
+                    *cached = Some(head);
+                    return Ok(sealed);
+                }
+                Err(e) if is_unique_violation(&e) => *cached = None,
+                Err(e) => {
+                    *cached = None;
+                    return Err(backend("audit: insert")(e));
+                }
+            }
+        }
+        Err(audit::Error::Backend {
+            op: "audit: append",
+            source: format!(
+                "the chain head kept moving under {APPEND_ATTEMPTS} attempts (other writers)"
+            )
+            .into(),
+        })
+    }
+}
+
+fn batch_failed(e: &audit::Error) -> audit::Error {
+    audit::Error::Backend {
+        op: "audit: append",
+        source: e.to_string().into(),
+    }
 }
 
 #[async_trait]
 impl AuditLog for SqlStore {
+    /// Group commit: the record joins the queue; whoever holds the chain head next (this call
+    /// or one already waiting) writes every queued record in one statement. One `INSERT` per
+    /// record at low load, one per batch under load; every caller still returns only once its
+    /// own record is stored.
     async fn append(&self, record: NewAuditRecord) -> audit::Result<SealedRecord> {
-        let mut tx = self
-            .writer()
-            .begin()
-            .await
-            .map_err(backend("audit: begin"))?;
-        self.audit_lock(&mut tx).await?;
-        let head = read_head(&mut tx).await?;
-        let sealed = head.seal(self.audit_key(), record)?;
-        insert(&mut tx, &sealed).await?;
-        tx.commit().await.map_err(backend("audit: commit"))?;
-        Ok(sealed)
+        let (reply, mut result) = tokio::sync::oneshot::channel();
+        self.audit_queue.0.lock().push((record, reply));
+        let mut cached = self.audit_head.lock().await;
+        loop {
+            match result.try_recv() {
+                Ok(done) => return done,
+                Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
+                    // The caller that took this record was cancelled while writing it.
+                    return Err(audit::Error::Backend {
+                        op: "audit: append",
+                        source: "the write of this record was interrupted; its outcome is \
+                                 unknown (`audit verify` shows whether it is stored)"
+                            .into(),
+                    });
+                }
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {}
+            }
+            let batch: Vec<(NewAuditRecord, Reply)> = {
+                let mut queue = self.audit_queue.0.lock();
+                let n = queue.len().min(MAX_BATCH);
+                queue.drain(..n).collect()
+            };
+            if batch.is_empty() {
+                // Unreachable: records are only taken under the head lock, which we hold, and
+                // ours was neither answered nor dropped.
+                return Err(audit::Error::Backend {
+                    op: "audit: append",
+                    source: "the record left the queue without an answer".into(),
+                });
+            }
+            let (records, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+            match self.flush_audit(&mut cached, &records).await {
+                Ok(sealed) => {
+                    for (reply, s) in replies.into_iter().zip(sealed) {
+                        let _ = reply.send(Ok(s));
+                    }
+                }
+                Err(e) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(batch_failed(&e)));
+                    }
+                }
+            }
+        }
     }
 
     async fn read_range(&self, from_seq: u64, limit: usize) -> audit::Result<Vec<SealedRecord>> {
@@ -133,6 +280,8 @@ impl AuditLog for SqlStore {
     }
 
     async fn purge(&self, older_than: DateTime<Utc>, actor: Actor) -> audit::Result<PurgeReport> {
+        let mut cached = self.audit_head.lock().await;
+        *cached = None;
         let mut tx = self
             .writer()
             .begin()
@@ -194,6 +343,7 @@ impl AuditLog for SqlStore {
         )?;
         insert(&mut tx, &sealed).await?;
         tx.commit().await.map_err(backend("audit: commit purge"))?;
+        *cached = Some(ChainHead::after(&sealed));
         Ok(PurgeReport {
             removed,
             anchor,

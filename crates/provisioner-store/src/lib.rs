@@ -60,6 +60,15 @@ pub trait Store: Send + Sync {
     /// transaction; creates the order's job unless one exists.
     async fn ingest_event(&self, event: &InboxEvent, now: DateTime<Utc>) -> Result<IngestOutcome>;
 
+    /// [`Store::ingest_event`] for several events in one transaction (what one Pub/Sub fetch
+    /// delivered): each topic's checkpoint moves to its last event in the batch. Outcomes are
+    /// in the order of `events`; an error means none of them was stored.
+    async fn ingest_events(
+        &self,
+        events: &[InboxEvent],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<IngestOutcome>>;
+
     /// Records a dead letter, and (for a bad event) moves the checkpoint past it in the same
     /// transaction. Returns the dead letter's id.
     async fn dead_letter(

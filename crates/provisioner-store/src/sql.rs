@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -93,6 +94,15 @@ pub struct SqlStore {
     keyring: RwLock<Arc<Keyring>>,
     master: Arc<MasterKey>,
     audit_key: audit::AuditKey,
+    /// The audit chain head as this process last wrote or read it (`None`: read it first).
+    /// Appends are serialised by this mutex; the `audit_log.seq` primary key catches a head
+    /// that another process moved (the append then re-reads the head and seals again).
+    pub(crate) audit_head: tokio::sync::Mutex<Option<audit::ChainHead>>,
+    /// Records waiting to be appended (group commit: whoever holds `audit_head` next writes
+    /// every waiting record in one statement).
+    pub(crate) audit_queue: crate::audit_log::AuditQueue,
+    /// When a claim next looks for expired leases first (Unix ms).
+    next_expired_scan: AtomicI64,
     _lock: Option<ProcessLock>,
 }
 
@@ -244,8 +254,11 @@ impl SqlStore {
                 let opts: AnyConnectOptions = conn_url
                     .parse()
                     .map_err(Error::db("parsing the SQLite URL"))?;
+                // No ping before each acquire: on SQLite every statement is a round trip to the
+                // connection's worker thread, and a file does not go away like a socket.
                 let writer = AnyPoolOptions::new()
                     .max_connections(1)
+                    .test_before_acquire(false)
                     .acquire_timeout(options.acquire_timeout)
                     .after_connect(sqlite_pragmas)
                     .connect_with(opts.clone())
@@ -253,6 +266,7 @@ impl SqlStore {
                     .map_err(Error::db("opening the SQLite database"))?;
                 let reader = AnyPoolOptions::new()
                     .max_connections(options.max_connections.clamp(1, 8))
+                    .test_before_acquire(false)
                     .acquire_timeout(options.acquire_timeout)
                     .after_connect(sqlite_pragmas)
                     .connect_with(opts)
@@ -264,8 +278,12 @@ impl SqlStore {
                 let opts: AnyConnectOptions = url
                     .parse()
                     .map_err(Error::db("parsing the PostgreSQL URL"))?;
+                // No ping before each acquire (it doubles the round trips of every statement): a
+                // connection broken by a server restart fails its next statement instead, which
+                // every caller already treats as a retryable store error, and is then dropped.
                 let pool = AnyPoolOptions::new()
                     .max_connections(options.max_connections.max(2))
+                    .test_before_acquire(false)
                     .acquire_timeout(options.acquire_timeout)
                     .connect_with(opts)
                     .await
@@ -295,6 +313,9 @@ impl SqlStore {
             keyring: RwLock::new(Arc::new(keyring)),
             master,
             audit_key,
+            audit_head: tokio::sync::Mutex::new(None),
+            audit_queue: crate::audit_log::AuditQueue::default(),
+            next_expired_scan: AtomicI64::new(0),
             _lock: lock,
         })
     }
@@ -471,6 +492,61 @@ impl SqlStore {
     }
 }
 
+/// How often a claim looks for expired leases before pending jobs.
+const EXPIRED_SCAN_EVERY_MS: i64 = 500;
+
+#[derive(Clone, Copy)]
+enum ClaimKind {
+    /// The oldest due pending job whose customer has nothing running or waiting before it.
+    Pending,
+    /// A running job whose lease expired (its worker died or stalled).
+    Expired,
+}
+
+impl SqlStore {
+    /// Claims one job of `kind` in one statement (`UPDATE ... WHERE order_id = (SELECT ...
+    /// LIMIT 1) RETURNING`), so a claim is a single round trip to the database.
+    async fn claim_kind(
+        &self,
+        kind: ClaimKind,
+        owner: &str,
+        now_ms: i64,
+        lease: Duration,
+    ) -> Result<Option<Job>> {
+        let candidate = match kind {
+            ClaimKind::Pending => {
+                "j.state = 'pending' AND j.next_attempt_at <= $3 \
+                 AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.customer_number = j.customer_number \
+                     AND e.seq < j.seq AND e.state IN ('pending', 'running')) \
+                 AND NOT EXISTS (SELECT 1 FROM jobs r WHERE r.customer_number = j.customer_number \
+                     AND r.state = 'running')"
+            }
+            ClaimKind::Expired => "j.state = 'running' AND j.lease_until < $3",
+        };
+        let sql = format!(
+            "UPDATE jobs SET state = 'running', lease_owner = $1, lease_until = $2, updated_at = $3 \
+             WHERE order_id = (SELECT j.order_id FROM jobs j WHERE {candidate} \
+                 ORDER BY j.next_attempt_at, j.seq LIMIT 1{lock}) \
+               AND (state = 'pending' OR (state = 'running' AND lease_until < $3)) \
+             RETURNING {JOB_COLS}",
+            lock = self.lock_clause()
+        );
+        let claimed = match sqlx::query(&sql)
+            .bind(owner)
+            .bind(now_ms.saturating_add(lease_ms(lease)))
+            .bind(now_ms)
+            .fetch_optional(&self.writer)
+            .await
+        {
+            Ok(row) => row,
+            // Another worker got a job of this customer running first: nothing to claim now.
+            Err(e) if is_unique_violation(&e) => return Ok(None),
+            Err(e) => return Err(Error::db("claiming a job")(e)),
+        };
+        claimed.map(|row| job_from_row(&row)).transpose()
+    }
+}
+
 async fn insert_job(
     tx: &mut AnyConnection,
     job: &NewJob,
@@ -491,6 +567,55 @@ async fn insert_job(
     .execute(tx)
     .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// Stores one event in the inbox and creates its order's job unless one exists.
+async fn ingest_in(
+    tx: &mut AnyConnection,
+    event: &InboxEvent,
+    now: DateTime<Utc>,
+) -> Result<IngestOutcome> {
+    // The inbox row first: its primary key recognises a duplicate event, so the common
+    // case is two statements (inbox, job) per event.
+    let fresh = sqlx::query(
+        "INSERT INTO inbox (event_id, topic, replay_id, order_id, outcome, received_at) \
+             VALUES ($1, $2, $3, $4, 'enqueued', $5) ON CONFLICT (event_id) DO NOTHING",
+    )
+    .bind(&event.event_id)
+    .bind(&event.topic)
+    .bind(&event.replay_id)
+    .bind(&event.order_id)
+    .bind(ms(now))
+    .execute(&mut *tx)
+    .await
+    .map_err(Error::db("ingest: inbox"))?
+    .rows_affected()
+        == 1;
+    if !fresh {
+        return Ok(IngestOutcome::DuplicateEvent);
+    }
+    let created = insert_job(
+        tx,
+        &NewJob {
+            order_id: event.order_id.clone(),
+            customer_number: event.customer_number.clone(),
+            account_id: event.account_id.clone(),
+            event_id: Some(event.event_id.clone()),
+            source: JobSource::Event,
+        },
+        now,
+    )
+    .await
+    .map_err(Error::db("ingest: job"))?;
+    if created {
+        return Ok(IngestOutcome::Enqueued);
+    }
+    sqlx::query("UPDATE inbox SET outcome = 'duplicate_order' WHERE event_id = $1")
+        .bind(&event.event_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(Error::db("ingest: inbox outcome"))?;
+    Ok(IngestOutcome::DuplicateOrder)
 }
 
 async fn upsert_checkpoint(
@@ -525,67 +650,49 @@ impl Store for SqlStore {
     }
 
     async fn ingest_event(&self, event: &InboxEvent, now: DateTime<Utc>) -> Result<IngestOutcome> {
+        let mut outcomes = self.ingest_events(std::slice::from_ref(event), now).await?;
+        outcomes.pop().ok_or(Error::Corrupt {
+            what: "ingest",
+            reason: "no outcome for the event".to_owned(),
+        })
+    }
+
+    async fn ingest_events(
+        &self,
+        events: &[InboxEvent],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<IngestOutcome>> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut tx = self
             .writer
             .begin()
             .await
             .map_err(Error::db("begin ingest"))?;
-        let seen = sqlx::query("SELECT 1 AS one FROM inbox WHERE event_id = $1")
-            .bind(&event.event_id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(Error::db("ingest: inbox lookup"))?;
-        let outcome = if seen.is_some() {
-            IngestOutcome::DuplicateEvent
-        } else {
-            let created = insert_job(
-                &mut tx,
-                &NewJob {
-                    order_id: event.order_id.clone(),
-                    customer_number: event.customer_number.clone(),
-                    account_id: event.account_id.clone(),
-                    event_id: Some(event.event_id.clone()),
-                    source: JobSource::Event,
-                },
-                now,
-            )
-            .await
-            .map_err(Error::db("ingest: job"))?;
-            let outcome = if created {
-                IngestOutcome::Enqueued
-            } else {
-                IngestOutcome::DuplicateOrder
-            };
-            sqlx::query(
-                "INSERT INTO inbox (event_id, topic, replay_id, order_id, outcome, received_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING",
-            )
-            .bind(&event.event_id)
-            .bind(&event.topic)
-            .bind(&event.replay_id)
-            .bind(&event.order_id)
-            .bind(match outcome {
-                IngestOutcome::Enqueued => "enqueued",
-                _ => "duplicate_order",
-            })
-            .bind(ms(now))
-            .execute(&mut *tx)
-            .await
-            .map_err(Error::db("ingest: inbox"))?;
-            outcome
-        };
-        upsert_checkpoint(
-            &mut tx,
-            &Checkpoint {
-                topic: event.topic.clone(),
-                replay_id: event.replay_id.clone(),
-            },
-            now,
-        )
-        .await
-        .map_err(Error::db("ingest: checkpoint"))?;
+        let mut outcomes = Vec::with_capacity(events.len());
+        for event in events {
+            outcomes.push(ingest_in(&mut tx, event, now).await?);
+        }
+        // The checkpoint of every topic in the batch moves to its last event (one topic in
+        // practice), in the same transaction as the events it passes.
+        for (i, event) in events.iter().enumerate() {
+            let last_of_topic = events[i + 1..].iter().all(|e| e.topic != event.topic);
+            if last_of_topic {
+                upsert_checkpoint(
+                    &mut tx,
+                    &Checkpoint {
+                        topic: event.topic.clone(),
+                        replay_id: event.replay_id.clone(),
+                    },
+                    now,
+                )
+                .await
+                .map_err(Error::db("ingest: checkpoint"))?;
+            }
+        }
         tx.commit().await.map_err(Error::db("commit ingest"))?;
-        Ok(outcome)
+        Ok(outcomes)
     }
 
     async fn dead_letter(
@@ -656,55 +763,34 @@ impl Store for SqlStore {
 
     async fn claim(&self, owner: &str, now: DateTime<Utc>, lease: Duration) -> Result<Option<Job>> {
         let now_ms = ms(now);
-        let mut tx = self
-            .writer
-            .begin()
-            .await
-            .map_err(Error::db("begin claim"))?;
-        let select = format!(
-            "SELECT j.order_id FROM jobs j \
-             WHERE ((j.state = 'pending' AND j.next_attempt_at <= $1) \
-                 OR (j.state = 'running' AND j.lease_until < $1)) \
-               AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.customer_number = j.customer_number \
-                   AND e.seq < j.seq AND e.state IN ('pending', 'running')) \
-               AND NOT EXISTS (SELECT 1 FROM jobs r WHERE r.customer_number = j.customer_number \
-                   AND r.state = 'running' AND r.seq <> j.seq) \
-             ORDER BY j.next_attempt_at, j.seq LIMIT 1{}",
-            self.lock_clause()
-        );
-        let Some(row) = sqlx::query(&select)
-            .bind(now_ms)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(Error::db("claim: select"))?
-        else {
-            return Ok(None);
-        };
-        let order_id: String = col(&row, "order_id", "job")?;
-        let update = format!(
-            "UPDATE jobs SET state = 'running', lease_owner = $1, lease_until = $2, updated_at = $3 \
-             WHERE order_id = $4 AND (state = 'pending' OR (state = 'running' AND lease_until < $3)) \
-             RETURNING {JOB_COLS}"
-        );
-        let claimed = match sqlx::query(&update)
-            .bind(owner)
-            .bind(now_ms.saturating_add(lease_ms(lease)))
-            .bind(now_ms)
-            .bind(&order_id)
-            .fetch_optional(&mut *tx)
-            .await
+        // Expired leases first now and then (they block their customer's queue), otherwise
+        // only when nothing is pending: each kind is one index-ordered statement, where a
+        // single query with an OR between them sorts every pending job (milliseconds each
+        // claim with a backlog of tens of thousands).
+        let due = self.next_expired_scan.load(Ordering::Relaxed) <= now_ms;
+        if due {
+            self.next_expired_scan.store(
+                now_ms.saturating_add(EXPIRED_SCAN_EVERY_MS),
+                Ordering::Relaxed,
+            );
+            if let Some(job) = self
+                .claim_kind(ClaimKind::Expired, owner, now_ms, lease)
+                .await?
+            {
+                return Ok(Some(job));
+            }
+        }
+        if let Some(job) = self
+            .claim_kind(ClaimKind::Pending, owner, now_ms, lease)
+            .await?
         {
-            Ok(row) => row,
-            // Another worker got a job of this customer running first: nothing to claim now.
-            Err(e) if is_unique_violation(&e) => return Ok(None),
-            Err(e) => return Err(Error::db("claim: update")(e)),
-        };
-        let Some(row) = claimed else {
+            return Ok(Some(job));
+        }
+        if due {
             return Ok(None);
-        };
-        let job = job_from_row(&row)?;
-        tx.commit().await.map_err(Error::db("commit claim"))?;
-        Ok(Some(job))
+        }
+        self.claim_kind(ClaimKind::Expired, owner, now_ms, lease)
+            .await
     }
 
     async fn renew_lease(&self, order_id: &str, owner: &str, until: DateTime<Utc>) -> Result<()> {

@@ -264,27 +264,34 @@ impl SalesforceSandbox {
             .insert(account.id.clone(), account);
     }
 
-    /// Adds or replaces an Order.
+    /// Adds or replaces an Order (stored under its `id`).
     pub fn insert_order(&self, order: SfOrder) {
-        self.shared
-            .org
-            .lock()
-            .orders
-            .insert(order.id.clone(), order);
+        self.shared.org.lock().insert_order(order);
     }
 
     /// Adds an OrderItem.
     pub fn insert_order_item(&self, item: SfOrderItem) {
-        self.shared.org.lock().items.push(item);
+        self.shared.org.lock().insert_item(item);
+    }
+
+    /// Adds many Orders and OrderItems under one lock (faster seeding of large orgs).
+    pub fn insert_orders(
+        &self,
+        orders: impl IntoIterator<Item = SfOrder>,
+        items: impl IntoIterator<Item = SfOrderItem>,
+    ) {
+        let mut org = self.shared.org.lock();
+        for order in orders {
+            org.insert_order(order);
+        }
+        for item in items {
+            org.insert_item(item);
+        }
     }
 
     /// The Order with this id (15 or 18 characters), as stored now.
     pub fn order(&self, id: &str) -> Option<SfOrder> {
-        let org = self.shared.org.lock();
-        org.orders
-            .values()
-            .find(|o| org::same_id(&o.id, id))
-            .cloned()
+        self.shared.org.lock().order(id).cloned()
     }
 
     /// Every Account.
@@ -292,9 +299,27 @@ impl SalesforceSandbox {
         self.shared.org.lock().accounts.values().cloned().collect()
     }
 
-    /// Every PATCH received, in order, whatever its outcome.
+    /// Every PATCH received, in order, whatever its outcome: the most recent
+    /// [`crate::DEFAULT_RECORD_LIMIT`] unless changed with
+    /// [`SalesforceSandbox::set_patch_log_limit`], none while recording is off.
     pub fn patches(&self) -> Vec<RecordedPatch> {
-        self.shared.org.lock().patches.clone()
+        self.shared.org.lock().patches()
+    }
+
+    /// Turns the recording of PATCHes on (the default) or off; what was recorded stays.
+    /// A long-running sandbox that nobody inspects should turn it off.
+    pub fn set_record_patches(&self, record: bool) {
+        self.shared.org.lock().set_record_patches(record);
+    }
+
+    /// Keeps at most `limit` recorded PATCHes, dropping the oldest (0 records nothing).
+    pub fn set_patch_log_limit(&self, limit: usize) {
+        self.shared.org.lock().set_patch_log_limit(limit);
+    }
+
+    /// Forgets the recorded PATCHes.
+    pub fn clear_patches(&self) {
+        self.shared.org.lock().clear_patches();
     }
 
     /// The fault table.

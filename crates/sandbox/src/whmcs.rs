@@ -10,7 +10,10 @@
 //! page with `limitstart`/`limitnum`. Replies copy WHMCS's inconsistent number types and its
 //! `""` for empty lists.
 //!
-//! Every request is recorded (action and decoded parameters) for tests to inspect. Faults can
+//! Every request is recorded (action and decoded parameters) for tests to inspect: the most
+//! recent [`crate::DEFAULT_RECORD_LIMIT`] by default, see [`WhmcsSandbox::set_record_requests`]
+//! and [`WhmcsSandbox::set_request_log_limit`]. Clients by email, and services and orders by
+//! client, are indexed, so per-client calls stay O(log n) with 100,000+ records. Faults can
 //! be injected per action: latency, an HTML HTTP 500, and "commit then drop the connection"
 //! (the change is applied, then the TCP connection is closed with no reply at all).
 //!
@@ -28,7 +31,7 @@
 
 pub mod php;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -49,6 +52,8 @@ use tokio::task::{JoinHandle, JoinSet};
 use tower::ServiceExt as _;
 
 use php::{Array, Key, Value};
+
+use crate::record_log::RecordLog;
 
 /// The path WHMCS serves its External API on.
 pub const API_PATH: &str = "/includes/api.php";
@@ -312,23 +317,113 @@ struct FaultEntry {
     remaining: Option<u32>,
 }
 
+/// The emulated installation. `clients`, `orders` and `services` change only through
+/// [`State::insert_client`], [`State::insert_order`] and [`State::insert_service`] (or in ways
+/// that leave the indexed fields alone: status, module creates), which keep the indexes in sync.
 #[derive(Default)]
 struct State {
     clients: BTreeMap<u64, Client>,
     products: BTreeMap<u64, Product>,
     orders: BTreeMap<u64, Order>,
     services: BTreeMap<u64, Service>,
+    /// ASCII-lowercased email -> ids of the clients with it (WHMCS compares emails
+    /// case-insensitively; seeding may repeat one).
+    clients_by_email: HashMap<String, BTreeSet<u64>>,
+    /// Client id -> ids of its services.
+    services_by_client: HashMap<u64, BTreeSet<u64>>,
+    /// Client id -> ids of its orders.
+    orders_by_client: HashMap<u64, BTreeSet<u64>>,
     next_client: u64,
     next_product: u64,
     next_order: u64,
     next_service: u64,
     next_invoice: u64,
-    requests: Vec<RecordedRequest>,
+    requests: RecordLog<RecordedRequest>,
     faults: HashMap<String, Vec<FaultEntry>>,
     rate_faults: HashMap<String, Vec<(Fault, f64)>>,
     rng: Option<rand::rngs::StdRng>,
     ip_denied: bool,
     allowed_actions: Option<HashSet<String>>,
+}
+
+/// Removes `id` from the set under `key`, dropping the set when it empties.
+fn unindex<K: std::hash::Hash + Eq>(index: &mut HashMap<K, BTreeSet<u64>>, key: &K, id: u64) {
+    if let Some(ids) = index.get_mut(key) {
+        ids.remove(&id);
+        if ids.is_empty() {
+            index.remove(key);
+        }
+    }
+}
+
+impl State {
+    /// Adds or replaces the client stored under `client.id`.
+    fn insert_client(&mut self, client: Client) {
+        let id = client.id;
+        if let Some(old) = self.clients.get(&id) {
+            let key = old.email.to_ascii_lowercase();
+            unindex(&mut self.clients_by_email, &key, id);
+        }
+        self.clients_by_email
+            .entry(client.email.to_ascii_lowercase())
+            .or_default()
+            .insert(id);
+        self.clients.insert(id, client);
+    }
+
+    /// The client with the lowest id whose email equals `email` ignoring ASCII case.
+    fn client_by_email(&self, email: &str) -> Option<&Client> {
+        self.clients_by_email
+            .get(&email.to_ascii_lowercase())
+            .and_then(|ids| ids.first())
+            .and_then(|id| self.clients.get(id))
+    }
+
+    /// Adds or replaces the service stored under `service.id`.
+    fn insert_service(&mut self, service: Service) {
+        let id = service.id;
+        if let Some(old) = self.services.get(&id) {
+            let key = old.client_id;
+            unindex(&mut self.services_by_client, &key, id);
+        }
+        self.services_by_client
+            .entry(service.client_id)
+            .or_default()
+            .insert(id);
+        self.services.insert(id, service);
+    }
+
+    /// Adds or replaces the order stored under `order.id`.
+    fn insert_order(&mut self, order: Order) {
+        let id = order.id;
+        if let Some(old) = self.orders.get(&id) {
+            let key = old.client_id;
+            unindex(&mut self.orders_by_client, &key, id);
+        }
+        self.orders_by_client
+            .entry(order.client_id)
+            .or_default()
+            .insert(id);
+        self.orders.insert(id, order);
+    }
+
+    /// The services of `client_id`, by id.
+    fn services_of(&self, client_id: u64) -> impl Iterator<Item = &Service> {
+        self.services_by_client
+            .get(&client_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.services.get(id))
+    }
+
+    /// The orders of `client_id`, by id.
+    fn orders_of(&self, client_id: u64) -> impl Iterator<Item = &Order> {
+        self.orders_by_client
+            .get(&client_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.orders.get(id))
+    }
 }
 
 struct Shared {
@@ -404,7 +499,7 @@ impl WhmcsSandbox {
         let mut state = self.shared.state.lock();
         state.next_client += 1;
         client.id = state.next_client;
-        state.clients.insert(client.id, client);
+        state.insert_client(client);
         state.next_client
     }
 
@@ -422,7 +517,7 @@ impl WhmcsSandbox {
         let mut state = self.shared.state.lock();
         state.next_service += 1;
         service.id = state.next_service;
-        state.services.insert(service.id, service);
+        state.insert_service(service);
         state.next_service
     }
 
@@ -513,9 +608,22 @@ impl WhmcsSandbox {
         self.shared.state.lock().services.get(&id).cloned()
     }
 
-    /// Every request received, oldest first.
+    /// Every request received, oldest first: the most recent [`crate::DEFAULT_RECORD_LIMIT`]
+    /// unless changed with [`WhmcsSandbox::set_request_log_limit`], none while recording is
+    /// off.
     pub fn requests(&self) -> Vec<RecordedRequest> {
-        self.shared.state.lock().requests.clone()
+        self.shared.state.lock().requests.to_vec()
+    }
+
+    /// Turns the recording of requests on (the default) or off; what was recorded stays.
+    /// A long-running sandbox that nobody inspects should turn it off.
+    pub fn set_record_requests(&self, record: bool) {
+        self.shared.state.lock().requests.set_enabled(record);
+    }
+
+    /// Keeps at most `limit` recorded requests, dropping the oldest (0 records nothing).
+    pub fn set_request_log_limit(&self, limit: usize) {
+        self.shared.state.lock().requests.set_limit(limit);
     }
 
     /// The requests whose action matches `action` (case-insensitive).
@@ -636,12 +744,14 @@ async fn api(
 
     let fault = {
         let mut state = shared.state.lock();
-        state.requests.push(RecordedRequest {
-            action: action.clone(),
-            params: post.clone(),
-            content_type,
-            query: uri.query().map(str::to_owned),
-        });
+        if state.requests.enabled() {
+            state.requests.push(RecordedRequest {
+                action: action.clone(),
+                params: post.clone(),
+                content_type,
+                query: uri.query().map(str::to_owned),
+            });
+        }
         take_fault(&mut state, &action_key)
     };
     let mut drop_after = false;
@@ -819,10 +929,7 @@ fn get_clients_details(state: &State, post: &Array) -> Reply {
     let email = text(post, "email");
     let client = match number(post, "clientid") {
         Some(id) => state.clients.get(&id),
-        None if !email.is_empty() => state
-            .clients
-            .values()
-            .find(|c| c.email.eq_ignore_ascii_case(&email)),
+        None if !email.is_empty() => state.client_by_email(&email),
         None => return Reply::business("Either clientid Or email Is Required"),
     };
     let Some(client) = client else {
@@ -922,9 +1029,13 @@ fn get_clients_products(state: &State, post: &Array) -> Reply {
     let service_id = number(post, "serviceid");
     let pid = number(post, "pid");
     let domain = text(post, "domain");
-    let matching: Vec<&Service> = state
-        .services
-        .values()
+    // The narrowest index first; the filters below still check every condition.
+    let candidates: Box<dyn Iterator<Item = &Service>> = match (service_id, client_id) {
+        (Some(id), _) => Box::new(state.services.get(&id).into_iter()),
+        (None, Some(c)) => Box::new(state.services_of(c)),
+        (None, None) => Box::new(state.services.values()),
+    };
+    let matching: Vec<&Service> = candidates
         .filter(|s| client_id.is_none_or(|c| s.client_id == c))
         .filter(|s| service_id.is_none_or(|id| s.id == id))
         .filter(|s| pid.is_none_or(|p| s.product_id == p))
@@ -1088,36 +1199,30 @@ fn add_order(state: &mut State, config: &WhmcsSandboxConfig, post: &Array) -> Re
         state.next_service += 1;
         let id = state.next_service;
         service_ids.push(id);
-        state.services.insert(
+        state.insert_service(Service {
             id,
-            Service {
-                id,
-                client_id,
-                order_id,
-                product_id: line.product_id,
-                billing_cycle: line.billing_cycle,
-                domain: line.domain,
-                status: "Pending".to_owned(),
-                custom_fields: line.custom_fields,
-                config_options: line.config_options,
-                module_creates: 0,
-            },
-        );
-    }
-    state.orders.insert(
-        order_id,
-        Order {
-            id: order_id,
-            order_num: 1_000_000_000 + order_id * 7_919,
             client_id,
+            order_id,
+            product_id: line.product_id,
+            billing_cycle: line.billing_cycle,
+            domain: line.domain,
             status: "Pending".to_owned(),
-            payment_method,
-            service_ids: service_ids.clone(),
-            invoice_id,
-            no_email: truthy(post, "noemail"),
-            send_email: None,
-        },
-    );
+            custom_fields: line.custom_fields,
+            config_options: line.config_options,
+            module_creates: 0,
+        });
+    }
+    state.insert_order(Order {
+        id: order_id,
+        order_num: 1_000_000_000 + order_id * 7_919,
+        client_id,
+        status: "Pending".to_owned(),
+        payment_method,
+        service_ids: service_ids.clone(),
+        invoice_id,
+        no_email: truthy(post, "noemail"),
+        send_email: None,
+    });
     let ids: Vec<String> = service_ids.iter().map(u64::to_string).collect();
     Reply::ok(json!({
         "result": "success",
@@ -1215,9 +1320,13 @@ fn get_orders(state: &State, post: &Array) -> Reply {
     let id = number(post, "id");
     let user = number(post, "userid");
     let status = text(post, "status");
-    let matching: Vec<&Order> = state
-        .orders
-        .values()
+    // The narrowest index first; the filters below still check every condition.
+    let candidates: Box<dyn Iterator<Item = &Order>> = match (id, user) {
+        (Some(i), _) => Box::new(state.orders.get(&i).into_iter()),
+        (None, Some(u)) => Box::new(state.orders_of(u)),
+        (None, None) => Box::new(state.orders.values()),
+    };
+    let matching: Vec<&Order> = candidates
         .filter(|o| id.is_none_or(|i| o.id == i))
         .filter(|o| user.is_none_or(|u| o.client_id == u))
         .filter(|o| status.is_empty() || o.status.eq_ignore_ascii_case(&status))
@@ -1277,11 +1386,7 @@ fn add_client(state: &mut State, post: &Array) -> Reply {
     if email.trim().is_empty() {
         return Reply::business("You did not enter your email address");
     }
-    if state
-        .clients
-        .values()
-        .any(|c| c.email.eq_ignore_ascii_case(&email))
-    {
+    if state.client_by_email(&email).is_some() {
         return Reply::business("A user already exists with that email address");
     }
     // A single base64 string; an array (`customfields[0]`) is not understood.
@@ -1298,17 +1403,237 @@ fn add_client(state: &mut State, post: &Array) -> Reply {
     };
     state.next_client += 1;
     let id = state.next_client;
-    state.clients.insert(
+    state.insert_client(Client {
         id,
-        Client {
-            id,
-            first_name: text(post, "firstname"),
-            last_name: text(post, "lastname"),
-            company_name: text(post, "companyname"),
-            email,
-            status: "Active".to_owned(),
-            custom_fields,
-        },
-    );
+        first_name: text(post, "firstname"),
+        last_name: text(post, "lastname"),
+        company_name: text(post, "companyname"),
+        email,
+        status: "Active".to_owned(),
+        custom_fields,
+    });
     Reply::ok(json!({"result": "success", "clientid": id.to_string()}))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    /// 200 clients (one repeating another's email in other case), services and orders of
+    /// clients spread out over the id space.
+    fn busy_state() -> State {
+        let mut state = State::default();
+        for n in 1..=200u64 {
+            state.next_client += 1;
+            let mut client = Client::active(&format!("C{n}"), &format!("c{n}@Example.com"));
+            client.id = state.next_client;
+            state.insert_client(client);
+        }
+        state.next_client += 1;
+        let mut twin = Client::active("Twin", "C17@EXAMPLE.com");
+        twin.id = state.next_client;
+        state.insert_client(twin);
+        for pid in 1..=3u64 {
+            let mut product = Product::new(&format!("P{pid}"));
+            product.id = pid;
+            state.products.insert(pid, product);
+        }
+        for k in 0..900u64 {
+            state.next_service += 1;
+            let mut service = Service::new((k * 37) % 201 + 1, k % 3 + 1);
+            service.id = state.next_service;
+            service.domain = format!("d{}.example", k % 4);
+            state.insert_service(service);
+        }
+        for k in 0..500u64 {
+            state.next_order += 1;
+            let id = state.next_order;
+            state.insert_order(Order {
+                id,
+                order_num: id,
+                client_id: (k * 53) % 201 + 1,
+                status: if k % 2 == 0 { "Pending" } else { "Active" }.to_owned(),
+                payment_method: "banktransfer".to_owned(),
+                service_ids: Vec::new(),
+                invoice_id: 0,
+                no_email: false,
+                send_email: None,
+            });
+        }
+        state
+    }
+
+    fn form(pairs: &[(&str, String)]) -> Array {
+        let mut body = String::from("limitnum=100000");
+        for (k, v) in pairs {
+            body.push_str(&format!("&{k}={v}"));
+        }
+        php::parse_form(body.as_bytes())
+    }
+
+    fn ids_of(list: &Json, key: &str, id: &str) -> Vec<u64> {
+        match list {
+            Json::String(s) if s.is_empty() => Vec::new(),
+            other => other[key]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e[id].as_u64().unwrap())
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn indexed_clients_products_answer_like_a_scan() {
+        let state = busy_state();
+        let scan = |c: Option<u64>, s: Option<u64>, p: Option<u64>, d: &str| -> Vec<u64> {
+            state
+                .services
+                .values()
+                .filter(|x| c.is_none_or(|c| x.client_id == c))
+                .filter(|x| s.is_none_or(|s| x.id == s))
+                .filter(|x| p.is_none_or(|p| x.product_id == p))
+                .filter(|x| d.is_empty() || x.domain.eq_ignore_ascii_case(d))
+                .map(|x| x.id)
+                .collect()
+        };
+        /// `clientid`, `serviceid`, `pid`, `domain`.
+        type Case<'a> = (Option<u64>, Option<u64>, Option<u64>, &'a str);
+        let mut cases: Vec<Case<'_>> = Vec::new();
+        for c in [1, 2, 17, 100, 201, 202, 999] {
+            cases.push((Some(c), None, None, ""));
+            cases.push((Some(c), None, Some(2), ""));
+            cases.push((Some(c), None, None, "D1.example"));
+        }
+        for s in [1, 450, 900, 901] {
+            cases.push((None, Some(s), None, ""));
+            cases.push((Some(state.services[&450].client_id), Some(s), None, ""));
+        }
+        cases.push((None, None, Some(3), ""));
+        cases.push((None, None, None, "d2.example"));
+        cases.push((None, None, None, ""));
+        let mut nonempty = 0;
+        for (c, s, p, d) in cases {
+            let mut pairs = Vec::new();
+            let mut add = |k: &'static str, v: Option<u64>| {
+                if let Some(v) = v {
+                    pairs.push((k, v.to_string()));
+                }
+            };
+            add("clientid", c);
+            add("serviceid", s);
+            add("pid", p);
+            if !d.is_empty() {
+                pairs.push(("domain", d.to_owned()));
+            }
+            let reply = get_clients_products(&state, &form(&pairs));
+            let want = scan(c, s, p, d);
+            let got = ids_of(&reply.body["products"], "product", "id");
+            assert_eq!(got, want, "{c:?} {s:?} {p:?} {d:?}");
+            assert_eq!(reply.body["totalresults"], want.len().to_string());
+            nonempty += usize::from(!want.is_empty());
+        }
+        assert!(nonempty > 10);
+        // Paging within one client's services keeps the id order.
+        let all = scan(Some(17), None, None, "");
+        assert!(all.len() > 3);
+        let post = php::parse_form(b"clientid=17&limitstart=1&limitnum=2");
+        let reply = get_clients_products(&state, &post);
+        assert_eq!(ids_of(&reply.body["products"], "product", "id"), all[1..3]);
+        assert_eq!(reply.body["totalresults"], all.len().to_string());
+    }
+
+    #[test]
+    fn indexed_get_orders_answer_like_a_scan() {
+        let state = busy_state();
+        let scan = |i: Option<u64>, u: Option<u64>, st: &str| -> Vec<u64> {
+            state
+                .orders
+                .values()
+                .filter(|o| i.is_none_or(|i| o.id == i))
+                .filter(|o| u.is_none_or(|u| o.client_id == u))
+                .filter(|o| st.is_empty() || o.status.eq_ignore_ascii_case(st))
+                .map(|o| o.id)
+                .collect()
+        };
+        let mut cases: Vec<(Option<u64>, Option<u64>, &str)> = Vec::new();
+        for i in [1, 2, 250, 500, 501] {
+            cases.push((Some(i), None, ""));
+            cases.push((Some(i), Some(state.orders[&250].client_id), ""));
+        }
+        for u in [1, 54, 107, 201, 300] {
+            cases.push((None, Some(u), ""));
+            cases.push((None, Some(u), "pending"));
+        }
+        cases.push((None, None, "Active"));
+        cases.push((None, None, ""));
+        for (i, u, st) in cases {
+            let mut pairs = Vec::new();
+            if let Some(i) = i {
+                pairs.push(("id", i.to_string()));
+            }
+            if let Some(u) = u {
+                pairs.push(("userid", u.to_string()));
+            }
+            if !st.is_empty() {
+                pairs.push(("status", st.to_owned()));
+            }
+            let reply = get_orders(&state, &form(&pairs));
+            let want = scan(i, u, st);
+            assert_eq!(
+                ids_of(&reply.body["orders"], "order", "id"),
+                want,
+                "{i:?} {u:?} {st}"
+            );
+            assert_eq!(reply.body["totalresults"], want.len());
+        }
+    }
+
+    #[test]
+    fn new_orders_services_and_clients_are_indexed() {
+        let mut state = busy_state();
+        let config = WhmcsSandboxConfig::default();
+        let post = php::parse_form(
+            b"clientid=42&paymentmethod=banktransfer&pid[0]=1&pid[1]=2&domain[1]=x.example",
+        );
+        let reply = add_order(&mut state, &config, &post);
+        let order_id: u64 = reply.body["orderid"].as_str().unwrap().parse().unwrap();
+        let by_id = get_orders(&state, &form(&[("id", order_id.to_string())]));
+        assert_eq!(ids_of(&by_id.body["orders"], "order", "userid"), vec![42]);
+        let by_user = get_orders(&state, &form(&[("userid", "42".to_owned())]));
+        assert_eq!(
+            ids_of(&by_user.body["orders"], "order", "id").last(),
+            Some(&order_id)
+        );
+        let services = get_clients_products(&state, &form(&[("clientid", "42".to_owned())]));
+        let ids = ids_of(&services.body["products"], "product", "id");
+        assert_eq!(
+            ids[ids.len() - 2..],
+            state.orders[&order_id].service_ids[..]
+        );
+        let accept = accept_order(&mut state, &form(&[("orderid", order_id.to_string())]));
+        assert_eq!(accept.body["result"], "success");
+        assert_eq!(state.orders_of(42).last().unwrap().status, "Active");
+
+        // Emails match ignoring ASCII case; the lowest id wins when repeated.
+        let details =
+            get_clients_details(&state, &form(&[("email", "C17@example.COM".to_owned())]));
+        assert_eq!(details.body["client"]["id"], 17);
+        let signup = |email: &str| {
+            php::parse_form(format!("skipvalidation=1&firstname=N&email={email}").as_bytes())
+        };
+        let dup = add_client(&mut state, &signup("c5@EXAMPLE.COM"));
+        assert_eq!(
+            dup.body["message"],
+            "A user already exists with that email address"
+        );
+        let added = add_client(&mut state, &signup("New@Example.com"));
+        let new_id: u64 = added.body["clientid"].as_str().unwrap().parse().unwrap();
+        let found = get_clients_details(&state, &form(&[("email", "new@example.com".to_owned())]));
+        assert_eq!(found.body["client"]["id"], new_id);
+        let missing =
+            get_clients_details(&state, &form(&[("email", "nobody@example.com".to_owned())]));
+        assert_eq!(missing.body["message"], "Client Not Found");
+    }
 }

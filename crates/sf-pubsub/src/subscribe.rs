@@ -203,6 +203,13 @@ impl<R> Subscription<R> {
     pub async fn next(&mut self) -> Option<Result<Message<R>>> {
         self.rx.recv().await
     }
+
+    /// The next message if one has already arrived, without waiting; `None` when nothing is
+    /// ready now (or the subscription has ended: [`Subscription::next`] then says so). A
+    /// consumer uses it to take what one fetch delivered as a batch.
+    pub fn try_next(&mut self) -> Option<Result<Message<R>>> {
+        self.rx.try_recv().ok()
+    }
 }
 
 impl<R> Stream for Subscription<R> {

@@ -2,14 +2,14 @@
 //! SIGKILL again and again on SQLite, and two processes sharing one PostgreSQL database with
 //! the subscriber's holder killed mid-flow.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use sandbox::whmcs::Fault;
 
 use crate::e2e::{sigterm, wait_all_activated};
 use crate::support::{
-    Logs, PgDb, REF_FIELD, World, free_port, run_to_end, sigkill, spawn, wait_healthy,
+    Logs, PgDb, World, audit_verify_clean, check_invariants, free_port, sigkill, spawn,
+    wait_healthy,
 };
 
 /// A small seeded generator (splitmix64): reproducible kill moments without a dependency.
@@ -45,57 +45,8 @@ fn activated(world: &World) -> usize {
         .count()
 }
 
-/// The invariants of done-when 2: one WHMCS order per Salesforce Order (by the external ref on
-/// its services), every Order Activated with its WHMCS order id, per-customer order kept.
-fn check_invariants(world: &World) {
-    let mut by_ref: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
-    for s in world.whmcs.services() {
-        let r = s.custom_fields.get(&REF_FIELD).cloned().unwrap_or_default();
-        by_ref.entry(r).or_default().insert(s.order_id);
-    }
-    assert_eq!(
-        world.whmcs.orders().len(),
-        world.seeded.events.len(),
-        "one WHMCS order per Salesforce Order"
-    );
-    // Seeded events are per customer, in the order the customer approved them.
-    let mut per_customer: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
-    for e in &world.seeded.events {
-        let ids = by_ref
-            .get(&e.order_id)
-            .unwrap_or_else(|| panic!("no WHMCS order for {}", e.order_id));
-        assert_eq!(ids.len(), 1, "{} has WHMCS orders {ids:?}", e.order_id);
-        let whmcs_id = *ids.iter().next().unwrap();
-        let order = world.sf.order(&e.order_id).unwrap();
-        assert_eq!(order.status, "Activated", "{}", e.order_id);
-        assert_eq!(
-            order.whmcs_order_id.as_deref(),
-            Some(whmcs_id.to_string().as_str()),
-            "{}",
-            e.order_id
-        );
-        assert_eq!(world.whmcs.order(whmcs_id).unwrap().status, "Active");
-        per_customer
-            .entry(&e.customer_number)
-            .or_default()
-            .push(whmcs_id);
-    }
-    for (customer, ids) in per_customer {
-        assert!(
-            ids.windows(2).all(|w| w[0] < w[1]),
-            "customer {customer}: WHMCS orders {ids:?} out of approval order"
-        );
-    }
-}
-
 /// What `provisioner run` on SQLite logs when it takes over its dead predecessor's jobs.
 const RESUMING: &str = "resuming jobs left running by the previous process";
-
-/// Runs `provisioner audit verify` with `env` and asserts a clean chain.
-async fn audit_verify_clean(env: &BTreeMap<String, String>) {
-    let (code, out) = run_to_end(&["audit", "verify"], env, Duration::from_secs(60)).await;
-    assert_eq!(code, Some(0), "audit verify failed:\n{out}");
-}
 
 /// Done-when 3: SIGKILL at 20+ random moments while 300 orders flow (with "commit then drop"
 /// faults on both non-idempotent WHMCS calls), restarting on the same SQLite file each time.

@@ -235,13 +235,25 @@ fn drain(
 /// same target directory. `$CARGO build --locked -p sf-sandbox` runs first (once per test
 /// process): it builds the binary when it is missing, and rebuilds it when it is older than
 /// its sources (`cargo test -p provisioner` does not build other packages' binaries), and is
-/// a quick no-op otherwise.
+/// a quick no-op otherwise. `PP_SF_SANDBOX_BIN` names a binary to use instead.
 async fn sf_sandbox_bin() -> PathBuf {
     static BUILT: tokio::sync::OnceCell<PathBuf> = tokio::sync::OnceCell::const_new();
     BUILT.get_or_init(build_sf_sandbox).await.clone()
 }
 
 async fn build_sf_sandbox() -> PathBuf {
+    // `cargo xtask ci` names the binary its `nextest run --workspace` has just built (every
+    // package's binaries, with the workspace's features): no second, differently featured
+    // build of sf-sandbox and its dependencies inside the test.
+    if let Some(prebuilt) = std::env::var_os("PP_SF_SANDBOX_BIN") {
+        let path = PathBuf::from(prebuilt);
+        assert!(
+            path.is_file(),
+            "PP_SF_SANDBOX_BIN names {}, which is not a file",
+            path.display()
+        );
+        return path;
+    }
     let provisioner = Path::new(BIN);
     let path = provisioner.with_file_name(format!("sf-sandbox{}", std::env::consts::EXE_SUFFIX));
     let profile_dir = provisioner

@@ -5,6 +5,7 @@
 
 mod support;
 
+mod backlog;
 mod crash;
 mod dr;
 mod e2e;

@@ -1,7 +1,7 @@
 //! Shared harness: in-process sandboxes with a seeded org, and the provisioner binary as a
 //! child process configured only through environment variables.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -313,4 +313,53 @@ pub(crate) fn spawn_logged(
         .stderr(Stdio::from(err))
         .kill_on_drop(true);
     cmd.spawn().unwrap()
+}
+
+/// The invariants of done-when 2: one WHMCS order per Salesforce Order (by the external ref on
+/// its services), every Order Activated with its WHMCS order id, per-customer order kept.
+pub(crate) fn check_invariants(world: &World) {
+    let mut by_ref: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
+    for s in world.whmcs.services() {
+        let r = s.custom_fields.get(&REF_FIELD).cloned().unwrap_or_default();
+        by_ref.entry(r).or_default().insert(s.order_id);
+    }
+    assert_eq!(
+        world.whmcs.orders().len(),
+        world.seeded.events.len(),
+        "one WHMCS order per Salesforce Order"
+    );
+    // Seeded events are per customer, in the order the customer approved them.
+    let mut per_customer: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+    for e in &world.seeded.events {
+        let ids = by_ref
+            .get(&e.order_id)
+            .unwrap_or_else(|| panic!("no WHMCS order for {}", e.order_id));
+        assert_eq!(ids.len(), 1, "{} has WHMCS orders {ids:?}", e.order_id);
+        let whmcs_id = *ids.iter().next().unwrap();
+        let order = world.sf.order(&e.order_id).unwrap();
+        assert_eq!(order.status, "Activated", "{}", e.order_id);
+        assert_eq!(
+            order.whmcs_order_id.as_deref(),
+            Some(whmcs_id.to_string().as_str()),
+            "{}",
+            e.order_id
+        );
+        assert_eq!(world.whmcs.order(whmcs_id).unwrap().status, "Active");
+        per_customer
+            .entry(&e.customer_number)
+            .or_default()
+            .push(whmcs_id);
+    }
+    for (customer, ids) in per_customer {
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "customer {customer}: WHMCS orders {ids:?} out of approval order"
+        );
+    }
+}
+
+/// Runs `provisioner audit verify` with `env` and asserts a clean chain.
+pub(crate) async fn audit_verify_clean(env: &BTreeMap<String, String>) {
+    let (code, out) = run_to_end(&["audit", "verify"], env, Duration::from_secs(60)).await;
+    assert_eq!(code, Some(0), "audit verify failed:\n{out}");
 }

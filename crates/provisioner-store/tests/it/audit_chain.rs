@@ -37,6 +37,52 @@ both_backends! {
         assert_eq!(store.head().await.unwrap().seq, 320);
     }
 
+    async fn two_stores_appending_to_one_database_never_fork_the_chain(db: &TestDb) {
+        // Each store keeps the chain head in memory; the other one's appends make it stale,
+        // and the `seq` key must turn that into a re-read, not a fork or a gap.
+        let a = Arc::new(db.open().await);
+        let b = Arc::new(db.open_shared().await);
+        let mut tasks = Vec::new();
+        for t in 0..8u32 {
+            let store = if t % 2 == 0 { Arc::clone(&a) } else { Arc::clone(&b) };
+            tasks.push(tokio::spawn(async move {
+                for i in 0..15u32 {
+                    store.append(record(t * 100 + i)).await.unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        // One more from each, after the other one moved the head.
+        a.append(record(900)).await.unwrap();
+        b.append(record(901)).await.unwrap();
+        a.append(record(902)).await.unwrap();
+        let summary = audit::verify(&*a, a.audit_key()).await.unwrap();
+        assert_eq!(summary.records, 123);
+        assert_eq!((summary.first_seq, summary.last_seq), (Some(1), Some(123)));
+    }
+
+    async fn a_batch_of_concurrent_appends_returns_each_its_own_record(db: &TestDb) {
+        let store = Arc::new(db.open().await);
+        let appends = (0..64u32).map(|i| {
+            let store = Arc::clone(&store);
+            async move { (i, store.append(record(i)).await.unwrap()) }
+        });
+        let sealed = futures::future::join_all(appends).await;
+        let mut seqs: Vec<u64> = sealed.iter().map(|(_, s)| s.record.seq).collect();
+        for (i, s) in &sealed {
+            assert_eq!(s.record.details.get(DetailKey::Attempt), Some(i.to_string().as_str()));
+        }
+        seqs.sort_unstable();
+        assert_eq!(seqs, (1..=64).collect::<Vec<u64>>());
+        let stored = store.read_range(1, 100).await.unwrap();
+        for (_, s) in &sealed {
+            assert_eq!(&stored[usize::try_from(s.record.seq - 1).unwrap()], s);
+        }
+        assert_eq!(audit::verify(&*store, store.audit_key()).await.unwrap().records, 64);
+    }
+
     async fn purge_keeps_an_anchor_and_the_rest_verifies(db: &TestDb) {
         let store = db.open().await;
         let old = Utc::now() - Duration::days(3000);

@@ -40,6 +40,32 @@ both_backends! {
         assert_eq!(job.source, JobSource::Event);
     }
 
+    async fn a_batch_is_stored_in_one_transaction_with_its_checkpoint(db: &TestDb) {
+        let store = db.open().await;
+        let now = Utc::now();
+        let e1 = event(1, "801000000000001AAA", "C-1");
+        let e2 = event(2, "801000000000002AAA", "C-1");
+        // Same order as e1: a duplicate order inside the batch; e1 again: a duplicate event.
+        let e3 = event(3, "801000000000001AAA", "C-1");
+        let batch = [e1.clone(), e2.clone(), e3.clone(), e1.clone()];
+        assert_eq!(
+            store.ingest_events(&batch, now).await.unwrap(),
+            [
+                IngestOutcome::Enqueued,
+                IngestOutcome::Enqueued,
+                IngestOutcome::DuplicateOrder,
+                IngestOutcome::DuplicateEvent,
+            ]
+        );
+        // The checkpoint is the batch's last event.
+        assert_eq!(store.load_checkpoint(&e1.topic).await.unwrap(), Some(e1.replay_id.clone()));
+        let jobs = store.jobs(0, 10).await.unwrap();
+        assert_eq!(jobs.len(), 2);
+        assert_eq!(jobs[0].order_id, "801000000000001AAA");
+        assert_eq!(jobs[1].order_id, "801000000000002AAA");
+        assert!(store.ingest_events(&[], now).await.unwrap().is_empty());
+    }
+
     async fn replay_ids_are_kept_verbatim(db: &TestDb) {
         let store = db.open().await;
         let mut e = event(1, "801000000000001AAA", "C-1");

@@ -62,6 +62,18 @@ impl TestDb {
             .unwrap()
     }
 
+    /// A second store on the same database, as an operator command opens it next to a
+    /// running service (SQLite without the one-process lock; PostgreSQL: another instance).
+    pub(crate) async fn open_shared(&self) -> SqlStore {
+        let options = StoreOptions {
+            exclusive: false,
+            ..StoreOptions::default()
+        };
+        SqlStore::open(&self.url(), &master(), options)
+            .await
+            .unwrap()
+    }
+
     pub(crate) async fn cleanup(self) {
         if let TestDb::Postgres { name } = self {
             let mut admin = sqlx::AnyConnection::connect(&admin_url()).await.unwrap();

@@ -487,13 +487,16 @@ impl StreamTask {
                 let Some(log) = data.topics.get(&self.topic) else {
                     return Err(());
                 };
-                // Retention may have moved past the cursor: skip what is gone.
+                // Retention may have moved past the cursor: skip what is gone. Retained seqs
+                // are contiguous, so the cursor's position is found by arithmetic (O(1) per
+                // fetch however long the log is), not by a scan.
                 let mut cursor = self.cursor.max(log.first_retained());
                 let skip = usize::try_from(cursor - log.first_retained()).unwrap_or(usize::MAX);
                 let events: Vec<ConsumerEvent> = log
                     .events
+                    .get(skip..)
+                    .unwrap_or_default()
                     .iter()
-                    .skip(skip)
                     .take(limit)
                     .map(|e| {
                         cursor = e.seq + 1;

@@ -1,10 +1,12 @@
 //! The in-memory org: Accounts, Orders, OrderItems, the two SOQL queries the provisioner sends,
 //! and the Order PATCH with Salesforce's validation.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
+
+use crate::record_log::RecordLog;
 
 /// An Account record.
 #[derive(Clone, Debug, PartialEq)]
@@ -124,13 +126,25 @@ impl ApiError {
 }
 
 /// The org's data plus what the sandbox recorded.
+///
+/// Orders are keyed by their id as inserted; the secondary indexes (kept in sync by
+/// [`OrgData::insert_order`], [`OrgData::insert_item`] and the PATCH) make the provisioner's
+/// per-Order calls O(log n): Order by 15- or 18-character id, its OrderItems, and the reconcile
+/// sweep's `Status = .. AND LastModifiedDate < ..` range.
 #[derive(Debug, Default)]
 pub(crate) struct OrgData {
     pub(crate) accounts: BTreeMap<String, SfAccount>,
-    pub(crate) orders: BTreeMap<String, SfOrder>,
-    pub(crate) items: Vec<SfOrderItem>,
-    pub(crate) patches: Vec<RecordedPatch>,
-    pub(crate) pages: BTreeMap<String, Vec<Value>>,
+    orders: BTreeMap<String, SfOrder>,
+    /// The 15-character form of every valid Order id -> the keys of `orders` with that form
+    /// (one, unless an Order was inserted under both its 15- and 18-character id).
+    order_keys: HashMap<String, BTreeSet<String>>,
+    /// `(Status, LastModifiedDate, key)` of every Order.
+    by_status: BTreeSet<(String, DateTime<Utc>, String)>,
+    items: Vec<SfOrderItem>,
+    /// The 15-character form of an `OrderId` -> positions in `items`, in insertion order.
+    items_by_order: HashMap<String, Vec<usize>>,
+    patches: RecordLog<RecordedPatch>,
+    pages: BTreeMap<String, Vec<Value>>,
     next_locator: u64,
 }
 
@@ -146,7 +160,13 @@ pub(crate) fn is_id(id: &str) -> bool {
     matches!(id.len(), 15 | 18) && id.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
+/// The case-sensitive 15-character form ids match on, when `id` is an id at all.
+fn id15(id: &str) -> Option<&str> {
+    if is_id(id) { id.get(..15) } else { None }
+}
+
 /// Salesforce ids match on their case-sensitive 15-character form.
+#[cfg(test)]
 pub(crate) fn same_id(a: &str, b: &str) -> bool {
     is_id(a) && is_id(b) && a[..15] == b[..15]
 }
@@ -223,6 +243,69 @@ fn string_or_null(v: &Option<String>) -> Value {
 }
 
 impl OrgData {
+    /// Adds or replaces the Order stored under its id, keeping the indexes in sync.
+    pub(crate) fn insert_order(&mut self, order: SfOrder) {
+        let key = order.id.clone();
+        if let Some(old) = self.orders.get(&key) {
+            self.by_status
+                .remove(&(old.status.clone(), old.last_modified, key.clone()));
+        }
+        if let Some(short) = id15(&key) {
+            self.order_keys
+                .entry(short.to_owned())
+                .or_default()
+                .insert(key.clone());
+        }
+        self.by_status
+            .insert((order.status.clone(), order.last_modified, key.clone()));
+        self.orders.insert(key, order);
+    }
+
+    /// Adds an OrderItem.
+    pub(crate) fn insert_item(&mut self, item: SfOrderItem) {
+        if let Some(short) = id15(&item.order_id) {
+            self.items_by_order
+                .entry(short.to_owned())
+                .or_default()
+                .push(self.items.len());
+        }
+        self.items.push(item);
+    }
+
+    /// The Orders whose id matches `id` on the 15-character form, in key order.
+    fn matching_orders<'a>(&'a self, id: &str) -> impl Iterator<Item = &'a SfOrder> + 'a {
+        id15(id)
+            .and_then(|short| self.order_keys.get(short))
+            .into_iter()
+            .flatten()
+            .filter_map(|key| self.orders.get(key))
+    }
+
+    /// The first Order (in key order) whose id matches `id` (15 or 18 characters).
+    pub(crate) fn order(&self, id: &str) -> Option<&SfOrder> {
+        self.matching_orders(id).next()
+    }
+
+    /// Every PATCH recorded, oldest first.
+    pub(crate) fn patches(&self) -> Vec<RecordedPatch> {
+        self.patches.to_vec()
+    }
+
+    /// Turns PATCH recording on or off.
+    pub(crate) fn set_record_patches(&mut self, record: bool) {
+        self.patches.set_enabled(record);
+    }
+
+    /// Keeps at most `limit` recorded PATCHes (the most recent).
+    pub(crate) fn set_patch_log_limit(&mut self, limit: usize) {
+        self.patches.set_limit(limit);
+    }
+
+    /// Forgets the recorded PATCHes.
+    pub(crate) fn clear_patches(&mut self) {
+        self.patches.clear();
+    }
+
     /// Answers a SOQL query, or the error Salesforce would give.
     pub(crate) fn query(
         &mut self,
@@ -243,9 +326,7 @@ impl OrgData {
                     format!("invalid ID field: {id}"),
                 ));
             }
-            self.orders
-                .values()
-                .filter(|o| same_id(&o.id, &id))
+            self.matching_orders(&id)
                 .map(|o| self.order_record(o, version))
                 .collect::<Vec<_>>()
         } else if let Some(rest) = normalised.strip_prefix(APPROVED_QUERY_PREFIX) {
@@ -262,14 +343,12 @@ impl OrgData {
                 .strip_prefix("ORDER BY LastModifiedDate ASC, Id ASC LIMIT ")
                 .and_then(|n| n.parse::<usize>().ok())
                 .ok_or_else(|| malformed(rest))?;
-            let mut matching: Vec<&SfOrder> = self
-                .orders
-                .values()
-                .filter(|o| o.status == status && o.last_modified < cutoff)
-                .collect();
-            matching.sort_by(|a, b| (a.last_modified, &a.id).cmp(&(b.last_modified, &b.id)));
-            matching
-                .into_iter()
+            // Ascending (LastModifiedDate, Id) within the status, thanks to the index.
+            let from = (status.clone(), DateTime::<Utc>::MIN_UTC, String::new());
+            let to = (status, cutoff, String::new());
+            self.by_status
+                .range(from..to)
+                .filter_map(|(_, _, key)| self.orders.get(key))
                 .take(limit)
                 .map(|o| {
                     json!({
@@ -319,10 +398,12 @@ impl OrgData {
     }
 
     fn order_record(&self, o: &SfOrder, version: &str) -> Value {
-        let items: Vec<Value> = self
-            .items
+        let positions = id15(&o.id)
+            .and_then(|short| self.items_by_order.get(short))
+            .map_or(&[][..], Vec::as_slice);
+        let items: Vec<Value> = positions
             .iter()
-            .filter(|i| same_id(&i.order_id, &o.id))
+            .filter_map(|&n| self.items.get(n))
             .map(|i| {
                 json!({
                     "attributes": attributes("OrderItem", &i.id, version),
@@ -371,7 +452,7 @@ impl OrgData {
     }
 
     fn apply_patch(&mut self, id: &str, body: &Value, statuses: &[String]) -> Result<(), ApiError> {
-        let Some(key) = self.orders.keys().find(|k| same_id(k, id)).cloned() else {
+        let Some(key) = self.order(id).map(|o| o.id.clone()) else {
             return Err(ApiError::new(
                 404,
                 "NOT_FOUND",
@@ -392,7 +473,7 @@ impl OrgData {
             apply_field(&mut updated, name, value, statuses)?;
         }
         updated.last_modified = Utc::now();
-        self.orders.insert(key, updated);
+        self.insert_order(updated);
         Ok(())
     }
 }
@@ -511,7 +592,7 @@ mod tests {
         let id = salesforce_id("801", 1);
         let mut order = SfOrder::new(id.clone(), "Approved");
         order.whmcs_client_id = json!(12.0);
-        org.orders.insert(id.clone(), order);
+        org.insert_order(order);
         (org, id)
     }
 
@@ -546,7 +627,7 @@ mod tests {
             let id = salesforce_id("801", n);
             let mut order = SfOrder::new(id.clone(), "Approved");
             order.last_modified = DateTime::from_timestamp(1_700_000_000 + n as i64, 0).unwrap();
-            org.orders.insert(id, order);
+            org.insert_order(order);
         }
         let cutoff = soql_datetime(&DateTime::from_timestamp(1_700_000_004, 0).unwrap());
         let q = format!(
@@ -583,5 +664,227 @@ mod tests {
             org.patches.iter().map(|p| p.status).collect::<Vec<_>>(),
             vec![400, 204]
         );
+    }
+
+    /// A mixed org: 18-character Orders, one stored under its 15-character id only, one stored
+    /// under both forms, a non-id key, and items spread out of order (some pointing at the
+    /// 15-character form, some at nothing).
+    fn mixed_org() -> OrgData {
+        let mut org = OrgData::default();
+        for n in 0..300u64 {
+            let mut order = SfOrder::new(
+                salesforce_id("801", n),
+                if n % 3 == 0 { "Approved" } else { "Draft" },
+            );
+            order.last_modified =
+                DateTime::from_timestamp(1_700_000_000 + (n % 17) as i64, 0).unwrap();
+            org.insert_order(order);
+        }
+        let short_only = salesforce_id("801", 1_000)[..15].to_owned();
+        org.insert_order(SfOrder::new(short_only, "Approved"));
+        let both = salesforce_id("801", 7);
+        org.insert_order(SfOrder::new(both[..15].to_owned(), "Approved"));
+        org.insert_order(SfOrder::new("not-an-id", "Approved"));
+        for k in 0..600u64 {
+            let n = (k * 7) % 301;
+            let order_id = match k % 5 {
+                0 => salesforce_id("801", n)[..15].to_owned(),
+                4 => "junk".to_owned(),
+                _ => salesforce_id("801", n),
+            };
+            org.insert_item(SfOrderItem {
+                id: salesforce_id("802", k),
+                order_id,
+                quantity: 1.0,
+                whmcs_product_id: json!("5"),
+                billing_cycle: Some("monthly".into()),
+                config_options: None,
+            });
+        }
+        org.insert_item(SfOrderItem {
+            id: salesforce_id("802", 9_999),
+            order_id: salesforce_id("801", 1_000),
+            quantity: 2.0,
+            whmcs_product_id: json!(5.0),
+            billing_cycle: None,
+            config_options: None,
+        });
+        org
+    }
+
+    /// What the Order query answered before the indexes: every Order and OrderItem scanned.
+    fn scanned(org: &OrgData, id: &str) -> Vec<(String, Vec<String>)> {
+        org.orders
+            .values()
+            .filter(|o| same_id(&o.id, id))
+            .map(|o| {
+                let items = org
+                    .items
+                    .iter()
+                    .filter(|i| same_id(&i.order_id, &o.id))
+                    .map(|i| i.id.clone())
+                    .collect();
+                (o.id.clone(), items)
+            })
+            .collect()
+    }
+
+    fn answered(org: &mut OrgData, id: &str) -> Vec<(String, Vec<String>)> {
+        let answer = org
+            .query(&format!("{ORDER_QUERY_PREFIX}'{id}'"), "v62.0", 100_000)
+            .unwrap();
+        let records = answer["records"].as_array().unwrap();
+        assert_eq!(answer["totalSize"], records.len());
+        records
+            .iter()
+            .map(|r| {
+                let items = match &r["OrderItems"] {
+                    Value::Null => Vec::new(),
+                    list => {
+                        let items = list["records"].as_array().unwrap();
+                        assert_eq!(list["totalSize"], items.len());
+                        items
+                            .iter()
+                            .map(|i| i["Id"].as_str().unwrap().to_owned())
+                            .collect()
+                    }
+                };
+                (r["Id"].as_str().unwrap().to_owned(), items)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn indexed_order_query_answers_like_a_scan_for_15_and_18_character_ids() {
+        let mut org = mixed_org();
+        let mut ids: Vec<String> = org.orders.keys().cloned().collect();
+        ids.extend(
+            org.orders
+                .keys()
+                .filter(|k| is_id(k))
+                .map(|k| k[..15].to_owned()),
+        );
+        let short_only = salesforce_id("801", 1_000);
+        ids.push(short_only.clone());
+        ids.push(salesforce_id("801", 5_000));
+        ids.push(salesforce_id("801", 3).to_lowercase());
+        let mut multi = 0;
+        for id in &ids {
+            if !is_id(id) {
+                continue;
+            }
+            let want = scanned(&org, id);
+            let got = answered(&mut org, id);
+            assert_eq!(got, want, "{id}");
+            multi += usize::from(want.len() > 1);
+        }
+        assert!(
+            multi >= 2,
+            "the Order stored under both forms is found twice"
+        );
+        // An 18-character id finds the Order stored under its 15-character id, with its items.
+        let found = answered(&mut org, &short_only);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].0, short_only[..15]);
+        assert_eq!(found[0].1, vec![salesforce_id("802", 9_999)]);
+        assert!(answered(&mut org, &salesforce_id("801", 5_000)).is_empty());
+        assert_eq!(
+            org.order(&short_only).map(|o| o.id.clone()),
+            Some(short_only[..15].to_owned())
+        );
+    }
+
+    #[test]
+    fn patch_by_15_character_id_updates_the_first_matching_order_and_the_indexes() {
+        let mut org = mixed_org();
+        let statuses = vec![
+            "Approved".to_owned(),
+            "Activated".to_owned(),
+            "Draft".to_owned(),
+        ];
+        let cutoff = soql_datetime(&DateTime::from_timestamp(4_000_000_000, 0).unwrap());
+        let sweep = |org: &mut OrgData, status: &str| -> Vec<String> {
+            let q = format!(
+                "{APPROVED_QUERY_PREFIX}'{status}' AND LastModifiedDate < {cutoff} ORDER BY LastModifiedDate ASC, Id ASC LIMIT 100000"
+            );
+            let answer = org.query(&q, "v62.0", 100_000).unwrap();
+            answer["records"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["Id"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        let scan_sweep = |org: &OrgData, status: &str| -> Vec<String> {
+            let mut matching: Vec<&SfOrder> =
+                org.orders.values().filter(|o| o.status == status).collect();
+            matching.sort_by(|a, b| (a.last_modified, &a.id).cmp(&(b.last_modified, &b.id)));
+            matching.into_iter().map(|o| o.id.clone()).collect()
+        };
+        for n in [0u64, 3, 7, 42, 299] {
+            let id18 = salesforce_id("801", n);
+            let want_key = org
+                .orders
+                .keys()
+                .find(|k| same_id(k, &id18))
+                .cloned()
+                .unwrap();
+            org.patch_order(
+                &id18[..15],
+                br#"{"Status":"Activated","WHMCS_Order_Id__c":"9"}"#,
+                &statuses,
+            )
+            .unwrap();
+            assert_eq!(org.orders[&want_key].status, "Activated", "{n}");
+            assert_eq!(org.orders[&want_key].whmcs_order_id.as_deref(), Some("9"));
+            for status in ["Approved", "Activated", "Draft"] {
+                assert_eq!(
+                    sweep(&mut org, status),
+                    scan_sweep(&org, status),
+                    "{status}"
+                );
+            }
+        }
+        // Stored under both forms: the 15-character key sorts first and is the one patched.
+        assert_eq!(
+            org.orders[&salesforce_id("801", 7)[..15]].status,
+            "Activated"
+        );
+        assert_eq!(org.orders[&salesforce_id("801", 7)].status, "Draft");
+        let err = org
+            .patch_order(
+                &salesforce_id("801", 5_000)[..15],
+                br#"{"Status":"Activated"}"#,
+                &statuses,
+            )
+            .unwrap_err();
+        assert_eq!(err.status, 404);
+        assert_eq!(org.patches().len(), 6);
+        assert!(org.patches()[..5].iter().all(|p| p.status == 204));
+    }
+
+    #[test]
+    fn the_patch_log_is_bounded_and_can_be_switched_off() {
+        let (mut org, id) = org_with_order();
+        let statuses = vec!["Approved".to_owned()];
+        org.set_patch_log_limit(2);
+        for _ in 0..3 {
+            org.patch_order(&id, br#"{"Status":"Approved"}"#, &statuses)
+                .unwrap();
+        }
+        org.patch_order(&id, b"{}", &statuses).unwrap();
+        assert_eq!(org.patches().len(), 2);
+        org.set_record_patches(false);
+        org.patch_order(&id, br#"{"Status":"Bogus"}"#, &statuses)
+            .unwrap_err();
+        assert_eq!(
+            org.patches()
+                .iter()
+                .map(|p| p.body.clone())
+                .collect::<Vec<_>>(),
+            vec![json!({"Status":"Approved"}), json!({})]
+        );
+        org.clear_patches();
+        assert!(org.patches().is_empty());
     }
 }

@@ -1,0 +1,5 @@
+//! Integration tests of the sandboxes over their HTTP APIs.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod scale;
