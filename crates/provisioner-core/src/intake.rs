@@ -140,36 +140,32 @@ pub async fn handle(
                     Ok(IntakeResult::DeadLettered(id))
                 }
                 Ok(fields) => {
-                    let outcome = ports
-                        .store
-                        .ingest_event(
-                            &InboxEvent {
-                                topic: topic.to_owned(),
-                                event_id: event_id.clone(),
-                                replay_id,
-                                order_id: fields.order_id.clone(),
-                                customer_number: fields.customer_number.trim().to_owned(),
-                                account_id: fields.account_id.clone(),
-                            },
-                            now,
-                        )
-                        .await?;
-                    let action = match outcome {
-                        IngestOutcome::Enqueued => Action::EVENT_RECEIVED,
-                        _ => Action::EVENT_DUPLICATE,
-                    };
-                    tracing::info!(event_id = %event_id, order_id = %fields.order_id, ?outcome, "event stored");
-                    let rec = NewAuditRecord::new(Actor::SUBSCRIBER, action, Outcome::Success)
-                        .order_id(fields.order_id.as_str())
-                        .and_then(|r| r.detail(DetailKey::EventId, event_id.as_str()));
-                    audit(ports, rec).await;
-                    Ok(match outcome {
-                        IngestOutcome::Enqueued => IntakeResult::Enqueued,
-                        _ => IntakeResult::Duplicate,
+                    let event = inbox_event(topic, event_id, replay_id, fields);
+                    let mut results = store_run(ports, vec![event]).await?;
+                    results.pop().ok_or(provisioner_store::Error::Corrupt {
+                        what: "intake",
+                        reason: "no outcome for the event".to_owned(),
                     })
                 }
             }
         }
+    }
+}
+
+/// The inbox row of a valid event.
+fn inbox_event(
+    topic: &str,
+    event_id: String,
+    replay_id: Vec<u8>,
+    fields: EventFields,
+) -> InboxEvent {
+    InboxEvent {
+        topic: topic.to_owned(),
+        event_id,
+        replay_id,
+        order_id: fields.order_id,
+        customer_number: fields.customer_number.trim().to_owned(),
+        account_id: fields.account_id,
     }
 }
 
@@ -195,14 +191,7 @@ pub async fn handle_batch(
             } if validate(&event_id, &fields).is_ok() => {
                 // The payload is kept only for dead letters.
                 drop(payload);
-                run.push(InboxEvent {
-                    topic: topic.to_owned(),
-                    event_id,
-                    replay_id,
-                    order_id: fields.order_id,
-                    customer_number: fields.customer_number.trim().to_owned(),
-                    account_id: fields.account_id,
-                });
+                run.push(inbox_event(topic, event_id, replay_id, fields));
             }
             other => {
                 results.extend(store_run(ports, std::mem::take(&mut run)).await?);

@@ -847,9 +847,14 @@ async fn intake_stores_good_events_and_dead_letters_bad_ones_with_the_checkpoint
     let calls: Calls = Arc::default();
     let mut store = MockStore::new();
     let c = calls.clone();
-    store.expect_ingest_event().returning(move |e, _| {
-        log(&c, format!("ingest:{}", e.order_id));
-        Ok(provisioner_store::IngestOutcome::Enqueued)
+    store.expect_ingest_events().returning(move |events, _| {
+        Ok(events
+            .iter()
+            .map(|e| {
+                log(&c, format!("ingest:{}", e.order_id));
+                provisioner_store::IngestOutcome::Enqueued
+            })
+            .collect())
     });
     let c = calls.clone();
     store.expect_dead_letter().returning(move |letter, cp, _| {
