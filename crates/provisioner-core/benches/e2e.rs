@@ -23,7 +23,8 @@
 //!
 //! CPU per order comes from `/proc/self/stat` (utime + stime, 100 ticks/s) minus the CPU of
 //! the sandbox runtime's threads (`/proc/self/task/*/stat`, thread name `sandbox`): what is
-//! left is the engine, the clients, the SQLite worker threads and the bench's own driver (the
+//! left is the engine, the clients, the store's SQLite threads (writer, checkpointer, sqlx's
+//! readers) and the bench's own driver (the
 //! PostgreSQL server's CPU is in another process and not counted). Peak RSS is `VmHWM`, reset
 //! through `/proc/self/clear_refs` at each scenario's start; it includes the sandboxes' data.
 

@@ -190,6 +190,80 @@ impl SqlStore {
     }
 }
 
+/// The SQLite writer thread's side of the chain: its head lives on the thread, records are
+/// sealed and inserted there, inside the batch transaction of whatever else is being written.
+mod on_writer {
+    use audit::{Anchor, ChainHead, NewAuditRecord, SealedRecord};
+
+    use super::{APPEND_ATTEMPTS, corrupt, micros};
+    use crate::sqlite_writer::{self, FromSqlite, State};
+
+    /// The JSON in the one column of the first row of `sql`, decoded.
+    fn json_row<T: serde::de::DeserializeOwned>(
+        st: &State,
+        sql: &str,
+        what: &'static str,
+    ) -> audit::Result<Option<T>> {
+        sqlite_writer::query_opt(&st.conn, sql, &[], |row| {
+            let json: String = row.get(0).map_err(|e| audit::Error::from_sqlite(what, e))?;
+            serde_json::from_str(&json).map_err(|e| corrupt(what, e))
+        })
+    }
+
+    fn head(st: &State) -> audit::Result<ChainHead> {
+        let last: Option<SealedRecord> = json_row(
+            st,
+            "SELECT record FROM audit_log ORDER BY seq DESC LIMIT 1",
+            "audit: reading the head",
+        )?;
+        if let Some(last) = last {
+            return Ok(ChainHead::after(&last));
+        }
+        let anchor: Option<Anchor> = json_row(
+            st,
+            "SELECT anchor FROM audit_anchor WHERE id = 1",
+            "audit: reading the anchor",
+        )?;
+        Ok(anchor.unwrap_or(Anchor::GENESIS).head())
+    }
+
+    /// Seals `record` on the thread's head and inserts it; a `seq` already taken (another
+    /// process appended) means: read the head again and seal anew.
+    pub(super) fn append(st: &mut State, record: &NewAuditRecord) -> audit::Result<SealedRecord> {
+        for _ in 0..APPEND_ATTEMPTS {
+            let head = match st.audit_head {
+                Some(head) => head,
+                None => head(st)?,
+            };
+            let sealed = head.seal(&st.audit_key, record.clone())?;
+            let json = serde_json::to_string(&sealed).map_err(|e| corrupt("audit: encoding", e))?;
+            let seq = i64::try_from(sealed.record.seq).map_err(|e| corrupt("audit: seq", e))?;
+            match sqlite_writer::exec(
+                &st.conn,
+                "INSERT INTO audit_log (seq, at, record) VALUES ($1, $2, $3)",
+                &[&seq, &micros(sealed.record.at), &json],
+            ) {
+                Ok(_) => {
+                    st.audit_head = Some(ChainHead::after(&sealed));
+                    return Ok(sealed);
+                }
+                Err(e) if sqlite_writer::is_unique_violation(&e) => st.audit_head = None,
+                Err(e) => {
+                    st.audit_head = None;
+                    return Err(audit::Error::from_sqlite("audit: insert", e));
+                }
+            }
+        }
+        Err(audit::Error::Backend {
+            op: "audit: append",
+            source: format!(
+                "the chain head kept moving under {APPEND_ATTEMPTS} attempts (other writers)"
+            )
+            .into(),
+        })
+    }
+}
+
 fn batch_failed(e: &audit::Error) -> audit::Error {
     audit::Error::Backend {
         op: "audit: append",
@@ -204,6 +278,11 @@ impl AuditLog for SqlStore {
     /// record at low load, one per batch under load; every caller still returns only once its
     /// own record is stored.
     async fn append(&self, record: NewAuditRecord) -> audit::Result<SealedRecord> {
+        if let Some(writer) = &self.sqlite {
+            return writer
+                .call("audit: append", move |st| on_writer::append(st, &record))
+                .await;
+        }
         let (reply, mut result) = tokio::sync::oneshot::channel();
         self.audit_queue.0.lock().push((record, reply));
         let mut cached = self.audit_head.lock().await;
@@ -284,7 +363,7 @@ impl AuditLog for SqlStore {
         *cached = None;
         let mut tx = self
             .writer()
-            .begin()
+            .begin_with(self.begin_write())
             .await
             .map_err(backend("audit: begin"))?;
         self.audit_lock(&mut tx).await?;
@@ -344,6 +423,15 @@ impl AuditLog for SqlStore {
         insert(&mut tx, &sealed).await?;
         tx.commit().await.map_err(backend("audit: commit purge"))?;
         *cached = Some(ChainHead::after(&sealed));
+        if let Some(writer) = &self.sqlite {
+            // The writer thread's head may point below the new anchor: it reads it again.
+            writer
+                .call("audit: purge", |st| {
+                    st.audit_head = None;
+                    Ok::<_, audit::Error>(())
+                })
+                .await?;
+        }
         Ok(PurgeReport {
             removed,
             anchor,

@@ -32,6 +32,16 @@ pub enum Error {
         #[source]
         source: sqlx::Error,
     },
+    /// The SQLite writer (the service's one writing connection) failed; usually transient (a
+    /// lock held by an operator command beyond the busy timeout, a full disk).
+    #[error("database {op} failed: {source}")]
+    Sqlite {
+        /// What was being done.
+        op: &'static str,
+        /// SQLite's error.
+        #[source]
+        source: rusqlite::Error,
+    },
     /// Applying migrations failed.
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -87,6 +97,13 @@ impl Error {
                     | sqlx::Error::ColumnNotFound(_)
                     | sqlx::Error::Decode(_)
                     | sqlx::Error::TypeNotFound { .. }
+            ),
+            Error::Sqlite { source, .. } => !matches!(
+                source,
+                rusqlite::Error::FromSqlConversionFailure(..)
+                    | rusqlite::Error::InvalidColumnType(..)
+                    | rusqlite::Error::InvalidColumnName(_)
+                    | rusqlite::Error::IntegralValueOutOfRange(..)
             ),
             Error::Io { .. } => true,
             _ => false,

@@ -16,6 +16,10 @@
 //! - **audit records** ([`audit::AuditLog`] is implemented by [`SqlStore`]).
 //! - **the keyring**, wrapped by the master key.
 //!
+//! On SQLite every write of a running store goes to one dedicated writer thread, which commits
+//! whatever has queued up as one transaction (group commit) and answers each caller only after
+//! that commit; its failures are [`Error::Sqlite`].
+//!
 //! A second process on the same SQLite file is refused with [`Error::InUse`]. On PostgreSQL,
 //! [`Store::try_lead`] takes a session advisory lock so one instance runs the subscriber.
 //!
@@ -32,6 +36,7 @@ mod audit_log;
 mod error;
 mod lock;
 mod sql;
+mod sqlite_writer;
 mod types;
 
 use std::time::Duration;

@@ -15,6 +15,7 @@ use sqlx::{AnyConnection, AnyPool, Connection, Executor, Row};
 
 use crate::error::{Error, Result};
 use crate::lock::ProcessLock;
+use crate::sqlite_writer::{self, FromSqlite, SqliteWriter};
 use crate::types::{
     Checkpoint, DeadLetter, DeadLetterState, InboxEvent, IngestOutcome, Job, JobCounts, JobSource,
     JobState, NewDeadLetter, NewJob, Step, StepUpdate, from_ms, ms,
@@ -94,15 +95,21 @@ pub struct SqlStore {
     keyring: RwLock<Arc<Keyring>>,
     master: Arc<MasterKey>,
     audit_key: audit::AuditKey,
-    /// The audit chain head as this process last wrote or read it (`None`: read it first).
-    /// Appends are serialised by this mutex; the `audit_log.seq` primary key catches a head
-    /// that another process moved (the append then re-reads the head and seals again).
+    /// PostgreSQL: the audit chain head as this process last wrote or read it (`None`: read it
+    /// first). Appends are serialised by this mutex; the `audit_log.seq` primary key catches a
+    /// head that another process moved (the append then re-reads the head and seals again).
+    /// On SQLite the writer thread keeps the head instead.
     pub(crate) audit_head: tokio::sync::Mutex<Option<audit::ChainHead>>,
     /// Records waiting to be appended (group commit: whoever holds `audit_head` next writes
     /// every waiting record in one statement).
     pub(crate) audit_queue: crate::audit_log::AuditQueue,
     /// When a claim next looks for expired leases first (Unix ms).
     next_expired_scan: AtomicI64,
+    /// The claim statements (pending, expired) for this backend.
+    claim_sql: [String; 2],
+    /// SQLite: the thread that runs every write of the running store (declared before the
+    /// process lock, so it has finished when the lock is released).
+    pub(crate) sqlite: Option<SqliteWriter>,
     _lock: Option<ProcessLock>,
 }
 
@@ -154,32 +161,75 @@ where
     })
 }
 
-fn job_from_row(row: &AnyRow) -> Result<Job> {
+/// A result row of either driver (sqlx on PostgreSQL and for reads, rusqlite on the SQLite
+/// writer), so rows decode in one place.
+trait Columns {
+    fn int(&self, name: &'static str, what: &'static str) -> Result<Option<i64>>;
+    fn text(&self, name: &'static str, what: &'static str) -> Result<Option<String>>;
+}
+
+impl Columns for AnyRow {
+    fn int(&self, name: &'static str, what: &'static str) -> Result<Option<i64>> {
+        col(self, name, what)
+    }
+
+    fn text(&self, name: &'static str, what: &'static str) -> Result<Option<String>> {
+        col(self, name, what)
+    }
+}
+
+impl Columns for rusqlite::Row<'_> {
+    fn int(&self, name: &'static str, what: &'static str) -> Result<Option<i64>> {
+        self.get(name).map_err(|e| Error::Corrupt {
+            what,
+            reason: format!("column {name}: {e}"),
+        })
+    }
+
+    fn text(&self, name: &'static str, what: &'static str) -> Result<Option<String>> {
+        self.get(name).map_err(|e| Error::Corrupt {
+            what,
+            reason: format!("column {name}: {e}"),
+        })
+    }
+}
+
+fn required<T>(value: Option<T>, name: &'static str, what: &'static str) -> Result<T> {
+    value.ok_or_else(|| Error::Corrupt {
+        what,
+        reason: format!("column {name} is NULL"),
+    })
+}
+
+fn job_from_row(row: &impl Columns) -> Result<Job> {
     const W: &str = "job";
-    let service_ids: Option<String> = col(row, "service_ids", W)?;
-    let lease_until: Option<i64> = col(row, "lease_until", W)?;
-    let attempts: i64 = col(row, "attempts", W)?;
+    let int = |name| required(row.int(name, W)?, name, W);
+    let text = |name| required(row.text(name, W)?, name, W);
     Ok(Job {
-        seq: col(row, "seq", W)?,
-        order_id: col(row, "order_id", W)?,
-        customer_number: col(row, "customer_number", W)?,
-        account_id: col(row, "account_id", W)?,
-        event_id: col(row, "event_id", W)?,
-        source: JobSource::parse(&col::<String>(row, "source", W)?)?,
-        state: JobState::parse(&col::<String>(row, "state", W)?)?,
-        step: Step::parse(&col::<String>(row, "step", W)?)?,
-        whmcs_order_id: col(row, "whmcs_order_id", W)?,
-        service_ids: service_ids
+        seq: int("seq")?,
+        order_id: text("order_id")?,
+        customer_number: text("customer_number")?,
+        account_id: row.text("account_id", W)?,
+        event_id: row.text("event_id", W)?,
+        source: JobSource::parse(&text("source")?)?,
+        state: JobState::parse(&text("state")?)?,
+        step: Step::parse(&text("step")?)?,
+        whmcs_order_id: row.text("whmcs_order_id", W)?,
+        service_ids: row
+            .text("service_ids", W)?
             .filter(|s| !s.is_empty())
             .map(|s| s.split(',').map(str::to_owned).collect())
             .unwrap_or_default(),
-        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
-        next_attempt_at: from_ms(W, col(row, "next_attempt_at", W)?)?,
-        lease_owner: col(row, "lease_owner", W)?,
-        lease_until: lease_until.map(|v| from_ms(W, v)).transpose()?,
-        last_error: col(row, "last_error", W)?,
-        created_at: from_ms(W, col(row, "created_at", W)?)?,
-        updated_at: from_ms(W, col(row, "updated_at", W)?)?,
+        attempts: u32::try_from(int("attempts")?).unwrap_or(u32::MAX),
+        next_attempt_at: from_ms(W, int("next_attempt_at")?)?,
+        lease_owner: row.text("lease_owner", W)?,
+        lease_until: row
+            .int("lease_until", W)?
+            .map(|v| from_ms(W, v))
+            .transpose()?,
+        last_error: row.text("last_error", W)?,
+        created_at: from_ms(W, int("created_at")?)?,
+        updated_at: from_ms(W, int("updated_at")?)?,
     })
 }
 
@@ -212,6 +262,9 @@ fn lock_key(name: &str) -> i64 {
     (h >> 1) as i64
 }
 
+/// How long a SQLite write waits for a lock held by another connection (an operator command).
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
 fn sqlite_pragmas(
     conn: &mut AnyConnection,
     _meta: sqlx::pool::PoolConnectionMetadata,
@@ -237,7 +290,7 @@ impl SqlStore {
         // The master key is kept to persist a rotated keyring; it never leaves this crate.
         let master = Arc::new(master.clone());
         sqlx::any::install_default_drivers();
-        let (backend, writer, reader, lock) = match parse_url(url)? {
+        let (backend, writer, reader, lock, sqlite_path) = match parse_url(url)? {
             Target::Sqlite(path) => {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir).map_err(|source| Error::Io {
@@ -272,7 +325,7 @@ impl SqlStore {
                     .connect_with(opts)
                     .await
                     .map_err(Error::db("opening the SQLite database"))?;
-                (Backend::Sqlite, writer, reader, lock)
+                (Backend::Sqlite, writer, reader, lock, Some(path))
             }
             Target::Postgres(url) => {
                 let opts: AnyConnectOptions = url
@@ -288,7 +341,7 @@ impl SqlStore {
                     .connect_with(opts)
                     .await
                     .map_err(Error::db("connecting to PostgreSQL"))?;
-                (Backend::Postgres, pool.clone(), pool, None)
+                (Backend::Postgres, pool.clone(), pool, None, None)
             }
         };
         if options.migrate {
@@ -306,6 +359,13 @@ impl SqlStore {
             what: "audit key",
             reason: e.to_string(),
         })?;
+        let sqlite = sqlite_path
+            .map(|path| SqliteWriter::start(&path, SQLITE_BUSY_TIMEOUT, audit_key.clone()))
+            .transpose()?;
+        let lock_clause = match backend {
+            Backend::Sqlite => "",
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+        };
         Ok(SqlStore {
             backend,
             writer,
@@ -316,6 +376,11 @@ impl SqlStore {
             audit_head: tokio::sync::Mutex::new(None),
             audit_queue: crate::audit_log::AuditQueue::default(),
             next_expired_scan: AtomicI64::new(0),
+            claim_sql: [
+                claim_sql(ClaimKind::Pending, lock_clause),
+                claim_sql(ClaimKind::Expired, lock_clause),
+            ],
+            sqlite,
             _lock: lock,
         })
     }
@@ -461,22 +526,52 @@ impl SqlStore {
         Ok(())
     }
 
-    fn lock_clause(&self) -> &'static str {
+    /// How a read-then-write transaction on the sqlx pool begins: on SQLite it takes the write
+    /// lock up front (waiting on the busy timeout), where a deferred transaction could fail to
+    /// upgrade its read after the writer thread committed.
+    pub(crate) fn begin_write(&self) -> &'static str {
         match self.backend {
-            Backend::Sqlite => "",
-            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "BEGIN IMMEDIATE",
+            Backend::Postgres => "BEGIN",
         }
     }
 
-    async fn fenced<'q>(
+    /// Runs one writing statement (the SQLite writer thread, or the PostgreSQL pool); returns
+    /// the number of rows it changed.
+    async fn write(&self, op: &'static str, sql: &'static str, args: Vec<Arg>) -> Result<u64> {
+        match &self.sqlite {
+            Some(writer) => {
+                writer
+                    .call(op, move |st| {
+                        let refs: Vec<&dyn rusqlite::ToSql> =
+                            args.iter().map(|a| a as &dyn rusqlite::ToSql).collect();
+                        sqlite_writer::exec(&st.conn, sql, &refs)
+                            .map(|n| n as u64)
+                            .map_err(|e| Error::from_sqlite(op, e))
+                    })
+                    .await
+            }
+            None => {
+                let done = sqlx_query(sql, args)
+                    .execute(&self.writer)
+                    .await
+                    .map_err(Error::db(op))?;
+                Ok(done.rows_affected())
+            }
+        }
+    }
+
+    /// [`SqlStore::write`] of a statement fenced by the job's lease: no row changed means
+    /// another worker holds the job now.
+    async fn fenced(
         &self,
         op: &'static str,
         order_id: &str,
         owner: &str,
-        query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+        sql: &'static str,
+        args: Vec<Arg>,
     ) -> Result<()> {
-        let done = query.execute(&self.writer).await.map_err(Error::db(op))?;
-        if done.rows_affected() == 1 {
+        if self.write(op, sql, args).await? == 1 {
             Ok(())
         } else {
             Err(Error::LeaseLost {
@@ -492,20 +587,66 @@ impl SqlStore {
     }
 }
 
+/// A statement parameter, typed even when NULL (PostgreSQL needs the type of a NULL).
+#[derive(Clone, Debug)]
+enum Arg {
+    Int(i64),
+    Text(Option<String>),
+    Blob(Option<Vec<u8>>),
+}
+
+impl Arg {
+    fn text(v: impl Into<String>) -> Arg {
+        Arg::Text(Some(v.into()))
+    }
+}
+
+impl rusqlite::ToSql for Arg {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        match self {
+            Arg::Int(v) => v.to_sql(),
+            Arg::Text(v) => v.to_sql(),
+            Arg::Blob(v) => v.to_sql(),
+        }
+    }
+}
+
 /// How often a claim looks for expired leases before pending jobs.
 const EXPIRED_SCAN_EVERY_MS: i64 = 500;
 
 #[derive(Clone, Copy)]
+#[repr(usize)]
 enum ClaimKind {
     /// The oldest due pending job whose customer has nothing running or waiting before it.
-    Pending,
+    Pending = 0,
     /// A running job whose lease expired (its worker died or stalled).
-    Expired,
+    Expired = 1,
+}
+
+/// The claim statement of `kind`: `UPDATE ... WHERE order_id = (SELECT ... LIMIT 1)
+/// RETURNING`, so a claim is a single statement. `$1` owner, `$2` lease end, `$3` now (ms).
+fn claim_sql(kind: ClaimKind, lock_clause: &str) -> String {
+    let candidate = match kind {
+        ClaimKind::Pending => {
+            "j.state = 'pending' AND j.next_attempt_at <= $3 \
+             AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.customer_number = j.customer_number \
+                 AND e.seq < j.seq AND e.state IN ('pending', 'running')) \
+             AND NOT EXISTS (SELECT 1 FROM jobs r WHERE r.customer_number = j.customer_number \
+                 AND r.state = 'running')"
+        }
+        ClaimKind::Expired => "j.state = 'running' AND j.lease_until < $3",
+    };
+    format!(
+        "UPDATE jobs SET state = 'running', lease_owner = $1, lease_until = $2, updated_at = $3 \
+         WHERE order_id = (SELECT j.order_id FROM jobs j WHERE {candidate} \
+             ORDER BY j.next_attempt_at, j.seq LIMIT 1{lock_clause}) \
+           AND (state = 'pending' OR (state = 'running' AND lease_until < $3)) \
+         RETURNING {JOB_COLS}"
+    )
 }
 
 impl SqlStore {
-    /// Claims one job of `kind` in one statement (`UPDATE ... WHERE order_id = (SELECT ...
-    /// LIMIT 1) RETURNING`), so a claim is a single round trip to the database.
+    /// Claims one job of `kind` in one statement.
     async fn claim_kind(
         &self,
         kind: ClaimKind,
@@ -513,27 +654,33 @@ impl SqlStore {
         now_ms: i64,
         lease: Duration,
     ) -> Result<Option<Job>> {
-        let candidate = match kind {
-            ClaimKind::Pending => {
-                "j.state = 'pending' AND j.next_attempt_at <= $3 \
-                 AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.customer_number = j.customer_number \
-                     AND e.seq < j.seq AND e.state IN ('pending', 'running')) \
-                 AND NOT EXISTS (SELECT 1 FROM jobs r WHERE r.customer_number = j.customer_number \
-                     AND r.state = 'running')"
-            }
-            ClaimKind::Expired => "j.state = 'running' AND j.lease_until < $3",
-        };
-        let sql = format!(
-            "UPDATE jobs SET state = 'running', lease_owner = $1, lease_until = $2, updated_at = $3 \
-             WHERE order_id = (SELECT j.order_id FROM jobs j WHERE {candidate} \
-                 ORDER BY j.next_attempt_at, j.seq LIMIT 1{lock}) \
-               AND (state = 'pending' OR (state = 'running' AND lease_until < $3)) \
-             RETURNING {JOB_COLS}",
-            lock = self.lock_clause()
-        );
-        let claimed = match sqlx::query(&sql)
+        let sql = &self.claim_sql[kind as usize];
+        let until = now_ms.saturating_add(lease_ms(lease));
+        if let Some(writer) = &self.sqlite {
+            let (sql, owner) = (sql.clone(), owner.to_owned());
+            return writer
+                .call("claiming a job", move |st| {
+                    let claimed = sqlite_writer::query_opt(
+                        &st.conn,
+                        &sql,
+                        &[&owner, &until, &now_ms],
+                        |row| job_from_row(row),
+                    );
+                    match claimed {
+                        // Another worker got a job of this customer running first.
+                        Err(Error::Sqlite { source, .. })
+                            if sqlite_writer::is_unique_violation(&source) =>
+                        {
+                            Ok(None)
+                        }
+                        other => other,
+                    }
+                })
+                .await;
+        }
+        let claimed = match sqlx::query(sql)
             .bind(owner)
-            .bind(now_ms.saturating_add(lease_ms(lease)))
+            .bind(until)
             .bind(now_ms)
             .fetch_optional(&self.writer)
             .await
@@ -547,93 +694,186 @@ impl SqlStore {
     }
 }
 
-async fn insert_job(
-    tx: &mut AnyConnection,
-    job: &NewJob,
-    now: DateTime<Utc>,
-) -> std::result::Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        "INSERT INTO jobs (order_id, customer_number, account_id, event_id, source, state, step, \
-         attempts, next_attempt_at, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, 'pending', 'received', 0, $6, $6, $6) \
-         ON CONFLICT (order_id) DO NOTHING",
-    )
-    .bind(&job.order_id)
-    .bind(&job.customer_number)
-    .bind(&job.account_id)
-    .bind(&job.event_id)
-    .bind(job.source.as_str())
-    .bind(ms(now))
-    .execute(tx)
-    .await?;
-    Ok(done.rows_affected() == 1)
+const SQL_INSERT_JOB: &str = "INSERT INTO jobs (order_id, customer_number, account_id, event_id, \
+     source, state, step, attempts, next_attempt_at, created_at, updated_at) \
+     VALUES ($1, $2, $3, $4, $5, 'pending', 'received', 0, $6, $6, $6) \
+     ON CONFLICT (order_id) DO NOTHING";
+
+const SQL_INSERT_INBOX: &str = "INSERT INTO inbox (event_id, topic, replay_id, order_id, outcome, \
+     received_at) VALUES ($1, $2, $3, $4, 'enqueued', $5) ON CONFLICT (event_id) DO NOTHING";
+
+const SQL_INBOX_DUPLICATE_ORDER: &str =
+    "UPDATE inbox SET outcome = 'duplicate_order' WHERE event_id = $1";
+
+const SQL_UPSERT_CHECKPOINT: &str = "INSERT INTO checkpoints (topic, replay_id, updated_at) \
+     VALUES ($1, $2, $3) ON CONFLICT (topic) DO UPDATE SET replay_id = excluded.replay_id, \
+     updated_at = excluded.updated_at";
+
+const SQL_INSERT_DEAD_LETTER: &str = "INSERT INTO dead_letters (id, topic, event_id, replay_id, \
+     order_id, reason, payload, attempts, state, created_at, updated_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'open', $9, $9)";
+
+fn job_args(job: &NewJob, now: DateTime<Utc>) -> Vec<Arg> {
+    vec![
+        Arg::text(job.order_id.as_str()),
+        Arg::text(job.customer_number.as_str()),
+        Arg::Text(job.account_id.clone()),
+        Arg::Text(job.event_id.clone()),
+        Arg::text(job.source.as_str()),
+        Arg::Int(ms(now)),
+    ]
 }
 
-/// Stores one event in the inbox and creates its order's job unless one exists.
-async fn ingest_in(
+fn event_job(event: &InboxEvent) -> NewJob {
+    NewJob {
+        order_id: event.order_id.clone(),
+        customer_number: event.customer_number.clone(),
+        account_id: event.account_id.clone(),
+        event_id: Some(event.event_id.clone()),
+        source: JobSource::Event,
+    }
+}
+
+fn inbox_args(event: &InboxEvent, now: DateTime<Utc>) -> Vec<Arg> {
+    vec![
+        Arg::text(event.event_id.as_str()),
+        Arg::text(event.topic.as_str()),
+        Arg::Blob(Some(event.replay_id.clone())),
+        Arg::text(event.order_id.as_str()),
+        Arg::Int(ms(now)),
+    ]
+}
+
+fn checkpoint_args(cp: &Checkpoint, now: DateTime<Utc>) -> Vec<Arg> {
+    vec![
+        Arg::text(cp.topic.as_str()),
+        Arg::Blob(Some(cp.replay_id.clone())),
+        Arg::Int(ms(now)),
+    ]
+}
+
+/// The checkpoint each topic of a batch moves to: its last event's replay id.
+fn batch_checkpoints(events: &[InboxEvent]) -> Vec<Checkpoint> {
+    let mut last: Vec<Checkpoint> = Vec::new();
+    for event in events {
+        match last.iter_mut().find(|cp| cp.topic == event.topic) {
+            Some(cp) => cp.replay_id.clone_from(&event.replay_id),
+            None => last.push(Checkpoint {
+                topic: event.topic.clone(),
+                replay_id: event.replay_id.clone(),
+            }),
+        }
+    }
+    last
+}
+
+/// `sql` with `args` bound, for sqlx.
+fn sqlx_query(
+    sql: &'static str,
+    args: Vec<Arg>,
+) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments<'static>> {
+    let mut query = sqlx::query(sql);
+    for arg in args {
+        query = match arg {
+            Arg::Int(v) => query.bind(v),
+            Arg::Text(v) => query.bind(v),
+            Arg::Blob(v) => query.bind(v),
+        };
+    }
+    query
+}
+
+/// Executes `sql` with `args` inside an open sqlx transaction; returns the rows changed.
+async fn tx_exec(
     tx: &mut AnyConnection,
-    event: &InboxEvent,
-    now: DateTime<Utc>,
-) -> Result<IngestOutcome> {
-    // The inbox row first: its primary key recognises a duplicate event, so the common
-    // case is two statements (inbox, job) per event.
-    let fresh = sqlx::query(
-        "INSERT INTO inbox (event_id, topic, replay_id, order_id, outcome, received_at) \
-             VALUES ($1, $2, $3, $4, 'enqueued', $5) ON CONFLICT (event_id) DO NOTHING",
-    )
-    .bind(&event.event_id)
-    .bind(&event.topic)
-    .bind(&event.replay_id)
-    .bind(&event.order_id)
-    .bind(ms(now))
-    .execute(&mut *tx)
-    .await
-    .map_err(Error::db("ingest: inbox"))?
-    .rows_affected()
-        == 1;
-    if !fresh {
-        return Ok(IngestOutcome::DuplicateEvent);
-    }
-    let created = insert_job(
-        tx,
-        &NewJob {
-            order_id: event.order_id.clone(),
-            customer_number: event.customer_number.clone(),
-            account_id: event.account_id.clone(),
-            event_id: Some(event.event_id.clone()),
-            source: JobSource::Event,
-        },
-        now,
-    )
-    .await
-    .map_err(Error::db("ingest: job"))?;
-    if created {
-        return Ok(IngestOutcome::Enqueued);
-    }
-    sqlx::query("UPDATE inbox SET outcome = 'duplicate_order' WHERE event_id = $1")
-        .bind(&event.event_id)
-        .execute(&mut *tx)
+    op: &'static str,
+    sql: &'static str,
+    args: Vec<Arg>,
+) -> Result<u64> {
+    Ok(sqlx_query(sql, args)
+        .execute(tx)
         .await
-        .map_err(Error::db("ingest: inbox outcome"))?;
-    Ok(IngestOutcome::DuplicateOrder)
+        .map_err(Error::db(op))?
+        .rows_affected())
 }
 
-async fn upsert_checkpoint(
-    tx: &mut AnyConnection,
-    cp: &Checkpoint,
-    now: DateTime<Utc>,
-) -> std::result::Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO checkpoints (topic, replay_id, updated_at) VALUES ($1, $2, $3) \
-         ON CONFLICT (topic) DO UPDATE SET replay_id = excluded.replay_id, updated_at = excluded.updated_at",
-    )
-    .bind(&cp.topic)
-    .bind(&cp.replay_id)
-    .bind(ms(now))
-    .execute(tx)
-    .await?;
-    Ok(())
+/// Executes `sql` with `args` on the SQLite writer's connection; returns the rows changed.
+fn sqlite_exec(
+    conn: &rusqlite::Connection,
+    op: &'static str,
+    sql: &'static str,
+    args: &[Arg],
+) -> Result<u64> {
+    let refs: Vec<&dyn rusqlite::ToSql> = args.iter().map(|a| a as &dyn rusqlite::ToSql).collect();
+    sqlite_writer::exec(conn, sql, &refs)
+        .map(|n| n as u64)
+        .map_err(|e| Error::from_sqlite(op, e))
 }
+
+/// Stores one event, statement by statement, for either driver (`|op, sql, args| call` runs
+/// one statement and evaluates to the rows it changed): the inbox row first (its primary key
+/// recognises a duplicate event), then the job unless the order has one, so the common case is
+/// two statements per event.
+macro_rules! ingest_one {
+    ($event:expr, $now:expr, |$op:ident, $sql:ident, $args:ident| $call:expr) => {{
+        let (event, now): (&InboxEvent, DateTime<Utc>) = ($event, $now);
+        let stored: u64 = {
+            let ($op, $sql, $args) = ("ingest: inbox", SQL_INSERT_INBOX, inbox_args(event, now));
+            $call
+        };
+        let created: u64 = if stored == 1 {
+            let ($op, $sql, $args) = (
+                "ingest: job",
+                SQL_INSERT_JOB,
+                job_args(&event_job(event), now),
+            );
+            $call
+        } else {
+            0
+        };
+        if stored != 1 {
+            IngestOutcome::DuplicateEvent
+        } else if created == 1 {
+            IngestOutcome::Enqueued
+        } else {
+            let ($op, $sql, $args) = (
+                "ingest: inbox outcome",
+                SQL_INBOX_DUPLICATE_ORDER,
+                vec![Arg::text(event.event_id.as_str())],
+            );
+            $call;
+            IngestOutcome::DuplicateOrder
+        }
+    }};
+}
+
+const SQL_RENEW: &str = "UPDATE jobs SET lease_until = $1 \
+     WHERE order_id = $2 AND lease_owner = $3 AND state = 'running'";
+
+const SQL_ADVANCE: &str = "UPDATE jobs SET step = $1, whmcs_order_id = COALESCE($2, whmcs_order_id), \
+     service_ids = COALESCE($3, service_ids), updated_at = $4 \
+     WHERE order_id = $5 AND lease_owner = $6 AND state = 'running'";
+
+const SQL_RESCHEDULE: &str = "UPDATE jobs SET state = 'pending', lease_owner = NULL, \
+     lease_until = NULL, next_attempt_at = $1, last_error = COALESCE($2, last_error), \
+     attempts = attempts + $3, updated_at = $4 \
+     WHERE order_id = $5 AND lease_owner = $6 AND state = 'running'";
+
+const SQL_FINISH: &str = "UPDATE jobs SET state = $1, lease_owner = NULL, lease_until = NULL, \
+     last_error = $2, step = CASE WHEN $1 = 'done' THEN 'done' ELSE step END, \
+     attempts = attempts + 1, updated_at = $3 \
+     WHERE order_id = $4 AND lease_owner = $5 AND state = 'running'";
+
+const SQL_RELEASE: &str = "UPDATE jobs SET state = 'pending', lease_owner = NULL, \
+     lease_until = NULL, updated_at = $1 \
+     WHERE order_id = $2 AND lease_owner = $3 AND state = 'running'";
+
+const SQL_REQUEUE_FAILED: &str = "UPDATE jobs SET state = 'pending', attempts = 0, \
+     next_attempt_at = $1, last_error = NULL, updated_at = $1 \
+     WHERE order_id = $2 AND state = 'failed'";
+
+const SQL_TAKE_OVER_LEASES: &str = "UPDATE jobs SET state = 'pending', lease_owner = NULL, \
+     lease_until = NULL, updated_at = $1 WHERE state = 'running'";
 
 fn lease_ms(lease: Duration) -> i64 {
     i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2)
@@ -665,6 +905,31 @@ impl Store for SqlStore {
         if events.is_empty() {
             return Ok(Vec::new());
         }
+        // The checkpoint of every topic in the batch moves to its last event (one topic in
+        // practice), in the same transaction as the events it passes.
+        let checkpoints = batch_checkpoints(events);
+        if let Some(writer) = &self.sqlite {
+            let events = events.to_vec();
+            return writer
+                .call("ingest", move |st| {
+                    let mut outcomes = Vec::with_capacity(events.len());
+                    for event in &events {
+                        outcomes.push(ingest_one!(event, now, |op, sql, args| {
+                            sqlite_exec(&st.conn, op, sql, &args)?
+                        }));
+                    }
+                    for cp in &checkpoints {
+                        sqlite_exec(
+                            &st.conn,
+                            "ingest: checkpoint",
+                            SQL_UPSERT_CHECKPOINT,
+                            &checkpoint_args(cp, now),
+                        )?;
+                    }
+                    Ok(outcomes)
+                })
+                .await;
+        }
         let mut tx = self
             .writer
             .begin()
@@ -672,24 +937,18 @@ impl Store for SqlStore {
             .map_err(Error::db("begin ingest"))?;
         let mut outcomes = Vec::with_capacity(events.len());
         for event in events {
-            outcomes.push(ingest_in(&mut tx, event, now).await?);
+            outcomes.push(ingest_one!(event, now, |op, sql, args| {
+                tx_exec(&mut tx, op, sql, args).await?
+            }));
         }
-        // The checkpoint of every topic in the batch moves to its last event (one topic in
-        // practice), in the same transaction as the events it passes.
-        for (i, event) in events.iter().enumerate() {
-            let last_of_topic = events[i + 1..].iter().all(|e| e.topic != event.topic);
-            if last_of_topic {
-                upsert_checkpoint(
-                    &mut tx,
-                    &Checkpoint {
-                        topic: event.topic.clone(),
-                        replay_id: event.replay_id.clone(),
-                    },
-                    now,
-                )
-                .await
-                .map_err(Error::db("ingest: checkpoint"))?;
-            }
+        for cp in &checkpoints {
+            tx_exec(
+                &mut tx,
+                "ingest: checkpoint",
+                SQL_UPSERT_CHECKPOINT,
+                checkpoint_args(cp, now),
+            )
+            .await?;
         }
         tx.commit().await.map_err(Error::db("commit ingest"))?;
         Ok(outcomes)
@@ -707,42 +966,73 @@ impl Store for SqlStore {
             .as_deref()
             .map(|p| self.encrypt_payload(&id, p))
             .transpose()?;
+        let args = vec![
+            Arg::text(id.as_str()),
+            Arg::Text(letter.topic),
+            Arg::Text(letter.event_id),
+            Arg::Blob(letter.replay_id),
+            Arg::Text(letter.order_id),
+            Arg::Text(Some(letter.reason)),
+            Arg::Text(payload),
+            Arg::Int(i64::from(letter.attempts)),
+            Arg::Int(ms(now)),
+        ];
+        let checkpoint = checkpoint.map(|cp| checkpoint_args(&cp, now));
+        if let Some(writer) = &self.sqlite {
+            writer
+                .call("dead letter", move |st| {
+                    sqlite_exec(
+                        &st.conn,
+                        "storing a dead letter",
+                        SQL_INSERT_DEAD_LETTER,
+                        &args,
+                    )?;
+                    if let Some(cp) = &checkpoint {
+                        sqlite_exec(
+                            &st.conn,
+                            "dead letter: checkpoint",
+                            SQL_UPSERT_CHECKPOINT,
+                            cp,
+                        )?;
+                    }
+                    Ok::<_, Error>(())
+                })
+                .await?;
+            return Ok(id);
+        }
         let mut tx = self
             .writer
             .begin()
             .await
             .map_err(Error::db("begin dead letter"))?;
-        sqlx::query(
-            "INSERT INTO dead_letters (id, topic, event_id, replay_id, order_id, reason, payload, \
-             attempts, state, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'open', $9, $9)",
+        tx_exec(
+            &mut tx,
+            "storing a dead letter",
+            SQL_INSERT_DEAD_LETTER,
+            args,
         )
-        .bind(&id)
-        .bind(&letter.topic)
-        .bind(&letter.event_id)
-        .bind(&letter.replay_id)
-        .bind(&letter.order_id)
-        .bind(&letter.reason)
-        .bind(&payload)
-        .bind(i64::from(letter.attempts))
-        .bind(ms(now))
-        .execute(&mut *tx)
-        .await
-        .map_err(Error::db("storing a dead letter"))?;
-        if let Some(cp) = &checkpoint {
-            upsert_checkpoint(&mut tx, cp, now)
-                .await
-                .map_err(Error::db("dead letter: checkpoint"))?;
+        .await?;
+        if let Some(cp) = checkpoint {
+            tx_exec(
+                &mut tx,
+                "dead letter: checkpoint",
+                SQL_UPSERT_CHECKPOINT,
+                cp,
+            )
+            .await?;
         }
         tx.commit().await.map_err(Error::db("commit dead letter"))?;
         Ok(id)
     }
 
     async fn save_checkpoint(&self, checkpoint: &Checkpoint, now: DateTime<Utc>) -> Result<()> {
-        let mut conn = self.writer.acquire().await.map_err(Error::db("acquire"))?;
-        upsert_checkpoint(&mut conn, checkpoint, now)
-            .await
-            .map_err(Error::db("saving a checkpoint"))
+        self.write(
+            "saving a checkpoint",
+            SQL_UPSERT_CHECKPOINT,
+            checkpoint_args(checkpoint, now),
+        )
+        .await
+        .map(|_| ())
     }
 
     async fn load_checkpoint(&self, topic: &str) -> Result<Option<Vec<u8>>> {
@@ -755,10 +1045,10 @@ impl Store for SqlStore {
     }
 
     async fn enqueue(&self, job: NewJob, now: DateTime<Utc>) -> Result<bool> {
-        let mut conn = self.writer.acquire().await.map_err(Error::db("acquire"))?;
-        insert_job(&mut conn, &job, now)
-            .await
-            .map_err(Error::db("enqueueing a job"))
+        let created = self
+            .write("enqueueing a job", SQL_INSERT_JOB, job_args(&job, now))
+            .await?;
+        Ok(created == 1)
     }
 
     async fn claim(&self, owner: &str, now: DateTime<Utc>, lease: Duration) -> Result<Option<Job>> {
@@ -794,13 +1084,9 @@ impl Store for SqlStore {
     }
 
     async fn renew_lease(&self, order_id: &str, owner: &str, until: DateTime<Utc>) -> Result<()> {
-        let q = sqlx::query(
-            "UPDATE jobs SET lease_until = $1 WHERE order_id = $2 AND lease_owner = $3 AND state = 'running'",
-        )
-        .bind(ms(until))
-        .bind(order_id)
-        .bind(owner);
-        self.fenced("renewing a lease", order_id, owner, q).await
+        let args = vec![Arg::Int(ms(until)), Arg::text(order_id), Arg::text(owner)];
+        self.fenced("renewing a lease", order_id, owner, SQL_RENEW, args)
+            .await
     }
 
     async fn advance(
@@ -811,18 +1097,16 @@ impl Store for SqlStore {
         update: StepUpdate,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        let q = sqlx::query(
-            "UPDATE jobs SET step = $1, whmcs_order_id = COALESCE($2, whmcs_order_id), \
-             service_ids = COALESCE($3, service_ids), updated_at = $4 \
-             WHERE order_id = $5 AND lease_owner = $6 AND state = 'running'",
-        )
-        .bind(step.as_str())
-        .bind(update.whmcs_order_id)
-        .bind(update.service_ids.map(|ids| ids.join(",")))
-        .bind(ms(now))
-        .bind(order_id)
-        .bind(owner);
-        self.fenced("recording a step", order_id, owner, q).await
+        let args = vec![
+            Arg::text(step.as_str()),
+            Arg::Text(update.whmcs_order_id),
+            Arg::Text(update.service_ids.map(|ids| ids.join(","))),
+            Arg::Int(ms(now)),
+            Arg::text(order_id),
+            Arg::text(owner),
+        ];
+        self.fenced("recording a step", order_id, owner, SQL_ADVANCE, args)
+            .await
     }
 
     async fn reschedule(
@@ -834,18 +1118,16 @@ impl Store for SqlStore {
         count_attempt: bool,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        let q = sqlx::query(
-            "UPDATE jobs SET state = 'pending', lease_owner = NULL, lease_until = NULL, \
-             next_attempt_at = $1, last_error = COALESCE($2, last_error), attempts = attempts + $3, \
-             updated_at = $4 WHERE order_id = $5 AND lease_owner = $6 AND state = 'running'",
-        )
-        .bind(ms(next_attempt_at))
-        .bind(error)
-        .bind(i64::from(count_attempt))
-        .bind(ms(now))
-        .bind(order_id)
-        .bind(owner);
-        self.fenced("rescheduling a job", order_id, owner, q).await
+        let args = vec![
+            Arg::Int(ms(next_attempt_at)),
+            Arg::Text(error),
+            Arg::Int(i64::from(count_attempt)),
+            Arg::Int(ms(now)),
+            Arg::text(order_id),
+            Arg::text(owner),
+        ];
+        self.fenced("rescheduling a job", order_id, owner, SQL_RESCHEDULE, args)
+            .await
     }
 
     async fn finish(
@@ -856,54 +1138,38 @@ impl Store for SqlStore {
         error: Option<String>,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        let q = sqlx::query(
-            "UPDATE jobs SET state = $1, lease_owner = NULL, lease_until = NULL, \
-             last_error = $2, step = CASE WHEN $1 = 'done' THEN 'done' ELSE step END, \
-             attempts = attempts + 1, updated_at = $3 \
-             WHERE order_id = $4 AND lease_owner = $5 AND state = 'running'",
-        )
-        .bind(state.as_str())
-        .bind(error)
-        .bind(ms(now))
-        .bind(order_id)
-        .bind(owner);
-        self.fenced("finishing a job", order_id, owner, q).await
+        let args = vec![
+            Arg::text(state.as_str()),
+            Arg::Text(error),
+            Arg::Int(ms(now)),
+            Arg::text(order_id),
+            Arg::text(owner),
+        ];
+        self.fenced("finishing a job", order_id, owner, SQL_FINISH, args)
+            .await
     }
 
     async fn release(&self, order_id: &str, owner: &str, now: DateTime<Utc>) -> Result<()> {
-        let q = sqlx::query(
-            "UPDATE jobs SET state = 'pending', lease_owner = NULL, lease_until = NULL, updated_at = $1 \
-             WHERE order_id = $2 AND lease_owner = $3 AND state = 'running'",
-        )
-        .bind(ms(now))
-        .bind(order_id)
-        .bind(owner);
-        self.fenced("releasing a job", order_id, owner, q).await
+        let args = vec![Arg::Int(ms(now)), Arg::text(order_id), Arg::text(owner)];
+        self.fenced("releasing a job", order_id, owner, SQL_RELEASE, args)
+            .await
     }
 
     async fn requeue_failed(&self, order_id: &str, now: DateTime<Utc>) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE jobs SET state = 'pending', attempts = 0, next_attempt_at = $1, \
-             last_error = NULL, updated_at = $1 WHERE order_id = $2 AND state = 'failed'",
-        )
-        .bind(ms(now))
-        .bind(order_id)
-        .execute(&self.writer)
-        .await
-        .map_err(Error::db("requeueing a failed job"))?;
-        Ok(done.rows_affected() == 1)
+        let args = vec![Arg::Int(ms(now)), Arg::text(order_id)];
+        let changed = self
+            .write("requeueing a failed job", SQL_REQUEUE_FAILED, args)
+            .await?;
+        Ok(changed == 1)
     }
 
     async fn take_over_leases(&self, now: DateTime<Utc>) -> Result<u64> {
-        let done = sqlx::query(
-            "UPDATE jobs SET state = 'pending', lease_owner = NULL, lease_until = NULL, updated_at = $1 \
-             WHERE state = 'running'",
+        self.write(
+            "taking over leases",
+            SQL_TAKE_OVER_LEASES,
+            vec![Arg::Int(ms(now))],
         )
-        .bind(ms(now))
-        .execute(&self.writer)
         .await
-        .map_err(Error::db("taking over leases"))?;
-        Ok(done.rows_affected())
     }
 
     async fn job(&self, order_id: &str) -> Result<Option<Job>> {
@@ -1005,14 +1271,15 @@ impl Store for SqlStore {
         state: DeadLetterState,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        let done = sqlx::query("UPDATE dead_letters SET state = $1, updated_at = $2 WHERE id = $3")
-            .bind(state.as_str())
-            .bind(ms(now))
-            .bind(id)
-            .execute(&self.writer)
-            .await
-            .map_err(Error::db("updating a dead letter"))?;
-        if done.rows_affected() == 0 {
+        let args = vec![Arg::text(state.as_str()), Arg::Int(ms(now)), Arg::text(id)];
+        let changed = self
+            .write(
+                "updating a dead letter",
+                "UPDATE dead_letters SET state = $1, updated_at = $2 WHERE id = $3",
+                args,
+            )
+            .await?;
+        if changed == 0 {
             return Err(Error::NotFound {
                 what: "dead letter",
                 id: id.to_owned(),
@@ -1028,7 +1295,7 @@ impl Store for SqlStore {
     ) -> Result<Option<KeyId>> {
         let mut tx = self
             .writer
-            .begin()
+            .begin_with(self.begin_write())
             .await
             .map_err(Error::db("begin rotation"))?;
         let lock = match self.backend {
@@ -1079,13 +1346,12 @@ impl Store for SqlStore {
             let text: String = col(&row, "payload", "dead letter")?;
             let ctx = FieldContext::new(DEAD_LETTER_PAYLOAD_KIND, &id)?;
             if let Some(new) = ring.reencrypt(&ctx, &text)? {
-                sqlx::query("UPDATE dead_letters SET payload = $1 WHERE id = $2 AND payload = $3")
-                    .bind(new)
-                    .bind(&id)
-                    .bind(&text)
-                    .execute(&self.writer)
-                    .await
-                    .map_err(Error::db("re-encryption: update"))?;
+                self.write(
+                    "re-encryption: update",
+                    "UPDATE dead_letters SET payload = $1 WHERE id = $2 AND payload = $3",
+                    vec![Arg::text(new), Arg::text(id), Arg::text(text)],
+                )
+                .await?;
                 moved += 1;
             }
         }

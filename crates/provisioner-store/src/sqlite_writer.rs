@@ -1,0 +1,701 @@
+//! The SQLite backend's writer: one dedicated thread owns the service's writing connection
+//! (rusqlite) and runs every hot-path write.
+//!
+//! A caller sends a closure and awaits its answer. The thread runs whatever has queued up in
+//! one transaction — each closure inside its own savepoint, so a failing closure undoes only its
+//! own statements — commits, and only then answers the callers: nobody ever sees a write that
+//! is not committed. Under load that is one wake-up of the thread and one commit for many
+//! statements of many jobs (group commit), where sqlx's SQLite driver costs a cross-thread round
+//! trip per statement and a commit per autocommitted statement.
+//!
+//! Checkpoints (copying the WAL into the database file, with its fsyncs) run on a second
+//! thread with its own connection, so they rarely stall the writer: SQLite's automatic
+//! checkpoint would run them inside a commit of the writer every 1,000 pages, which showed as
+//! the p99 latency. A checkpoint beside a busy writer never quite finishes (new frames keep
+//! arriving), and SQLite only starts the WAL over after a finished one, so once the WAL holds
+//! [`WAL_RESTART_FRAMES`] the checkpointer asks the writer to finish it between two batches:
+//! by then only the last few frames are left to copy.
+//!
+//! The SQL is the same text as the PostgreSQL path (`$n` parameters, bound by name here).
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rusqlite::types::ToSql;
+use rusqlite::{Connection, OpenFlags, Row};
+
+use crate::error::{Error, Result};
+
+/// What a closure on the writer thread works with.
+pub(crate) struct State {
+    /// The writing connection; a transaction is open while closures run.
+    pub(crate) conn: Connection,
+    /// Seals audit records.
+    pub(crate) audit_key: audit::AuditKey,
+    /// The audit chain head as this thread last wrote or read it (`None`: read it first).
+    pub(crate) audit_head: Option<audit::ChainHead>,
+    /// A savepoint could not be closed: the batch must not commit.
+    poisoned: bool,
+}
+
+/// Fired after the batch's commit (`Some` when it failed) to answer one caller.
+type Reply = Box<dyn FnOnce(Option<&rusqlite::Error>) + Send>;
+/// One caller's work: runs in the open transaction (or is told it could not begin).
+type Cmd = Box<dyn FnOnce(std::result::Result<&mut State, &rusqlite::Error>) -> Reply + Send>;
+
+/// Error types a writer closure may return: they must be able to carry a SQLite failure.
+pub(crate) trait FromSqlite {
+    /// `e` happened while doing `op`.
+    fn from_sqlite(op: &'static str, e: rusqlite::Error) -> Self;
+}
+
+impl FromSqlite for Error {
+    fn from_sqlite(op: &'static str, source: rusqlite::Error) -> Self {
+        Error::Sqlite { op, source }
+    }
+}
+
+impl FromSqlite for audit::Error {
+    fn from_sqlite(op: &'static str, e: rusqlite::Error) -> Self {
+        audit::Error::Backend {
+            op,
+            source: Box::new(e),
+        }
+    }
+}
+
+/// At most this many closures share one transaction.
+const MAX_BATCH: usize = 512;
+
+/// `$1` .. `$24`: the parameter names of the shared SQL text.
+const PARAM_NAMES: [&str; 24] = [
+    "$1", "$2", "$3", "$4", "$5", "$6", "$7", "$8", "$9", "$10", "$11", "$12", "$13", "$14", "$15",
+    "$16", "$17", "$18", "$19", "$20", "$21", "$22", "$23", "$24",
+];
+
+/// The handle: sends closures to the thread; dropping it lets the thread finish the queue and
+/// close the connection.
+pub(crate) struct SqliteWriter {
+    tx: Option<mpsc::Sender<Cmd>>,
+    thread: Option<JoinHandle<()>>,
+    checkpointer: Option<JoinHandle<()>>,
+}
+
+/// After a commit wakes it, the checkpointer waits this long for more commits to gather, then
+/// checkpoints them together.
+const CHECKPOINT_GATHER: Duration = Duration::from_millis(100);
+
+/// WAL frames (pages) at which the writer finishes a checkpoint so the WAL starts over
+/// (16 MiB at SQLite's default 4 KiB page): bounds the WAL file under sustained load.
+pub(crate) const WAL_RESTART_FRAMES: i64 = 4096;
+
+impl std::fmt::Debug for SqliteWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteWriter").finish_non_exhaustive()
+    }
+}
+
+impl SqliteWriter {
+    /// Opens the writing connection to `path` (WAL, `synchronous = NORMAL`, foreign keys, a busy
+    /// timeout for operator commands writing next to the service) and starts the thread.
+    pub(crate) fn start(
+        path: &Path,
+        busy_timeout: Duration,
+        audit_key: audit::AuditKey,
+    ) -> Result<Self> {
+        let wal = WalPolicy {
+            gather: CHECKPOINT_GATHER,
+            restart_frames: WAL_RESTART_FRAMES,
+        };
+        Self::start_with(path, busy_timeout, audit_key, wal)
+    }
+
+    fn start_with(
+        path: &Path,
+        busy_timeout: Duration,
+        audit_key: audit::AuditKey,
+        wal: WalPolicy,
+    ) -> Result<Self> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| Error::from_sqlite("opening the SQLite writer", e))?;
+        conn.busy_timeout(busy_timeout)
+            .and_then(|()| {
+                conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))?;
+                conn.execute_batch(
+                    "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
+                     PRAGMA wal_autocheckpoint = 0;",
+                )
+            })
+            .map_err(|e| Error::from_sqlite("configuring the SQLite writer", e))?;
+        conn.set_prepared_statement_cache_capacity(64);
+        let checkpoint_conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .and_then(|c| c.busy_timeout(busy_timeout).map(|()| c))
+        .map_err(|e| Error::from_sqlite("opening the SQLite checkpointer", e))?;
+        // Capacity 1: a commit only needs to know that a wake-up is pending.
+        let (committed_tx, committed_rx) = mpsc::sync_channel::<()>(1);
+        let (tx, rx) = mpsc::channel::<Cmd>();
+        let state = State {
+            conn,
+            audit_key,
+            audit_head: None,
+            poisoned: false,
+        };
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.to_owned())
+                .spawn(f)
+                .map_err(|source| Error::Io {
+                    op: format!("starting the {name} thread"),
+                    source,
+                })
+        };
+        let finish_checkpoint = Arc::new(AtomicBool::new(false));
+        let signals = Signals {
+            committed: committed_tx,
+            finish_checkpoint: Arc::clone(&finish_checkpoint),
+        };
+        let finish = finish_checkpoint;
+        let checkpointer = spawn(
+            "sqlite-checkpoint",
+            Box::new(move || checkpoints(&checkpoint_conn, &committed_rx, &finish, wal)),
+        )?;
+        let thread = spawn("sqlite-writer", Box::new(move || run(state, &rx, &signals)))?;
+        Ok(SqliteWriter {
+            tx: Some(tx),
+            thread: Some(thread),
+            checkpointer: Some(checkpointer),
+        })
+    }
+
+    /// Runs `f` on the writer thread inside the next transaction and returns its result once
+    /// that transaction has committed (an error if it did not).
+    pub(crate) async fn call<R, E>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(&mut State) -> std::result::Result<R, E> + Send + 'static,
+    ) -> std::result::Result<R, E>
+    where
+        R: Send + 'static,
+        E: FromSqlite + Send + 'static,
+    {
+        let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
+        let cmd: Cmd = Box::new(move |state| {
+            let result = match state {
+                Ok(st) => in_savepoint(st, op, f),
+                Err(e) => Err(E::from_sqlite(op, copy_error(e))),
+            };
+            Box::new(move |commit_failed: Option<&rusqlite::Error>| {
+                let answer = match (result, commit_failed) {
+                    (Ok(_), Some(e)) => Err(E::from_sqlite("commit", copy_error(e))),
+                    (result, _) => result,
+                };
+                let _ = reply_tx.send(answer);
+            })
+        });
+        let sent = self.tx.as_ref().is_some_and(|tx| tx.send(cmd).is_ok());
+        if !sent {
+            return Err(E::from_sqlite(op, stopped()));
+        }
+        reply_rx
+            .await
+            .unwrap_or_else(|_| Err(E::from_sqlite(op, stopped())))
+    }
+}
+
+impl Drop for SqliteWriter {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread once the queue is done; waiting for it keeps the
+        // connection's last commit ahead of whatever the owner releases next (the process lock).
+        drop(self.tx.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        // The writer's end of the commit signal went with it: the checkpointer does a last
+        // checkpoint and stops.
+        if let Some(thread) = self.checkpointer.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn stopped() -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+        Some("the SQLite writer thread has stopped".to_owned()),
+    )
+}
+
+/// A copy of `e` for each caller of a failed batch (rusqlite's error is not `Clone`).
+fn copy_error(e: &rusqlite::Error) -> rusqlite::Error {
+    match e {
+        rusqlite::Error::SqliteFailure(code, message) => {
+            rusqlite::Error::SqliteFailure(*code, message.clone())
+        }
+        other => rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+            Some(other.to_string()),
+        ),
+    }
+}
+
+fn in_savepoint<R, E: FromSqlite>(
+    st: &mut State,
+    op: &'static str,
+    f: impl FnOnce(&mut State) -> std::result::Result<R, E>,
+) -> std::result::Result<R, E> {
+    exec(&st.conn, "SAVEPOINT w", &[]).map_err(|e| E::from_sqlite(op, e))?;
+    let result = f(st);
+    let closed = if result.is_ok() {
+        exec(&st.conn, "RELEASE w", &[])
+    } else {
+        exec(&st.conn, "ROLLBACK TO w", &[]).and_then(|_| exec(&st.conn, "RELEASE w", &[]))
+    };
+    match closed {
+        // A closure that ended the transaction itself leaves nothing this batch can promise.
+        Ok(_) if st.conn.is_autocommit() => {
+            st.poisoned = true;
+            Err(E::from_sqlite(
+                op,
+                rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+                    Some("the batch transaction ended inside a write".to_owned()),
+                ),
+            ))
+        }
+        Ok(_) => result,
+        Err(e) => {
+            // The transaction's content is unknown now: nothing in this batch commits.
+            st.poisoned = true;
+            Err(E::from_sqlite(op, e))
+        }
+    }
+}
+
+/// What a checkpoint reported.
+struct Checkpointed {
+    /// Frames in the WAL.
+    frames: i64,
+    /// Whether every frame is now in the database file (the WAL can start over).
+    complete: bool,
+}
+
+/// A PASSIVE checkpoint: never waits for, nor blocks, the writer or readers (and gives up at
+/// once when another checkpoint is running).
+fn checkpoint(conn: &Connection) -> rusqlite::Result<Checkpointed> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+        let (busy, frames, copied): (i64, i64, i64) = (row.get(0)?, row.get(1)?, row.get(2)?);
+        Ok(Checkpointed {
+            frames,
+            complete: busy == 0 && copied == frames,
+        })
+    })
+}
+
+/// When the checkpointer runs.
+#[derive(Clone, Copy)]
+struct WalPolicy {
+    /// How long it lets commits gather after the first one woke it.
+    gather: Duration,
+    /// WAL frames at which it asks the writer to finish a checkpoint.
+    restart_frames: i64,
+}
+
+/// The checkpointer thread: checkpoints after commits, and asks the writer to finish one when
+/// the WAL has grown to `wal.restart_frames`.
+fn checkpoints(
+    conn: &Connection,
+    committed: &mpsc::Receiver<()>,
+    finish: &AtomicBool,
+    wal: WalPolicy,
+) {
+    while committed.recv().is_ok() {
+        std::thread::sleep(wal.gather);
+        while committed.try_recv().is_ok() {}
+        match checkpoint(conn) {
+            Ok(c) if c.frames >= wal.restart_frames => finish.store(true, Ordering::Relaxed),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "SQLite checkpoint failed; the next commit tries again");
+            }
+        }
+    }
+    let _ = checkpoint(conn);
+}
+
+/// What the writer tells the checkpointer, and hears from it.
+struct Signals {
+    committed: mpsc::SyncSender<()>,
+    finish_checkpoint: Arc<AtomicBool>,
+}
+
+fn run(mut st: State, rx: &mpsc::Receiver<Cmd>, signals: &Signals) {
+    while let Ok(first) = rx.recv() {
+        let mut replies: Vec<Reply> = Vec::new();
+        if let Err(e) = exec(&st.conn, "BEGIN IMMEDIATE", &[]) {
+            first(Err(&e))(None);
+            while let Ok(cmd) = rx.try_recv() {
+                cmd(Err(&e))(None);
+            }
+            continue;
+        }
+        st.poisoned = false;
+        replies.push(first(Ok(&mut st)));
+        // Whatever queued up meanwhile joins this transaction.
+        while replies.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(cmd) => replies.push(cmd(Ok(&mut st))),
+                Err(_) => break,
+            }
+        }
+        let result_of_commit = if st.poisoned {
+            Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+                Some("a savepoint could not be closed; the batch was rolled back".to_owned()),
+            ))
+        } else {
+            exec(&st.conn, "COMMIT", &[]).map(|_| ())
+        };
+        match result_of_commit {
+            Ok(()) => {
+                replies.into_iter().for_each(|reply| reply(None));
+                if signals.finish_checkpoint.load(Ordering::Relaxed) {
+                    // Nothing is written meanwhile, so this one can finish (unless the
+                    // checkpointer is busy copying: then after the next batch), and the next
+                    // transaction starts the WAL over.
+                    match checkpoint(&st.conn) {
+                        Ok(c) if c.complete => {
+                            signals.finish_checkpoint.store(false, Ordering::Relaxed);
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "SQLite checkpoint failed; tried again later");
+                        }
+                    }
+                }
+                let _ = signals.committed.try_send(());
+            }
+            Err(e) => {
+                let _ = exec(&st.conn, "ROLLBACK", &[]);
+                // Records sealed in this batch are gone: read the head again next time.
+                st.audit_head = None;
+                replies.into_iter().for_each(|reply| reply(Some(&e)));
+            }
+        }
+    }
+}
+
+fn bind(stmt: &mut rusqlite::CachedStatement<'_>, args: &[&dyn ToSql]) -> rusqlite::Result<()> {
+    for (i, arg) in args.iter().enumerate() {
+        let name = PARAM_NAMES
+            .get(i)
+            .ok_or(rusqlite::Error::InvalidParameterCount(
+                args.len(),
+                PARAM_NAMES.len(),
+            ))?;
+        if let Some(index) = stmt.parameter_index(name)? {
+            stmt.raw_bind_parameter(index, arg)?;
+        }
+    }
+    Ok(())
+}
+
+/// Executes `sql` (a cached prepared statement) with `$n` bound to `args[n - 1]`; returns the
+/// number of rows changed.
+pub(crate) fn exec(conn: &Connection, sql: &str, args: &[&dyn ToSql]) -> rusqlite::Result<usize> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    bind(&mut stmt, args)?;
+    stmt.raw_execute()
+}
+
+/// Runs `sql` and maps its first row, if any.
+pub(crate) fn query_opt<T, E: FromSqlite>(
+    conn: &Connection,
+    sql: &str,
+    args: &[&dyn ToSql],
+    map: impl FnOnce(&Row<'_>) -> std::result::Result<T, E>,
+) -> std::result::Result<Option<T>, E> {
+    let mut stmt = conn
+        .prepare_cached(sql)
+        .map_err(|e| E::from_sqlite("preparing a statement", e))?;
+    bind(&mut stmt, args).map_err(|e| E::from_sqlite("binding parameters", e))?;
+    let mut rows = stmt.raw_query();
+    match rows
+        .next()
+        .map_err(|e| E::from_sqlite("reading a row", e))?
+    {
+        Some(row) => map(row).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Whether `e` is a UNIQUE / PRIMARY KEY violation.
+pub(crate) fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(code, _)
+            if code.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                || code.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn writer(dir: &tempfile::TempDir) -> (SqliteWriter, std::path::PathBuf) {
+        writer_with(
+            dir,
+            WalPolicy {
+                gather: CHECKPOINT_GATHER,
+                restart_frames: WAL_RESTART_FRAMES,
+            },
+        )
+    }
+
+    fn writer_with(dir: &tempfile::TempDir, wal: WalPolicy) -> (SqliteWriter, std::path::PathBuf) {
+        let path = dir.path().join("w.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("CREATE TABLE t (x INTEGER PRIMARY KEY)")
+            .unwrap();
+        drop(conn);
+        let key = audit::AuditKey::from_bytes(&[7; 32]).unwrap();
+        (
+            SqliteWriter::start_with(&path, Duration::from_secs(5), key, wal).unwrap(),
+            path,
+        )
+    }
+
+    fn insert(st: &mut State, x: i64) -> Result<()> {
+        exec(&st.conn, "INSERT INTO t (x) VALUES ($1)", &[&x])
+            .map(|_| ())
+            .map_err(|e| Error::from_sqlite("insert", e))
+    }
+
+    fn sql(st: &mut State, sql: &'static str) -> Result<()> {
+        exec(&st.conn, sql, &[])
+            .map(|_| ())
+            .map_err(|e| Error::from_sqlite("test statement", e))
+    }
+
+    /// 32 KiB into the `big` table.
+    fn insert_blob(st: &mut State) -> Result<()> {
+        exec(
+            &st.conn,
+            "INSERT INTO big (b) VALUES ($1)",
+            &[&vec![7_u8; 32 * 1024]],
+        )
+        .map(|_| ())
+        .map_err(|e| Error::from_sqlite("insert", e))
+    }
+
+    fn rows(path: &Path) -> Vec<i64> {
+        let conn = Connection::open(path).unwrap();
+        let mut stmt = conn.prepare("SELECT x FROM t ORDER BY x").unwrap();
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_call_undoes_only_its_own_statements_and_answers_follow_the_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, path) = writer(&dir);
+        let writer = Arc::new(writer);
+        let mut calls = tokio::task::JoinSet::new();
+        for x in 0..200_i64 {
+            let (writer, path) = (Arc::clone(&writer), path.clone());
+            calls.spawn(async move {
+                let result = writer
+                    .call("test", move |st| {
+                        insert(st, x)?;
+                        if x % 2 == 1 {
+                            // A second statement that fails: the first must go too.
+                            insert(st, x)?;
+                        }
+                        Ok::<_, Error>(x)
+                    })
+                    .await;
+                // Answered after the commit: another connection sees an even row at once.
+                if result.is_ok() {
+                    assert!(rows(&path).contains(&x), "row {x} not committed yet");
+                }
+                (x, result.is_ok())
+            });
+        }
+        while let Some(joined) = calls.join_next().await {
+            let (x, ok) = joined.unwrap();
+            assert_eq!(ok, x % 2 == 0, "call {x}");
+        }
+        let expected: Vec<i64> = (0..200).filter(|x| x % 2 == 0).collect();
+        assert_eq!(rows(&path), expected);
+    }
+
+    #[tokio::test]
+    async fn a_write_that_ends_the_transaction_fails_and_the_writer_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, path) = writer(&dir);
+        writer.call("setup", |st| insert(st, 1)).await.unwrap();
+        let result = writer
+            .call("breaks", |st| {
+                insert(st, 2)?;
+                // Ends the batch's transaction under the writer's feet.
+                exec(&st.conn, "ROLLBACK", &[]).map_err(|e| Error::from_sqlite("rollback", e))?;
+                insert(st, 3)
+            })
+            .await;
+        assert!(result.is_err(), "a broken batch must not report success");
+        // The writer goes on with the next batch.
+        writer.call("after", |st| insert(st, 4)).await.unwrap();
+        let rows = rows(&path);
+        assert!(rows.contains(&1) && rows.contains(&4) && !rows.contains(&2));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn when_the_commit_fails_every_caller_of_the_batch_gets_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, path) = writer(&dir);
+        writer
+            .call("setup", |st| {
+                exec(
+                    &st.conn,
+                    "CREATE TABLE c (y INTEGER PRIMARY KEY, \
+                     x INTEGER REFERENCES t (x) DEFERRABLE INITIALLY DEFERRED)",
+                    &[],
+                )
+                .map(|_| ())
+                .map_err(|e| Error::from_sqlite("create", e))
+            })
+            .await
+            .unwrap();
+        let writer = Arc::new(writer);
+        // The first call holds the thread while the others queue up behind it, so all three
+        // share one transaction; the dangling reference only fails at COMMIT.
+        let slow = {
+            let writer = Arc::clone(&writer);
+            tokio::spawn(async move {
+                writer
+                    .call("slow", |st| {
+                        std::thread::sleep(Duration::from_millis(200));
+                        insert(st, 10)
+                    })
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let dangling = writer.call("dangling", |st| {
+            exec(&st.conn, "INSERT INTO c (y, x) VALUES (1, 999)", &[])
+                .map(|_| ())
+                .map_err(|e| Error::from_sqlite("insert c", e))
+        });
+        let other = writer.call("other", |st| insert(st, 11));
+        let (dangling, other) = tokio::join!(dangling, other);
+        let slow = slow.await.unwrap();
+        for (name, result) in [("slow", slow), ("dangling", dangling), ("other", other)] {
+            assert!(
+                matches!(&result, Err(Error::Sqlite { op: "commit", .. })),
+                "{name}: {result:?}"
+            );
+        }
+        assert_eq!(rows(&path), Vec::<i64>::new());
+        writer.call("after", |st| insert(st, 12)).await.unwrap();
+        assert_eq!(rows(&path), vec![12]);
+    }
+
+    #[tokio::test]
+    async fn committed_pages_reach_the_database_file_without_the_writer_checkpointing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, path) = writer(&dir);
+        writer
+            .call("setup", |st| sql(st, "CREATE TABLE big (b BLOB)"))
+            .await
+            .unwrap();
+        let before = std::fs::metadata(&path).unwrap().len();
+        for _ in 0..64 {
+            writer.call("blob", insert_blob).await.unwrap();
+        }
+        // 2 MiB committed: the writer never checkpoints (wal_autocheckpoint = 0), so the
+        // database file only grows if the checkpointer thread copies the WAL into it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = std::fs::metadata(&path).unwrap().len();
+            if now >= before + 2 * 1024 * 1024 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "database file still {now} bytes (was {before}): no checkpoint ran"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_wal_starts_over_under_sustained_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        // 256 frames = 1 MiB of 4 KiB pages; a checkpoint every few milliseconds, so that
+        // several run while the writes below go on.
+        let (writer, path) = writer_with(
+            &dir,
+            WalPolicy {
+                gather: Duration::from_millis(2),
+                restart_frames: 256,
+            },
+        );
+        writer
+            .call("setup", |st| sql(st, "CREATE TABLE big (b BLOB)"))
+            .await
+            .unwrap();
+        let writer = Arc::new(writer);
+        // 8 writers keep the queue busy with 24 MiB, so the checkpointer never catches up on
+        // its own.
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let writer = Arc::clone(&writer);
+            tasks.spawn(async move {
+                for _ in 0..96 {
+                    writer.call("blob", insert_blob).await.unwrap();
+                }
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.unwrap();
+        }
+        let mut wal = path.clone().into_os_string();
+        wal.push("-wal");
+        let wal_bytes = std::fs::metadata(&wal).unwrap().len();
+        assert!(
+            wal_bytes < 12 * 1024 * 1024,
+            "the WAL grew to {wal_bytes} bytes for 24 MiB written: it never started over"
+        );
+    }
+
+    #[test]
+    fn sqlite_errors_say_whether_to_retry() {
+        let busy = Error::from_sqlite(
+            "x",
+            rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+                None,
+            ),
+        );
+        assert!(busy.is_retryable());
+        let decode = Error::from_sqlite("x", rusqlite::Error::InvalidColumnName("c".into()));
+        assert!(!decode.is_retryable());
+    }
+}
