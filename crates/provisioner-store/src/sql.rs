@@ -106,7 +106,7 @@ pub struct SqlStore {
     /// When a claim next looks for expired leases first (Unix ms).
     next_expired_scan: AtomicI64,
     /// The claim statements (pending, expired) for this backend.
-    claim_sql: [String; 2],
+    claim_sql: [Arc<str>; 2],
     /// SQLite: the thread that runs every write of the running store (declared before the
     /// process lock, so it has finished when the lock is released).
     pub(crate) sqlite: Option<SqliteWriter>,
@@ -377,8 +377,8 @@ impl SqlStore {
             audit_queue: crate::audit_log::AuditQueue::default(),
             next_expired_scan: AtomicI64::new(0),
             claim_sql: [
-                claim_sql(ClaimKind::Pending, lock_clause),
-                claim_sql(ClaimKind::Expired, lock_clause),
+                claim_sql(ClaimKind::Pending, lock_clause).into(),
+                claim_sql(ClaimKind::Expired, lock_clause).into(),
             ],
             sqlite,
             _lock: lock,
@@ -657,7 +657,7 @@ impl SqlStore {
         let sql = &self.claim_sql[kind as usize];
         let until = now_ms.saturating_add(lease_ms(lease));
         if let Some(writer) = &self.sqlite {
-            let (sql, owner) = (sql.clone(), owner.to_owned());
+            let (sql, owner) = (Arc::clone(sql), owner.to_owned());
             return writer
                 .call("claiming a job", move |st| {
                     let claimed = sqlite_writer::query_opt(
