@@ -30,6 +30,21 @@ fn micros(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
 }
 
+const SQL_ANCHOR: &str = "SELECT anchor FROM audit_anchor WHERE id = 1";
+const SQL_LAST_RECORD: &str = "SELECT record FROM audit_log ORDER BY seq DESC LIMIT 1";
+const SQL_INSERT_RECORD: &str = "INSERT INTO audit_log (seq, at, record) VALUES ($1, $2, $3)";
+
+/// An append gave up: other writers took every `seq` it sealed for.
+fn head_kept_moving() -> audit::Error {
+    audit::Error::Backend {
+        op: "audit: append",
+        source: format!(
+            "the chain head kept moving under {APPEND_ATTEMPTS} attempts (other writers)"
+        )
+        .into(),
+    }
+}
+
 /// Serialises appends across PostgreSQL instances for the transaction's lifetime.
 const AUDIT_LOCK_KEY: i64 = 0x7070_6175_6469_7431; // "ppaudit1"
 
@@ -47,7 +62,7 @@ impl SqlStore {
 }
 
 async fn read_anchor(conn: &mut AnyConnection) -> audit::Result<Anchor> {
-    let row = sqlx::query("SELECT anchor FROM audit_anchor WHERE id = 1")
+    let row = sqlx::query(SQL_ANCHOR)
         .fetch_optional(conn)
         .await
         .map_err(backend("audit: reading the anchor"))?;
@@ -66,7 +81,7 @@ fn decode(row: &sqlx::any::AnyRow) -> audit::Result<SealedRecord> {
 }
 
 async fn read_head(conn: &mut AnyConnection) -> audit::Result<ChainHead> {
-    let last = sqlx::query("SELECT record FROM audit_log ORDER BY seq DESC LIMIT 1")
+    let last = sqlx::query(SQL_LAST_RECORD)
         .fetch_optional(&mut *conn)
         .await
         .map_err(backend("audit: reading the head"))?;
@@ -84,15 +99,13 @@ async fn insert_raw(
 ) -> audit::Result<std::result::Result<(), sqlx::Error>> {
     let json = serde_json::to_string(sealed).map_err(|e| corrupt("audit: encoding", e))?;
     let seq = i64::try_from(sealed.record.seq).map_err(|e| corrupt("audit: seq", e))?;
-    Ok(
-        sqlx::query("INSERT INTO audit_log (seq, at, record) VALUES ($1, $2, $3)")
-            .bind(seq)
-            .bind(micros(sealed.record.at))
-            .bind(json)
-            .execute(conn)
-            .await
-            .map(|_| ()),
-    )
+    Ok(sqlx::query(SQL_INSERT_RECORD)
+        .bind(seq)
+        .bind(micros(sealed.record.at))
+        .bind(json)
+        .execute(conn)
+        .await
+        .map(|_| ()))
 }
 
 /// One multi-row `INSERT` of consecutive sealed records (atomic: all or none).
@@ -180,13 +193,7 @@ impl SqlStore {
                 }
             }
         }
-        Err(audit::Error::Backend {
-            op: "audit: append",
-            source: format!(
-                "the chain head kept moving under {APPEND_ATTEMPTS} attempts (other writers)"
-            )
-            .into(),
-        })
+        Err(head_kept_moving())
     }
 }
 
@@ -195,7 +202,10 @@ impl SqlStore {
 mod on_writer {
     use audit::{Anchor, ChainHead, NewAuditRecord, SealedRecord};
 
-    use super::{APPEND_ATTEMPTS, corrupt, micros};
+    use super::{
+        APPEND_ATTEMPTS, SQL_ANCHOR, SQL_INSERT_RECORD, SQL_LAST_RECORD, corrupt, head_kept_moving,
+        micros,
+    };
     use crate::sqlite_writer::{self, FromSqlite, State};
 
     /// The JSON in the one column of the first row of `sql`, decoded.
@@ -211,19 +221,11 @@ mod on_writer {
     }
 
     fn head(st: &State) -> audit::Result<ChainHead> {
-        let last: Option<SealedRecord> = json_row(
-            st,
-            "SELECT record FROM audit_log ORDER BY seq DESC LIMIT 1",
-            "audit: reading the head",
-        )?;
+        let last: Option<SealedRecord> = json_row(st, SQL_LAST_RECORD, "audit: reading the head")?;
         if let Some(last) = last {
             return Ok(ChainHead::after(&last));
         }
-        let anchor: Option<Anchor> = json_row(
-            st,
-            "SELECT anchor FROM audit_anchor WHERE id = 1",
-            "audit: reading the anchor",
-        )?;
+        let anchor: Option<Anchor> = json_row(st, SQL_ANCHOR, "audit: reading the anchor")?;
         Ok(anchor.unwrap_or(Anchor::GENESIS).head())
     }
 
@@ -240,7 +242,7 @@ mod on_writer {
             let seq = i64::try_from(sealed.record.seq).map_err(|e| corrupt("audit: seq", e))?;
             match sqlite_writer::exec(
                 &st.conn,
-                "INSERT INTO audit_log (seq, at, record) VALUES ($1, $2, $3)",
+                SQL_INSERT_RECORD,
                 &[&seq, &micros(sealed.record.at), &json],
             ) {
                 Ok(_) => {
@@ -254,13 +256,7 @@ mod on_writer {
                 }
             }
         }
-        Err(audit::Error::Backend {
-            op: "audit: append",
-            source: format!(
-                "the chain head kept moving under {APPEND_ATTEMPTS} attempts (other writers)"
-            )
-            .into(),
-        })
+        Err(head_kept_moving())
     }
 }
 
@@ -382,11 +378,7 @@ impl AuditLog for SqlStore {
                     .fetch_optional(&mut *tx)
                     .await
             }
-            None => {
-                sqlx::query("SELECT record FROM audit_log ORDER BY seq DESC LIMIT 1")
-                    .fetch_optional(&mut *tx)
-                    .await
-            }
+            None => sqlx::query(SQL_LAST_RECORD).fetch_optional(&mut *tx).await,
         }
         .map_err(backend("audit: purge last removed"))?;
         let old_anchor = read_anchor(&mut tx).await?;

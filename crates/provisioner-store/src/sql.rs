@@ -542,13 +542,7 @@ impl SqlStore {
         match &self.sqlite {
             Some(writer) => {
                 writer
-                    .call(op, move |st| {
-                        let refs: Vec<&dyn rusqlite::ToSql> =
-                            args.iter().map(|a| a as &dyn rusqlite::ToSql).collect();
-                        sqlite_writer::exec(&st.conn, sql, &refs)
-                            .map(|n| n as u64)
-                            .map_err(|e| Error::from_sqlite(op, e))
-                    })
+                    .call(op, move |st| sqlite_exec(&st.conn, op, sql, &args))
                     .await
             }
             None => {
