@@ -141,24 +141,12 @@ pub(crate) async fn keys(config: &Config, command: KeysCommand) -> Result<(), Fa
             Ok(())
         }
         KeysCommand::Rotate => {
+            // The store records `key_rotated` in the rotation's own transaction.
             let id = store
-                .rotate_keys_if_older_than(0, Utc::now())
+                .rotate_keys_if_older_than(0, audit::Actor::OPERATOR, Utc::now())
                 .await
                 .context("rotating the data key")
                 .map_err(runtime)?;
-            let record = audit::NewAuditRecord::new(
-                audit::Actor::OPERATOR,
-                audit::Action::KEY_ROTATED,
-                audit::Outcome::Success,
-            );
-            let record = match id {
-                Some(id) => record.detail(audit::DetailKey::KeyId, id.get().to_string()),
-                None => Ok(record),
-            }
-            .map_err(|e| runtime(anyhow!(e)))?;
-            audit::AuditLog::append(&*store, record)
-                .await
-                .map_err(|e| runtime(anyhow!(e)))?;
             out(&format!(
                 "new primary key: {}",
                 id.map_or_else(|| "unchanged".to_owned(), |k| k.to_string())
@@ -250,7 +238,7 @@ pub(crate) async fn dlq(config: &Config, command: DlqCommand) -> Result<(), Fail
                 .map(|j| j.customer_number)
                 .ok_or_else(|| Failure::Usage(anyhow!("order {order_id} has no job to retry")))?;
             let requeued = store
-                .requeue_failed(&order_id, Utc::now())
+                .requeue_failed(&order_id, Vec::new(), Utc::now())
                 .await
                 .map_err(|e| runtime(anyhow!(e)))?;
             if !requeued {
@@ -263,48 +251,46 @@ pub(crate) async fn dlq(config: &Config, command: DlqCommand) -> Result<(), Fail
                             event_id: None,
                             source: JobSource::Operator,
                         },
+                        Vec::new(),
                         Utc::now(),
                     )
                     .await
                     .map_err(|e| runtime(anyhow!(e)))?;
             }
+            let record = op_record(audit::Action::DEAD_LETTER_RETRIED, Some(&order_id))?;
             store
-                .set_dead_letter_state(&id, DeadLetterState::Retried, Utc::now())
+                .set_dead_letter_state(&id, DeadLetterState::Retried, vec![record], Utc::now())
                 .await
                 .map_err(|e| runtime(anyhow!(e)))?;
-            audit_op(&store, audit::Action::DEAD_LETTER_RETRIED, Some(&order_id)).await?;
             out(&format!(
                 "order {order_id} queued again; a running provisioner picks it up"
             ))
         }
         DlqCommand::Discard { id } => {
+            let record = op_record(audit::Action::DEAD_LETTER_DISCARDED, None)?;
             store
-                .set_dead_letter_state(&id, DeadLetterState::Discarded, Utc::now())
+                .set_dead_letter_state(&id, DeadLetterState::Discarded, vec![record], Utc::now())
                 .await
                 .map_err(|e| match e {
                     provisioner_store::Error::NotFound { .. } => not_found(&id),
                     other => runtime(anyhow!(other)),
                 })?;
-            audit_op(&store, audit::Action::DEAD_LETTER_DISCARDED, None).await?;
             out(&format!("dead letter {id} discarded"))
         }
     }
 }
 
-async fn audit_op(
-    store: &provisioner_store::SqlStore,
+/// An operator's audit record, stored with the change it records.
+fn op_record(
     action: audit::Action,
     order_id: Option<&str>,
-) -> Result<(), Failure> {
+) -> Result<audit::NewAuditRecord, Failure> {
     let mut record =
         audit::NewAuditRecord::new(audit::Actor::OPERATOR, action, audit::Outcome::Success);
     if let Some(id) = order_id {
         record = record.order_id(id).map_err(|e| runtime(anyhow!(e)))?;
     }
-    audit::AuditLog::append(store, record)
-        .await
-        .map_err(|e| runtime(anyhow!(e)))?;
-    Ok(())
+    Ok(record)
 }
 
 /// `provisioner reconcile`: one sweep now.

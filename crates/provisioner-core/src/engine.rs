@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use audit::{Action, Actor, DetailKey, NewAuditRecord, Outcome};
+use audit::{Action, Actor, NewAuditRecord, Outcome};
 use chrono::Utc;
 use provisioner_store::{JobSource, NewJob};
 use tokio::sync::{Notify, Semaphore, watch};
@@ -154,6 +154,16 @@ impl Engine {
                 tracing::warn!(order_id = %order.id, "approved Order without Customer_Number__c skipped by reconcile");
                 continue;
             };
+            let record = NewAuditRecord::new(
+                Actor::RECONCILER,
+                Action::RECONCILE_ENQUEUED,
+                Outcome::Success,
+            )
+            .order_id(order.id.to_string())
+            .map_err(|e| {
+                crate::metrics::audit_failed();
+                format!("reconcile: audit record: {e}")
+            })?;
             let created = self
                 .ports
                 .store
@@ -165,23 +175,18 @@ impl Engine {
                         event_id: None,
                         source: JobSource::Reconcile,
                     },
+                    vec![record],
                     Utc::now(),
                 )
                 .await
-                .map_err(|e| format!("reconcile: enqueue: {e}"))?;
+                .map_err(|e| {
+                    crate::metrics::store_failed(&e);
+                    format!("reconcile: enqueue: {e}")
+                })?;
             if created {
                 enqueued += 1;
                 metrics::counter!(crate::metrics::RECONCILE_ENQUEUED_TOTAL).increment(1);
                 tracing::info!(order_id = %order.id, "reconcile enqueued an approved Order without a job");
-                let rec = NewAuditRecord::new(
-                    Actor::RECONCILER,
-                    Action::RECONCILE_ENQUEUED,
-                    Outcome::Success,
-                )
-                .order_id(order.id.to_string());
-                if let Ok(rec) = rec {
-                    let _ = self.ports.audit.append(rec).await;
-                }
             }
         }
         if enqueued > 0 {
@@ -192,19 +197,19 @@ impl Engine {
 
     /// Rotates the data key when it is older than `ENCRYPTION_KEY_ROTATION_DAYS`.
     pub async fn rotate_keys_once(&self) -> provisioner_store::Result<bool> {
+        // The store records `key_rotated` in the rotation's own transaction.
         let rotated = self
             .ports
             .store
-            .rotate_keys_if_older_than(self.config.key_rotation_days, Utc::now())
-            .await?;
+            .rotate_keys_if_older_than(
+                self.config.key_rotation_days,
+                Actor::KEY_MANAGER,
+                Utc::now(),
+            )
+            .await
+            .inspect_err(crate::metrics::store_failed)?;
         if let Some(id) = rotated {
             tracing::info!(key_id = id.get(), "data key rotated");
-            let rec =
-                NewAuditRecord::new(Actor::KEY_MANAGER, Action::KEY_ROTATED, Outcome::Success)
-                    .detail(DetailKey::KeyId, id.get().to_string());
-            if let Ok(rec) = rec {
-                let _ = self.ports.audit.append(rec).await;
-            }
         }
         Ok(rotated.is_some())
     }

@@ -65,17 +65,6 @@ fn validate(event_id: &str, fields: &EventFields) -> Result<(), String> {
     Ok(())
 }
 
-async fn audit(ports: &Ports, record: Result<NewAuditRecord, audit::Error>) {
-    match record {
-        Ok(r) => {
-            if let Err(e) = ports.audit.append(r).await {
-                tracing::warn!(error = %e, "could not audit an intake decision");
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "intake audit record rejected"),
-    }
-}
-
 /// Stores one subscription item. An error means nothing was stored and the checkpoint did
 /// not move: retry the same item (or resubscribe from the stored checkpoint).
 pub async fn handle(
@@ -108,6 +97,20 @@ pub async fn handle(
             match checked {
                 Err(reason) => {
                     tracing::warn!(event_id = %event_id, %reason, "bad event dead-lettered");
+                    let mut record = NewAuditRecord::new(
+                        Actor::SUBSCRIBER,
+                        Action::DEAD_LETTERED,
+                        Outcome::Failed,
+                    )
+                    .detail(DetailKey::ReasonCode, "bad_event");
+                    if !event_id.is_empty() {
+                        record =
+                            record.and_then(|r| r.detail(DetailKey::EventId, event_id.as_str()));
+                    }
+                    let record = record.map_err(|e| {
+                        crate::metrics::audit_failed();
+                        provisioner_store::Error::Audit(Box::new(e))
+                    })?;
                     let id = ports
                         .store
                         .dead_letter(
@@ -124,19 +127,11 @@ pub async fn handle(
                                 topic: topic.to_owned(),
                                 replay_id,
                             }),
+                            vec![record],
                             now,
                         )
-                        .await?;
-                    let mut rec = NewAuditRecord::new(
-                        Actor::SUBSCRIBER,
-                        Action::DEAD_LETTERED,
-                        Outcome::Failed,
-                    )
-                    .detail(DetailKey::ReasonCode, "bad_event");
-                    if !event_id.is_empty() {
-                        rec = rec.and_then(|r| r.detail(DetailKey::EventId, event_id.as_str()));
-                    }
-                    audit(ports, rec).await;
+                        .await
+                        .inspect_err(crate::metrics::store_failed)?;
                     Ok(IntakeResult::DeadLettered(id))
                 }
                 Ok(fields) => {
@@ -203,8 +198,8 @@ pub async fn handle_batch(
     Ok(results)
 }
 
-/// Stores a run of valid events in one transaction and audits each (the audit appends run
-/// concurrently, so the store writes them together).
+/// Stores a run of valid events in one transaction; the store audits each event (received
+/// or duplicate) in that transaction.
 async fn store_run(
     ports: &Ports,
     events: Vec<InboxEvent>,
@@ -212,19 +207,14 @@ async fn store_run(
     if events.is_empty() {
         return Ok(Vec::new());
     }
-    let outcomes = ports.store.ingest_events(&events, Utc::now()).await?;
-    let audits = events.iter().zip(&outcomes).map(|(event, outcome)| {
-        let action = match outcome {
-            IngestOutcome::Enqueued => Action::EVENT_RECEIVED,
-            _ => Action::EVENT_DUPLICATE,
-        };
+    let outcomes = ports
+        .store
+        .ingest_events(&events, Utc::now())
+        .await
+        .inspect_err(crate::metrics::store_failed)?;
+    for (event, outcome) in events.iter().zip(&outcomes) {
         tracing::info!(event_id = %event.event_id, order_id = %event.order_id, ?outcome, "event stored");
-        let rec = NewAuditRecord::new(Actor::SUBSCRIBER, action, Outcome::Success)
-            .order_id(event.order_id.as_str())
-            .and_then(|r| r.detail(DetailKey::EventId, event.event_id.as_str()));
-        audit(ports, rec)
-    });
-    futures::future::join_all(audits).await;
+    }
     Ok(outcomes
         .into_iter()
         .map(|o| match o {

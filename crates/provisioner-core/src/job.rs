@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use audit::{Action, Actor, AuditLog, DetailKey, NewAuditRecord, Outcome};
 use chrono::{DateTime, Utc};
-use provisioner_store::{Job, JobState, NewDeadLetter, Step, StepUpdate, Store};
+use provisioner_store::{
+    Job, JobEnd, JobState, NewDeadLetter, Reschedule, Step, StepUpdate, Store,
+};
 use secrecy::ExposeSecret;
 use sf_rest::{OrderApi, OrderUpdate};
 use whmcs_client::{
@@ -16,6 +18,7 @@ use whmcs_client::{
 
 use crate::alerts::Alerts;
 use crate::config::EngineConfig;
+use crate::reason::StopReason;
 use crate::sanitize::sanitize_reason;
 
 /// The ports one job talks through.
@@ -47,8 +50,8 @@ pub enum JobOutcome {
     AlreadyProvisioned,
     /// The event was refused; nothing was written to the Order or WHMCS.
     Refused {
-        /// Machine-readable reason (`not_approved`, `customer_mismatch`, ...).
-        code: &'static str,
+        /// Why (`not_approved`, `customer_mismatch`, ...).
+        code: StopReason,
     },
     /// A retryable error; the job runs again at `at`.
     Retrying {
@@ -78,9 +81,9 @@ pub enum JobOutcome {
 /// Why a step did not complete.
 #[derive(Debug)]
 enum Stop {
-    Retry { reason: String, code: &'static str },
-    Permanent { reason: String, code: &'static str },
-    Refuse { code: &'static str },
+    Retry { reason: String, code: StopReason },
+    Permanent { reason: String, code: StopReason },
+    Refuse { code: StopReason },
     AlreadyDone,
     LeaseLost,
     Shutdown,
@@ -88,11 +91,16 @@ enum Stop {
 
 impl From<provisioner_store::Error> for Stop {
     fn from(e: provisioner_store::Error) -> Self {
+        crate::metrics::store_failed(&e);
         match e {
             provisioner_store::Error::LeaseLost { .. } => Stop::LeaseLost,
+            provisioner_store::Error::Audit(inner) => Stop::Retry {
+                reason: format!("audit: {inner}"),
+                code: StopReason::AuditError,
+            },
             other => Stop::Retry {
                 reason: format!("store: {other}"),
-                code: "store_error",
+                code: StopReason::StoreError,
             },
         }
     }
@@ -100,9 +108,10 @@ impl From<provisioner_store::Error> for Stop {
 
 impl From<audit::Error> for Stop {
     fn from(e: audit::Error) -> Self {
+        crate::metrics::audit_failed();
         Stop::Retry {
             reason: format!("audit: {e}"),
-            code: "audit_error",
+            code: StopReason::AuditError,
         }
     }
 }
@@ -111,11 +120,11 @@ fn sf_stop(e: sf_rest::Error) -> Stop {
     match e.class() {
         sf_rest::ErrorClass::Permanent => Stop::Permanent {
             reason: format!("salesforce: {e}"),
-            code: "salesforce_permanent",
+            code: StopReason::SalesforcePermanent,
         },
         _ => Stop::Retry {
             reason: format!("salesforce: {e}"),
-            code: "salesforce_retryable",
+            code: StopReason::SalesforceRetryable,
         },
     }
 }
@@ -124,24 +133,24 @@ fn whmcs_stop(e: whmcs_client::Error) -> Stop {
     match e.class() {
         whmcs_client::ErrorClass::Business => Stop::Permanent {
             reason: format!("whmcs: {e}"),
-            code: "whmcs_business",
+            code: StopReason::WhmcsBusiness,
         },
         whmcs_client::ErrorClass::UnknownOutcome => Stop::Retry {
             reason: format!("whmcs: {e}"),
-            code: "whmcs_unknown_outcome",
+            code: StopReason::WhmcsUnknownOutcome,
         },
         whmcs_client::ErrorClass::Configuration => Stop::Retry {
             reason: format!("whmcs: {e}"),
-            code: "whmcs_configuration",
+            code: StopReason::WhmcsConfiguration,
         },
         _ => Stop::Retry {
             reason: format!("whmcs: {e}"),
-            code: "whmcs_transient",
+            code: StopReason::WhmcsTransient,
         },
     }
 }
 
-fn permanent(code: &'static str, reason: impl Into<String>) -> Stop {
+fn permanent(code: StopReason, reason: impl Into<String>) -> Stop {
     Stop::Permanent {
         reason: reason.into(),
         code,
@@ -224,7 +233,17 @@ impl JobRunner {
             return match self
                 .ports
                 .store
-                .reschedule(&job.order_id, &self.owner, at, None, false, Utc::now())
+                .reschedule(
+                    &job.order_id,
+                    &self.owner,
+                    Reschedule {
+                        next_attempt_at: at,
+                        error: None,
+                        count_attempt: false,
+                    },
+                    Vec::new(),
+                    Utc::now(),
+                )
                 .await
             {
                 Ok(()) => JobOutcome::Delayed { at },
@@ -256,21 +275,42 @@ impl JobRunner {
         }
     }
 
-    async fn audit(&self, job: &Job, record: NewAuditRecord) -> Result<(), Stop> {
+    /// `record` about this job: its order id and (when it is a valid subject id) customer.
+    fn record(job: &Job, record: NewAuditRecord) -> Result<NewAuditRecord, audit::Error> {
         let record = record.order_id(job.order_id.as_str())?;
-        let record = match audit::SubjectId::new(job.customer_number.as_str()) {
-            Ok(_) => record.customer_number(job.customer_number.as_str())?,
-            Err(_) => record,
-        };
-        self.ports.audit.append(record).await?;
-        Ok(())
+        match audit::SubjectId::new(job.customer_number.as_str()) {
+            Ok(_) => record.customer_number(job.customer_number.as_str()),
+            Err(_) => Ok(record),
+        }
     }
 
-    /// Stores a recovery point (fenced by the lease) without an audit record: intents.
-    async fn store_point(&self, job: &Job, step: Step, update: StepUpdate) -> Result<(), Stop> {
+    /// A `step_succeeded` record of `step`, with an optional extra detail.
+    fn step_record(
+        job: &Job,
+        step: Step,
+        extra: Option<(DetailKey, String)>,
+    ) -> Result<NewAuditRecord, audit::Error> {
+        let mut record =
+            NewAuditRecord::new(Actor::WORKER, Action::STEP_SUCCEEDED, Outcome::Success)
+                .detail(DetailKey::Step, step.as_str())?;
+        if let Some((key, value)) = extra {
+            record = record.detail(key, value)?;
+        }
+        Self::record(job, record)
+    }
+
+    /// Stores a recovery point (fenced by the lease) with its audit records, in one
+    /// transaction; intents carry none.
+    async fn store_point(
+        &self,
+        job: &Job,
+        step: Step,
+        update: StepUpdate,
+        audit: Vec<NewAuditRecord>,
+    ) -> Result<(), Stop> {
         self.ports
             .store
-            .advance(&job.order_id, &self.owner, step, update, Utc::now())
+            .advance(&job.order_id, &self.owner, step, update, audit, Utc::now())
             .await?;
         Ok(())
     }
@@ -282,17 +322,8 @@ impl JobRunner {
         update: StepUpdate,
         extra: Option<(DetailKey, String)>,
     ) -> Result<Step, Stop> {
-        self.ports
-            .store
-            .advance(&job.order_id, &self.owner, step, update, Utc::now())
-            .await?;
-        let mut record =
-            NewAuditRecord::new(Actor::WORKER, Action::STEP_SUCCEEDED, Outcome::Success)
-                .detail(DetailKey::Step, step.as_str())?;
-        if let Some((key, value)) = extra {
-            record = record.detail(key, value)?;
-        }
-        self.audit(job, record).await?;
+        let record = Self::step_record(job, step, extra)?;
+        self.store_point(job, step, update, vec![record]).await?;
         Ok(step)
     }
 
@@ -306,11 +337,11 @@ impl JobRunner {
                     .map_err(|e| match e {
                         sf_rest::Error::NotFound { .. } if job.step == Step::Received => {
                             Stop::Refuse {
-                                code: "order_not_found",
+                                code: StopReason::OrderNotFound,
                             }
                         }
                         sf_rest::Error::InvalidId { .. } => Stop::Refuse {
-                            code: "invalid_order_id",
+                            code: StopReason::InvalidOrderId,
                         },
                         other => sf_stop(other),
                     })?;
@@ -323,21 +354,29 @@ impl JobRunner {
         let order = progress
             .order
             .as_ref()
-            .ok_or_else(|| permanent("internal", "order not loaded"))?;
+            .ok_or_else(|| permanent(StopReason::Internal, "order not loaded"))?;
         order
             .whmcs_client_id
             .as_deref()
             .and_then(parse_id)
-            .ok_or_else(|| permanent("invalid_order", "Order has no valid WHMCS_Client_Id__c"))
+            .ok_or_else(|| {
+                permanent(
+                    StopReason::InvalidOrder,
+                    "Order has no valid WHMCS_Client_Id__c",
+                )
+            })
     }
 
     fn lines(&self, job: &Job, progress: &Progress) -> Result<Vec<OrderLine>, Stop> {
         let order = progress
             .order
             .as_ref()
-            .ok_or_else(|| permanent("internal", "order not loaded"))?;
+            .ok_or_else(|| permanent(StopReason::Internal, "order not loaded"))?;
         if order.items.is_empty() {
-            return Err(permanent("invalid_order", "Order has no OrderItems"));
+            return Err(permanent(
+                StopReason::InvalidOrder,
+                "Order has no OrderItems",
+            ));
         }
         let mut lines = Vec::new();
         for (i, item) in order.items.iter().enumerate() {
@@ -348,7 +387,7 @@ impl JobRunner {
                 .and_then(parse_id)
                 .ok_or_else(|| {
                     permanent(
-                        "invalid_order",
+                        StopReason::InvalidOrder,
                         format!("OrderItem {n} has no valid WHMCS_Product_Id__c"),
                     )
                 })?;
@@ -359,7 +398,7 @@ impl JobRunner {
                 .filter(|c| !c.is_empty())
                 .ok_or_else(|| {
                     permanent(
-                        "invalid_order",
+                        StopReason::InvalidOrder,
                         format!("OrderItem {n} has no Billing_Cycle__c"),
                     )
                 })?;
@@ -369,12 +408,13 @@ impl JobRunner {
                     let json: serde_json::Value = serde_json::from_str(secret.expose_secret())
                         .map_err(|_| {
                             permanent(
-                                "invalid_order",
+                                StopReason::InvalidOrder,
                                 format!("OrderItem {n} Config_Options__c is not a JSON object"),
                             )
                         })?;
-                    ConfigOptions::from_json(&json)
-                        .map_err(|e| permanent("invalid_order", format!("OrderItem {n}: {e}")))?
+                    ConfigOptions::from_json(&json).map_err(|e| {
+                        permanent(StopReason::InvalidOrder, format!("OrderItem {n}: {e}"))
+                    })?
                 }
             };
             let mut fields = CustomFields::new();
@@ -383,7 +423,7 @@ impl JobRunner {
             }
             if item.quantity == 0 {
                 return Err(permanent(
-                    "invalid_order",
+                    StopReason::InvalidOrder,
                     format!("OrderItem {n} has quantity 0"),
                 ));
             }
@@ -405,7 +445,7 @@ impl JobRunner {
                 let order = progress
                     .order
                     .as_ref()
-                    .ok_or_else(|| permanent("internal", "order not loaded"))?;
+                    .ok_or_else(|| permanent(StopReason::Internal, "order not loaded"))?;
                 let status = order.status.as_deref().unwrap_or_default();
                 // Provisioned before (a replay, a restore): done, not refused, no alert.
                 if status == statuses.provisioned
@@ -418,14 +458,14 @@ impl JobRunner {
                 }
                 if status != statuses.approved {
                     return Err(Stop::Refuse {
-                        code: "not_approved",
+                        code: StopReason::NotApproved,
                     });
                 }
                 if order.customer_number.as_deref().map(str::trim)
                     != Some(job.customer_number.trim())
                 {
                     return Err(Stop::Refuse {
-                        code: "customer_mismatch",
+                        code: StopReason::CustomerMismatch,
                     });
                 }
                 let client_id = Self::client_id(progress)?;
@@ -438,7 +478,7 @@ impl JobRunner {
                     .map_err(whmcs_stop)?;
                 if !matches!(client.status, whmcs_client::ClientStatus::Active) {
                     return Err(permanent(
-                        "whmcs_client_inactive",
+                        StopReason::WhmcsClientInactive,
                         format!("WHMCS client {client_id} is not Active"),
                     ));
                 }
@@ -489,7 +529,7 @@ impl JobRunner {
                     }
                 } else if step == Step::OrderUnknown {
                     return Err(permanent(
-                        "unknown_outcome",
+                        StopReason::UnknownOutcome,
                         "AddOrder outcome unknown and WHMCS_ORDER_REF_FIELD_ID is not set to look it up; \
                          check WHMCS before retrying",
                     ));
@@ -501,7 +541,7 @@ impl JobRunner {
                 // intent is what stops a blind second AddOrder.
                 if step != Step::OrderUnknown && self.config.order_ref_field_id.is_none() {
                     // Intent first: a crash during AddOrder resumes with a lookup.
-                    self.store_point(job, Step::OrderUnknown, StepUpdate::default())
+                    self.store_point(job, Step::OrderUnknown, StepUpdate::default(), Vec::new())
                         .await?;
                 }
                 let mut order = NewOrder::new(client_id, lines);
@@ -524,9 +564,9 @@ impl JobRunner {
                 .await
             }
             Step::WhmcsOrdered | Step::AcceptUnknown => {
-                let order_id = progress
-                    .whmcs_order_id
-                    .ok_or_else(|| permanent("internal", "WHMCS order id missing at accept"))?;
+                let order_id = progress.whmcs_order_id.ok_or_else(|| {
+                    permanent(StopReason::Internal, "WHMCS order id missing at accept")
+                })?;
                 if step == Step::AcceptUnknown {
                     match self
                         .ports
@@ -539,13 +579,13 @@ impl JobRunner {
                         Some(o) if o.status.eq_ignore_ascii_case("pending") => {}
                         Some(_) | None => {
                             return Err(permanent(
-                                "whmcs_order_state",
+                                StopReason::WhmcsOrderState,
                                 format!("WHMCS order {order_id} is neither Pending nor Active"),
                             ));
                         }
                     }
                 } else if !progress.accept_intent_stored {
-                    self.store_point(job, Step::AcceptUnknown, StepUpdate::default())
+                    self.store_point(job, Step::AcceptUnknown, StepUpdate::default(), Vec::new())
                         .await?;
                 }
                 let request = AcceptOrderRequest::provision(order_id, self.config.send_email);
@@ -561,7 +601,7 @@ impl JobRunner {
                         {
                             Some(o) if o.is_active() => self.accepted(job, order_id).await,
                             _ => Err(permanent(
-                                "whmcs_order_state",
+                                StopReason::WhmcsOrderState,
                                 format!("WHMCS order {order_id} is not Pending and not Active"),
                             )),
                         }
@@ -570,9 +610,9 @@ impl JobRunner {
                 }
             }
             Step::Accepted => {
-                let order_id = progress
-                    .whmcs_order_id
-                    .ok_or_else(|| permanent("internal", "WHMCS order id missing at write-back"))?;
+                let order_id = progress.whmcs_order_id.ok_or_else(|| {
+                    permanent(StopReason::Internal, "WHMCS order id missing at write-back")
+                })?;
                 let update = OrderUpdate {
                     status: Some(statuses.provisioned.clone()),
                     whmcs_order_id: Some(order_id.to_string()),
@@ -609,39 +649,36 @@ impl JobRunner {
         };
         // The WHMCS ids are stored with the AcceptOrder intent in one write: a job resumed
         // from it asks WHMCS for the order's status first (Pending: accept; Active: done),
-        // which is also right when AcceptOrder was never called. The audit trail still
-        // records the `whmcs_ordered` step.
-        self.store_point(job, Step::AcceptUnknown, update).await?;
+        // which is also right when AcceptOrder was never called. The audit trail records the
+        // `whmcs_ordered` step, in the same transaction.
+        let record = Self::step_record(
+            job,
+            Step::WhmcsOrdered,
+            Some((DetailKey::ReasonCode, how.to_owned())),
+        )?;
+        self.store_point(job, Step::AcceptUnknown, update, vec![record])
+            .await?;
         progress.accept_intent_stored = true;
-        let record = NewAuditRecord::new(Actor::WORKER, Action::STEP_SUCCEEDED, Outcome::Success)
-            .detail(DetailKey::Step, Step::WhmcsOrdered.as_str())?
-            .detail(DetailKey::ReasonCode, how)?;
-        self.audit(job, record).await?;
         Ok(Step::WhmcsOrdered)
     }
 
     /// AcceptOrder succeeded (or WHMCS shows the order Active). Audited, not stored as a
     /// recovery point of its own: the stored AcceptUnknown point already resumes by asking
     /// WHMCS for the order's status, which finds it Active and goes on to the write-back, an
-    /// idempotent PATCH. One database write less per order, same behaviour after a crash.
+    /// idempotent PATCH. One database write less per order, same behaviour after a crash. With
+    /// no state change to share a transaction with, the record is appended on its own: if that
+    /// fails the step is retried (it finds the order Active and audits again).
     async fn accepted(&self, job: &Job, order_id: u64) -> Result<Step, Stop> {
-        let record = NewAuditRecord::new(Actor::WORKER, Action::STEP_SUCCEEDED, Outcome::Success)
-            .detail(DetailKey::Step, Step::Accepted.as_str())?
-            .detail(DetailKey::WhmcsOrderId, order_id.to_string())?;
-        self.audit(job, record).await?;
+        let record = Self::step_record(
+            job,
+            Step::Accepted,
+            Some((DetailKey::WhmcsOrderId, order_id.to_string())),
+        )?;
+        self.ports.audit.append(record).await?;
         Ok(Step::Accepted)
     }
 
     async fn settle_done(&self, job: &Job, progress: &Progress) -> JobOutcome {
-        let store = &self.ports.store;
-        match store
-            .finish(&job.order_id, &self.owner, JobState::Done, None, Utc::now())
-            .await
-        {
-            Ok(()) => {}
-            Err(provisioner_store::Error::LeaseLost { .. }) => return JobOutcome::LeaseLost,
-            Err(_) => return JobOutcome::StoreUnavailable,
-        }
         let ids: Vec<String> = progress.service_ids.iter().map(u64::to_string).collect();
         let record =
             NewAuditRecord::new(Actor::WORKER, Action::ORDER_PROVISIONED, Outcome::Success)
@@ -656,12 +693,68 @@ impl JobRunner {
                         r.detail(DetailKey::ServiceIds, ids.join(","))
                     }
                 });
-        if let Ok(record) = record {
-            let _ = self.audit(job, record).await;
-        }
-        JobOutcome::Provisioned {
-            whmcs_order_id: progress.whmcs_order_id.unwrap_or_default(),
-            service_ids: progress.service_ids.clone(),
+        let end = JobEnd {
+            state: JobState::Done,
+            error: None,
+            dead_letter: None,
+        };
+        let settled = match self.finish(job, end, vec![record]).await {
+            Ok(()) => Ok(JobOutcome::Provisioned {
+                whmcs_order_id: progress.whmcs_order_id.unwrap_or_default(),
+                service_ids: progress.service_ids.clone(),
+            }),
+            Err(e) => Err(e),
+        };
+        self.settled(job, settled)
+    }
+
+    /// Ends the job with `end` and its audit `records` (each built for this job), in one
+    /// transaction.
+    async fn finish(
+        &self,
+        job: &Job,
+        end: JobEnd,
+        records: Vec<Result<NewAuditRecord, audit::Error>>,
+    ) -> Result<(), SettleError> {
+        let audit = self.records(job, records)?;
+        self.ports
+            .store
+            .finish(&job.order_id, &self.owner, end, audit, Utc::now())
+            .await?;
+        Ok(())
+    }
+
+    /// The records about this job, or the first one that could not be built.
+    fn records(
+        &self,
+        job: &Job,
+        records: Vec<Result<NewAuditRecord, audit::Error>>,
+    ) -> Result<Vec<NewAuditRecord>, SettleError> {
+        records
+            .into_iter()
+            .map(|r| r.and_then(|r| Self::record(job, r)))
+            .collect::<Result<_, _>>()
+            .map_err(SettleError::Audit)
+    }
+
+    /// The outcome of settling: a store or audit failure leaves the job to its lease (it runs
+    /// again), counted and logged.
+    fn settled(&self, job: &Job, settled: Result<JobOutcome, SettleError>) -> JobOutcome {
+        match settled {
+            Ok(outcome) => outcome,
+            Err(SettleError::Store(provisioner_store::Error::LeaseLost { .. })) => {
+                JobOutcome::LeaseLost
+            }
+            Err(SettleError::Store(e)) => {
+                crate::metrics::store_failed(&e);
+                tracing::error!(order_id = %job.order_id, error = %e, "could not settle job; its lease will expire");
+                JobOutcome::StoreUnavailable
+            }
+            Err(SettleError::Audit(e)) => {
+                crate::metrics::audit_failed();
+                tracing::error!(order_id = %job.order_id, error = %e, "could not build the job's audit record; its lease will expire");
+                JobOutcome::StoreUnavailable
+            }
         }
     }
 
@@ -673,42 +766,33 @@ impl JobRunner {
             Stop::Shutdown => store
                 .release(&job.order_id, &self.owner, now)
                 .await
-                .map(|()| JobOutcome::Released),
+                .map(|()| JobOutcome::Released)
+                .map_err(SettleError::Store),
             Stop::AlreadyDone => {
-                let r = store
-                    .finish(&job.order_id, &self.owner, JobState::Done, None, now)
-                    .await;
-                if r.is_ok() {
-                    let rec = NewAuditRecord::new(
-                        Actor::WORKER,
-                        Action::ORDER_PROVISIONED,
-                        Outcome::Success,
-                    )
-                    .detail(DetailKey::ReasonCode, "already_provisioned");
-                    if let Ok(rec) = rec {
-                        let _ = self.audit(job, rec).await;
-                    }
-                }
-                r.map(|()| JobOutcome::AlreadyProvisioned)
+                let record =
+                    NewAuditRecord::new(Actor::WORKER, Action::ORDER_PROVISIONED, Outcome::Success)
+                        .detail(DetailKey::ReasonCode, "already_provisioned");
+                let end = JobEnd {
+                    state: JobState::Done,
+                    error: None,
+                    dead_letter: None,
+                };
+                self.finish(job, end, vec![record])
+                    .await
+                    .map(|()| JobOutcome::AlreadyProvisioned)
             }
             Stop::Refuse { code } => {
-                let r = store
-                    .finish(
-                        &job.order_id,
-                        &self.owner,
-                        JobState::Refused,
-                        Some(code.to_owned()),
-                        now,
-                    )
-                    .await;
+                let record =
+                    NewAuditRecord::new(Actor::WORKER, Action::ORDER_REFUSED, Outcome::Refused)
+                        .detail(DetailKey::ReasonCode, code.as_str());
+                let end = JobEnd {
+                    state: JobState::Refused,
+                    error: Some(code.as_str().to_owned()),
+                    dead_letter: None,
+                };
+                let r = self.finish(job, end, vec![record]).await;
                 if r.is_ok() {
-                    tracing::warn!(order_id = %job.order_id, code, "event refused");
-                    let rec =
-                        NewAuditRecord::new(Actor::WORKER, Action::ORDER_REFUSED, Outcome::Refused)
-                            .detail(DetailKey::ReasonCode, code);
-                    if let Ok(rec) = rec {
-                        let _ = self.audit(job, rec).await;
-                    }
+                    tracing::warn!(order_id = %job.order_id, %code, "event refused");
                     self.ports
                         .alerts
                         .order_refused(&job.order_id, &job.customer_number)
@@ -724,32 +808,35 @@ impl JobRunner {
                     let at = now + chrono::Duration::from_std(delay).unwrap_or_default();
                     let reason = sanitize_reason(&reason);
                     tracing::info!(order_id = %job.order_id, step = %step, attempt = attempts, %reason, "retrying");
-                    metrics::counter!(crate::metrics::RETRIES_TOTAL, "error" => code).increment(1);
-                    let r = store
-                        .reschedule(
-                            &job.order_id,
-                            &self.owner,
-                            at,
-                            Some(reason.clone()),
-                            true,
-                            now,
-                        )
-                        .await;
-                    if r.is_ok() {
-                        let outcome = if code == "whmcs_unknown_outcome" {
-                            Outcome::Unknown
-                        } else {
-                            Outcome::Retry
-                        };
-                        let rec = NewAuditRecord::new(Actor::WORKER, Action::STEP_FAILED, outcome)
-                            .detail(DetailKey::Step, step.as_str())
-                            .and_then(|r| r.detail(DetailKey::ErrorCode, code))
-                            .and_then(|r| r.detail(DetailKey::Attempt, attempts.to_string()));
-                        if let Ok(rec) = rec {
-                            let _ = self.audit(job, rec).await;
-                        }
+                    metrics::counter!(crate::metrics::RETRIES_TOTAL, "error" => code.as_str())
+                        .increment(1);
+                    let outcome = if code == StopReason::WhmcsUnknownOutcome {
+                        Outcome::Unknown
+                    } else {
+                        Outcome::Retry
+                    };
+                    let record = NewAuditRecord::new(Actor::WORKER, Action::STEP_FAILED, outcome)
+                        .detail(DetailKey::Step, step.as_str())
+                        .and_then(|r| r.detail(DetailKey::ErrorCode, code.as_str()))
+                        .and_then(|r| r.detail(DetailKey::Attempt, attempts.to_string()));
+                    match self.records(job, vec![record]) {
+                        Ok(audit) => store
+                            .reschedule(
+                                &job.order_id,
+                                &self.owner,
+                                Reschedule {
+                                    next_attempt_at: at,
+                                    error: Some(reason.clone()),
+                                    count_attempt: true,
+                                },
+                                audit,
+                                now,
+                            )
+                            .await
+                            .map(|()| JobOutcome::Retrying { at, reason })
+                            .map_err(SettleError::Store),
+                        Err(e) => Err(e),
                     }
-                    r.map(|()| JobOutcome::Retrying { at, reason })
                 } else {
                     let reason = format!("gave up after {attempts} attempts: {reason}");
                     self.fail(job, step, code, &reason).await
@@ -757,26 +844,26 @@ impl JobRunner {
             }
             Stop::Permanent { reason, code } => self.fail(job, step, code, &reason).await,
         };
-        match settled {
-            Ok(outcome) => outcome,
-            Err(provisioner_store::Error::LeaseLost { .. }) => JobOutcome::LeaseLost,
-            Err(e) => {
-                tracing::error!(order_id = %job.order_id, error = %e, "could not settle job; its lease will expire");
-                JobOutcome::StoreUnavailable
-            }
-        }
+        self.settled(job, settled)
     }
 
     async fn fail(
         &self,
         job: &Job,
         step: Step,
-        code: &'static str,
+        code: StopReason,
         reason: &str,
-    ) -> provisioner_store::Result<JobOutcome> {
-        let now = Utc::now();
+    ) -> Result<JobOutcome, SettleError> {
         let reason = sanitize_reason(reason);
-        tracing::error!(order_id = %job.order_id, step = %step, code, %reason, "order failed");
+        tracing::error!(order_id = %job.order_id, step = %step, %code, %reason, "order failed");
+        let records = vec![
+            NewAuditRecord::new(Actor::WORKER, Action::ORDER_FAILED, Outcome::Failed)
+                .detail(DetailKey::ErrorCode, code.as_str())
+                .and_then(|r| r.detail(DetailKey::Step, step.as_str())),
+            NewAuditRecord::new(Actor::WORKER, Action::DEAD_LETTERED, Outcome::Failed)
+                .detail(DetailKey::ErrorCode, code.as_str()),
+        ];
+        let audit = self.records(job, records)?;
         let update = OrderUpdate {
             status: Some(self.config.statuses.failed.clone()),
             provisioning_error: Some(reason.clone()),
@@ -785,50 +872,43 @@ impl JobRunner {
         if let Err(e) = self.ports.orders.update_order(&job.order_id, &update).await {
             tracing::warn!(order_id = %job.order_id, error = %e, "could not mark the Order failed in Salesforce");
         }
+        let end = JobEnd {
+            state: JobState::Failed,
+            error: Some(reason.clone()),
+            dead_letter: Some(NewDeadLetter {
+                topic: None,
+                event_id: job.event_id.clone(),
+                replay_id: None,
+                order_id: Some(job.order_id.clone()),
+                reason: reason.clone(),
+                payload: None,
+                attempts: job.attempts.saturating_add(1),
+            }),
+        };
         self.ports
             .store
-            .dead_letter(
-                NewDeadLetter {
-                    topic: None,
-                    event_id: job.event_id.clone(),
-                    replay_id: None,
-                    order_id: Some(job.order_id.clone()),
-                    reason: reason.clone(),
-                    payload: None,
-                    attempts: job.attempts.saturating_add(1),
-                },
-                None,
-                now,
-            )
+            .finish(&job.order_id, &self.owner, end, audit, Utc::now())
             .await?;
-        self.ports
-            .store
-            .finish(
-                &job.order_id,
-                &self.owner,
-                JobState::Failed,
-                Some(reason.clone()),
-                now,
-            )
-            .await?;
-        for (action, extra) in [
-            (Action::ORDER_FAILED, Some(step.as_str())),
-            (Action::DEAD_LETTERED, None),
-        ] {
-            let mut rec = NewAuditRecord::new(Actor::WORKER, action, Outcome::Failed)
-                .detail(DetailKey::ErrorCode, code);
-            if let Some(s) = extra {
-                rec = rec.and_then(|r| r.detail(DetailKey::Step, s));
-            }
-            if let Ok(rec) = rec {
-                let _ = self.audit(job, rec).await;
-            }
-        }
         self.ports
             .alerts
             .provisioning_failed(&job.order_id, &job.customer_number)
             .await;
         Ok(JobOutcome::Failed { reason })
+    }
+}
+
+/// Why settling a job did not go through.
+#[derive(Debug)]
+enum SettleError {
+    /// The store refused or failed (including its audit records: they share the transaction).
+    Store(provisioner_store::Error),
+    /// An audit record could not be built.
+    Audit(audit::Error),
+}
+
+impl From<provisioner_store::Error> for SettleError {
+    fn from(e: provisioner_store::Error) -> Self {
+        SettleError::Store(e)
     }
 }
 

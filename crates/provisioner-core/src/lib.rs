@@ -16,6 +16,7 @@ mod engine;
 pub mod intake;
 mod job;
 pub mod metrics;
+mod reason;
 mod sanitize;
 pub mod subscriber;
 
@@ -25,6 +26,7 @@ pub use alerts::MockAlerts;
 pub use config::{EngineConfig, OrderStatuses, RetryPolicy};
 pub use engine::{Engine, EngineHandle};
 pub use job::{JobOutcome, JobRunner, Ports};
+pub use reason::StopReason;
 pub use sanitize::{MAX_REASON_CHARS, sanitize_reason};
 
 #[cfg(test)]

@@ -17,6 +17,10 @@ pub const LAST_EVENT_TIMESTAMP: &str = "provisioner_last_event_timestamp_seconds
 /// Orders enqueued by the reconcile sweep.
 pub const RECONCILE_ENQUEUED_TOTAL: &str = "provisioner_reconcile_enqueued_total";
 
+/// Audit records that could not be stored, so the change they record was not made (it is
+/// retried), or that could not be appended on their own.
+pub const AUDIT_FAILURES_TOTAL: &str = "provisioner_audit_failures_total";
+
 /// Registers descriptions (call once after installing a recorder).
 pub fn describe() {
     metrics::describe_counter!(EVENTS_TOTAL, "Platform events stored by intake, by outcome");
@@ -30,6 +34,23 @@ pub fn describe() {
     metrics::describe_counter!(DEAD_LETTERS_TOTAL, "Dead letters written");
     metrics::describe_gauge!(LAST_EVENT_TIMESTAMP, "Unix time of the last stored event");
     metrics::describe_counter!(RECONCILE_ENQUEUED_TOTAL, "Orders enqueued by reconcile");
+    metrics::describe_counter!(
+        AUDIT_FAILURES_TOTAL,
+        "Audit records not stored (the change they record was not made either)"
+    );
+}
+
+/// Counts an audit record that could not be stored or built.
+pub(crate) fn audit_failed() {
+    metrics::counter!(AUDIT_FAILURES_TOTAL).increment(1);
+}
+
+/// Counts a store failure that was an audit failure (the write and its record share a
+/// transaction, so neither happened).
+pub(crate) fn store_failed(e: &provisioner_store::Error) {
+    if matches!(e, provisioner_store::Error::Audit(_)) {
+        audit_failed();
+    }
 }
 
 pub(crate) fn job_outcome(outcome: &crate::JobOutcome) {

@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use audit::{AuditKey, ChainHead, MockAuditLog};
+use audit::{AuditKey, ChainHead, MockAuditLog, NewAuditRecord};
 use chrono::Utc;
 use provisioner_store::{Job, JobSource, JobState, MockStore, Step};
 use secrecy::SecretString;
@@ -15,6 +15,7 @@ use crate::alerts::MockAlerts;
 use crate::config::{EngineConfig, OrderStatuses};
 use crate::intake::{EventFields, IntakeItem, IntakeResult};
 use crate::job::{JobOutcome, JobRunner, Ports};
+use crate::reason::StopReason;
 
 const ORDER: &str = "801000000000001AAA";
 const CUSTOMER: &str = "C-1001";
@@ -23,6 +24,19 @@ type Calls = Arc<Mutex<Vec<String>>>;
 
 fn log(calls: &Calls, s: impl Into<String>) {
     calls.lock().unwrap().push(s.into());
+}
+
+/// Logs audit records as the audit mock does (`audit:<action>`, `audit:<action>:<step>`):
+/// the records a store write carries in its transaction.
+fn log_records(calls: &Calls, records: &[NewAuditRecord]) {
+    let key = AuditKey::from_bytes(&[7u8; 32]).unwrap();
+    for r in records {
+        let sealed = ChainHead::GENESIS.seal(&key, r.clone()).unwrap();
+        log(calls, format!("audit:{}", sealed.record.action));
+        if let Some(step) = sealed.record.details.get(audit::DetailKey::Step) {
+            log(calls, format!("audit:{}:{step}", sealed.record.action));
+        }
+    }
 }
 
 fn job(step: Step, attempts: u32) -> Job {
@@ -136,24 +150,30 @@ impl World {
         let c = calls.clone();
         store
             .expect_advance()
-            .returning(move |_, _, step, update, _| {
+            .returning(move |_, _, step, update, audit, _| {
                 let mut s = format!("advance:{step}");
                 if let Some(id) = update.whmcs_order_id {
                     s.push_str(&format!(":{id}"));
                 }
                 log(&c, s);
+                log_records(&c, &audit);
                 Ok(())
             });
         let c = calls.clone();
         store
             .expect_reschedule()
-            .returning(move |_, _, _, _, count, _| {
-                log(&c, format!("reschedule:count={count}"));
+            .returning(move |_, _, retry, audit, _| {
+                log(&c, format!("reschedule:count={}", retry.count_attempt));
+                log_records(&c, &audit);
                 Ok(())
             });
         let c = calls.clone();
-        store.expect_finish().returning(move |_, _, state, _, _| {
-            log(&c, format!("finish:{state}"));
+        store.expect_finish().returning(move |_, _, end, audit, _| {
+            if let Some(letter) = &end.dead_letter {
+                log(&c, format!("dead_letter:{}", letter.reason));
+            }
+            log(&c, format!("finish:{}", end.state));
+            log_records(&c, &audit);
             Ok(())
         });
         let c = calls.clone();
@@ -162,10 +182,13 @@ impl World {
             Ok(())
         });
         let c = calls.clone();
-        store.expect_dead_letter().returning(move |letter, _, _| {
-            log(&c, format!("dead_letter:{}", letter.reason));
-            Ok("dl-1".into())
-        });
+        store
+            .expect_dead_letter()
+            .returning(move |letter, _, audit, _| {
+                log(&c, format!("dead_letter:{}", letter.reason));
+                log_records(&c, &audit);
+                Ok("dl-1".into())
+            });
         let mut orders = MockOrderApi::new();
         let c = calls.clone();
         orders.expect_update_order().returning(move |_, update| {
@@ -362,7 +385,7 @@ async fn without_a_provisioning_status_no_intermediate_patch_is_sent() {
     assert!(!calls.contains(&"whmcs_lookup".to_owned()));
 }
 
-async fn refused_with(o: Order, code: &'static str) {
+async fn refused_with(o: Order, code: StopReason) {
     let mut w = World::new();
     w.fetch_returns(o);
     let (outcome, calls) = w.run(job(Step::Received, 0)).await;
@@ -377,19 +400,19 @@ async fn refused_with(o: Order, code: &'static str) {
 
 #[tokio::test]
 async fn an_order_that_is_not_approved_is_refused_without_writes() {
-    refused_with(order("Draft"), "not_approved").await;
+    refused_with(order("Draft"), StopReason::NotApproved).await;
 }
 
 #[tokio::test]
 async fn an_activated_order_without_a_whmcs_id_is_refused() {
-    refused_with(order("Activated"), "not_approved").await;
+    refused_with(order("Activated"), StopReason::NotApproved).await;
 }
 
 #[tokio::test]
 async fn a_customer_mismatch_is_refused_without_writes() {
     let mut o = order("Approved");
     o.customer_number = Some("C-9999".into());
-    refused_with(o, "customer_mismatch").await;
+    refused_with(o, StopReason::CustomerMismatch).await;
 }
 
 #[tokio::test]
@@ -405,7 +428,7 @@ async fn an_unknown_order_is_refused() {
     assert_eq!(
         outcome,
         JobOutcome::Refused {
-            code: "order_not_found"
+            code: StopReason::OrderNotFound
         }
     );
     assert_eq!(effects(&calls), ["finish:refused", "alert:refused"]);
@@ -793,7 +816,7 @@ async fn a_lost_lease_stops_all_writes() {
     w.fetch_returns(order("Approved"));
     w.client_active();
     w.store.checkpoint();
-    w.store.expect_advance().returning(|id, owner, _, _, _| {
+    w.store.expect_advance().returning(|id, owner, _, _, _, _| {
         Err(provisioner_store::Error::LeaseLost {
             order_id: id.into(),
             owner: owner.into(),
@@ -852,17 +875,22 @@ async fn intake_stores_good_events_and_dead_letters_bad_ones_with_the_checkpoint
             .iter()
             .map(|e| {
                 log(&c, format!("ingest:{}", e.order_id));
+                // The store audits each stored event in the same transaction.
+                log(&c, "audit:event_received");
                 provisioner_store::IngestOutcome::Enqueued
             })
             .collect())
     });
     let c = calls.clone();
-    store.expect_dead_letter().returning(move |letter, cp, _| {
-        assert_eq!(cp.unwrap().replay_id, vec![2]);
-        assert_eq!(letter.payload.as_deref(), Some(&b"garbage"[..]));
-        log(&c, format!("dead_letter:{}", letter.reason));
-        Ok("dl".into())
-    });
+    store
+        .expect_dead_letter()
+        .returning(move |letter, cp, audit, _| {
+            assert_eq!(cp.unwrap().replay_id, vec![2]);
+            assert_eq!(letter.payload.as_deref(), Some(&b"garbage"[..]));
+            log(&c, format!("dead_letter:{}", letter.reason));
+            log_records(&c, &audit);
+            Ok("dl".into())
+        });
     expect_checkpoints(&mut store, &calls);
     let ports = intake_ports(store, &calls);
     let topic = "/event/OrderProvisionRequested__e";
@@ -952,24 +980,30 @@ async fn a_batch_stores_runs_of_good_events_together_and_keeps_the_item_order() 
         Ok(events
             .iter()
             .map(|e| {
+                // The store audits each stored event in the same transaction.
                 if e.event_id == "evt-2" {
+                    log(&c, "audit:event_duplicate");
                     provisioner_store::IngestOutcome::DuplicateEvent
                 } else {
+                    log(&c, "audit:event_received");
                     provisioner_store::IngestOutcome::Enqueued
                 }
             })
             .collect())
     });
     let c = calls.clone();
-    store.expect_dead_letter().returning(move |letter, cp, _| {
-        // The bad event's checkpoint is its own replay id: after the run before it.
-        assert_eq!(cp.unwrap().replay_id, vec![3]);
-        log(
-            &c,
-            format!("dead_letter:{}", letter.event_id.unwrap_or_default()),
-        );
-        Ok("dl".into())
-    });
+    store
+        .expect_dead_letter()
+        .returning(move |letter, cp, audit, _| {
+            // The bad event's checkpoint is its own replay id: after the run before it.
+            assert_eq!(cp.unwrap().replay_id, vec![3]);
+            log(
+                &c,
+                format!("dead_letter:{}", letter.event_id.unwrap_or_default()),
+            );
+            log_records(&c, &audit);
+            Ok("dl".into())
+        });
     expect_checkpoints(&mut store, &calls);
     let ports = intake_ports(store, &calls);
     let bad = IntakeItem::Event {
@@ -1028,7 +1062,7 @@ async fn an_engine_shut_down_right_after_start_stops() {
     store.expect_claim().returning(|_, _, _| Ok(None));
     store
         .expect_rotate_keys_if_older_than()
-        .returning(|_, _| Ok(None));
+        .returning(|_, _, _| Ok(None));
     let mut ports = intake_ports(store, &calls);
     let mut orders = MockOrderApi::new();
     orders
@@ -1041,4 +1075,110 @@ async fn an_engine_shut_down_right_after_start_stops() {
     tokio::time::timeout(std::time::Duration::from_secs(10), handle.shutdown())
         .await
         .expect("shutdown returns");
+}
+
+/// Counts increments of one counter, on this thread (the test runtime's only thread).
+struct CountOne {
+    name: &'static str,
+    count: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl metrics::Recorder for CountOne {
+    fn describe_counter(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_gauge(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_histogram(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+
+    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        if key.name() == self.name {
+            metrics::Counter::from_arc(Arc::clone(&self.count))
+        } else {
+            metrics::Counter::noop()
+        }
+    }
+
+    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        metrics::Gauge::noop()
+    }
+
+    fn register_histogram(
+        &self,
+        _: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        metrics::Histogram::noop()
+    }
+}
+
+#[tokio::test]
+async fn a_step_whose_audit_record_is_not_stored_does_not_advance_and_is_counted() {
+    let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let recorder = CountOne {
+        name: crate::metrics::AUDIT_FAILURES_TOTAL,
+        count: Arc::clone(&count),
+    };
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let mut w = World::new();
+    w.fetch_returns(order("Approved"));
+    w.client_active();
+    w.store.checkpoint();
+    // The store refuses the step: its audit record could not be stored, so neither was the
+    // recovery point (one transaction).
+    let c = w.calls.clone();
+    w.store
+        .expect_advance()
+        .returning(move |_, _, step, _, _, _| {
+            log(&c, format!("advance_refused:{step}"));
+            Err(provisioner_store::Error::Audit(Box::new(
+                audit::Error::Backend {
+                    op: "audit: insert",
+                    source: "injected".into(),
+                },
+            )))
+        });
+    let c = w.calls.clone();
+    w.store
+        .expect_reschedule()
+        .returning(move |_, _, retry, audit, _| {
+            log(&c, format!("reschedule:count={}", retry.count_attempt));
+            log_records(&c, &audit);
+            Ok(())
+        });
+    let (outcome, calls) = w.run(job(Step::Received, 0)).await;
+    assert!(
+        matches!(outcome, JobOutcome::Retrying { .. }),
+        "{outcome:?}"
+    );
+    // Nothing after the refused step: no PATCH, no WHMCS order.
+    assert_eq!(
+        effects(&calls),
+        [
+            "sf_fetch",
+            "whmcs_client",
+            "advance_refused:checked",
+            "reschedule:count=true"
+        ]
+    );
+    assert!(!calls.contains(&"audit:step_succeeded:checked".to_owned()));
+    assert_eq!(count.load(std::sync::atomic::Ordering::Relaxed), 1);
+    if let JobOutcome::Retrying { reason, .. } = outcome {
+        assert!(reason.starts_with("audit:"), "{reason}");
+    }
 }

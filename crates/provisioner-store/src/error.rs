@@ -69,6 +69,10 @@ pub enum Error {
         /// What is wrong (never the row's content).
         reason: String,
     },
+    /// The audit record of a write could not be sealed or stored, so the write it records did
+    /// not commit either (they share one transaction); usually transient.
+    #[error("audit record not stored, so the change it records was not made: {0}")]
+    Audit(#[source] Box<audit::Error>),
     /// Field encryption or the keyring failed.
     #[error(transparent)]
     Crypto(#[from] field_crypto::Error),
@@ -88,6 +92,17 @@ impl Error {
         move |source| Error::Database { op, source }
     }
 
+    /// Whether the database refused a duplicate key (a UNIQUE or PRIMARY KEY constraint).
+    pub(crate) fn is_unique_violation(&self) -> bool {
+        match self {
+            Error::Database { source, .. } => {
+                matches!(source, sqlx::Error::Database(d) if d.is_unique_violation())
+            }
+            Error::Sqlite { source, .. } => crate::sqlite_writer::is_unique_violation(source),
+            _ => false,
+        }
+    }
+
     /// Whether trying again later may succeed (connection trouble, lock timeouts).
     pub fn is_retryable(&self) -> bool {
         match self {
@@ -105,7 +120,7 @@ impl Error {
                     | rusqlite::Error::InvalidColumnName(_)
                     | rusqlite::Error::IntegralValueOutOfRange(..)
             ),
-            Error::Io { .. } => true,
+            Error::Io { .. } | Error::Audit(_) => true,
             _ => false,
         }
     }

@@ -33,22 +33,29 @@
 //! ```
 
 mod audit_log;
+mod dead_letters;
 mod error;
+mod intake;
+mod jobs;
+mod keys;
 mod lock;
+mod port;
 mod sql;
 mod sqlite_writer;
+mod tx;
 mod types;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
+use audit::NewAuditRecord;
 use chrono::{DateTime, Utc};
 
 pub use error::{Error, Result};
 pub use sql::{Backend, Leadership, SqlStore, StoreOptions};
 pub use types::{
-    Checkpoint, DeadLetter, DeadLetterState, InboxEvent, IngestOutcome, Job, JobCounts, JobSource,
-    JobState, NewDeadLetter, NewJob, Step, StepUpdate,
+    Checkpoint, DeadLetter, DeadLetterState, InboxEvent, IngestOutcome, Job, JobCounts, JobEnd,
+    JobSource, JobState, NewDeadLetter, NewJob, Reschedule, Step, StepUpdate,
 };
 
 /// Field kind under which dead-letter payloads are encrypted.
@@ -62,7 +69,8 @@ pub trait Store: Send + Sync {
     async fn ping(&self) -> Result<()>;
 
     /// Stores `event` in the inbox and moves its topic's checkpoint to its replay id, in one
-    /// transaction; creates the order's job unless one exists.
+    /// transaction; creates the order's job unless one exists. The event's audit record
+    /// (`event_received`, or `event_duplicate`) commits in the same transaction.
     async fn ingest_event(&self, event: &InboxEvent, now: DateTime<Utc>) -> Result<IngestOutcome>;
 
     /// [`Store::ingest_event`] for several events in one transaction (what one Pub/Sub fetch
@@ -74,12 +82,13 @@ pub trait Store: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<Vec<IngestOutcome>>;
 
-    /// Records a dead letter, and (for a bad event) moves the checkpoint past it in the same
-    /// transaction. Returns the dead letter's id.
+    /// Records a dead letter, and (for a bad event) moves the checkpoint past it, with `audit`,
+    /// in one transaction. Returns the dead letter's id.
     async fn dead_letter(
         &self,
         letter: NewDeadLetter,
         checkpoint: Option<Checkpoint>,
+        audit: Vec<NewAuditRecord>,
         now: DateTime<Utc>,
     ) -> Result<String>;
 
@@ -89,8 +98,14 @@ pub trait Store: Send + Sync {
     /// The stored replay id of a topic.
     async fn load_checkpoint(&self, topic: &str) -> Result<Option<Vec<u8>>>;
 
-    /// Creates a job unless the order has one; `true` when created.
-    async fn enqueue(&self, job: NewJob, now: DateTime<Utc>) -> Result<bool>;
+    /// Creates a job unless the order has one; `true` when created. `audit` is stored with a
+    /// created job, in its transaction (and not at all when the order already had one).
+    async fn enqueue(
+        &self,
+        job: NewJob,
+        audit: Vec<NewAuditRecord>,
+        now: DateTime<Utc>,
+    ) -> Result<bool>;
 
     /// Claims the next runnable job for `owner` with a lease of `lease`: the oldest pending job
     /// that is due, whose customer has no other job running or waiting before it; or a running
@@ -100,41 +115,49 @@ pub trait Store: Send + Sync {
     /// Extends a held lease.
     async fn renew_lease(&self, order_id: &str, owner: &str, until: DateTime<Utc>) -> Result<()>;
 
-    /// Records a recovery point of a running job (fenced by the lease).
+    /// Records a recovery point of a running job (fenced by the lease), with its audit
+    /// records, in one transaction: neither commits without the other.
     async fn advance(
         &self,
         order_id: &str,
         owner: &str,
         step: Step,
         update: StepUpdate,
+        audit: Vec<NewAuditRecord>,
         now: DateTime<Utc>,
     ) -> Result<()>;
 
-    /// Puts a running job back to pending until `next_attempt_at` with its last error;
-    /// `count_attempt` is false for a rate-limit delay.
+    /// Puts a running job back to pending (fenced by the lease), with its audit records, in
+    /// one transaction.
     async fn reschedule(
         &self,
         order_id: &str,
         owner: &str,
-        next_attempt_at: DateTime<Utc>,
-        error: Option<String>,
-        count_attempt: bool,
+        retry: Reschedule,
+        audit: Vec<NewAuditRecord>,
         now: DateTime<Utc>,
     ) -> Result<()>;
 
-    /// Ends a running job as done, failed or refused.
+    /// Ends a running job as done, failed or refused (fenced by the lease), with its dead
+    /// letter and audit records, in one transaction.
     async fn finish(
         &self,
         order_id: &str,
         owner: &str,
-        state: JobState,
-        error: Option<String>,
+        end: JobEnd,
+        audit: Vec<NewAuditRecord>,
         now: DateTime<Utc>,
     ) -> Result<()>;
 
     /// Makes a failed job pending again from its recovery point, attempts reset (an
-    /// operator's `dlq retry`); `false` when the order has no failed job.
-    async fn requeue_failed(&self, order_id: &str, now: DateTime<Utc>) -> Result<bool>;
+    /// operator's `dlq retry`), with `audit`, in one transaction; `false` (and nothing
+    /// stored) when the order has no failed job.
+    async fn requeue_failed(
+        &self,
+        order_id: &str,
+        audit: Vec<NewAuditRecord>,
+        now: DateTime<Utc>,
+    ) -> Result<bool>;
 
     /// Gives a running job back (graceful shutdown): pending at once, no attempt counted.
     async fn release(&self, order_id: &str, owner: &str, now: DateTime<Utc>) -> Result<()>;
@@ -164,19 +187,22 @@ pub trait Store: Send + Sync {
     /// A dead letter's decrypted payload.
     async fn dead_letter_payload(&self, id: &str) -> Result<Option<field_crypto::Plaintext>>;
 
-    /// Marks a dead letter retried or discarded.
+    /// Marks a dead letter retried or discarded, with `audit`, in one transaction.
     async fn set_dead_letter_state(
         &self,
         id: &str,
         state: DeadLetterState,
+        audit: Vec<NewAuditRecord>,
         now: DateTime<Utc>,
     ) -> Result<()>;
 
     /// Rotates the data key when the primary is older than `max_age_days`; persists the
-    /// keyring. Returns the new key id when it rotated.
+    /// keyring and its `key_rotated` audit record (by `actor`) in one transaction. Returns the
+    /// new key id when it rotated.
     async fn rotate_keys_if_older_than(
         &self,
         max_age_days: u32,
+        actor: audit::Actor,
         now: DateTime<Utc>,
     ) -> Result<Option<field_crypto::KeyId>>;
 

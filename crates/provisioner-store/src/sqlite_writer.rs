@@ -418,25 +418,21 @@ pub(crate) fn exec(conn: &Connection, sql: &str, args: &[&dyn ToSql]) -> rusqlit
     stmt.raw_execute()
 }
 
-/// Runs `sql` and maps its first row, if any.
-pub(crate) fn query_opt<T, E: FromSqlite>(
+/// Runs `sql` and maps every row.
+pub(crate) fn query_all<T>(
     conn: &Connection,
     sql: &str,
     args: &[&dyn ToSql],
-    map: impl FnOnce(&Row<'_>) -> std::result::Result<T, E>,
-) -> std::result::Result<Option<T>, E> {
-    let mut stmt = conn
-        .prepare_cached(sql)
-        .map_err(|e| E::from_sqlite("preparing a statement", e))?;
-    bind(&mut stmt, args).map_err(|e| E::from_sqlite("binding parameters", e))?;
+    mut map: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<Vec<T>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    bind(&mut stmt, args)?;
     let mut rows = stmt.raw_query();
-    match rows
-        .next()
-        .map_err(|e| E::from_sqlite("reading a row", e))?
-    {
-        Some(row) => map(row).map(Some),
-        None => Ok(None),
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(map(row)?);
     }
+    Ok(out)
 }
 
 /// Whether `e` is a UNIQUE / PRIMARY KEY violation.

@@ -208,6 +208,28 @@ pub struct StepUpdate {
     pub service_ids: Option<Vec<String>>,
 }
 
+/// A running job put back to pending until its next attempt (a retry, or a rate-limit delay).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reschedule {
+    /// Not to be claimed before this time.
+    pub next_attempt_at: DateTime<Utc>,
+    /// The error that made it wait (sanitised), if any.
+    pub error: Option<String>,
+    /// Whether this counts as an attempt (a rate-limit delay does not).
+    pub count_attempt: bool,
+}
+
+/// How a running job ends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobEnd {
+    /// Done, failed or refused.
+    pub state: JobState,
+    /// Why (sanitised), for failed and refused jobs.
+    pub error: Option<String>,
+    /// A dead letter stored in the same transaction (a failed job).
+    pub dead_letter: Option<NewDeadLetter>,
+}
+
 /// A dead letter to record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewDeadLetter {

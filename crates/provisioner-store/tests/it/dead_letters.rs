@@ -23,6 +23,7 @@ both_backends! {
                     attempts: 0,
                 },
                 Some(Checkpoint { topic: topic.into(), replay_id: vec![1, 2, 3] }),
+                vec![],
                 Utc::now(),
             )
             .await
@@ -52,14 +53,14 @@ both_backends! {
         assert!(stored.starts_with("pf1."));
         assert!(!stored.contains("canary"));
 
-        store.set_dead_letter_state(&id, DeadLetterState::Discarded, Utc::now()).await.unwrap();
+        store.set_dead_letter_state(&id, DeadLetterState::Discarded, vec![], Utc::now()).await.unwrap();
         assert!(store.dead_letters(Some(DeadLetterState::Open), 10).await.unwrap().is_empty());
         assert_eq!(
             store.dead_letter_by_id(&id).await.unwrap().unwrap().state,
             DeadLetterState::Discarded
         );
         assert!(matches!(
-            store.set_dead_letter_state("nope", DeadLetterState::Retried, Utc::now()).await,
+            store.set_dead_letter_state("nope", DeadLetterState::Retried, vec![], Utc::now()).await,
             Err(provisioner_store::Error::NotFound { .. })
         ));
     }

@@ -29,7 +29,7 @@ both_backends! {
             event_id: None,
             source: JobSource::Reconcile,
         };
-        assert!(!store.enqueue(again, now).await.unwrap());
+        assert!(!store.enqueue(again, vec![], now).await.unwrap());
 
         let jobs = store.jobs(0, 100).await.unwrap();
         assert_eq!(jobs.len(), 1);

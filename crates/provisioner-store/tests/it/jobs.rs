@@ -4,11 +4,32 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{Duration as ChronoDuration, Utc};
-use provisioner_store::{Error, JobState, Step, StepUpdate, Store};
+use provisioner_store::{Error, JobEnd, JobState, Reschedule, Step, StepUpdate, Store};
 
 use crate::support::{both_backends, event};
 
 const LEASE: Duration = Duration::from_secs(30);
+
+/// The end of a job, without a dead letter.
+fn end(state: JobState, error: Option<String>) -> JobEnd {
+    JobEnd {
+        state,
+        error,
+        dead_letter: None,
+    }
+}
+
+fn retry(
+    next_attempt_at: chrono::DateTime<Utc>,
+    error: Option<String>,
+    count_attempt: bool,
+) -> Reschedule {
+    Reschedule {
+        next_attempt_at,
+        error,
+        count_attempt,
+    }
+}
 
 both_backends! {
     async fn one_running_job_per_customer_in_arrival_order(db: &TestDb) {
@@ -28,7 +49,7 @@ both_backends! {
         assert_eq!(second.order_id, "801000000000003AAA");
         assert!(store.claim("w3", now, LEASE).await.unwrap().is_none());
 
-        store.finish(&first.order_id, "w1", JobState::Done, None, now).await.unwrap();
+        store.finish(&first.order_id, "w1", end(JobState::Done, None), vec![], now).await.unwrap();
         let third = store.claim("w3", now, LEASE).await.unwrap().unwrap();
         assert_eq!(third.order_id, "801000000000002AAA");
         let done = store.job("801000000000001AAA").await.unwrap().unwrap();
@@ -45,7 +66,7 @@ both_backends! {
         let job = store.claim("w1", now, LEASE).await.unwrap().unwrap();
         let later = now + ChronoDuration::seconds(60);
         store
-            .reschedule(&job.order_id, "w1", later, Some("whmcs: 503".into()), true, now)
+            .reschedule(&job.order_id, "w1", retry(later, Some("whmcs: 503".into()), true), vec![], now)
             .await
             .unwrap();
         assert!(store.claim("w1", now, LEASE).await.unwrap().is_none());
@@ -54,7 +75,7 @@ both_backends! {
         assert_eq!(again.attempts, 1);
         assert_eq!(again.last_error.as_deref(), Some("whmcs: 503"));
         // A rate-limit delay does not count as an attempt.
-        store.reschedule(&again.order_id, "w1", later, None, false, later).await.unwrap();
+        store.reschedule(&again.order_id, "w1", retry(later, None, false), vec![], later).await.unwrap();
         let again = store.claim("w1", later, LEASE).await.unwrap().unwrap();
         assert_eq!(again.attempts, 1);
     }
@@ -66,7 +87,7 @@ both_backends! {
         let job = store.claim("w1", now, LEASE).await.unwrap().unwrap();
         store
             .advance(&job.order_id, "w1", Step::WhmcsOrdered,
-                StepUpdate { whmcs_order_id: Some("77".into()), service_ids: None }, now)
+                StepUpdate { whmcs_order_id: Some("77".into()), service_ids: None }, vec![], now)
             .await
             .unwrap();
         // Still leased: nobody else gets it.
@@ -79,17 +100,17 @@ both_backends! {
         assert_eq!(taken.whmcs_order_id.as_deref(), Some("77"));
         // w1 can no longer write.
         let err = store
-            .advance(&job.order_id, "w1", Step::Accepted, StepUpdate::default(), later)
+            .advance(&job.order_id, "w1", Step::Accepted, StepUpdate::default(), vec![], later)
             .await
             .unwrap_err();
         assert!(matches!(err, Error::LeaseLost { .. }), "{err}");
         assert!(matches!(
-            store.finish(&job.order_id, "w1", JobState::Done, None, later).await,
+            store.finish(&job.order_id, "w1", end(JobState::Done, None), vec![], later).await,
             Err(Error::LeaseLost { .. })
         ));
         store
             .advance(&job.order_id, "w2", Step::Accepted,
-                StepUpdate { whmcs_order_id: None, service_ids: Some(vec!["5".into(), "6".into()]) }, later)
+                StepUpdate { whmcs_order_id: None, service_ids: Some(vec!["5".into(), "6".into()]) }, vec![], later)
             .await
             .unwrap();
         let job = store.job(&job.order_id).await.unwrap().unwrap();
@@ -140,7 +161,7 @@ both_backends! {
                             tokio::task::yield_now().await;
                             log.end(&job.customer_number);
                             store
-                                .finish(&job.order_id, &owner, JobState::Done, None, Utc::now())
+                                .finish(&job.order_id, &owner, end(JobState::Done, None), vec![], Utc::now())
                                 .await
                                 .unwrap();
                         }
@@ -215,10 +236,10 @@ both_backends! {
         store.ingest_event(&event(1, "801000000000001AAA", "A"), now).await.unwrap();
         let job = store.claim("w1", now, LEASE).await.unwrap().unwrap();
         store.advance(&job.order_id, "w1", Step::WhmcsOrdered,
-            StepUpdate { whmcs_order_id: Some("9".into()), service_ids: None }, now).await.unwrap();
-        assert!(!store.requeue_failed(&job.order_id, now).await.unwrap(), "running is not failed");
-        store.finish(&job.order_id, "w1", JobState::Failed, Some("boom".into()), now).await.unwrap();
-        assert!(store.requeue_failed(&job.order_id, now).await.unwrap());
+            StepUpdate { whmcs_order_id: Some("9".into()), service_ids: None }, vec![], now).await.unwrap();
+        assert!(!store.requeue_failed(&job.order_id, vec![], now).await.unwrap(), "running is not failed");
+        store.finish(&job.order_id, "w1", end(JobState::Failed, Some("boom".into())), vec![], now).await.unwrap();
+        assert!(store.requeue_failed(&job.order_id, vec![], now).await.unwrap());
         let again = store.claim("w2", now, LEASE).await.unwrap().unwrap();
         assert_eq!((again.step, again.attempts, again.last_error), (Step::WhmcsOrdered, 0, None));
     }

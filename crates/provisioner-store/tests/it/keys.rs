@@ -22,14 +22,14 @@ both_backends! {
     async fn keyring_persists_rotates_and_reencrypts(db: &TestDb) {
         let store = db.open().await;
         let now = Utc::now();
-        let old = store.dead_letter(letter(b"under key 1"), None, now).await.unwrap();
-        assert_eq!(store.rotate_keys_if_older_than(90, now).await.unwrap(), None);
+        let old = store.dead_letter(letter(b"under key 1"), None, vec![], now).await.unwrap();
+        assert_eq!(store.rotate_keys_if_older_than(90, audit::Actor::KEY_MANAGER, now).await.unwrap(), None);
         let rotated = store
-            .rotate_keys_if_older_than(90, now + Duration::days(91))
+            .rotate_keys_if_older_than(90, audit::Actor::KEY_MANAGER, now + Duration::days(91))
             .await
             .unwrap();
         assert_eq!(rotated.map(|k| k.get()), Some(2));
-        let new = store.dead_letter(letter(b"under key 2"), None, now).await.unwrap();
+        let new = store.dead_letter(letter(b"under key 2"), None, vec![], now).await.unwrap();
         drop(store);
 
         // Reopen: the rotated keyring was persisted; both payloads decrypt.

@@ -6,6 +6,7 @@
 
 mod support;
 
+mod atomic_audit;
 mod audit_chain;
 mod dead_letters;
 mod intake;

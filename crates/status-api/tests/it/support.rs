@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
 use provisioner_store::{
-    JobSource, JobState, NewJob, SqlStore, Step, StepUpdate, Store, StoreOptions,
+    JobEnd, JobSource, JobState, NewJob, SqlStore, Step, StepUpdate, Store, StoreOptions,
 };
 use secrecy::SecretString;
 use security::{Alert, AlertKind, AlertSink, DetectorConfig, SecurityMonitor, Thresholds};
@@ -58,7 +58,7 @@ impl TestStore {
             event_id: Some(format!("evt-{order}")),
             source: JobSource::Event,
         };
-        assert!(self.store.enqueue(job, at(0)).await.unwrap());
+        assert!(self.store.enqueue(job, Vec::new(), at(0)).await.unwrap());
     }
 
     /// Claims `order` (it must be the next runnable job).
@@ -76,7 +76,7 @@ impl TestStore {
             service_ids: None,
         };
         self.store
-            .advance(order, "w1", Step::WhmcsOrdered, ordered, at(2))
+            .advance(order, "w1", Step::WhmcsOrdered, ordered, Vec::new(), at(2))
             .await
             .unwrap();
         let accepted = StepUpdate {
@@ -84,11 +84,21 @@ impl TestStore {
             service_ids: Some(vec!["101".to_owned(), "102".to_owned()]),
         };
         self.store
-            .advance(order, "w1", Step::Accepted, accepted, at(3))
+            .advance(order, "w1", Step::Accepted, accepted, Vec::new(), at(3))
             .await
             .unwrap();
         self.store
-            .finish(order, "w1", JobState::Done, None, at(300))
+            .finish(
+                order,
+                "w1",
+                JobEnd {
+                    state: JobState::Done,
+                    error: None,
+                    dead_letter: None,
+                },
+                Vec::new(),
+                at(300),
+            )
             .await
             .unwrap();
     }
@@ -101,8 +111,12 @@ impl TestStore {
             .finish(
                 order,
                 "w1",
-                JobState::Failed,
-                Some(error.to_owned()),
+                JobEnd {
+                    state: JobState::Failed,
+                    error: Some(error.to_owned()),
+                    dead_letter: None,
+                },
+                Vec::new(),
                 at(60),
             )
             .await

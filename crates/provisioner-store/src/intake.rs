@@ -1,0 +1,177 @@
+//! The inbox and the replay checkpoints: events are stored, their jobs created, the checkpoint
+//! moved and each event audited, in one transaction.
+
+use audit::{Action, Actor, DetailKey, NewAuditRecord, Outcome};
+use chrono::{DateTime, Utc};
+
+use crate::error::{Error, Result};
+use crate::jobs::{SQL_INSERT_JOB, job_args};
+use crate::sql::SqlStore;
+use crate::tx::{Arg, Row, Tx};
+use crate::types::{Checkpoint, InboxEvent, IngestOutcome, JobSource, NewJob, ms};
+
+const SQL_INSERT_INBOX: &str = "INSERT INTO inbox (event_id, topic, replay_id, order_id, outcome, \
+     received_at) VALUES ($1, $2, $3, $4, 'enqueued', $5) ON CONFLICT (event_id) DO NOTHING";
+
+const SQL_INBOX_DUPLICATE_ORDER: &str =
+    "UPDATE inbox SET outcome = 'duplicate_order' WHERE event_id = $1";
+
+pub(crate) const SQL_UPSERT_CHECKPOINT: &str = "INSERT INTO checkpoints (topic, replay_id, \
+     updated_at) VALUES ($1, $2, $3) ON CONFLICT (topic) DO UPDATE SET \
+     replay_id = excluded.replay_id, updated_at = excluded.updated_at";
+
+pub(crate) fn checkpoint_args(cp: &Checkpoint, now: DateTime<Utc>) -> Vec<Arg> {
+    vec![
+        Arg::text(cp.topic.as_str()),
+        Arg::Blob(Some(cp.replay_id.clone())),
+        Arg::Int(ms(now)),
+    ]
+}
+
+fn event_job(event: &InboxEvent) -> NewJob {
+    NewJob {
+        order_id: event.order_id.clone(),
+        customer_number: event.customer_number.clone(),
+        account_id: event.account_id.clone(),
+        event_id: Some(event.event_id.clone()),
+        source: JobSource::Event,
+    }
+}
+
+fn inbox_args(event: &InboxEvent, now: DateTime<Utc>) -> Vec<Arg> {
+    vec![
+        Arg::text(event.event_id.as_str()),
+        Arg::text(event.topic.as_str()),
+        Arg::Blob(Some(event.replay_id.clone())),
+        Arg::text(event.order_id.as_str()),
+        Arg::Int(ms(now)),
+    ]
+}
+
+/// The checkpoint each topic of a batch moves to: its last event's replay id.
+fn batch_checkpoints(events: &[InboxEvent]) -> Vec<Checkpoint> {
+    let mut last: Vec<Checkpoint> = Vec::new();
+    for event in events {
+        match last.iter_mut().find(|cp| cp.topic == event.topic) {
+            Some(cp) => cp.replay_id.clone_from(&event.replay_id),
+            None => last.push(Checkpoint {
+                topic: event.topic.clone(),
+                replay_id: event.replay_id.clone(),
+            }),
+        }
+    }
+    last
+}
+
+/// The audit record of a stored event: `event_received` when it created a job, else
+/// `event_duplicate`.
+fn event_record(event: &InboxEvent, outcome: IngestOutcome) -> Result<NewAuditRecord> {
+    let action = match outcome {
+        IngestOutcome::Enqueued => Action::EVENT_RECEIVED,
+        _ => Action::EVENT_DUPLICATE,
+    };
+    NewAuditRecord::new(Actor::SUBSCRIBER, action, Outcome::Success)
+        .order_id(event.order_id.as_str())
+        .and_then(|r| r.detail(DetailKey::EventId, event.event_id.as_str()))
+        .map_err(|e| Error::Audit(Box::new(e)))
+}
+
+/// Stores one event inside `tx`: the inbox row first (its primary key recognises a duplicate
+/// event), then the job unless the order has one, so the common case is two statements.
+async fn ingest_one(
+    tx: &mut dyn Tx,
+    event: &InboxEvent,
+    now: DateTime<Utc>,
+) -> Result<IngestOutcome> {
+    let stored = tx
+        .exec("ingest: inbox", SQL_INSERT_INBOX, &inbox_args(event, now))
+        .await?;
+    if stored != 1 {
+        return Ok(IngestOutcome::DuplicateEvent);
+    }
+    let created = tx
+        .exec(
+            "ingest: job",
+            SQL_INSERT_JOB,
+            &job_args(&event_job(event), now),
+        )
+        .await?;
+    if created == 1 {
+        return Ok(IngestOutcome::Enqueued);
+    }
+    tx.exec(
+        "ingest: inbox outcome",
+        SQL_INBOX_DUPLICATE_ORDER,
+        &[Arg::text(event.event_id.as_str())],
+    )
+    .await?;
+    Ok(IngestOutcome::DuplicateOrder)
+}
+
+impl SqlStore {
+    pub(crate) async fn ingest(
+        &self,
+        events: &[InboxEvent],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<IngestOutcome>> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The checkpoint of every topic in the batch moves to its last event (one topic in
+        // practice), in the same transaction as the events it passes.
+        let checkpoints = batch_checkpoints(events);
+        let events = events.to_vec();
+        self.transact("ingest", move |tx| {
+            Box::pin(async move {
+                let mut outcomes = Vec::with_capacity(events.len());
+                for event in &events {
+                    let outcome = ingest_one(tx, event, now).await?;
+                    tx.audit(event_record(event, outcome)?);
+                    outcomes.push(outcome);
+                }
+                for cp in &checkpoints {
+                    tx.exec(
+                        "ingest: checkpoint",
+                        SQL_UPSERT_CHECKPOINT,
+                        &checkpoint_args(cp, now),
+                    )
+                    .await?;
+                }
+                Ok(outcomes)
+            })
+        })
+        .await
+    }
+
+    pub(crate) async fn store_checkpoint(
+        &self,
+        checkpoint: &Checkpoint,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        self.write(
+            "saving a checkpoint",
+            SQL_UPSERT_CHECKPOINT,
+            checkpoint_args(checkpoint, now),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    pub(crate) async fn read_checkpoint(&self, topic: &str) -> Result<Option<Vec<u8>>> {
+        let row = self
+            .read_opt(
+                "loading a checkpoint",
+                "SELECT replay_id FROM checkpoints WHERE topic = $1",
+                &[Arg::text(topic)],
+            )
+            .await?;
+        match row {
+            Some(row) => Ok(Some(Row::required(
+                row.blob("replay_id", "checkpoint")?,
+                "replay_id",
+                "checkpoint",
+            )?)),
+            None => Ok(None),
+        }
+    }
+}

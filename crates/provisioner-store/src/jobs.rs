@@ -1,0 +1,465 @@
+//! Jobs: the idempotency ledger. Claims under leases, recovery points, and the end of a job,
+//! each a unit of the one transaction API, with its audit records in the same transaction.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use audit::NewAuditRecord;
+use chrono::{DateTime, Utc};
+
+use crate::dead_letters;
+use crate::error::{Error, Result};
+use crate::sql::SqlStore;
+use crate::tx::{Arg, Row, Tx};
+use crate::types::{
+    Job, JobCounts, JobEnd, JobSource, JobState, NewJob, Reschedule, Step, StepUpdate, from_ms, ms,
+};
+
+pub(crate) const JOB_COLS: &str = "seq, order_id, customer_number, account_id, event_id, source, \
+    state, step, whmcs_order_id, service_ids, attempts, next_attempt_at, lease_owner, \
+    lease_until, last_error, created_at, updated_at";
+
+pub(crate) fn job_from_row(row: &Row) -> Result<Job> {
+    const W: &str = "job";
+    let int = |name| Row::required(row.int(name, W)?, name, W);
+    let text = |name| Row::required(row.text(name, W)?, name, W);
+    Ok(Job {
+        seq: int("seq")?,
+        order_id: text("order_id")?,
+        customer_number: text("customer_number")?,
+        account_id: row.text("account_id", W)?,
+        event_id: row.text("event_id", W)?,
+        source: JobSource::parse(&text("source")?)?,
+        state: JobState::parse(&text("state")?)?,
+        step: Step::parse(&text("step")?)?,
+        whmcs_order_id: row.text("whmcs_order_id", W)?,
+        service_ids: row
+            .text("service_ids", W)?
+            .filter(|s| !s.is_empty())
+            .map(|s| s.split(',').map(str::to_owned).collect())
+            .unwrap_or_default(),
+        attempts: u32::try_from(int("attempts")?).unwrap_or(u32::MAX),
+        next_attempt_at: from_ms(W, int("next_attempt_at")?)?,
+        lease_owner: row.text("lease_owner", W)?,
+        lease_until: row
+            .int("lease_until", W)?
+            .map(|v| from_ms(W, v))
+            .transpose()?,
+        last_error: row.text("last_error", W)?,
+        created_at: from_ms(W, int("created_at")?)?,
+        updated_at: from_ms(W, int("updated_at")?)?,
+    })
+}
+
+pub(crate) const SQL_INSERT_JOB: &str = "INSERT INTO jobs (order_id, customer_number, account_id, \
+     event_id, source, state, step, attempts, next_attempt_at, created_at, updated_at) \
+     VALUES ($1, $2, $3, $4, $5, 'pending', 'received', 0, $6, $6, $6) \
+     ON CONFLICT (order_id) DO NOTHING";
+
+pub(crate) fn job_args(job: &NewJob, now: DateTime<Utc>) -> Vec<Arg> {
+    vec![
+        Arg::text(job.order_id.as_str()),
+        Arg::text(job.customer_number.as_str()),
+        Arg::Text(job.account_id.clone()),
+        Arg::Text(job.event_id.clone()),
+        Arg::text(job.source.as_str()),
+        Arg::Int(ms(now)),
+    ]
+}
+
+const SQL_RENEW: &str = "UPDATE jobs SET lease_until = $1 \
+     WHERE order_id = $2 AND lease_owner = $3 AND state = 'running'";
+
+const SQL_ADVANCE: &str = "UPDATE jobs SET step = $1, whmcs_order_id = COALESCE($2, whmcs_order_id), \
+     service_ids = COALESCE($3, service_ids), updated_at = $4 \
+     WHERE order_id = $5 AND lease_owner = $6 AND state = 'running'";
+
+const SQL_RESCHEDULE: &str = "UPDATE jobs SET state = 'pending', lease_owner = NULL, \
+     lease_until = NULL, next_attempt_at = $1, last_error = COALESCE($2, last_error), \
+     attempts = attempts + $3, updated_at = $4 \
+     WHERE order_id = $5 AND lease_owner = $6 AND state = 'running'";
+
+const SQL_FINISH: &str = "UPDATE jobs SET state = $1, lease_owner = NULL, lease_until = NULL, \
+     last_error = $2, step = CASE WHEN $1 = 'done' THEN 'done' ELSE step END, \
+     attempts = attempts + 1, updated_at = $3 \
+     WHERE order_id = $4 AND lease_owner = $5 AND state = 'running'";
+
+const SQL_RELEASE: &str = "UPDATE jobs SET state = 'pending', lease_owner = NULL, \
+     lease_until = NULL, updated_at = $1 \
+     WHERE order_id = $2 AND lease_owner = $3 AND state = 'running'";
+
+const SQL_REQUEUE_FAILED: &str = "UPDATE jobs SET state = 'pending', attempts = 0, \
+     next_attempt_at = $1, last_error = NULL, updated_at = $1 \
+     WHERE order_id = $2 AND state = 'failed'";
+
+const SQL_TAKE_OVER_LEASES: &str = "UPDATE jobs SET state = 'pending', lease_owner = NULL, \
+     lease_until = NULL, updated_at = $1 WHERE state = 'running'";
+
+/// How often a claim looks for expired leases before pending jobs.
+const EXPIRED_SCAN_EVERY_MS: i64 = 500;
+
+#[derive(Clone, Copy)]
+#[repr(usize)]
+pub(crate) enum ClaimKind {
+    /// The oldest due pending job whose customer has nothing running or waiting before it.
+    Pending = 0,
+    /// A running job whose lease expired (its worker died or stalled).
+    Expired = 1,
+}
+
+/// The claim statement of `kind`: `UPDATE ... WHERE order_id = (SELECT ... LIMIT 1)
+/// RETURNING`, so a claim is a single statement. `$1` owner, `$2` lease end, `$3` now (ms).
+pub(crate) fn claim_sql(kind: ClaimKind, lock_clause: &str) -> String {
+    let candidate = match kind {
+        ClaimKind::Pending => {
+            "j.state = 'pending' AND j.next_attempt_at <= $3 \
+             AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.customer_number = j.customer_number \
+                 AND e.seq < j.seq AND e.state IN ('pending', 'running')) \
+             AND NOT EXISTS (SELECT 1 FROM jobs r WHERE r.customer_number = j.customer_number \
+                 AND r.state = 'running')"
+        }
+        ClaimKind::Expired => "j.state = 'running' AND j.lease_until < $3",
+    };
+    format!(
+        "UPDATE jobs SET state = 'running', lease_owner = $1, lease_until = $2, updated_at = $3 \
+         WHERE order_id = (SELECT j.order_id FROM jobs j WHERE {candidate} \
+             ORDER BY j.next_attempt_at, j.seq LIMIT 1{lock_clause}) \
+           AND (state = 'pending' OR (state = 'running' AND lease_until < $3)) \
+         RETURNING {JOB_COLS}"
+    )
+}
+
+fn lease_ms(lease: Duration) -> i64 {
+    i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2)
+}
+
+/// Runs a statement fenced by the job's lease in `tx`: no row changed means another worker
+/// holds the job now.
+async fn fenced(
+    tx: &mut dyn Tx,
+    op: &'static str,
+    lease: (&str, &str),
+    sql: &str,
+    args: &[Arg],
+) -> Result<()> {
+    if tx.exec(op, sql, args).await? == 1 {
+        Ok(())
+    } else {
+        Err(Error::LeaseLost {
+            order_id: lease.0.to_owned(),
+            owner: lease.1.to_owned(),
+        })
+    }
+}
+
+impl SqlStore {
+    /// One fenced statement and its audit records as one unit.
+    async fn fenced_write(
+        &self,
+        op: &'static str,
+        order_id: &str,
+        owner: &str,
+        sql: &'static str,
+        args: Vec<Arg>,
+        audit: Vec<NewAuditRecord>,
+    ) -> Result<()> {
+        let (order_id, owner) = (order_id.to_owned(), owner.to_owned());
+        self.transact(op, move |tx| {
+            Box::pin(async move {
+                fenced(tx, op, (&order_id, &owner), sql, &args).await?;
+                audit.into_iter().for_each(|r| tx.audit(r));
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    pub(crate) async fn enqueue_job(
+        &self,
+        job: NewJob,
+        audit: Vec<NewAuditRecord>,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        self.transact("enqueueing a job", move |tx| {
+            Box::pin(async move {
+                let created = tx
+                    .exec("enqueueing a job", SQL_INSERT_JOB, &job_args(&job, now))
+                    .await?
+                    == 1;
+                if created {
+                    audit.into_iter().for_each(|r| tx.audit(r));
+                }
+                Ok(created)
+            })
+        })
+        .await
+    }
+
+    pub(crate) async fn claim_job(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease: Duration,
+    ) -> Result<Option<Job>> {
+        let now_ms = ms(now);
+        // Expired leases first now and then (they block their customer's queue), otherwise
+        // only when nothing is pending: each kind is one index-ordered statement, where a
+        // single query with an OR between them sorts every pending job (milliseconds each
+        // claim with a backlog of tens of thousands).
+        let due = self.next_expired_scan.load(Ordering::Relaxed) <= now_ms;
+        if due {
+            self.next_expired_scan.store(
+                now_ms.saturating_add(EXPIRED_SCAN_EVERY_MS),
+                Ordering::Relaxed,
+            );
+            if let Some(job) = self
+                .claim_kind(ClaimKind::Expired, owner, now_ms, lease)
+                .await?
+            {
+                return Ok(Some(job));
+            }
+        }
+        if let Some(job) = self
+            .claim_kind(ClaimKind::Pending, owner, now_ms, lease)
+            .await?
+        {
+            return Ok(Some(job));
+        }
+        if due {
+            return Ok(None);
+        }
+        self.claim_kind(ClaimKind::Expired, owner, now_ms, lease)
+            .await
+    }
+
+    /// Claims one job of `kind` in one statement.
+    async fn claim_kind(
+        &self,
+        kind: ClaimKind,
+        owner: &str,
+        now_ms: i64,
+        lease: Duration,
+    ) -> Result<Option<Job>> {
+        let sql = std::sync::Arc::clone(&self.claim_sql[kind as usize]);
+        let until = now_ms.saturating_add(lease_ms(lease));
+        let args = vec![Arg::text(owner), Arg::Int(until), Arg::Int(now_ms)];
+        let claimed = self
+            .transact("claiming a job", move |tx| {
+                Box::pin(async move {
+                    let row = tx.query_opt("claiming a job", &sql, &args).await?;
+                    row.as_ref().map(job_from_row).transpose()
+                })
+            })
+            .await;
+        match claimed {
+            // Another worker got a job of this customer running first: nothing to claim now.
+            Err(e) if e.is_unique_violation() => Ok(None),
+            other => other,
+        }
+    }
+
+    pub(crate) async fn renew_job_lease(
+        &self,
+        order_id: &str,
+        owner: &str,
+        until: DateTime<Utc>,
+    ) -> Result<()> {
+        let args = vec![Arg::Int(ms(until)), Arg::text(order_id), Arg::text(owner)];
+        self.fenced_write(
+            "renewing a lease",
+            order_id,
+            owner,
+            SQL_RENEW,
+            args,
+            Vec::new(),
+        )
+        .await
+    }
+
+    pub(crate) async fn advance_job(
+        &self,
+        order_id: &str,
+        owner: &str,
+        step: Step,
+        update: StepUpdate,
+        audit: Vec<NewAuditRecord>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let args = vec![
+            Arg::text(step.as_str()),
+            Arg::Text(update.whmcs_order_id),
+            Arg::Text(update.service_ids.map(|ids| ids.join(","))),
+            Arg::Int(ms(now)),
+            Arg::text(order_id),
+            Arg::text(owner),
+        ];
+        self.fenced_write(
+            "recording a step",
+            order_id,
+            owner,
+            SQL_ADVANCE,
+            args,
+            audit,
+        )
+        .await
+    }
+
+    pub(crate) async fn reschedule_job(
+        &self,
+        order_id: &str,
+        owner: &str,
+        retry: Reschedule,
+        audit: Vec<NewAuditRecord>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let args = vec![
+            Arg::Int(ms(retry.next_attempt_at)),
+            Arg::Text(retry.error),
+            Arg::Int(i64::from(retry.count_attempt)),
+            Arg::Int(ms(now)),
+            Arg::text(order_id),
+            Arg::text(owner),
+        ];
+        self.fenced_write(
+            "rescheduling a job",
+            order_id,
+            owner,
+            SQL_RESCHEDULE,
+            args,
+            audit,
+        )
+        .await
+    }
+
+    pub(crate) async fn finish_job(
+        &self,
+        order_id: &str,
+        owner: &str,
+        end: JobEnd,
+        audit: Vec<NewAuditRecord>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let args = vec![
+            Arg::text(end.state.as_str()),
+            Arg::Text(end.error),
+            Arg::Int(ms(now)),
+            Arg::text(order_id),
+            Arg::text(owner),
+        ];
+        let letter = end
+            .dead_letter
+            .map(|letter| self.dead_letter_args(letter, now))
+            .transpose()?;
+        let (order_id, owner) = (order_id.to_owned(), owner.to_owned());
+        self.transact("finishing a job", move |tx| {
+            Box::pin(async move {
+                fenced(
+                    tx,
+                    "finishing a job",
+                    (&order_id, &owner),
+                    SQL_FINISH,
+                    &args,
+                )
+                .await?;
+                if let Some((_, letter)) = &letter {
+                    dead_letters::insert(tx, letter).await?;
+                }
+                audit.into_iter().for_each(|r| tx.audit(r));
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    pub(crate) async fn release_job(
+        &self,
+        order_id: &str,
+        owner: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let args = vec![Arg::Int(ms(now)), Arg::text(order_id), Arg::text(owner)];
+        self.fenced_write(
+            "releasing a job",
+            order_id,
+            owner,
+            SQL_RELEASE,
+            args,
+            Vec::new(),
+        )
+        .await
+    }
+
+    pub(crate) async fn requeue_failed_job(
+        &self,
+        order_id: &str,
+        audit: Vec<NewAuditRecord>,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let args = vec![Arg::Int(ms(now)), Arg::text(order_id)];
+        self.transact("requeueing a failed job", move |tx| {
+            Box::pin(async move {
+                let changed = tx
+                    .exec("requeueing a failed job", SQL_REQUEUE_FAILED, &args)
+                    .await?;
+                if changed == 1 {
+                    audit.into_iter().for_each(|r| tx.audit(r));
+                }
+                Ok(changed == 1)
+            })
+        })
+        .await
+    }
+
+    pub(crate) async fn take_over_job_leases(&self, now: DateTime<Utc>) -> Result<u64> {
+        self.write(
+            "taking over leases",
+            SQL_TAKE_OVER_LEASES,
+            vec![Arg::Int(ms(now))],
+        )
+        .await
+    }
+
+    pub(crate) async fn read_job(&self, order_id: &str) -> Result<Option<Job>> {
+        let sql = format!("SELECT {JOB_COLS} FROM jobs WHERE order_id = $1");
+        let row = self
+            .read_opt("reading a job", &sql, &[Arg::text(order_id)])
+            .await?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    pub(crate) async fn read_jobs(&self, after_seq: i64, limit: u32) -> Result<Vec<Job>> {
+        let sql = format!("SELECT {JOB_COLS} FROM jobs WHERE seq > $1 ORDER BY seq LIMIT $2");
+        let rows = self
+            .read(
+                "listing jobs",
+                &sql,
+                &[Arg::Int(after_seq), Arg::Int(i64::from(limit))],
+            )
+            .await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    pub(crate) async fn count_jobs(&self) -> Result<JobCounts> {
+        let rows = self
+            .read(
+                "counting jobs",
+                "SELECT state, COUNT(*) AS n FROM jobs GROUP BY state",
+                &[],
+            )
+            .await?;
+        let mut counts = JobCounts::default();
+        for row in rows {
+            const W: &str = "job count";
+            let state = JobState::parse(&Row::required(row.text("state", W)?, "state", W)?)?;
+            let n = u64::try_from(Row::required(row.int("n", W)?, "n", W)?).unwrap_or(0);
+            match state {
+                JobState::Pending => counts.pending = n,
+                JobState::Running => counts.running = n,
+                JobState::Done => counts.done = n,
+                JobState::Failed => counts.failed = n,
+                JobState::Refused => counts.refused = n,
+            }
+        }
+        Ok(counts)
+    }
+}

@@ -1,0 +1,612 @@
+//! The one transaction API of the store: every write is written once, as SQL plus bindings
+//! over [`Tx`], and runs on either backend.
+//!
+//! - **SQLite**: the unit runs on the writer thread ([`crate::sqlite_writer`]) inside the batch
+//!   transaction, in its own savepoint. The [`Tx`] methods of that backend are synchronous
+//!   underneath (rusqlite), so the unit's future is driven to completion right there; a unit
+//!   must therefore await nothing but its [`Tx`].
+//! - **PostgreSQL**: the unit is one transaction on a pooled connection.
+//!
+//! Audit records a unit adds with [`Tx::audit`] are sealed on the chain head and inserted at
+//! the end of the unit, inside the same transaction: the state change and its audit record
+//! commit together or not at all. The chain is sealed by one function for both backends
+//! ([`seal_into`]); on PostgreSQL this process's head is held from sealing until the commit,
+//! so no record is ever sealed on one that might still roll back, and the `audit_log.seq`
+//! primary key turns a head moved by another process into a re-read and a new seal.
+
+use async_trait::async_trait;
+use audit::{Anchor, ChainHead, NewAuditRecord, SealedRecord};
+use futures::future::BoxFuture;
+use sqlx::any::AnyRow;
+use sqlx::{Row as _, ValueRef as _};
+
+use crate::error::{Error, Result};
+use crate::sql::{Backend, SqlStore};
+use crate::sqlite_writer;
+
+/// A statement parameter, typed even when NULL (PostgreSQL needs the type of a NULL).
+#[derive(Clone, Debug)]
+pub(crate) enum Arg {
+    Int(i64),
+    Text(Option<String>),
+    Blob(Option<Vec<u8>>),
+}
+
+impl Arg {
+    pub(crate) fn text(v: impl Into<String>) -> Arg {
+        Arg::Text(Some(v.into()))
+    }
+}
+
+impl rusqlite::ToSql for Arg {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        match self {
+            Arg::Int(v) => v.to_sql(),
+            Arg::Text(v) => v.to_sql(),
+            Arg::Blob(v) => v.to_sql(),
+        }
+    }
+}
+
+/// One column value of a result row. No column of the schema is a float; one that appears
+/// (an expression) reads as its text.
+#[derive(Clone, Debug)]
+pub(crate) enum Value {
+    Null,
+    Int(i64),
+    Text(String),
+    Blob(Vec<u8>),
+}
+
+/// A result row of either driver, owned, so rows decode in one place.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Row {
+    names: Vec<String>,
+    values: Vec<Value>,
+}
+
+impl Row {
+    fn get(&self, name: &'static str, what: &'static str) -> Result<&Value> {
+        self.names
+            .iter()
+            .position(|n| n == name)
+            .and_then(|i| self.values.get(i))
+            .ok_or_else(|| Error::Corrupt {
+                what,
+                reason: format!("column {name} is missing"),
+            })
+    }
+
+    fn mismatch(name: &'static str, what: &'static str, wanted: &str) -> Error {
+        Error::Corrupt {
+            what,
+            reason: format!("column {name} is not {wanted}"),
+        }
+    }
+
+    /// An integer column (NULL = `None`).
+    pub(crate) fn int(&self, name: &'static str, what: &'static str) -> Result<Option<i64>> {
+        match self.get(name, what)? {
+            Value::Null => Ok(None),
+            Value::Int(v) => Ok(Some(*v)),
+            _ => Err(Self::mismatch(name, what, "an integer")),
+        }
+    }
+
+    /// A text column (NULL = `None`).
+    pub(crate) fn text(&self, name: &'static str, what: &'static str) -> Result<Option<String>> {
+        match self.get(name, what)? {
+            Value::Null => Ok(None),
+            Value::Text(v) => Ok(Some(v.clone())),
+            _ => Err(Self::mismatch(name, what, "text")),
+        }
+    }
+
+    /// A blob column (NULL = `None`).
+    pub(crate) fn blob(&self, name: &'static str, what: &'static str) -> Result<Option<Vec<u8>>> {
+        match self.get(name, what)? {
+            Value::Null => Ok(None),
+            Value::Blob(v) => Ok(Some(v.clone())),
+            _ => Err(Self::mismatch(name, what, "a blob")),
+        }
+    }
+
+    /// A column that must not be NULL.
+    pub(crate) fn required<T>(
+        value: Option<T>,
+        name: &'static str,
+        what: &'static str,
+    ) -> Result<T> {
+        value.ok_or_else(|| Error::Corrupt {
+            what,
+            reason: format!("column {name} is NULL"),
+        })
+    }
+
+    fn from_sqlite(row: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+        let stmt = row.as_ref();
+        let n = stmt.column_count();
+        let mut out = Row {
+            names: Vec::with_capacity(n),
+            values: Vec::with_capacity(n),
+        };
+        for i in 0..n {
+            out.names.push(stmt.column_name(i)?.to_owned());
+            out.values.push(match row.get_ref(i)? {
+                rusqlite::types::ValueRef::Null => Value::Null,
+                rusqlite::types::ValueRef::Integer(v) => Value::Int(v),
+                rusqlite::types::ValueRef::Real(v) => Value::Text(v.to_string()),
+                rusqlite::types::ValueRef::Text(t) => {
+                    Value::Text(String::from_utf8_lossy(t).into_owned())
+                }
+                rusqlite::types::ValueRef::Blob(b) => Value::Blob(b.to_vec()),
+            });
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn from_any(row: &AnyRow) -> std::result::Result<Row, sqlx::Error> {
+        use sqlx::any::AnyTypeInfoKind as K;
+        let n = row.columns().len();
+        let mut out = Row {
+            names: Vec::with_capacity(n),
+            values: Vec::with_capacity(n),
+        };
+        for (i, column) in row.columns().iter().enumerate() {
+            out.names.push(sqlx::Column::name(column).to_owned());
+            let raw = row.try_get_raw(i)?;
+            let value = if raw.is_null() {
+                Value::Null
+            } else {
+                match raw.type_info().kind() {
+                    K::Bool => Value::Int(i64::from(row.try_get::<bool, _>(i)?)),
+                    K::SmallInt | K::Integer | K::BigInt => Value::Int(row.try_get(i)?),
+                    K::Real | K::Double => Value::Text(row.try_get::<f64, _>(i)?.to_string()),
+                    K::Text => Value::Text(row.try_get(i)?),
+                    K::Blob => Value::Blob(row.try_get(i)?),
+                    K::Null => Value::Null,
+                }
+            };
+            out.values.push(value);
+        }
+        Ok(out)
+    }
+}
+
+/// What a store operation runs its statements through, inside one transaction.
+#[async_trait]
+pub(crate) trait Tx: Send {
+    /// The database this transaction runs on (for the few places the dialects differ).
+    fn backend(&self) -> Backend;
+
+    /// Executes `sql` with `$n` bound to `args[n - 1]`; returns the number of rows changed.
+    async fn exec(&mut self, op: &'static str, sql: &str, args: &[Arg]) -> Result<u64>;
+
+    /// Runs `sql` and returns its rows.
+    async fn query(&mut self, op: &'static str, sql: &str, args: &[Arg]) -> Result<Vec<Row>>;
+
+    /// Adds an audit record, sealed and inserted at the end of this unit, in its transaction.
+    fn audit(&mut self, record: NewAuditRecord);
+
+    /// The first row of `sql`, if any.
+    async fn query_opt(
+        &mut self,
+        op: &'static str,
+        sql: &str,
+        args: &[Arg],
+    ) -> Result<Option<Row>> {
+        Ok(self.query(op, sql, args).await?.into_iter().next())
+    }
+}
+
+/// The SQLite side: the writer thread's connection, inside the batch transaction.
+struct SqliteTx<'c> {
+    conn: &'c mut rusqlite::Connection,
+    audit: Vec<NewAuditRecord>,
+}
+
+#[async_trait]
+impl Tx for SqliteTx<'_> {
+    fn backend(&self) -> Backend {
+        Backend::Sqlite
+    }
+
+    async fn exec(&mut self, op: &'static str, sql: &str, args: &[Arg]) -> Result<u64> {
+        let refs: Vec<&dyn rusqlite::ToSql> =
+            args.iter().map(|a| a as &dyn rusqlite::ToSql).collect();
+        sqlite_writer::exec(self.conn, sql, &refs)
+            .map(|n| n as u64)
+            .map_err(|source| Error::Sqlite { op, source })
+    }
+
+    async fn query(&mut self, op: &'static str, sql: &str, args: &[Arg]) -> Result<Vec<Row>> {
+        let refs: Vec<&dyn rusqlite::ToSql> =
+            args.iter().map(|a| a as &dyn rusqlite::ToSql).collect();
+        sqlite_writer::query_all(self.conn, sql, &refs, Row::from_sqlite)
+            .map_err(|source| Error::Sqlite { op, source })
+    }
+
+    fn audit(&mut self, record: NewAuditRecord) {
+        self.audit.push(record);
+    }
+}
+
+/// The sqlx side (PostgreSQL, and SQLite before its writer thread runs): one transaction on a
+/// pooled connection.
+struct SqlxTx {
+    backend: Backend,
+    tx: sqlx::Transaction<'static, sqlx::Any>,
+    audit: Vec<NewAuditRecord>,
+}
+
+/// `sql` with `args` bound, for sqlx.
+pub(crate) fn sqlx_query<'q>(
+    sql: &'q str,
+    args: &[Arg],
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    let mut query = sqlx::query(sql);
+    for arg in args {
+        query = match arg.clone() {
+            Arg::Int(v) => query.bind(v),
+            Arg::Text(v) => query.bind(v),
+            Arg::Blob(v) => query.bind(v),
+        };
+    }
+    query
+}
+
+#[async_trait]
+impl Tx for SqlxTx {
+    fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    async fn exec(&mut self, op: &'static str, sql: &str, args: &[Arg]) -> Result<u64> {
+        Ok(sqlx_query(sql, args)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(Error::db(op))?
+            .rows_affected())
+    }
+
+    async fn query(&mut self, op: &'static str, sql: &str, args: &[Arg]) -> Result<Vec<Row>> {
+        let rows = sqlx_query(sql, args)
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(Error::db(op))?;
+        rows.iter()
+            .map(|r| Row::from_any(r).map_err(Error::db(op)))
+            .collect()
+    }
+
+    fn audit(&mut self, record: NewAuditRecord) {
+        self.audit.push(record);
+    }
+}
+
+/// Reads outside any transaction, on the reader pool: the same functions that read inside a
+/// unit (the chain head, the anchor) read here too. It refuses writes.
+pub(crate) struct Reads<'p> {
+    pool: &'p sqlx::AnyPool,
+    backend: Backend,
+}
+
+fn read_only(op: &'static str) -> Error {
+    Error::Corrupt {
+        what: "store use",
+        reason: format!("{op}: a write on the read-only connection (a bug)"),
+    }
+}
+
+#[async_trait]
+impl Tx for Reads<'_> {
+    fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    async fn exec(&mut self, op: &'static str, _sql: &str, _args: &[Arg]) -> Result<u64> {
+        Err(read_only(op))
+    }
+
+    async fn query(&mut self, op: &'static str, sql: &str, args: &[Arg]) -> Result<Vec<Row>> {
+        let rows = sqlx_query(sql, args)
+            .fetch_all(self.pool)
+            .await
+            .map_err(Error::db(op))?;
+        rows.iter()
+            .map(|r| Row::from_any(r).map_err(Error::db(op)))
+            .collect()
+    }
+
+    fn audit(&mut self, _record: NewAuditRecord) {
+        // Never sealed: `exec` refuses, so no unit on this connection gets that far.
+    }
+}
+
+/// A unit of work: a store operation's statements, given the transaction to run them in.
+pub(crate) trait Work<R>:
+    for<'t> FnOnce(&'t mut dyn Tx) -> BoxFuture<'t, Result<R>> + Send + 'static
+{
+}
+
+impl<R, F> Work<R> for F where
+    F: for<'t> FnOnce(&'t mut dyn Tx) -> BoxFuture<'t, Result<R>> + Send + 'static
+{
+}
+
+pub(crate) const SQL_ANCHOR: &str = "SELECT anchor FROM audit_anchor WHERE id = 1";
+pub(crate) const SQL_LAST_RECORD: &str = "SELECT record FROM audit_log ORDER BY seq DESC LIMIT 1";
+const SQL_INSERT_RECORD: &str = "INSERT INTO audit_log (seq, at, record) VALUES ($1, $2, $3)";
+/// The first record of a unit: a `seq` another process took meanwhile inserts nothing (no
+/// error, which on PostgreSQL would abort the whole transaction).
+const SQL_INSERT_FIRST_RECORD: &str = "INSERT INTO audit_log (seq, at, record) VALUES ($1, $2, $3) \
+     ON CONFLICT (seq) DO NOTHING";
+
+/// How often one unit re-reads the head after another process took its place.
+const APPEND_ATTEMPTS: usize = 16;
+
+fn audit_error(e: impl Into<audit::Error>) -> Error {
+    Error::Audit(Box::new(e.into()))
+}
+
+fn json_error(op: &'static str) -> impl FnOnce(serde_json::Error) -> Error {
+    move |e| {
+        audit_error(audit::Error::Backend {
+            op,
+            source: Box::new(e),
+        })
+    }
+}
+
+/// The sealed record in the `record` column of `row`.
+pub(crate) fn decode_record(row: &Row) -> Result<SealedRecord> {
+    let json = Row::required(
+        row.text("record", "audit record")?,
+        "record",
+        "audit record",
+    )?;
+    serde_json::from_str(&json).map_err(json_error("audit: decoding a record"))
+}
+
+/// The retention anchor (genesis when nothing was ever purged).
+pub(crate) async fn read_anchor(tx: &mut dyn Tx) -> Result<Anchor> {
+    match tx
+        .query_opt("audit: reading the anchor", SQL_ANCHOR, &[])
+        .await?
+    {
+        None => Ok(Anchor::GENESIS),
+        Some(row) => {
+            let json = Row::required(
+                row.text("anchor", "audit anchor")?,
+                "anchor",
+                "audit anchor",
+            )?;
+            serde_json::from_str(&json).map_err(json_error("audit: decoding the anchor"))
+        }
+    }
+}
+
+/// The chain head as stored: after the last record, or the anchor's.
+pub(crate) async fn read_head(tx: &mut dyn Tx) -> Result<ChainHead> {
+    match tx
+        .query_opt("audit: reading the head", SQL_LAST_RECORD, &[])
+        .await?
+    {
+        Some(row) => Ok(ChainHead::after(&decode_record(&row)?)),
+        None => Ok(read_anchor(tx).await?.head()),
+    }
+}
+
+fn record_args(sealed: &SealedRecord) -> Result<Vec<Arg>> {
+    let json = serde_json::to_string(sealed).map_err(json_error("audit: encoding"))?;
+    let seq = i64::try_from(sealed.record.seq).map_err(|_| {
+        audit_error(audit::Error::Backend {
+            op: "audit: seq",
+            source: "sequence number out of range".into(),
+        })
+    })?;
+    Ok(vec![
+        Arg::Int(seq),
+        Arg::Int(sealed.record.at.timestamp_micros()),
+        Arg::Text(Some(json)),
+    ])
+}
+
+/// Seals `records` on the chain head (`cached`, or the stored one) and inserts them inside
+/// `tx`. Returns the sealed records and the new head; the caller keeps that head only once
+/// the transaction has committed. Every failure is [`Error::Audit`].
+pub(crate) async fn seal_into(
+    tx: &mut dyn Tx,
+    cached: Option<ChainHead>,
+    key: &audit::AuditKey,
+    records: Vec<NewAuditRecord>,
+) -> Result<(Vec<SealedRecord>, ChainHead)> {
+    let as_audit = |e: Error| match e {
+        Error::Audit(_) => e,
+        other => audit_error(audit::Error::Backend {
+            op: "audit: append",
+            source: Box::new(other),
+        }),
+    };
+    let mut cached = cached;
+    for _ in 0..APPEND_ATTEMPTS {
+        let mut head = match cached {
+            Some(head) => head,
+            None => read_head(tx).await.map_err(as_audit)?,
+        };
+        let mut sealed = Vec::with_capacity(records.len());
+        let mut taken = false;
+        for (i, record) in records.iter().enumerate() {
+            let s = head.seal(key, record.clone()).map_err(audit_error)?;
+            let args = record_args(&s)?;
+            // Once the first record is in, this unit holds the next `seq`: another process
+            // can only append after it commits.
+            let sql = if i == 0 {
+                SQL_INSERT_FIRST_RECORD
+            } else {
+                SQL_INSERT_RECORD
+            };
+            let inserted = tx
+                .exec("audit: insert", sql, &args)
+                .await
+                .map_err(as_audit)?;
+            if inserted == 0 {
+                taken = true;
+                break;
+            }
+            head = ChainHead::after(&s);
+            sealed.push(s);
+        }
+        if !taken {
+            return Ok((sealed, head));
+        }
+        cached = None;
+    }
+    Err(audit_error(audit::Error::Backend {
+        op: "audit: append",
+        source: format!(
+            "the chain head kept moving under {APPEND_ATTEMPTS} attempts (other writers)"
+        )
+        .into(),
+    }))
+}
+
+/// Runs `work` as one transaction directly on `pool`, where no audit record can be sealed
+/// (opening the store, before its audit key is known): a unit that adds one fails.
+pub(crate) async fn on_pool<R>(
+    pool: &sqlx::AnyPool,
+    backend: Backend,
+    op: &'static str,
+    work: impl for<'t> FnOnce(&'t mut dyn Tx) -> BoxFuture<'t, Result<R>>,
+) -> Result<R> {
+    let begin = match backend {
+        // Take the write lock up front: a deferred transaction could fail to upgrade.
+        Backend::Sqlite => "BEGIN IMMEDIATE",
+        Backend::Postgres => "BEGIN",
+    };
+    let tx = pool.begin_with(begin).await.map_err(Error::db(op))?;
+    let mut tx = SqlxTx {
+        backend,
+        tx,
+        audit: Vec::new(),
+    };
+    let result = work(&mut tx).await?;
+    if !tx.audit.is_empty() {
+        return Err(audit_error(audit::Error::Backend {
+            op,
+            source: "no audit record can be stored while the store opens".into(),
+        }));
+    }
+    tx.tx.commit().await.map_err(Error::db(op))?;
+    Ok(result)
+}
+
+impl SqlStore {
+    /// Runs `work` as one transaction (see the module docs) and returns its result once the
+    /// transaction has committed.
+    pub(crate) async fn transact<R: Send + 'static>(
+        &self,
+        op: &'static str,
+        work: impl Work<R>,
+    ) -> Result<R> {
+        self.transact_sealed(op, work).await.map(|(r, _)| r)
+    }
+
+    /// [`SqlStore::transact`], also returning the audit records the unit sealed.
+    pub(crate) async fn transact_sealed<R: Send + 'static>(
+        &self,
+        op: &'static str,
+        work: impl Work<R>,
+    ) -> Result<(R, Vec<SealedRecord>)> {
+        match &self.sqlite {
+            Some(writer) => {
+                writer
+                    .call(op, move |st| {
+                        let mut tx = SqliteTx {
+                            conn: &mut st.conn,
+                            audit: Vec::new(),
+                        };
+                        // Every `Tx` future of this backend is ready at once: nothing waits.
+                        let result = futures::executor::block_on(work(&mut tx))?;
+                        let records = std::mem::take(&mut tx.audit);
+                        if records.is_empty() {
+                            return Ok((result, Vec::new()));
+                        }
+                        let cached = st.audit_head.take();
+                        let (sealed, head) = futures::executor::block_on(seal_into(
+                            &mut tx,
+                            cached,
+                            &st.audit_key,
+                            records,
+                        ))?;
+                        // A failed batch commit clears it again (the writer re-reads it).
+                        st.audit_head = Some(head);
+                        Ok((result, sealed))
+                    })
+                    .await
+            }
+            None => {
+                let tx = self
+                    .writer()
+                    .begin()
+                    .await
+                    .map_err(Error::db("beginning a transaction"))?;
+                let mut tx = SqlxTx {
+                    backend: Backend::Postgres,
+                    tx,
+                    audit: Vec::new(),
+                };
+                let result = work(&mut tx).await?;
+                let records = std::mem::take(&mut tx.audit);
+                if records.is_empty() {
+                    tx.tx.commit().await.map_err(Error::db(op))?;
+                    return Ok((result, Vec::new()));
+                }
+                // Held until the commit: nothing is sealed on a record that may roll back.
+                let mut head = self.audit_head.lock().await;
+                let cached = head.take();
+                let (sealed, new_head) =
+                    seal_into(&mut tx, cached, self.audit_key(), records).await?;
+                tx.tx.commit().await.map_err(Error::db(op))?;
+                *head = Some(new_head);
+                Ok((result, sealed))
+            }
+        }
+    }
+
+    /// Reads on the reader pool, each statement on its own (no transaction).
+    pub(crate) fn reads(&self) -> Reads<'_> {
+        Reads {
+            pool: self.reader(),
+            backend: self.backend(),
+        }
+    }
+
+    /// Runs one read-only statement on the reader pool.
+    pub(crate) async fn read(&self, op: &'static str, sql: &str, args: &[Arg]) -> Result<Vec<Row>> {
+        self.reads().query(op, sql, args).await
+    }
+
+    /// The first row of a read, if any.
+    pub(crate) async fn read_opt(
+        &self,
+        op: &'static str,
+        sql: &str,
+        args: &[Arg],
+    ) -> Result<Option<Row>> {
+        self.reads().query_opt(op, sql, args).await
+    }
+
+    /// One statement as its own unit; returns the rows it changed.
+    pub(crate) async fn write(
+        &self,
+        op: &'static str,
+        sql: &'static str,
+        args: Vec<Arg>,
+    ) -> Result<u64> {
+        self.transact(op, move |tx| {
+            Box::pin(async move { tx.exec(op, sql, &args).await })
+        })
+        .await
+    }
+}

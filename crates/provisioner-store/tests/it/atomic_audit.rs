@@ -1,0 +1,139 @@
+//! A write and its audit record commit together or not at all: with the audit table refusing
+//! inserts (a trigger), no job write, dead letter, enqueue or intake commits either.
+
+use audit::{Action, Actor, AuditLog, DetailKey, NewAuditRecord, Outcome};
+use chrono::Utc;
+use provisioner_store::{
+    Error, JobEnd, JobSource, JobState, NewDeadLetter, NewJob, Reschedule, Step, StepUpdate, Store,
+};
+use sqlx::{Connection, Executor};
+
+use crate::support::{TestDb, both_backends, event};
+
+const LEASE: std::time::Duration = std::time::Duration::from_secs(30);
+
+fn step_record(order: &str, step: Step) -> NewAuditRecord {
+    NewAuditRecord::new(Actor::WORKER, Action::STEP_SUCCEEDED, Outcome::Success)
+        .order_id(order)
+        .unwrap()
+        .detail(DetailKey::Step, step.as_str())
+        .unwrap()
+}
+
+/// Makes every insert into `audit_log` fail (`on`), or stops doing so.
+async fn refuse_audit(db: &TestDb, on: bool) {
+    let mut conn = sqlx::AnyConnection::connect(&db.url()).await.unwrap();
+    let sql = match (db, on) {
+        (TestDb::Sqlite(_), true) => {
+            "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_log \
+             BEGIN SELECT RAISE(ABORT, 'injected audit failure'); END"
+        }
+        (TestDb::Sqlite(_), false) => "DROP TRIGGER refuse_audit",
+        (TestDb::Postgres { .. }, true) => {
+            "CREATE FUNCTION refuse_audit() RETURNS trigger AS $$ \
+             BEGIN RAISE EXCEPTION 'injected audit failure'; END $$ LANGUAGE plpgsql; \
+             CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_log \
+             FOR EACH ROW EXECUTE FUNCTION refuse_audit()"
+        }
+        (TestDb::Postgres { .. }, false) => "DROP TRIGGER refuse_audit ON audit_log",
+    };
+    conn.execute(sql).await.unwrap();
+    conn.close().await.unwrap();
+}
+
+fn is_audit_error(r: &Result<impl std::fmt::Debug, Error>) -> bool {
+    matches!(r, Err(Error::Audit(_)))
+}
+
+both_backends! {
+    async fn a_step_does_not_advance_without_its_audit_record(db: &TestDb) {
+        let store = db.open().await;
+        let now = Utc::now();
+        let order = "801000000000001AAA";
+        store.ingest_event(&event(1, order, "A"), now).await.unwrap();
+        let job = store.claim("w1", now, LEASE).await.unwrap().unwrap();
+        let head = store.head().await.unwrap();
+        refuse_audit(db, true).await;
+
+        // A recovery point with its record: neither commits.
+        let r = store
+            .advance(order, "w1", Step::Checked, StepUpdate::default(),
+                vec![step_record(order, Step::Checked)], now)
+            .await;
+        assert!(is_audit_error(&r), "{r:?}");
+        assert_eq!(store.job(order).await.unwrap().unwrap().step, Step::Received);
+
+        // A retry with its record: the job stays running, no attempt counted.
+        let r = store
+            .reschedule(order, "w1",
+                Reschedule { next_attempt_at: now, error: Some("x".into()), count_attempt: true },
+                vec![step_record(order, Step::Checked)], now)
+            .await;
+        assert!(is_audit_error(&r), "{r:?}");
+        let still = store.job(order).await.unwrap().unwrap();
+        assert_eq!((still.state, still.attempts, still.last_error), (JobState::Running, 0, None));
+
+        // A failure with its dead letter and records: no end, no dead letter.
+        let end = JobEnd {
+            state: JobState::Failed,
+            error: Some("boom".into()),
+            dead_letter: Some(NewDeadLetter {
+                topic: None, event_id: None, replay_id: None, order_id: Some(order.into()),
+                reason: "boom".into(), payload: None, attempts: 1,
+            }),
+        };
+        let r = store.finish(order, "w1", end, vec![step_record(order, Step::Checked)], now).await;
+        assert!(is_audit_error(&r), "{r:?}");
+        assert_eq!(store.job(order).await.unwrap().unwrap().state, JobState::Running);
+        assert!(store.dead_letters(None, 10).await.unwrap().is_empty());
+
+        // An enqueue with its record: no job.
+        let new = NewJob {
+            order_id: "801000000000002AAA".into(), customer_number: "B".into(),
+            account_id: None, event_id: None, source: JobSource::Reconcile,
+        };
+        let r = store.enqueue(new, vec![step_record("801000000000002AAA", Step::Received)], now).await;
+        assert!(is_audit_error(&r), "{r:?}");
+        assert!(store.job("801000000000002AAA").await.unwrap().is_none());
+
+        // Intake audits every event: the event, its job and the checkpoint do not commit.
+        let r = store.ingest_event(&event(3, "801000000000003AAA", "C"), now).await;
+        assert!(is_audit_error(&r), "{r:?}");
+        assert!(store.job("801000000000003AAA").await.unwrap().is_none());
+        assert_eq!(store.load_checkpoint(&event(3, "801000000000003AAA", "C").topic).await.unwrap(),
+            Some(event(1, order, "A").replay_id));
+
+        // An intent carries no record: it is stored.
+        store.advance(order, "w1", Step::OrderUnknown, StepUpdate::default(), vec![], now)
+            .await
+            .unwrap();
+        assert_eq!(store.head().await.unwrap(), head, "nothing reached the chain");
+
+        // Once records can be stored again, the step commits with its record.
+        refuse_audit(db, false).await;
+        store
+            .advance(order, "w1", Step::Checked, StepUpdate::default(),
+                vec![step_record(order, Step::Checked)], now)
+            .await
+            .unwrap();
+        assert_eq!(store.job(order).await.unwrap().unwrap().step, Step::Checked);
+        let last = store.read_range(head.seq + 1, 10).await.unwrap();
+        assert_eq!(last.len(), 1);
+        assert_eq!(last[0].record.details.get(DetailKey::Step), Some("checked"));
+        audit::verify(&store, store.audit_key()).await.unwrap();
+        drop(job);
+    }
+
+    async fn intake_audits_each_event_in_its_transaction(db: &TestDb) {
+        let store = db.open().await;
+        let now = Utc::now();
+        let order = "801000000000001AAA";
+        let events = [event(1, order, "A"), event(1, order, "A"), event(2, order, "A")];
+        store.ingest_events(&events, now).await.unwrap();
+        let records = store.read_range(1, 10).await.unwrap();
+        let actions: Vec<&str> = records.iter().map(|r| r.record.action.as_str()).collect();
+        assert_eq!(actions, ["event_received", "event_duplicate", "event_duplicate"]);
+        assert!(records.iter().all(|r| r.record.order_id.as_ref().map(|o| o.as_str()) == Some(order)));
+        audit::verify(&store, store.audit_key()).await.unwrap();
+    }
+}
