@@ -100,25 +100,30 @@ impl std::fmt::Debug for SqliteWriter {
 
 impl SqliteWriter {
     /// Opens the writing connection to `path` (WAL, `synchronous = NORMAL`, foreign keys, a busy
-    /// timeout for operator commands writing next to the service) and starts the thread.
+    /// timeout for operator commands writing next to the service) and starts the thread, and the
+    /// checkpointer's thread beside it.
     pub(crate) fn start(
         path: &Path,
         busy_timeout: Duration,
         audit_key: audit::AuditKey,
     ) -> Result<Self> {
-        let wal = WalPolicy {
-            gather: CHECKPOINT_GATHER,
-            restart_frames: WAL_RESTART_FRAMES,
-        };
-        Self::start_with(path, busy_timeout, audit_key, wal)
+        let (mut writer, checkpointer, committed) =
+            Self::start_without_checkpointer(path, busy_timeout, audit_key, WAL_RESTART_FRAMES)?;
+        writer.checkpointer = Some(spawn("sqlite-checkpoint", move || {
+            checkpoints(&checkpointer, &committed, CHECKPOINT_GATHER);
+        })?);
+        Ok(writer)
     }
 
-    fn start_with(
+    /// The writer thread alone. The caller runs the returned [`Checkpointer`] when commits
+    /// arrive on the returned receiver: [`SqliteWriter::start`] on a thread of its own, tests by
+    /// hand.
+    fn start_without_checkpointer(
         path: &Path,
         busy_timeout: Duration,
         audit_key: audit::AuditKey,
-        wal: WalPolicy,
-    ) -> Result<Self> {
+        restart_frames: i64,
+    ) -> Result<(Self, Checkpointer, mpsc::Receiver<()>)> {
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -151,31 +156,23 @@ impl SqliteWriter {
             audit_head: None,
             poisoned: false,
         };
-        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
-            std::thread::Builder::new()
-                .name(name.to_owned())
-                .spawn(f)
-                .map_err(|source| Error::Io {
-                    op: format!("starting the {name} thread"),
-                    source,
-                })
-        };
         let finish_checkpoint = Arc::new(AtomicBool::new(false));
+        let checkpointer = Checkpointer {
+            conn: checkpoint_conn,
+            finish: Arc::clone(&finish_checkpoint),
+            restart_frames,
+        };
         let signals = Signals {
             committed: committed_tx,
-            finish_checkpoint: Arc::clone(&finish_checkpoint),
+            finish_checkpoint,
         };
-        let finish = finish_checkpoint;
-        let checkpointer = spawn(
-            "sqlite-checkpoint",
-            Box::new(move || checkpoints(&checkpoint_conn, &committed_rx, &finish, wal)),
-        )?;
-        let thread = spawn("sqlite-writer", Box::new(move || run(state, &rx, &signals)))?;
-        Ok(SqliteWriter {
+        let thread = spawn("sqlite-writer", move || run(state, &rx, &signals))?;
+        let writer = SqliteWriter {
             tx: Some(tx),
             thread: Some(thread),
-            checkpointer: Some(checkpointer),
-        })
+            checkpointer: None,
+        };
+        Ok((writer, checkpointer, committed_rx))
     }
 
     /// Runs `f` on the writer thread inside the next transaction and returns its result once
@@ -227,6 +224,17 @@ impl Drop for SqliteWriter {
             let _ = thread.join();
         }
     }
+}
+
+/// Starts thread `name` running `f`.
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(f)
+        .map_err(|source| Error::Io {
+            op: format!("starting the {name} thread"),
+            source,
+        })
 }
 
 fn stopped() -> rusqlite::Error {
@@ -302,35 +310,39 @@ fn checkpoint(conn: &Connection) -> rusqlite::Result<Checkpointed> {
     })
 }
 
-/// When the checkpointer runs.
-#[derive(Clone, Copy)]
-struct WalPolicy {
-    /// How long it lets commits gather after the first one woke it.
-    gather: Duration,
+/// The checkpointer: its own connection, and the request it raises for the writer.
+struct Checkpointer {
+    conn: Connection,
+    /// Set when the WAL has grown to `restart_frames`: the writer then finishes a checkpoint
+    /// between two batches, and clears it once that checkpoint is complete.
+    finish: Arc<AtomicBool>,
     /// WAL frames at which it asks the writer to finish a checkpoint.
     restart_frames: i64,
 }
 
-/// The checkpointer thread: checkpoints after commits, and asks the writer to finish one when
-/// the WAL has grown to `wal.restart_frames`.
-fn checkpoints(
-    conn: &Connection,
-    committed: &mpsc::Receiver<()>,
-    finish: &AtomicBool,
-    wal: WalPolicy,
-) {
+impl Checkpointer {
+    /// One PASSIVE checkpoint; asks the writer to finish one when the WAL has reached
+    /// `restart_frames`.
+    fn pass(&self) -> rusqlite::Result<Checkpointed> {
+        let c = checkpoint(&self.conn)?;
+        if c.frames >= self.restart_frames {
+            self.finish.store(true, Ordering::Relaxed);
+        }
+        Ok(c)
+    }
+}
+
+/// The checkpointer thread: after a commit woke it, waits `gather` for more commits, then runs
+/// one pass for all of them. When the writer is gone, a last checkpoint.
+fn checkpoints(checkpointer: &Checkpointer, committed: &mpsc::Receiver<()>, gather: Duration) {
     while committed.recv().is_ok() {
-        std::thread::sleep(wal.gather);
+        std::thread::sleep(gather);
         while committed.try_recv().is_ok() {}
-        match checkpoint(conn) {
-            Ok(c) if c.frames >= wal.restart_frames => finish.store(true, Ordering::Relaxed),
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "SQLite checkpoint failed; the next commit tries again");
-            }
+        if let Err(e) = checkpointer.pass() {
+            tracing::warn!(error = %e, "SQLite checkpoint failed; the next commit tries again");
         }
     }
-    let _ = checkpoint(conn);
+    let _ = checkpoint(&checkpointer.conn);
 }
 
 /// What the writer tells the checkpointer, and hears from it.
@@ -453,27 +465,59 @@ mod tests {
 
     use super::*;
 
-    fn writer(dir: &tempfile::TempDir) -> (SqliteWriter, std::path::PathBuf) {
-        writer_with(
-            dir,
-            WalPolicy {
-                gather: CHECKPOINT_GATHER,
-                restart_frames: WAL_RESTART_FRAMES,
-            },
-        )
-    }
-
-    fn writer_with(dir: &tempfile::TempDir, wal: WalPolicy) -> (SqliteWriter, std::path::PathBuf) {
+    /// A table `t (x)` in `dir`.
+    fn database(dir: &tempfile::TempDir) -> std::path::PathBuf {
         let path = dir.path().join("w.db");
         let conn = Connection::open(&path).unwrap();
         conn.execute_batch("CREATE TABLE t (x INTEGER PRIMARY KEY)")
             .unwrap();
-        drop(conn);
-        let key = audit::AuditKey::from_bytes(&[7; 32]).unwrap();
-        (
-            SqliteWriter::start_with(&path, Duration::from_secs(5), key, wal).unwrap(),
-            path,
+        path
+    }
+
+    fn key() -> audit::AuditKey {
+        audit::AuditKey::from_bytes(&[7; 32]).unwrap()
+    }
+
+    /// A writer as the store starts it, with its checkpointer thread.
+    fn writer(dir: &tempfile::TempDir) -> (SqliteWriter, std::path::PathBuf) {
+        let path = database(dir);
+        let writer = SqliteWriter::start(&path, Duration::from_secs(5), key()).unwrap();
+        (writer, path)
+    }
+
+    /// A writer whose checkpointer the test runs by hand, and the commits' wake-ups for it.
+    struct Manual {
+        writer: SqliteWriter,
+        path: std::path::PathBuf,
+        checkpointer: Checkpointer,
+        wakeups: mpsc::Receiver<()>,
+    }
+
+    fn manual(dir: &tempfile::TempDir, restart_frames: i64) -> Manual {
+        let path = database(dir);
+        let (writer, checkpointer, wakeups) = SqliteWriter::start_without_checkpointer(
+            &path,
+            Duration::from_secs(5),
+            key(),
+            restart_frames,
         )
+        .unwrap();
+        Manual {
+            writer,
+            path,
+            checkpointer,
+            wakeups,
+        }
+    }
+
+    fn file_len(path: &Path) -> u64 {
+        std::fs::metadata(path).unwrap().len()
+    }
+
+    fn wal_len(path: &Path) -> u64 {
+        let mut wal = path.to_owned().into_os_string();
+        wal.push("-wal");
+        file_len(Path::new(&wal))
     }
 
     fn insert(st: &mut State, x: i64) -> Result<()> {
@@ -562,47 +606,42 @@ mod tests {
         assert!(rows.contains(&1) && rows.contains(&4) && !rows.contains(&2));
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[tokio::test]
     async fn when_the_commit_fails_every_caller_of_the_batch_gets_the_error() {
         let dir = tempfile::tempdir().unwrap();
         let (writer, path) = writer(&dir);
         writer
             .call("setup", |st| {
-                exec(
-                    &st.conn,
+                sql(
+                    st,
                     "CREATE TABLE c (y INTEGER PRIMARY KEY, \
                      x INTEGER REFERENCES t (x) DEFERRABLE INITIALLY DEFERRED)",
-                    &[],
                 )
-                .map(|_| ())
-                .map_err(|e| Error::from_sqlite("create", e))
             })
             .await
             .unwrap();
-        let writer = Arc::new(writer);
-        // The first call holds the thread while the others queue up behind it, so all three
-        // share one transaction; the dangling reference only fails at COMMIT.
-        let slow = {
-            let writer = Arc::clone(&writer);
-            tokio::spawn(async move {
-                writer
-                    .call("slow", |st| {
-                        std::thread::sleep(Duration::from_millis(200));
-                        insert(st, 10)
-                    })
-                    .await
-            })
-        };
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let dangling = writer.call("dangling", |st| {
-            exec(&st.conn, "INSERT INTO c (y, x) VALUES (1, 999)", &[])
-                .map(|_| ())
-                .map_err(|e| Error::from_sqlite("insert c", e))
-        });
-        let other = writer.call("other", |st| insert(st, 11));
-        let (dangling, other) = tokio::join!(dangling, other);
-        let slow = slow.await.unwrap();
-        for (name, result) in [("slow", slow), ("dangling", dangling), ("other", other)] {
+        // The first call holds the writer thread, inside its batch, until the other two are in
+        // the queue behind it: all three share one transaction, and the dangling reference
+        // only fails at COMMIT.
+        let (running_tx, running_rx) = tokio::sync::oneshot::channel::<()>();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let mut first = Box::pin(writer.call("first", move |st| {
+            let _ = running_tx.send(());
+            let _ = release_rx.recv();
+            insert(st, 10)
+        }));
+        // A call is in the queue once polled: `call` sends before it awaits the answer.
+        assert!(futures::poll!(&mut first).is_pending());
+        running_rx.await.unwrap();
+        let mut dangling = Box::pin(writer.call("dangling", |st| {
+            sql(st, "INSERT INTO c (y, x) VALUES (1, 999)")
+        }));
+        let mut other = Box::pin(writer.call("other", |st| insert(st, 11)));
+        assert!(futures::poll!(&mut dangling).is_pending());
+        assert!(futures::poll!(&mut other).is_pending());
+        release_tx.send(()).unwrap();
+        let (first, dangling, other) = tokio::join!(first, dangling, other);
+        for (name, result) in [("first", first), ("dangling", dangling), ("other", other)] {
             assert!(
                 matches!(&result, Err(Error::Sqlite { op: "commit", .. })),
                 "{name}: {result:?}"
@@ -616,68 +655,167 @@ mod tests {
     #[tokio::test]
     async fn committed_pages_reach_the_database_file_without_the_writer_checkpointing() {
         let dir = tempfile::tempdir().unwrap();
-        let (writer, path) = writer(&dir);
-        writer
+        let m = manual(&dir, WAL_RESTART_FRAMES);
+        m.writer
             .call("setup", |st| sql(st, "CREATE TABLE big (b BLOB)"))
             .await
             .unwrap();
-        let before = std::fs::metadata(&path).unwrap().len();
-        for _ in 0..64 {
-            writer.call("blob", insert_blob).await.unwrap();
+        let before = file_len(&m.path);
+        // 5 MiB: more than the 1,000 pages at which SQLite would checkpoint inside a commit.
+        for _ in 0..160 {
+            m.writer.call("blob", insert_blob).await.unwrap();
         }
-        // 2 MiB committed: the writer never checkpoints (wal_autocheckpoint = 0), so the
-        // database file only grows if the checkpointer thread copies the WAL into it.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let now = std::fs::metadata(&path).unwrap().len();
-            if now >= before + 2 * 1024 * 1024 {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "database file still {now} bytes (was {before}): no checkpoint ran"
+        assert_eq!(
+            file_len(&m.path),
+            before,
+            "the writer copied the WAL into the database file itself"
+        );
+        let pass = m.checkpointer.pass().unwrap();
+        assert!(
+            pass.complete,
+            "nothing else was writing: {} frames",
+            pass.frames
+        );
+        let after = file_len(&m.path);
+        assert!(
+            after >= before + 5 * 1024 * 1024,
+            "database file {after} bytes (was {before}) after the checkpointer's pass"
+        );
+    }
+
+    #[tokio::test]
+    async fn each_commit_wakes_the_checkpointer() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = manual(&dir, WAL_RESTART_FRAMES);
+        let wakeups = Arc::new(parking_lot::Mutex::new(m.wakeups));
+        for n in 0..4_i64 {
+            // Each call is a batch of its own, run after the previous batch's commit and
+            // wake-up: it takes the wake-up that commit left.
+            let wakeups = Arc::clone(&wakeups);
+            let woken = m
+                .writer
+                .call("insert", move |st| {
+                    let woken = wakeups.lock().try_recv().is_ok();
+                    insert(st, n).map(|()| woken)
+                })
+                .await
+                .unwrap();
+            assert_eq!(
+                woken,
+                n > 0,
+                "batch {n}: a wake-up pending after the commit before"
             );
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_wal_starts_over_under_sustained_writes() {
+    #[test]
+    fn a_woken_checkpointer_checkpoints_and_asks_for_a_restart_of_a_full_wal() {
         let dir = tempfile::tempdir().unwrap();
-        // 256 frames = 1 MiB of 4 KiB pages; a checkpoint every few milliseconds, so that
-        // several run while the writes below go on.
-        let (writer, path) = writer_with(
-            &dir,
-            WalPolicy {
-                gather: Duration::from_millis(2),
-                restart_frames: 256,
-            },
+        let path = database(&dir);
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0; \
+             CREATE TABLE big (b BLOB)",
+        )
+        .unwrap();
+        for _ in 0..16 {
+            conn.execute("INSERT INTO big (b) VALUES (?1)", [vec![7_u8; 32 * 1024]])
+                .unwrap();
+        }
+        let before = file_len(&path);
+        let checkpointer = Checkpointer {
+            conn: Connection::open(&path).unwrap(),
+            finish: Arc::new(AtomicBool::new(false)),
+            restart_frames: 64,
+        };
+        let (wake, woken) = mpsc::sync_channel(1);
+        wake.send(()).unwrap();
+        drop(wake);
+        // One wake-up, then the writer is gone: one pass, then the last checkpoint.
+        checkpoints(&checkpointer, &woken, Duration::ZERO);
+        assert!(
+            checkpointer.finish.load(Ordering::Relaxed),
+            "a pass over 16 x 32 KiB of WAL must ask the writer to finish a checkpoint"
         );
+        assert!(file_len(&path) >= before + 512 * 1024);
+    }
+
+    #[tokio::test]
+    async fn the_wal_starts_over_under_sustained_writes() {
+        const RESTART_FRAMES: i64 = 64;
+        let dir = tempfile::tempdir().unwrap();
+        let m = manual(&dir, RESTART_FRAMES);
+        let finish = Arc::clone(&m.checkpointer.finish);
+        let checkpointer = Arc::new(parking_lot::Mutex::new(m.checkpointer));
+        let writer = m.writer;
         writer
             .call("setup", |st| sql(st, "CREATE TABLE big (b BLOB)"))
             .await
             .unwrap();
-        let writer = Arc::new(writer);
-        // 8 writers keep the queue busy with 24 MiB, so the checkpointer never catches up on
-        // its own.
-        let mut tasks = tokio::task::JoinSet::new();
-        for _ in 0..8 {
-            let writer = Arc::clone(&writer);
-            tasks.spawn(async move {
-                for _ in 0..96 {
-                    writer.call("blob", insert_blob).await.unwrap();
-                }
-            });
-        }
-        while let Some(done) = tasks.join_next().await {
-            done.unwrap();
-        }
-        let mut wal = path.clone().into_os_string();
-        wal.push("-wal");
-        let wal_bytes = std::fs::metadata(&wal).unwrap().len();
+        // Below the threshold a pass only copies.
+        writer.call("blob", insert_blob).await.unwrap();
+        let pass = checkpointer.lock().pass().unwrap();
+        assert!(pass.frames < RESTART_FRAMES, "{} frames", pass.frames);
         assert!(
-            wal_bytes < 12 * 1024 * 1024,
-            "the WAL grew to {wal_bytes} bytes for 24 MiB written: it never started over"
+            !finish.load(Ordering::Relaxed),
+            "asked to restart a WAL below the threshold"
+        );
+
+        let mut frames_seen = Vec::new();
+        for round in 0..6_i64 {
+            for _ in 0..16 {
+                writer.call("blob", insert_blob).await.unwrap();
+            }
+            // As under load, the checkpointer's pass runs while the writer's next batch is
+            // open: it copies what is committed, and the batch's commit adds frames after it,
+            // so its checkpoint never lets the WAL start over by itself.
+            let pass = {
+                let checkpointer = Arc::clone(&checkpointer);
+                writer
+                    .call("blob beside a checkpoint", move |st| {
+                        let pass = checkpointer
+                            .lock()
+                            .pass()
+                            .map_err(|e| Error::from_sqlite("checkpoint", e))?;
+                        insert_blob(st)?;
+                        Ok::<_, Error>(pass)
+                    })
+                    .await
+                    .unwrap()
+            };
+            assert!(
+                pass.frames >= RESTART_FRAMES,
+                "round {round}: {} frames",
+                pass.frames
+            );
+            assert!(
+                finish.load(Ordering::Relaxed),
+                "round {round}: a WAL of {} frames did not ask for a restart",
+                pass.frames
+            );
+            // The writer finishes the checkpoint between that batch and this one (its thread
+            // is sequential), so this transaction starts the WAL over.
+            writer
+                .call("row", move |st| insert(st, round))
+                .await
+                .unwrap();
+            assert!(
+                !finish.load(Ordering::Relaxed),
+                "round {round}: the writer did not finish the checkpoint between two batches"
+            );
+            frames_seen.push(pass.frames);
+        }
+        // Each pass saw one round's frames, not all rounds' so far: the WAL started over.
+        let one_round = frames_seen[0];
+        assert!(
+            frames_seen.iter().all(|&f| f < one_round * 3 / 2),
+            "WAL frames at each round's pass: {frames_seen:?}"
+        );
+        let frame_bytes = 4096 + 24;
+        let wal = wal_len(&m.path);
+        assert!(
+            wal < 2 * u64::try_from(one_round).unwrap() * frame_bytes,
+            "the WAL file grew to {wal} bytes over 6 rounds of {one_round} frames"
         );
     }
 
