@@ -137,13 +137,12 @@ impl Engine {
 
     /// One reconcile sweep: approved Orders older than the configured age with no job are
     /// enqueued. Returns how many.
-    pub async fn reconcile_once(&self) -> Result<usize, String> {
+    pub async fn reconcile_once(&self) -> crate::Result<usize> {
         let orders = self
             .ports
             .orders
             .list_approved_orders(self.config.reconcile_min_age)
-            .await
-            .map_err(|e| format!("reconcile: listing approved orders: {e}"))?;
+            .await?;
         let mut enqueued = 0;
         for order in orders {
             let Some(customer) = order
@@ -160,10 +159,7 @@ impl Engine {
                 Outcome::Success,
             )
             .order_id(order.id.to_string())
-            .map_err(|e| {
-                crate::metrics::audit_failed();
-                format!("reconcile: audit record: {e}")
-            })?;
+            .inspect_err(|_| crate::metrics::audit_failed())?;
             let created = self
                 .ports
                 .store
@@ -179,10 +175,7 @@ impl Engine {
                     Utc::now(),
                 )
                 .await
-                .map_err(|e| {
-                    crate::metrics::store_failed(&e);
-                    format!("reconcile: enqueue: {e}")
-                })?;
+                .inspect_err(crate::metrics::store_failed)?;
             if created {
                 enqueued += 1;
                 metrics::counter!(crate::metrics::RECONCILE_ENQUEUED_TOTAL).increment(1);
@@ -196,7 +189,7 @@ impl Engine {
     }
 
     /// Rotates the data key when it is older than `ENCRYPTION_KEY_ROTATION_DAYS`.
-    pub async fn rotate_keys_once(&self) -> provisioner_store::Result<bool> {
+    pub async fn rotate_keys_once(&self) -> crate::Result<bool> {
         // The store records `key_rotated` in the rotation's own transaction.
         let rotated = self
             .ports

@@ -13,6 +13,7 @@
 mod alerts;
 mod config;
 mod engine;
+mod error;
 pub mod intake;
 mod job;
 pub mod metrics;
@@ -25,6 +26,7 @@ pub use alerts::Alerts;
 pub use alerts::MockAlerts;
 pub use config::{EngineConfig, OrderStatuses, RetryPolicy};
 pub use engine::{Engine, EngineHandle};
+pub use error::{Error, Result};
 pub use job::{JobOutcome, JobRunner, Ports};
 pub use reason::StopReason;
 pub use sanitize::{MAX_REASON_CHARS, sanitize_reason};
