@@ -44,7 +44,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use provisioner_core::intake::{EventFields, IntakeItem, IntakeResult};
-use provisioner_core::{Engine, EngineConfig, EngineHandle, JobOutcome, Ports};
+use provisioner_core::{
+    Engine, EngineBuilder, EngineConfig, EngineHandle, JobOutcome, RunningEngine,
+};
 use provisioner_store::{SqlStore, Store, StoreOptions};
 use sandbox::salesforce::{
     SalesforceConfig, SalesforceSandbox, SfOrder, SfOrderItem, salesforce_id, test_keys,
@@ -414,7 +416,7 @@ impl Stack {
         };
         let timing = Arc::new(Timing::default());
         let (tx, outcomes) = mpsc::unbounded_channel();
-        let engine = rt.block_on(async {
+        let builder = rt.block_on(async {
             let tokens = Arc::new(
                 sf_auth::JwtBearer::new(sf_auth::JwtBearerConfig::new(
                     sf.base_url(),
@@ -447,28 +449,29 @@ impl Stack {
                 reconcile_interval: Duration::from_secs(24 * 3600),
                 ..EngineConfig::default()
             };
-            let ports = Ports {
-                orders: Arc::new(TimedOrders {
+            EngineBuilder::new(
+                Arc::new(TimedOrders {
                     inner: rest,
                     timing: Arc::clone(&timing),
                     activated: config.statuses.provisioned.clone(),
                 }),
-                whmcs: Arc::new(TimedWhmcs {
+                Arc::new(TimedWhmcs {
                     inner: whmcs_api,
                     timing: Arc::clone(&timing),
                 }),
-                store: Arc::clone(&store) as Arc<dyn Store>,
-                audit: Arc::clone(&store) as Arc<dyn audit::AuditLog>,
-                alerts: Arc::new(security::SecurityMonitor::new(
+                Arc::clone(&store) as Arc<dyn Store>,
+                Arc::clone(&store) as Arc<dyn audit::AuditLog>,
+                Arc::new(security::SecurityMonitor::new(
                     Arc::new(security::LogSink),
                     security::Thresholds::default(),
                 )),
-            };
-            Engine::new(ports, config, None).with_outcomes(tx)
+            )
+            .config(config)
+            .outcomes(tx)
         });
-        let handle = {
+        let RunningEngine { engine, handle, .. } = {
             let _guard = rt.enter();
-            engine.start()
+            builder.start()
         };
         // Let the engine's tasks subscribe to its shutdown signal before anything can send it:
         // a shutdown sent before they first run is never seen by the reconcile and key-rotation

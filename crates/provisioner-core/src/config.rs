@@ -1,6 +1,16 @@
 //! What the engine is told: picklist values, WHMCS order options, retry and pacing policy.
 
+use std::num::NonZeroU32;
 use std::time::Duration;
+
+/// The default of `CUSTOMER_PROVISION_RATE`: 30 provisionings an hour per customer, burst 30.
+pub const DEFAULT_PROVISION_RATE: security::Rate = security::Rate::new(
+    match NonZeroU32::new(30) {
+        Some(count) => count,
+        None => panic!("30 is not zero"),
+    },
+    security::Period::Hour,
+);
 
 /// The Order `Status` picklist values the engine reads and writes (`SF_ORDER_STATUS_*`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,6 +82,11 @@ impl RetryPolicy {
 }
 
 /// Everything the engine needs besides its ports.
+///
+/// [`EngineConfig::default`] holds the defaults of the settings DESIGN §5 names
+/// (`SF_PROVISION_EVENT_CHANNEL`, `SF_ORDER_STATUS_*`, `WHMCS_PAYMENT_METHOD`, `WHMCS_SEND_EMAIL`,
+/// `WHMCS_NO_INVOICE`, `JOB_LEASE`, `ENCRYPTION_KEY_ROTATION_DAYS`, `PROVISIONER_CONCURRENCY`,
+/// `RECONCILE_INTERVAL`); the binary's configuration takes its defaults from here.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
     /// Picklist values.
@@ -110,7 +125,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             statuses: OrderStatuses::default(),
-            topic: "/event/OrderProvisionRequested__e".into(),
+            topic: sf_pubsub::DEFAULT_TOPIC.into(),
             payment_method: "banktransfer".into(),
             order_ref_field_id: None,
             send_email: true,

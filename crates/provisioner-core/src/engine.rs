@@ -33,8 +33,9 @@ pub struct EngineHandle {
 }
 
 impl Engine {
-    /// An engine over `ports`, with an optional per-customer provisioning rate.
-    pub fn new(
+    /// An engine over `ports`, with an optional per-customer provisioning rate. Outside this
+    /// crate, engines are made by [`crate::EngineBuilder`].
+    pub(crate) fn new(
         ports: Ports,
         config: EngineConfig,
         rate: Option<Arc<security::KeyedRateLimiter<String>>>,
@@ -53,7 +54,7 @@ impl Engine {
     }
 
     /// Sends every job outcome to `tx` (progress display, tests).
-    pub fn with_outcomes(
+    pub(crate) fn with_outcomes(
         mut self,
         tx: tokio::sync::mpsc::UnboundedSender<(String, JobOutcome)>,
     ) -> Self {
@@ -87,15 +88,6 @@ impl Engine {
     /// The lease owner name of this engine.
     pub fn owner(&self) -> &str {
         &self.owner
-    }
-
-    /// Stores one subscription item and wakes a worker when it created a job.
-    pub async fn intake(&self, item: IntakeItem) -> provisioner_store::Result<IntakeResult> {
-        let mut results = self.intake_batch(vec![item]).await?;
-        results.pop().ok_or(provisioner_store::Error::Corrupt {
-            what: "intake",
-            reason: "no result for the item".to_owned(),
-        })
     }
 
     /// Stores a batch of subscription items (what one Pub/Sub fetch delivered) in their

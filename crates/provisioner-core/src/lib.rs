@@ -9,8 +9,13 @@
 //! - [`intake`] turns subscription items into inbox rows, dead letters and checkpoints.
 //! - [`Engine`] runs the workers, the reconcile sweep and key rotation, and shuts down
 //!   gracefully.
+//! - [`EngineBuilder`] is the one place an engine is wired from its ports and configuration
+//!   (the service, the demo, the benches and the tests).
+//! - [`EngineConfig::default`] and [`DEFAULT_PROVISION_RATE`] are the defaults of DESIGN §5's
+//!   engine settings; the binary's configuration takes its defaults from them.
 
 mod alerts;
+mod builder;
 mod config;
 mod engine;
 mod error;
@@ -24,7 +29,8 @@ pub mod subscriber;
 pub use alerts::Alerts;
 #[cfg(any(test, feature = "mock"))]
 pub use alerts::MockAlerts;
-pub use config::{EngineConfig, OrderStatuses, RetryPolicy};
+pub use builder::{EngineBuilder, RunningEngine};
+pub use config::{DEFAULT_PROVISION_RATE, EngineConfig, OrderStatuses, RetryPolicy};
 pub use engine::{Engine, EngineHandle};
 pub use error::{Error, Result};
 pub use job::{JobOutcome, JobRunner, Ports};

@@ -40,7 +40,7 @@ pub struct SubscriberConfig {
 impl Default for SubscriberConfig {
     fn default() -> Self {
         SubscriberConfig {
-            topic: "/event/OrderProvisionRequested__e".into(),
+            topic: sf_pubsub::DEFAULT_TOPIC.into(),
             start: ReplayStart::Latest,
             fallback: ReplayStart::Earliest,
             batch: 100,

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use provisioner_core::{Engine, EngineConfig, Ports, RetryPolicy};
+use provisioner_core::{Engine, EngineBuilder, EngineConfig, RetryPolicy};
 use provisioner_store::{SqlStore, Store, StoreOptions};
 use sandbox::pubsub::{PubSubConfig, PubSubSandbox};
 use sandbox::salesforce::{
@@ -265,13 +265,6 @@ pub(crate) async fn engine_at(
         Arc::new(security::LogSink),
         security::Thresholds::default(),
     );
-    let ports = Ports {
-        orders: Arc::clone(rest),
-        whmcs: Arc::clone(whmcs_api),
-        store: Arc::clone(&store) as Arc<dyn Store>,
-        audit: Arc::clone(&store) as Arc<dyn audit::AuditLog>,
-        alerts: Arc::new(monitor),
-    };
     let config = EngineConfig {
         order_ref_field_id: Some(REF_FIELD),
         concurrency: 16,
@@ -287,7 +280,16 @@ pub(crate) async fn engine_at(
         poll_interval: Duration::from_millis(20),
         ..EngineConfig::default()
     };
-    (store, Engine::new(ports, config, None))
+    let engine = EngineBuilder::new(
+        Arc::clone(rest),
+        Arc::clone(whmcs_api),
+        Arc::clone(&store) as Arc<dyn Store>,
+        Arc::clone(&store) as Arc<dyn audit::AuditLog>,
+        Arc::new(monitor),
+    )
+    .config(config)
+    .build();
+    (store, engine)
 }
 
 impl Stack {
