@@ -49,14 +49,19 @@ use provisioner_core::{
 };
 use provisioner_store::{SqlStore, Store, StoreOptions};
 use sandbox::salesforce::{
-    SalesforceConfig, SalesforceSandbox, SfOrder, SfOrderItem, salesforce_id, test_keys,
+    SalesforceConfig, SalesforceSandbox, SfOrder, SfOrderItem, salesforce_id,
 };
 use sandbox::whmcs::{Client, Fault, Product, WhmcsSandbox};
-use secrecy::SecretString;
+use test_support::pg::PgTempDb;
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
 
-const REF_FIELD: u64 = 1;
+/// The integration tests' stack: the sandbox clients are made the same way here.
+#[allow(dead_code)]
+#[path = "../tests/it/stack.rs"]
+mod stack;
+
+use stack::REF_FIELD;
 /// Events per intake batch at most: the subscriber's credit per fetch (`SF_PUBSUB_BATCH`).
 const FETCH_CREDIT: usize = 100;
 const SANDBOX_THREAD: &str = "sandbox";
@@ -342,29 +347,8 @@ struct Stack {
     handle: Option<EngineHandle>,
     outcomes: mpsc::UnboundedReceiver<(String, JobOutcome)>,
     next: AtomicU64,
-    pg: Option<String>,
+    pg: Option<PgTempDb>,
     _dir: tempfile::TempDir,
-}
-
-fn pg_admin_url() -> String {
-    std::env::var("DATABASE_URL_TEST")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
-}
-
-fn pg_url(name: &str) -> String {
-    let admin = pg_admin_url();
-    match admin.rsplit_once('/') {
-        Some((base, _)) => format!("{base}/{name}"),
-        None => format!("{admin}/{name}"),
-    }
-}
-
-async fn pg_exec(sql: &str) -> Result<(), sqlx::Error> {
-    use sqlx::Connection as _;
-    sqlx::any::install_default_drivers();
-    let mut admin = sqlx::AnyConnection::connect(&pg_admin_url()).await?;
-    sqlx::query(sql).execute(&mut admin).await?;
-    admin.close().await
 }
 
 impl Stack {
@@ -401,42 +385,27 @@ impl Stack {
         let dir = tempfile::tempdir().unwrap();
         let pg = match s.db {
             Db::Sqlite => None,
-            Db::Postgres => {
-                let name = format!("pp_bench_{}", uuid::Uuid::new_v4().simple());
-                if let Err(e) = rt.block_on(pg_exec(&format!("CREATE DATABASE {name}"))) {
+            Db::Postgres => match rt.block_on(PgTempDb::try_create()) {
+                Ok(db) => Some(db),
+                Err(e) => {
                     println!("{}: skipped, PostgreSQL unreachable: {e}", s.name);
                     return None;
                 }
-                Some(name)
-            }
+            },
         };
         let url = match &pg {
-            Some(name) => pg_url(name),
+            Some(db) => db.url(),
             None => format!("sqlite://{}/bench.db", dir.path().display()),
         };
         let timing = Arc::new(Timing::default());
         let (tx, outcomes) = mpsc::unbounded_channel();
         let builder = rt.block_on(async {
-            let tokens = Arc::new(
-                sf_auth::JwtBearer::new(sf_auth::JwtBearerConfig::new(
-                    sf.base_url(),
-                    sf.config().client_id.clone(),
-                    sf.config().usernames[0].clone(),
-                    SecretString::from(test_keys::PRIVATE_KEY_PEM.to_owned()),
-                ))
-                .unwrap(),
-            );
+            let tokens = stack::sf_tokens(&sf);
             let rest: Arc<dyn sf_rest::OrderApi> = Arc::new(
                 sf_rest::RestOrderApi::new(tokens, sf_rest::RestConfig::default()).unwrap(),
             );
-            let whmcs_api: Arc<dyn whmcs_client::WhmcsApi> = Arc::new(
-                whmcs_client::HttpWhmcsClient::new(whmcs_client::WhmcsConfig::new(
-                    whmcs.api_url(),
-                    SecretString::from(whmcs.config().identifier.clone()),
-                    SecretString::from(whmcs.config().secret.clone()),
-                ))
-                .unwrap(),
-            );
+            let whmcs_api: Arc<dyn whmcs_client::WhmcsApi> =
+                Arc::new(whmcs_client::HttpWhmcsClient::new(stack::whmcs_config(&whmcs)).unwrap());
             let master = field_crypto::MasterKey::from_config(MASTER_KEY).unwrap();
             let store = Arc::new(
                 SqlStore::open(&url, &master, StoreOptions::default())
@@ -633,11 +602,8 @@ impl Stack {
             ..
         } = self;
         drop(engine);
-        if let Some(name) = pg {
-            rt.block_on(pg_exec(&format!(
-                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-            )))
-            .unwrap();
+        if let Some(db) = pg {
+            rt.block_on(db.close());
         }
         drop(rt);
         drop((sf, whmcs));

@@ -3,16 +3,13 @@
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
-
 use criterion::{Criterion, criterion_group, criterion_main};
-use sandbox::salesforce::{
-    SalesforceConfig, SalesforceSandbox, SfOrder, SfOrderItem, salesforce_id, test_keys,
-};
-use secrecy::SecretString;
-use serde_json::json;
-use sf_auth::{JwtBearer, JwtBearerConfig};
-use sf_rest::{OrderApi, OrderId, OrderUpdate, RestConfig, RestOrderApi};
+use sf_rest::{OrderApi, OrderId, OrderUpdate};
+
+/// The integration tests' world: the sandbox, an approved Order with two items, a client.
+#[allow(dead_code)]
+#[path = "../tests/it/support.rs"]
+mod support;
 
 fn bench(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -20,42 +17,19 @@ fn bench(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let (sf, api, order_id) = runtime.block_on(async {
-        let sf = SalesforceSandbox::start(SalesforceConfig::default())
-            .await
-            .unwrap();
-        let order_id = salesforce_id("801", 1);
-        sf.insert_order(SfOrder::new(order_id.clone(), "Approved"));
-        for n in 0..2 {
-            sf.insert_order_item(SfOrderItem {
-                id: salesforce_id("802", n),
-                order_id: order_id.clone(),
-                quantity: 2.0,
-                whmcs_product_id: json!(5.0),
-                billing_cycle: Some("monthly".into()),
-                config_options: Some(r#"{"7":"pw"}"#.into()),
-            });
-        }
-        let tokens = Arc::new(
-            JwtBearer::new(JwtBearerConfig::new(
-                sf.base_url(),
-                sf.config().client_id.clone(),
-                "integration@example.com",
-                SecretString::from(test_keys::PRIVATE_KEY_PEM),
-            ))
-            .unwrap(),
-        );
-        let api = RestOrderApi::new(tokens, RestConfig::default()).unwrap();
-        api.fetch_order(&order_id).await.unwrap();
-        (sf, api, order_id)
+    let w = runtime.block_on(async {
+        let w = support::world().await;
+        w.api.fetch_order(&w.order_id).await.unwrap();
+        w
     });
+    let (api, order_id) = (&w.api, &w.order_id);
 
     c.bench_function("order_id_parse_18", |b| {
-        b.iter(|| OrderId::parse(std::hint::black_box(&order_id)).unwrap())
+        b.iter(|| OrderId::parse(std::hint::black_box(order_id)).unwrap())
     });
     c.bench_function("fetch_order_loopback", |b| {
         b.to_async(&runtime)
-            .iter(|| async { api.fetch_order(&order_id).await.unwrap() })
+            .iter(|| async { api.fetch_order(order_id).await.unwrap() })
     });
     let update = OrderUpdate {
         status: Some("Provisioning".into()),
@@ -63,9 +37,9 @@ fn bench(c: &mut Criterion) {
     };
     c.bench_function("update_order_loopback", |b| {
         b.to_async(&runtime)
-            .iter(|| async { api.update_order(&order_id, &update).await.unwrap() })
+            .iter(|| async { api.update_order(order_id, &update).await.unwrap() })
     });
-    drop(sf);
+    drop(w);
 }
 
 criterion_group!(benches, bench);

@@ -8,8 +8,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::e2e::sigterm;
-use crate::support::{World, audit_verify_clean, check_invariants, free_port, spawn_logged};
+use test_support::process::{free_port, sigterm};
+
+use crate::support::{World, audit_verify_clean, check_invariants, spawn_logged};
 
 /// The peak resident set the provisioner may reach while draining, in KiB (128 MiB).
 const RSS_LIMIT_KIB: u64 = 128 * 1024;

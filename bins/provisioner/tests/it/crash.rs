@@ -6,9 +6,11 @@ use std::time::{Duration, Instant};
 
 use sandbox::whmcs::Fault;
 
-use crate::e2e::{sigterm, wait_all_activated};
+use test_support::pg::PgTempDb;
+use test_support::process::{free_port, sigkill, sigterm};
+
 use crate::support::{
-    Logs, PgDb, World, audit_verify_clean, check_invariants, free_port, sigkill, spawn,
+    Logs, World, activated, audit_verify_clean, check_invariants, spawn, wait_all_activated,
     wait_healthy,
 };
 
@@ -28,21 +30,6 @@ impl SplitMix {
     fn between(&mut self, lo: u64, hi: u64) -> u64 {
         lo + self.next() % (hi - lo + 1)
     }
-}
-
-/// How many seeded Orders are Activated in the Salesforce sandbox.
-fn activated(world: &World) -> usize {
-    world
-        .seeded
-        .events
-        .iter()
-        .filter(|e| {
-            world
-                .sf
-                .order(&e.order_id)
-                .is_some_and(|o| o.status == "Activated")
-        })
-        .count()
 }
 
 /// What `provisioner run` on SQLite logs when it takes over its dead predecessor's jobs.
@@ -154,7 +141,7 @@ async fn subscriber_holder(logs: &[&Logs], limit: Duration) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_instances_on_postgres_fail_over_the_subscriber_without_duplicates() {
     let began = Instant::now();
-    let db = PgDb::create().await;
+    let db = PgTempDb::create().await;
     let world = World::start(30, 10).await;
     world
         .whmcs
@@ -234,5 +221,5 @@ async fn two_instances_on_postgres_fail_over_the_subscriber_without_duplicates()
          subscriber after {failover:?}; all 300 activated {all_done:?} after the kill; {:?} in all",
         began.elapsed()
     );
-    db.drop_db().await;
+    db.close().await;
 }

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use sandbox::salesforce::{FaultKind, Route, Trigger};
 
-use crate::support::{World, free_port, spawn, spawn_logged, wait_healthy};
+use test_support::process::free_port;
+
+use crate::support::{World, spawn, spawn_logged, wait_healthy};
 
 async fn provisioner(
     args: &[&str],
@@ -70,7 +72,7 @@ async fn restoring_an_old_backup_creates_no_duplicate_and_converges() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    crate::e2e::sigterm(&child);
+    test_support::process::sigterm(&child);
     let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
         .await
         .unwrap()
@@ -95,8 +97,8 @@ async fn restoring_an_old_backup_creates_no_duplicate_and_converges() {
     // Restart: every event replays from EARLIEST; each order is found in WHMCS by its ref.
     let mut child = spawn_logged(&["run"], &env, &log);
     wait_healthy(port, Duration::from_secs(30)).await;
-    crate::e2e::wait_all_activated(&world, Duration::from_secs(90)).await;
-    crate::e2e::sigterm(&child);
+    crate::support::wait_all_activated(&world, Duration::from_secs(90)).await;
+    test_support::process::sigterm(&child);
     let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
         .await
         .unwrap()

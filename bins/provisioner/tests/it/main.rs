@@ -6,7 +6,12 @@
 mod support;
 
 mod backlog;
+mod config;
 mod crash;
 mod dr;
-mod e2e;
 mod events;
+mod logs;
+mod metrics;
+mod processes;
+mod shutdown;
+mod status_api;

@@ -10,6 +10,7 @@ use sandbox::pubsub::{PubSubConfig, PubSubSandbox};
 use sandbox::salesforce::{SalesforceConfig, SalesforceSandbox, test_keys};
 use sandbox::seed::{ConfigOptions, Plan, Seeded};
 use sandbox::whmcs::WhmcsSandbox;
+use test_support::process::Captured;
 
 /// The provisioner binary under test.
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_provisioner");
@@ -19,6 +20,12 @@ pub(crate) const REF_FIELD: u64 = 1;
 
 /// A known root password in every OrderItem's `Config_Options__c` (log-canary tests).
 pub(crate) const ROOT_PASSWORD: &str = "canary-root-pw-7f3a91";
+
+/// The token the portal presents in every test here.
+pub(crate) const PORTAL_TOKEN: &str = "portal-canary-token-9c41e2";
+
+/// The master key of every test here (a canary too).
+pub(crate) const MASTER_KEY: &str = "base64:q6v4cT9JkA0x3Fz1lVZqM2fY7p5dE8rW1nB6cH4sK0o=";
 
 /// Three sandboxes sharing one seeded org.
 pub(crate) struct World {
@@ -121,25 +128,38 @@ impl World {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (bound, then released).
-pub(crate) fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-/// Starts `provisioner <args>` with exactly `env` (nothing inherited but PATH), stdout and
-/// stderr piped; the child is killed when dropped.
-pub(crate) fn spawn(args: &[&str], env: &BTreeMap<String, String>) -> tokio::process::Child {
+/// `provisioner <args>` with exactly `env` (nothing inherited but PATH), killed when dropped.
+fn command(args: &[&str], env: &BTreeMap<String, String>) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(BIN);
     cmd.args(args)
         .env_clear()
         .envs(env)
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .stdin(Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Starts `provisioner <args>` with exactly `env` (nothing inherited but PATH), stdout and
+/// stderr piped; the child is killed when dropped.
+pub(crate) fn spawn(args: &[&str], env: &BTreeMap<String, String>) -> tokio::process::Child {
+    command(args, env)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    cmd.spawn().unwrap()
+        .spawn()
+        .unwrap()
+}
+
+/// `provisioner <args>` as a [`Captured`] child.
+pub(crate) trait CapturedProvisioner {
+    /// `provisioner <args>` with exactly `env`; `name` labels its panics.
+    fn provisioner(name: &'static str, args: &[&str], env: &BTreeMap<String, String>) -> Self;
+}
+
+impl CapturedProvisioner for Captured {
+    fn provisioner(name: &'static str, args: &[&str], env: &BTreeMap<String, String>) -> Self {
+        Captured::new(name, spawn(args, env))
+    }
 }
 
 /// Waits until `GET http://127.0.0.1:port/healthz` answers 200, or panics after `limit`.
@@ -163,18 +183,36 @@ pub(crate) async fn wait_healthy(port: u16, limit: Duration) {
     }
 }
 
-/// Sends SIGKILL to the child and reaps it.
-pub(crate) async fn sigkill(child: &mut tokio::process::Child) {
-    let pid = child.id().expect("child still running");
-    let status = std::process::Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill -KILL {pid} failed");
-    tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .expect("a SIGKILLed child is reaped within 10 s")
-        .unwrap();
+/// Waits until every seeded Order is Activated in the Salesforce sandbox.
+pub(crate) async fn wait_all_activated(world: &World, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let done = activated(world);
+        if done == world.seeded.events.len() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {done}/{} Orders activated",
+            world.seeded.events.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// How many seeded Orders are Activated in the Salesforce sandbox.
+pub(crate) fn activated(world: &World) -> usize {
+    world
+        .seeded
+        .events
+        .iter()
+        .filter(|e| {
+            world
+                .sf
+                .order(&e.order_id)
+                .is_some_and(|o| o.status == "Activated")
+        })
+        .count()
 }
 
 /// The lines a child writes to stdout and stderr, collected in the background so that the
@@ -214,63 +252,6 @@ impl Logs {
     }
 }
 
-/// A fresh PostgreSQL database on the local server (`DATABASE_URL_TEST` names the admin
-/// database, default `postgres://postgres@127.0.0.1:5432/test`); call [`PgDb::drop_db`] at the
-/// end.
-pub(crate) struct PgDb {
-    name: String,
-}
-
-fn pg_admin_url() -> String {
-    std::env::var("DATABASE_URL_TEST")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
-}
-
-impl PgDb {
-    /// Creates `pp_test_<uuid>`.
-    pub(crate) async fn create() -> PgDb {
-        use sqlx::Connection as _;
-        sqlx::any::install_default_drivers();
-        let name = format!("pp_test_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = sqlx::AnyConnection::connect(&pg_admin_url())
-            .await
-            .unwrap_or_else(|e| {
-                panic!(
-                    "PostgreSQL is required (set DATABASE_URL_TEST or start the local server): {e}"
-                )
-            });
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-        admin.close().await.unwrap();
-        PgDb { name }
-    }
-
-    /// The database's URL, for `DATABASE_URL`.
-    pub(crate) fn url(&self) -> String {
-        let admin = pg_admin_url();
-        match admin.rsplit_once('/') {
-            Some((base, _)) => format!("{base}/{}", self.name),
-            None => format!("{admin}/{}", self.name),
-        }
-    }
-
-    /// Drops the database, closing whatever connections remain.
-    pub(crate) async fn drop_db(self) {
-        use sqlx::Connection as _;
-        let mut admin = sqlx::AnyConnection::connect(&pg_admin_url()).await.unwrap();
-        sqlx::query(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        ))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-        admin.close().await.unwrap();
-    }
-}
-
 /// Runs `provisioner <args>` to completion with `env` and returns its exit code and output.
 pub(crate) async fn run_to_end(
     args: &[&str],
@@ -303,16 +284,11 @@ pub(crate) fn spawn_logged(
         .open(log)
         .unwrap();
     let err = file.try_clone().unwrap();
-    let mut cmd = tokio::process::Command::new(BIN);
-    cmd.args(args)
-        .env_clear()
-        .envs(env)
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .stdin(Stdio::null())
+    command(args, env)
         .stdout(Stdio::from(file))
         .stderr(Stdio::from(err))
-        .kill_on_drop(true);
-    cmd.spawn().unwrap()
+        .spawn()
+        .unwrap()
 }
 
 /// The invariants of done-when 2: one WHMCS order per Salesforce Order (by the external ref on

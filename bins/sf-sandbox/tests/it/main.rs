@@ -4,18 +4,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Stdio;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use secrecy::SecretString;
-use sf_auth::{JwtBearer, JwtBearerConfig, TokenSource};
+use sf_auth::TokenSource;
 use sf_pubsub::{
     ClientConfig, Message, OrderProvisionRequested, PubSubClient, ReplayStart, SubscribeConfig,
 };
 use sf_rest::{OrderApi as _, RestConfig, RestOrderApi, RetryPolicy};
-use tokio::io::{AsyncBufReadExt as _, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
+use test_support::sf_sandbox::SfSandbox;
+use tokio::process::Command;
 use tokio::time::timeout;
 use whmcs_client::{
     CustomFields, HttpWhmcsClient, NewOrder, OrderLine, WhmcsApi as _, WhmcsConfig,
@@ -26,139 +25,50 @@ const BIN: &str = env!("CARGO_BIN_EXE_sf-sandbox");
 /// Bound on anything the sandbox does; reached only when something hangs.
 const PATIENCE: Duration = Duration::from_secs(60);
 
-/// The running binary. `kill_on_drop` makes dropping it (a failed assertion included) kill
-/// the process, so no test leaves one behind.
-struct Sandbox {
-    child: Child,
-    stdout: Lines<BufReader<ChildStdout>>,
-    lines: Vec<String>,
-    env: BTreeMap<String, String>,
+/// Starts the binary with `args` and an empty environment, and reads its announcement. The
+/// child is killed when dropped (a failed assertion included), so no test leaves one behind.
+async fn start(args: &[&str]) -> SfSandbox {
+    SfSandbox::start(Path::new(BIN), args, PATIENCE).await
 }
 
-impl Sandbox {
-    /// Starts the binary with `args` and an empty environment, and reads its announcement.
-    async fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(BIN)
-            .args(args)
-            .env_clear()
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut sandbox = Sandbox {
-            child,
-            stdout,
-            lines: Vec::new(),
-            env: BTreeMap::new(),
-        };
-        timeout(PATIENCE, sandbox.read_until_ready())
-            .await
-            .expect("no `# ready` line in time");
-        sandbox
-    }
-
-    async fn read_until_ready(&mut self) {
-        loop {
-            let line = self
-                .stdout
-                .next_line()
-                .await
-                .unwrap()
-                .unwrap_or_else(|| panic!("stdout ended before `# ready`: {:?}", self.lines));
-            self.lines.push(line.clone());
-            if line == "# ready" {
-                return;
-            }
-            let (key, value) = line
-                .split_once('=')
-                .unwrap_or_else(|| panic!("not a KEY=value line: {line:?}"));
-            self.env.insert(key.to_owned(), unquote(value));
-        }
-    }
-
-    fn var(&self, key: &str) -> &str {
-        self.env
-            .get(key)
-            .unwrap_or_else(|| panic!("{key} missing from {:?}", self.lines))
-    }
-
-    fn tokens(&self) -> Arc<dyn TokenSource> {
-        let pem = std::fs::read_to_string(self.var("SF_PRIVATE_KEY_FILE")).unwrap();
-        let mut config = JwtBearerConfig::new(
-            self.var("SF_LOGIN_URL"),
-            self.var("SF_CLIENT_ID"),
-            self.var("SF_USERNAME"),
-            SecretString::from(pem),
-        );
-        config.audience = Some(self.var("SF_AUDIENCE").to_owned());
-        Arc::new(JwtBearer::new(config).unwrap())
-    }
-
-    fn whmcs(&self) -> HttpWhmcsClient {
-        HttpWhmcsClient::new(WhmcsConfig::new(
-            self.var("WHMCS_API_URL"),
-            SecretString::from(self.var("WHMCS_API_IDENTIFIER").to_owned()),
-            SecretString::from(self.var("WHMCS_API_SECRET").to_owned()),
-        ))
-        .unwrap()
-    }
-
-    /// Subscribes from EARLIEST and returns the first `n` decoded events.
-    async fn events(&self, tokens: Arc<dyn TokenSource>, n: usize) -> Vec<OrderProvisionRequested> {
-        let client =
-            PubSubClient::new(ClientConfig::new(self.var("SF_PUBSUB_ENDPOINT")), tokens).unwrap();
-        assert_eq!(self.var("SF_EVENTS_REPLAY"), "EARLIEST");
-        let mut subscription = client.subscribe::<OrderProvisionRequested>(
-            SubscribeConfig::new(self.var("SF_PROVISION_EVENT_CHANNEL"))
-                .start(ReplayStart::Earliest),
-        );
-        let mut events = Vec::new();
-        while events.len() < n {
-            let message = timeout(PATIENCE, subscription.next())
-                .await
-                .expect("events in time")
-                .expect("the subscription goes on")
-                .unwrap();
-            if let Message::Event(event) = message {
-                events.push(event.record.unwrap());
-            }
-        }
-        events
-    }
-
-    /// Sends SIGTERM and returns the exit code.
-    async fn terminate(mut self) -> Option<i32> {
-        let pid = self.child.id().unwrap().to_string();
-        let kill = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap();
-        assert!(kill.success());
-        let status = timeout(PATIENCE, self.child.wait())
-            .await
-            .expect("exit in time after SIGTERM")
-            .unwrap();
-        status.code()
-    }
+/// A WHMCS client made only from the printed variables.
+fn whmcs(sandbox: &SfSandbox) -> HttpWhmcsClient {
+    let (url, identifier, secret) = sandbox.whmcs_credentials();
+    HttpWhmcsClient::new(WhmcsConfig::new(url, identifier, secret)).unwrap()
 }
 
-/// Undoes the single-quoting a shell would undo.
-fn unquote(value: &str) -> String {
-    match value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')) {
-        Some(inner) => inner.replace(r"'\''", "'"),
-        None => value.to_owned(),
+/// Subscribes from EARLIEST and returns the first `n` decoded events.
+async fn events(
+    sandbox: &SfSandbox,
+    tokens: Arc<dyn TokenSource>,
+    n: usize,
+) -> Vec<OrderProvisionRequested> {
+    let client =
+        PubSubClient::new(ClientConfig::new(sandbox.var("SF_PUBSUB_ENDPOINT")), tokens).unwrap();
+    assert_eq!(sandbox.var("SF_EVENTS_REPLAY"), "EARLIEST");
+    let mut subscription = client.subscribe::<OrderProvisionRequested>(
+        SubscribeConfig::new(sandbox.var("SF_PROVISION_EVENT_CHANNEL"))
+            .start(ReplayStart::Earliest),
+    );
+    let mut events = Vec::new();
+    while events.len() < n {
+        let message = timeout(PATIENCE, subscription.next())
+            .await
+            .expect("events in time")
+            .expect("the subscription goes on")
+            .unwrap();
+        if let Message::Event(event) = message {
+            events.push(event.record.unwrap());
+        }
     }
+    events
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_printed_environment_reaches_every_seeded_service() {
     let dir = tempfile::tempdir().unwrap();
     let state_file = dir.path().join("sandbox.env");
-    let sandbox = Sandbox::start(&[
+    let sandbox = start(&[
         "--customers",
         "2",
         "--orders-per-customer",
@@ -207,7 +117,7 @@ async fn the_printed_environment_reaches_every_seeded_service() {
     assert_eq!(token.org_id.len(), 18);
 
     // (d) The four published events, decoded, from EARLIEST.
-    let events = sandbox.events(tokens.clone(), 4).await;
+    let events = events(&sandbox, tokens.clone(), 4).await;
     let order_ids: BTreeSet<&str> = events.iter().map(|e| e.order_id.as_str()).collect();
     assert_eq!(order_ids.len(), 4, "{events:?}");
     let customers: BTreeSet<&str> = events.iter().map(|e| e.customer_number.as_str()).collect();
@@ -255,7 +165,7 @@ async fn the_printed_environment_reaches_every_seeded_service() {
 
     // (c) WHMCS with the printed credentials: the clients exist and are Active, and the product
     // carries the printed external-ref custom field.
-    let whmcs = sandbox.whmcs();
+    let whmcs = whmcs(&sandbox);
     for client_id in &client_ids {
         let details = whmcs.get_client_details(*client_id).await.unwrap();
         assert_eq!(details.id, *client_id);
@@ -293,7 +203,7 @@ async fn the_printed_environment_reaches_every_seeded_service() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_rate_one_fails_rest_and_whmcs_but_not_login_or_pubsub() {
-    let sandbox = Sandbox::start(&[
+    let sandbox = start(&[
         "--customers",
         "1",
         "--publish",
@@ -305,7 +215,7 @@ async fn fault_rate_one_fails_rest_and_whmcs_but_not_login_or_pubsub() {
     .await;
     let tokens = sandbox.tokens();
     tokens.token().await.unwrap();
-    let events = sandbox.events(tokens.clone(), 1).await;
+    let events = events(&sandbox, tokens.clone(), 1).await;
     let rest = RestOrderApi::new(
         tokens,
         RestConfig {
@@ -316,7 +226,7 @@ async fn fault_rate_one_fails_rest_and_whmcs_but_not_login_or_pubsub() {
     .unwrap();
     let err = rest.fetch_order(&events[0].order_id).await.unwrap_err();
     assert!(err.is_retryable(), "{err}");
-    let err = sandbox.whmcs().get_client_details(1).await.unwrap_err();
+    let err = whmcs(&sandbox).get_client_details(1).await.unwrap_err();
     assert!(
         matches!(err.class(), whmcs_client::ErrorClass::Transient),
         "{err}"

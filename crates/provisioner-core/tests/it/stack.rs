@@ -13,6 +13,7 @@ use sandbox::salesforce::{
 };
 use sandbox::whmcs::{Client, Product, WhmcsSandbox};
 use secrecy::SecretString;
+use test_support::pg::PgTempDb;
 
 pub(crate) const REF_FIELD: u64 = 1;
 
@@ -25,7 +26,7 @@ pub(crate) struct Stack {
     pub(crate) engine: Engine,
     pub(crate) orders: Vec<SeededOrder>,
     pub(crate) dir: tempfile::TempDir,
-    pg: Option<PgDb>,
+    pg: Option<PgTempDb>,
     rest: Arc<dyn sf_rest::OrderApi>,
     whmcs_api: Arc<dyn whmcs_client::WhmcsApi>,
 }
@@ -45,58 +46,6 @@ pub(crate) enum Db {
     /// A fresh database on the local PostgreSQL server (`DATABASE_URL_TEST` names the admin
     /// database, default `postgres://postgres@127.0.0.1:5432/test`).
     Postgres,
-}
-
-/// A PostgreSQL database created for one stack.
-pub(crate) struct PgDb {
-    name: String,
-}
-
-fn pg_admin_url() -> String {
-    std::env::var("DATABASE_URL_TEST")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
-}
-
-impl PgDb {
-    async fn create() -> PgDb {
-        use sqlx::Connection as _;
-        sqlx::any::install_default_drivers();
-        let name = format!("pp_test_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = sqlx::AnyConnection::connect(&pg_admin_url())
-            .await
-            .unwrap_or_else(|e| {
-                panic!(
-                    "PostgreSQL is required (set DATABASE_URL_TEST or start the local server): {e}"
-                )
-            });
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-        admin.close().await.unwrap();
-        PgDb { name }
-    }
-
-    fn url(&self) -> String {
-        let admin = pg_admin_url();
-        match admin.rsplit_once('/') {
-            Some((base, _)) => format!("{base}/{}", self.name),
-            None => format!("{admin}/{}", self.name),
-        }
-    }
-
-    async fn drop_db(self) {
-        use sqlx::Connection as _;
-        let mut admin = sqlx::AnyConnection::connect(&pg_admin_url()).await.unwrap();
-        sqlx::query(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        ))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-        admin.close().await.unwrap();
-    }
 }
 
 pub(crate) async fn build_with(customers: usize, per_customer: usize, with_pubsub: bool) -> Stack {
@@ -158,15 +107,7 @@ pub(crate) async fn build_on(
         }
     }
 
-    let tokens = Arc::new(
-        sf_auth::JwtBearer::new(sf_auth::JwtBearerConfig::new(
-            sf.base_url(),
-            sf.config().client_id.clone(),
-            sf.config().usernames[0].clone(),
-            SecretString::from(test_keys::PRIVATE_KEY_PEM.to_owned()),
-        ))
-        .unwrap(),
-    );
+    let tokens = sf_tokens(&sf);
     let (pubsub, pubsub_client) = if with_pubsub {
         let checker = sf.token_checker();
         let ps = PubSubSandbox::start(
@@ -199,11 +140,7 @@ pub(crate) async fn build_on(
         )
         .unwrap(),
     );
-    let mut whmcs_config = whmcs_client::WhmcsConfig::new(
-        whmcs.api_url(),
-        SecretString::from(whmcs.config().identifier.clone()),
-        SecretString::from(whmcs.config().secret.clone()),
-    );
+    let mut whmcs_config = whmcs_config(&whmcs);
     whmcs_config.read_timeout = Duration::from_secs(1);
     let whmcs_api: Arc<dyn whmcs_client::WhmcsApi> =
         Arc::new(whmcs_client::HttpWhmcsClient::new(whmcs_config).unwrap());
@@ -211,7 +148,7 @@ pub(crate) async fn build_on(
     let dir = tempfile::tempdir().unwrap();
     let pg = match db {
         Db::Sqlite => None,
-        Db::Postgres => Some(PgDb::create().await),
+        Db::Postgres => Some(PgTempDb::create().await),
     };
     let url = match &pg {
         Some(pg) => pg.url(),
@@ -231,6 +168,28 @@ pub(crate) async fn build_on(
         rest,
         whmcs_api,
     }
+}
+
+/// A JWT bearer token source for the Salesforce sandbox's first user.
+pub(crate) fn sf_tokens(sf: &SalesforceSandbox) -> Arc<sf_auth::JwtBearer> {
+    Arc::new(
+        sf_auth::JwtBearer::new(sf_auth::JwtBearerConfig::new(
+            sf.base_url(),
+            sf.config().client_id.clone(),
+            sf.config().usernames[0].clone(),
+            SecretString::from(test_keys::PRIVATE_KEY_PEM.to_owned()),
+        ))
+        .unwrap(),
+    )
+}
+
+/// The WHMCS client configuration for the WHMCS sandbox's API credentials.
+pub(crate) fn whmcs_config(whmcs: &WhmcsSandbox) -> whmcs_client::WhmcsConfig {
+    whmcs_client::WhmcsConfig::new(
+        whmcs.api_url(),
+        SecretString::from(whmcs.config().identifier.clone()),
+        SecretString::from(whmcs.config().secret.clone()),
+    )
 }
 
 fn sqlite_url(dir: &tempfile::TempDir, file: &str) -> String {
@@ -301,7 +260,7 @@ impl Stack {
         // Whatever connections remain, DROP ... WITH (FORCE) closes them.
         drop((engine, store));
         if let Some(pg) = pg {
-            pg.drop_db().await;
+            pg.close().await;
         }
     }
 

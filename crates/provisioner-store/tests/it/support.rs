@@ -2,7 +2,7 @@
 
 use field_crypto::MasterKey;
 use provisioner_store::{SqlStore, StoreOptions};
-use sqlx::Connection;
+use test_support::pg::PgTempDb;
 
 pub(crate) const MASTER: &str = "base64:q6v4cT9JkA0x3Fz1lVZqM2fY7p5dE8rW1nB6cH4sK0o=";
 
@@ -13,19 +13,7 @@ pub(crate) fn master() -> MasterKey {
 /// A database for one test; call [`TestDb::cleanup`] at the end (drops the PostgreSQL database).
 pub(crate) enum TestDb {
     Sqlite(tempfile::TempDir),
-    Postgres { name: String },
-}
-
-fn admin_url() -> String {
-    std::env::var("DATABASE_URL_TEST")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
-}
-
-fn with_db(admin: &str, db: &str) -> String {
-    match admin.rsplit_once('/') {
-        Some((base, _)) => format!("{base}/{db}"),
-        None => format!("{admin}/{db}"),
-    }
+    Postgres(PgTempDb),
 }
 
 impl TestDb {
@@ -34,25 +22,13 @@ impl TestDb {
     }
 
     pub(crate) async fn postgres() -> Self {
-        sqlx::any::install_default_drivers();
-        let name = format!("pp_test_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = sqlx::AnyConnection::connect(&admin_url()).await.unwrap_or_else(|e| {
-            panic!(
-                "PostgreSQL is required for these tests (set DATABASE_URL_TEST or start the local server): {e}"
-            )
-        });
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-        admin.close().await.unwrap();
-        TestDb::Postgres { name }
+        TestDb::Postgres(PgTempDb::create().await)
     }
 
     pub(crate) fn url(&self) -> String {
         match self {
             TestDb::Sqlite(dir) => format!("sqlite://{}/provisioner.db", dir.path().display()),
-            TestDb::Postgres { name } => with_db(&admin_url(), name),
+            TestDb::Postgres(db) => db.url(),
         }
     }
 
@@ -75,12 +51,8 @@ impl TestDb {
     }
 
     pub(crate) async fn cleanup(self) {
-        if let TestDb::Postgres { name } = self {
-            let mut admin = sqlx::AnyConnection::connect(&admin_url()).await.unwrap();
-            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                .execute(&mut admin)
-                .await
-                .unwrap();
+        if let TestDb::Postgres(db) = self {
+            db.close().await;
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Done when 4: the interop §4.2 vector, garbage payloads, strictness of both paths.
 
 use sf_pubsub::{Error, GenericRecord, OrderProvisionRequested, Record, WriterSchema};
+use test_support::mutation::{Mutation, apply};
 
 const INTEROP_SCHEMA: &str = r#"{"type":"record","name":"Shipment__e","namespace":"com.sforce.eventbus","fields":[
     {"name":"CreatedDate","type":"long"},{"name":"CreatedById","type":"string"},
@@ -123,47 +124,13 @@ fn sample_event(account: bool) -> OrderProvisionRequested {
     }
 }
 
-/// One byte-level edit; positions wrap around the current length.
-#[derive(Debug, Clone)]
-enum Mutation {
-    Flip(usize, u8),
-    Set(usize, u8),
-    Insert(usize, u8),
-    Delete(usize),
-    Truncate(usize),
-}
-
 fn mutation() -> impl proptest::strategy::Strategy<Value = Mutation> {
     use proptest::prelude::*;
-    prop_oneof![
-        (any::<usize>(), 0..8u8).prop_map(|(i, bit)| Mutation::Flip(i, bit)),
+    test_support::mutation::mutation(
         // Small zig-zag varints (lengths, union branches) and their extremes.
-        (
-            any::<usize>(),
-            prop_oneof![0..8u8, Just(0x7f), Just(0x80), Just(0xff), any::<u8>()]
-        )
-            .prop_map(|(i, b)| Mutation::Set(i, b)),
-        (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Mutation::Insert(i, b)),
-        any::<usize>().prop_map(Mutation::Delete),
-        any::<usize>().prop_map(Mutation::Truncate),
-    ]
-}
-
-fn apply(mut bytes: Vec<u8>, mutations: &[Mutation]) -> Vec<u8> {
-    for m in mutations {
-        let len = bytes.len();
-        match *m {
-            Mutation::Flip(i, bit) if len > 0 => bytes[i % len] ^= 1 << bit,
-            Mutation::Set(i, b) if len > 0 => bytes[i % len] = b,
-            Mutation::Insert(i, b) => bytes.insert(i % (len + 1), b),
-            Mutation::Delete(i) if len > 0 => {
-                bytes.remove(i % len);
-            }
-            Mutation::Truncate(i) => bytes.truncate(i % (len + 1)),
-            _ => {}
-        }
-    }
-    bytes
+        prop_oneof![0..8u8, Just(0x7f), Just(0x80), Just(0xff), any::<u8>()],
+        any::<u8>(),
+    )
 }
 
 /// Both decoders on `bytes`: they agree on whether the bytes are a datum of `schema`, their

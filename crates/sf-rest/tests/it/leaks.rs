@@ -1,33 +1,11 @@
 //! No token, key or secret in logs or Debug output during the token + REST flow.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use sandbox::salesforce::test_keys;
 use sf_auth::TokenSource;
 use sf_rest::{OrderApi, OrderUpdate};
+use test_support::logs::LogCapture;
 
 use crate::support::{ROOT_PASSWORD, world};
-
-/// A tracing writer appending to a shared buffer.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Capture {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
 
 fn assert_clean(haystack: &str, secrets: &[String], what: &str) {
     for secret in secrets {
@@ -41,14 +19,7 @@ fn assert_clean(haystack: &str, secrets: &[String], what: &str) {
 
 #[tokio::test]
 async fn no_token_key_or_secret_reaches_logs_or_debug_output() {
-    let capture = Capture::default();
-    let writer = capture.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (capture, _guard) = LogCapture::trace();
 
     let w = world().await;
     let order = w.api.fetch_order(&w.order_id).await.unwrap();

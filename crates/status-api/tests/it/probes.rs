@@ -5,6 +5,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use test_support::prometheus::parse as parse_exposition;
 
 use crate::support::{OWNER, Server, TestStore, builder, parts};
 
@@ -104,9 +105,7 @@ async fn metrics_is_prometheus_text_and_counts_requests() {
     let value = |name: &str, labels: &[&str]| -> f64 {
         samples
             .iter()
-            .filter(|s| {
-                s.name == name && labels.iter().all(|l| s.labels.iter().any(|have| have == l))
-            })
+            .filter(|s| s.name == name && labels.iter().all(|l| s.has_label(l)))
             .map(|s| s.value)
             .sum()
     };
@@ -142,94 +141,4 @@ fn the_exposition_checker_rejects_what_is_not_prometheus_text() {
     ] {
         assert!(parse_exposition(bad).is_err(), "{bad}");
     }
-}
-
-struct Sample {
-    name: String,
-    labels: Vec<String>,
-    value: f64,
-}
-
-/// Checks the text exposition format line by line: comments start with `#`; every other
-/// non-empty line is `name{label="value",...} value [timestamp]`.
-fn parse_exposition(text: &str) -> Result<Vec<Sample>, String> {
-    let mut samples = Vec::new();
-    for line in text
-        .lines()
-        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
-    {
-        let name_end = line
-            .find(['{', ' '])
-            .ok_or_else(|| format!("no value: {line}"))?;
-        let name = &line[..name_end];
-        let mut chars = name.chars();
-        let first_ok = chars
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':');
-        if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':') {
-            return Err(format!("bad metric name: {line}"));
-        }
-        let mut rest = &line[name_end..];
-        let mut labels = Vec::new();
-        if let Some(inner) = rest.strip_prefix('{') {
-            let close = inner
-                .rfind('}')
-                .ok_or_else(|| format!("unclosed labels: {line}"))?;
-            for pair in split_labels(&inner[..close]) {
-                let (key, value) = pair
-                    .split_once('=')
-                    .ok_or_else(|| format!("bad label: {line}"))?;
-                let quoted = value.len() >= 2 && value.starts_with('"') && value.ends_with('"');
-                if key.is_empty()
-                    || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-                    || !quoted
-                {
-                    return Err(format!("bad label `{pair}`: {line}"));
-                }
-                labels.push(pair.to_owned());
-            }
-            rest = &inner[close + 1..];
-        }
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        if !rest.starts_with(' ') || fields.is_empty() || fields.len() > 2 {
-            return Err(format!("bad value part: {line}"));
-        }
-        let value = match fields[0] {
-            "+Inf" => f64::INFINITY,
-            "-Inf" => f64::NEG_INFINITY,
-            v => v.parse::<f64>().map_err(|_| format!("bad value: {line}"))?,
-        };
-        if let Some(ts) = fields.get(1) {
-            ts.parse::<i64>()
-                .map_err(|_| format!("bad timestamp: {line}"))?;
-        }
-        samples.push(Sample {
-            name: name.to_owned(),
-            labels,
-            value,
-        });
-    }
-    Ok(samples)
-}
-
-/// Splits `a="x",b="y,z"` at the commas outside quotes.
-fn split_labels(inner: &str) -> Vec<&str> {
-    let mut parts = Vec::new();
-    let (mut start, mut quoted, mut escaped) = (0, false, false);
-    for (i, c) in inner.char_indices() {
-        match c {
-            _ if escaped => escaped = false,
-            '\\' if quoted => escaped = true,
-            '"' => quoted = !quoted,
-            ',' if !quoted => {
-                parts.push(&inner[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    if start < inner.len() {
-        parts.push(&inner[start..]);
-    }
-    parts
 }

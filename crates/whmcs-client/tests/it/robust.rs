@@ -3,6 +3,7 @@
 //! never a panic, and never an error class that would mislead the caller.
 
 use proptest::prelude::*;
+use test_support::mutation::{Mutation, apply};
 use whmcs_client::{Action, Error, ErrorClass, Reply, decode_reply};
 
 /// A config option value that must never reach an error message.
@@ -33,46 +34,12 @@ fn valid_body(action: Action) -> String {
     }
 }
 
-/// One byte-level edit; positions wrap around the current length.
-#[derive(Debug, Clone)]
-enum Mutation {
-    Flip(usize, u8),
-    Set(usize, u8),
-    Insert(usize, u8),
-    Delete(usize),
-    Truncate(usize),
-}
-
 fn mutation() -> impl Strategy<Value = Mutation> {
-    prop_oneof![
-        (any::<usize>(), 0..8u8).prop_map(|(i, bit)| Mutation::Flip(i, bit)),
-        (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Mutation::Set(i, b)),
-        // Structural JSON bytes make the interesting edits.
-        (
-            any::<usize>(),
-            prop::sample::select(b"{}[]\",:0-e \\".to_vec())
-        )
-            .prop_map(|(i, b)| Mutation::Insert(i, b)),
-        any::<usize>().prop_map(Mutation::Delete),
-        any::<usize>().prop_map(Mutation::Truncate),
-    ]
-}
-
-fn apply(mut bytes: Vec<u8>, mutations: &[Mutation]) -> Vec<u8> {
-    for m in mutations {
-        let len = bytes.len();
-        match *m {
-            Mutation::Flip(i, bit) if len > 0 => bytes[i % len] ^= 1 << bit,
-            Mutation::Set(i, b) if len > 0 => bytes[i % len] = b,
-            Mutation::Insert(i, b) => bytes.insert(i % (len + 1), b),
-            Mutation::Delete(i) if len > 0 => {
-                bytes.remove(i % len);
-            }
-            Mutation::Truncate(i) => bytes.truncate(i % (len + 1)),
-            _ => {}
-        }
-    }
-    bytes
+    // Structural JSON bytes make the interesting edits.
+    test_support::mutation::mutation(
+        any::<u8>(),
+        prop::sample::select(b"{}[]\",:0-e \\".to_vec()),
+    )
 }
 
 /// The properties every outcome must have.

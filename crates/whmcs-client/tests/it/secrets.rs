@@ -1,11 +1,9 @@
 //! A root password sent as a config option never reaches the logs (client and sandbox, at
 //! TRACE), and no `Debug` output shows credentials or option values.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use base64::Engine as _;
 use secrecy::SecretString;
+use test_support::logs::LogCapture;
 use whmcs_client::{
     ConfigOptionValue, ConfigOptions, CustomFields, HttpWhmcsClient, NewOrder, OrderLine, WhmcsApi,
 };
@@ -13,20 +11,6 @@ use whmcs_client::{
 use crate::support::{OPT_ROOT_PW, REF_FIELD, config_for, world};
 
 const ROOT_PW: &str = "R00t pw+/=&ü-7Kq";
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 fn forms_of_the_password(wire_value: &str) -> Vec<String> {
     let encoded: String = url::form_urlencoded::byte_serialize(ROOT_PW.as_bytes()).collect();
@@ -46,14 +30,7 @@ fn forms_of_the_password(wire_value: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn root_password_never_reaches_the_logs() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = LogCapture::trace();
 
     let w = world().await;
     let whmcs = HttpWhmcsClient::new(config_for(&w.sandbox)).unwrap();
@@ -83,7 +60,7 @@ async fn root_password_never_reaches_the_logs() {
         .indexed("configoptions", 0)
         .unwrap();
 
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = captured.text();
     // the capture works: it saw the client's and the test's events
     assert!(logs.contains("whmcs call succeeded"), "{logs}");
     assert!(logs.contains("AddOrder"), "{logs}");

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use base64::Engine as _;
 use proptest::prelude::*;
+use test_support::mutation::{Mutation, apply};
 
 use super::*;
 
@@ -65,44 +66,10 @@ fn value() -> impl Strategy<Value = Value> {
     })
 }
 
-/// One byte-level edit; positions wrap around the current length.
-#[derive(Debug, Clone)]
-enum Mutation {
-    Flip(usize, u8),
-    Set(usize, u8),
-    Insert(usize, u8),
-    Delete(usize),
-    Truncate(usize),
-}
-
 fn mutation() -> impl Strategy<Value = Mutation> {
     // Bytes that matter to the grammars: digits, separators, quotes, brackets, escapes.
     let special = prop::sample::select(b"0123456789-:;{}\"aisbdN=&[]%+.".to_vec());
-    prop_oneof![
-        (any::<usize>(), 0..8u8).prop_map(|(i, bit)| Mutation::Flip(i, bit)),
-        (any::<usize>(), special.clone()).prop_map(|(i, b)| Mutation::Set(i, b)),
-        (any::<usize>(), prop_oneof![special, any::<u8>()])
-            .prop_map(|(i, b)| Mutation::Insert(i, b)),
-        any::<usize>().prop_map(Mutation::Delete),
-        any::<usize>().prop_map(Mutation::Truncate),
-    ]
-}
-
-fn apply(mut bytes: Vec<u8>, mutations: &[Mutation]) -> Vec<u8> {
-    for m in mutations {
-        let len = bytes.len();
-        match *m {
-            Mutation::Flip(i, bit) if len > 0 => bytes[i % len] ^= 1 << bit,
-            Mutation::Set(i, b) if len > 0 => bytes[i % len] = b,
-            Mutation::Insert(i, b) => bytes.insert(i % (len + 1), b),
-            Mutation::Delete(i) if len > 0 => {
-                bytes.remove(i % len);
-            }
-            Mutation::Truncate(i) => bytes.truncate(i % (len + 1)),
-            _ => {}
-        }
-    }
-    bytes
+    test_support::mutation::mutation(special.clone(), prop_oneof![special, any::<u8>()])
 }
 
 /// What every `unserialize` outcome satisfies.

@@ -1,0 +1,201 @@
+//! `provisioner config check` (issue 7, done-when 4): every DESIGN §5 variable shown, every
+//! problem named, no secret shown.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use test_support::process::{Captured, PATIENCE};
+
+use crate::logs::pem_body_lines;
+use crate::support::{CapturedProvisioner as _, MASTER_KEY, PORTAL_TOKEN};
+
+/// Every variable of DESIGN §5, by the name a user sets.
+const DESIGN_VARIABLES: &[&str] = &[
+    "SF_EVENTS_ENABLED",
+    "SF_PROVISION_EVENT_CHANNEL",
+    "SF_EVENTS_REPLAY",
+    "SF_LOGIN_URL",
+    "SF_AUDIENCE",
+    "SF_CLIENT_ID",
+    "SF_USERNAME",
+    "SF_PRIVATE_KEY",
+    "SF_API_VERSION",
+    "SF_PUBSUB_ENDPOINT",
+    "SF_PUBSUB_CA_FILE",
+    "SF_PUBSUB_BATCH",
+    "SF_ORDER_STATUS_APPROVED",
+    "SF_ORDER_STATUS_PROVISIONING",
+    "SF_ORDER_STATUS_PROVISIONED",
+    "SF_ORDER_STATUS_FAILED",
+    "WHMCS_API_URL",
+    "WHMCS_API_IDENTIFIER",
+    "WHMCS_API_SECRET",
+    "WHMCS_ACCESS_KEY",
+    "WHMCS_PAYMENT_METHOD",
+    "WHMCS_ORDER_REF_FIELD_ID",
+    "WHMCS_SEND_EMAIL",
+    "WHMCS_NO_INVOICE",
+    "DATABASE_URL",
+    "JOB_LEASE",
+    "FIELD_ENCRYPTION_KEY",
+    "ENCRYPTION_KEY_ROTATION_DAYS",
+    "AUDIT_LOG_RETENTION_DAYS",
+    "SECURITY_ALERT_WEBHOOK",
+    "PROVISIONER_HTTP_ADDR",
+    "PORTAL_API_TOKEN",
+    "HTTP_ALLOWED_CIDRS",
+    "PROVISIONER_CONCURRENCY",
+    "CUSTOMER_PROVISION_RATE",
+    "CUSTOMER_STATUS_RATE",
+    "RECONCILE_INTERVAL",
+    "LOG_FORMAT",
+];
+
+/// A complete, valid environment that needs no running sandbox (nothing is contacted).
+fn complete_env(dir: &Path) -> BTreeMap<String, String> {
+    let key_file = dir.join("sf-key.pem");
+    std::fs::write(&key_file, sandbox::salesforce::test_keys::PRIVATE_KEY_PEM).unwrap();
+    [
+        ("SF_LOGIN_URL", "http://127.0.0.1:9"),
+        ("SF_CLIENT_ID", "3MVG9-client-id"),
+        ("SF_USERNAME", "integration@example.com"),
+        ("SF_PRIVATE_KEY_FILE", key_file.to_str().unwrap()),
+        ("SF_PUBSUB_ENDPOINT", "http://127.0.0.1:9"),
+        ("SF_PUBSUB_BATCH", "42"),
+        ("WHMCS_API_URL", "http://127.0.0.1:9/includes/api.php"),
+        ("WHMCS_API_IDENTIFIER", "whmcs-ident-canary-11aa"),
+        ("WHMCS_API_SECRET", "whmcs-secret-canary-22bb"),
+        ("WHMCS_ACCESS_KEY", "whmcs-access-canary-33cc"),
+        ("WHMCS_ORDER_REF_FIELD_ID", "7"),
+        ("DATABASE_URL", "sqlite:///nonexistent/never-opened.db"),
+        ("FIELD_ENCRYPTION_KEY", MASTER_KEY),
+        (
+            "SECURITY_ALERT_WEBHOOK",
+            "http://127.0.0.1:9/hook?key=webhook-canary-44dd",
+        ),
+        ("PORTAL_API_TOKEN", PORTAL_TOKEN),
+        ("PROVISIONER_HTTP_ADDR", "127.0.0.1:0"),
+        ("CUSTOMER_STATUS_RATE", "5/second"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+async fn config_check(env: &BTreeMap<String, String>) -> (Option<i32>, String, String) {
+    let mut check = Captured::provisioner("provisioner config check", &["config", "check"], env);
+    let code = check.wait_exit(PATIENCE).await;
+    (code, check.stdout(), check.stderr())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_check_names_every_problem_and_redacts_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = [
+        "whmcs-ident-canary-11aa",
+        "whmcs-secret-canary-22bb",
+        "whmcs-access-canary-33cc",
+        "webhook-canary-44dd",
+        PORTAL_TOKEN,
+        MASTER_KEY.trim_start_matches("base64:"),
+    ];
+    let pem_lines = pem_body_lines(sandbox::salesforce::test_keys::PRIVATE_KEY_PEM);
+
+    // Complete: exit 0, every DESIGN §5 variable shown, the secrets redacted.
+    let env = complete_env(dir.path());
+    let (code, stdout, stderr) = config_check(&env).await;
+    assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    for name in DESIGN_VARIABLES {
+        assert!(
+            stdout.lines().any(|l| l.starts_with(&format!("{name}="))),
+            "{name} not shown:\n{stdout}"
+        );
+    }
+    for name in [
+        "SF_PRIVATE_KEY",
+        "WHMCS_API_IDENTIFIER",
+        "WHMCS_API_SECRET",
+        "WHMCS_ACCESS_KEY",
+        "FIELD_ENCRYPTION_KEY",
+        "PORTAL_API_TOKEN",
+        "SECURITY_ALERT_WEBHOOK",
+    ] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(&format!("{name}=[REDACTED]"))),
+            "{name} not redacted:\n{stdout}"
+        );
+    }
+    assert!(
+        stdout.lines().any(|l| l.starts_with("SF_PUBSUB_BATCH=42")),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("SF_API_VERSION=v62.0")),
+        "{stdout}"
+    );
+    for secret in secrets
+        .iter()
+        .copied()
+        .chain(pem_lines.iter().map(String::as_str))
+    {
+        assert!(
+            !stdout.contains(secret) && !stderr.contains(secret),
+            "{secret} shown"
+        );
+    }
+
+    // Missing and malformed variables: exit 2, each one named on stderr, no secret shown.
+    let mut bad = complete_env(dir.path());
+    for missing in ["SF_CLIENT_ID", "WHMCS_API_URL", "PORTAL_API_TOKEN"] {
+        bad.remove(missing);
+    }
+    let malformed = [
+        ("SF_PUBSUB_BATCH", "500"),
+        ("JOB_LEASE", "soon"),
+        ("HTTP_ALLOWED_CIDRS", "10.0.0.0/33"),
+        ("CUSTOMER_STATUS_RATE", "5/fortnight"),
+        ("PROVISIONER_HTTP_ADDR", "localhost"),
+        ("DATABASE_URL", "mysql://db/provisioner"),
+        ("WHMCS_SEND_EMAIL", "maybe"),
+        ("SF_EVENTS_REPLAY", "YESTERDAY"),
+    ];
+    for (k, v) in malformed {
+        bad.insert(k.to_owned(), v.to_owned());
+    }
+    let (code, stdout, stderr) = config_check(&bad).await;
+    assert_eq!(code, Some(2), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    for name in malformed.iter().map(|(k, _)| *k).chain([
+        "SF_CLIENT_ID",
+        "WHMCS_API_URL",
+        "PORTAL_API_TOKEN",
+    ]) {
+        assert!(stderr.contains(name), "{name} not named:\n{stderr}");
+    }
+    for secret in secrets
+        .iter()
+        .copied()
+        .chain(pem_lines.iter().map(String::as_str))
+    {
+        assert!(
+            !stdout.contains(secret) && !stderr.contains(secret),
+            "{secret} shown"
+        );
+    }
+
+    // A malformed secret is named without its value.
+    let mut bad_key = complete_env(dir.path());
+    bad_key.insert("FIELD_ENCRYPTION_KEY".into(), "tiny-canary".into());
+    bad_key.insert(
+        "SF_PRIVATE_KEY_FILE".into(),
+        dir.path().join("absent.pem").display().to_string(),
+    );
+    let (code, stdout, stderr) = config_check(&bad_key).await;
+    assert_eq!(code, Some(2), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stderr.contains("FIELD_ENCRYPTION_KEY"), "{stderr}");
+    assert!(stderr.contains("SF_PRIVATE_KEY_FILE"), "{stderr}");
+    assert!(!stdout.contains("tiny-canary") && !stderr.contains("tiny-canary"));
+}
