@@ -10,3 +10,4 @@ mod crash;
 mod dr;
 mod e2e;
 mod events;
+mod operate;
