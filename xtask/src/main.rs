@@ -8,6 +8,9 @@
 //! - `cargo xtask demo [args]`: `provisioner demo` in release mode.
 //! - `cargo xtask fuzz <target> <seconds>`: one cargo-fuzz target of `fuzz/` for a bounded time
 //!   (needs cargo-fuzz and a nightly toolchain; CI does not fuzz, it runs the proptests).
+//!
+//! Its tests (`tidy.rs`) keep the documents honest: `ARCHITECTURE.md`'s crate edges match the
+//! `Cargo.toml` files, and no document points outside the repository.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -16,6 +19,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 mod codegen;
+#[cfg(test)]
+mod tidy;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

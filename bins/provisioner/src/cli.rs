@@ -1,5 +1,5 @@
-//! Command line (DESIGN §6). Configuration comes from the environment (and `--config FILE`),
-//! see [`crate::config`].
+//! Command line (the README's Operations table lists every command). Configuration comes from
+//! the environment (and `--config FILE`), see [`crate::config`].
 
 use std::path::PathBuf;
 

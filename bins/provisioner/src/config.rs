@@ -1,6 +1,7 @@
-//! Configuration (DESIGN §5): environment variables, optionally a TOML file (`--config FILE`,
-//! the environment wins), secrets from `<NAME>` or `<NAME>_FILE`. Every problem is reported by
-//! variable name, all at once; secrets never appear in messages or in `config check` output.
+//! Configuration (the README's Configuration table): environment variables, optionally a TOML
+//! file (`--config FILE`, the environment wins), secrets from `<NAME>` or `<NAME>_FILE`. Every
+//! problem is reported by variable name, all at once; secrets never appear in messages or in
+//! `config check` output.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -20,7 +21,8 @@ pub(crate) const SECRETS: &[&str] = &[
     "SECURITY_ALERT_WEBHOOK",
 ];
 
-/// Every variable the provisioner reads, in DESIGN §5 order, with its default.
+/// Every variable the provisioner reads, in the order of the README's Configuration table, with
+/// its default.
 pub(crate) const VARIABLES: &[(&str, Option<&str>)] = &[
     ("SF_EVENTS_ENABLED", Some("true")),
     (

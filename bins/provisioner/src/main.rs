@@ -1,4 +1,4 @@
-//! `provisioner`: the service and its operator commands (see `shared/DESIGN.md` §6).
+//! `provisioner`: the service and its operator commands (README, Operations).
 //!
 //! Thin: parse the command line and configuration, set up logging, run one command, map the
 //! outcome to an exit code (0 ok, 1 runtime failure, 2 bad usage or configuration) and print

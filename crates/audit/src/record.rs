@@ -2,7 +2,7 @@
 //!
 //! # The no-PII rule
 //!
-//! The audit log holds identifiers and outcomes, never personal data (DESIGN §8). The types make
+//! The audit log holds identifiers and outcomes, never personal data. The types make
 //! that the path of least resistance rather than a matter of discipline:
 //!
 //! - There is no free-text field. [`Actor`] and [`Action`] are snake_case tokens

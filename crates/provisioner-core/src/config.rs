@@ -83,7 +83,7 @@ impl RetryPolicy {
 
 /// Everything the engine needs besides its ports.
 ///
-/// [`EngineConfig::default`] holds the defaults of the settings DESIGN §5 names
+/// [`EngineConfig::default`] holds the defaults of the configuration contract's engine settings
 /// (`SF_PROVISION_EVENT_CHANNEL`, `SF_ORDER_STATUS_*`, `WHMCS_PAYMENT_METHOD`, `WHMCS_SEND_EMAIL`,
 /// `WHMCS_NO_INVOICE`, `JOB_LEASE`, `ENCRYPTION_KEY_ROTATION_DAYS`, `PROVISIONER_CONCURRENCY`,
 /// `RECONCILE_INTERVAL`); the binary's configuration takes its defaults from here.

@@ -1,6 +1,7 @@
-//! One job, step by step: the state machine of DESIGN §1 with a recovery point after every
-//! step and an *intent* recorded before each non-idempotent WHMCS call, so a restarted job
-//! looks an unknown outcome up before it ever repeats the call.
+//! One job, step by step: the state machine of the provisioning steps with a recovery point
+//! wherever a resumed job must act differently, and an *intent* recorded before each
+//! non-idempotent WHMCS call, so a restarted job looks an unknown outcome up before it ever
+//! repeats the call.
 
 use std::sync::Arc;
 use std::time::Duration;

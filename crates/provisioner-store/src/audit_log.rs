@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 
 use crate::error::Error;
 use crate::sql::{Backend, SqlStore};
-use crate::tx::{Arg, SQL_LAST_RECORD, Tx, decode_record, read_anchor, read_head};
+use crate::tx::{AUDIT_LOCK_KEY, Arg, SQL_LAST_RECORD, Tx, decode_record, read_anchor, read_head};
 
 /// A store error as the audit port's error (an audit failure stays what it is).
 fn to_audit(e: Error) -> audit::Error {
@@ -22,9 +22,6 @@ fn to_audit(e: Error) -> audit::Error {
         },
     }
 }
-
-/// Serialises purges across PostgreSQL instances for the transaction's lifetime.
-const AUDIT_LOCK_KEY: i64 = 0x7070_6175_6469_7431; // "ppaudit1"
 
 fn seq_arg(seq: u64) -> Arg {
     Arg::Int(i64::try_from(seq).unwrap_or(i64::MAX))

@@ -30,12 +30,8 @@ const SQL_READ: &str = "SELECT stored FROM keyring WHERE id = 1";
 const SQL_CREATE: &str =
     "INSERT INTO keyring (id, stored, updated_at) VALUES (1, $1, $2) ON CONFLICT (id) DO NOTHING";
 
-async fn read_in(tx: &mut dyn Tx, lock: bool) -> Result<Option<StoredKeyring>> {
-    let sql = match (lock, tx.backend()) {
-        (true, Backend::Postgres) => "SELECT stored FROM keyring WHERE id = 1 FOR UPDATE",
-        _ => SQL_READ,
-    };
-    let row = tx.query_opt("reading the keyring", sql, &[]).await?;
+async fn read_in(tx: &mut dyn Tx) -> Result<Option<StoredKeyring>> {
+    let row = tx.query_opt("reading the keyring", SQL_READ, &[]).await?;
     row.as_ref().map(decode).transpose()
 }
 
@@ -47,7 +43,7 @@ pub(crate) async fn load_or_create(
     master: &MasterKey,
 ) -> Result<Keyring> {
     let existing = crate::tx::on_pool(pool, backend, "reading the keyring", |tx| {
-        Box::pin(async move { read_in(tx, false).await })
+        Box::pin(async move { read_in(tx).await })
     })
     .await?;
     if let Some(stored) = existing {
@@ -60,7 +56,7 @@ pub(crate) async fn load_or_create(
             let args = [Arg::text(json), Arg::Int(ms(Utc::now()))];
             tx.exec("storing the new keyring", SQL_CREATE, &args)
                 .await?;
-            read_in(tx, false).await
+            read_in(tx).await
         })
     })
     .await?
@@ -78,38 +74,60 @@ impl SqlStore {
         Ok(())
     }
 
+    /// Rotation opens the keyring (which unwraps every data key, a key derivation) before
+    /// its transaction, never inside it: on SQLite a transaction holds the one write lock. The
+    /// write is optimistic instead: it replaces the keyring only if it is still the one that
+    /// was read, and starts over when another instance rotated meanwhile.
     pub(crate) async fn rotate_keys(
         &self,
         max_age_days: u32,
         actor: audit::Actor,
         now: DateTime<Utc>,
     ) -> Result<Option<KeyId>> {
-        let master = Arc::clone(&self.master);
-        let (ring, rotated) = self
-            .transact("rotating the data key", move |tx| {
-                Box::pin(async move {
-                    let stored = read_in(tx, true).await?.ok_or_else(|| corrupt("missing"))?;
-                    let mut ring = Keyring::open(&master, &stored)?;
-                    let rotated = ring.rotate_if_older_than(now, max_age_days)?;
-                    if let Some(id) = rotated {
-                        let json = serde_json::to_string(&ring.to_stored()).map_err(corrupt)?;
-                        tx.exec(
-                            "rotation: storing the keyring",
-                            "UPDATE keyring SET stored = $1, updated_at = $2 WHERE id = 1",
-                            &[Arg::text(json), Arg::Int(ms(now))],
-                        )
-                        .await?;
-                        let record =
-                            NewAuditRecord::new(actor, Action::KEY_ROTATED, Outcome::Success)
-                                .detail(DetailKey::KeyId, id.get().to_string())
-                                .map_err(|e| Error::Audit(Box::new(e)))?;
-                        tx.audit(record);
-                    }
-                    Ok((ring, rotated))
+        for _ in 0..ROTATE_ATTEMPTS {
+            let row = self
+                .read_opt("reading the keyring", SQL_READ, &[])
+                .await?
+                .ok_or_else(|| corrupt("missing"))?;
+            let old = Row::required(row.text("stored", "keyring")?, "stored", "keyring")?;
+            let mut ring = Keyring::open(&self.master, &decode(&row)?)?;
+            let Some(id) = ring.rotate_if_older_than(now, max_age_days)? else {
+                *self.keyring.write() = Arc::new(ring);
+                return Ok(None);
+            };
+            let new = serde_json::to_string(&ring.to_stored()).map_err(corrupt)?;
+            let record = NewAuditRecord::new(actor.clone(), Action::KEY_ROTATED, Outcome::Success)
+                .detail(DetailKey::KeyId, id.get().to_string())
+                .map_err(|e| Error::Audit(Box::new(e)))?;
+            let stored = self
+                .transact("rotating the data key", move |tx| {
+                    Box::pin(async move {
+                        let changed = tx
+                            .exec(
+                                "rotation: storing the keyring",
+                                "UPDATE keyring SET stored = $1, updated_at = $2 \
+                                 WHERE id = 1 AND stored = $3",
+                                &[Arg::text(new), Arg::Int(ms(now)), Arg::text(old)],
+                            )
+                            .await?;
+                        if changed == 1 {
+                            tx.audit(record);
+                        }
+                        Ok(changed == 1)
+                    })
                 })
-            })
-            .await?;
-        *self.keyring.write() = Arc::new(ring);
-        Ok(rotated)
+                .await?;
+            if stored {
+                *self.keyring.write() = Arc::new(ring);
+                return Ok(Some(id));
+            }
+        }
+        Err(Error::Corrupt {
+            what: "keyring",
+            reason: format!("it kept changing under {ROTATE_ATTEMPTS} rotation attempts"),
+        })
     }
 }
+
+/// How often a rotation starts over after another instance changed the keyring meanwhile.
+const ROTATE_ATTEMPTS: usize = 5;

@@ -342,6 +342,10 @@ const SQL_INSERT_RECORD: &str = "INSERT INTO audit_log (seq, at, record) VALUES 
 const SQL_INSERT_FIRST_RECORD: &str = "INSERT INTO audit_log (seq, at, record) VALUES ($1, $2, $3) \
      ON CONFLICT (seq) DO NOTHING";
 
+/// Serialises audit appends (and purges) across PostgreSQL instances for the transaction's
+/// lifetime.
+pub(crate) const AUDIT_LOCK_KEY: i64 = 0x7070_6175_6469_7431; // "ppaudit1"
+
 /// How often one unit re-reads the head after another process took its place.
 const APPEND_ATTEMPTS: usize = 16;
 
@@ -428,6 +432,18 @@ pub(crate) async fn seal_into(
             source: Box::new(other),
         }),
     };
+    if tx.backend() == Backend::Postgres {
+        // One appender at a time across instances, until this transaction ends: without it
+        // an instance whose head is cached keeps winning every `seq` and another one that
+        // has to re-read the head after each loss can starve.
+        tx.exec(
+            "audit: lock",
+            "SELECT pg_advisory_xact_lock($1)",
+            &[Arg::Int(AUDIT_LOCK_KEY)],
+        )
+        .await
+        .map_err(as_audit)?;
+    }
     let mut cached = cached;
     for _ in 0..APPEND_ATTEMPTS {
         let mut head = match cached {

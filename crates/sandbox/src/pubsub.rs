@@ -1,7 +1,7 @@
 //! Salesforce Pub/Sub API emulator: a real tonic gRPC server on `127.0.0.1:<ephemeral>`, built on
 //! the same generated code as the `sf-pubsub` client.
 //!
-//! Faithful to `shared/interop/salesforce.md` §1–§4: metadata auth (`accesstoken`) with
+//! Faithful to the Pub/Sub API's documented behaviour: metadata auth (`accesstoken`) with
 //! `UNAUTHENTICATED` + `error-code` / `rpc-id` / `type` trailers; `GetTopic`, `GetSchema`,
 //! `Publish` (schema id checked, payload must decode with `CreatedDate` and `CreatedById`);
 //! `Subscribe` with additive credit clamped to 100, never more events in flight than granted,

@@ -6,9 +6,9 @@
 //!   signature against [`SalesforceConfig::public_key_pem`], `aud`, `exp`, user by `sub`) and
 //!   answers the documented `{"error", "error_description"}` JSON on failure. Tokens live for
 //!   [`SalesforceConfig::token_lifetime`]; afterwards REST answers 401 `INVALID_SESSION_ID`.
-//! - `GET /services/data/{version}/query?q=`: DESIGN §3's Order query and the reconcile
-//!   sweep's approved-Orders query (with `nextRecordsUrl` paging), answered from the
-//!   in-memory org in Salesforce's JSON shape.
+//! - `GET /services/data/{version}/query?q=`: the provisioner's Order query (`sf-rest`'s
+//!   `ORDER_QUERY`, recognised by its text) and the reconcile sweep's approved-Orders query
+//!   (with `nextRecordsUrl` paging), answered from the in-memory org in Salesforce's JSON shape.
 //! - `PATCH /services/data/{version}/sobjects/Order/{id}`: validates the `Status` picklist and
 //!   the writable fields, answers 204, records every write.
 //!

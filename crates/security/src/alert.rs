@@ -1,4 +1,4 @@
-//! The alert contract of DESIGN §8, with details that can only hold ids and addresses.
+//! The alert webhook's JSON body, with details that can only hold ids and addresses.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -297,8 +297,8 @@ impl Details {
     }
 }
 
-/// A security alert, serialized exactly as the DESIGN §8 contract:
-/// `{"alert", "severity", "at", "count", "windowSeconds", "details"}`.
+/// A security alert, serialized as the webhook's JSON body (a contract with whoever receives
+/// it): `{"alert", "severity", "at", "count", "windowSeconds", "details"}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Alert {

@@ -29,7 +29,8 @@
 //!   auth failure bursts, status enumeration, rate-limit abuse, integrity failures, events for
 //!   unapproved orders and repeated provisioning failures, whose alerts go through a
 //!   [`Deduplicator`] to an [`AlertSink`].
-//! - [`Alert`]: the DESIGN §8 JSON contract. Its [`Details`] only take typed ids and addresses,
+//! - [`Alert`]: the webhook's JSON body (`alert`, `severity`, `at`, `count`, `windowSeconds`,
+//!   `details`; the README's Security section shows one). Its [`Details`] only take typed ids and addresses,
 //!   and ids that do not look like ids are redacted, so no PII reaches a webhook.
 //! - [`WebhookSink`] (`SECURITY_ALERT_WEBHOOK`): a bounded queue and a background task that POSTs
 //!   with retries and backoff; sending never blocks or fails the caller. [`LogSink`] when no

@@ -2,8 +2,8 @@
 //!
 //! Two paths share one strict reader ([`Cursor`]): every read is bounds-checked, varints are
 //! limited to their width, strings must be UTF-8, union and enum indexes must exist, and a datum
-//! must end exactly at the end of the payload. apache-avro alone turns truncated or garbage input
-//! into nulls (interop §9.5), so the generic path first walks the payload with the same checks.
+//! must end exactly at the end of the payload. apache-avro alone can turn truncated or garbage
+//! input into nulls instead of an error, so the generic path first walks the payload with the same checks.
 //!
 //! - the compiled plan ([`OrderPlan`]): built once per writer schema, it reads the fields of
 //!   `OrderProvisionRequested__e` straight into borrowed slices and skips everything else;

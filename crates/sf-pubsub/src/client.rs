@@ -30,8 +30,9 @@ pub struct ClientConfig {
     /// Largest gRPC message accepted; tonic's default of 4 MiB is too small for a batch of
     /// events of up to 1 MB each.
     pub max_decoding_message_size: usize,
-    /// HTTP/2 PING interval. Servers drop clients that ping more often than every 5 minutes
-    /// (interop §9.2), so values below that are raised to 5 minutes; `None` disables PINGs.
+    /// HTTP/2 PING interval. gRPC servers commonly disconnect an idle client that pings more
+    /// often than every 5 minutes (`GOAWAY` "too many pings"), so values below that are raised
+    /// to 5 minutes; `None` disables PINGs.
     pub http2_keepalive: Option<Duration>,
     /// TCP + TLS connect timeout.
     pub connect_timeout: Duration,

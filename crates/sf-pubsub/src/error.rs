@@ -124,7 +124,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     /// Builds an [`Error::Rpc`] from a gRPC status, reading the `error-code` and `rpc-id`
-    /// trailers (interop §2).
+    /// trailers Salesforce adds to a failed call.
     pub fn from_status(rpc: &'static str, status: &tonic::Status) -> Self {
         let text = |key: &str| {
             status

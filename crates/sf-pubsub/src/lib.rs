@@ -61,7 +61,8 @@
 //! # }
 //! ```
 //!
-//! What it takes care of (facts in `shared/interop/salesforce.md`):
+//! What it takes care of (the Pub/Sub API's documented behaviour, pinned by this crate's wire
+//! tests and emulated by `sandbox::pubsub`):
 //!
 //! - [`proto`]: the gRPC messages, client and server generated from
 //!   `proto/eventbus/v1/pubsub_api.proto` by `cargo xtask codegen` (committed, never hand-edited).
@@ -92,8 +93,10 @@ pub use record::{GenericRecord, OrderProvisionRequested, Record};
 pub use replay::ReplayStart;
 pub use subscribe::{Event, Message, SubscribeConfig, Subscription};
 
-/// The platform event topic of DESIGN §3.
+/// The platform event topic the provisioner subscribes to by default
+/// (`SF_PROVISION_EVENT_CHANNEL`).
 pub const DEFAULT_TOPIC: &str = "/event/OrderProvisionRequested__e";
 
-/// Most credit one Subscribe stream may have outstanding (interop §3.1).
+/// Most credit one Subscribe stream may have outstanding: the Pub/Sub API caps
+/// `num_requested` at 100 events.
 pub const MAX_BATCH: u32 = 100;

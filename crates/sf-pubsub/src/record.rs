@@ -12,7 +12,8 @@ pub trait Record: Sized + Send + 'static {
     fn decode(schema: &WriterSchema, payload: &[u8]) -> Result<Self>;
 }
 
-/// The `OrderProvisionRequested__e` platform event (DESIGN §3).
+/// The `OrderProvisionRequested__e` platform event the Flow publishes when an Order is
+/// approved (README, "Running against a real org").
 ///
 /// `OrderId__c` and `CustomerNumber__c` are required, `AccountId__c` is optional and unknown
 /// extra fields are ignored.

@@ -2,7 +2,8 @@
 //! reconnects and a watchdog, handing decoded events to a bounded channel.
 //!
 //! Invariants:
-//! - the first `FetchRequest` is queued before the call is awaited (interop §9.1);
+//! - the first `FetchRequest` is queued before the call is awaited (the server may send the
+//!   response headers only with its first message, so awaiting them first would deadlock);
 //! - outstanding credit never exceeds `batch` (<= 100); credit is topped up when a quarter of it
 //!   is used, and only with as many events as the consumer's channel has room for, so a slow
 //!   consumer means less credit, never unbounded memory;
@@ -368,7 +369,7 @@ impl<R: Record> Engine<R> {
         first.replay_id = replay_id;
 
         // The first request is queued before the call is awaited: servers may send the
-        // response headers only with the first message (interop §9.1).
+        // response headers only with the first message.
         let (req_tx, req_rx) = mpsc::channel::<FetchRequest>(4);
         if req_tx.try_send(first).is_err() {
             return End::Failed(Error::Config {

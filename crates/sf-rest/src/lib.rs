@@ -1,4 +1,4 @@
-//! Salesforce REST for provisioning: fetch an Order with its OrderItems (DESIGN §3's SOQL),
+//! Salesforce REST for provisioning: fetch an Order with its OrderItems (one fixed SOQL query),
 //! PATCH it back, and list approved Orders for the reconcile sweep.
 //!
 //! [`OrderApi`] is the port the provisioner core uses; [`RestOrderApi`] implements it over

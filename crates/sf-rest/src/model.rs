@@ -7,7 +7,9 @@ use serde_json::{Map, Value};
 
 use crate::{Error, OrderId, Result};
 
-/// DESIGN §3's Order query up to the id literal (contract: keep it exactly so).
+/// The provisioner's Order query up to the id literal: the Order's status, customer, WHMCS client
+/// and order ids, and its OrderItems' WHMCS product, billing cycle and config options. Keep the
+/// text exact: the sandbox's Salesforce emulator recognises it by its text.
 pub const ORDER_QUERY: &str = "SELECT Id, OrderNumber, Status, AccountId, Customer_Number__c, WHMCS_Client_Id__c, WHMCS_Order_Id__c, (SELECT Id, Quantity, WHMCS_Product_Id__c, Billing_Cycle__c, Config_Options__c FROM OrderItems) FROM Order WHERE Id = ";
 
 /// The reconcile sweep's query up to the status literal.
@@ -50,7 +52,7 @@ pub fn soql_quote(value: &str) -> String {
     out
 }
 
-/// An Order with the fields DESIGN §3 selects. Fields Salesforce may leave empty are `Option`s.
+/// An Order with the fields [`ORDER_QUERY`] selects. Fields Salesforce may leave empty are `Option`s.
 #[derive(Clone, Debug)]
 pub struct Order {
     /// `Id`.
@@ -293,8 +295,8 @@ mod tests {
         OrderId::parse("801A0000006Vm9rIAC").unwrap()
     }
 
-    /// DESIGN §3's query plus `WHMCS_Order_Id__c`, which the same section's rule needs ("an
-    /// Order already in the provisioned state with a WHMCS_Order_Id__c is recorded as done").
+    /// The query selects `WHMCS_Order_Id__c`: an Order already in the provisioned status with a
+    /// `WHMCS_Order_Id__c` is recorded as done, not refused, and that rule needs the field.
     #[test]
     fn the_order_query_is_design_section_3_plus_the_whmcs_order_id() {
         assert_eq!(

@@ -1,5 +1,5 @@
-//! The provisioner's HTTP face (DESIGN §7): order status for the portal, health, readiness and
-//! Prometheus metrics for operators.
+//! The provisioner's HTTP face (the contract is the README's Status API section): order status
+//! for the portal, health, readiness and Prometheus metrics for operators.
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -12,7 +12,7 @@
 //! let state = StatusApiState::builder(store, SecretString::from("a-long-random-portal-token"))
 //!     .allowlist(IpAllowlist::parse("127.0.0.0/8,::1/128")?) // HTTP_ALLOWED_CIDRS
 //!     .status_rate(Rate::parse("60/minute")?) // CUSTOMER_STATUS_RATE
-//!     .subscriber_ready(|| true) // e.g. the subscriber's "connected" flag
+//!     .subscriber_ready(|| true) // e.g. "connected, or another instance holds the subscriber"
 //!     .build()?;
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?; // PROVISIONER_HTTP_ADDR
 //! let shutdown = async {
@@ -29,7 +29,8 @@
 //!   for a missing or wrong token (constant-time compare); 400 for a missing or malformed
 //!   customer number; 429 with `Retry-After` over the customer's rate.
 //! - `GET /healthz`: 200 while the process serves. `GET /readyz`: 200 when the store answers
-//!   its ping and the subscriber is connected or disabled, else 503.
+//!   its ping and the subscriber probe says ready (the provisioner's probe: this instance's
+//!   subscriber is connected, disabled, or held by another instance), else 503.
 //! - `GET /metrics`: the Prometheus text of the process's recorder (404 without one).
 //!
 //! Every route, unknown paths included, sits behind the IP allowlist (403). Auth failures, 404s

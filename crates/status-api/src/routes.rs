@@ -1,4 +1,4 @@
-//! The routes of DESIGN §7 and the guards in front of them.
+//! The routes of the status API and the guards in front of them.
 //!
 //! Every request first passes the IP allowlist (403 otherwise, on every path). The status route
 //! then checks, in this order: the bearer token (401), the `X-Customer-Number` header (400),

@@ -54,7 +54,7 @@ impl OrderStatus {
     }
 }
 
-/// The 200 body, exactly the DESIGN §7 contract; every key is always present.
+/// The 200 body, a contract with the portal (README, Status API); every key is always present.
 ///
 /// It holds ids, a state, a time and a sanitised error only: no customer data.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt as _;
 use tokio::time::timeout;
 
-/// DESIGN §6: a stopped process exits within this bound ([`Captured::terminate`]).
+/// The command contract: a stopped process exits within this bound ([`Captured::terminate`]).
 pub const SHUTDOWN_BOUND: Duration = Duration::from_secs(30);
 
 /// Bound on anything that should happen "soon"; reached only when something hangs.

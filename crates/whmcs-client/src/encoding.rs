@@ -222,7 +222,7 @@ mod tests {
         assert_eq!(serialized_base64(&value), base64);
     }
 
-    // interop/whmcs.md §7, worked examples, row by row.
+    // Worked examples of PHP `serialize()` + base64 (as PHP itself encodes them), row by row.
     #[test]
     fn worked_example_string() {
         check(

@@ -300,7 +300,9 @@ async fn read_body(mut response: reqwest::Response) -> Result<Vec<u8>, String> {
     }
 }
 
-/// Reads the WHMCS envelope from a reply of any HTTP status (interop checklist item 6).
+/// Reads the WHMCS envelope from a reply of any HTTP status: business errors come with HTTP 200,
+/// auth and IP errors with 400/403 and still a JSON body; a body that is not JSON (an HTML
+/// page from a proxy or a PHP fatal error) is a transport error.
 pub(crate) fn interpret(action: Action, status: u16, bytes: &[u8]) -> Result<Value> {
     if (300..400).contains(&status) {
         // The redirect was not followed (it would turn the POST into a GET): the URL is wrong.

@@ -53,7 +53,7 @@
 //! # }
 //! ```
 //!
-//! Wire rules (`shared/interop/whmcs.md`): every call POSTs an
+//! Wire rules: every call POSTs an
 //! `application/x-www-form-urlencoded` body with `action`, `identifier`, `secret`, optional
 //! `accesskey` and `responsetype=json`; arrays go as `name[i]` with the same indices on every
 //! parallel array; `customfields`/`configoptions` are base64 of PHP `serialize()` of an

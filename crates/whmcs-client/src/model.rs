@@ -1,7 +1,8 @@
 //! Request and response types of the actions this crate calls.
 //!
-//! Requests encode themselves into a [`FormBody`]; responses are read leniently (see
-//! `interop/whmcs.md` §2). Types that carry personal data or secrets have hand-written `Debug`
+//! Requests encode themselves into a [`FormBody`]; responses are read leniently: WHMCS
+//! returns ids and counts as numbers or numeric strings, booleans as `true`/`1`/`"1"`/`"on"`,
+//! lists nested one level deeper (`orders.order[]`) and an empty list as `""`. Types that carry personal data or secrets have hand-written `Debug`
 //! impls that leave those values out.
 
 use std::collections::BTreeMap;
@@ -975,7 +976,7 @@ mod tests {
                 "noemail"
             ]
         );
-        // an empty PHP array for the line without options, the §7 example for the other
+        // an empty PHP array for the line without options, `a:1:{i:3;i:15;}` for the other
         assert_eq!(pairs[5].1, "YTowOnt9");
         assert_eq!(pairs[9].1, "YToxOntpOjM7aToxNTt9");
         assert_eq!(pairs[10].1, "1");

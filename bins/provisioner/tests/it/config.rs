@@ -1,4 +1,4 @@
-//! `provisioner config check` (issue 7, done-when 4): every DESIGN §5 variable shown, every
+//! `provisioner config check` (issue 7, done-when 4): every configuration variable shown, every
 //! problem named, no secret shown.
 
 use std::collections::BTreeMap;
@@ -9,7 +9,7 @@ use test_support::process::{Captured, PATIENCE};
 use crate::logs::pem_body_lines;
 use crate::support::{CapturedProvisioner as _, MASTER_KEY, PORTAL_TOKEN};
 
-/// Every variable of DESIGN §5, by the name a user sets.
+/// Every configuration variable (README, Configuration), by the name a user sets.
 const DESIGN_VARIABLES: &[&str] = &[
     "SF_EVENTS_ENABLED",
     "SF_PROVISION_EVENT_CHANNEL",
@@ -101,7 +101,7 @@ async fn config_check_names_every_problem_and_redacts_secrets() {
     ];
     let pem_lines = pem_body_lines(sandbox::salesforce::test_keys::PRIVATE_KEY_PEM);
 
-    // Complete: exit 0, every DESIGN §5 variable shown, the secrets redacted.
+    // Complete: exit 0, every configuration variable shown, the secrets redacted.
     let env = complete_env(dir.path());
     let (code, stdout, stderr) = config_check(&env).await;
     assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");

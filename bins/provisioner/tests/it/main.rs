@@ -12,6 +12,7 @@ mod dr;
 mod events;
 mod logs;
 mod metrics;
+mod operate;
 mod processes;
 mod shutdown;
 mod status_api;

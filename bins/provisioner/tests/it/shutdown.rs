@@ -1,4 +1,4 @@
-//! `provisioner run` stops on SIGTERM with exit 0 (DESIGN §6), also mid-run, and a restart
+//! `provisioner run` stops on SIGTERM with exit 0 (the command contract), also mid-run, and a restart
 //! finishes the work without duplicates (issue 7, done-when 5).
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -1,5 +1,5 @@
 //! A loopback client for the status API that keeps a transcript of every answer, and the
-//! status body contract of DESIGN §7.
+//! status body contract (README, Status API).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -99,7 +99,7 @@ impl StatusApi {
     }
 }
 
-/// The status body keys of DESIGN §7, every one always present.
+/// The status body keys of the status API contract, every one always present.
 pub(crate) fn assert_status_body(answer: &Answer, order_id: &str, whmcs_order_id: &str) {
     assert_eq!(answer.status, 200, "{}", answer.body);
     assert_eq!(answer.header("content-type"), Some("application/json"));

@@ -1,4 +1,6 @@
-//! Published test vectors from shared/interop/crypto-vectors.md.
+//! Published test vectors: AES-256-GCM from NIST CAVP (`gcmEncryptExtIV256.rsp`) and McGrew &
+//! Viega's GCM paper (test case 16), PBKDF2-HMAC-SHA256 from RFC 7914 §11 and the RFC 6070
+//! cases recomputed with SHA-256.
 
 use field_crypto::primitives::{aes256gcm_open, aes256gcm_seal, pbkdf2_sha256};
 

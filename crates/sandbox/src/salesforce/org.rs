@@ -148,7 +148,8 @@ pub(crate) struct OrgData {
     next_locator: u64,
 }
 
-/// The fixed part of DESIGN §3's Order query, whitespace-normalised.
+/// The fixed part of the provisioner's Order query (`sf-rest`'s `ORDER_QUERY`),
+/// whitespace-normalised.
 const ORDER_QUERY_PREFIX: &str = "SELECT Id, OrderNumber, Status, AccountId, Customer_Number__c, WHMCS_Client_Id__c, WHMCS_Order_Id__c, (SELECT Id, Quantity, WHMCS_Product_Id__c, Billing_Cycle__c, Config_Options__c FROM OrderItems) FROM Order WHERE Id = ";
 
 /// The reconcile sweep's query (defined by `sf-rest`), whitespace-normalised.

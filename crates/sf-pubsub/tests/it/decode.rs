@@ -1,4 +1,6 @@
-//! Done when 4: the interop §4.2 vector, garbage payloads, strictness of both paths.
+//! Decoding: a byte-level vector worked out by hand from the Avro specification (a
+//! `Shipment__e`-like record with two optional strings), garbage payloads, strictness of both
+//! paths.
 
 use sf_pubsub::{Error, GenericRecord, OrderProvisionRequested, Record, WriterSchema};
 use test_support::mutation::{Mutation, apply};

@@ -1,4 +1,6 @@
-//! The error cases of interop §2, each mapped to the class the caller acts on.
+//! The ways a WHMCS reply says "error" (`result` or `status` = `error`, a `warning` without
+//! success, auth and IP errors on 400/403, HTML bodies), each mapped to the class the caller
+//! acts on.
 
 use std::time::Duration;
 

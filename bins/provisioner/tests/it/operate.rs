@@ -1,0 +1,147 @@
+//! Operating the service, as the README describes it: a PostgreSQL standby is ready, and the
+//! operator commands work beside a running service on a SQLite file while a second service on
+//! that file is refused.
+
+use std::time::Duration;
+
+use crate::support::{Logs, PgDb, World, free_port, run_to_end, sigkill, spawn, wait_healthy};
+
+/// Bound on anything that should happen soon; reached only when something hangs.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// The log line of the instance that takes the subscriber.
+const HOLDS_SUBSCRIBER: &str = "this instance runs the subscriber";
+
+/// `GET http://127.0.0.1:port{path}`: status code and body.
+async fn get(port: u16, path: &str) -> (u16, String) {
+    let response = reqwest::get(format!("http://127.0.0.1:{port}{path}"))
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
+}
+
+/// Polls `done` every 50 ms until it holds, or panics naming `what` after [`PATIENCE`].
+async fn eventually(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !done().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within {PATIENCE:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Two `provisioner run` on one PostgreSQL database: one holds the subscriber, the other is a
+/// standby that claims jobs and serves the status API, so its `/readyz` answers 200 (README,
+/// "Scaling out to PostgreSQL" and "Status API").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_standby_without_the_subscriber_is_ready() {
+    let db = PgDb::create().await;
+    let world = World::start(1, 1).await;
+    let ports = [free_port(), free_port()];
+    let mut children = Vec::new();
+    let mut logs = Vec::new();
+    for &port in &ports {
+        let mut env = world.env(port);
+        env.insert("DATABASE_URL".into(), db.url());
+        let mut child = spawn(&["run"], &env);
+        logs.push(Logs::capture(&mut child));
+        wait_healthy(port, PATIENCE).await;
+        children.push(child);
+    }
+    eventually("an instance takes the subscriber", async || {
+        logs.iter().any(|l| l.contains(HOLDS_SUBSCRIBER))
+    })
+    .await;
+    let holder = logs
+        .iter()
+        .position(|l| l.contains(HOLDS_SUBSCRIBER))
+        .unwrap();
+    let standby = 1 - holder;
+
+    let (code, body) = get(ports[standby], "/readyz").await;
+    assert_eq!(code, 200, "standby /readyz: {body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"status": "ready", "store": "ok", "subscriber": "ok"})
+    );
+    // It answered as a standby: the advisory lock is the holder's while the holder lives.
+    assert!(
+        !logs[standby].contains(HOLDS_SUBSCRIBER),
+        "both instances hold the subscriber:\n{}",
+        logs[standby].text()
+    );
+    // The holder is ready once its subscription delivers (keepalives every 500 ms).
+    eventually("the subscriber holder's /readyz answers 200", async || {
+        get(ports[holder], "/readyz").await.0 == 200
+    })
+    .await;
+
+    for child in &mut children {
+        sigkill(child).await;
+    }
+    db.drop_db().await;
+}
+
+/// With `provisioner run` on a SQLite file, `dlq list`, `keys status` and `audit verify` work
+/// beside it (exit 0; they open the store without the one-service lock), while a second `run`
+/// on the same file exits 1 (README, Operations).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_commands_work_beside_a_running_sqlite_service() {
+    let world = World::start(2, 1).await;
+    // The first customer's WHMCS client is not Active: its Order fails into a dead letter.
+    world.whmcs.set_client_status(1, "Inactive");
+    let (failing, provisioned) = (&world.seeded.events[0], &world.seeded.events[1]);
+    assert_eq!(failing.customer_number, sandbox::seed::customer_number(1));
+    world.publish_all();
+
+    let port = free_port();
+    let env = world.env(port);
+    let mut service = spawn(&["run"], &env);
+    let service_logs = Logs::capture(&mut service);
+    wait_healthy(port, PATIENCE).await;
+    let status = |id: &str| world.sf.order(id).map(|o| o.status).unwrap_or_default();
+    eventually("one Order Activated, the other failed", async || {
+        status(&provisioned.order_id) == "Activated"
+            && status(&failing.order_id) == "Provisioning Failed"
+    })
+    .await;
+
+    let (code, out) = run_to_end(&["dlq", "list"], &env, PATIENCE).await;
+    assert_eq!(code, Some(0), "dlq list beside run:\n{out}");
+    assert!(
+        out.contains(&format!("order={}", failing.order_id)) && out.contains("not Active"),
+        "the failed Order's dead letter is listed:\n{out}"
+    );
+    let (code, out) = run_to_end(&["keys", "status"], &env, PATIENCE).await;
+    assert_eq!(code, Some(0), "keys status beside run:\n{out}");
+    assert!(out.contains("primary"), "{out}");
+    let (code, out) = run_to_end(&["audit", "verify"], &env, PATIENCE).await;
+    assert_eq!(code, Some(0), "audit verify beside run:\n{out}");
+    assert!(out.contains("audit chain ok"), "{out}");
+
+    // A second service on the same file is refused.
+    let mut second = env.clone();
+    second.insert(
+        "PROVISIONER_HTTP_ADDR".into(),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let (code, out) = run_to_end(&["run"], &second, PATIENCE).await;
+    assert_eq!(code, Some(1), "a second run on one SQLite file:\n{out}");
+    assert!(
+        out.contains("in use by another provisioner process"),
+        "{out}"
+    );
+
+    // The service went on through all of it.
+    assert!(
+        service.try_wait().unwrap().is_none(),
+        "the service exited:\n{}",
+        service_logs.text()
+    );
+    assert_eq!(get(port, "/healthz").await.0, 200);
+    sigkill(&mut service).await;
+}
