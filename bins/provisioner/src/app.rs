@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use provisioner_core::subscriber::{SubscriberConfig, SubscriberStatus};
-use provisioner_core::{Engine, EngineConfig, Ports};
+use provisioner_core::subscriber::SubscriberConfig;
+use provisioner_core::{EngineBuilder, EngineConfig, RunningEngine};
 use provisioner_store::{Backend, SqlStore, Store, StoreOptions};
 use secrecy::ExposeSecret;
 
@@ -51,6 +51,16 @@ pub(crate) fn engine_config(config: &Config) -> EngineConfig {
     }
 }
 
+/// The subscriber configuration from the service configuration.
+pub(crate) fn subscriber_config(config: &Config) -> SubscriberConfig {
+    SubscriberConfig {
+        topic: config.channel.clone(),
+        start: config.replay.clone(),
+        batch: config.pubsub_batch,
+        ..SubscriberConfig::default()
+    }
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/etc/hostname")
         .ok()
@@ -61,13 +71,19 @@ fn hostname() -> String {
 
 /// Everything `run` and the operator commands share.
 pub(crate) struct Wired {
-    pub(crate) engine: Engine,
+    /// The engine over the configured clients and the store, not yet built.
+    pub(crate) engine: EngineBuilder,
     pub(crate) monitor: security::SecurityMonitor,
     pub(crate) tokens: Arc<sf_auth::JwtBearer>,
 }
 
-/// Builds the clients, the alert sink and the engine.
-pub(crate) async fn wire(config: &Config, store: Arc<SqlStore>) -> anyhow::Result<Wired> {
+/// Builds the clients, the alert sink and the engine builder (with `engine` as its
+/// configuration and the configured per-customer provisioning rate).
+pub(crate) async fn wire(
+    config: &Config,
+    store: Arc<SqlStore>,
+    engine: EngineConfig,
+) -> anyhow::Result<Wired> {
     let tokens = Arc::new(
         sf_auth::JwtBearer::new(config.jwt_config()?).context("Salesforce JWT configuration")?,
     );
@@ -88,19 +104,65 @@ pub(crate) async fn wire(config: &Config, store: Arc<SqlStore>) -> anyhow::Resul
     )
     .context("SECURITY_ALERT_WEBHOOK")?;
     let monitor = security::SecurityMonitor::new(sink, security::Thresholds::default());
-    let ports = Ports {
-        orders: Arc::new(rest),
-        whmcs: Arc::new(whmcs),
-        store: Arc::clone(&store) as Arc<dyn Store>,
-        audit: Arc::clone(&store) as Arc<dyn audit::AuditLog>,
-        alerts: Arc::new(monitor.clone()),
-    };
-    let limiter = Arc::new(security::KeyedRateLimiter::new(config.provision_rate));
-    let engine = Engine::new(ports, engine_config(config), Some(limiter));
+    let engine = EngineBuilder::new(
+        Arc::new(rest),
+        Arc::new(whmcs),
+        Arc::clone(&store) as Arc<dyn Store>,
+        store as Arc<dyn audit::AuditLog>,
+        Arc::new(monitor.clone()),
+    )
+    .config(engine)
+    .provision_rate(config.provision_rate);
     Ok(Wired {
         engine,
         monitor,
         tokens,
+    })
+}
+
+/// The provisioner as `run` starts it (and `demo`, over its sandboxes).
+pub(crate) struct Service {
+    /// The engine, its handle and the subscriber's status.
+    pub(crate) running: RunningEngine,
+    pub(crate) monitor: security::SecurityMonitor,
+}
+
+/// Starts the provisioner over `store`: leases of a previous SQLite process taken over, the
+/// workers, the reconcile sweep, key rotation and, with `SF_EVENTS_ENABLED`, the subscriber.
+/// `engine` and `subscriber` are the settings derived from `config` ([`engine_config`],
+/// [`subscriber_config`]), possibly with settings no variable names changed (the demo's).
+pub(crate) async fn start(
+    config: &Config,
+    store: Arc<SqlStore>,
+    engine: EngineConfig,
+    subscriber: SubscriberConfig,
+) -> Result<Service, Failure> {
+    if store.backend() == Backend::Sqlite {
+        let taken = store
+            .take_over_leases(chrono::Utc::now())
+            .await
+            .context("taking over leases")
+            .map_err(Failure::Runtime)?;
+        if taken > 0 {
+            tracing::info!(
+                jobs = taken,
+                "resuming jobs left running by the previous process"
+            );
+        }
+    }
+    let wired = wire(config, store, engine).await.map_err(Failure::Usage)?;
+    let mut builder = wired.engine;
+    if config.events_enabled {
+        let pubsub = pubsub_client(
+            config,
+            Arc::clone(&wired.tokens) as Arc<dyn sf_auth::TokenSource>,
+        )
+        .map_err(Failure::Usage)?;
+        builder = builder.subscriber(pubsub, subscriber);
+    }
+    Ok(Service {
+        running: builder.start(),
+        monitor: wired.monitor,
     })
 }
 
@@ -191,43 +253,14 @@ pub(crate) async fn run(config: Config) -> Result<(), Failure> {
         .with_context(|| format!("PROVISIONER_HTTP_ADDR {} cannot be bound", config.http_addr))
         .map_err(Failure::Usage)?;
     let store = open_store(&config, true, true).await.map_err(runtime)?;
-    if store.backend() == Backend::Sqlite {
-        let taken = store
-            .take_over_leases(chrono::Utc::now())
-            .await
-            .context("taking over leases")
-            .map_err(runtime)?;
-        if taken > 0 {
-            tracing::info!(
-                jobs = taken,
-                "resuming jobs left running by the previous process"
-            );
-        }
-    }
-    let wired = wire(&config, Arc::clone(&store))
-        .await
-        .map_err(Failure::Usage)?;
-    let mut handle = wired.engine.start();
-    let subscriber: Option<Arc<SubscriberStatus>> = if config.events_enabled {
-        let pubsub = pubsub_client(
-            &config,
-            Arc::clone(&wired.tokens) as Arc<dyn sf_auth::TokenSource>,
-        )
-        .map_err(Failure::Usage)?;
-        Some(wired.engine.spawn_subscriber(
-            &mut handle,
-            pubsub,
-            SubscriberConfig {
-                topic: config.channel.clone(),
-                start: config.replay.clone(),
-                batch: config.pubsub_batch,
-                ..SubscriberConfig::default()
-            },
-        ))
-    } else {
-        None
-    };
-    let ready = subscriber.clone();
+    let service = start(
+        &config,
+        Arc::clone(&store),
+        engine_config(&config),
+        subscriber_config(&config),
+    )
+    .await?;
+    let ready = service.running.subscriber.clone();
     let portal_token = config
         .portal_token
         .clone()
@@ -236,7 +269,7 @@ pub(crate) async fn run(config: Config) -> Result<(), Failure> {
         status_api::StatusApiState::builder(Arc::clone(&store) as Arc<dyn Store>, portal_token)
             .allowlist(config.allowed_cidrs.clone())
             .status_rate(config.status_rate)
-            .monitor(wired.monitor.clone())
+            .monitor(service.monitor.clone())
             // Ready when the subscriber is disabled, connected, or held by another instance.
             .subscriber_ready(move || {
                 ready
@@ -266,7 +299,7 @@ pub(crate) async fn run(config: Config) -> Result<(), Failure> {
     shutdown_signal().await;
     tracing::info!("shutting down: no new work; finishing in-flight steps");
     let _ = stop_http.send(());
-    handle.shutdown().await;
+    service.running.handle.shutdown().await;
     upkeep.abort();
     match server.await {
         Ok(Ok(())) => {}

@@ -6,8 +6,11 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 use std::time::Duration;
 
+use provisioner_core::EngineConfig;
+use provisioner_core::subscriber::SubscriberConfig;
 use secrecy::{ExposeSecret, SecretString};
 
 /// Variables whose values are secrets: read from `<NAME>` or `<NAME>_FILE`, printed redacted.
@@ -21,54 +24,92 @@ pub(crate) const SECRETS: &[&str] = &[
     "SECURITY_ALERT_WEBHOOK",
 ];
 
-/// Every variable the provisioner reads, in the order of the README's Configuration table, with
-/// its default.
-pub(crate) const VARIABLES: &[(&str, Option<&str>)] = &[
-    ("SF_EVENTS_ENABLED", Some("true")),
-    (
-        "SF_PROVISION_EVENT_CHANNEL",
-        Some("/event/OrderProvisionRequested__e"),
-    ),
-    ("SF_EVENTS_REPLAY", Some("LATEST")),
-    ("SF_LOGIN_URL", Some("https://login.salesforce.com")),
-    ("SF_AUDIENCE", None),
-    ("SF_CLIENT_ID", None),
-    ("SF_USERNAME", None),
-    ("SF_PRIVATE_KEY", None),
-    ("SF_API_VERSION", Some("v62.0")),
-    (
-        "SF_PUBSUB_ENDPOINT",
-        Some("https://api.pubsub.salesforce.com:7443"),
-    ),
-    ("SF_PUBSUB_CA_FILE", None),
-    ("SF_PUBSUB_BATCH", Some("100")),
-    ("SF_ORDER_STATUS_APPROVED", Some("Approved")),
-    ("SF_ORDER_STATUS_PROVISIONING", Some("Provisioning")),
-    ("SF_ORDER_STATUS_PROVISIONED", Some("Activated")),
-    ("SF_ORDER_STATUS_FAILED", Some("Provisioning Failed")),
-    ("WHMCS_API_URL", None),
-    ("WHMCS_API_IDENTIFIER", None),
-    ("WHMCS_API_SECRET", None),
-    ("WHMCS_ACCESS_KEY", None),
-    ("WHMCS_PAYMENT_METHOD", Some("banktransfer")),
-    ("WHMCS_ORDER_REF_FIELD_ID", None),
-    ("WHMCS_SEND_EMAIL", Some("true")),
-    ("WHMCS_NO_INVOICE", Some("false")),
-    ("DATABASE_URL", Some("sqlite://provisioner.db")),
-    ("JOB_LEASE", Some("30s")),
-    ("FIELD_ENCRYPTION_KEY", None),
-    ("ENCRYPTION_KEY_ROTATION_DAYS", Some("90")),
-    ("AUDIT_LOG_RETENTION_DAYS", Some("2555")),
-    ("SECURITY_ALERT_WEBHOOK", None),
-    ("PROVISIONER_HTTP_ADDR", Some("127.0.0.1:8080")),
-    ("PORTAL_API_TOKEN", None),
-    ("HTTP_ALLOWED_CIDRS", Some("127.0.0.0/8,::1/128")),
-    ("PROVISIONER_CONCURRENCY", Some("16")),
-    ("CUSTOMER_PROVISION_RATE", Some("30/hour")),
-    ("CUSTOMER_STATUS_RATE", Some("60/minute")),
-    ("RECONCILE_INTERVAL", Some("15m")),
-    ("LOG_FORMAT", None),
-];
+/// `SF_EVENTS_ENABLED`'s default.
+const EVENTS_ENABLED: bool = true;
+/// `SF_PUBSUB_ENDPOINT`'s default.
+const PUBSUB_ENDPOINT: &str = "https://api.pubsub.salesforce.com:7443";
+/// `DATABASE_URL`'s default.
+const DATABASE_URL: &str = "sqlite://provisioner.db";
+
+/// Every variable the provisioner reads, in the README table's order, with its default as text (what
+/// `config check` shows and what is parsed when the variable is unset).
+///
+/// Each default is written once, as a typed value where it is used: the engine's in
+/// [`EngineConfig::default`] and [`provisioner_core::DEFAULT_PROVISION_RATE`], the subscriber's
+/// in [`SubscriberConfig::default`], the other crates' in their `DEFAULT_*` constants, the
+/// binary's own above. This table only renders them.
+pub(crate) static VARIABLES: LazyLock<Vec<(&'static str, Option<String>)>> = LazyLock::new(|| {
+    let engine = EngineConfig::default();
+    let subscriber = SubscriberConfig::default();
+    let text = |v: &dyn std::fmt::Display| Some(v.to_string());
+    vec![
+        ("SF_EVENTS_ENABLED", text(&EVENTS_ENABLED)),
+        ("SF_PROVISION_EVENT_CHANNEL", text(&engine.topic)),
+        ("SF_EVENTS_REPLAY", text(&subscriber.start)),
+        ("SF_LOGIN_URL", text(&sf_auth::DEFAULT_LOGIN_URL)),
+        ("SF_AUDIENCE", None),
+        ("SF_CLIENT_ID", None),
+        ("SF_USERNAME", None),
+        ("SF_PRIVATE_KEY", None),
+        ("SF_API_VERSION", text(&sf_rest::DEFAULT_API_VERSION)),
+        ("SF_PUBSUB_ENDPOINT", text(&PUBSUB_ENDPOINT)),
+        ("SF_PUBSUB_CA_FILE", None),
+        ("SF_PUBSUB_BATCH", text(&subscriber.batch)),
+        ("SF_ORDER_STATUS_APPROVED", text(&engine.statuses.approved)),
+        (
+            "SF_ORDER_STATUS_PROVISIONING",
+            engine.statuses.provisioning.clone(),
+        ),
+        (
+            "SF_ORDER_STATUS_PROVISIONED",
+            text(&engine.statuses.provisioned),
+        ),
+        ("SF_ORDER_STATUS_FAILED", text(&engine.statuses.failed)),
+        ("WHMCS_API_URL", None),
+        ("WHMCS_API_IDENTIFIER", None),
+        ("WHMCS_API_SECRET", None),
+        ("WHMCS_ACCESS_KEY", None),
+        ("WHMCS_PAYMENT_METHOD", text(&engine.payment_method)),
+        (
+            "WHMCS_ORDER_REF_FIELD_ID",
+            engine.order_ref_field_id.map(|id| id.to_string()),
+        ),
+        ("WHMCS_SEND_EMAIL", text(&engine.send_email)),
+        ("WHMCS_NO_INVOICE", text(&engine.no_invoice)),
+        ("DATABASE_URL", text(&DATABASE_URL)),
+        ("JOB_LEASE", Some(format_duration(engine.lease))),
+        ("FIELD_ENCRYPTION_KEY", None),
+        (
+            "ENCRYPTION_KEY_ROTATION_DAYS",
+            text(&engine.key_rotation_days),
+        ),
+        (
+            "AUDIT_LOG_RETENTION_DAYS",
+            text(&audit::DEFAULT_RETENTION_DAYS),
+        ),
+        ("SECURITY_ALERT_WEBHOOK", None),
+        (
+            "PROVISIONER_HTTP_ADDR",
+            text(&status_api::DEFAULT_HTTP_ADDR),
+        ),
+        ("PORTAL_API_TOKEN", None),
+        ("HTTP_ALLOWED_CIDRS", text(&security::IpAllowlist::DEFAULT)),
+        ("PROVISIONER_CONCURRENCY", text(&engine.concurrency)),
+        (
+            "CUSTOMER_PROVISION_RATE",
+            text(&provisioner_core::DEFAULT_PROVISION_RATE),
+        ),
+        (
+            "CUSTOMER_STATUS_RATE",
+            text(&status_api::DEFAULT_STATUS_RATE),
+        ),
+        (
+            "RECONCILE_INTERVAL",
+            Some(format_duration(engine.reconcile_interval)),
+        ),
+        ("LOG_FORMAT", None),
+    ]
+});
 
 /// Where the raw values come from.
 pub(crate) struct Sources {
@@ -235,6 +276,20 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(secs))
 }
 
+/// `d` as [`parse_duration`] reads it back, in the largest unit that divides it (`30s`, `15m`).
+pub(crate) fn format_duration(d: Duration) -> String {
+    if d.subsec_nanos() != 0 {
+        return format!("{}ms", d.as_millis());
+    }
+    let secs = d.as_secs();
+    for (unit, per) in [("d", 86_400), ("h", 3_600), ("m", 60)] {
+        if secs != 0 && secs.is_multiple_of(per) {
+            return format!("{}{unit}", secs / per);
+        }
+    }
+    format!("{secs}s")
+}
+
 fn parse_bool(text: &str) -> Result<bool, String> {
     match text.trim().to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Ok(true),
@@ -254,7 +309,7 @@ impl Parser<'_> {
             VARIABLES
                 .iter()
                 .find(|(n, _)| *n == name)
-                .and_then(|(_, d)| d.map(str::to_owned))
+                .and_then(|(_, d)| d.clone())
         })
     }
 
@@ -280,7 +335,7 @@ pub(crate) fn shown(src: &Sources) -> Vec<(String, String, String)> {
     VARIABLES
         .iter()
         .map(|(name, default)| {
-            let value = match src.raw(name).or(*default) {
+            let value = match src.raw(name).or(default.as_deref()) {
                 None => "(unset)".to_owned(),
                 Some(_) if SECRETS.contains(name) => "[REDACTED]".to_owned(),
                 Some(v) => v.to_owned(),
@@ -318,19 +373,25 @@ impl Config {
             src,
             errors: src.errors.clone(),
         };
-        let events_enabled = p.parsed("SF_EVENTS_ENABLED", parse_bool).unwrap_or(true);
+        // The fallbacks after a failed parse are never returned (that variable's error is),
+        // they only keep the code total; they are the defaults, so nothing repeats a value.
+        let engine = EngineConfig::default();
+        let subscriber = SubscriberConfig::default();
+        let events_enabled = p
+            .parsed("SF_EVENTS_ENABLED", parse_bool)
+            .unwrap_or(EVENTS_ENABLED);
         let replay = p
             .parsed("SF_EVENTS_REPLAY", |t| {
                 t.parse::<sf_pubsub::ReplayStart>()
                     .map_err(|e| e.to_string())
             })
-            .unwrap_or(sf_pubsub::ReplayStart::Latest);
+            .unwrap_or(subscriber.start);
         let pubsub_batch = p
             .parsed("SF_PUBSUB_BATCH", |t| match t.trim().parse::<u32>() {
                 Ok(n) if (1..=100).contains(&n) => Ok(n),
                 _ => Err(format!("{t:?} must be a number from 1 to 100")),
             })
-            .unwrap_or(100);
+            .unwrap_or(subscriber.batch);
         let url = |t: &str| {
             if t.starts_with("https://") || t.starts_with("http://") {
                 Ok(t.trim_end_matches('/').to_owned())
@@ -351,8 +412,12 @@ impl Config {
                 .filter(|n| *n > 0)
                 .ok_or_else(|| format!("{t:?} is not a custom field id"))
         });
-        let send_email = p.parsed("WHMCS_SEND_EMAIL", parse_bool).unwrap_or(true);
-        let no_invoice = p.parsed("WHMCS_NO_INVOICE", parse_bool).unwrap_or(false);
+        let send_email = p
+            .parsed("WHMCS_SEND_EMAIL", parse_bool)
+            .unwrap_or(engine.send_email);
+        let no_invoice = p
+            .parsed("WHMCS_NO_INVOICE", parse_bool)
+            .unwrap_or(engine.no_invoice);
         let database_url = p
             .parsed("DATABASE_URL", |t| {
                 if t.starts_with("sqlite://")
@@ -367,7 +432,7 @@ impl Config {
             .unwrap_or_default();
         let job_lease = p
             .parsed("JOB_LEASE", parse_duration)
-            .unwrap_or(Duration::from_secs(30));
+            .unwrap_or(engine.lease);
         let days = |t: &str| {
             t.trim()
                 .parse::<u32>()
@@ -375,8 +440,12 @@ impl Config {
                 .filter(|n| *n > 0)
                 .ok_or_else(|| format!("{t:?} must be a whole number of days, at least 1"))
         };
-        let key_rotation_days = p.parsed("ENCRYPTION_KEY_ROTATION_DAYS", days).unwrap_or(90);
-        let audit_retention_days = p.parsed("AUDIT_LOG_RETENTION_DAYS", days).unwrap_or(2555);
+        let key_rotation_days = p
+            .parsed("ENCRYPTION_KEY_ROTATION_DAYS", days)
+            .unwrap_or(engine.key_rotation_days);
+        let audit_retention_days = p
+            .parsed("AUDIT_LOG_RETENTION_DAYS", days)
+            .unwrap_or(audit::DEFAULT_RETENTION_DAYS);
         let encryption_key = p.secret("FIELD_ENCRYPTION_KEY");
         if let Some(key) = &encryption_key
             && let Err(e) = field_crypto::MasterKey::from_config(key.expose_secret())
@@ -389,7 +458,7 @@ impl Config {
                     .parse::<SocketAddr>()
                     .map_err(|_| format!("{t:?} is not host:port"))
             })
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+            .unwrap_or_else(|| SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)));
         let allowed_cidrs = p
             .parsed("HTTP_ALLOWED_CIDRS", |t| {
                 security::IpAllowlist::parse(t).map_err(|e| e.to_string())
@@ -403,7 +472,7 @@ impl Config {
                     .filter(|n| (1..=1024).contains(n))
                     .ok_or_else(|| format!("{t:?} must be a number from 1 to 1024"))
             })
-            .unwrap_or(16);
+            .unwrap_or(engine.concurrency);
         let rate = |t: &str| security::Rate::parse(t).map_err(|e| e.to_string());
         let provision_rate = p.parsed("CUSTOMER_PROVISION_RATE", rate);
         let status_rate = p.parsed("CUSTOMER_STATUS_RATE", rate);
@@ -417,7 +486,7 @@ impl Config {
                     }
                 })
             })
-            .unwrap_or(Duration::from_secs(900));
+            .unwrap_or(engine.reconcile_interval);
         let log_format = p.parsed("LOG_FORMAT", |t| match t.trim() {
             "json" => Ok(LogFormat::Json),
             "pretty" => Ok(LogFormat::Pretty),
@@ -678,6 +747,71 @@ mod tests {
         assert!(!missing.iter().any(|m| m.starts_with("WHMCS_API_SECRET")));
     }
 
+    /// The README's Configuration table is the contract: the defaults the libraries hold must
+    /// render to it.
+    #[test]
+    fn defaults_render_the_design_table() {
+        let expected: &[(&str, Option<&str>)] = &[
+            ("SF_EVENTS_ENABLED", Some("true")),
+            (
+                "SF_PROVISION_EVENT_CHANNEL",
+                Some("/event/OrderProvisionRequested__e"),
+            ),
+            ("SF_EVENTS_REPLAY", Some("LATEST")),
+            ("SF_LOGIN_URL", Some("https://login.salesforce.com")),
+            ("SF_AUDIENCE", None),
+            ("SF_CLIENT_ID", None),
+            ("SF_USERNAME", None),
+            ("SF_PRIVATE_KEY", None),
+            ("SF_API_VERSION", Some("v62.0")),
+            (
+                "SF_PUBSUB_ENDPOINT",
+                Some("https://api.pubsub.salesforce.com:7443"),
+            ),
+            ("SF_PUBSUB_CA_FILE", None),
+            ("SF_PUBSUB_BATCH", Some("100")),
+            ("SF_ORDER_STATUS_APPROVED", Some("Approved")),
+            ("SF_ORDER_STATUS_PROVISIONING", Some("Provisioning")),
+            ("SF_ORDER_STATUS_PROVISIONED", Some("Activated")),
+            ("SF_ORDER_STATUS_FAILED", Some("Provisioning Failed")),
+            ("WHMCS_API_URL", None),
+            ("WHMCS_API_IDENTIFIER", None),
+            ("WHMCS_API_SECRET", None),
+            ("WHMCS_ACCESS_KEY", None),
+            ("WHMCS_PAYMENT_METHOD", Some("banktransfer")),
+            ("WHMCS_ORDER_REF_FIELD_ID", None),
+            ("WHMCS_SEND_EMAIL", Some("true")),
+            ("WHMCS_NO_INVOICE", Some("false")),
+            ("DATABASE_URL", Some("sqlite://provisioner.db")),
+            ("JOB_LEASE", Some("30s")),
+            ("FIELD_ENCRYPTION_KEY", None),
+            ("ENCRYPTION_KEY_ROTATION_DAYS", Some("90")),
+            ("AUDIT_LOG_RETENTION_DAYS", Some("2555")),
+            ("SECURITY_ALERT_WEBHOOK", None),
+            ("PROVISIONER_HTTP_ADDR", Some("127.0.0.1:8080")),
+            ("PORTAL_API_TOKEN", None),
+            ("HTTP_ALLOWED_CIDRS", Some("127.0.0.0/8,::1/128")),
+            ("PROVISIONER_CONCURRENCY", Some("16")),
+            ("CUSTOMER_PROVISION_RATE", Some("30/hour")),
+            ("CUSTOMER_STATUS_RATE", Some("60/minute")),
+            ("RECONCILE_INTERVAL", Some("15m")),
+            ("LOG_FORMAT", None),
+        ];
+        let rendered: Vec<(&str, Option<&str>)> = VARIABLES
+            .iter()
+            .map(|(name, default)| (*name, default.as_deref()))
+            .collect();
+        assert_eq!(rendered, expected);
+        // The engine gets what the table says.
+        let c = Config::parse(&Sources::from_parts(None, env(&[]))).unwrap();
+        let engine = EngineConfig::default();
+        assert_eq!(c.statuses, engine.statuses);
+        assert_eq!(c.channel, engine.topic);
+        assert_eq!(c.concurrency, engine.concurrency);
+        assert_eq!(c.reconcile_interval, engine.reconcile_interval);
+        assert_eq!(c.provision_rate, provisioner_core::DEFAULT_PROVISION_RATE);
+    }
+
     #[test]
     fn durations() {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
@@ -686,5 +820,12 @@ mod tests {
         assert_eq!(parse_duration("45").unwrap(), Duration::from_secs(45));
         assert!(parse_duration("1w").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn durations_format_as_they_parse() {
+        for text in ["500ms", "30s", "90s", "15m", "2h", "1d", "0s"] {
+            assert_eq!(format_duration(parse_duration(text).unwrap()), text);
+        }
     }
 }

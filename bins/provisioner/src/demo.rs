@@ -1,7 +1,9 @@
 //! `provisioner demo`: the whole flow against in-process sandboxes (Salesforce OAuth + REST,
 //! Pub/Sub gRPC, WHMCS) with a temporary SQLite store: seed customers and Approved Orders,
-//! publish their events, run the real engine and subscriber, show progress, print a summary
-//! table and the audit verification. Exit 0 only if every order ended provisioned.
+//! publish their events, run the provisioner as `run` wires it (a configuration parsed from the
+//! sandboxes' variables, then `run`'s own store, clients, engine and subscriber), show progress,
+//! print a summary table and the audit verification. Exit 0 only if every order ended
+//! provisioned.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,17 +11,18 @@ use std::time::Duration;
 use anyhow::{Context as _, anyhow};
 use comfy_table::{Cell, Table};
 use provisioner_core::subscriber::SubscriberConfig;
-use provisioner_core::{Engine, EngineConfig, Ports, RetryPolicy};
-use provisioner_store::{JobState, SqlStore, Store, StoreOptions};
+use provisioner_core::{EngineConfig, RetryPolicy};
+use provisioner_store::{JobState, Store};
 use sandbox::pubsub::{PubSubConfig, PubSubSandbox};
 use sandbox::salesforce::{
     FaultKind, Route, SalesforceConfig, SalesforceSandbox, Trigger, test_keys,
 };
 use sandbox::seed::{ConfigOptions, Plan};
 use sandbox::whmcs::{Fault, WhmcsSandbox};
-use secrecy::SecretString;
 
+use crate::app;
 use crate::cli::{DemoArgs, Failure};
+use crate::config::{self, Config};
 
 const REF_FIELD: u64 = 1;
 
@@ -34,6 +37,47 @@ fn rand_key() -> [u8; 32] {
     key[..16].copy_from_slice(&a);
     key[16..].copy_from_slice(&b);
     key
+}
+
+/// The service configuration of the demo, parsed from variables like the real one: the
+/// sandboxes' URLs and credentials, a SQLite file in `dir` under a fresh random key, events
+/// replayed from the earliest, and a provisioning rate the demo's bursts stay under. Nothing
+/// comes from the process environment.
+fn sandbox_config(
+    sf: &SalesforceSandbox,
+    whmcs: &WhmcsSandbox,
+    ps: &PubSubSandbox,
+    dir: &tempfile::TempDir,
+) -> Result<Config, Failure> {
+    // A fresh random key for the throwaway store.
+    let key = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, rand_key());
+    let vars = [
+        ("SF_EVENTS_ENABLED", "true".to_owned()),
+        ("SF_EVENTS_REPLAY", "EARLIEST".to_owned()),
+        ("SF_LOGIN_URL", sf.base_url()),
+        ("SF_CLIENT_ID", sf.config().client_id.clone()),
+        ("SF_USERNAME", sf.config().usernames[0].clone()),
+        ("SF_PRIVATE_KEY", test_keys::PRIVATE_KEY_PEM.to_owned()),
+        ("SF_PUBSUB_ENDPOINT", ps.endpoint()),
+        ("WHMCS_API_URL", whmcs.api_url()),
+        ("WHMCS_API_IDENTIFIER", whmcs.config().identifier.clone()),
+        ("WHMCS_API_SECRET", whmcs.config().secret.clone()),
+        ("WHMCS_ORDER_REF_FIELD_ID", REF_FIELD.to_string()),
+        (
+            "DATABASE_URL",
+            format!("sqlite://{}/demo.db", dir.path().display()),
+        ),
+        ("FIELD_ENCRYPTION_KEY", format!("base64:{key}")),
+        // Every order of the largest demo at once (--orders is at most 10,000).
+        ("CUSTOMER_PROVISION_RATE", "10000/second".to_owned()),
+    ];
+    let sources = config::Sources::from_parts(
+        None,
+        vars.into_iter()
+            .map(|(name, value)| (name.to_owned(), value)),
+    );
+    Config::parse(&sources)
+        .map_err(|errors| rt(anyhow!("demo configuration: {}", errors.join("; "))))
 }
 
 /// Splits `orders` into customers of equal size (at most 5 customers).
@@ -109,63 +153,15 @@ pub(crate) async fn demo(args: DemoArgs) -> Result<(), Failure> {
     let dir = tempfile::tempdir()
         .context("creating a temporary directory")
         .map_err(rt)?;
-    // A fresh random key for the throwaway store.
-    let key: [u8; 32] = rand_key();
-    let master = field_crypto::MasterKey::from_config(&format!(
-        "base64:{}",
-        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, key)
-    ))
-    .map_err(rt)?;
-    let store = Arc::new(
-        SqlStore::open(
-            &format!("sqlite://{}/demo.db", dir.path().display()),
-            &master,
-            StoreOptions::default(),
-        )
-        .await
-        .map_err(rt)?,
-    );
-    let tokens = Arc::new(
-        sf_auth::JwtBearer::new(sf_auth::JwtBearerConfig::new(
-            sf.base_url(),
-            sf.config().client_id.clone(),
-            sf.config().usernames[0].clone(),
-            SecretString::from(test_keys::PRIVATE_KEY_PEM.to_owned()),
-        ))
-        .map_err(rt)?,
-    );
-    let rest = sf_rest::RestOrderApi::new(
-        Arc::clone(&tokens) as Arc<dyn sf_auth::TokenSource>,
-        sf_rest::RestConfig::default(),
-    )
-    .map_err(rt)?;
-    let mut whmcs_config = whmcs_client::WhmcsConfig::new(
-        whmcs.api_url(),
-        SecretString::from(whmcs.config().identifier.clone()),
-        SecretString::from(whmcs.config().secret.clone()),
-    );
-    whmcs_config.read_timeout = Duration::from_secs(10);
-    let whmcs_api = whmcs_client::HttpWhmcsClient::new(whmcs_config).map_err(rt)?;
-    let pubsub = sf_pubsub::PubSubClient::new(
-        sf_pubsub::ClientConfig::new(ps.endpoint()),
-        Arc::clone(&tokens) as Arc<dyn sf_auth::TokenSource>,
-    )
-    .map_err(rt)?;
-    let monitor = security::SecurityMonitor::new(
-        Arc::new(security::LogSink),
-        security::Thresholds::default(),
-    );
-    let ports = Ports {
-        orders: Arc::new(rest),
-        whmcs: Arc::new(whmcs_api),
-        store: Arc::clone(&store) as Arc<dyn Store>,
-        audit: Arc::clone(&store) as Arc<dyn audit::AuditLog>,
-        alerts: Arc::new(monitor),
-    };
-    let engine = Engine::new(
-        ports,
+    let config = sandbox_config(&sf, &whmcs, &ps, &dir)?;
+    // From here on, the service's own wiring: the store, clients, engine and subscriber as
+    // `run` builds them from its configuration.
+    let store = app::open_store(&config, true, true).await.map_err(rt)?;
+    let service = app::start(
+        &config,
+        Arc::clone(&store),
         EngineConfig {
-            order_ref_field_id: Some(REF_FIELD),
+            // Quick retries and polling: faults are absorbed in seconds, not minutes.
             retry: RetryPolicy {
                 base: Duration::from_millis(50),
                 max_delay: Duration::from_secs(1),
@@ -174,21 +170,15 @@ pub(crate) async fn demo(args: DemoArgs) -> Result<(), Failure> {
             },
             poll_interval: Duration::from_millis(50),
             instance: "demo".into(),
-            ..EngineConfig::default()
+            ..app::engine_config(&config)
         },
-        None,
-    );
-    let mut handle = engine.start();
-    engine.spawn_subscriber(
-        &mut handle,
-        Arc::new(pubsub),
         SubscriberConfig {
-            start: sf_pubsub::ReplayStart::Earliest,
             watchdog: Duration::from_secs(10),
             restart_backoff: Duration::from_millis(200),
-            ..SubscriberConfig::default()
+            ..app::subscriber_config(&config)
         },
-    );
+    )
+    .await?;
     // The operator approves: the Flow publishes one event per Order.
     for event in &seeded.events {
         ps.publish_order(sf_pubsub::DEFAULT_TOPIC, event)
@@ -225,7 +215,7 @@ pub(crate) async fn demo(args: DemoArgs) -> Result<(), Failure> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     bar.finish_and_clear();
-    handle.shutdown().await;
+    service.running.handle.shutdown().await;
     let elapsed = started.elapsed();
 
     let mut table = Table::new();

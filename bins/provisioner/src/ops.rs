@@ -296,9 +296,12 @@ fn op_record(
 /// `provisioner reconcile`: one sweep now.
 pub(crate) async fn reconcile(config: &Config) -> Result<(), Failure> {
     let store = store(config, true).await?;
-    let wired = app::wire(config, store).await.map_err(Failure::Usage)?;
+    let wired = app::wire(config, store, app::engine_config(config))
+        .await
+        .map_err(Failure::Usage)?;
     let n = wired
         .engine
+        .build()
         .reconcile_once()
         .await
         .map_err(|e| runtime(anyhow!(e)))?;

@@ -174,7 +174,7 @@ mod tests {
         r.actor = Actor::WORKER;
         variants.push(r);
         let mut r = base.clone();
-        r.action = Action::STEP_STARTED;
+        r.action = Action::STEP_SUCCEEDED;
         variants.push(r);
         let mut r = base.clone();
         r.order_id = None;

@@ -365,9 +365,13 @@ mod tests {
                 let r = head
                     .seal(
                         &k,
-                        NewAuditRecord::new(Actor::ENGINE, Action::STEP_STARTED, Outcome::Success)
-                            .detail(DetailKey::Attempt, i.to_string())
-                            .unwrap(),
+                        NewAuditRecord::new(
+                            Actor::ENGINE,
+                            Action::STEP_SUCCEEDED,
+                            Outcome::Success,
+                        )
+                        .detail(DetailKey::Attempt, i.to_string())
+                        .unwrap(),
                     )
                     .unwrap();
                 head = ChainHead::after(&r);
@@ -496,7 +500,7 @@ mod tests {
         };
         let r = head.seal(
             &key(),
-            NewAuditRecord::new(Actor::ENGINE, Action::STEP_STARTED, Outcome::Success),
+            NewAuditRecord::new(Actor::ENGINE, Action::STEP_SUCCEEDED, Outcome::Success),
         );
         assert!(matches!(r, Err(Error::SeqExhausted)));
     }

@@ -129,8 +129,6 @@ name_type!(
         WORKER = "worker",
         /// The periodic reconcile sweep.
         RECONCILER = "reconciler",
-        /// The status API.
-        STATUS_API = "status_api",
         /// An operator command (`provisioner keys rotate`, `dlq retry`, ...).
         OPERATOR = "operator",
         /// Retention (`provisioner audit purge` or the scheduled purge).
@@ -155,8 +153,6 @@ name_type!(
         EVENT_DUPLICATE = "event_duplicate",
         /// An event or order was refused (not approved, customer mismatch, inactive client).
         ORDER_REFUSED = "order_refused",
-        /// A workflow step started (`step` detail names it).
-        STEP_STARTED = "step_started",
         /// A workflow step succeeded.
         STEP_SUCCEEDED = "step_succeeded",
         /// A workflow step failed (outcome says retry, failed or unknown).
@@ -177,18 +173,10 @@ name_type!(
         KEY_ROTATED = "key_rotated",
         /// Stored fields were re-encrypted under the primary key.
         KEYS_REENCRYPTED = "keys_reencrypted",
-        /// The master key was changed (keyring re-wrapped).
-        MASTER_KEY_CHANGED = "master_key_changed",
-        /// A field failed to decrypt (tampering or wrong key).
-        DECRYPT_FAILED = "decrypt_failed",
-        /// A request failed authentication.
-        AUTH_FAILED = "auth_failed",
         /// A security alert was raised.
         ALERT_RAISED = "alert_raised",
         /// Retention removed old records; written by every purge (see [`crate::purge_record`]).
         RETENTION_PURGE = "retention_purge",
-        /// The chain was verified.
-        AUDIT_VERIFIED = "audit_verified",
     }
 );
 
@@ -739,7 +727,7 @@ mod tests {
         for a in [
             Action::EVENT_RECEIVED,
             Action::RETENTION_PURGE,
-            Action::AUDIT_VERIFIED,
+            Action::KEY_ROTATED,
         ] {
             assert_eq!(Action::new(a.as_str()).unwrap(), a);
         }
