@@ -4,7 +4,10 @@
 
 use std::time::Duration;
 
-use crate::support::{Logs, PgDb, World, free_port, run_to_end, sigkill, spawn, wait_healthy};
+use test_support::pg::PgTempDb;
+use test_support::process::{free_port, sigkill};
+
+use crate::support::{Logs, World, run_to_end, spawn, wait_healthy};
 
 /// Bound on anything that should happen soon; reached only when something hangs.
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -38,7 +41,7 @@ async fn eventually(what: &str, mut done: impl AsyncFnMut() -> bool) {
 /// "Scaling out to PostgreSQL" and "Status API").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_standby_without_the_subscriber_is_ready() {
-    let db = PgDb::create().await;
+    let db = PgTempDb::create().await;
     let world = World::start(1, 1).await;
     let ports = [free_port(), free_port()];
     let mut children = Vec::new();
@@ -83,7 +86,7 @@ async fn a_postgres_standby_without_the_subscriber_is_ready() {
     for child in &mut children {
         sigkill(child).await;
     }
-    db.drop_db().await;
+    db.close().await;
 }
 
 /// With `provisioner run` on a SQLite file, `dlq list`, `keys status` and `audit verify` work
