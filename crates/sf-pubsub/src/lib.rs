@@ -87,6 +87,8 @@ mod subscribe;
 pub mod proto;
 
 pub use avro::WriterSchema;
+#[cfg(feature = "mock")]
+pub use client::MockPubSubApi;
 pub use client::{ClientConfig, PubSubApi, PubSubClient, Published};
 pub use error::{Action, Error, Result};
 pub use record::{GenericRecord, OrderProvisionRequested, Record};

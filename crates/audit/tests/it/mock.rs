@@ -1,6 +1,5 @@
-//! The mockall fake of the port (only with `--features mock`).
+//! The mockall fake of the port (the `mock` feature, which this crate's tests enable).
 
-#[cfg(feature = "mock")]
 #[tokio::test]
 async fn mock_audit_log_can_stand_in_for_the_port() {
     use audit::{AuditLog, ChainHead, MockAuditLog};

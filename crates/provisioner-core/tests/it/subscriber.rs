@@ -1,10 +1,16 @@
-//! Done-when 5 and 6 of issue 6, through the real Pub/Sub sandbox and subscriber.
+//! Done-when 5 and 6 of issue 6, through the real Pub/Sub sandbox and subscriber; and the
+//! subscriber's resumption over a mocked Pub/Sub port (`sf_pubsub::MockPubSubApi`).
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use provisioner_core::subscriber::SubscriberConfig;
+use provisioner_core::intake::IntakeItem;
+use provisioner_core::subscriber::{SubscriberConfig, SubscriberStatus, run_subscriber};
 use provisioner_store::{DeadLetterState, Store};
-use sf_pubsub::ReplayStart;
+use sf_pubsub::{
+    Message, MockPubSubApi, OrderProvisionRequested, ReplayStart, SubscribeConfig, Subscription,
+};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::stack;
 
@@ -173,4 +179,102 @@ async fn an_expired_replay_id_and_events_lost_while_down_are_reconciled() {
         "the stored replay id was rejected"
     );
     stack.check_invariants().await;
+}
+
+/// An event of the mocked subscription for a valid Order.
+fn mocked_event(n: u64, replay_id: &[u8]) -> sf_pubsub::Result<Message<OrderProvisionRequested>> {
+    Ok(Message::Event(sf_pubsub::Event {
+        replay_id: replay_id.to_vec(),
+        event_id: format!("evt-{n}"),
+        schema_id: "schema-1".into(),
+        payload: vec![1, 2, 3],
+        record: Ok(OrderProvisionRequested {
+            created_date: 1_700_000_000_000,
+            created_by_id: "005000000000001AAA".into(),
+            order_id: sandbox::salesforce::salesforce_id("801", n),
+            customer_number: "C-0001".into(),
+            account_id: None,
+        }),
+    }))
+}
+
+#[tokio::test]
+async fn the_subscriber_resumes_from_the_stored_checkpoint_and_moves_it_over_stored_events() {
+    // Nothing provisions here (no worker runs): the Salesforce and WHMCS ports are never called.
+    let dir = tempfile::tempdir().unwrap();
+    let rest: Arc<dyn sf_rest::OrderApi> = Arc::new(sf_rest::MockOrderApi::new());
+    let whmcs: Arc<dyn whmcs_client::WhmcsApi> = Arc::new(whmcs_client::MockWhmcsApi::new());
+    let (store, engine) = stack::engine_on(&dir, "s.db", &rest, &whmcs).await;
+    let topic = sf_pubsub::DEFAULT_TOPIC;
+    // A position stored by an earlier run wins over the configured start (EARLIEST).
+    engine
+        .intake_batch(vec![IntakeItem::Keepalive {
+            latest_replay_id: b"r0".to_vec(),
+        }])
+        .await
+        .unwrap();
+
+    // The first stream delivers two events, then fails; the second stays open.
+    let (first_tx, first_rx) = mpsc::channel(8);
+    first_tx.send(mocked_event(1, b"r1")).await.unwrap();
+    first_tx.send(mocked_event(2, b"r2")).await.unwrap();
+    first_tx
+        .send(Err(sf_pubsub::Error::Silent {
+            rpc: "Subscribe",
+            seconds: 300.0,
+        }))
+        .await
+        .unwrap();
+    let (_second_tx, second_rx) = mpsc::channel(8);
+    let mut streams = vec![second_rx, first_rx];
+    let starts = Arc::new(Mutex::new(Vec::new()));
+    let (resubscribed_tx, resubscribed_rx) = oneshot::channel();
+    let mut resubscribed_tx = Some(resubscribed_tx);
+    let mut pubsub = MockPubSubApi::new();
+    {
+        let starts = Arc::clone(&starts);
+        pubsub
+            .expect_subscribe_orders()
+            .withf(move |c| c.topic == topic)
+            .times(2)
+            .returning(move |config: SubscribeConfig| {
+                starts.lock().unwrap().push(config.start.to_string());
+                let stream = streams.pop().unwrap();
+                if streams.is_empty() {
+                    let _ = resubscribed_tx.take().unwrap().send(());
+                }
+                Subscription::from_channel(stream)
+            });
+    }
+
+    let status = Arc::new(SubscriberStatus::default());
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let subscriber = tokio::spawn(run_subscriber(
+        engine,
+        Arc::new(pubsub),
+        sub_config(ReplayStart::Earliest),
+        Arc::clone(&status),
+        shutdown_rx,
+    ));
+    // Waits for the second subscription (a failed expectation ends the task: Err here). The
+    // limit only turns a regression that never resubscribes into a failure instead of a hang.
+    tokio::time::timeout(Duration::from_secs(60), resubscribed_rx)
+        .await
+        .expect("the subscriber never subscribed again")
+        .unwrap();
+    shutdown_tx.send(true).unwrap();
+    subscriber.await.unwrap();
+
+    let custom = |id: &[u8]| ReplayStart::Custom(id.to_vec()).to_string();
+    assert_eq!(
+        *starts.lock().unwrap(),
+        vec![custom(b"r0"), custom(b"r2")],
+        "first from the stored checkpoint, then from the last stored event"
+    );
+    assert_eq!(status.events(), 2);
+    assert_eq!(
+        store.load_checkpoint(topic).await.unwrap(),
+        Some(b"r2".to_vec())
+    );
+    assert_eq!(store.job_counts().await.unwrap().pending, 2);
 }

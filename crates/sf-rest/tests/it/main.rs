@@ -1,5 +1,5 @@
 //! Integration tests of the REST client against the sandbox over real HTTP on 127.0.0.1,
-//! with the real JWT bearer token source.
+//! with the real JWT bearer token source (and, in `token_source`, a mocked one).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -8,3 +8,4 @@ mod faults;
 mod leaks;
 mod orders;
 mod support;
+mod token_source;
