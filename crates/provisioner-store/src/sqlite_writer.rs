@@ -769,16 +769,20 @@ mod tests {
             // As under load, the checkpointer's pass runs while the writer's next batch is
             // open: it copies what is committed, and the batch's commit adds frames after it,
             // so its checkpoint never lets the WAL start over by itself.
-            let pass = {
+            let (pass, asked) = {
                 let checkpointer = Arc::clone(&checkpointer);
+                let finish = Arc::clone(&finish);
                 writer
                     .call("blob beside a checkpoint", move |st| {
                         let pass = checkpointer
                             .lock()
                             .pass()
                             .map_err(|e| Error::from_sqlite("checkpoint", e))?;
+                        // Read on the writer thread, before this batch commits: after the
+                        // commit the writer itself clears it (that is the next assertion).
+                        let asked = finish.load(Ordering::Relaxed);
                         insert_blob(st)?;
-                        Ok::<_, Error>(pass)
+                        Ok::<_, Error>((pass, asked))
                     })
                     .await
                     .unwrap()
@@ -789,7 +793,7 @@ mod tests {
                 pass.frames
             );
             assert!(
-                finish.load(Ordering::Relaxed),
+                asked,
                 "round {round}: a WAL of {} frames did not ask for a restart",
                 pass.frames
             );
