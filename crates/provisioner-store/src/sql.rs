@@ -56,7 +56,7 @@ impl Default for StoreOptions {
     }
 }
 
-/// Holds the subscriber leadership while alive (see [`Store::try_lead`]).
+/// Holds the subscriber leadership while alive (see [`crate::Store::try_lead`]).
 pub struct Leadership {
     conn: Option<AnyConnection>,
 }
