@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, anyhow};
 use chrono::Utc;
-use provisioner_store::{DeadLetterState, JobSource, NewJob, Store};
+use provisioner_store::{DeadLetterState, JobSource, JobState, Store};
 
 use crate::app;
 use crate::cli::{AuditCommand, BackupArgs, DlqCommand, Failure, KeysCommand};
@@ -228,40 +228,47 @@ pub(crate) async fn dlq(config: &Config, command: DlqCommand) -> Result<(), Fail
                     "dead letter {id} names no order (a malformed event); discard it, the reconcile sweep covers its order"
                 )));
             };
-            // A failed job keeps its row (the ledger); a new attempt needs the operator's
-            // decision, so the job is re-created as a fresh operator job.
+            // A failed job keeps its row (the ledger): it is reopened from its recovery point,
+            // and its checks accept the failed status this provisioner wrote. A dead letter
+            // whose order has no job (an event's) gets a fresh operator job.
             let job = store
                 .job(&order_id)
                 .await
                 .map_err(|e| runtime(anyhow!(e)))?;
-            let customer = job
-                .map(|j| j.customer_number)
-                .ok_or_else(|| Failure::Usage(anyhow!("order {order_id} has no job to retry")))?;
-            let requeued = store
-                .requeue_failed(&order_id, Vec::new(), Utc::now())
-                .await
-                .map_err(|e| runtime(anyhow!(e)))?;
-            if !requeued {
-                store
-                    .enqueue(
-                        NewJob {
-                            order_id: order_id.clone(),
-                            customer_number: customer,
-                            account_id: None,
-                            event_id: None,
-                            source: JobSource::Operator,
-                        },
-                        Vec::new(),
-                        Utc::now(),
-                    )
-                    .await
-                    .map_err(|e| runtime(anyhow!(e)))?;
+            let reopen = provisioner_store::Reopen {
+                by: JobSource::Operator,
+                customer_number: None,
+                account_id: None,
+                event_id: None,
+            };
+            match job {
+                Some(job) if matches!(job.state, JobState::Failed | JobState::Refused) => {
+                    let records = vec![
+                        op_record(audit::Action::JOB_REOPENED, Some(&order_id))?,
+                        op_record(audit::Action::DEAD_LETTER_RETRIED, Some(&order_id))?,
+                    ];
+                    let reopened = store
+                        .reopen(&order_id, reopen, records, Utc::now())
+                        .await
+                        .map_err(|e| runtime(anyhow!(e)))?;
+                    if !reopened {
+                        return Err(Failure::Runtime(anyhow!(
+                            "order {order_id}'s job changed meanwhile; run `provisioner jobs show {order_id}`"
+                        )));
+                    }
+                }
+                Some(job) => {
+                    return Err(Failure::Usage(anyhow!(
+                        "order {order_id}'s job is {} (only failed or refused jobs are retried)",
+                        job.state
+                    )));
+                }
+                None => {
+                    return Err(Failure::Usage(anyhow!(
+                        "order {order_id} has no job to retry"
+                    )));
+                }
             }
-            let record = op_record(audit::Action::DEAD_LETTER_RETRIED, Some(&order_id))?;
-            store
-                .set_dead_letter_state(&id, DeadLetterState::Retried, vec![record], Utc::now())
-                .await
-                .map_err(|e| runtime(anyhow!(e)))?;
             out(&format!(
                 "order {order_id} queued again; a running provisioner picks it up"
             ))

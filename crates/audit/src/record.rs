@@ -167,6 +167,9 @@ name_type!(
         DEAD_LETTER_RETRIED = "dead_letter_retried",
         /// An operator discarded a dead letter.
         DEAD_LETTER_DISCARDED = "dead_letter_discarded",
+        /// A refused or failed job was reopened (a new event, the reconcile sweep or an
+        /// operator found its Order approved again).
+        JOB_REOPENED = "job_reopened",
         /// The reconcile sweep enqueued an approved order that had no job.
         RECONCILE_ENQUEUED = "reconcile_enqueued",
         /// A new data key was created and became primary.

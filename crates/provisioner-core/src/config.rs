@@ -119,6 +119,9 @@ pub struct EngineConfig {
     pub shutdown_grace: Duration,
     /// Name of this instance (lease owner prefix, audit `instance`).
     pub instance: String,
+    /// How long a write-back to Salesforce may keep failing after WHMCS accepted before
+    /// `writeback_stuck` is raised (once per Order; the job keeps retrying).
+    pub writeback_stuck_after: Duration,
 }
 
 impl Default for EngineConfig {
@@ -139,6 +142,7 @@ impl Default for EngineConfig {
             poll_interval: Duration::from_millis(200),
             shutdown_grace: Duration::from_secs(25),
             instance: "provisioner".into(),
+            writeback_stuck_after: Duration::from_secs(3600),
         }
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use audit::{Action, Actor, NewAuditRecord, Outcome};
 use chrono::Utc;
-use provisioner_store::{JobSource, NewJob};
+use provisioner_store::{JobSource, JobState, NewJob, Reopen};
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
 
@@ -103,6 +103,7 @@ impl Engine {
         for result in &results {
             let label = match result {
                 IntakeResult::Enqueued => "enqueued",
+                IntakeResult::Reopened => "reopened",
                 IntakeResult::Duplicate => "duplicate",
                 IntakeResult::DeadLettered(_) => "dead_lettered",
                 IntakeResult::Checkpointed => "keepalive",
@@ -112,7 +113,7 @@ impl Engine {
                 metrics::counter!(crate::metrics::DEAD_LETTERS_TOTAL, "kind" => "event")
                     .increment(1);
             }
-            enqueued |= *result == IntakeResult::Enqueued;
+            enqueued |= matches!(result, IntakeResult::Enqueued | IntakeResult::Reopened);
         }
         if results
             .iter()
@@ -127,57 +128,83 @@ impl Engine {
         Ok(results)
     }
 
-    /// One reconcile sweep: approved Orders older than the configured age with no job are
-    /// enqueued. Returns how many.
+    /// One reconcile sweep over every approved Order older than the configured age: one with
+    /// no job is enqueued, one whose job was refused or failed is reopened with the Order's
+    /// own data; Orders whose job is live or done are passed over. Returns how many jobs were
+    /// enqueued or reopened.
     pub async fn reconcile_once(&self) -> crate::Result<usize> {
         let orders = self
             .ports
             .orders
             .list_approved_orders(self.config.reconcile_min_age)
             .await?;
-        let mut enqueued = 0;
-        for order in orders {
+        let ids: Vec<String> = orders.iter().map(|o| o.id.to_18()).collect();
+        let states: std::collections::HashMap<String, JobState> = self
+            .ports
+            .store
+            .job_states(&ids)
+            .await
+            .inspect_err(crate::metrics::store_failed)?
+            .into_iter()
+            .collect();
+        let mut touched = 0;
+        for (order, order_id) in orders.iter().zip(ids) {
+            let state = states.get(&order_id).copied();
+            if !matches!(state, None | Some(JobState::Refused | JobState::Failed)) {
+                continue;
+            }
             let Some(customer) = order
                 .customer_number
-                .clone()
-                .filter(|c| !c.trim().is_empty())
+                .as_deref()
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
             else {
-                tracing::warn!(order_id = %order.id, "approved Order without Customer_Number__c skipped by reconcile");
+                tracing::warn!(order_id = %order_id, "approved Order without Customer_Number__c skipped by reconcile");
                 continue;
             };
-            let record = NewAuditRecord::new(
-                Actor::RECONCILER,
-                Action::RECONCILE_ENQUEUED,
-                Outcome::Success,
-            )
-            .order_id(order.id.to_string())
-            .inspect_err(|_| crate::metrics::audit_failed())?;
-            let created = self
-                .ports
-                .store
-                .enqueue(
-                    NewJob {
-                        order_id: order.id.to_string(),
-                        customer_number: customer.trim().to_owned(),
-                        account_id: order.account_id.clone(),
-                        event_id: None,
-                        source: JobSource::Reconcile,
-                    },
-                    vec![record],
-                    Utc::now(),
-                )
-                .await
-                .inspect_err(crate::metrics::store_failed)?;
-            if created {
-                enqueued += 1;
+            let action = if state.is_some() {
+                Action::JOB_REOPENED
+            } else {
+                Action::RECONCILE_ENQUEUED
+            };
+            let record = NewAuditRecord::new(Actor::RECONCILER, action, Outcome::Success)
+                .order_id(order_id.as_str())
+                .inspect_err(|_| crate::metrics::audit_failed())?;
+            let done = if state.is_some() {
+                let how = Reopen {
+                    by: JobSource::Reconcile,
+                    customer_number: Some(customer.to_owned()),
+                    account_id: order.account_id.clone(),
+                    event_id: None,
+                };
+                self.ports
+                    .store
+                    .reopen(&order_id, how, vec![record], Utc::now())
+                    .await
+            } else {
+                let job = NewJob {
+                    order_id: order_id.clone(),
+                    customer_number: customer.to_owned(),
+                    account_id: order.account_id.clone(),
+                    event_id: None,
+                    source: JobSource::Reconcile,
+                };
+                self.ports
+                    .store
+                    .enqueue(job, vec![record], Utc::now())
+                    .await
+            }
+            .inspect_err(crate::metrics::store_failed)?;
+            if done {
+                touched += 1;
                 metrics::counter!(crate::metrics::RECONCILE_ENQUEUED_TOTAL).increment(1);
-                tracing::info!(order_id = %order.id, "reconcile enqueued an approved Order without a job");
+                tracing::info!(order_id = %order_id, reopened = state.is_some(), "reconcile enqueued an approved Order");
             }
         }
-        if enqueued > 0 {
+        if touched > 0 {
             self.notify.notify_waiters();
         }
-        Ok(enqueued)
+        Ok(touched)
     }
 
     /// Rotates the data key when it is older than `ENCRYPTION_KEY_ROTATION_DAYS`.

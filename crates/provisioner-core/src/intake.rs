@@ -44,6 +44,8 @@ pub enum IntakeItem {
 pub enum IntakeResult {
     /// A new job was created.
     Enqueued,
+    /// The Order's refused or failed job was reopened: it runs again.
+    Reopened,
     /// The event (or its order) was seen before: no new job.
     Duplicate,
     /// The event was bad: dead letter with this id.
@@ -154,11 +156,15 @@ fn inbox_event(
     replay_id: Vec<u8>,
     fields: EventFields,
 ) -> InboxEvent {
+    // One Order, one id form: the 18-character id (validated before this).
+    let order_id = sf_rest::OrderId::parse(&fields.order_id)
+        .map(|id| id.to_18())
+        .unwrap_or(fields.order_id);
     InboxEvent {
         topic: topic.to_owned(),
         event_id,
         replay_id,
-        order_id: fields.order_id,
+        order_id,
         customer_number: fields.customer_number.trim().to_owned(),
         account_id: fields.account_id,
     }
@@ -219,7 +225,10 @@ async fn store_run(
         .into_iter()
         .map(|o| match o {
             IngestOutcome::Enqueued => IntakeResult::Enqueued,
-            _ => IntakeResult::Duplicate,
+            IngestOutcome::Reopened => IntakeResult::Reopened,
+            IngestOutcome::DuplicateEvent | IngestOutcome::DuplicateOrder => {
+                IntakeResult::Duplicate
+            }
         })
         .collect())
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use audit::{Action, Actor, AuditLog, DetailKey, NewAuditRecord, Outcome};
 use chrono::{DateTime, Utc};
 use provisioner_store::{
-    Job, JobEnd, JobState, NewDeadLetter, Reschedule, Step, StepUpdate, Store,
+    Job, JobEnd, JobSource, JobState, NewDeadLetter, Reschedule, Step, StepUpdate, Store,
 };
 use secrecy::ExposeSecret;
 use sf_rest::{OrderApi, OrderUpdate};
@@ -85,6 +85,8 @@ enum Stop {
     Retry { reason: String, code: StopReason },
     Permanent { reason: String, code: StopReason },
     Refuse { code: StopReason },
+    /// The Order left the approved status before a WHMCS write (`approval_withdrawn`).
+    Withdrawn { whmcs_order_id: Option<u64> },
     AlreadyDone,
     LeaseLost,
     Shutdown,
@@ -168,6 +170,19 @@ fn parse_id(s: &str) -> Option<u64> {
     (f.fract() == 0.0 && (1.0..9.0e15).contains(&f)).then_some(f as u64)
 }
 
+/// Whether the Order already names its WHMCS order (it was provisioned).
+fn has_whmcs_order(order: &sf_rest::Order) -> bool {
+    order
+        .whmcs_order_id
+        .as_deref()
+        .is_some_and(|id| !id.trim().is_empty())
+}
+
+/// Whether the Order belongs to the job's customer.
+fn same_customer(order: &sf_rest::Order, job: &Job) -> bool {
+    order.customer_number.as_deref().map(str::trim) == Some(job.customer_number.trim())
+}
+
 /// What a job learns as it goes.
 #[derive(Default)]
 struct Progress {
@@ -237,11 +252,7 @@ impl JobRunner {
                 .reschedule(
                     &job.order_id,
                     &self.owner,
-                    Reschedule {
-                        next_attempt_at: at,
-                        error: None,
-                        count_attempt: false,
-                    },
+                    Reschedule::at(at, None, false),
                     Vec::new(),
                     Utc::now(),
                 )
@@ -351,6 +362,38 @@ impl JobRunner {
         Ok(())
     }
 
+    /// Whether `status` lets the job start: the approved status, or, for a job an operator
+    /// retried (`dlq retry`), the failed status this provisioner wrote itself.
+    fn approved_for(&self, job: &Job, status: &str) -> bool {
+        let statuses = &self.config.statuses;
+        status == statuses.approved
+            || (job.reopened_by == Some(JobSource::Operator) && status == statuses.failed)
+    }
+
+    /// Fetches the Order again right before a non-idempotent WHMCS call: it must still be
+    /// approved (or in our provisioning status) and the job's customer's, else the job stops
+    /// as `approval_withdrawn` with nothing more written.
+    async fn recheck(&self, job: &Job, progress: &mut Progress) -> Result<(), Stop> {
+        let withdrawn = || Stop::Withdrawn {
+            whmcs_order_id: progress.whmcs_order_id,
+        };
+        let order = match self.ports.orders.fetch_order(&job.order_id).await {
+            Ok(order) => order,
+            Err(sf_rest::Error::NotFound { .. }) => return Err(withdrawn()),
+            Err(e) => return Err(sf_stop(e)),
+        };
+        let status = order.status.as_deref().unwrap_or_default();
+        let statuses = &self.config.statuses;
+        let approved = self.approved_for(job, status)
+            || statuses.provisioning.as_deref() == Some(status);
+        if !approved || !same_customer(&order, job) || has_whmcs_order(&order) {
+            tracing::warn!(order_id = %job.order_id, "approval withdrawn before a WHMCS write");
+            return Err(withdrawn());
+        }
+        progress.order = Some(order);
+        Ok(())
+    }
+
     fn client_id(progress: &Progress) -> Result<u64, Stop> {
         let order = progress
             .order
@@ -449,22 +492,19 @@ impl JobRunner {
                     .ok_or_else(|| permanent(StopReason::Internal, "order not loaded"))?;
                 let status = order.status.as_deref().unwrap_or_default();
                 // Provisioned before (a replay, a restore): done, not refused, no alert.
-                if status == statuses.provisioned
-                    && order
-                        .whmcs_order_id
-                        .as_deref()
-                        .is_some_and(|id| !id.trim().is_empty())
-                {
+                if status == statuses.provisioned && has_whmcs_order(order) {
                     return Err(Stop::AlreadyDone);
                 }
-                if status != statuses.approved {
+                // Our own unfinished work (a restored backup, a lost job) is resumed, never
+                // refused: it is looked up in WHMCS before any AddOrder.
+                let own_work = statuses.provisioning.as_deref() == Some(status)
+                    && !has_whmcs_order(order);
+                if !own_work && !self.approved_for(job, status) {
                     return Err(Stop::Refuse {
                         code: StopReason::NotApproved,
                     });
                 }
-                if order.customer_number.as_deref().map(str::trim)
-                    != Some(job.customer_number.trim())
-                {
+                if !same_customer(order, job) {
                     return Err(Stop::Refuse {
                         code: StopReason::CustomerMismatch,
                     });
@@ -484,6 +524,18 @@ impl JobRunner {
                     ));
                 }
                 progress.client_id = Some(client_id);
+                if own_work {
+                    // The Order already says Provisioning; an AddOrder of the lost run may
+                    // exist: resume as "AddOrder outcome unknown".
+                    let record = Self::step_record(
+                        job,
+                        Step::Checked,
+                        Some((DetailKey::ReasonCode, "own_work_resumed".to_owned())),
+                    )?;
+                    self.store_point(job, Step::OrderUnknown, StepUpdate::default(), vec![record])
+                        .await?;
+                    return Ok(Step::OrderUnknown);
+                }
                 self.advance(job, Step::Checked, StepUpdate::default(), None)
                     .await
             }
@@ -535,6 +587,8 @@ impl JobRunner {
                          check WHMCS before retrying",
                     ));
                 }
+                // Approval is checked again right before the non-idempotent call.
+                self.recheck(job, progress).await?;
                 let lines = self.lines(job, progress)?;
                 // With the external-ref field configured, resuming at MarkedProvisioning already
                 // looks the order up before ordering (above), exactly as OrderUnknown does, so
@@ -585,7 +639,10 @@ impl JobRunner {
                             ));
                         }
                     }
-                } else if !progress.accept_intent_stored {
+                }
+                // Approval is checked again right before the non-idempotent call.
+                self.recheck(job, progress).await?;
+                if step != Step::AcceptUnknown && !progress.accept_intent_stored {
                     self.store_point(job, Step::AcceptUnknown, StepUpdate::default(), Vec::new())
                         .await?;
                 }
@@ -623,11 +680,19 @@ impl JobRunner {
                     provisioned_at: Some(Utc::now()),
                     provisioning_error: None,
                 };
+                // After WHMCS accepted, the Order is never marked failed: every write-back
+                // error is retried (settle keeps this step's retries unbounded).
                 self.ports
                     .orders
                     .update_order(&job.order_id, &update)
                     .await
-                    .map_err(sf_stop)?;
+                    .map_err(|e| Stop::Retry {
+                        code: match e.class() {
+                            sf_rest::ErrorClass::Permanent => StopReason::SalesforcePermanent,
+                            _ => StopReason::SalesforceRetryable,
+                        },
+                        reason: format!("salesforce: {e}"),
+                    })?;
                 Ok(Step::Done)
             }
             Step::Done => Ok(Step::Done),
@@ -782,62 +847,28 @@ impl JobRunner {
                     .await
                     .map(|()| JobOutcome::AlreadyProvisioned)
             }
-            Stop::Refuse { code } => {
-                let record =
-                    NewAuditRecord::new(Actor::WORKER, Action::ORDER_REFUSED, Outcome::Refused)
-                        .detail(DetailKey::ReasonCode, code.as_str());
-                let end = JobEnd {
-                    state: JobState::Refused,
-                    error: Some(code.as_str().to_owned()),
-                    dead_letter: None,
-                };
-                let r = self.finish(job, end, vec![record]).await;
-                if r.is_ok() {
-                    tracing::warn!(order_id = %job.order_id, %code, "event refused");
-                    self.ports
-                        .alerts
-                        .order_refused(&job.order_id, &job.customer_number)
-                        .await;
-                }
-                r.map(|()| JobOutcome::Refused { code })
+            Stop::Refuse { code } => self.refuse(job, code, None).await,
+            Stop::Withdrawn { whmcs_order_id } => {
+                self.refuse(job, StopReason::ApprovalWithdrawn, Some(whmcs_order_id))
+                    .await
+            }
+            // After WHMCS accepted, every write-back error is retried, without limit.
+            Stop::Retry { reason, code } | Stop::Permanent { reason, code }
+                if step == Step::Accepted =>
+            {
+                self.retry_write_back(job, code, reason, now).await
             }
             Stop::Retry { reason, code } => {
                 let attempts = job.attempts.saturating_add(1);
-                let age = (now - job.created_at).to_std().unwrap_or_default();
+                let age = (now - job.attempts_since()).to_std().unwrap_or_default();
                 if self.config.retry.may_retry(attempts, age) {
                     let delay = self.config.retry.delay(job.attempts, rand::random::<f64>());
                     let at = now + chrono::Duration::from_std(delay).unwrap_or_default();
                     let reason = sanitize_reason(&reason);
                     tracing::info!(order_id = %job.order_id, step = %step, attempt = attempts, %reason, "retrying");
-                    metrics::counter!(crate::metrics::RETRIES_TOTAL, "error" => code.as_str())
-                        .increment(1);
-                    let outcome = if code == StopReason::WhmcsUnknownOutcome {
-                        Outcome::Unknown
-                    } else {
-                        Outcome::Retry
-                    };
-                    let record = NewAuditRecord::new(Actor::WORKER, Action::STEP_FAILED, outcome)
-                        .detail(DetailKey::Step, step.as_str())
-                        .and_then(|r| r.detail(DetailKey::ErrorCode, code.as_str()))
-                        .and_then(|r| r.detail(DetailKey::Attempt, attempts.to_string()));
-                    match self.records(job, vec![record]) {
-                        Ok(audit) => store
-                            .reschedule(
-                                &job.order_id,
-                                &self.owner,
-                                Reschedule {
-                                    next_attempt_at: at,
-                                    error: Some(reason.clone()),
-                                    count_attempt: true,
-                                },
-                                audit,
-                                now,
-                            )
-                            .await
-                            .map(|()| JobOutcome::Retrying { at, reason })
-                            .map_err(SettleError::Store),
-                        Err(e) => Err(e),
-                    }
+                    self.reschedule(job, step, code, Reschedule::at(at, Some(reason.clone()), true))
+                        .await
+                        .map(|()| JobOutcome::Retrying { at, reason })
                 } else {
                     let reason = format!("gave up after {attempts} attempts: {reason}");
                     self.fail(job, step, code, &reason).await
@@ -846,6 +877,107 @@ impl JobRunner {
             Stop::Permanent { reason, code } => self.fail(job, step, code, &reason).await,
         };
         self.settled(job, settled)
+    }
+
+    /// Ends the job as refused (nothing written to the Order or WHMCS) and raises the alert:
+    /// `approval_withdrawn` (naming a WHMCS order already added) when `withdrawn` is set.
+    async fn refuse(
+        &self,
+        job: &Job,
+        code: StopReason,
+        withdrawn: Option<Option<u64>>,
+    ) -> Result<JobOutcome, SettleError> {
+        let mut record = NewAuditRecord::new(Actor::WORKER, Action::ORDER_REFUSED, Outcome::Refused)
+            .detail(DetailKey::ReasonCode, code.as_str());
+        if let Some(Some(id)) = withdrawn {
+            record = record.and_then(|r| r.detail(DetailKey::WhmcsOrderId, id.to_string()));
+        }
+        let end = JobEnd {
+            state: JobState::Refused,
+            error: Some(code.as_str().to_owned()),
+            dead_letter: None,
+        };
+        self.finish(job, end, vec![record]).await?;
+        tracing::warn!(order_id = %job.order_id, %code, "job refused");
+        match withdrawn {
+            Some(whmcs_order_id) => {
+                self.ports
+                    .alerts
+                    .approval_withdrawn(&job.order_id, &job.customer_number, whmcs_order_id)
+                    .await;
+            }
+            None => {
+                self.ports
+                    .alerts
+                    .order_refused(&job.order_id, &job.customer_number)
+                    .await;
+            }
+        }
+        Ok(JobOutcome::Refused { code })
+    }
+
+    /// Puts the job back to pending with a `step_failed` record of `code`.
+    async fn reschedule(
+        &self,
+        job: &Job,
+        step: Step,
+        code: StopReason,
+        retry: Reschedule,
+    ) -> Result<(), SettleError> {
+        metrics::counter!(crate::metrics::RETRIES_TOTAL, "error" => code.as_str()).increment(1);
+        let outcome = if code == StopReason::WhmcsUnknownOutcome {
+            Outcome::Unknown
+        } else {
+            Outcome::Retry
+        };
+        let attempt = job.attempts.saturating_add(1);
+        let record = NewAuditRecord::new(Actor::WORKER, Action::STEP_FAILED, outcome)
+            .detail(DetailKey::Step, step.as_str())
+            .and_then(|r| r.detail(DetailKey::ErrorCode, code.as_str()))
+            .and_then(|r| r.detail(DetailKey::Attempt, attempt.to_string()));
+        let audit = self.records(job, vec![record])?;
+        self.ports
+            .store
+            .reschedule(&job.order_id, &self.owner, retry, audit, Utc::now())
+            .await?;
+        Ok(())
+    }
+
+    /// The write-back after WHMCS accepted failed: retried with backoff until it succeeds,
+    /// whatever the error; `writeback_stuck` is raised once when it has been failing for
+    /// `writeback_stuck_after`.
+    async fn retry_write_back(
+        &self,
+        job: &Job,
+        code: StopReason,
+        reason: String,
+        now: DateTime<Utc>,
+    ) -> Result<JobOutcome, SettleError> {
+        let delay = self.config.retry.delay(job.attempts, rand::random::<f64>());
+        let at = now + chrono::Duration::from_std(delay).unwrap_or_default();
+        let reason = sanitize_reason(&reason);
+        let failing_for = (now - job.writeback_since.unwrap_or(now))
+            .to_std()
+            .unwrap_or_default();
+        let stuck =
+            job.stuck_alerted_at.is_none() && failing_for >= self.config.writeback_stuck_after;
+        tracing::warn!(order_id = %job.order_id, attempt = job.attempts.saturating_add(1), %reason, "write-back failed; retrying");
+        let mut retry = Reschedule::at(at, Some(reason.clone()), true);
+        retry.step = Some(Step::Accepted);
+        retry.stuck_alerted = stuck;
+        self.reschedule(job, Step::Accepted, code, retry).await?;
+        if stuck {
+            tracing::error!(order_id = %job.order_id, "write-back stuck");
+            self.ports
+                .alerts
+                .writeback_stuck(
+                    &job.order_id,
+                    &job.customer_number,
+                    job.whmcs_order_id.as_deref().and_then(parse_id),
+                )
+                .await;
+        }
+        Ok(JobOutcome::Retrying { at, reason })
     }
 
     async fn fail(

@@ -40,6 +40,9 @@ pub enum StopReason {
     UnknownOutcome,
     /// The WHMCS order is neither Pending nor Active.
     WhmcsOrderState,
+    /// The Order left the approved status while its job was running (checked again right
+    /// before each WHMCS write): the job stopped with nothing more written.
+    ApprovalWithdrawn,
 }
 
 impl StopReason {
@@ -63,6 +66,7 @@ impl StopReason {
             StopReason::WhmcsClientInactive => "whmcs_client_inactive",
             StopReason::UnknownOutcome => "unknown_outcome",
             StopReason::WhmcsOrderState => "whmcs_order_state",
+            StopReason::ApprovalWithdrawn => "approval_withdrawn",
         }
     }
 }

@@ -237,7 +237,9 @@ pub async fn run_subscriber(
                         Ok(results) => {
                             for result in results {
                                 match result {
-                                    IntakeResult::Enqueued | IntakeResult::Duplicate => {
+                                    IntakeResult::Enqueued
+                                    | IntakeResult::Reopened
+                                    | IntakeResult::Duplicate => {
                                         status.events.fetch_add(1, Ordering::Relaxed);
                                     }
                                     IntakeResult::DeadLettered(_) => {

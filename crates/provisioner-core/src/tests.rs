@@ -70,6 +70,10 @@ fn job(step: Step, attempts: u32) -> Job {
         last_error: None,
         created_at: now,
         updated_at: now,
+        reopened_by: None,
+        reopened_at: None,
+        writeback_since: None,
+        stuck_alerted_at: None,
     }
 }
 
@@ -163,7 +167,14 @@ impl World {
         store
             .expect_reschedule()
             .returning(move |_, _, retry, audit, _| {
-                log(&c, format!("reschedule:count={}", retry.count_attempt));
+                let mut s = format!("reschedule:count={}", retry.count_attempt);
+                if let Some(step) = retry.step {
+                    s.push_str(&format!(":step={step}"));
+                }
+                if retry.stuck_alerted {
+                    s.push_str(":stuck");
+                }
+                log(&c, s);
                 log_records(&c, &audit);
                 Ok(())
             });
@@ -292,6 +303,16 @@ impl World {
         alerts
             .expect_provisioning_failed()
             .returning(move |_, _| log(&c, "alert:failed"));
+        let c = calls.clone();
+        alerts
+            .expect_approval_withdrawn()
+            .returning(move |_, _, whmcs| {
+                log(&c, format!("alert:withdrawn:{}", whmcs.map(|id| id.to_string()).unwrap_or_default()))
+            });
+        let c = calls.clone();
+        alerts
+            .expect_writeback_stuck()
+            .returning(move |_, _, _| log(&c, "alert:writeback_stuck"));
         let ports = Ports {
             orders: Arc::new(self.orders),
             whmcs: Arc::new(self.whmcs),
@@ -343,9 +364,12 @@ async fn happy_path_runs_every_step_in_order() {
             // The lookup by external ref makes MarkedProvisioning an intent of its own: no
             // separate OrderUnknown write before AddOrder.
             "whmcs_lookup",
+            // Approval is re-checked right before each non-idempotent WHMCS call.
+            "sf_fetch",
             "whmcs_add_order",
             // The WHMCS ids are stored with the AcceptOrder intent, in one write.
             "advance:accept_unknown:77",
+            "sf_fetch",
             "whmcs_accept",
             "sf_patch:Activated",
             "finish:done",
@@ -443,6 +467,166 @@ async fn an_already_provisioned_order_is_done_without_alert() {
     let (outcome, calls) = w.run(job(Step::Received, 0)).await;
     assert_eq!(outcome, JobOutcome::AlreadyProvisioned);
     assert_eq!(effects(&calls), ["sf_fetch", "finish:done"]);
+}
+
+#[tokio::test]
+async fn our_own_unfinished_work_is_resumed_with_a_lookup_not_refused() {
+    // A restored backup or a lost job: the Order already says Provisioning, with no WHMCS id.
+    let mut w = World::new();
+    w.fetch_returns(order("Provisioning"));
+    w.client_active();
+    w.lookup_finds(Some(77));
+    let c = w.calls.clone();
+    w.whmcs.expect_get_order().returning(move |_| {
+        log(&c, "whmcs_get_order");
+        Ok(Some(whmcs_order("Pending")))
+    });
+    w.accept_ok();
+    let (outcome, calls) = w.run(job(Step::Received, 0)).await;
+    assert!(
+        matches!(outcome, JobOutcome::Provisioned { whmcs_order_id: 77, .. }),
+        "{outcome:?}"
+    );
+    let effects = effects(&calls);
+    assert_eq!(
+        effects[..5],
+        [
+            "sf_fetch",
+            "whmcs_client",
+            // Resumed as "AddOrder outcome unknown": no PATCH (it already says so) and a
+            // lookup before anything is created.
+            "advance:order_unknown",
+            "whmcs_lookup",
+            "whmcs_services",
+        ]
+    );
+    assert!(!calls.contains(&"whmcs_add_order".to_owned()), "{calls:?}");
+    assert!(calls.contains(&"whmcs_accept".to_owned()));
+    assert!(!calls.iter().any(|c| c.starts_with("alert")), "{calls:?}");
+}
+
+#[tokio::test]
+async fn our_own_unfinished_work_without_a_ref_field_is_never_ordered_twice() {
+    let mut w = World::new();
+    w.config.order_ref_field_id = None;
+    w.fetch_returns(order("Provisioning"));
+    w.client_active();
+    let (outcome, calls) = w.run(job(Step::Received, 0)).await;
+    assert!(matches!(outcome, JobOutcome::Failed { .. }), "{outcome:?}");
+    assert!(!calls.contains(&"whmcs_add_order".to_owned()), "{calls:?}");
+}
+
+#[tokio::test]
+async fn an_operator_retry_accepts_the_failed_status_an_event_does_not() {
+    let mut w = World::new();
+    w.fetch_returns(order("Provisioning Failed"));
+    let (outcome, _) = w.run(job(Step::Received, 0)).await;
+    assert_eq!(
+        outcome,
+        JobOutcome::Refused {
+            code: StopReason::NotApproved
+        }
+    );
+
+    let mut w = World::new();
+    w.fetch_returns(order("Provisioning Failed"));
+    w.client_active();
+    w.lookup_finds(None);
+    w.add_order_ok();
+    w.accept_ok();
+    let mut retried = job(Step::Received, 0);
+    retried.reopened_by = Some(JobSource::Operator);
+    let (outcome, calls) = w.run(retried).await;
+    assert!(matches!(outcome, JobOutcome::Provisioned { .. }), "{outcome:?}");
+    assert!(calls.contains(&"sf_patch:Provisioning".to_owned()));
+}
+
+/// Fetches answer `first` once, then `then` (an Order changed while the job runs).
+fn fetch_changes(w: &mut World, first: Order, then: Order) {
+    let c = w.calls.clone();
+    let mut seen = 0;
+    w.orders.expect_fetch_order().returning(move |_| {
+        log(&c, "sf_fetch");
+        seen += 1;
+        Ok(if seen == 1 { first.clone() } else { then.clone() })
+    });
+}
+
+#[tokio::test]
+async fn approval_withdrawn_before_add_order_stops_with_nothing_written() {
+    let mut other_customer = order("Approved");
+    other_customer.customer_number = Some("C-9999".into());
+    for changed in [order("Draft"), order("Cancelled"), other_customer] {
+        let mut w = World::new();
+        fetch_changes(&mut w, order("Approved"), changed);
+        w.client_active();
+        w.lookup_finds(None);
+        let (outcome, calls) = w.run(job(Step::Received, 0)).await;
+        assert_eq!(
+            outcome,
+            JobOutcome::Refused {
+                code: StopReason::ApprovalWithdrawn
+            }
+        );
+        // The PATCH to Provisioning happened before the change; nothing after it.
+        assert_eq!(
+            effects(&calls)[4..],
+            [
+                "advance:marked_provisioning",
+                "whmcs_lookup",
+                "sf_fetch",
+                "finish:refused",
+                "alert:withdrawn:"
+            ]
+        );
+        assert!(calls.contains(&"audit:order_refused".to_owned()));
+    }
+}
+
+#[tokio::test]
+async fn approval_withdrawn_before_accept_order_names_the_pending_whmcs_order() {
+    let mut w = World::new();
+    let c = w.calls.clone();
+    w.whmcs.expect_get_order().returning(move |_| {
+        log(&c, "whmcs_get_order");
+        Ok(Some(whmcs_order("Pending")))
+    });
+    w.fetch_returns(order("Draft"));
+    let (outcome, calls) = w.run(job(Step::AcceptUnknown, 2)).await;
+    assert_eq!(
+        outcome,
+        JobOutcome::Refused {
+            code: StopReason::ApprovalWithdrawn
+        }
+    );
+    assert_eq!(
+        effects(&calls),
+        [
+            "whmcs_get_order",
+            "sf_fetch",
+            "finish:refused",
+            "alert:withdrawn:77"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_deleted_order_counts_as_withdrawn() {
+    let mut w = World::new();
+    w.orders.expect_fetch_order().returning(|id| {
+        Err(sf_rest::Error::NotFound {
+            action: sf_rest::Action::FetchOrder,
+            order_id: id.to_owned(),
+        })
+    });
+    let (outcome, calls) = w.run(job(Step::WhmcsOrdered, 0)).await;
+    assert_eq!(
+        outcome,
+        JobOutcome::Refused {
+            code: StopReason::ApprovalWithdrawn
+        }
+    );
+    assert!(!calls.contains(&"whmcs_accept".to_owned()));
 }
 
 async fn fails_with(w: World, start: Step, needle: &str) -> Vec<String> {
@@ -560,8 +744,8 @@ async fn resuming_at_marked_provisioning_looks_up_then_orders() {
     let (outcome, calls) = w.run(job(Step::MarkedProvisioning, 0)).await;
     assert!(matches!(outcome, JobOutcome::Provisioned { .. }));
     assert_eq!(
-        effects(&calls)[..3],
-        ["sf_fetch", "whmcs_lookup", "whmcs_add_order"]
+        effects(&calls)[..4],
+        ["sf_fetch", "whmcs_lookup", "sf_fetch", "whmcs_add_order"]
     );
 }
 
@@ -575,8 +759,9 @@ async fn without_a_ref_field_the_add_order_intent_is_stored_before_the_call() {
     let (outcome, calls) = w.run(job(Step::MarkedProvisioning, 0)).await;
     assert!(matches!(outcome, JobOutcome::Provisioned { .. }));
     assert_eq!(
-        effects(&calls)[..4],
+        effects(&calls)[..5],
         [
+            "sf_fetch",
             "sf_fetch",
             "advance:order_unknown",
             "whmcs_add_order",
@@ -599,7 +784,13 @@ async fn resuming_at_checked_marks_provisioning_again() {
     );
     assert!(
         !calls.contains(&"whmcs_client".to_owned()),
-        "checks are not repeated"
+        "a job resumed past its checks does not run them again"
+    );
+    let fetch = calls.iter().position(|c| c == "sf_fetch");
+    let add = calls.iter().position(|c| c == "whmcs_add_order");
+    assert!(
+        fetch.is_some() && fetch < add,
+        "but approval is re-checked before AddOrder: {calls:?}"
     );
 }
 
@@ -621,7 +812,7 @@ async fn an_unknown_add_order_outcome_is_retried_from_the_intent() {
     // retry looks the order up before any second AddOrder.
     assert_eq!(
         effects(&calls),
-        ["sf_fetch", "whmcs_lookup", "reschedule:count=true"]
+        ["sf_fetch", "whmcs_lookup", "sf_fetch", "reschedule:count=true"]
     );
     assert!(calls.contains(&"audit:step_failed".to_owned()));
 }
@@ -668,6 +859,7 @@ async fn resuming_after_an_unknown_accept_checks_the_order_first() {
             Ok(Some(whmcs_order(status)))
         });
         if accepts {
+            w.fetch_returns(order("Provisioning"));
             w.accept_ok();
         }
         let (outcome, calls) = w.run(job(Step::AcceptUnknown, 1)).await;
@@ -687,12 +879,18 @@ async fn resuming_after_an_unknown_accept_checks_the_order_first() {
             "{status}"
         );
         assert_eq!(effects(&calls)[0], "whmcs_get_order");
+        assert_eq!(
+            calls.contains(&"sf_fetch".to_owned()),
+            accepts,
+            "approval is re-checked only before a call: {calls:?}"
+        );
     }
 }
 
 #[tokio::test]
 async fn accept_on_an_already_active_order_counts_as_accepted() {
     let mut w = World::new();
+    w.fetch_returns(order("Provisioning"));
     w.whmcs.expect_accept_order().returning(|_| {
         Err(business(
             whmcs_client::Action::AcceptOrder,
@@ -721,11 +919,12 @@ async fn a_transient_accept_failure_is_retried() {
             reason: "html error page".into(),
         })
     });
+    w.fetch_returns(order("Provisioning"));
     let (outcome, calls) = w.run(job(Step::WhmcsOrdered, 0)).await;
     assert!(matches!(outcome, JobOutcome::Retrying { .. }));
     assert_eq!(
         effects(&calls),
-        ["advance:accept_unknown", "reschedule:count=true"]
+        ["sf_fetch", "advance:accept_unknown", "reschedule:count=true"]
     );
 }
 
@@ -773,8 +972,8 @@ async fn fails_with_job(w: World, job: Job, needle: &str) {
     assert!(calls.contains(&"alert:failed".to_owned()));
 }
 
-#[tokio::test]
-async fn a_permanent_write_back_error_fails_the_order() {
+/// A world whose write-back (PATCH Activated) fails with a permanent-looking error.
+fn write_back_refused() -> World {
     let mut w = World::new();
     w.orders.checkpoint();
     let c = w.calls.clone();
@@ -795,7 +994,50 @@ async fn a_permanent_write_back_error_fails_the_order() {
             Ok(())
         }
     });
-    fails_with_job(w, job(Step::Accepted, 0), "PICKLIST").await;
+    w
+}
+
+#[tokio::test]
+async fn a_failing_write_back_after_accept_retries_and_never_marks_the_order_failed() {
+    // Attempts far past the retry budget, and days after the job was created: still a retry.
+    let mut stale = job(Step::Accepted, 500);
+    stale.created_at = Utc::now() - chrono::Duration::days(30);
+    let (outcome, calls) = write_back_refused().run(stale).await;
+    let JobOutcome::Retrying { reason, .. } = outcome else {
+        panic!("expected a retry, got {outcome:?}")
+    };
+    assert!(reason.contains("PICKLIST"), "{reason}");
+    assert_eq!(
+        effects(&calls),
+        ["sf_patch:Activated", "reschedule:count=true:step=accepted"]
+    );
+    assert!(!calls.iter().any(|c| c.starts_with("alert")), "{calls:?}");
+    assert!(!calls.contains(&"sf_patch:Provisioning Failed".to_owned()));
+}
+
+#[tokio::test]
+async fn a_write_back_failing_for_the_configured_time_raises_writeback_stuck_once() {
+    let since = Utc::now() - chrono::Duration::minutes(61);
+    let mut failing = job(Step::Accepted, 3);
+    failing.writeback_since = Some(since);
+    let (_, calls) = write_back_refused().run(failing.clone()).await;
+    assert_eq!(
+        effects(&calls),
+        [
+            "sf_patch:Activated",
+            "reschedule:count=true:step=accepted:stuck",
+            "alert:writeback_stuck"
+        ]
+    );
+    // Already raised for this Order: not again.
+    failing.stuck_alerted_at = Some(Utc::now());
+    let (_, calls) = write_back_refused().run(failing.clone()).await;
+    assert!(!calls.iter().any(|c| c.starts_with("alert")), "{calls:?}");
+    // Not yet an hour: no alert.
+    failing.stuck_alerted_at = None;
+    failing.writeback_since = Some(Utc::now() - chrono::Duration::minutes(59));
+    let (_, calls) = write_back_refused().run(failing).await;
+    assert!(!calls.iter().any(|c| c.starts_with("alert")), "{calls:?}");
 }
 
 #[tokio::test]

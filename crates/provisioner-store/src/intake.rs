@@ -5,16 +5,18 @@ use audit::{Action, Actor, DetailKey, NewAuditRecord, Outcome};
 use chrono::{DateTime, Utc};
 
 use crate::error::{Error, Result};
-use crate::jobs::{SQL_INSERT_JOB, job_args};
+use crate::jobs::{self, SQL_INSERT_JOB, job_args};
 use crate::sql::SqlStore;
 use crate::tx::{Arg, Row, Tx};
-use crate::types::{Checkpoint, InboxEvent, IngestOutcome, JobSource, NewJob, ms};
+use crate::types::{Checkpoint, InboxEvent, IngestOutcome, JobSource, NewJob, Reopen, ms};
 
 const SQL_INSERT_INBOX: &str = "INSERT INTO inbox (event_id, topic, replay_id, order_id, outcome, \
      received_at) VALUES ($1, $2, $3, $4, 'enqueued', $5) ON CONFLICT (event_id) DO NOTHING";
 
 const SQL_INBOX_DUPLICATE_ORDER: &str =
     "UPDATE inbox SET outcome = 'duplicate_order' WHERE event_id = $1";
+
+const SQL_INBOX_REOPENED: &str = "UPDATE inbox SET outcome = 'reopened' WHERE event_id = $1";
 
 pub(crate) const SQL_UPSERT_CHECKPOINT: &str = "INSERT INTO checkpoints (topic, replay_id, \
      updated_at) VALUES ($1, $2, $3) ON CONFLICT (topic) DO UPDATE SET \
@@ -63,17 +65,25 @@ fn batch_checkpoints(events: &[InboxEvent]) -> Vec<Checkpoint> {
     last
 }
 
-/// The audit record of a stored event: `event_received` when it created a job, else
-/// `event_duplicate`.
-fn event_record(event: &InboxEvent, outcome: IngestOutcome) -> Result<NewAuditRecord> {
-    let action = match outcome {
-        IngestOutcome::Enqueued => Action::EVENT_RECEIVED,
-        _ => Action::EVENT_DUPLICATE,
+/// The audit records of a stored event: `event_received` when it created or reopened a job
+/// (then also `job_reopened`), else `event_duplicate`.
+fn event_records(event: &InboxEvent, outcome: IngestOutcome) -> Result<Vec<NewAuditRecord>> {
+    let record = |action| {
+        NewAuditRecord::new(Actor::SUBSCRIBER, action, Outcome::Success)
+            .order_id(event.order_id.as_str())
+            .and_then(|r| r.detail(DetailKey::EventId, event.event_id.as_str()))
+            .map_err(|e| Error::Audit(Box::new(e)))
     };
-    NewAuditRecord::new(Actor::SUBSCRIBER, action, Outcome::Success)
-        .order_id(event.order_id.as_str())
-        .and_then(|r| r.detail(DetailKey::EventId, event.event_id.as_str()))
-        .map_err(|e| Error::Audit(Box::new(e)))
+    Ok(match outcome {
+        IngestOutcome::Enqueued => vec![record(Action::EVENT_RECEIVED)?],
+        IngestOutcome::Reopened => vec![
+            record(Action::EVENT_RECEIVED)?,
+            record(Action::JOB_REOPENED)?,
+        ],
+        IngestOutcome::DuplicateEvent | IngestOutcome::DuplicateOrder => {
+            vec![record(Action::EVENT_DUPLICATE)?]
+        }
+    })
 }
 
 /// Stores one event inside `tx`: the inbox row first (its primary key recognises a duplicate
@@ -99,13 +109,26 @@ async fn ingest_one(
     if created == 1 {
         return Ok(IngestOutcome::Enqueued);
     }
+    // A new event for an Order whose job was refused or failed re-evaluates it: the job runs
+    // again (it checks the Order as it is now).
+    let how = Reopen {
+        by: JobSource::Event,
+        customer_number: Some(event.customer_number.clone()),
+        account_id: event.account_id.clone(),
+        event_id: Some(event.event_id.clone()),
+    };
+    let (outcome, sql) = if jobs::reopen(tx, &event.order_id, &how, now).await? {
+        (IngestOutcome::Reopened, SQL_INBOX_REOPENED)
+    } else {
+        (IngestOutcome::DuplicateOrder, SQL_INBOX_DUPLICATE_ORDER)
+    };
     tx.exec(
         "ingest: inbox outcome",
-        SQL_INBOX_DUPLICATE_ORDER,
+        sql,
         &[Arg::text(event.event_id.as_str())],
     )
     .await?;
-    Ok(IngestOutcome::DuplicateOrder)
+    Ok(outcome)
 }
 
 impl SqlStore {
@@ -126,7 +149,9 @@ impl SqlStore {
                 let mut outcomes = Vec::with_capacity(events.len());
                 for event in &events {
                     let outcome = ingest_one(tx, event, now).await?;
-                    tx.audit(event_record(event, outcome)?);
+                    event_records(event, outcome)?
+                        .into_iter()
+                        .for_each(|r| tx.audit(r));
                     outcomes.push(outcome);
                 }
                 for cp in &checkpoints {

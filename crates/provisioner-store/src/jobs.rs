@@ -12,17 +12,20 @@ use crate::error::{Error, Result};
 use crate::sql::SqlStore;
 use crate::tx::{Arg, Row, Tx};
 use crate::types::{
-    Job, JobCounts, JobEnd, JobSource, JobState, NewJob, Reschedule, Step, StepUpdate, from_ms, ms,
+    Job, JobCounts, JobEnd, JobSource, JobState, NewJob, Reopen, Reschedule, Step, StepUpdate, from_ms,
+    ms,
 };
 
 pub(crate) const JOB_COLS: &str = "seq, order_id, customer_number, account_id, event_id, source, \
     state, step, whmcs_order_id, service_ids, attempts, next_attempt_at, lease_owner, \
-    lease_until, last_error, created_at, updated_at";
+    lease_until, last_error, created_at, updated_at, reopened_by, reopened_at, writeback_since, \
+    stuck_alerted_at";
 
 pub(crate) fn job_from_row(row: &Row) -> Result<Job> {
     const W: &str = "job";
     let int = |name| Row::required(row.int(name, W)?, name, W);
     let text = |name| Row::required(row.text(name, W)?, name, W);
+    let opt_time = |name| row.int(name, W)?.map(|v| from_ms(W, v)).transpose();
     Ok(Job {
         seq: int("seq")?,
         order_id: text("order_id")?,
@@ -48,6 +51,13 @@ pub(crate) fn job_from_row(row: &Row) -> Result<Job> {
         last_error: row.text("last_error", W)?,
         created_at: from_ms(W, int("created_at")?)?,
         updated_at: from_ms(W, int("updated_at")?)?,
+        reopened_by: row
+            .text("reopened_by", W)?
+            .map(|s| JobSource::parse(&s))
+            .transpose()?,
+        reopened_at: opt_time("reopened_at")?,
+        writeback_since: opt_time("writeback_since")?,
+        stuck_alerted_at: opt_time("stuck_alerted_at")?,
     })
 }
 
@@ -76,7 +86,10 @@ const SQL_ADVANCE: &str = "UPDATE jobs SET step = $1, whmcs_order_id = COALESCE(
 
 const SQL_RESCHEDULE: &str = "UPDATE jobs SET state = 'pending', lease_owner = NULL, \
      lease_until = NULL, next_attempt_at = $1, last_error = COALESCE($2, last_error), \
-     attempts = attempts + $3, updated_at = $4 \
+     attempts = attempts + $3, updated_at = $4, step = COALESCE($7, step), \
+     writeback_since = CASE WHEN $7 = 'accepted' THEN COALESCE(writeback_since, $4) \
+         ELSE writeback_since END, \
+     stuck_alerted_at = CASE WHEN $8 = 1 THEN $4 ELSE stuck_alerted_at END \
      WHERE order_id = $5 AND lease_owner = $6 AND state = 'running'";
 
 const SQL_FINISH: &str = "UPDATE jobs SET state = $1, lease_owner = NULL, lease_until = NULL, \
@@ -88,9 +101,45 @@ const SQL_RELEASE: &str = "UPDATE jobs SET state = 'pending', lease_owner = NULL
      lease_until = NULL, updated_at = $1 \
      WHERE order_id = $2 AND lease_owner = $3 AND state = 'running'";
 
-const SQL_REQUEUE_FAILED: &str = "UPDATE jobs SET state = 'pending', attempts = 0, \
-     next_attempt_at = $1, last_error = NULL, updated_at = $1 \
-     WHERE order_id = $2 AND state = 'failed'";
+/// Reopens a refused or failed job. A job that had not got past its checks (`checked`) runs
+/// them again against the Order as it is now; later recovery points are kept, so an AddOrder
+/// already made is looked up, never repeated.
+const SQL_REOPEN: &str = "UPDATE jobs SET state = 'pending', attempts = 0, \
+     next_attempt_at = $1, last_error = NULL, updated_at = $1, reopened_at = $1, \
+     reopened_by = $2, customer_number = COALESCE($3, customer_number), \
+     account_id = COALESCE($4, account_id), event_id = COALESCE($5, event_id), \
+     step = CASE WHEN step = 'checked' THEN 'received' ELSE step END \
+     WHERE order_id = $6 AND state IN ('refused', 'failed')";
+
+const SQL_RETRY_DEAD_LETTERS: &str = "UPDATE dead_letters SET state = 'retried', updated_at = $1 \
+     WHERE order_id = $2 AND state = 'open'";
+
+/// Reopens the refused or failed job of `order_id` inside `tx`; `true` when there was one.
+pub(crate) async fn reopen(
+    tx: &mut dyn Tx,
+    order_id: &str,
+    how: &Reopen,
+    now: DateTime<Utc>,
+) -> Result<bool> {
+    let args = [
+        Arg::Int(ms(now)),
+        Arg::text(how.by.as_str()),
+        Arg::Text(how.customer_number.clone()),
+        Arg::Text(how.account_id.clone()),
+        Arg::Text(how.event_id.clone()),
+        Arg::text(order_id),
+    ];
+    if tx.exec("reopening a job", SQL_REOPEN, &args).await? != 1 {
+        return Ok(false);
+    }
+    tx.exec(
+        "reopening a job: dead letters",
+        SQL_RETRY_DEAD_LETTERS,
+        &[Arg::Int(ms(now)), Arg::text(order_id)],
+    )
+    .await?;
+    Ok(true)
+}
 
 const SQL_TAKE_OVER_LEASES: &str = "UPDATE jobs SET state = 'pending', lease_owner = NULL, \
      lease_until = NULL, updated_at = $1 WHERE state = 'running'";
@@ -319,6 +368,8 @@ impl SqlStore {
             Arg::Int(ms(now)),
             Arg::text(order_id),
             Arg::text(owner),
+            Arg::Text(retry.step.map(|s| s.as_str().to_owned())),
+            Arg::Int(i64::from(retry.stuck_alerted)),
         ];
         self.fenced_write(
             "rescheduling a job",
@@ -389,25 +440,48 @@ impl SqlStore {
         .await
     }
 
-    pub(crate) async fn requeue_failed_job(
+    pub(crate) async fn reopen_job(
         &self,
         order_id: &str,
+        how: Reopen,
         audit: Vec<NewAuditRecord>,
         now: DateTime<Utc>,
     ) -> Result<bool> {
-        let args = vec![Arg::Int(ms(now)), Arg::text(order_id)];
-        self.transact("requeueing a failed job", move |tx| {
+        let order_id = order_id.to_owned();
+        self.transact("reopening a job", move |tx| {
             Box::pin(async move {
-                let changed = tx
-                    .exec("requeueing a failed job", SQL_REQUEUE_FAILED, &args)
-                    .await?;
-                if changed == 1 {
+                let reopened = reopen(tx, &order_id, &how, now).await?;
+                if reopened {
                     audit.into_iter().for_each(|r| tx.audit(r));
                 }
-                Ok(changed == 1)
+                Ok(reopened)
             })
         })
         .await
+    }
+
+    pub(crate) async fn read_job_states(
+        &self,
+        order_ids: &[String],
+    ) -> Result<Vec<(String, JobState)>> {
+        // Bounded statements: SQLite caps bound parameters, and a sweep can pass thousands.
+        const CHUNK: usize = 500;
+        let mut states = Vec::with_capacity(order_ids.len());
+        for chunk in order_ids.chunks(CHUNK) {
+            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT order_id, state FROM jobs WHERE order_id IN ({})",
+                marks.join(", ")
+            );
+            let args: Vec<Arg> = chunk.iter().map(|id| Arg::text(id.as_str())).collect();
+            for row in self.read("reading job states", &sql, &args).await? {
+                const W: &str = "job state";
+                let id = Row::required(row.text("order_id", W)?, "order_id", W)?;
+                let state = JobState::parse(&Row::required(row.text("state", W)?, "state", W)?)?;
+                states.push((id, state));
+            }
+        }
+        Ok(states)
     }
 
     pub(crate) async fn take_over_job_leases(&self, now: DateTime<Utc>) -> Result<u64> {

@@ -55,7 +55,7 @@ pub use error::{Error, Result};
 pub use sql::{Backend, Leadership, SqlStore, StoreOptions};
 pub use types::{
     Checkpoint, DeadLetter, DeadLetterState, InboxEvent, IngestOutcome, Job, JobCounts, JobEnd,
-    JobSource, JobState, NewDeadLetter, NewJob, Reschedule, Step, StepUpdate,
+    JobSource, JobState, NewDeadLetter, NewJob, Reopen, Reschedule, Step, StepUpdate,
 };
 
 /// Field kind under which dead-letter payloads are encrypted.
@@ -149,15 +149,20 @@ pub trait Store: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<()>;
 
-    /// Makes a failed job pending again from its recovery point, attempts reset (an
-    /// operator's `dlq retry`), with `audit`, in one transaction; `false` (and nothing
-    /// stored) when the order has no failed job.
-    async fn requeue_failed(
+    /// Reopens a refused or failed job: pending at once from its recovery point (a job that
+    /// had not got past its checks runs them again), attempts reset, with what `how` carries,
+    /// its open dead letters marked retried, and `audit`, in one transaction. `false` (and
+    /// nothing stored) when the order has no refused or failed job.
+    async fn reopen(
         &self,
         order_id: &str,
+        how: Reopen,
         audit: Vec<NewAuditRecord>,
         now: DateTime<Utc>,
     ) -> Result<bool>;
+
+    /// The state of the job of each of `order_ids` that has one (any order).
+    async fn job_states(&self, order_ids: &[String]) -> Result<Vec<(String, JobState)>>;
 
     /// Gives a running job back (graceful shutdown): pending at once, no attempt counted.
     async fn release(&self, order_id: &str, owner: &str, now: DateTime<Utc>) -> Result<()>;

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::sql::{Leadership, SqlStore};
 use crate::types::{
     Checkpoint, DeadLetter, DeadLetterState, InboxEvent, IngestOutcome, Job, JobCounts, JobEnd,
-    NewDeadLetter, NewJob, Reschedule, Step, StepUpdate,
+    JobState, NewDeadLetter, NewJob, Reopen, Reschedule, Step, StepUpdate,
 };
 
 #[async_trait]
@@ -108,13 +108,18 @@ impl Store for SqlStore {
         self.finish_job(order_id, owner, end, audit, now).await
     }
 
-    async fn requeue_failed(
+    async fn reopen(
         &self,
         order_id: &str,
+        how: Reopen,
         audit: Vec<NewAuditRecord>,
         now: DateTime<Utc>,
     ) -> Result<bool> {
-        self.requeue_failed_job(order_id, audit, now).await
+        self.reopen_job(order_id, how, audit, now).await
+    }
+
+    async fn job_states(&self, order_ids: &[String]) -> Result<Vec<(String, JobState)>> {
+        self.read_job_states(order_ids).await
     }
 
     async fn release(&self, order_id: &str, owner: &str, now: DateTime<Utc>) -> Result<()> {

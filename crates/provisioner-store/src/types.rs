@@ -144,6 +144,35 @@ pub struct Job {
     pub created_at: DateTime<Utc>,
     /// Last change.
     pub updated_at: DateTime<Utc>,
+    /// What last reopened it after it was refused or failed, if anything did.
+    pub reopened_by: Option<JobSource>,
+    /// When it was last reopened (its retry budget's age counts from then).
+    pub reopened_at: Option<DateTime<Utc>>,
+    /// Since when the write-back to Salesforce has been failing after WHMCS accepted.
+    pub writeback_since: Option<DateTime<Utc>>,
+    /// When `writeback_stuck` was raised for it (once per Order).
+    pub stuck_alerted_at: Option<DateTime<Utc>>,
+}
+
+impl Job {
+    /// When its current run of attempts began: its last reopening, else its creation.
+    pub fn attempts_since(&self) -> DateTime<Utc> {
+        self.reopened_at.unwrap_or(self.created_at)
+    }
+}
+
+/// How a refused or failed job is reopened (see [`crate::Store::reopen`]): who reopens it,
+/// and the data it continues with (`None` keeps the stored value).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reopen {
+    /// A new event, the reconcile sweep or an operator.
+    pub by: JobSource,
+    /// The customer number to continue with (the event's, or the Order's own for a sweep).
+    pub customer_number: Option<String>,
+    /// The Account id to continue with.
+    pub account_id: Option<String>,
+    /// The event that reopened it.
+    pub event_id: Option<String>,
 }
 
 /// A new job (from an event, the reconcile sweep or an operator).
@@ -186,8 +215,11 @@ pub enum IngestOutcome {
     Enqueued,
     /// This event id was stored before (redelivery, replay): nothing new.
     DuplicateEvent,
-    /// A new event for an order that already has a job: recorded, no second job.
+    /// A new event for an order that already has a live or finished job: recorded, no second
+    /// job.
     DuplicateOrder,
+    /// A new event for an order whose job was refused or failed: the job was reopened.
+    Reopened,
 }
 
 /// A replay position to store with an event (same transaction) or on a keepalive.
@@ -217,6 +249,24 @@ pub struct Reschedule {
     pub error: Option<String>,
     /// Whether this counts as an attempt (a rate-limit delay does not).
     pub count_attempt: bool,
+    /// A new recovery point stored with it (e.g. [`Step::Accepted`] when the write-back
+    /// failed; that also starts the job's `writeback_since`).
+    pub step: Option<Step>,
+    /// Records that `writeback_stuck` was raised for the job.
+    pub stuck_alerted: bool,
+}
+
+impl Reschedule {
+    /// A retry (or delay) at `next_attempt_at` with no new recovery point.
+    pub fn at(next_attempt_at: DateTime<Utc>, error: Option<String>, count_attempt: bool) -> Self {
+        Reschedule {
+            next_attempt_at,
+            error,
+            count_attempt,
+            step: None,
+            stuck_alerted: false,
+        }
+    }
 }
 
 /// How a running job ends.

@@ -322,6 +322,16 @@ impl SalesforceSandbox {
         self.shared.org.lock().clear_patches();
     }
 
+    /// Emulates a validation rule on Order: while set, a PATCH setting `Status` to `status`
+    /// is refused with 400 `FIELD_CUSTOM_VALIDATION_EXCEPTION` (an error that looks
+    /// permanent); other PATCHes go through. `None` removes the rule.
+    pub fn reject_status_updates_to(&self, status: Option<&str>) {
+        self.shared
+            .org
+            .lock()
+            .set_rejected_status(status.map(str::to_owned));
+    }
+
     /// The fault table.
     pub fn faults(&self) -> &Faults {
         &self.shared.faults

@@ -25,17 +25,24 @@ pub enum AlertKind {
     UnapprovedOrderEvent,
     /// One customer's orders keep failing to provision.
     RepeatedProvisioningFailure,
+    /// An Order left the approved status while its job was running: the job stopped before
+    /// its next WHMCS write (any WHMCS order already added is left Pending, named in details).
+    ApprovalWithdrawn,
+    /// WHMCS accepted an order but writing the result back to Salesforce keeps failing.
+    WritebackStuck,
 }
 
 impl AlertKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 8] = [
         Self::AuthFailureBurst,
         Self::StatusEnumeration,
         Self::RateLimitAbuse,
         Self::IntegrityFailure,
         Self::UnapprovedOrderEvent,
         Self::RepeatedProvisioningFailure,
+        Self::ApprovalWithdrawn,
+        Self::WritebackStuck,
     ];
 
     /// The stable snake_case name used in the `alert` field.
@@ -47,6 +54,8 @@ impl AlertKind {
             Self::IntegrityFailure => "integrity_failure",
             Self::UnapprovedOrderEvent => "unapproved_order_event",
             Self::RepeatedProvisioningFailure => "repeated_provisioning_failure",
+            Self::ApprovalWithdrawn => "approval_withdrawn",
+            Self::WritebackStuck => "writeback_stuck",
         }
     }
 
@@ -56,8 +65,11 @@ impl AlertKind {
             Self::RateLimitAbuse => Severity::Low,
             Self::AuthFailureBurst
             | Self::StatusEnumeration
-            | Self::RepeatedProvisioningFailure => Severity::Medium,
-            Self::IntegrityFailure | Self::UnapprovedOrderEvent => Severity::High,
+            | Self::RepeatedProvisioningFailure
+            | Self::ApprovalWithdrawn => Severity::Medium,
+            Self::IntegrityFailure | Self::UnapprovedOrderEvent | Self::WritebackStuck => {
+                Severity::High
+            }
         }
     }
 }
@@ -208,6 +220,8 @@ pub enum DetailKey {
     KeyId,
     /// The integrity check that failed.
     Check,
+    /// A WHMCS order id.
+    WhmcsOrderId,
 }
 
 /// A value in `details`: built only through [`Details`]' typed setters.
@@ -266,6 +280,13 @@ impl Details {
     /// Sets `key_id`.
     pub fn key_id(mut self, id: impl Into<Id>) -> Self {
         self.0.insert(DetailKey::KeyId, DetailValue::Id(id.into()));
+        self
+    }
+
+    /// Sets `whmcs_order_id`.
+    pub fn whmcs_order_id(mut self, id: impl Into<Id>) -> Self {
+        self.0
+            .insert(DetailKey::WhmcsOrderId, DetailValue::Id(id.into()));
         self
     }
 
@@ -391,7 +412,7 @@ mod tests {
             .iter()
             .map(|k| format!("{}={}", k, serde_json::to_value(k.severity()).unwrap()))
             .collect();
-        expect![[r#"auth_failure_burst="medium" status_enumeration="medium" rate_limit_abuse="low" integrity_failure="high" unapproved_order_event="high" repeated_provisioning_failure="medium""#]]
+        expect![[r#"auth_failure_burst="medium" status_enumeration="medium" rate_limit_abuse="low" integrity_failure="high" unapproved_order_event="high" repeated_provisioning_failure="medium" approval_withdrawn="medium" writeback_stuck="high""#]]
             .assert_eq(&names.join(" "));
         for k in AlertKind::ALL {
             assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use crate::{
-    Alert, AlertKind, AlertSink, Details, DetectorConfig, Error, IntegrityCheck, Result, Subject,
-    Thresholds, WindowCounter,
+    Alert, AlertKind, AlertSink, Details, DetectorConfig, Error, Id, IntegrityCheck, Result,
+    Subject, Thresholds, WindowCounter,
 };
 
 /// The detectors and the alert path of one process.
@@ -53,15 +53,17 @@ impl Detectors {
         }
     }
 
-    fn for_kind(&mut self, kind: AlertKind) -> &mut WindowCounter<Subject> {
-        match kind {
+    /// The detector counting `kind`; `None` for kinds raised at once (one event is enough).
+    fn for_kind(&mut self, kind: AlertKind) -> Option<&mut WindowCounter<Subject>> {
+        Some(match kind {
             AlertKind::AuthFailureBurst => &mut self.auth_failures,
             AlertKind::StatusEnumeration => &mut self.status_not_found,
             AlertKind::RateLimitAbuse => &mut self.rate_limited,
             AlertKind::IntegrityFailure => &mut self.integrity_failures,
             AlertKind::UnapprovedOrderEvent => &mut self.refused_orders,
             AlertKind::RepeatedProvisioningFailure => &mut self.provisioning_failures,
-        }
+            AlertKind::ApprovalWithdrawn | AlertKind::WritebackStuck => return None,
+        })
     }
 
     fn prune(&mut self, now: Instant) -> usize {
@@ -147,6 +149,42 @@ impl SecurityMonitor {
             .await
     }
 
+    /// The job of `order_id` stopped because the Order left the approved status before a WHMCS
+    /// write; `whmcs_order_id` names a WHMCS order it had already added (left Pending for an
+    /// operator). Raised at once, deduplicated per Order.
+    pub async fn approval_withdrawn(
+        &self,
+        order_id: &str,
+        customer: &str,
+        whmcs_order_id: Option<u64>,
+    ) -> Option<Alert> {
+        let subject = Subject::Order(Id::new(order_id));
+        let mut details = subject.details().customer_number(customer);
+        if let Some(id) = whmcs_order_id {
+            details = details.whmcs_order_id(id.to_string());
+        }
+        self.record(AlertKind::ApprovalWithdrawn, subject, details)
+            .await
+    }
+
+    /// WHMCS accepted `whmcs_order_id` for `order_id`, but the write-back to Salesforce has
+    /// been failing for longer than the configured time. Raised at once, per Order (the
+    /// engine raises it once per Order).
+    pub async fn writeback_stuck(
+        &self,
+        order_id: &str,
+        customer: &str,
+        whmcs_order_id: Option<u64>,
+    ) -> Option<Alert> {
+        let subject = Subject::Order(Id::new(order_id));
+        let mut details = subject.details().customer_number(customer);
+        if let Some(id) = whmcs_order_id {
+            details = details.whmcs_order_id(id.to_string());
+        }
+        self.record(AlertKind::WritebackStuck, subject, details)
+            .await
+    }
+
     /// Sends an alert built elsewhere, through deduplication. Returns it if it was sent.
     pub async fn raise(&self, alert: Alert) -> Option<Alert> {
         let out = self.inner.dedup.lock().offer(alert, Instant::now());
@@ -206,13 +244,17 @@ impl SecurityMonitor {
         details: Details,
         now: Instant,
     ) -> Option<Alert> {
-        let (count, config): (u64, DetectorConfig) = {
+        let (count, window) = {
             let mut detectors = self.inner.detectors.lock();
-            let counter = detectors.for_kind(kind);
-            let config = counter.config();
-            (counter.record(subject.clone(), now)?, config)
+            match detectors.for_kind(kind) {
+                Some(counter) => {
+                    let config: DetectorConfig = counter.config();
+                    (counter.record(subject.clone(), now)?, config.window)
+                }
+                None => (1, Duration::ZERO),
+            }
         };
-        let alert = Alert::new(kind, subject, count, config.window, details);
+        let alert = Alert::new(kind, subject, count, window, details);
         let out = self.inner.dedup.lock().offer(alert, now);
         if let Some(alert) = &out {
             self.inner.sink.send(alert.clone()).await;
@@ -236,7 +278,7 @@ mod tests {
     use mockall::predicate::function;
 
     use super::*;
-    use crate::{DetailKey, DetailValue, Id, MockAlertSink};
+    use crate::{DetailKey, DetailValue, MockAlertSink};
 
     const S: Duration = Duration::from_secs(1);
 

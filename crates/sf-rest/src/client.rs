@@ -69,8 +69,6 @@ pub struct RestConfig {
     pub api_version: String,
     /// `SF_ORDER_STATUS_APPROVED`: what the reconcile sweep looks for.
     pub approved_status: String,
-    /// Most Orders one reconcile sweep returns.
-    pub reconcile_limit: u32,
     /// Timeout of one HTTP request.
     pub request_timeout: Duration,
     /// Retries of retryable errors.
@@ -82,7 +80,6 @@ impl Default for RestConfig {
         Self {
             api_version: DEFAULT_API_VERSION.into(),
             approved_status: "Approved".into(),
-            reconcile_limit: 2000,
             request_timeout: Duration::from_secs(30),
             retry: RetryPolicy::default(),
         }
@@ -439,11 +436,7 @@ impl OrderApi for RestOrderApi {
             .checked_sub_signed(age)
             .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC);
         let mut request = Request::Query {
-            soql: approved_orders_soql(
-                &self.config.approved_status,
-                cutoff,
-                self.config.reconcile_limit,
-            ),
+            soql: approved_orders_soql(&self.config.approved_status, cutoff),
         };
         let mut found = Vec::new();
         loop {

@@ -61,7 +61,7 @@ pub trait OrderApi: Send + Sync {
     /// nothing. A bad picklist value or validation rule is a permanent [`Error::Api`].
     async fn update_order(&self, order_id: &str, update: &OrderUpdate) -> Result<()>;
 
-    /// Orders in the approved status last modified more than `older_than` ago, oldest first,
-    /// at most [`RestConfig::reconcile_limit`] of them.
+    /// Every Order in the approved status last modified more than `older_than` ago, oldest
+    /// first (all result batches, followed through `nextRecordsUrl`).
     async fn list_approved_orders(&self, older_than: Duration) -> Result<Vec<ApprovedOrder>>;
 }

@@ -24,10 +24,12 @@ pub fn order_soql(id: &OrderId) -> String {
     format!("{ORDER_QUERY}'{id}'")
 }
 
-/// The SOQL for approved Orders last modified before `cutoff`, oldest first.
-pub fn approved_orders_soql(status: &str, cutoff: DateTime<Utc>, limit: u32) -> String {
+/// The SOQL for every approved Order last modified before `cutoff`, oldest first. It has no
+/// `LIMIT`: Salesforce answers in batches (2,000 by default) linked by `nextRecordsUrl`, so a
+/// sweep reaches every approved Order however many have jobs already.
+pub fn approved_orders_soql(status: &str, cutoff: DateTime<Utc>) -> String {
     format!(
-        "{APPROVED_ORDERS_QUERY}{} AND LastModifiedDate < {} ORDER BY LastModifiedDate ASC, Id ASC LIMIT {limit}",
+        "{APPROVED_ORDERS_QUERY}{} AND LastModifiedDate < {} ORDER BY LastModifiedDate ASC, Id ASC",
         soql_quote(status),
         cutoff.to_rfc3339_opts(SecondsFormat::Secs, true),
     )
@@ -311,9 +313,9 @@ mod tests {
     fn approved_query_quotes_the_status() {
         let cutoff = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
         assert_eq!(
-            approved_orders_soql("Appro'ved\\", cutoff, 50),
+            approved_orders_soql("Appro'ved\\", cutoff),
             "SELECT Id, AccountId, Customer_Number__c, LastModifiedDate FROM Order WHERE Status = 'Appro\\'ved\\\\' \
-             AND LastModifiedDate < 2023-11-14T22:13:20Z ORDER BY LastModifiedDate ASC, Id ASC LIMIT 50"
+             AND LastModifiedDate < 2023-11-14T22:13:20Z ORDER BY LastModifiedDate ASC, Id ASC"
         );
     }
 

@@ -179,6 +179,10 @@ mod tests {
             last_error: Some("whmcs: service unavailable".into()),
             created_at: at,
             updated_at: at,
+            reopened_by: None,
+            reopened_at: None,
+            writeback_since: None,
+            stuck_alerted_at: None,
         }
     }
 

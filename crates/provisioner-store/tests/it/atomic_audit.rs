@@ -66,7 +66,7 @@ both_backends! {
         // A retry with its record: the job stays running, no attempt counted.
         let r = store
             .reschedule(order, "w1",
-                Reschedule { next_attempt_at: now, error: Some("x".into()), count_attempt: true },
+                Reschedule::at(now, Some("x".into()), true),
                 vec![step_record(order, Step::Checked)], now)
             .await;
         assert!(is_audit_error(&r), "{r:?}");

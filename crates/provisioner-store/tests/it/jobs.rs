@@ -4,7 +4,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{Duration as ChronoDuration, Utc};
-use provisioner_store::{Error, JobEnd, JobState, Reschedule, Step, StepUpdate, Store};
+use audit::AuditLog as _;
+use provisioner_store::{
+    Error, IngestOutcome, JobEnd, JobSource, JobState, NewDeadLetter, Reopen, Reschedule, Step,
+    StepUpdate, Store,
+};
 
 use crate::support::{both_backends, event};
 
@@ -24,10 +28,15 @@ fn retry(
     error: Option<String>,
     count_attempt: bool,
 ) -> Reschedule {
-    Reschedule {
-        next_attempt_at,
-        error,
-        count_attempt,
+    Reschedule::at(next_attempt_at, error, count_attempt)
+}
+
+fn reopen_by(by: JobSource) -> Reopen {
+    Reopen {
+        by,
+        customer_number: None,
+        account_id: None,
+        event_id: None,
     }
 }
 
@@ -230,17 +239,94 @@ mod claim_log {
 }
 
 both_backends! {
-    async fn a_failed_job_can_be_requeued_from_its_recovery_point(db: &TestDb) {
+    async fn a_failed_job_can_be_reopened_from_its_recovery_point(db: &TestDb) {
         let store = db.open().await;
         let now = Utc::now();
         store.ingest_event(&event(1, "801000000000001AAA", "A"), now).await.unwrap();
         let job = store.claim("w1", now, LEASE).await.unwrap().unwrap();
         store.advance(&job.order_id, "w1", Step::WhmcsOrdered,
             StepUpdate { whmcs_order_id: Some("9".into()), service_ids: None }, vec![], now).await.unwrap();
-        assert!(!store.requeue_failed(&job.order_id, vec![], now).await.unwrap(), "running is not failed");
-        store.finish(&job.order_id, "w1", end(JobState::Failed, Some("boom".into())), vec![], now).await.unwrap();
-        assert!(store.requeue_failed(&job.order_id, vec![], now).await.unwrap());
-        let again = store.claim("w2", now, LEASE).await.unwrap().unwrap();
-        assert_eq!((again.step, again.attempts, again.last_error), (Step::WhmcsOrdered, 0, None));
+        assert!(!store.reopen(&job.order_id, reopen_by(JobSource::Operator), vec![], now).await.unwrap(),
+            "a running job is not reopened");
+        let letter = NewDeadLetter {
+            topic: None, event_id: None, replay_id: None, order_id: Some(job.order_id.clone()),
+            reason: "boom".into(), payload: None, attempts: 1,
+        };
+        let failed = JobEnd { state: JobState::Failed, error: Some("boom".into()), dead_letter: Some(letter) };
+        store.finish(&job.order_id, "w1", failed, vec![], now).await.unwrap();
+        let later = now + ChronoDuration::hours(30);
+        assert!(store.reopen(&job.order_id, reopen_by(JobSource::Operator), vec![], later).await.unwrap());
+        let again = store.claim("w2", later, LEASE).await.unwrap().unwrap();
+        assert_eq!((again.step, again.attempts, again.last_error.clone()), (Step::WhmcsOrdered, 0, None));
+        assert_eq!(again.whmcs_order_id.as_deref(), Some("9"), "the WHMCS order is kept, to be looked up");
+        assert_eq!((again.reopened_by, again.reopened_at), (Some(JobSource::Operator), Some(
+            chrono::DateTime::from_timestamp_millis(later.timestamp_millis()).unwrap())));
+        assert_eq!(again.attempts_since(), again.reopened_at.unwrap(), "the retry budget restarts");
+        let letters = store.dead_letters(Some(provisioner_store::DeadLetterState::Open), 10).await.unwrap();
+        assert!(letters.is_empty(), "its open dead letter is marked retried: {letters:?}");
+    }
+
+    async fn a_new_event_reopens_a_refused_job_and_it_runs_its_checks_again(db: &TestDb) {
+        let store = db.open().await;
+        let now = Utc::now();
+        let order = "801000000000001AAA";
+        store.ingest_event(&event(1, order, "A"), now).await.unwrap();
+        let job = store.claim("w1", now, LEASE).await.unwrap().unwrap();
+        store.advance(order, "w1", Step::Checked, StepUpdate::default(), vec![], now).await.unwrap();
+        store.finish(order, "w1", end(JobState::Refused, Some("not_approved".into())), vec![], now).await.unwrap();
+        assert_eq!(job.event_id.as_deref(), Some("evt-1"));
+
+        // The same event again is a duplicate and changes nothing.
+        assert_eq!(store.ingest_event(&event(1, order, "A"), now).await.unwrap(), IngestOutcome::DuplicateEvent);
+        assert_eq!(store.job(order).await.unwrap().unwrap().state, JobState::Refused);
+        // A new event reopens it, with that event's data, back to its checks.
+        let head = store.head().await.unwrap();
+        let mut second = event(2, order, "B");
+        second.account_id = Some("001000000000001AAA".into());
+        assert_eq!(store.ingest_event(&second, now).await.unwrap(), IngestOutcome::Reopened);
+        let reopened = store.job(order).await.unwrap().unwrap();
+        assert_eq!((reopened.state, reopened.step, reopened.attempts), (JobState::Pending, Step::Received, 0));
+        assert_eq!(reopened.event_id.as_deref(), Some("evt-2"));
+        assert_eq!(reopened.customer_number, "B");
+        assert_eq!(reopened.account_id.as_deref(), Some("001000000000001AAA"));
+        assert_eq!(reopened.reopened_by, Some(JobSource::Event));
+        let records = store.read_range(head.seq + 1, 10).await.unwrap();
+        let actions: Vec<&str> = records.iter().map(|r| r.record.action.as_str()).collect();
+        assert_eq!(actions, ["event_received", "job_reopened"]);
+        assert_eq!(store.job_states(&[order.to_owned(), "801000000000009AAA".to_owned()]).await.unwrap(),
+            vec![(order.to_owned(), JobState::Pending)]);
+
+        // A third event while it is live is a duplicate order; so is one after it is done.
+        assert_eq!(store.ingest_event(&event(3, order, "B"), now).await.unwrap(), IngestOutcome::DuplicateOrder);
+        store.claim("w1", now, LEASE).await.unwrap().unwrap();
+        store.finish(order, "w1", end(JobState::Done, None), vec![], now).await.unwrap();
+        assert_eq!(store.ingest_event(&event(4, order, "B"), now).await.unwrap(), IngestOutcome::DuplicateOrder);
+        assert!(!store.reopen(order, reopen_by(JobSource::Reconcile), vec![], now).await.unwrap(),
+            "a done job is never reopened");
+        assert_eq!(store.job(order).await.unwrap().unwrap().state, JobState::Done);
+    }
+
+    async fn a_failing_write_back_is_tracked_from_its_first_failure(db: &TestDb) {
+        let store = db.open().await;
+        let now = Utc::now();
+        let order = "801000000000001AAA";
+        store.ingest_event(&event(1, order, "A"), now).await.unwrap();
+        store.claim("w1", now, LEASE).await.unwrap().unwrap();
+        let mut first = retry(now, Some("salesforce: 400".into()), true);
+        first.step = Some(Step::Accepted);
+        store.reschedule(order, "w1", first, vec![], now).await.unwrap();
+        let job = store.job(order).await.unwrap().unwrap();
+        let since = job.writeback_since.expect("write-back failing since the first failure");
+        assert_eq!((job.step, job.stuck_alerted_at), (Step::Accepted, None));
+
+        let later = now + ChronoDuration::minutes(90);
+        store.claim("w1", later, LEASE).await.unwrap().unwrap();
+        let mut again = retry(later, Some("salesforce: 400".into()), true);
+        again.step = Some(Step::Accepted);
+        again.stuck_alerted = true;
+        store.reschedule(order, "w1", again, vec![], later).await.unwrap();
+        let job = store.job(order).await.unwrap().unwrap();
+        assert_eq!(job.writeback_since, Some(since), "the start is kept");
+        assert!(job.stuck_alerted_at.is_some());
     }
 }

@@ -146,6 +146,8 @@ pub(crate) struct OrgData {
     patches: RecordLog<RecordedPatch>,
     pages: BTreeMap<String, Vec<Value>>,
     next_locator: u64,
+    /// A validation rule: a PATCH setting `Status` to this value is refused.
+    rejected_status: Option<String>,
 }
 
 /// The fixed part of the provisioner's Order query (`sf-rest`'s `ORDER_QUERY`),
@@ -340,10 +342,14 @@ impl OrgData {
             let cutoff = DateTime::parse_from_rfc3339(cutoff)
                 .map_err(|_| malformed(cutoff))?
                 .with_timezone(&Utc);
-            let limit = rest
-                .strip_prefix("ORDER BY LastModifiedDate ASC, Id ASC LIMIT ")
-                .and_then(|n| n.parse::<usize>().ok())
-                .ok_or_else(|| malformed(rest))?;
+            let limit = match rest.strip_prefix("ORDER BY LastModifiedDate ASC, Id ASC") {
+                Some("") => usize::MAX,
+                Some(tail) => tail
+                    .strip_prefix(" LIMIT ")
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .ok_or_else(|| malformed(rest))?,
+                None => return Err(malformed(rest)),
+            };
             // Ascending (LastModifiedDate, Id) within the status, thanks to the index.
             let from = (status.clone(), DateTime::<Utc>::MIN_UTC, String::new());
             let to = (status, cutoff, String::new());
@@ -434,6 +440,11 @@ impl OrgData {
         })
     }
 
+    /// Installs (or with `None` removes) a validation rule refusing `Status = status`.
+    pub(crate) fn set_rejected_status(&mut self, status: Option<String>) {
+        self.rejected_status = status;
+    }
+
     /// Applies a PATCH to an Order; records it whatever the outcome.
     pub(crate) fn patch_order(
         &mut self,
@@ -467,6 +478,16 @@ impl OrgData {
                 "The request body is not a JSON object",
             ));
         };
+        if let (Some(rejected), Some(Value::String(status))) =
+            (&self.rejected_status, fields.get("Status"))
+            && rejected == status
+        {
+            return Err(ApiError::new(
+                400,
+                "FIELD_CUSTOM_VALIDATION_EXCEPTION",
+                format!("Status cannot be set to {status} (validation rule)"),
+            ));
+        }
         let mut updated = self.orders.get(&key).cloned().ok_or_else(|| {
             ApiError::new(404, "NOT_FOUND", "The requested resource does not exist")
         })?;
