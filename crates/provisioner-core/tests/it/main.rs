@@ -3,5 +3,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod faults;
+mod no_lost_order;
 mod stack;
 mod subscriber;

@@ -29,6 +29,41 @@ pub(crate) struct Stack {
     pg: Option<PgTempDb>,
     rest: Arc<dyn sf_rest::OrderApi>,
     whmcs_api: Arc<dyn whmcs_client::WhmcsApi>,
+    /// Every alert the engine raised.
+    pub(crate) alerts: Arc<RecordedAlerts>,
+}
+
+/// The engine's alerts, recorded as `kind:order_id[:whmcs_order_id]`.
+#[derive(Default)]
+pub(crate) struct RecordedAlerts(std::sync::Mutex<Vec<String>>);
+
+impl RecordedAlerts {
+    fn push(&self, line: String) {
+        self.0.lock().unwrap().push(line);
+    }
+
+    /// The alerts so far.
+    pub(crate) fn all(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl provisioner_core::Alerts for RecordedAlerts {
+    async fn order_refused(&self, order_id: &str, _customer: &str) {
+        self.push(format!("order_refused:{order_id}"));
+    }
+    async fn provisioning_failed(&self, order_id: &str, _customer: &str) {
+        self.push(format!("provisioning_failed:{order_id}"));
+    }
+    async fn approval_withdrawn(&self, order_id: &str, _customer: &str, whmcs: Option<u64>) {
+        let whmcs = whmcs.map(|id| format!(":{id}")).unwrap_or_default();
+        self.push(format!("approval_withdrawn:{order_id}{whmcs}"));
+    }
+    async fn writeback_stuck(&self, order_id: &str, _customer: &str, whmcs: Option<u64>) {
+        let whmcs = whmcs.map(|id| format!(":{id}")).unwrap_or_default();
+        self.push(format!("writeback_stuck:{order_id}{whmcs}"));
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -58,6 +93,17 @@ pub(crate) async fn build_on(
     customers: usize,
     per_customer: usize,
     with_pubsub: bool,
+) -> Stack {
+    build_tuned(db, customers, per_customer, with_pubsub, |_| {}).await
+}
+
+/// [`build_on`] with the engine configuration changed by `tune`.
+pub(crate) async fn build_tuned(
+    db: Db,
+    customers: usize,
+    per_customer: usize,
+    with_pubsub: bool,
+    tune: impl FnOnce(&mut EngineConfig),
 ) -> Stack {
     let sf = SalesforceSandbox::start(SalesforceConfig::default())
         .await
@@ -154,7 +200,8 @@ pub(crate) async fn build_on(
         Some(pg) => pg.url(),
         None => sqlite_url(&dir, "p.db"),
     };
-    let (store, engine) = engine_at(&url, &rest, &whmcs_api).await;
+    let alerts = Arc::new(RecordedAlerts::default());
+    let (store, engine) = engine_tuned(&url, &rest, &whmcs_api, Arc::clone(&alerts) as _, tune).await;
     Stack {
         sf,
         whmcs,
@@ -167,6 +214,7 @@ pub(crate) async fn build_on(
         pg,
         rest,
         whmcs_api,
+        alerts,
     }
 }
 
@@ -212,6 +260,21 @@ pub(crate) async fn engine_at(
     rest: &Arc<dyn sf_rest::OrderApi>,
     whmcs_api: &Arc<dyn whmcs_client::WhmcsApi>,
 ) -> (Arc<SqlStore>, Engine) {
+    let monitor = security::SecurityMonitor::new(
+        Arc::new(security::LogSink),
+        security::Thresholds::default(),
+    );
+    engine_tuned(url, rest, whmcs_api, Arc::new(monitor), |_| {}).await
+}
+
+/// [`engine_at`] with these alerts and the configuration changed by `tune`.
+pub(crate) async fn engine_tuned(
+    url: &str,
+    rest: &Arc<dyn sf_rest::OrderApi>,
+    whmcs_api: &Arc<dyn whmcs_client::WhmcsApi>,
+    alerts: Arc<dyn provisioner_core::Alerts>,
+    tune: impl FnOnce(&mut EngineConfig),
+) -> (Arc<SqlStore>, Engine) {
     let master =
         field_crypto::MasterKey::from_config("base64:q6v4cT9JkA0x3Fz1lVZqM2fY7p5dE8rW1nB6cH4sK0o=")
             .unwrap();
@@ -220,11 +283,7 @@ pub(crate) async fn engine_at(
             .await
             .unwrap(),
     );
-    let monitor = security::SecurityMonitor::new(
-        Arc::new(security::LogSink),
-        security::Thresholds::default(),
-    );
-    let config = EngineConfig {
+    let mut config = EngineConfig {
         order_ref_field_id: Some(REF_FIELD),
         concurrency: 16,
         lease: Duration::from_secs(10),
@@ -239,12 +298,13 @@ pub(crate) async fn engine_at(
         poll_interval: Duration::from_millis(20),
         ..EngineConfig::default()
     };
+    tune(&mut config);
     let engine = EngineBuilder::new(
         Arc::clone(rest),
         Arc::clone(whmcs_api),
         Arc::clone(&store) as Arc<dyn Store>,
         Arc::clone(&store) as Arc<dyn audit::AuditLog>,
-        Arc::new(monitor),
+        alerts,
     )
     .config(config)
     .build();
