@@ -82,11 +82,21 @@ pub enum JobOutcome {
 /// Why a step did not complete.
 #[derive(Debug)]
 enum Stop {
-    Retry { reason: String, code: StopReason },
-    Permanent { reason: String, code: StopReason },
-    Refuse { code: StopReason },
+    Retry {
+        reason: String,
+        code: StopReason,
+    },
+    Permanent {
+        reason: String,
+        code: StopReason,
+    },
+    Refuse {
+        code: StopReason,
+    },
     /// The Order left the approved status before a WHMCS write (`approval_withdrawn`).
-    Withdrawn { whmcs_order_id: Option<u64> },
+    Withdrawn {
+        whmcs_order_id: Option<u64>,
+    },
     AlreadyDone,
     LeaseLost,
     Shutdown,
@@ -384,8 +394,8 @@ impl JobRunner {
         };
         let status = order.status.as_deref().unwrap_or_default();
         let statuses = &self.config.statuses;
-        let approved = self.approved_for(job, status)
-            || statuses.provisioning.as_deref() == Some(status);
+        let approved =
+            self.approved_for(job, status) || statuses.provisioning.as_deref() == Some(status);
         if !approved || !same_customer(&order, job) || has_whmcs_order(&order) {
             tracing::warn!(order_id = %job.order_id, "approval withdrawn before a WHMCS write");
             return Err(withdrawn());
@@ -497,8 +507,8 @@ impl JobRunner {
                 }
                 // Our own unfinished work (a restored backup, a lost job) is resumed, never
                 // refused: it is looked up in WHMCS before any AddOrder.
-                let own_work = statuses.provisioning.as_deref() == Some(status)
-                    && !has_whmcs_order(order);
+                let own_work =
+                    statuses.provisioning.as_deref() == Some(status) && !has_whmcs_order(order);
                 if !own_work && !self.approved_for(job, status) {
                     return Err(Stop::Refuse {
                         code: StopReason::NotApproved,
@@ -866,9 +876,14 @@ impl JobRunner {
                     let at = now + chrono::Duration::from_std(delay).unwrap_or_default();
                     let reason = sanitize_reason(&reason);
                     tracing::info!(order_id = %job.order_id, step = %step, attempt = attempts, %reason, "retrying");
-                    self.reschedule(job, step, code, Reschedule::at(at, Some(reason.clone()), true))
-                        .await
-                        .map(|()| JobOutcome::Retrying { at, reason })
+                    self.reschedule(
+                        job,
+                        step,
+                        code,
+                        Reschedule::at(at, Some(reason.clone()), true),
+                    )
+                    .await
+                    .map(|()| JobOutcome::Retrying { at, reason })
                 } else {
                     let reason = format!("gave up after {attempts} attempts: {reason}");
                     self.fail(job, step, code, &reason).await
@@ -887,8 +902,9 @@ impl JobRunner {
         code: StopReason,
         withdrawn: Option<Option<u64>>,
     ) -> Result<JobOutcome, SettleError> {
-        let mut record = NewAuditRecord::new(Actor::WORKER, Action::ORDER_REFUSED, Outcome::Refused)
-            .detail(DetailKey::ReasonCode, code.as_str());
+        let mut record =
+            NewAuditRecord::new(Actor::WORKER, Action::ORDER_REFUSED, Outcome::Refused)
+                .detail(DetailKey::ReasonCode, code.as_str());
         if let Some(Some(id)) = withdrawn {
             record = record.and_then(|r| r.detail(DetailKey::WhmcsOrderId, id.to_string()));
         }

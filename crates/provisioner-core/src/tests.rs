@@ -307,7 +307,13 @@ impl World {
         alerts
             .expect_approval_withdrawn()
             .returning(move |_, _, whmcs| {
-                log(&c, format!("alert:withdrawn:{}", whmcs.map(|id| id.to_string()).unwrap_or_default()))
+                log(
+                    &c,
+                    format!(
+                        "alert:withdrawn:{}",
+                        whmcs.map(|id| id.to_string()).unwrap_or_default()
+                    ),
+                )
             });
         let c = calls.clone();
         alerts
@@ -484,7 +490,13 @@ async fn our_own_unfinished_work_is_resumed_with_a_lookup_not_refused() {
     w.accept_ok();
     let (outcome, calls) = w.run(job(Step::Received, 0)).await;
     assert!(
-        matches!(outcome, JobOutcome::Provisioned { whmcs_order_id: 77, .. }),
+        matches!(
+            outcome,
+            JobOutcome::Provisioned {
+                whmcs_order_id: 77,
+                ..
+            }
+        ),
         "{outcome:?}"
     );
     let effects = effects(&calls);
@@ -537,7 +549,10 @@ async fn an_operator_retry_accepts_the_failed_status_an_event_does_not() {
     let mut retried = job(Step::Received, 0);
     retried.reopened_by = Some(JobSource::Operator);
     let (outcome, calls) = w.run(retried).await;
-    assert!(matches!(outcome, JobOutcome::Provisioned { .. }), "{outcome:?}");
+    assert!(
+        matches!(outcome, JobOutcome::Provisioned { .. }),
+        "{outcome:?}"
+    );
     assert!(calls.contains(&"sf_patch:Provisioning".to_owned()));
 }
 
@@ -548,7 +563,11 @@ fn fetch_changes(w: &mut World, first: Order, then: Order) {
     w.orders.expect_fetch_order().returning(move |_| {
         log(&c, "sf_fetch");
         seen += 1;
-        Ok(if seen == 1 { first.clone() } else { then.clone() })
+        Ok(if seen == 1 {
+            first.clone()
+        } else {
+            then.clone()
+        })
     });
 }
 
@@ -812,7 +831,12 @@ async fn an_unknown_add_order_outcome_is_retried_from_the_intent() {
     // retry looks the order up before any second AddOrder.
     assert_eq!(
         effects(&calls),
-        ["sf_fetch", "whmcs_lookup", "sf_fetch", "reschedule:count=true"]
+        [
+            "sf_fetch",
+            "whmcs_lookup",
+            "sf_fetch",
+            "reschedule:count=true"
+        ]
     );
     assert!(calls.contains(&"audit:step_failed".to_owned()));
 }
@@ -924,7 +948,11 @@ async fn a_transient_accept_failure_is_retried() {
     assert!(matches!(outcome, JobOutcome::Retrying { .. }));
     assert_eq!(
         effects(&calls),
-        ["sf_fetch", "advance:accept_unknown", "reschedule:count=true"]
+        [
+            "sf_fetch",
+            "advance:accept_unknown",
+            "reschedule:count=true"
+        ]
     );
 }
 

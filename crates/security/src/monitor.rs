@@ -465,4 +465,42 @@ mod tests {
             );
         }
     }
+
+    #[tokio::test]
+    async fn withdrawn_and_stuck_alerts_fire_at_once_per_order_and_name_the_whmcs_order() {
+        let mut sink = MockAlertSink::new();
+        sink.expect_send().times(3).returning(|_| ());
+        let m = monitor(sink);
+        let a = m
+            .approval_withdrawn("801000000000001AAA", "C-1", Some(77))
+            .await
+            .expect("one event is enough");
+        let mut body: serde_json::Value = serde_json::from_str(&a.to_json()).unwrap();
+        body["at"] = "<at>".into();
+        assert_eq!(
+            body,
+            serde_json::json!({"alert": "approval_withdrawn", "severity": "medium", "at": "<at>",
+                "count": 1, "windowSeconds": 0, "details": {"order_id": "801000000000001AAA",
+                "customer_number": "C-1", "whmcs_order_id": "77"}})
+        );
+        // Another Order is another subject; the same Order again is deduplicated.
+        assert!(
+            m.approval_withdrawn("801000000000002AAA", "C-1", None)
+                .await
+                .is_some()
+        );
+        assert!(
+            m.approval_withdrawn("801000000000001AAA", "C-1", Some(77))
+                .await
+                .is_none()
+        );
+        let stuck = m
+            .writeback_stuck("801000000000001AAA", "C-1", Some(77))
+            .await
+            .expect("sent");
+        assert_eq!(
+            (stuck.kind, stuck.severity),
+            (AlertKind::WritebackStuck, crate::Severity::High)
+        );
+    }
 }

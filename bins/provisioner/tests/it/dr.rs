@@ -39,7 +39,10 @@ async fn restoring_an_old_backup_creates_no_duplicate_and_converges() {
     let world = World::start(100, 1).await;
     let port = free_port();
     let env = world.env(port);
-    assert!(!env.contains_key("SF_ORDER_STATUS_PROVISIONING"), "statuses at their defaults");
+    assert!(
+        !env.contains_key("SF_ORDER_STATUS_PROVISIONING"),
+        "statuses at their defaults"
+    );
     let db = world.dir.path().join("provisioner.db");
     let backup = world.dir.path().join("backup.db");
 
@@ -139,11 +142,16 @@ async fn restoring_while_a_whmcs_order_is_pending_accepts_it_once() {
     wait_healthy(port, Duration::from_secs(30)).await;
     let (code, out) = provisioner(&["backup", "--to", backup.to_str().unwrap()], &env).await;
     assert_eq!(code, 0, "{out}");
-    world.whmcs.inject_fault("AcceptOrder", Fault::Html500, None);
+    world
+        .whmcs
+        .inject_fault("AcceptOrder", Fault::Html500, None);
     world.publish_all();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while world.whmcs.requests_for("AcceptOrder").len() < 2 {
-        assert!(tokio::time::Instant::now() < deadline, "AcceptOrder never tried");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "AcceptOrder never tried"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     test_support::process::sigterm(&child);

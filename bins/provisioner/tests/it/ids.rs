@@ -37,14 +37,18 @@ async fn both_id_forms_reach_one_job_and_one_status_answer() {
     let mut api = StatusApi::new(port);
     let deadline = Instant::now() + PATIENCE;
     let answer = loop {
-        let answer = api.status(&short, &event.customer_number, PORTAL_TOKEN).await;
+        let answer = api
+            .status(&short, &event.customer_number, PORTAL_TOKEN)
+            .await;
         if answer.status == 200 && answer.json()["status"] == "provisioned" {
             break answer;
         }
         assert!(Instant::now() < deadline, "{}", answer.body);
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let other = api.status(&long, &event.customer_number, PORTAL_TOKEN).await;
+    let other = api
+        .status(&long, &event.customer_number, PORTAL_TOKEN)
+        .await;
     assert_eq!(other.status, 200);
     assert_eq!(answer.body, other.body, "the same answer for both forms");
     assert_eq!(answer.json()["orderId"], long.as_str());

@@ -139,6 +139,32 @@ async fn operator_commands_work_beside_a_running_sqlite_service() {
         "{out}"
     );
 
+    // The cause is fixed and the operator retries the dead letter (issue 14, Done-when 2): the
+    // Order still says Provisioning Failed, and the job provisions it exactly once.
+    world.whmcs.set_client_status(1, "Active");
+    let (_, out) = run_to_end(&["dlq", "list"], &env, PATIENCE).await;
+    let letter = out
+        .lines()
+        .find(|l| l.contains(&format!("order={}", failing.order_id)))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no dead letter listed:\n{out}"))
+        .to_owned();
+    let (code, out) = run_to_end(&["dlq", "retry", &letter], &env, PATIENCE).await;
+    assert_eq!(code, Some(0), "dlq retry beside run:\n{out}");
+    eventually("the retried Order is Activated", async || {
+        status(&failing.order_id) == "Activated"
+    })
+    .await;
+    assert_eq!(world.whmcs.orders().len(), 2, "one WHMCS order per Order");
+    let (code, out) = run_to_end(&["dlq", "list"], &env, PATIENCE).await;
+    assert_eq!(code, Some(0));
+    assert!(
+        !out.contains(&letter),
+        "the dead letter is no longer open:\n{out}"
+    );
+    let (code, out) = run_to_end(&["dlq", "retry", &letter], &env, PATIENCE).await;
+    assert_eq!(code, Some(2), "a done job is not retried:\n{out}");
+
     // The service went on through all of it.
     assert!(
         service.try_wait().unwrap().is_none(),

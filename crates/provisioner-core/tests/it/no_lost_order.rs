@@ -140,7 +140,10 @@ async fn refused_then_approved(db: Db) {
     assert!(stack.whmcs.orders().is_empty(), "no WHMCS call");
     assert!(stack.whmcs.requests_for("GetClientsDetails").is_empty());
     for o in [a, b] {
-        assert!(patches_of(&stack, &o.order_id).is_empty(), "no write to the Order");
+        assert!(
+            patches_of(&stack, &o.order_id).is_empty(),
+            "no write to the Order"
+        );
         assert_eq!(stack.sf.order(&o.order_id).unwrap().status, "Draft");
     }
 
@@ -191,7 +194,9 @@ async fn a_failed_order_is_provisioned_once_after_the_cause_is_fixed() {
     let stack = stack_of(Db::Sqlite, 2, 1).await;
     let (a, b) = (&stack.orders[0], &stack.orders[1]);
     for o in [a, b] {
-        stack.whmcs.set_client_status(client_of(&stack, o), "Inactive");
+        stack
+            .whmcs
+            .set_client_status(client_of(&stack, o), "Inactive");
         stack.publish(o);
     }
     let handle = start(&stack);
@@ -205,14 +210,18 @@ async fn a_failed_order_is_provisioned_once_after_the_cause_is_fixed() {
     assert!(stack.whmcs.orders().is_empty());
 
     // (a) Fixed, re-approved, published again.
-    stack.whmcs.set_client_status(client_of(&stack, a), "Active");
+    stack
+        .whmcs
+        .set_client_status(client_of(&stack, a), "Active");
     set_status(&stack, &a.order_id, "Approved", false);
     stack.publish(a);
     wait_state(&stack, &a.order_id, JobState::Done).await;
     provisioned_once(&stack, &a.order_id);
 
     // (b) Fixed, and the operator retries the dead letter (what `dlq retry` does).
-    stack.whmcs.set_client_status(client_of(&stack, b), "Active");
+    stack
+        .whmcs
+        .set_client_status(client_of(&stack, b), "Active");
     let reopen = Reopen {
         by: JobSource::Operator,
         customer_number: None,
@@ -234,7 +243,10 @@ async fn a_failed_order_is_provisioned_once_after_the_cause_is_fixed() {
         .dead_letters(Some(provisioner_store::DeadLetterState::Open), 10)
         .await
         .unwrap();
-    assert!(open.is_empty(), "reopening retried the dead letters: {open:?}");
+    assert!(
+        open.is_empty(),
+        "reopening retried the dead letters: {open:?}"
+    );
     stack.cleanup().await;
 }
 
@@ -258,7 +270,10 @@ async fn a_withdrawn_approval_stops_the_job_before_its_next_whmcs_write() {
     assert_eq!(job.last_error.as_deref(), Some("approval_withdrawn"));
     stack.whmcs.clear_faults();
     assert!(whmcs_orders_of(&stack, &a.order_id).is_empty());
-    assert!(stack.whmcs.orders().is_empty(), "no WHMCS order was ever committed");
+    assert!(
+        stack.whmcs.orders().is_empty(),
+        "no WHMCS order was ever committed"
+    );
     assert_eq!(
         patches_of(&stack, &a.order_id).len(),
         patches_before,
@@ -275,7 +290,9 @@ async fn a_withdrawn_approval_stops_the_job_before_its_next_whmcs_write() {
     );
 
     // Between AddOrder and AcceptOrder.
-    stack.whmcs.inject_fault("AcceptOrder", Fault::Html500, None);
+    stack
+        .whmcs
+        .inject_fault("AcceptOrder", Fault::Html500, None);
     stack.publish(b);
     let job = wait_job(&stack, &b.order_id, "retrying AcceptOrder", |j| {
         j.attempts >= 2 && j.state == JobState::Pending && j.whmcs_order_id.is_some()
@@ -331,13 +348,19 @@ async fn the_15_and_18_character_ids_of_an_order_reach_one_job() {
     while audit_count(&stack, "event_received").await + audit_count(&stack, "event_duplicate").await
         < 2
     {
-        assert!(tokio::time::Instant::now() < deadline, "second event never stored");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "second event never stored"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     handle.shutdown().await;
     let jobs = stack.store.jobs(0, 10).await.unwrap();
     assert_eq!(jobs.len(), 1, "{jobs:?}");
-    assert_eq!(jobs[0].order_id, o.order_id, "stored in the 18-character form");
+    assert_eq!(
+        jobs[0].order_id, o.order_id,
+        "stored in the 18-character form"
+    );
     assert!(stack.store.job(&short.order_id).await.unwrap().is_none());
     provisioned_once(&stack, &o.order_id);
     stack.cleanup().await;
@@ -372,7 +395,11 @@ async fn a_failing_write_back_after_accept_never_fails_the_order() {
     let stuck = format!("writeback_stuck:{}", o.order_id);
     let deadline = tokio::time::Instant::now() + LIMIT;
     while !stack.alerts.all().iter().any(|a| a.starts_with(&stuck)) {
-        assert!(tokio::time::Instant::now() < deadline, "{:?}", stack.alerts.all());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            stack.alerts.all()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Still failing after the alert: more attempts, no second alert.
@@ -414,7 +441,8 @@ async fn one_sweep_reaches_an_orphan_behind_2500_orders_with_jobs() {
     let (orphan, rest) = stack.orders.split_last().unwrap();
     for (i, o) in rest.iter().enumerate() {
         let mut order = stack.sf.order(&o.order_id).unwrap();
-        order.last_modified = now - chrono::Duration::hours(2) + chrono::Duration::seconds(i as i64);
+        order.last_modified =
+            now - chrono::Duration::hours(2) + chrono::Duration::seconds(i as i64);
         stack.sf.insert_order(order);
         let job = provisioner_store::NewJob {
             order_id: o.order_id.clone(),

@@ -201,7 +201,8 @@ pub(crate) async fn build_tuned(
         None => sqlite_url(&dir, "p.db"),
     };
     let alerts = Arc::new(RecordedAlerts::default());
-    let (store, engine) = engine_tuned(&url, &rest, &whmcs_api, Arc::clone(&alerts) as _, tune).await;
+    let (store, engine) =
+        engine_tuned(&url, &rest, &whmcs_api, Arc::clone(&alerts) as _, tune).await;
     Stack {
         sf,
         whmcs,

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{Duration as ChronoDuration, Utc};
 use audit::AuditLog as _;
+use chrono::{Duration as ChronoDuration, Utc};
 use provisioner_store::{
     Error, IngestOutcome, JobEnd, JobSource, JobState, NewDeadLetter, Reopen, Reschedule, Step,
     StepUpdate, Store,
