@@ -10,6 +10,7 @@ mod config;
 mod crash;
 mod dr;
 mod events;
+mod jobs;
 mod logs;
 mod metrics;
 mod operate;
