@@ -44,6 +44,9 @@ pub(crate) enum Command {
     /// Dead letters: events and jobs that could not be processed.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Jobs: one per Salesforce Order, with its state and audit trail.
+    #[command(subcommand)]
+    Jobs(JobsCommand),
     /// Enqueue approved Orders that have no job (one sweep, now).
     Reconcile,
     /// Configuration.
@@ -129,6 +132,54 @@ pub(crate) enum DlqCommand {
         /// Its id.
         id: String,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum JobsCommand {
+    /// List jobs in arrival order: view state, raw state/step, customer, WHMCS ids, attempts.
+    List(JobsListArgs),
+    /// Show one job and the audit records of its Order.
+    Show(JobsShowArgs),
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct JobsListArgs {
+    /// Only jobs in this state, as the status API reports it.
+    #[arg(long, value_name = "STATE", value_parser = job_view_parser())]
+    pub(crate) state: Option<provisioner_store::JobView>,
+    /// Only jobs of this customer number.
+    #[arg(long, value_name = "NUMBER")]
+    pub(crate) customer: Option<String>,
+    /// At most this many jobs.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub(crate) limit: u32,
+    /// Only jobs after this sequence number (the next page: the last `seq` shown).
+    #[arg(long, value_name = "SEQ", default_value_t = 0,
+          value_parser = clap::value_parser!(i64).range(0..))]
+    pub(crate) after: i64,
+    /// Print one JSON array.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct JobsShowArgs {
+    /// The Salesforce Order Id, 15 or 18 characters.
+    pub(crate) order_id: sf_rest::OrderId,
+    /// Print one JSON object: `job` and `audit`.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// `--state`: the names of `provisioner_store::JobView`, listed in `--help`.
+fn job_view_parser() -> impl clap::builder::TypedValueParser<Value = provisioner_store::JobView> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(
+        provisioner_store::JobView::ALL.map(provisioner_store::JobView::as_str),
+    )
+    .try_map(|name| {
+        provisioner_store::JobView::from_name(&name).ok_or_else(|| format!("unknown state {name}"))
+    })
 }
 
 #[derive(Subcommand, Debug)]

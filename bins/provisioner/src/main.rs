@@ -13,6 +13,7 @@ mod cli;
 mod config;
 mod demo;
 mod events;
+mod jobs_cmd;
 mod ops;
 
 use cli::{Command, Failure};
@@ -58,6 +59,7 @@ fn run(cli: cli::Cli) -> Result<(), Failure> {
             Command::Audit(c) => ops::audit(&config, c).await,
             Command::Keys(c) => ops::keys(&config, c).await,
             Command::Dlq(c) => ops::dlq(&config, c).await,
+            Command::Jobs(c) => jobs_cmd::jobs(&config, c).await,
             Command::Reconcile => ops::reconcile(&config).await,
             Command::Migrate => ops::migrate(&config).await,
             Command::Backup(args) => ops::backup(&config, args).await,

@@ -22,7 +22,7 @@ fn runtime(e: anyhow::Error) -> Failure {
     Failure::Runtime(e)
 }
 
-async fn store(
+pub(crate) async fn store(
     config: &Config,
     migrate: bool,
 ) -> Result<Arc<provisioner_store::SqlStore>, Failure> {

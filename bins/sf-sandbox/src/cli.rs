@@ -12,6 +12,10 @@ use clap::Parser;
 /// The environment goes to stdout as `KEY=value` lines ending with `# ready`, and to
 /// `--state-file` if given (load it with `set -a; . FILE; set +a`); status goes to stderr.
 /// Runs until SIGINT or SIGTERM, then exits 0.
+///
+/// To re-approve an Order and publish its event again while a provisioner runs:
+/// `curl -X POST "$SF_LOGIN_URL/sandbox/orders/<order id>" -d '{"status": "Approved",
+/// "publish": true}'` (both fields optional; `GET` on that path shows the Order).
 #[derive(Parser, Debug)]
 #[command(version, about, long_about)]
 pub(crate) struct Cli {

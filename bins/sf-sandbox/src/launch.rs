@@ -95,6 +95,8 @@ pub(crate) async fn start(cli: &Cli) -> anyhow::Result<Running> {
     let pubsub = PubSubSandbox::start(pubsub_config)
         .await
         .context("starting the Pub/Sub sandbox")?;
+    // `POST /sandbox/orders/{id}` with `"publish": true` publishes here, on the channel.
+    sf.attach_pubsub(pubsub.publisher(), cli.channel.clone());
 
     let mut whmcs_config = WhmcsSandboxConfig::default();
     if let Some(identifier) = &cli.whmcs_identifier {
@@ -138,6 +140,10 @@ pub(crate) async fn start(cli: &Cli) -> anyhow::Result<Running> {
             sf.base_url()
         );
     }
+    tracing::info!(
+        url = %format!("{sf_login_url}/sandbox/orders/{{id}}"),
+        "order admin route: POST {{\"status\": \"Approved\", \"publish\": true}} to change an Order and publish its event"
+    );
     tracing::info!(endpoint = %pubsub_endpoint, topic = %cli.channel, "pub/sub sandbox listening");
     tracing::info!(url = %whmcs_api_url, "whmcs sandbox listening");
 

@@ -7,6 +7,13 @@
 //! faults, then prints the environment a provisioner needs as `KEY=value` lines followed by
 //! `# ready`, and serves until SIGINT or SIGTERM (exit 0). Status goes to stderr.
 //!
+//! While it runs, an Order can be changed and announced again, as a user re-approving it in
+//! Salesforce would: `POST $SF_LOGIN_URL/sandbox/orders/{id}` with the JSON body
+//! `{"status": "Approved", "publish": true}` (both optional) sets the Order's `Status` (bumping
+//! `LastModifiedDate`) and publishes a new `OrderProvisionRequested__e` for it (a new event id)
+//! on the channel; `GET` on the same path shows the Order. The route is the sandbox's own, on
+//! loopback, without a token; `sandbox::salesforce` documents its answers.
+//!
 //! Thin: parse the command line, set up logging, run, map the outcome to an exit code
 //! (0 ok, 1 runtime failure, 2 bad usage) and print error chains with `{:#}`.
 

@@ -3,6 +3,7 @@
 //! Records are sealed by the one transaction API ([`crate::tx`]): a standalone append is a
 //! unit with one audit record; a job write carries its records in its own unit. Purges keep
 //! an anchor, in one transaction (serialised across PostgreSQL instances by an advisory lock).
+//! Each row also carries the record's Order Id, so an Order's records are read by index.
 
 use async_trait::async_trait;
 use audit::{Actor, Anchor, AuditLog, ChainHead, NewAuditRecord, PurgeReport, SealedRecord};
@@ -92,6 +93,24 @@ async fn purge_prefix(tx: &mut dyn Tx, older_than: DateTime<Utc>) -> crate::Resu
         .await?;
     }
     Ok((anchor, removed))
+}
+
+impl SqlStore {
+    /// The records about one Order, oldest first (by the indexed `order_id` column).
+    pub(crate) async fn read_order_audit(
+        &self,
+        order_id: &str,
+        limit: u32,
+    ) -> crate::Result<Vec<SealedRecord>> {
+        let rows = self
+            .read(
+                "audit: reading an order's records",
+                "SELECT record FROM audit_log WHERE order_id = $1 ORDER BY seq LIMIT $2",
+                &[Arg::text(order_id), Arg::Int(i64::from(limit))],
+            )
+            .await?;
+        rows.iter().map(decode_record).collect()
+    }
 }
 
 #[async_trait]

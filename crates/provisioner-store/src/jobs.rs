@@ -12,7 +12,8 @@ use crate::error::{Error, Result};
 use crate::sql::SqlStore;
 use crate::tx::{Arg, Row, Tx};
 use crate::types::{
-    Job, JobCounts, JobEnd, JobSource, JobState, NewJob, Reopen, Reschedule, Step, StepUpdate,
+    Job, JobCounts, JobEnd, JobFilter, JobSource, JobState, NewJob, Reopen, Reschedule, Step,
+    StepUpdate,
     from_ms, ms,
 };
 
@@ -535,5 +536,32 @@ impl SqlStore {
             }
         }
         Ok(counts)
+    }
+}
+
+/// The statement and arguments of [`SqlStore::read_filtered_jobs`]: every condition of the
+/// filter is a `WHERE` clause (the view's is a fixed text, the customer a parameter).
+fn filtered_jobs_sql(filter: &JobFilter) -> (String, Vec<Arg>) {
+    let mut sql = format!("SELECT {JOB_COLS} FROM jobs WHERE seq > $1");
+    let mut args = vec![Arg::Int(filter.after_seq)];
+    if let Some(view) = filter.view {
+        sql.push_str(" AND ");
+        sql.push_str(view.sql_condition());
+    }
+    if let Some(customer) = &filter.customer_number {
+        args.push(Arg::text(customer.as_str()));
+        sql.push_str(&format!(" AND customer_number = ${}", args.len()));
+    }
+    args.push(Arg::Int(i64::from(filter.limit)));
+    sql.push_str(&format!(" ORDER BY seq LIMIT ${}", args.len()));
+    (sql, args)
+}
+
+impl SqlStore {
+    /// Jobs matching `filter`, in arrival order (operator reads, on the reader pool).
+    pub(crate) async fn read_filtered_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>> {
+        let (sql, args) = filtered_jobs_sql(filter);
+        let rows = self.read("listing jobs", &sql, &args).await?;
+        rows.iter().map(job_from_row).collect()
     }
 }

@@ -13,7 +13,8 @@
 //!   write is fenced by the lease, so a worker whose lease was taken over cannot write. At most
 //!   one job per customer runs at a time, and a customer's jobs run in arrival order.
 //! - **dead letters**, with the raw payload encrypted by field-crypto.
-//! - **audit records** ([`audit::AuditLog`] is implemented by [`SqlStore`]).
+//! - **audit records** ([`audit::AuditLog`] is implemented by [`SqlStore`]), indexed by the
+//!   Order they are about ([`Store::audit_for_order`]).
 //! - **the keyring**, wrapped by the master key.
 //!
 //! On SQLite every write of a running store goes to one dedicated writer thread, which commits
@@ -55,7 +56,8 @@ pub use error::{Error, Result};
 pub use sql::{Backend, Leadership, SqlStore, StoreOptions};
 pub use types::{
     Checkpoint, DeadLetter, DeadLetterState, InboxEvent, IngestOutcome, Job, JobCounts, JobEnd,
-    JobSource, JobState, NewDeadLetter, NewJob, Reopen, Reschedule, Step, StepUpdate,
+    JobFilter, JobSource, JobState, JobView, NewDeadLetter, NewJob, Reopen, Reschedule, Step,
+    StepUpdate,
 };
 
 /// Field kind under which dead-letter payloads are encrypted.
@@ -178,6 +180,15 @@ pub trait Store: Send + Sync {
 
     /// Jobs by state.
     async fn job_counts(&self) -> Result<JobCounts>;
+
+    /// Jobs matching `filter` (view, customer, after a `seq`), in arrival order, at most
+    /// `filter.limit`: the operator's `jobs list`.
+    async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>>;
+
+    /// The audit records about one Order (by its stored, 18-character id), oldest first, at
+    /// most `limit`: the operator's `jobs show`.
+    async fn audit_for_order(&self, order_id: &str, limit: u32)
+    -> Result<Vec<audit::SealedRecord>>;
 
     /// Dead letters, newest first, optionally of one state.
     async fn dead_letters(

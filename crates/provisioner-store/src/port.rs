@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::sql::{Leadership, SqlStore};
 use crate::types::{
     Checkpoint, DeadLetter, DeadLetterState, InboxEvent, IngestOutcome, Job, JobCounts, JobEnd,
-    JobState, NewDeadLetter, NewJob, Reopen, Reschedule, Step, StepUpdate,
+    JobFilter, JobState, NewDeadLetter, NewJob, Reopen, Reschedule, Step, StepUpdate,
 };
 
 #[async_trait]
@@ -140,6 +140,18 @@ impl Store for SqlStore {
 
     async fn job_counts(&self) -> Result<JobCounts> {
         self.count_jobs().await
+    }
+
+    async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>> {
+        self.read_filtered_jobs(filter).await
+    }
+
+    async fn audit_for_order(
+        &self,
+        order_id: &str,
+        limit: u32,
+    ) -> Result<Vec<audit::SealedRecord>> {
+        self.read_order_audit(order_id, limit).await
     }
 
     async fn dead_letters(

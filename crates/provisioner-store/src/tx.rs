@@ -336,11 +336,14 @@ impl<R, F> Work<R> for F where
 
 pub(crate) const SQL_ANCHOR: &str = "SELECT anchor FROM audit_anchor WHERE id = 1";
 pub(crate) const SQL_LAST_RECORD: &str = "SELECT record FROM audit_log ORDER BY seq DESC LIMIT 1";
-const SQL_INSERT_RECORD: &str = "INSERT INTO audit_log (seq, at, record) VALUES ($1, $2, $3)";
+/// A sealed record; `order_id` repeats the record's Order Id (or NULL) so that an Order's
+/// records are found by index (`Store::audit_for_order`).
+const SQL_INSERT_RECORD: &str =
+    "INSERT INTO audit_log (seq, at, record, order_id) VALUES ($1, $2, $3, $4)";
 /// The first record of a unit: a `seq` another process took meanwhile inserts nothing (no
 /// error, which on PostgreSQL would abort the whole transaction).
-const SQL_INSERT_FIRST_RECORD: &str = "INSERT INTO audit_log (seq, at, record) VALUES ($1, $2, $3) \
-     ON CONFLICT (seq) DO NOTHING";
+const SQL_INSERT_FIRST_RECORD: &str = "INSERT INTO audit_log (seq, at, record, order_id) \
+     VALUES ($1, $2, $3, $4) ON CONFLICT (seq) DO NOTHING";
 
 /// Serialises audit appends (and purges) across PostgreSQL instances for the transaction's
 /// lifetime.
@@ -413,6 +416,13 @@ fn record_args(sealed: &SealedRecord) -> Result<Vec<Arg>> {
         Arg::Int(seq),
         Arg::Int(sealed.record.at.timestamp_micros()),
         Arg::Text(Some(json)),
+        Arg::Text(
+            sealed
+                .record
+                .order_id
+                .as_ref()
+                .map(|id| id.as_str().to_owned()),
+        ),
     ])
 }
 

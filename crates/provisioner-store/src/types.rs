@@ -84,6 +84,95 @@ str_enum!(
 );
 
 str_enum!(
+    /// What a job looks like from outside: the state the status API reports to the portal and
+    /// the operator's `jobs list --state` filters on. [`JobView::of`] is the one mapping from
+    /// [`JobState`] and [`Step`]; the store's job filter expresses the same mapping in SQL.
+    JobView {
+        /// Stored, not tried yet: pending at [`Step::Received`] with no attempt made.
+        Received = "received",
+        /// Running, or pending after a first attempt or step (waiting for a retry).
+        Provisioning = "provisioning",
+        /// Provisioned in WHMCS and written back to Salesforce ([`JobState::Done`]).
+        Provisioned = "provisioned",
+        /// Ended by a permanent error ([`JobState::Failed`]).
+        Failed = "failed",
+        /// The event was refused ([`JobState::Refused`]).
+        Refused = "refused",
+    }
+);
+
+impl JobView {
+    /// Every view, in life order.
+    pub const ALL: [JobView; 5] = [
+        JobView::Received,
+        JobView::Provisioning,
+        JobView::Provisioned,
+        JobView::Failed,
+        JobView::Refused,
+    ];
+
+    /// The view of `job`: final states map one to one; a pending job that has not been tried
+    /// yet is `received`; anything else (running, retrying, past its first step) is
+    /// `provisioning`.
+    pub fn of(job: &Job) -> Self {
+        match job.state {
+            JobState::Done => JobView::Provisioned,
+            JobState::Failed => JobView::Failed,
+            JobState::Refused => JobView::Refused,
+            JobState::Pending if job.step == Step::Received && job.attempts == 0 => {
+                JobView::Received
+            }
+            JobState::Pending | JobState::Running => JobView::Provisioning,
+        }
+    }
+
+    /// The view named `name` (`received`, `provisioning`, ...), if any.
+    pub fn from_name(name: &str) -> Option<Self> {
+        JobView::parse(name).ok()
+    }
+
+    /// The same mapping as [`JobView::of`], as a SQL condition on the `jobs` columns (no
+    /// parameters; the names are fixed tokens).
+    pub(crate) fn sql_condition(self) -> &'static str {
+        match self {
+            JobView::Received => "(state = 'pending' AND step = 'received' AND attempts = 0)",
+            JobView::Provisioning => {
+                "(state = 'running' OR (state = 'pending' \
+                 AND NOT (step = 'received' AND attempts = 0)))"
+            }
+            JobView::Provisioned => "(state = 'done')",
+            JobView::Failed => "(state = 'failed')",
+            JobView::Refused => "(state = 'refused')",
+        }
+    }
+}
+
+/// Which jobs [`crate::Store::list_jobs`] returns: all conditions hold; ordered by `seq`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobFilter {
+    /// Only jobs in this view ([`JobView::of`]).
+    pub view: Option<JobView>,
+    /// Only jobs of this customer number.
+    pub customer_number: Option<String>,
+    /// Only jobs after this `seq` (0: from the first), for paging.
+    pub after_seq: i64,
+    /// At most this many.
+    pub limit: u32,
+}
+
+impl Default for JobFilter {
+    /// Every job, the first 100.
+    fn default() -> Self {
+        JobFilter {
+            view: None,
+            customer_number: None,
+            after_seq: 0,
+            limit: 100,
+        }
+    }
+}
+
+str_enum!(
     /// What created a job.
     JobSource {
         /// A platform event.
@@ -351,4 +440,74 @@ pub(crate) fn from_ms(what: &'static str, v: i64) -> Result<DateTime<Utc>> {
         what,
         reason: format!("timestamp {v} out of range"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    fn job(state: JobState, step: Step, attempts: u32) -> Job {
+        let at = DateTime::from_timestamp_millis(1_795_000_000_000).unwrap();
+        Job {
+            seq: 1,
+            order_id: "801000000000001AAA".into(),
+            customer_number: "C-1".into(),
+            account_id: None,
+            event_id: None,
+            source: JobSource::Event,
+            state,
+            step,
+            whmcs_order_id: None,
+            service_ids: vec![],
+            attempts,
+            next_attempt_at: at,
+            lease_owner: None,
+            lease_until: None,
+            last_error: None,
+            created_at: at,
+            updated_at: at,
+            reopened_by: None,
+            reopened_at: None,
+            writeback_since: None,
+            stuck_alerted_at: None,
+        }
+    }
+
+    #[test]
+    fn states_map_to_views() {
+        use JobState::*;
+        let cases = [
+            (Pending, Step::Received, 0, JobView::Received),
+            (Pending, Step::Received, 1, JobView::Provisioning),
+            (Pending, Step::Checked, 0, JobView::Provisioning),
+            (Pending, Step::OrderUnknown, 2, JobView::Provisioning),
+            (Running, Step::Received, 0, JobView::Provisioning),
+            (Running, Step::Accepted, 0, JobView::Provisioning),
+            (Done, Step::Done, 0, JobView::Provisioned),
+            (Failed, Step::Checked, 3, JobView::Failed),
+            (Refused, Step::Received, 0, JobView::Refused),
+        ];
+        for (state, step, attempts, want) in cases {
+            assert_eq!(
+                JobView::of(&job(state, step, attempts)),
+                want,
+                "{state:?} {step:?} {attempts}"
+            );
+        }
+    }
+
+    #[test]
+    fn views_are_named_as_on_the_wire() {
+        for view in JobView::ALL {
+            assert_eq!(JobView::from_name(view.as_str()), Some(view));
+            assert_eq!(
+                serde_json::to_value(view).unwrap(),
+                serde_json::Value::String(view.as_str().to_owned())
+            );
+        }
+        assert_eq!(JobView::from_name("pending"), None);
+        assert_eq!(JobView::from_name("Received"), None);
+    }
 }

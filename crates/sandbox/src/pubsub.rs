@@ -408,19 +408,18 @@ impl PubSubSandbox {
         topic: &str,
         event: &OrderProvisionRequested,
     ) -> Result<Vec<u8>, PubSubSandboxError> {
-        let schema_id = self.schema_id(topic)?;
-        let schema = self
-            .state
-            .data
-            .lock()
-            .schemas
-            .get(&schema_id)
-            .cloned()
-            .ok_or_else(|| PubSubSandboxError::Invalid("topic schema vanished".into()))?;
-        let payload = event
-            .encode(&schema)
-            .map_err(|e| PubSubSandboxError::Invalid(e.to_string()))?;
-        self.publish_raw(topic, &schema_id, payload)
+        self.state
+            .publish_order(topic, event)
+            .map(|published| published.replay_id)
+    }
+
+    /// A handle that publishes on this sandbox, for another emulator (the Salesforce
+    /// sandbox's `POST /sandbox/orders/{id}`, see [`crate::salesforce::SalesforceSandbox::attach_pubsub`]).
+    /// Publishing through it after the sandbox stopped stores events nobody can read.
+    pub fn publisher(&self) -> Publisher {
+        Publisher {
+            state: Arc::clone(&self.state),
+        }
     }
 
     /// Publishes `count` events `order_id = 801SBX{index:012}`, customer `CUST-{index % 7}`;
@@ -485,6 +484,39 @@ impl Drop for PubSubSandbox {
     }
 }
 
+/// Publishes on a [`PubSubSandbox`] from elsewhere (see [`PubSubSandbox::publisher`]); cheap
+/// to clone.
+#[derive(Clone)]
+pub struct Publisher {
+    state: Arc<State>,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher").finish_non_exhaustive()
+    }
+}
+
+impl Publisher {
+    /// Publishes one event with the topic's current schema, as [`PubSubSandbox::publish_order`].
+    pub fn publish_order(
+        &self,
+        topic: &str,
+        event: &OrderProvisionRequested,
+    ) -> Result<PublishedEvent, PubSubSandboxError> {
+        self.state.publish_order(topic, event)
+    }
+}
+
+/// An event the sandbox stored on a topic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublishedEvent {
+    /// Its unique event id (`ConsumerEvent.event.id`, a new UUID per publish).
+    pub event_id: String,
+    /// Its opaque replay id.
+    pub replay_id: Vec<u8>,
+}
+
 /// The `index`-th seed event (deterministic).
 pub fn sample_order(index: usize) -> OrderProvisionRequested {
     OrderProvisionRequested {
@@ -499,6 +531,37 @@ pub fn sample_order(index: usize) -> OrderProvisionRequested {
 }
 
 impl State {
+    /// Encodes `event` with `topic`'s current schema and appends it under a new event id.
+    pub(crate) fn publish_order(
+        &self,
+        topic: &str,
+        event: &OrderProvisionRequested,
+    ) -> Result<PublishedEvent, PubSubSandboxError> {
+        let (schema_id, schema) = {
+            let data = self.data.lock();
+            let schema_id = data
+                .topics
+                .get(topic)
+                .map(|t| t.schema_id.clone())
+                .ok_or_else(|| PubSubSandboxError::UnknownTopic(topic.to_owned()))?;
+            let schema = data
+                .schemas
+                .get(&schema_id)
+                .cloned()
+                .ok_or_else(|| PubSubSandboxError::Invalid("topic schema vanished".into()))?;
+            (schema_id, schema)
+        };
+        let payload = event
+            .encode(&schema)
+            .map_err(|e| PubSubSandboxError::Invalid(e.to_string()))?;
+        let event_id = uuid::Uuid::new_v4().to_string();
+        let replay_id = self.append(topic, event_id.clone(), schema_id, payload)?;
+        Ok(PublishedEvent {
+            event_id,
+            replay_id,
+        })
+    }
+
     pub(crate) fn append(
         &self,
         topic: &str,

@@ -12,6 +12,18 @@
 //! - `PATCH /services/data/{version}/sobjects/Order/{id}`: validates the `Status` picklist and
 //!   the writable fields, answers 204, records every write.
 //!
+//! - `GET` and `POST /sandbox/orders/{id}`: the sandbox's own admin route, not a Salesforce
+//!   API (no token; the server only listens on loopback). `GET` answers the Order as stored;
+//!   `POST` with a JSON body `{"status": "Approved", "publish": true}` (both optional) sets the
+//!   `Status` like [`SalesforceSandbox::set_order_status`] and, with `publish`, publishes a new
+//!   `OrderProvisionRequested__e` for the Order (a new event id) on the Pub/Sub sandbox given to
+//!   [`SalesforceSandbox::attach_pubsub`], as the approval Flow would. It answers
+//!   `{"order": {..}, "published": {"eventId", "replayId"} | null}` (`replayId` in base64);
+//!   errors are `{"error": <code>, "message": ..}` with 400 (`invalid_request`,
+//!   `invalid_status`), 404 (`unknown_order`), 409 (`no_pubsub`: nothing attached),
+//!   422 (`no_customer_number`) or 500 (`publish_failed`). Checks come first: a refused
+//!   request changes nothing.
+//!
 //! Every REST answer carries `Sforce-Limit-Info: api-usage=<used>/<limit>`. [`Faults`] injects
 //! latency, 5xx/503, Salesforce error bodies and dropped connections per [`Route`];
 //! [`SalesforceSandbox::pause`] holds requests at the door so tests can line up concurrency
@@ -46,6 +58,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
+use base64::Engine as _;
 use jsonwebtoken::DecodingKey;
 use parking_lot::Mutex;
 use serde_json::{Value, json};
@@ -56,6 +69,8 @@ pub use fault::{FaultKind, Faults, Route, Trigger};
 pub use org::{RecordedPatch, SfAccount, SfOrder, SfOrderItem, salesforce_id};
 
 use org::{ApiError, OrgData};
+
+use crate::pubsub::{PubSubSandboxError, PublishedEvent, Publisher};
 
 /// Test-only RSA key pairs (2048-bit, generated once with `openssl genrsa`). They protect
 /// nothing and must never be trusted by a real connected app.
@@ -168,6 +183,28 @@ impl Gate {
     }
 }
 
+/// Why [`SalesforceSandbox::set_order_status`] or [`SalesforceSandbox::publish_order_event`]
+/// changed nothing (the admin route answers each with its own status code).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OrderChangeError {
+    /// No Order has this id (15 or 18 characters).
+    #[error("no order {0}")]
+    UnknownOrder(String),
+    /// The status is not a value of [`SalesforceConfig::statuses`].
+    #[error("status `{0}` is not a value of the order status picklist")]
+    InvalidStatus(String),
+    /// No Pub/Sub sandbox is attached ([`SalesforceSandbox::attach_pubsub`]).
+    #[error("no pub/sub sandbox is attached to publish on")]
+    NoPubSub,
+    /// The Order has no `Customer_Number__c`, which the event requires.
+    #[error("order {0} has no customer number to publish")]
+    NoCustomerNumber(String),
+    /// The Pub/Sub sandbox refused the event.
+    #[error("publishing the event failed")]
+    Publish(#[source] PubSubSandboxError),
+}
+
 struct Shared {
     config: SalesforceConfig,
     key: DecodingKey,
@@ -182,6 +219,8 @@ struct Shared {
     gates: HashMap<Route, Gate>,
     api_usage: AtomicU64,
     next_token: AtomicU64,
+    /// Where `publish` of the admin route goes: a Pub/Sub sandbox and the topic.
+    pubsub: Mutex<Option<(Publisher, String)>>,
 }
 
 /// A running Salesforce emulator; stops when dropped.
@@ -224,6 +263,7 @@ impl SalesforceSandbox {
             gates,
             api_usage: AtomicU64::new(0),
             next_token: AtomicU64::new(1),
+            pubsub: Mutex::new(None),
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
         tokio::spawn(serve(listener, router(shared.clone()), shutdown_rx));
@@ -292,6 +332,37 @@ impl SalesforceSandbox {
     /// The Order with this id (15 or 18 characters), as stored now.
     pub fn order(&self, id: &str) -> Option<SfOrder> {
         self.shared.org.lock().order(id).cloned()
+    }
+
+    /// Sets the `Status` of the Order with this id (15 or 18 characters), as a user editing
+    /// it in Salesforce would: the value must be one of [`SalesforceConfig::statuses`];
+    /// `LastModifiedDate` moves to now (strictly later than before), so the reconcile sweep
+    /// sees the change; the change is not recorded as a PATCH. Returns the Order as stored now.
+    pub fn set_order_status(&self, id: &str, status: &str) -> Result<SfOrder, OrderChangeError> {
+        if !self.shared.config.statuses.iter().any(|s| s == status) {
+            return Err(OrderChangeError::InvalidStatus(status.to_owned()));
+        }
+        self.shared
+            .org
+            .lock()
+            .set_status(id, status)
+            .ok_or_else(|| OrderChangeError::UnknownOrder(id.to_owned()))
+    }
+
+    /// Makes `publish` of `POST /sandbox/orders/{id}` (and
+    /// [`SalesforceSandbox::publish_order_event`]) publish on `topic` through `publisher`.
+    pub fn attach_pubsub(&self, publisher: Publisher, topic: impl Into<String>) {
+        *self.shared.pubsub.lock() = Some((publisher, topic.into()));
+    }
+
+    /// Publishes a new `OrderProvisionRequested__e` for the Order with this id (its
+    /// `Customer_Number__c` and `AccountId` as stored now, a new event id) on the attached
+    /// Pub/Sub sandbox, as the approval Flow would.
+    pub fn publish_order_event(&self, id: &str) -> Result<PublishedEvent, OrderChangeError> {
+        let order = self
+            .order(id)
+            .ok_or_else(|| OrderChangeError::UnknownOrder(id.to_owned()))?;
+        publish_event(&self.shared, &order)
     }
 
     /// Every Account.
@@ -459,6 +530,10 @@ async fn serve(listener: TcpListener, app: Router, mut shutdown: watch::Receiver
 
 fn router(shared: Arc<Shared>) -> Router {
     Router::new()
+        .route(
+            "/sandbox/orders/{id}",
+            get(admin_order).post(admin_change_order),
+        )
         .route("/services/oauth2/token", post(token))
         .route("/services/data/{version}/query", get(query))
         .route("/services/data/{version}/query/{locator}", get(query_more))
@@ -770,6 +845,150 @@ async fn query_more(
     rest_answer(&shared, result)
 }
 
+/// The event of `order` on the attached Pub/Sub sandbox.
+fn publish_event(shared: &Shared, order: &SfOrder) -> Result<PublishedEvent, OrderChangeError> {
+    let Some((publisher, topic)) = shared.pubsub.lock().clone() else {
+        return Err(OrderChangeError::NoPubSub);
+    };
+    let now_ms = i64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis()),
+    )
+    .unwrap_or(i64::MAX);
+    let event = crate::seed::provision_event(order, now_ms)
+        .ok_or_else(|| OrderChangeError::NoCustomerNumber(order.id.clone()))?;
+    publisher
+        .publish_order(&topic, &event)
+        .map_err(OrderChangeError::Publish)
+}
+
+/// An Order as the admin route shows it, with Salesforce's field names.
+fn admin_order_json(order: &SfOrder) -> Value {
+    json!({
+        "Id": order.id,
+        "OrderNumber": order.order_number,
+        "Status": order.status,
+        "AccountId": order.account_id,
+        "Customer_Number__c": order.customer_number,
+        "WHMCS_Client_Id__c": order.whmcs_client_id,
+        "WHMCS_Order_Id__c": order.whmcs_order_id,
+        "WHMCS_Service_Ids__c": order.whmcs_service_ids,
+        "Provisioned_At__c": order.provisioned_at.as_ref().map(org::sf_datetime),
+        "Provisioning_Error__c": order.provisioning_error,
+        "LastModifiedDate": org::sf_datetime(&order.last_modified),
+    })
+}
+
+fn admin_error(status: u16, code: &str, message: impl std::fmt::Display) -> Response {
+    json_response(
+        status,
+        &json!({ "error": code, "message": message.to_string() }),
+    )
+}
+
+fn admin_refusal(e: &OrderChangeError) -> Response {
+    let (status, code) = match e {
+        OrderChangeError::UnknownOrder(_) => (404, "unknown_order"),
+        OrderChangeError::InvalidStatus(_) => (400, "invalid_status"),
+        OrderChangeError::NoPubSub => (409, "no_pubsub"),
+        OrderChangeError::NoCustomerNumber(_) => (422, "no_customer_number"),
+        OrderChangeError::Publish(_) => (500, "publish_failed"),
+    };
+    let message = match e {
+        OrderChangeError::Publish(source) => format!("{e}: {source}"),
+        other => other.to_string(),
+    };
+    admin_error(status, code, message)
+}
+
+/// `GET /sandbox/orders/{id}`.
+async fn admin_order(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    let order = shared.org.lock().order(&id).cloned();
+    match order {
+        Some(order) => json_response(200, &json!({ "order": admin_order_json(&order) })),
+        None => admin_refusal(&OrderChangeError::UnknownOrder(id)),
+    }
+}
+
+/// The body of `POST /sandbox/orders/{id}`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OrderChange {
+    status: Option<String>,
+    #[serde(default)]
+    publish: bool,
+}
+
+/// `POST /sandbox/orders/{id}`: checks everything first, then sets the status, then publishes.
+async fn admin_change_order(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let change: OrderChange = if body.iter().all(u8::is_ascii_whitespace) {
+        OrderChange {
+            status: None,
+            publish: false,
+        }
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(change) => change,
+            Err(e) => {
+                return admin_error(
+                    400,
+                    "invalid_request",
+                    format!("expected {{\"status\": \"..\", \"publish\": true}}: {e}"),
+                );
+            }
+        }
+    };
+    let Some(current) = shared.org.lock().order(&id).cloned() else {
+        return admin_refusal(&OrderChangeError::UnknownOrder(id));
+    };
+    if let Some(status) = &change.status
+        && !shared.config.statuses.contains(status)
+    {
+        return admin_refusal(&OrderChangeError::InvalidStatus(status.clone()));
+    }
+    if change.publish {
+        if shared.pubsub.lock().is_none() {
+            return admin_refusal(&OrderChangeError::NoPubSub);
+        }
+        if current.customer_number.is_none() {
+            return admin_refusal(&OrderChangeError::NoCustomerNumber(current.id));
+        }
+    }
+    let order = match &change.status {
+        Some(status) => match shared.org.lock().set_status(&id, status) {
+            Some(order) => order,
+            None => return admin_refusal(&OrderChangeError::UnknownOrder(id)),
+        },
+        None => current,
+    };
+    let published = if change.publish {
+        match publish_event(&shared, &order) {
+            Ok(event) => json!({
+                "eventId": event.event_id,
+                "replayId": base64::engine::general_purpose::STANDARD.encode(&event.replay_id),
+            }),
+            Err(e) => return admin_refusal(&e),
+        }
+    } else {
+        Value::Null
+    };
+    tracing::info!(
+        order = %order.id,
+        status = %order.status,
+        published = change.publish,
+        "salesforce sandbox: order changed through the admin route"
+    );
+    json_response(
+        200,
+        &json!({ "order": admin_order_json(&order), "published": published }),
+    )
+}
+
 async fn patch_order(
     State(shared): State<Arc<Shared>>,
     Path((version, id)): Path<(String, String)>,
@@ -816,6 +1035,115 @@ mod tests {
         assert!(!version_ok("62.0"));
         assert!(!version_ok("v62"));
         assert!(!version_ok("vX.0"));
+    }
+
+    /// `POST /sandbox/orders/{id}` with `body`: status code and JSON answer.
+    async fn admin_post(sf: &SalesforceSandbox, id: &str, body: &str) -> (u16, Value) {
+        let response = reqwest::Client::new()
+            .post(format!("{}/sandbox/orders/{id}", sf.base_url()))
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn the_admin_route_sets_the_status_and_publishes_a_new_event() {
+        let sf = SalesforceSandbox::start(SalesforceConfig::default())
+            .await
+            .unwrap();
+        let pubsub = crate::pubsub::PubSubSandbox::start(crate::pubsub::PubSubConfig::default())
+            .await
+            .unwrap();
+        let id = salesforce_id("801", 1);
+        let mut order = SfOrder::new(id.clone(), "Activated");
+        order.customer_number = Some("CUST-00001".into());
+        sf.insert_order(order);
+        let mut bare = SfOrder::new(salesforce_id("801", 2), "Draft");
+        bare.customer_number = None;
+        sf.insert_order(bare);
+        let status = |id: &str| sf.order(id).unwrap().status;
+
+        // Refusals change nothing.
+        let approve = r#"{"status": "Approved", "publish": true}"#;
+        let (code, body) = admin_post(&sf, &id, approve).await;
+        assert_eq!(
+            (code, body["error"].as_str()),
+            (409, Some("no_pubsub")),
+            "{body}"
+        );
+        assert_eq!(status(&id), "Activated");
+        sf.attach_pubsub(pubsub.publisher(), sf_pubsub::DEFAULT_TOPIC);
+        let (unknown, bare) = (salesforce_id("801", 3), salesforce_id("801", 2));
+        for (order, body, code, error) in [
+            (
+                id.as_str(),
+                r#"{"status": "Shipped"}"#,
+                400,
+                "invalid_status",
+            ),
+            (id.as_str(), r#"{"status": 1}"#, 400, "invalid_request"),
+            (
+                id.as_str(),
+                r#"{"stat": "Approved"}"#,
+                400,
+                "invalid_request",
+            ),
+            (unknown.as_str(), approve, 404, "unknown_order"),
+            (bare.as_str(), approve, 422, "no_customer_number"),
+        ] {
+            let (got, answer) = admin_post(&sf, order, body).await;
+            assert_eq!(
+                (got, answer["error"].as_str()),
+                (code, Some(error)),
+                "{body}: {answer}"
+            );
+        }
+        assert_eq!(status(&id), "Activated");
+        assert_eq!(status(&bare), "Draft");
+
+        // Re-approve and publish, by the 15-character id.
+        let before = sf.order(&id).unwrap().last_modified;
+        let (code, body) = admin_post(&sf, &id[..15], approve).await;
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(body["order"]["Id"], id.as_str());
+        assert_eq!(body["order"]["Status"], "Approved");
+        assert_eq!(status(&id), "Approved");
+        assert!(sf.order(&id).unwrap().last_modified > before);
+        let replay = base64::engine::general_purpose::STANDARD
+            .decode(body["published"]["replayId"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(crate::pubsub::seq_of(&replay), Some(1));
+        let first_event = body["published"]["eventId"].as_str().unwrap().to_owned();
+        // Publishing again gives a new event; no status keeps the status.
+        let (code, body) = admin_post(&sf, &id, r#"{"publish": true}"#).await;
+        assert_eq!(code, 200, "{body}");
+        assert_ne!(
+            body["published"]["eventId"].as_str(),
+            Some(first_event.as_str())
+        );
+        assert_eq!(body["order"]["Status"], "Approved");
+        // No body: nothing changes, nothing is published.
+        let (code, body) = admin_post(&sf, &id, "").await;
+        assert_eq!((code, &body["published"]), (200, &Value::Null));
+        let got: Value = reqwest::get(format!("{}/sandbox/orders/{id}", sf.base_url()))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(got["order"]["Status"], "Approved");
+        assert_eq!(got["order"]["Customer_Number__c"], "CUST-00001");
+        // The library call publishes the same event.
+        let event = sf.publish_order_event(&id).unwrap();
+        assert_eq!(crate::pubsub::seq_of(&event.replay_id), Some(3));
+        assert!(sf.patches().is_empty(), "the admin route is no PATCH");
+        assert!(matches!(
+            sf.set_order_status(&id, "Shipped"),
+            Err(OrderChangeError::InvalidStatus(_))
+        ));
     }
 
     #[test]

@@ -48,6 +48,19 @@ pub fn customer_number(index: u32) -> String {
     format!("CUST-{index:05}")
 }
 
+/// The event the Flow publishes when `order` is approved (created by the integration user,
+/// as the token endpoint reports it, at `created_date` Unix ms); `None` without a
+/// `Customer_Number__c`.
+pub fn provision_event(order: &SfOrder, created_date: i64) -> Option<OrderProvisionRequested> {
+    Some(OrderProvisionRequested {
+        created_date,
+        created_by_id: salesforce_id("005", 1),
+        order_id: order.id.clone(),
+        customer_number: order.customer_number.clone()?,
+        account_id: order.account_id.clone(),
+    })
+}
+
 /// Seeds both sandboxes according to `plan`.
 pub fn seed(sf: &SalesforceSandbox, whmcs: &WhmcsSandbox, plan: &Plan) -> Seeded {
     let mut product = Product::new("VPS S").with_custom_field(
@@ -59,8 +72,6 @@ pub fn seed(sf: &SalesforceSandbox, whmcs: &WhmcsSandbox, plan: &Plan) -> Seeded
         product = product.with_config_option(*id, &format!("Option {id}"), "text");
     }
     let product_id = whmcs.seed_product(product);
-    // The integration user, as the token endpoint reports it.
-    let created_by = salesforce_id("005", 1);
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
@@ -86,22 +97,17 @@ pub fn seed(sf: &SalesforceSandbox, whmcs: &WhmcsSandbox, plan: &Plan) -> Seeded
             order.account_id = Some(account_id.clone());
             order.customer_number = Some(number.clone());
             order.whmcs_client_id = Value::String(client_id.to_string());
+            let event = provision_event(&order, now_ms);
             sf.insert_order(order);
             sf.insert_order_item(SfOrderItem {
                 id: salesforce_id("802", n),
-                order_id: order_id.clone(),
+                order_id,
                 quantity: f64::from(plan.quantity),
                 whmcs_product_id: Value::String(product_id.to_string()),
                 billing_cycle: Some(plan.billing_cycle.clone()),
                 config_options: plan.config_options.as_ref().map(|c| c.json.clone()),
             });
-            events.push(OrderProvisionRequested {
-                created_date: now_ms,
-                created_by_id: created_by.clone(),
-                order_id,
-                customer_number: number.clone(),
-                account_id: Some(account_id.clone()),
-            });
+            events.extend(event);
         }
     }
     Seeded { product_id, events }

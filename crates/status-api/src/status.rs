@@ -2,7 +2,7 @@
 //! shapes of the inputs that are accepted.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use provisioner_store::{Job, JobState, Step};
+use provisioner_store::Job;
 use serde::{Deserialize, Serialize, Serializer};
 
 /// Longest `error` text returned, in characters (the size of Salesforce's
@@ -12,47 +12,10 @@ pub const MAX_ERROR_CHARS: usize = 255;
 /// Longest `X-Customer-Number` accepted, in bytes.
 pub const MAX_CUSTOMER_NUMBER_LEN: usize = 64;
 
-/// The portal-facing state of an order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OrderStatus {
-    /// Stored, not yet worked on.
-    Received,
-    /// Being worked on, or waiting for a retry.
-    Provisioning,
-    /// Provisioned in WHMCS and written back to Salesforce.
-    Provisioned,
-    /// Ended by a permanent error (`error` says why).
-    Failed,
-    /// The event was refused (the Order was not approved, or the customer did not match).
-    Refused,
-}
-
-impl OrderStatus {
-    /// The status of `job`: final states map one to one; a pending job that has not been
-    /// tried yet is `received`; anything else (running, retrying, past its first step) is
-    /// `provisioning`.
-    pub fn of(job: &Job) -> Self {
-        match job.state {
-            JobState::Done => Self::Provisioned,
-            JobState::Failed => Self::Failed,
-            JobState::Refused => Self::Refused,
-            JobState::Pending if job.step == Step::Received && job.attempts == 0 => Self::Received,
-            JobState::Pending | JobState::Running => Self::Provisioning,
-        }
-    }
-
-    /// The name on the wire.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Received => "received",
-            Self::Provisioning => "provisioning",
-            Self::Provisioned => "provisioned",
-            Self::Failed => "failed",
-            Self::Refused => "refused",
-        }
-    }
-}
+/// The portal-facing state of an order: the store's [`provisioner_store::JobView`], so the
+/// status API, the operator's `jobs list --state` and the store's job filter share one mapping
+/// ([`provisioner_store::JobView::of`]).
+pub use provisioner_store::JobView as OrderStatus;
 
 /// The 200 body, a contract with the portal (README, Status API); every key is always present.
 ///
@@ -155,7 +118,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use chrono::TimeZone;
-    use provisioner_store::JobSource;
+    use provisioner_store::{JobSource, JobState, Step};
 
     use super::*;
 
@@ -183,29 +146,6 @@ mod tests {
             reopened_at: None,
             writeback_since: None,
             stuck_alerted_at: None,
-        }
-    }
-
-    #[test]
-    fn states_map_to_the_portal_statuses() {
-        use JobState::*;
-        let cases = [
-            (Pending, Step::Received, 0, OrderStatus::Received),
-            (Pending, Step::Received, 1, OrderStatus::Provisioning),
-            (Pending, Step::Checked, 0, OrderStatus::Provisioning),
-            (Pending, Step::OrderUnknown, 2, OrderStatus::Provisioning),
-            (Running, Step::Received, 0, OrderStatus::Provisioning),
-            (Running, Step::Accepted, 0, OrderStatus::Provisioning),
-            (Done, Step::Done, 0, OrderStatus::Provisioned),
-            (Failed, Step::Checked, 3, OrderStatus::Failed),
-            (Refused, Step::Received, 0, OrderStatus::Refused),
-        ];
-        for (state, step, attempts, want) in cases {
-            assert_eq!(
-                OrderStatus::of(&job(state, step, attempts)),
-                want,
-                "{state:?} {step:?} {attempts}"
-            );
         }
     }
 

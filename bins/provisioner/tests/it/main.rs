@@ -11,6 +11,7 @@ mod crash;
 mod dr;
 mod events;
 mod ids;
+mod jobs;
 mod logs;
 mod metrics;
 mod operate;

@@ -25,7 +25,7 @@ async fn get(port: u16, path: &str) -> (u16, String) {
 }
 
 /// Polls `done` every 50 ms until it holds, or panics naming `what` after [`PATIENCE`].
-async fn eventually(what: &str, mut done: impl AsyncFnMut() -> bool) {
+pub(crate) async fn eventually(what: &str, mut done: impl AsyncFnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while !done().await {
         assert!(

@@ -26,7 +26,7 @@ use crate::support::{
 /// process): it builds the binary when it is missing, and rebuilds it when it is older than
 /// its sources (`cargo test -p provisioner` does not build other packages' binaries), and is
 /// a quick no-op otherwise. `PP_SF_SANDBOX_BIN` names a binary to use instead.
-async fn sf_sandbox_bin() -> PathBuf {
+pub(crate) async fn sf_sandbox_bin() -> PathBuf {
     static BUILT: tokio::sync::OnceCell<PathBuf> = tokio::sync::OnceCell::const_new();
     BUILT.get_or_init(build_sf_sandbox).await.clone()
 }

@@ -234,6 +234,75 @@ async fn fault_rate_one_fails_rest_and_whmcs_but_not_login_or_pubsub() {
     assert_eq!(sandbox.terminate().await, Some(0));
 }
 
+/// `POST $SF_LOGIN_URL/sandbox/orders/{id}`: status code and JSON answer.
+async fn admin_post(sandbox: &SfSandbox, id: &str, body: &str) -> (u16, serde_json::Value) {
+    let response = reqwest::Client::new()
+        .post(format!(
+            "{}/sandbox/orders/{id}",
+            sandbox.var("SF_LOGIN_URL")
+        ))
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+/// A portal developer re-approves an Order by hand while a provisioner would run: the admin
+/// route sets the Status (seen through REST) and publishes a new event for the Order (seen
+/// through a subscription), as `--help` says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_route_re_approves_an_order_and_publishes_its_event() {
+    let sandbox = start(&["--customers", "1", "--orders-per-customer", "2"]).await;
+    let tokens = sandbox.tokens();
+    let rest = RestOrderApi::new(tokens.clone(), RestConfig::default()).unwrap();
+    let order_id = sandbox::salesforce::salesforce_id("801", 2);
+    let status = async |id: &str| rest.fetch_order(id).await.unwrap().status;
+
+    let (code, body) = admin_post(&sandbox, &order_id, r#"{"status": "Draft"}"#).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["published"], serde_json::Value::Null);
+    assert_eq!(status(&order_id).await.as_deref(), Some("Draft"));
+
+    let approve = r#"{"status": "Approved", "publish": true}"#;
+    let (code, body) = admin_post(&sandbox, &order_id[..15], approve).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["order"]["Status"], "Approved");
+    assert_eq!(status(&order_id).await.as_deref(), Some("Approved"));
+    let event_id = body["published"]["eventId"].as_str().unwrap().to_owned();
+    // Nothing was published at start, so the first event on the channel is this one.
+    let first = events(&sandbox, tokens.clone(), 1).await;
+    assert_eq!(first[0].order_id, order_id);
+    assert_eq!(first[0].customer_number, sandbox::seed::customer_number(1));
+    // Again: a new event id.
+    let (code, body) = admin_post(&sandbox, &order_id, r#"{"publish": true}"#).await;
+    assert_eq!(code, 200, "{body}");
+    assert_ne!(
+        body["published"]["eventId"].as_str(),
+        Some(event_id.as_str())
+    );
+    let both = events(&sandbox, tokens, 2).await;
+    assert_eq!(both[1].order_id, order_id);
+
+    let (code, body) = admin_post(&sandbox, &order_id, r#"{"status": "Shipped"}"#).await;
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (400, Some("invalid_status"))
+    );
+    assert_eq!(sandbox.terminate().await, Some(0));
+
+    let help = timeout(
+        PATIENCE,
+        Command::new(BIN).arg("--help").env_clear().output(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("/sandbox/orders/"), "{help}");
+}
+
 #[tokio::test]
 async fn bad_flags_exit_2_naming_the_flag() {
     for args in [

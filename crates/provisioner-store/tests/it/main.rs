@@ -13,3 +13,4 @@ mod intake;
 mod jobs;
 mod keys;
 mod lifecycle;
+mod operator_reads;

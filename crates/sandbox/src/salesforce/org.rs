@@ -289,6 +289,18 @@ impl OrgData {
         self.matching_orders(id).next()
     }
 
+    /// Sets an Order's `Status` (no picklist check here) and bumps its `LastModifiedDate`
+    /// (strictly later than before), keeping the status index right; returns the Order as
+    /// stored now, or `None` when there is no such Order.
+    pub(crate) fn set_status(&mut self, id: &str, status: &str) -> Option<SfOrder> {
+        let mut order = self.order(id)?.clone();
+        order.status = status.to_owned();
+        order.last_modified =
+            Utc::now().max(order.last_modified + chrono::Duration::milliseconds(1));
+        self.insert_order(order.clone());
+        Some(order)
+    }
+
     /// Every PATCH recorded, oldest first.
     pub(crate) fn patches(&self) -> Vec<RecordedPatch> {
         self.patches.to_vec()
@@ -908,5 +920,35 @@ mod tests {
         );
         org.clear_patches();
         assert!(org.patches().is_empty());
+    }
+
+    #[test]
+    fn set_status_bumps_last_modified_and_moves_the_order_between_sweeps() {
+        let (mut org, id) = org_with_order();
+        let sweep = |org: &mut OrgData, status: &str| -> Vec<String> {
+            let q = format!(
+                "{APPROVED_QUERY_PREFIX}'{status}' AND LastModifiedDate < 2999-01-01T00:00:00Z \
+                 ORDER BY LastModifiedDate ASC, Id ASC LIMIT 10"
+            );
+            org.query(&q, "v62.0", 10).unwrap()["records"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["Id"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        let before = org.order(&id).unwrap().clone();
+        let activated = org.set_status(&id[..15], "Activated").unwrap();
+        assert_eq!(activated.status, "Activated");
+        assert!(activated.last_modified > before.last_modified);
+        assert_eq!(org.order(&id), Some(&activated));
+        assert!(sweep(&mut org, &before.status).is_empty());
+        assert_eq!(sweep(&mut org, "Activated"), [id.as_str()]);
+        let again = org.set_status(&id, &before.status).unwrap();
+        assert!(again.last_modified > activated.last_modified);
+        assert_eq!(sweep(&mut org, &before.status), [id.as_str()]);
+        assert!(sweep(&mut org, "Activated").is_empty());
+        assert_eq!(org.set_status(&salesforce_id("801", 77), "Activated"), None);
+        assert!(org.patches().is_empty(), "not a PATCH");
     }
 }
