@@ -13,8 +13,7 @@ use crate::sql::SqlStore;
 use crate::tx::{Arg, Row, Tx};
 use crate::types::{
     Job, JobCounts, JobEnd, JobFilter, JobSource, JobState, NewJob, Reopen, Reschedule, Step,
-    StepUpdate,
-    from_ms, ms,
+    StepUpdate, from_ms, ms,
 };
 
 pub(crate) const JOB_COLS: &str = "seq, order_id, customer_number, account_id, event_id, source, \
