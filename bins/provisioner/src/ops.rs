@@ -313,7 +313,7 @@ pub(crate) async fn reconcile(config: &Config) -> Result<(), Failure> {
         .await
         .map_err(|e| runtime(anyhow!(e)))?;
     out(&format!(
-        "reconcile enqueued {n} approved order(s) without a job"
+        "reconcile enqueued {n} approved order(s) without a job or with a refused or failed one"
     ))
 }
 
