@@ -158,13 +158,13 @@ impl SecurityMonitor {
         customer: &str,
         whmcs_order_id: Option<u64>,
     ) -> Option<Alert> {
-        let subject = Subject::Order(Id::new(order_id));
-        let mut details = subject.details().customer_number(customer);
-        if let Some(id) = whmcs_order_id {
-            details = details.whmcs_order_id(id.to_string());
-        }
-        self.record(AlertKind::ApprovalWithdrawn, subject, details)
-            .await
+        self.order_alert(
+            AlertKind::ApprovalWithdrawn,
+            order_id,
+            customer,
+            whmcs_order_id,
+        )
+        .await
     }
 
     /// WHMCS accepted `whmcs_order_id` for `order_id`, but the write-back to Salesforce has
@@ -176,13 +176,29 @@ impl SecurityMonitor {
         customer: &str,
         whmcs_order_id: Option<u64>,
     ) -> Option<Alert> {
+        self.order_alert(
+            AlertKind::WritebackStuck,
+            order_id,
+            customer,
+            whmcs_order_id,
+        )
+        .await
+    }
+
+    /// An alert of `kind` about one Order, naming its customer and WHMCS order.
+    async fn order_alert(
+        &self,
+        kind: AlertKind,
+        order_id: &str,
+        customer: &str,
+        whmcs_order_id: Option<u64>,
+    ) -> Option<Alert> {
         let subject = Subject::Order(Id::new(order_id));
         let mut details = subject.details().customer_number(customer);
         if let Some(id) = whmcs_order_id {
             details = details.whmcs_order_id(id.to_string());
         }
-        self.record(AlertKind::WritebackStuck, subject, details)
-            .await
+        self.record(kind, subject, details).await
     }
 
     /// Sends an alert built elsewhere, through deduplication. Returns it if it was sent.

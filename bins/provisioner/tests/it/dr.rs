@@ -32,6 +32,24 @@ async fn provisioner(
     )
 }
 
+/// SIGTERM, then exit 0 within the shutdown bound.
+async fn stop(child: &mut tokio::process::Child) {
+    test_support::process::sigterm(child);
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+/// The database is lost: `backup` is put back at `db` (its WAL files removed).
+fn restore(backup: &std::path::Path, db: &std::path::Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    std::fs::copy(backup, db).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn restoring_an_old_backup_creates_no_duplicate_and_converges() {
     // One order per customer: a customer's orders run one at a time, and the first one keeps
@@ -73,12 +91,7 @@ async fn restoring_an_old_backup_creates_no_duplicate_and_converges() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    test_support::process::sigterm(&child);
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
+    stop(&mut child).await;
     assert!(
         world
             .seeded
@@ -89,22 +102,14 @@ async fn restoring_an_old_backup_creates_no_duplicate_and_converges() {
     );
 
     // Disaster: the database is lost; restore the backup (which knows no order at all).
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
-    }
-    std::fs::copy(&backup, &db).unwrap();
+    restore(&backup, &db);
     world.sf.reject_status_updates_to(None);
 
     // Restart: every event replays from EARLIEST; each order is found in WHMCS by its ref.
     let mut child = spawn_logged(&["run"], &env, &log);
     wait_healthy(port, Duration::from_secs(30)).await;
     crate::support::wait_all_activated(&world, Duration::from_secs(90)).await;
-    test_support::process::sigterm(&child);
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
+    stop(&mut child).await;
 
     assert_eq!(world.whmcs.orders().len(), 100, "no duplicate WHMCS order");
     for e in &world.seeded.events {
@@ -154,31 +159,18 @@ async fn restoring_while_a_whmcs_order_is_pending_accepts_it_once() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    test_support::process::sigterm(&child);
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
+    stop(&mut child).await;
     let orders = world.whmcs.orders();
     assert_eq!(orders.len(), 1);
     assert_eq!(orders[0].status, "Pending");
     assert_eq!(world.sf.order(&order_id).unwrap().status, "Provisioning");
 
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
-    }
-    std::fs::copy(&backup, &db).unwrap();
+    restore(&backup, &db);
     world.whmcs.clear_faults();
     let mut child = spawn_logged(&["run"], &env, &log);
     wait_healthy(port, Duration::from_secs(30)).await;
     crate::support::wait_all_activated(&world, Duration::from_secs(60)).await;
-    test_support::process::sigterm(&child);
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
+    stop(&mut child).await;
 
     let orders = world.whmcs.orders();
     assert_eq!(orders.len(), 1, "exactly one WHMCS order");
