@@ -884,28 +884,69 @@ pub(crate) struct OrdersEnvelope {
 }
 
 /// What `AddOrder` created.
+///
+/// WHMCS names the service ids `serviceids` (since 7.8) and still sends the same list under the
+/// legacy key `productids`; either or both may be present. Both are read: `serviceids` wins, and
+/// a reply where the two disagree is refused (it cannot be trusted as the order's services).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "RawPlacedOrder")]
 pub struct PlacedOrder {
     /// The new order's id.
-    #[serde(rename = "orderid", deserialize_with = "lenient::u64_any")]
     pub order_id: u64,
-    /// Service ids, one per product line (`serviceids`, formerly `productids`).
-    #[serde(
-        rename = "serviceids",
-        alias = "productids",
-        deserialize_with = "lenient::id_list",
-        default
-    )]
+    /// Service ids, one per product line (`serviceids`, or the legacy `productids`).
     pub service_ids: Vec<u64>,
     /// Addon ids.
-    #[serde(rename = "addonids", deserialize_with = "lenient::id_list", default)]
     pub addon_ids: Vec<u64>,
     /// Domain ids.
-    #[serde(rename = "domainids", deserialize_with = "lenient::id_list", default)]
     pub domain_ids: Vec<u64>,
     /// Invoice id, if one was made.
-    #[serde(rename = "invoiceid", deserialize_with = "lenient::opt_id", default)]
     pub invoice_id: Option<u64>,
+}
+
+/// The `AddOrder` reply as sent, both service id keys kept apart.
+#[derive(Deserialize)]
+struct RawPlacedOrder {
+    #[serde(rename = "orderid", deserialize_with = "lenient::u64_any")]
+    order_id: u64,
+    #[serde(rename = "serviceids", deserialize_with = "some_id_list", default)]
+    service_ids: Option<Vec<u64>>,
+    #[serde(rename = "productids", deserialize_with = "some_id_list", default)]
+    product_ids: Option<Vec<u64>>,
+    #[serde(rename = "addonids", deserialize_with = "lenient::id_list", default)]
+    addon_ids: Vec<u64>,
+    #[serde(rename = "domainids", deserialize_with = "lenient::id_list", default)]
+    domain_ids: Vec<u64>,
+    #[serde(rename = "invoiceid", deserialize_with = "lenient::opt_id", default)]
+    invoice_id: Option<u64>,
+}
+
+fn some_id_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<u64>>, D::Error> {
+    lenient::id_list(d).map(Some)
+}
+
+impl TryFrom<RawPlacedOrder> for PlacedOrder {
+    type Error = String;
+
+    fn try_from(raw: RawPlacedOrder) -> Result<Self, String> {
+        let service_ids = match (raw.service_ids, raw.product_ids) {
+            (Some(services), Some(products)) if services != products => {
+                return Err(format!(
+                    "serviceids ({} ids) and productids ({} ids) disagree",
+                    services.len(),
+                    products.len()
+                ));
+            }
+            (Some(ids), _) | (None, Some(ids)) => ids,
+            (None, None) => Vec::new(),
+        };
+        Ok(PlacedOrder {
+            order_id: raw.order_id,
+            service_ids,
+            addon_ids: raw.addon_ids,
+            domain_ids: raw.domain_ids,
+            invoice_id: raw.invoice_id,
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -1052,6 +1093,30 @@ mod tests {
                 .unwrap();
         assert_eq!(legacy.service_ids, vec![7]);
         assert_eq!(legacy.invoice_id, Some(12));
+    }
+
+    #[test]
+    fn placed_order_reads_serviceids_beside_the_legacy_productids() {
+        // What WHMCS sends: both keys, the same list.
+        let both: PlacedOrder = serde_json::from_value(json!({
+            "result": "success", "orderid": 9, "serviceids": "4,5", "productids": "4,5",
+            "addonids": "", "domainids": "", "invoiceid": 0
+        }))
+        .unwrap();
+        assert_eq!((both.order_id, both.service_ids), (9, vec![4, 5]));
+        // Either key alone, and neither.
+        for key in ["serviceids", "productids"] {
+            let one: PlacedOrder = serde_json::from_value(json!({"orderid": 9, key: "6"})).unwrap();
+            assert_eq!(one.service_ids, vec![6], "{key}");
+        }
+        let none: PlacedOrder = serde_json::from_value(json!({"orderid": 9})).unwrap();
+        assert!(none.service_ids.is_empty());
+        // Disagreeing lists are not trusted.
+        let err = serde_json::from_value::<PlacedOrder>(
+            json!({"orderid": 9, "serviceids": "4,5", "productids": "4"}),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("disagree"), "{err}");
     }
 
     #[test]

@@ -173,6 +173,9 @@ async fn refused_then_approved(db: Db) {
         .filter(|r| r.record.action.as_str() == "job_reopened")
         .count();
     assert_eq!(reopened, 2, "each reopening is audited");
+    // No fault was injected: every AddOrder reply (serviceids beside the legacy productids)
+    // was read as a success, never as an unknown outcome to retry.
+    assert_eq!(audit_count(&stack, "step_failed").await, 0);
     stack.cleanup().await;
 }
 

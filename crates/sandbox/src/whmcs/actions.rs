@@ -431,6 +431,8 @@ fn add_order(state: &mut State, config: &WhmcsSandboxConfig, post: &Array) -> Re
         "result": "success",
         "orderid": order_id.to_string(),
         "serviceids": ids.join(","),
+        // WHMCS still sends the pre-7.8 name of the same list beside it.
+        "productids": ids.join(","),
         "addonids": "",
         "domainids": "",
         "invoiceid": invoice_id,

@@ -403,3 +403,57 @@ async fn sandbox_matches_actions_case_insensitively_and_reads_only_forms() {
         serde_json::json!({"result": "error", "message": "Invalid or missing credentials"})
     );
 }
+
+/// WHMCS answers AddOrder with `serviceids` and, beside it, the legacy `productids` (the same
+/// list): such a reply is a success with its service ids, not an unreadable reply whose outcome
+/// would be unknown.
+#[tokio::test]
+async fn an_add_order_reply_with_serviceids_and_productids_is_a_success() {
+    let w = world().await;
+    let form = [
+        ("action", "AddOrder".to_owned()),
+        ("identifier", w.sandbox.config().identifier.clone()),
+        ("secret", w.sandbox.config().secret.clone()),
+        ("responsetype", "json".to_owned()),
+        ("clientid", w.client_id.to_string()),
+        ("paymentmethod", "banktransfer".to_owned()),
+        ("pid[0]", w.vps.to_string()),
+        ("billingcycle[0]", "monthly".to_owned()),
+        ("customfields[0]", {
+            use base64::Engine as _;
+            // The required ref field, PHP-serialized and base64-encoded as AddOrder takes it.
+            let php = format!("a:1:{{i:{REF_FIELD};s:{}:\"{SF_ORDER}\";}}", SF_ORDER.len());
+            base64::engine::general_purpose::STANDARD.encode(php)
+        }),
+    ];
+    let body = reqwest::Client::new()
+        .post(w.sandbox.api_url())
+        .form(&form)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let raw: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(raw["result"], "success", "{raw}");
+    assert!(raw["serviceids"].is_string(), "{raw}");
+    assert_eq!(raw["serviceids"], raw["productids"], "{raw}");
+
+    let whmcs = client_for(&w.sandbox);
+    let placed = whmcs
+        .add_order(&NewOrder::new(
+            w.client_id,
+            vec![
+                vps_line(w.vps, "monthly", "a", 51, 0),
+                vps_line(w.vps, "monthly", "b", 51, 0),
+            ],
+        ))
+        .await
+        .expect("a success, not an unknown outcome");
+    assert_eq!(placed.service_ids.len(), 2);
+    assert_eq!(
+        w.sandbox.order(placed.order_id).unwrap().service_ids,
+        placed.service_ids
+    );
+}
