@@ -12,7 +12,7 @@ use tokio::task::JoinSet;
 
 use crate::config::EngineConfig;
 use crate::intake::{self, IntakeItem, IntakeResult};
-use crate::job::{JobOutcome, JobRunner, Ports, renew_every};
+use crate::job::{JobOutcome, JobRunner, LeaseHealth, Ports, renew_every};
 
 /// The engine: cheap to clone, all state behind `Arc`s.
 #[derive(Clone)]
@@ -273,6 +273,8 @@ impl Engine {
 
     async fn dispatch(self, mut shutdown: watch::Receiver<bool>) {
         let permits = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
+        // The jobs this process runs now, by Order Id.
+        let running_here: Arc<std::sync::Mutex<std::collections::HashSet<String>>> = Arc::default();
         let mut running = JoinSet::new();
         let runner = Arc::new(JobRunner::new(
             self.ports.clone(),
@@ -293,6 +295,7 @@ impl Engine {
                 _ = shutdown.changed() => break,
             };
             while running.try_join_next().is_some() {}
+            let claimed_at = std::time::Instant::now();
             match self
                 .ports
                 .store
@@ -300,32 +303,72 @@ impl Engine {
                 .await
             {
                 Ok(Some(job)) => {
+                    // One process never runs two claims of one job: an expired claim of a job
+                    // still running here (its renewals failed) is given straight back; the run
+                    // here is fenced out by the new claim's token and stops.
+                    let order_id = job.order_id.clone();
+                    let fresh = running_here
+                        .lock()
+                        .map(|mut set| set.insert(order_id.clone()))
+                        .unwrap_or(false);
+                    if !fresh {
+                        tracing::warn!(order_id = %order_id, "claimed a job still running here; given back");
+                        if let Err(e) = self
+                            .ports
+                            .store
+                            .release(
+                                &order_id,
+                                job.lease_owner.as_deref().unwrap_or_default(),
+                                Utc::now(),
+                            )
+                            .await
+                        {
+                            tracing::warn!(order_id = %order_id, error = %e, "could not give the job back");
+                        }
+                        drop(permit);
+                        continue;
+                    }
                     let runner = Arc::clone(&runner);
                     let store = Arc::clone(&self.ports.store);
                     let lease = self.config.lease;
                     let notify = Arc::clone(&self.notify);
                     let outcomes = self.outcomes.clone();
+                    let running_here = Arc::clone(&running_here);
                     running.spawn(async move {
                         let _permit = permit;
-                        let order_id = job.order_id.clone();
-                        let owner = runner.owner().to_owned();
+                        let token = job.lease_owner.clone().unwrap_or_default();
+                        let health = Arc::new(LeaseHealth::new(lease, claimed_at));
                         let renew = tokio::spawn({
                             let order_id = order_id.clone();
+                            let health = Arc::clone(&health);
                             async move {
                                 let mut tick = tokio::time::interval(renew_every(lease));
                                 tick.tick().await;
                                 loop {
                                     tick.tick().await;
+                                    let sent = std::time::Instant::now();
                                     let until = Utc::now()
                                         + chrono::Duration::from_std(lease).unwrap_or_default();
-                                    if store.renew_lease(&order_id, &owner, until).await.is_err() {
-                                        break;
+                                    match store.renew_lease(&order_id, &token, until).await {
+                                        Ok(()) => health.renewed(sent),
+                                        Err(provisioner_store::Error::LeaseLost { .. }) => {
+                                            health.lost();
+                                            break;
+                                        }
+                                        // Tried again at the next tick; the run stops before
+                                        // its next external call if none goes through in time.
+                                        Err(e) => {
+                                            tracing::warn!(order_id = %order_id, error = %e, "lease renewal failed");
+                                        }
                                     }
                                 }
                             }
                         });
-                        let outcome = runner.run(job).await;
+                        let outcome = runner.run_fenced(job, &health).await;
                         renew.abort();
+                        if let Ok(mut set) = running_here.lock() {
+                            set.remove(&order_id);
+                        }
                         crate::metrics::job_outcome(&outcome);
                         tracing::debug!(order_id = %order_id, ?outcome, "job settled");
                         if let Some(tx) = outcomes {

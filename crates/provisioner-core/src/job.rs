@@ -99,6 +99,9 @@ enum Stop {
     },
     AlreadyDone,
     LeaseLost,
+    /// The lease's renewals failed or are late: no external call may start; the claim is
+    /// given back.
+    LeaseLapsed,
     Shutdown,
 }
 
@@ -193,6 +196,64 @@ fn same_customer(order: &sf_rest::Order, job: &Job) -> bool {
     order.customer_number.as_deref().map(str::trim) == Some(job.customer_number.trim())
 }
 
+/// The claim's token, which every fenced store write of this run passes: the `lease_owner` the
+/// claim returned (`<owner>:<claim epoch>`).
+fn token(job: &Job) -> &str {
+    job.lease_owner.as_deref().unwrap_or_default()
+}
+
+/// How long a claim's lease is known to hold, as its renewals report it. A run starts no
+/// external call (a WHMCS write, a PATCH) once the lease may have lapsed: the last renewal that
+/// went through was *sent* more than two thirds of a lease ago, or a renewal found the claim
+/// taken over. The lease end itself is stored by the database, so this only errs on the side of
+/// stopping early (a stalled or paused worker stops before its next call and gives the job
+/// back).
+#[derive(Debug)]
+pub struct LeaseHealth {
+    lease: Duration,
+    /// Until when an external call may start, from the last renewal sent and confirmed.
+    valid_until: std::sync::Mutex<std::time::Instant>,
+    lost: std::sync::atomic::AtomicBool,
+}
+
+impl LeaseHealth {
+    /// A lease of `lease` claimed (sent) at `claimed_at`.
+    pub fn new(lease: Duration, claimed_at: std::time::Instant) -> Self {
+        LeaseHealth {
+            lease,
+            valid_until: std::sync::Mutex::new(claimed_at + Self::usable(lease)),
+            lost: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// The part of a lease a run may use: two thirds (renewals come every third).
+    fn usable(lease: Duration) -> Duration {
+        lease.saturating_sub(lease / 3)
+    }
+
+    /// A renewal sent at `sent_at` went through.
+    pub fn renewed(&self, sent_at: std::time::Instant) {
+        if let Ok(mut until) = self.valid_until.lock() {
+            *until = (*until).max(sent_at + Self::usable(self.lease));
+        }
+    }
+
+    /// A renewal found the claim taken over.
+    pub fn lost(&self) {
+        self.lost.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether an external call may start now.
+    pub fn is_live(&self) -> bool {
+        !self.lost.load(std::sync::atomic::Ordering::SeqCst)
+            && self
+                .valid_until
+                .lock()
+                .map(|until| std::time::Instant::now() < *until)
+                .unwrap_or(false)
+    }
+}
+
 /// What a job learns as it goes.
 #[derive(Default)]
 struct Progress {
@@ -240,6 +301,16 @@ impl JobRunner {
     /// Runs one claimed job until it finishes, waits for a retry, or is given back. Every log
     /// line of the run carries the order id and event id (a `job` span).
     pub async fn run(&self, job: Job) -> JobOutcome {
+        let unbounded = LeaseHealth::new(
+            Duration::from_secs(u32::MAX.into()),
+            std::time::Instant::now(),
+        );
+        self.run_fenced(job, &unbounded).await
+    }
+
+    /// [`JobRunner::run`] under a lease whose renewals report to `lease`: no external call
+    /// starts once the lease may have lapsed (the job is given back instead).
+    pub async fn run_fenced(&self, job: Job, lease: &LeaseHealth) -> JobOutcome {
         use tracing::Instrument as _;
         let span = tracing::info_span!(
             "job",
@@ -247,10 +318,10 @@ impl JobRunner {
             event_id = job.event_id.as_deref().unwrap_or(""),
             step = %job.step,
         );
-        self.run_in_span(job).instrument(span).await
+        self.run_in_span(job, lease).instrument(span).await
     }
 
-    async fn run_in_span(&self, job: Job) -> JobOutcome {
+    async fn run_in_span(&self, job: Job, lease: &LeaseHealth) -> JobOutcome {
         if job.step == Step::Received
             && let Some(limiter) = &self.rate
             && let Err(wait) = limiter.check(&job.customer_number)
@@ -261,7 +332,7 @@ impl JobRunner {
                 .store
                 .reschedule(
                     &job.order_id,
-                    &self.owner,
+                    token(&job),
                     Reschedule::at(at, None, false),
                     Vec::new(),
                     Utc::now(),
@@ -287,7 +358,7 @@ impl JobRunner {
                 return self.settle(&job, step, Stop::Shutdown).await;
             }
             let started = std::time::Instant::now();
-            let result = self.step(&job, step, &mut progress).await;
+            let result = self.step(&job, step, &mut progress, lease).await;
             metrics::histogram!(crate::metrics::STEP_SECONDS, "step" => step.as_str())
                 .record(started.elapsed().as_secs_f64());
             match result {
@@ -332,7 +403,7 @@ impl JobRunner {
     ) -> Result<(), Stop> {
         self.ports
             .store
-            .advance(&job.order_id, &self.owner, step, update, audit, Utc::now())
+            .advance(&job.order_id, token(job), step, update, audit, Utc::now())
             .await?;
         Ok(())
     }
@@ -491,7 +562,18 @@ impl JobRunner {
         Ok(lines)
     }
 
-    async fn step(&self, job: &Job, step: Step, progress: &mut Progress) -> Result<Step, Stop> {
+    async fn step(
+        &self,
+        job: &Job,
+        step: Step,
+        progress: &mut Progress,
+        lease: &LeaseHealth,
+    ) -> Result<Step, Stop> {
+        // Every step but the first makes an external write (PATCH, AddOrder, AcceptOrder) or
+        // may: none starts once the lease may have lapsed.
+        if step != Step::Received && !lease.is_live() {
+            return Err(Stop::LeaseLapsed);
+        }
         let statuses = &self.config.statuses;
         match step {
             Step::Received => {
@@ -613,6 +695,9 @@ impl JobRunner {
                 order.payment_method = Some(self.config.payment_method.clone());
                 order.no_email = !self.config.send_email;
                 order.no_invoice = self.config.no_invoice;
+                if !lease.is_live() {
+                    return Err(Stop::LeaseLapsed);
+                }
                 let placed = self
                     .ports
                     .whmcs
@@ -655,6 +740,9 @@ impl JobRunner {
                 if step != Step::AcceptUnknown && !progress.accept_intent_stored {
                     self.store_point(job, Step::AcceptUnknown, StepUpdate::default(), Vec::new())
                         .await?;
+                }
+                if !lease.is_live() {
+                    return Err(Stop::LeaseLapsed);
                 }
                 let request = AcceptOrderRequest::provision(order_id, self.config.send_email);
                 match self.ports.whmcs.accept_order(&request).await {
@@ -795,7 +883,7 @@ impl JobRunner {
         let audit = self.records(job, records)?;
         self.ports
             .store
-            .finish(&job.order_id, &self.owner, end, audit, Utc::now())
+            .finish(&job.order_id, token(job), end, audit, Utc::now())
             .await?;
         Ok(())
     }
@@ -839,8 +927,18 @@ impl JobRunner {
         let store = &self.ports.store;
         let settled = match stop {
             Stop::LeaseLost => return JobOutcome::LeaseLost,
+            // Given back (fenced by the token): another claim resumes it from its recovery
+            // point. If the claim was taken over meanwhile, the release is refused: lost.
+            Stop::LeaseLapsed => {
+                tracing::warn!(order_id = %job.order_id, step = %step, "lease lapsed; job given back");
+                store
+                    .release(&job.order_id, token(job), now)
+                    .await
+                    .map(|()| JobOutcome::LeaseLost)
+                    .map_err(SettleError::Store)
+            }
             Stop::Shutdown => store
-                .release(&job.order_id, &self.owner, now)
+                .release(&job.order_id, token(job), now)
                 .await
                 .map(|()| JobOutcome::Released)
                 .map_err(SettleError::Store),
@@ -954,7 +1052,7 @@ impl JobRunner {
         let audit = self.records(job, vec![record])?;
         self.ports
             .store
-            .reschedule(&job.order_id, &self.owner, retry, audit, Utc::now())
+            .reschedule(&job.order_id, token(job), retry, audit, Utc::now())
             .await?;
         Ok(())
     }
@@ -1013,6 +1111,12 @@ impl JobRunner {
                 .detail(DetailKey::ErrorCode, code.as_str()),
         ];
         let audit = self.records(job, records)?;
+        // The fence first: a claim that was taken over writes nothing to the Order.
+        let until = Utc::now() + chrono::Duration::from_std(self.config.lease).unwrap_or_default();
+        self.ports
+            .store
+            .renew_lease(&job.order_id, token(job), until)
+            .await?;
         let update = OrderUpdate {
             status: Some(self.config.statuses.failed.clone()),
             provisioning_error: Some(reason.clone()),
@@ -1036,7 +1140,7 @@ impl JobRunner {
         };
         self.ports
             .store
-            .finish(&job.order_id, &self.owner, end, audit, Utc::now())
+            .finish(&job.order_id, token(job), end, audit, Utc::now())
             .await?;
         self.ports
             .alerts

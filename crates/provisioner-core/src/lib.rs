@@ -134,7 +134,7 @@ pub use builder::{EngineBuilder, RunningEngine};
 pub use config::{DEFAULT_PROVISION_RATE, EngineConfig, OrderStatuses, RetryPolicy};
 pub use engine::{Engine, EngineHandle};
 pub use error::{Error, Result};
-pub use job::{JobOutcome, JobRunner, Ports};
+pub use job::{JobOutcome, JobRunner, LeaseHealth, Ports};
 pub use reason::StopReason;
 pub use sanitize::{MAX_REASON_CHARS, sanitize_reason};
 

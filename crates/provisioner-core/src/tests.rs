@@ -74,6 +74,7 @@ fn job(step: Step, attempts: u32) -> Job {
         reopened_at: None,
         writeback_since: None,
         stuck_alerted_at: None,
+        claim_epoch: 1,
     }
 }
 
@@ -187,6 +188,8 @@ impl World {
             log_records(&c, &audit);
             Ok(())
         });
+        // The fence check before a failed job's PATCH.
+        store.expect_renew_lease().returning(|_, _, _| Ok(()));
         let c = calls.clone();
         store.expect_release().returning(move |_, _, _| {
             log(&c, "release");
@@ -279,6 +282,29 @@ impl World {
             log(&c, "whmcs_accept");
             Ok(())
         });
+    }
+
+    /// The ports, configuration and rate of this world (alerts and audit as in [`World::run`]).
+    fn into_parts(
+        self,
+    ) -> (
+        Ports,
+        Arc<EngineConfig>,
+        Option<Arc<security::KeyedRateLimiter<String>>>,
+    ) {
+        let mut audit = MockAuditLog::new();
+        audit.expect_append().returning(|r| {
+            let key = AuditKey::from_bytes(&[7u8; 32]).unwrap();
+            Ok(ChainHead::GENESIS.seal(&key, r).unwrap())
+        });
+        let ports = Ports {
+            orders: Arc::new(self.orders),
+            whmcs: Arc::new(self.whmcs),
+            store: Arc::new(self.store),
+            audit: Arc::new(audit),
+            alerts: Arc::new(MockAlerts::new()),
+        };
+        (ports, Arc::new(self.config), self.rate)
     }
 
     async fn run(self, job: Job) -> (JobOutcome, Vec<String>) {
@@ -1451,4 +1477,68 @@ async fn a_step_whose_audit_record_is_not_stored_does_not_advance_and_is_counted
     if let JobOutcome::Retrying { reason, .. } = outcome {
         assert!(reason.starts_with("audit:"), "{reason}");
     }
+}
+
+// ---- fenced leases ----
+
+#[tokio::test]
+async fn a_lapsed_lease_starts_no_external_call_and_gives_the_job_back() {
+    for step in [
+        Step::Checked,
+        Step::MarkedProvisioning,
+        Step::WhmcsOrdered,
+        Step::Accepted,
+    ] {
+        let w = World::new();
+        let calls = w.calls.clone();
+        let (ports, config, rate) = w.into_parts();
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        let runner = JobRunner::new(ports, config, "w".into(), rate, rx);
+        // Claimed a whole lease ago and never renewed.
+        let lease = std::time::Duration::from_secs(3);
+        let health = crate::LeaseHealth::new(lease, std::time::Instant::now() - lease);
+        let outcome = runner.run_fenced(job(step, 0), &health).await;
+        assert_eq!(outcome, JobOutcome::LeaseLost, "{step}");
+        let calls = calls.lock().unwrap().clone();
+        assert_eq!(effects(&calls), ["release"], "{step}: {calls:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_renewed_lease_keeps_the_run_going_and_a_lost_one_stops_it() {
+    let lease = std::time::Duration::from_secs(3);
+    let health = crate::LeaseHealth::new(lease, std::time::Instant::now() - lease);
+    assert!(!health.is_live());
+    health.renewed(std::time::Instant::now());
+    assert!(health.is_live());
+    health.lost();
+    assert!(!health.is_live());
+}
+
+#[tokio::test]
+async fn a_failing_job_whose_claim_was_taken_over_writes_nothing_to_the_order() {
+    let mut w = World::new();
+    w.fetch_returns(order("Approved"));
+    w.store.checkpoint();
+    w.store.expect_renew_lease().returning(|id, token, _| {
+        Err(provisioner_store::Error::LeaseLost {
+            order_id: id.into(),
+            owner: token.into(),
+        })
+    });
+    let c = w.calls.clone();
+    w.whmcs.expect_get_client_details().returning(move |_| {
+        log(&c, "whmcs_client");
+        Ok(ClientDetails {
+            status: ClientStatus::Inactive,
+            ..active_client()
+        })
+    });
+    let (outcome, calls) = w.run(job(Step::Received, 0)).await;
+    assert_eq!(outcome, JobOutcome::LeaseLost);
+    assert_eq!(
+        effects(&calls),
+        ["sf_fetch", "whmcs_client"],
+        "no PATCH, no dead letter"
+    );
 }

@@ -19,7 +19,7 @@ use crate::types::{
 pub(crate) const JOB_COLS: &str = "seq, order_id, customer_number, account_id, event_id, source, \
     state, step, whmcs_order_id, service_ids, attempts, next_attempt_at, lease_owner, \
     lease_until, last_error, created_at, updated_at, reopened_by, reopened_at, writeback_since, \
-    stuck_alerted_at";
+    stuck_alerted_at, claim_epoch";
 
 pub(crate) fn job_from_row(row: &Row) -> Result<Job> {
     const W: &str = "job";
@@ -58,6 +58,7 @@ pub(crate) fn job_from_row(row: &Row) -> Result<Job> {
         reopened_at: opt_time("reopened_at")?,
         writeback_since: opt_time("writeback_since")?,
         stuck_alerted_at: opt_time("stuck_alerted_at")?,
+        claim_epoch: int("claim_epoch")?,
     })
 }
 
@@ -158,6 +159,8 @@ pub(crate) enum ClaimKind {
 
 /// The claim statement of `kind`: `UPDATE ... WHERE order_id = (SELECT ... LIMIT 1)
 /// RETURNING`, so a claim is a single statement. `$1` owner, `$2` lease end, `$3` now (ms).
+/// The claimed job's `lease_owner` is the claim's token, `<owner>:<epoch>`: every fenced write
+/// of that claim passes it.
 pub(crate) fn claim_sql(kind: ClaimKind, lock_clause: &str) -> String {
     let candidate = match kind {
         ClaimKind::Pending => {
@@ -167,10 +170,18 @@ pub(crate) fn claim_sql(kind: ClaimKind, lock_clause: &str) -> String {
              AND NOT EXISTS (SELECT 1 FROM jobs r WHERE r.customer_number = j.customer_number \
                  AND r.state = 'running')"
         }
+        // An expired claim may be this owner's own (a run whose settling failed); the new
+        // claim's epoch fences the earlier one out, and the engine gives a job that still
+        // runs in its own process straight back.
         ClaimKind::Expired => "j.state = 'running' AND j.lease_until < $3",
     };
+    // Every claim gets the next epoch, and the lease owner token names it: `<owner>:<epoch>`.
+    // Fenced writes compare the token, so a write of an earlier claim (a paused worker that
+    // woke up after a takeover) never passes, whoever made it.
     format!(
-        "UPDATE jobs SET state = 'running', lease_owner = $1, lease_until = $2, updated_at = $3 \
+        "UPDATE jobs SET state = 'running', claim_epoch = claim_epoch + 1, \
+             lease_owner = $1 || ':' || CAST(claim_epoch + 1 AS TEXT), lease_until = $2, \
+             updated_at = $3 \
          WHERE order_id = (SELECT j.order_id FROM jobs j WHERE {candidate} \
              ORDER BY j.next_attempt_at, j.seq LIMIT 1{lock_clause}) \
            AND (state = 'pending' OR (state = 'running' AND lease_until < $3)) \

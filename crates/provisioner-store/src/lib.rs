@@ -112,9 +112,15 @@ pub trait Store: Send + Sync {
     /// Claims the next runnable job for `owner` with a lease of `lease`: the oldest pending job
     /// that is due, whose customer has no other job running or waiting before it; or a running
     /// job whose lease expired.
+    ///
+    /// Each claim starts a new claim epoch; the returned job's `lease_owner` is the claim's
+    /// token (`<owner>:<epoch>`), and the fenced writes below ([`Store::renew_lease`],
+    /// [`Store::advance`], [`Store::reschedule`], [`Store::finish`], [`Store::release`]) take
+    /// that token as their `owner`: a write of an earlier claim is refused with
+    /// [`Error::LeaseLost`], whoever made it (the same owner name included).
     async fn claim(&self, owner: &str, now: DateTime<Utc>, lease: Duration) -> Result<Option<Job>>;
 
-    /// Extends a held lease.
+    /// Extends a held lease (`owner`: the claim's token).
     async fn renew_lease(&self, order_id: &str, owner: &str, until: DateTime<Utc>) -> Result<()>;
 
     /// Records a recovery point of a running job (fenced by the lease), with its audit

@@ -223,7 +223,8 @@ pub struct Job {
     pub attempts: u32,
     /// Not to be claimed before this time.
     pub next_attempt_at: DateTime<Utc>,
-    /// Worker holding the lease, while running.
+    /// The lease token of the claim holding it, while running: `<owner>:<claim epoch>`. Every
+    /// fenced write of the claim passes this token as its `owner`.
     pub lease_owner: Option<String>,
     /// Lease expiry, while running.
     pub lease_until: Option<DateTime<Utc>>,
@@ -241,6 +242,9 @@ pub struct Job {
     pub writeback_since: Option<DateTime<Utc>>,
     /// When `writeback_stuck` was raised for it (once per Order).
     pub stuck_alerted_at: Option<DateTime<Utc>>,
+    /// How many times it was claimed; the current claim's token (`lease_owner`) is
+    /// `<owner>:<claim_epoch>`.
+    pub claim_epoch: i64,
 }
 
 impl Job {
@@ -472,6 +476,7 @@ mod tests {
             reopened_at: None,
             writeback_since: None,
             stuck_alerted_at: None,
+            claim_epoch: 0,
         }
     }
 

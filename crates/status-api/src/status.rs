@@ -146,6 +146,7 @@ mod tests {
             reopened_at: None,
             writeback_since: None,
             stuck_alerted_at: None,
+            claim_epoch: 1,
         }
     }
 

@@ -57,7 +57,7 @@ both_backends! {
 
         // A recovery point with its record: neither commits.
         let r = store
-            .advance(order, "w1", Step::Checked, StepUpdate::default(),
+            .advance(order, "w1:1", Step::Checked, StepUpdate::default(),
                 vec![step_record(order, Step::Checked)], now)
             .await;
         assert!(is_audit_error(&r), "{r:?}");
@@ -65,7 +65,7 @@ both_backends! {
 
         // A retry with its record: the job stays running, no attempt counted.
         let r = store
-            .reschedule(order, "w1",
+            .reschedule(order, "w1:1",
                 Reschedule::at(now, Some("x".into()), true),
                 vec![step_record(order, Step::Checked)], now)
             .await;
@@ -82,7 +82,7 @@ both_backends! {
                 reason: "boom".into(), payload: None, attempts: 1,
             }),
         };
-        let r = store.finish(order, "w1", end, vec![step_record(order, Step::Checked)], now).await;
+        let r = store.finish(order, "w1:1", end, vec![step_record(order, Step::Checked)], now).await;
         assert!(is_audit_error(&r), "{r:?}");
         assert_eq!(store.job(order).await.unwrap().unwrap().state, JobState::Running);
         assert!(store.dead_letters(None, 10).await.unwrap().is_empty());
@@ -104,7 +104,7 @@ both_backends! {
             Some(event(1, order, "A").replay_id));
 
         // An intent carries no record: it is stored.
-        store.advance(order, "w1", Step::OrderUnknown, StepUpdate::default(), vec![], now)
+        store.advance(order, "w1:1", Step::OrderUnknown, StepUpdate::default(), vec![], now)
             .await
             .unwrap();
         assert_eq!(store.head().await.unwrap(), head, "nothing reached the chain");
@@ -112,7 +112,7 @@ both_backends! {
         // Once records can be stored again, the step commits with its record.
         refuse_audit(db, false).await;
         store
-            .advance(order, "w1", Step::Checked, StepUpdate::default(),
+            .advance(order, "w1:1", Step::Checked, StepUpdate::default(),
                 vec![step_record(order, Step::Checked)], now)
             .await
             .unwrap();

@@ -52,13 +52,13 @@ both_backends! {
         let first = store.claim("w1", now, LEASE).await.unwrap().unwrap();
         assert_eq!(first.order_id, "801000000000001AAA");
         assert_eq!(first.state, JobState::Running);
-        assert_eq!(first.lease_owner.as_deref(), Some("w1"));
+        assert_eq!(first.lease_owner.as_deref(), Some("w1:1"));
         // A's second order waits for the first; B's can run.
         let second = store.claim("w2", now, LEASE).await.unwrap().unwrap();
         assert_eq!(second.order_id, "801000000000003AAA");
         assert!(store.claim("w3", now, LEASE).await.unwrap().is_none());
 
-        store.finish(&first.order_id, "w1", end(JobState::Done, None), vec![], now).await.unwrap();
+        store.finish(&first.order_id, "w1:1", end(JobState::Done, None), vec![], now).await.unwrap();
         let third = store.claim("w3", now, LEASE).await.unwrap().unwrap();
         assert_eq!(third.order_id, "801000000000002AAA");
         let done = store.job("801000000000001AAA").await.unwrap().unwrap();
@@ -75,7 +75,7 @@ both_backends! {
         let job = store.claim("w1", now, LEASE).await.unwrap().unwrap();
         let later = now + ChronoDuration::seconds(60);
         store
-            .reschedule(&job.order_id, "w1", retry(later, Some("whmcs: 503".into()), true), vec![], now)
+            .reschedule(&job.order_id, "w1:1", retry(later, Some("whmcs: 503".into()), true), vec![], now)
             .await
             .unwrap();
         assert!(store.claim("w1", now, LEASE).await.unwrap().is_none());
@@ -84,7 +84,7 @@ both_backends! {
         assert_eq!(again.attempts, 1);
         assert_eq!(again.last_error.as_deref(), Some("whmcs: 503"));
         // A rate-limit delay does not count as an attempt.
-        store.reschedule(&again.order_id, "w1", retry(later, None, false), vec![], later).await.unwrap();
+        store.reschedule(&again.order_id, "w1:2", retry(later, None, false), vec![], later).await.unwrap();
         let again = store.claim("w1", later, LEASE).await.unwrap().unwrap();
         assert_eq!(again.attempts, 1);
     }
@@ -95,7 +95,7 @@ both_backends! {
         store.ingest_event(&event(1, "801000000000001AAA", "A"), now).await.unwrap();
         let job = store.claim("w1", now, LEASE).await.unwrap().unwrap();
         store
-            .advance(&job.order_id, "w1", Step::WhmcsOrdered,
+            .advance(&job.order_id, "w1:1", Step::WhmcsOrdered,
                 StepUpdate { whmcs_order_id: Some("77".into()), service_ids: None }, vec![], now)
             .await
             .unwrap();
@@ -104,21 +104,21 @@ both_backends! {
         // Lease expired: w2 takes it over, with the recovery point intact.
         let later = now + ChronoDuration::seconds(31);
         let taken = store.claim("w2", later, LEASE).await.unwrap().unwrap();
-        assert_eq!(taken.lease_owner.as_deref(), Some("w2"));
+        assert_eq!(taken.lease_owner.as_deref(), Some("w2:2"));
         assert_eq!(taken.step, Step::WhmcsOrdered);
         assert_eq!(taken.whmcs_order_id.as_deref(), Some("77"));
         // w1 can no longer write.
         let err = store
-            .advance(&job.order_id, "w1", Step::Accepted, StepUpdate::default(), vec![], later)
+            .advance(&job.order_id, "w1:1", Step::Accepted, StepUpdate::default(), vec![], later)
             .await
             .unwrap_err();
         assert!(matches!(err, Error::LeaseLost { .. }), "{err}");
         assert!(matches!(
-            store.finish(&job.order_id, "w1", end(JobState::Done, None), vec![], later).await,
+            store.finish(&job.order_id, "w1:1", end(JobState::Done, None), vec![], later).await,
             Err(Error::LeaseLost { .. })
         ));
         store
-            .advance(&job.order_id, "w2", Step::Accepted,
+            .advance(&job.order_id, "w2:2", Step::Accepted,
                 StepUpdate { whmcs_order_id: None, service_ids: Some(vec!["5".into(), "6".into()]) }, vec![], later)
             .await
             .unwrap();
@@ -134,7 +134,7 @@ both_backends! {
         store.ingest_event(&event(2, "801000000000002AAA", "B"), now).await.unwrap();
         let a = store.claim("w1", now, LEASE).await.unwrap().unwrap();
         let _b = store.claim("w1", now, LEASE).await.unwrap().unwrap();
-        store.release(&a.order_id, "w1", now).await.unwrap();
+        store.release(&a.order_id, "w1:1", now).await.unwrap();
         assert_eq!(store.job(&a.order_id).await.unwrap().unwrap().state, JobState::Pending);
         assert_eq!(store.take_over_leases(now).await.unwrap(), 1);
         let counts = store.job_counts().await.unwrap();
@@ -170,7 +170,7 @@ both_backends! {
                             tokio::task::yield_now().await;
                             log.end(&job.customer_number);
                             store
-                                .finish(&job.order_id, &owner, end(JobState::Done, None), vec![], Utc::now())
+                                .finish(&job.order_id, job.lease_owner.as_deref().unwrap(), end(JobState::Done, None), vec![], Utc::now())
                                 .await
                                 .unwrap();
                         }
@@ -244,7 +244,7 @@ both_backends! {
         let now = Utc::now();
         store.ingest_event(&event(1, "801000000000001AAA", "A"), now).await.unwrap();
         let job = store.claim("w1", now, LEASE).await.unwrap().unwrap();
-        store.advance(&job.order_id, "w1", Step::WhmcsOrdered,
+        store.advance(&job.order_id, "w1:1", Step::WhmcsOrdered,
             StepUpdate { whmcs_order_id: Some("9".into()), service_ids: None }, vec![], now).await.unwrap();
         assert!(!store.reopen(&job.order_id, reopen_by(JobSource::Operator), vec![], now).await.unwrap(),
             "a running job is not reopened");
@@ -253,7 +253,7 @@ both_backends! {
             reason: "boom".into(), payload: None, attempts: 1,
         };
         let failed = JobEnd { state: JobState::Failed, error: Some("boom".into()), dead_letter: Some(letter) };
-        store.finish(&job.order_id, "w1", failed, vec![], now).await.unwrap();
+        store.finish(&job.order_id, "w1:1", failed, vec![], now).await.unwrap();
         let later = now + ChronoDuration::hours(30);
         assert!(store.reopen(&job.order_id, reopen_by(JobSource::Operator), vec![], later).await.unwrap());
         let again = store.claim("w2", later, LEASE).await.unwrap().unwrap();
@@ -272,8 +272,8 @@ both_backends! {
         let order = "801000000000001AAA";
         store.ingest_event(&event(1, order, "A"), now).await.unwrap();
         let job = store.claim("w1", now, LEASE).await.unwrap().unwrap();
-        store.advance(order, "w1", Step::Checked, StepUpdate::default(), vec![], now).await.unwrap();
-        store.finish(order, "w1", end(JobState::Refused, Some("not_approved".into())), vec![], now).await.unwrap();
+        store.advance(order, "w1:1", Step::Checked, StepUpdate::default(), vec![], now).await.unwrap();
+        store.finish(order, "w1:1", end(JobState::Refused, Some("not_approved".into())), vec![], now).await.unwrap();
         assert_eq!(job.event_id.as_deref(), Some("evt-1"));
 
         // The same event again is a duplicate and changes nothing.
@@ -299,7 +299,7 @@ both_backends! {
         // A third event while it is live is a duplicate order; so is one after it is done.
         assert_eq!(store.ingest_event(&event(3, order, "B"), now).await.unwrap(), IngestOutcome::DuplicateOrder);
         store.claim("w1", now, LEASE).await.unwrap().unwrap();
-        store.finish(order, "w1", end(JobState::Done, None), vec![], now).await.unwrap();
+        store.finish(order, "w1:2", end(JobState::Done, None), vec![], now).await.unwrap();
         assert_eq!(store.ingest_event(&event(4, order, "B"), now).await.unwrap(), IngestOutcome::DuplicateOrder);
         assert!(!store.reopen(order, reopen_by(JobSource::Reconcile), vec![], now).await.unwrap(),
             "a done job is never reopened");
@@ -314,7 +314,7 @@ both_backends! {
         store.claim("w1", now, LEASE).await.unwrap().unwrap();
         let mut first = retry(now, Some("salesforce: 400".into()), true);
         first.step = Some(Step::Accepted);
-        store.reschedule(order, "w1", first, vec![], now).await.unwrap();
+        store.reschedule(order, "w1:1", first, vec![], now).await.unwrap();
         let job = store.job(order).await.unwrap().unwrap();
         let since = job.writeback_since.expect("write-back failing since the first failure");
         assert_eq!((job.step, job.stuck_alerted_at), (Step::Accepted, None));
@@ -324,9 +324,41 @@ both_backends! {
         let mut again = retry(later, Some("salesforce: 400".into()), true);
         again.step = Some(Step::Accepted);
         again.stuck_alerted = true;
-        store.reschedule(order, "w1", again, vec![], later).await.unwrap();
+        store.reschedule(order, "w1:2", again, vec![], later).await.unwrap();
         let job = store.job(order).await.unwrap().unwrap();
         assert_eq!(job.writeback_since, Some(since), "the start is kept");
         assert!(job.stuck_alerted_at.is_some());
+    }
+}
+
+both_backends! {
+    async fn every_claim_has_its_own_token_and_an_earlier_claim_never_passes_the_fence(db: &TestDb) {
+        let store = db.open().await;
+        let now = Utc::now();
+        let order = "801000000000001AAA";
+        store.ingest_event(&event(1, order, "A"), now).await.unwrap();
+        let first = store.claim("w1", now, LEASE).await.unwrap().unwrap();
+        assert_eq!((first.claim_epoch, first.lease_owner.as_deref()), (1, Some("w1:1")));
+        // The owner name alone no longer passes: the token does.
+        let err = store.advance(order, "w1", Step::Checked, StepUpdate::default(), vec![], now).await;
+        assert!(matches!(err, Err(Error::LeaseLost { .. })), "{err:?}");
+        store.advance(order, "w1:1", Step::Checked, StepUpdate::default(), vec![], now).await.unwrap();
+
+        // The lease expires (the worker paused); the same owner name claims it again, as a
+        // stalled run's own process would: a new epoch, and the first claim is fenced out.
+        let later = now + ChronoDuration::seconds(31);
+        let second = store.claim("w1", later, LEASE).await.unwrap().unwrap();
+        assert_eq!((second.claim_epoch, second.lease_owner.as_deref()), (2, Some("w1:2")));
+        for result in [
+            store.renew_lease(order, "w1:1", later).await,
+            store.advance(order, "w1:1", Step::WhmcsOrdered, StepUpdate::default(), vec![], later).await,
+            store.release(order, "w1:1", later).await,
+            store.finish(order, "w1:1", end(JobState::Failed, None), vec![], later).await,
+        ] {
+            assert!(matches!(result, Err(Error::LeaseLost { .. })), "{result:?}");
+        }
+        let job = store.job(order).await.unwrap().unwrap();
+        assert_eq!((job.state, job.step), (JobState::Running, Step::Checked));
+        store.finish(order, "w1:2", end(JobState::Done, None), vec![], later).await.unwrap();
     }
 }

@@ -50,19 +50,19 @@ async fn one_job_per_view(store: &SqlStore) -> Vec<(String, JobView)> {
     ingest(store, 1, "A").await;
     claim(store, &order(1)).await;
     store
-        .finish(&order(1), "w1", end(JobState::Done), vec![], now)
+        .finish(&order(1), "w1:1", end(JobState::Done), vec![], now)
         .await
         .unwrap();
     ingest(store, 2, "B").await;
     claim(store, &order(2)).await;
     store
-        .finish(&order(2), "w1", end(JobState::Failed), vec![], now)
+        .finish(&order(2), "w1:1", end(JobState::Failed), vec![], now)
         .await
         .unwrap();
     ingest(store, 3, "C").await;
     claim(store, &order(3)).await;
     store
-        .finish(&order(3), "w1", end(JobState::Refused), vec![], now)
+        .finish(&order(3), "w1:1", end(JobState::Refused), vec![], now)
         .await
         .unwrap();
     // Waiting for a retry: pending, one attempt counted.
@@ -74,7 +74,7 @@ async fn one_job_per_view(store: &SqlStore) -> Vec<(String, JobView)> {
         true,
     );
     store
-        .reschedule(&order(4), "w1", retry, vec![], now)
+        .reschedule(&order(4), "w1:1", retry, vec![], now)
         .await
         .unwrap();
     // Running; A's next Order waits behind it, untried.
@@ -86,7 +86,7 @@ async fn one_job_per_view(store: &SqlStore) -> Vec<(String, JobView)> {
     store
         .advance(
             &order(6),
-            "w1",
+            "w1:1",
             Step::Checked,
             StepUpdate::default(),
             vec![],
@@ -94,7 +94,7 @@ async fn one_job_per_view(store: &SqlStore) -> Vec<(String, JobView)> {
         )
         .await
         .unwrap();
-    store.release(&order(6), "w1", now).await.unwrap();
+    store.release(&order(6), "w1:1", now).await.unwrap();
     ingest(store, 7, "A").await;
     ingest(store, 8, "F").await;
     use JobView::*;
@@ -197,7 +197,7 @@ both_backends! {
             .detail(DetailKey::Step, "checked")
             .unwrap();
         store
-            .advance(&order(1), "w1", Step::Checked, StepUpdate::default(), vec![step], now)
+            .advance(&order(1), "w1:1", Step::Checked, StepUpdate::default(), vec![step], now)
             .await
             .unwrap();
         // A second event for the same Order: a duplicate, audited under the Order too.

@@ -76,7 +76,14 @@ impl TestStore {
             service_ids: None,
         };
         self.store
-            .advance(order, "w1", Step::WhmcsOrdered, ordered, Vec::new(), at(2))
+            .advance(
+                order,
+                "w1:1",
+                Step::WhmcsOrdered,
+                ordered,
+                Vec::new(),
+                at(2),
+            )
             .await
             .unwrap();
         let accepted = StepUpdate {
@@ -84,13 +91,13 @@ impl TestStore {
             service_ids: Some(vec!["101".to_owned(), "102".to_owned()]),
         };
         self.store
-            .advance(order, "w1", Step::Accepted, accepted, Vec::new(), at(3))
+            .advance(order, "w1:1", Step::Accepted, accepted, Vec::new(), at(3))
             .await
             .unwrap();
         self.store
             .finish(
                 order,
-                "w1",
+                "w1:1",
                 JobEnd {
                     state: JobState::Done,
                     error: None,
@@ -110,7 +117,7 @@ impl TestStore {
         self.store
             .finish(
                 order,
-                "w1",
+                "w1:1",
                 JobEnd {
                     state: JobState::Failed,
                     error: Some(error.to_owned()),
