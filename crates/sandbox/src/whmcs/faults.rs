@@ -15,6 +15,9 @@ pub enum Fault {
     Html500,
     /// Handle the request (commit its changes), then close the connection without replying.
     CommitThenDrop,
+    /// Hold the request this long, then handle it (commit) whether or not the client is still
+    /// waiting: a slow server module or a locked table that commits after the client gave up.
+    HoldThenCommit(Duration),
 }
 
 /// A queued fault and how many more calls it hits (`None`: every call).

@@ -362,6 +362,18 @@ async fn api(
                 .into_response();
         }
         Some(Fault::CommitThenDrop) => drop_after = true,
+        Some(Fault::HoldThenCommit(delay)) => {
+            // A task of its own: a client that gives up drops this handler, not the commit.
+            let (shared, connection) = (Arc::clone(&shared), connection.clone());
+            let held = tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                handle(&shared, &connection, &post, &action_key)
+            });
+            return match held.await {
+                Ok(reply) => (reply.status, axum::Json(reply.body)).into_response(),
+                Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+            };
+        }
         None => {}
     }
 

@@ -90,3 +90,48 @@ async fn a_dropped_read_is_transient() {
     w.sandbox.clear_faults();
     assert!(whmcs.get_client_details(w.client_id).await.is_ok());
 }
+
+/// The window the settle rule closes: an AddOrder held past the client's timeout commits
+/// *after* the client gave up, so a lookup made at once finds nothing, and one made later finds
+/// the order.
+#[tokio::test]
+async fn add_order_committed_after_the_client_gave_up_is_found_only_later() {
+    let w = world().await;
+    let mut config = crate::support::config_for(&w.sandbox);
+    config.read_timeout = std::time::Duration::from_millis(300);
+    let whmcs = whmcs_client::HttpWhmcsClient::new(config).unwrap();
+    let sf_order = "801Qy00000SlowAddAAA";
+    let mut line = OrderLine::new(w.vps, "monthly");
+    line.custom_fields = CustomFields::new().with(REF_FIELD, sf_order);
+    w.sandbox.inject_fault(
+        "AddOrder",
+        Fault::HoldThenCommit(std::time::Duration::from_secs(3)),
+        Some(1),
+    );
+    let err = whmcs
+        .add_order(&NewOrder::new(w.client_id, vec![line]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.class(), ErrorClass::UnknownOutcome, "{err}");
+    // Looked up at once: not committed yet.
+    assert!(
+        whmcs
+            .find_service_by_custom_field(w.client_id, REF_FIELD, sf_order)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(w.sandbox.orders().is_empty());
+    // It commits all the same.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while w.sandbox.orders().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "never committed");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let found = whmcs
+        .find_service_by_custom_field(w.client_id, REF_FIELD, sf_order)
+        .await
+        .unwrap()
+        .expect("found once committed");
+    assert_eq!(found.order_id, w.sandbox.orders()[0].id);
+}
