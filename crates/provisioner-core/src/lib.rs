@@ -29,6 +29,7 @@
 //!     config_options: None,
 //!     status: "Approved".into(),
 //!     order_ref_field_id: 12,
+//!     products: 1,
 //! };
 //! let event = seed(&sf, &whmcs, &plan).events.remove(0);
 //!
