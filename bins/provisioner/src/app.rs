@@ -39,7 +39,7 @@ pub(crate) fn engine_config(config: &Config) -> EngineConfig {
         statuses: config.statuses.clone(),
         topic: config.channel.clone(),
         payment_method: config.payment_method.clone(),
-        order_ref_field_id: config.order_ref_field_id,
+        order_ref_fields: config.order_ref_fields.clone(),
         send_email: config.send_email,
         no_invoice: config.no_invoice,
         concurrency: config.concurrency,

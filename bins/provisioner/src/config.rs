@@ -72,7 +72,7 @@ pub(crate) static VARIABLES: LazyLock<Vec<(&'static str, Option<String>)>> = Laz
         ("WHMCS_PAYMENT_METHOD", text(&engine.payment_method)),
         (
             "WHMCS_ORDER_REF_FIELD_ID",
-            engine.order_ref_field_id.map(|id| id.to_string()),
+            engine.order_ref_fields.as_ref().map(ToString::to_string),
         ),
         ("WHMCS_SEND_EMAIL", text(&engine.send_email)),
         ("WHMCS_NO_INVOICE", text(&engine.no_invoice)),
@@ -232,7 +232,7 @@ pub(crate) struct Config {
     pub(crate) whmcs_secret: Option<SecretString>,
     pub(crate) whmcs_access_key: Option<SecretString>,
     pub(crate) payment_method: String,
-    pub(crate) order_ref_field_id: Option<u64>,
+    pub(crate) order_ref_fields: Option<provisioner_core::RefFields>,
     pub(crate) send_email: bool,
     pub(crate) no_invoice: bool,
     pub(crate) database_url: String,
@@ -296,6 +296,37 @@ fn parse_bool(text: &str) -> Result<bool, String> {
         "false" | "0" | "no" | "off" => Ok(false),
         _ => Err(format!("{text:?} is not true or false")),
     }
+}
+
+/// `WHMCS_ORDER_REF_FIELD_ID`: one custom field id for every product (`12`), or one per product
+/// as `pid:fieldid` pairs separated by commas (`3:12,4:15`).
+fn parse_ref_fields(text: &str) -> Result<provisioner_core::RefFields, String> {
+    let id = |t: &str, what: &str| {
+        t.trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| format!("{:?} is not a {what} (a positive number)", t.trim()))
+    };
+    let text = text.trim();
+    if !text.contains(':') && !text.contains(',') {
+        return id(text, "custom field id").map(provisioner_core::RefFields::Every);
+    }
+    let mut fields = std::collections::BTreeMap::new();
+    for entry in text.split(',') {
+        let Some((pid, field)) = entry.split_once(':') else {
+            return Err(format!(
+                "{:?} is not a pid:fieldid pair (one id for every product, or pid:fieldid pairs separated by commas)",
+                entry.trim()
+            ));
+        };
+        let pid = id(pid, "product id")?;
+        let field = id(field, "custom field id")?;
+        if fields.insert(pid, field).is_some() {
+            return Err(format!("product {pid} is listed twice"));
+        }
+    }
+    Ok(provisioner_core::RefFields::PerProduct(fields))
 }
 
 struct Parser<'a> {
@@ -405,13 +436,7 @@ impl Config {
         let audience = p.parsed("SF_AUDIENCE", url);
         let pubsub_endpoint = p.parsed("SF_PUBSUB_ENDPOINT", url).unwrap_or_default();
         let whmcs_api_url = p.parsed("WHMCS_API_URL", url);
-        let order_ref_field_id = p.parsed("WHMCS_ORDER_REF_FIELD_ID", |t| {
-            t.trim()
-                .parse::<u64>()
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| format!("{t:?} is not a custom field id"))
-        });
+        let order_ref_fields = p.parsed("WHMCS_ORDER_REF_FIELD_ID", parse_ref_fields);
         let send_email = p
             .parsed("WHMCS_SEND_EMAIL", parse_bool)
             .unwrap_or(engine.send_email);
@@ -539,7 +564,7 @@ impl Config {
             whmcs_secret: p.secret("WHMCS_API_SECRET"),
             whmcs_access_key: p.secret("WHMCS_ACCESS_KEY"),
             payment_method: p.text("WHMCS_PAYMENT_METHOD").unwrap_or_default(),
-            order_ref_field_id,
+            order_ref_fields,
             send_email,
             no_invoice,
             database_url,
@@ -810,6 +835,35 @@ mod tests {
         assert_eq!(c.concurrency, engine.concurrency);
         assert_eq!(c.reconcile_interval, engine.reconcile_interval);
         assert_eq!(c.provision_rate, provisioner_core::DEFAULT_PROVISION_RATE);
+    }
+
+    #[test]
+    fn ref_fields_are_one_id_or_pid_field_pairs() {
+        use provisioner_core::RefFields;
+        assert_eq!(parse_ref_fields(" 12 "), Ok(RefFields::Every(12)));
+        assert_eq!(
+            parse_ref_fields("3:12, 4:15"),
+            Ok(RefFields::PerProduct(
+                [(3, 12), (4, 15)].into_iter().collect()
+            ))
+        );
+        assert_eq!(
+            parse_ref_fields("3:12").map(|r| r.to_string()).as_deref(),
+            Ok("3:12")
+        );
+        for (bad, says) in [
+            ("0", r#""0" is not a custom field id"#),
+            ("x", r#""x" is not a custom field id"#),
+            ("3:12,", r#""" is not a pid:fieldid pair"#),
+            ("3:12,15", r#""15" is not a pid:fieldid pair"#),
+            ("3:x", r#""x" is not a custom field id"#),
+            ("0:12", r#""0" is not a product id"#),
+            ("3:12,3:13", "product 3 is listed twice"),
+            ("3:12:1", r#""12:1" is not a custom field id"#),
+        ] {
+            let e = parse_ref_fields(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 
     #[test]

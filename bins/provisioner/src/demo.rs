@@ -120,6 +120,7 @@ pub(crate) async fn demo(args: DemoArgs) -> Result<(), Failure> {
             }),
             status: "Approved".into(),
             order_ref_field_id: REF_FIELD,
+            products: 1,
         },
     );
 

@@ -54,6 +54,13 @@ pub(crate) struct Cli {
     #[arg(long, env = "SF_SANDBOX_ORDER_REF_FIELD_ID", default_value_t = 1,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) order_ref_field_id: u64,
+    /// WHMCS products in the catalogue. With more than one, product k gets the ref field id
+    /// k*10+1 (custom fields are rows per product; `--order-ref-field-id` is then unused),
+    /// Orders order them in turn, and the printed `WHMCS_ORDER_REF_FIELD_ID` lists
+    /// `pid:fieldid` pairs.
+    #[arg(long, env = "SF_SANDBOX_PRODUCTS", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub(crate) products: u32,
     /// Publish one `OrderProvisionRequested__e` per seeded Order.
     #[arg(long, env = "SF_SANDBOX_PUBLISH")]
     pub(crate) publish: bool,

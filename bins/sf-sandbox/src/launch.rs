@@ -155,6 +155,7 @@ pub(crate) async fn start(cli: &Cli) -> anyhow::Result<Running> {
         config_options: cli.item_config_options.clone(),
         status: cli.approved_status.clone(),
         order_ref_field_id: cli.order_ref_field_id,
+        products: cli.products,
     };
     let seeded = seed::seed(&sf, &whmcs, &plan);
     tracing::info!(
@@ -205,10 +206,7 @@ pub(crate) async fn start(cli: &Cli) -> anyhow::Result<Running> {
         ("WHMCS_API_URL", whmcs_api_url),
         ("WHMCS_API_IDENTIFIER", whmcs.config().identifier.clone()),
         ("WHMCS_API_SECRET", whmcs.config().secret.clone()),
-        (
-            "WHMCS_ORDER_REF_FIELD_ID",
-            cli.order_ref_field_id.to_string(),
-        ),
+        ("WHMCS_ORDER_REF_FIELD_ID", seed::ref_field_setting(&seeded)),
     ];
     Ok(Running {
         env,

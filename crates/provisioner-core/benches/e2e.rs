@@ -413,7 +413,7 @@ impl Stack {
                     .unwrap(),
             );
             let config = EngineConfig {
-                order_ref_field_id: Some(REF_FIELD),
+                order_ref_fields: Some(REF_FIELD.into()),
                 concurrency: s.concurrency,
                 reconcile_interval: Duration::from_secs(24 * 3600),
                 ..EngineConfig::default()

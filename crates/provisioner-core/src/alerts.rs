@@ -26,6 +26,10 @@ pub trait Alerts: Send + Sync {
         customer_number: &str,
         whmcs_order_id: Option<u64>,
     );
+    /// The first services ordered of WHMCS product `product_id` (in this process) do not carry
+    /// the Salesforce Order Id in custom field `field_id`: a wrong `WHMCS_ORDER_REF_FIELD_ID`
+    /// entry, or an admin-only field the WHMCS version does not save.
+    async fn ref_field_not_stored(&self, product_id: u64, field_id: u64);
 }
 
 #[async_trait]
@@ -67,5 +71,9 @@ impl Alerts for security::SecurityMonitor {
             whmcs_order_id,
         )
         .await;
+    }
+
+    async fn ref_field_not_stored(&self, product_id: u64, field_id: u64) {
+        let _ = security::SecurityMonitor::ref_field_not_stored(self, product_id, field_id).await;
     }
 }

@@ -1,5 +1,7 @@
 //! What the engine is told: picklist values, WHMCS order options, retry and pacing policy.
 
+use std::collections::BTreeMap;
+use std::fmt;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
@@ -32,6 +34,55 @@ impl Default for OrderStatuses {
             provisioning: Some("Provisioning".into()),
             provisioned: "Activated".into(),
             failed: "Provisioning Failed".into(),
+        }
+    }
+}
+
+/// Which WHMCS product custom field holds the Salesforce Order Id (`WHMCS_ORDER_REF_FIELD_ID`).
+///
+/// WHMCS product custom fields are rows per product, so the same "Salesforce Order" field has
+/// another id on every product, and AddOrder silently drops a value whose field id is not
+/// defined for the ordered product. One id therefore only fits a one-product catalogue;
+/// otherwise every orderable product needs its own entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RefFields {
+    /// One field id used for every product (`12`).
+    Every(u64),
+    /// The field id of each product (`3:12,4:15`); a product without an entry cannot be
+    /// ordered (`no_ref_field_for_product`).
+    PerProduct(BTreeMap<u64, u64>),
+}
+
+impl RefFields {
+    /// The field id holding the Salesforce Order Id on services of product `pid`.
+    pub fn field_for(&self, pid: u64) -> Option<u64> {
+        match self {
+            RefFields::Every(field) => Some(*field),
+            RefFields::PerProduct(fields) => fields.get(&pid).copied(),
+        }
+    }
+}
+
+impl From<u64> for RefFields {
+    fn from(field: u64) -> Self {
+        RefFields::Every(field)
+    }
+}
+
+impl fmt::Display for RefFields {
+    /// The `WHMCS_ORDER_REF_FIELD_ID` spelling: `12` or `3:12,4:15`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RefFields::Every(field) => write!(f, "{field}"),
+            RefFields::PerProduct(fields) => {
+                for (i, (pid, field)) in fields.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(",")?;
+                    }
+                    write!(f, "{pid}:{field}")?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -95,8 +146,9 @@ pub struct EngineConfig {
     pub topic: String,
     /// AddOrder `paymentmethod` (`WHMCS_PAYMENT_METHOD`).
     pub payment_method: String,
-    /// Product custom field holding the Salesforce Order Id (`WHMCS_ORDER_REF_FIELD_ID`).
-    pub order_ref_field_id: Option<u64>,
+    /// Product custom field(s) holding the Salesforce Order Id (`WHMCS_ORDER_REF_FIELD_ID`):
+    /// one id for every product, or one per product.
+    pub order_ref_fields: Option<RefFields>,
     /// `WHMCS_SEND_EMAIL`: false sends `noemail=1` and `sendemail=0`.
     pub send_email: bool,
     /// `WHMCS_NO_INVOICE`.
@@ -130,7 +182,7 @@ impl Default for EngineConfig {
             statuses: OrderStatuses::default(),
             topic: sf_pubsub::DEFAULT_TOPIC.into(),
             payment_method: "banktransfer".into(),
-            order_ref_field_id: None,
+            order_ref_fields: None,
             send_email: true,
             no_invoice: false,
             concurrency: 16,
@@ -162,5 +214,18 @@ mod tests {
         assert!(p.may_retry(11, Duration::from_secs(10)));
         assert!(!p.may_retry(12, Duration::from_secs(10)));
         assert!(!p.may_retry(1, Duration::from_secs(24 * 3600)));
+    }
+
+    #[test]
+    fn ref_fields_per_product_or_one_for_all() {
+        let one = RefFields::from(12);
+        assert_eq!((one.field_for(3), one.field_for(99)), (Some(12), Some(12)));
+        assert_eq!(one.to_string(), "12");
+        let per = RefFields::PerProduct(BTreeMap::from([(4, 15), (3, 12)]));
+        assert_eq!(
+            (per.field_for(3), per.field_for(4), per.field_for(5)),
+            (Some(12), Some(15), None)
+        );
+        assert_eq!(per.to_string(), "3:12,4:15");
     }
 }

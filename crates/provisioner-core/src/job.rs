@@ -3,7 +3,8 @@
 //! non-idempotent WHMCS call, so a restarted job looks an unknown outcome up before it ever
 //! repeats the call.
 
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use audit::{Action, Actor, AuditLog, DetailKey, NewAuditRecord, Outcome};
@@ -273,6 +274,9 @@ pub struct JobRunner {
     owner: String,
     rate: Option<Arc<security::KeyedRateLimiter<String>>>,
     shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Products whose first ordered services were checked for the stored external ref (once
+    /// per product in this process).
+    ref_checked: Mutex<HashSet<u64>>,
 }
 
 impl JobRunner {
@@ -290,6 +294,7 @@ impl JobRunner {
             owner,
             rate,
             shutdown,
+            ref_checked: Mutex::new(HashSet::new()),
         }
     }
 
@@ -543,7 +548,17 @@ impl JobRunner {
                 }
             };
             let mut fields = CustomFields::new();
-            if let Some(field) = self.config.order_ref_field_id {
+            if let Some(refs) = &self.config.order_ref_fields {
+                // AddOrder drops a field id the product does not define: with ids per product,
+                // a product without one is stopped before anything is written to WHMCS.
+                let field = refs.field_for(pid).ok_or_else(|| {
+                    permanent(
+                        StopReason::NoRefFieldForProduct,
+                        format!(
+                            "OrderItem {n}: WHMCS_ORDER_REF_FIELD_ID has no field id for WHMCS product {pid}"
+                        ),
+                    )
+                })?;
                 fields = fields.with(field, job.order_id.clone());
             }
             if item.quantity == 0 {
@@ -649,27 +664,29 @@ impl JobRunner {
             Step::MarkedProvisioning | Step::OrderUnknown => {
                 self.fetch(job, progress).await?;
                 let client_id = Self::client_id(progress)?;
-                if let Some(field) = self.config.order_ref_field_id {
-                    let found = self
+                if let Some(refs) = &self.config.order_ref_fields {
+                    // One walk through the client's services: a service carries the external
+                    // ref in the field configured for *its* product.
+                    let services = self
                         .ports
                         .whmcs
-                        .find_service_by_custom_field(client_id, field, &job.order_id)
+                        .all_client_services(client_id)
                         .await
                         .map_err(whmcs_stop)?;
+                    let found = services.iter().find(|s| {
+                        refs.field_for(s.product_id).is_some_and(|field| {
+                            s.custom_field(field) == Some(job.order_id.as_str())
+                        })
+                    });
                     if let Some(service) = found {
-                        let services = self
-                            .ports
-                            .whmcs
-                            .all_client_services(client_id)
-                            .await
-                            .map_err(whmcs_stop)?;
                         let ids: Vec<u64> = services
                             .iter()
                             .filter(|s| s.order_id == service.order_id)
                             .map(|s| s.id)
                             .collect();
+                        let order_id = service.order_id;
                         return self
-                            .ordered(job, progress, service.order_id, ids, "found_existing")
+                            .ordered(job, progress, order_id, ids, "found_existing")
                             .await;
                     }
                 } else if step == Step::OrderUnknown {
@@ -686,11 +703,12 @@ impl JobRunner {
                 // looks the order up before ordering (above), exactly as OrderUnknown does, so
                 // the intent would be a second write with the same meaning. Without it, the
                 // intent is what stops a blind second AddOrder.
-                if step != Step::OrderUnknown && self.config.order_ref_field_id.is_none() {
+                if step != Step::OrderUnknown && self.config.order_ref_fields.is_none() {
                     // Intent first: a crash during AddOrder resumes with a lookup.
                     self.store_point(job, Step::OrderUnknown, StepUpdate::default(), Vec::new())
                         .await?;
                 }
+                let products: BTreeSet<u64> = lines.iter().map(|l| l.product_id).collect();
                 let mut order = NewOrder::new(client_id, lines);
                 order.payment_method = Some(self.config.payment_method.clone());
                 order.no_email = !self.config.send_email;
@@ -704,14 +722,19 @@ impl JobRunner {
                     .add_order(&order)
                     .await
                     .map_err(whmcs_stop)?;
-                self.ordered(
-                    job,
-                    progress,
-                    placed.order_id,
-                    placed.service_ids,
-                    "add_order",
-                )
-                .await
+                let whmcs_order_id = placed.order_id;
+                let next = self
+                    .ordered(
+                        job,
+                        progress,
+                        placed.order_id,
+                        placed.service_ids,
+                        "add_order",
+                    )
+                    .await?;
+                self.check_ref_stored(job, client_id, whmcs_order_id, &products)
+                    .await;
+                Ok(next)
             }
             Step::WhmcsOrdered | Step::AcceptUnknown => {
                 let order_id = progress.whmcs_order_id.ok_or_else(|| {
@@ -824,6 +847,67 @@ impl JobRunner {
             .await?;
         progress.accept_intent_stored = true;
         Ok(Step::WhmcsOrdered)
+    }
+
+    /// The first time each product is ordered in this process: do the new services of
+    /// `whmcs_order_id` carry the external ref in the field configured for their product? A
+    /// service without it raises `ref_field_not_stored` (once per product): a wrong field id,
+    /// or an admin-only field the WHMCS version does not save, would leave an unknown AddOrder
+    /// outcome of that product impossible to look up. The check never stops the job; when
+    /// GetClientsProducts fails, the product is checked on its next order.
+    async fn check_ref_stored(
+        &self,
+        job: &Job,
+        client_id: u64,
+        whmcs_order_id: u64,
+        products: &BTreeSet<u64>,
+    ) {
+        let Some(refs) = &self.config.order_ref_fields else {
+            return;
+        };
+        let unchecked: Vec<u64> = {
+            let checked = self
+                .ref_checked
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            products
+                .iter()
+                .copied()
+                .filter(|pid| !checked.contains(pid))
+                .collect()
+        };
+        if unchecked.is_empty() {
+            return;
+        }
+        let services = match self.ports.whmcs.all_client_services(client_id).await {
+            Ok(services) => services,
+            Err(e) => {
+                tracing::warn!(order_id = %job.order_id, error = %e, "could not check that WHMCS stored the external ref; checking on the next order");
+                return;
+            }
+        };
+        for pid in unchecked {
+            let Some(field) = refs.field_for(pid) else {
+                continue;
+            };
+            // Another job may have checked the product meanwhile: one alert per product.
+            let first = self
+                .ref_checked
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(pid);
+            if !first {
+                continue;
+            }
+            let missing = services
+                .iter()
+                .filter(|s| s.order_id == whmcs_order_id && s.product_id == pid)
+                .any(|s| s.custom_field(field) != Some(job.order_id.as_str()));
+            if missing {
+                tracing::error!(order_id = %job.order_id, whmcs_order_id, product_id = pid, field_id = field, "WHMCS did not store the external ref in the product's custom field");
+                self.ports.alerts.ref_field_not_stored(pid, field).await;
+            }
+        }
     }
 
     /// AcceptOrder succeeded (or WHMCS shows the order Active). Audited, not stored as a

@@ -29,6 +29,7 @@
 //!     config_options: None,
 //!     status: "Approved".into(),
 //!     order_ref_field_id: 12,
+//!     products: 1,
 //! };
 //! let event = seed(&sf, &whmcs, &plan).events.remove(0);
 //!
@@ -55,7 +56,7 @@
 //!     security::Thresholds::default(),
 //! ));
 //! let config = EngineConfig {
-//!     order_ref_field_id: Some(12),
+//!     order_ref_fields: Some(12.into()),
 //!     ..EngineConfig::default()
 //! };
 //! let (tx, mut outcomes) = tokio::sync::mpsc::unbounded_channel();
@@ -131,7 +132,7 @@ pub use alerts::Alerts;
 #[cfg(any(test, feature = "mock"))]
 pub use alerts::MockAlerts;
 pub use builder::{EngineBuilder, RunningEngine};
-pub use config::{DEFAULT_PROVISION_RATE, EngineConfig, OrderStatuses, RetryPolicy};
+pub use config::{DEFAULT_PROVISION_RATE, EngineConfig, OrderStatuses, RefFields, RetryPolicy};
 pub use engine::{Engine, EngineHandle};
 pub use error::{Error, Result};
 pub use job::{JobOutcome, JobRunner, LeaseHealth, Ports};

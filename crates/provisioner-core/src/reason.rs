@@ -43,6 +43,9 @@ pub enum StopReason {
     /// The Order left the approved status while its job was running (checked again right
     /// before each WHMCS write): the job stopped with nothing more written.
     ApprovalWithdrawn,
+    /// `WHMCS_ORDER_REF_FIELD_ID` lists field ids per product and has none for a product the
+    /// Order orders: AddOrder would drop the external ref, so nothing is written to WHMCS.
+    NoRefFieldForProduct,
 }
 
 impl StopReason {
@@ -67,6 +70,7 @@ impl StopReason {
             StopReason::UnknownOutcome => "unknown_outcome",
             StopReason::WhmcsOrderState => "whmcs_order_state",
             StopReason::ApprovalWithdrawn => "approval_withdrawn",
+            StopReason::NoRefFieldForProduct => "no_ref_field_for_product",
         }
     }
 }

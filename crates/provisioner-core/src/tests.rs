@@ -101,10 +101,18 @@ fn whmcs_order(status: &str) -> whmcs_client::Order {
     serde_json::from_value(serde_json::json!({"id": 77, "userid": 12, "status": status})).unwrap()
 }
 
-fn service(id: u64, order_id: u64) -> whmcs_client::Service {
-    serde_json::from_value(
-        serde_json::json!({"id": id, "clientid": 12, "orderid": order_id, "pid": 3}),
-    )
+/// A service of client 12 as GetClientsProducts shows it, with custom `fields` (id, value).
+fn service(id: u64, order_id: u64, pid: u64, fields: &[(u64, &str)]) -> whmcs_client::Service {
+    let fields: Vec<serde_json::Value> = fields
+        .iter()
+        .map(
+            |(id, value)| serde_json::json!({"id": id, "name": "Salesforce Order", "value": value}),
+        )
+        .collect();
+    serde_json::from_value(serde_json::json!({
+        "id": id, "clientid": 12, "orderid": order_id, "pid": pid,
+        "customfields": {"customfield": fields},
+    }))
     .unwrap()
 }
 
@@ -146,6 +154,12 @@ struct World {
     config: EngineConfig,
     shutdown: bool,
     rate: Option<Arc<security::KeyedRateLimiter<String>>>,
+    /// The fake WHMCS services table: the lookup and the ref check read it, AddOrder adds to it.
+    services: Arc<Mutex<Vec<whmcs_client::Service>>>,
+    /// Lines the AddOrder of `add_order_ok` must carry.
+    expect_lines: usize,
+    /// Whether the AddOrder of `add_order_ok` drops the custom fields (a wrong field id).
+    drops_fields: bool,
 }
 
 impl World {
@@ -218,11 +232,14 @@ impl World {
             whmcs: MockWhmcsApi::new(),
             store,
             config: EngineConfig {
-                order_ref_field_id: Some(4),
+                order_ref_fields: Some(4.into()),
                 ..EngineConfig::default()
             },
             shutdown: false,
             rate: None,
+            services: Arc::default(),
+            expect_lines: 2,
+            drops_fields: false,
         }
     }
 
@@ -242,31 +259,57 @@ impl World {
         });
     }
 
+    /// GetClientsProducts over the fake services table: another Order's service 9, and with
+    /// `found` services 5 and 6 of that WHMCS order carrying this Order's ref in field 4.
     fn lookup_finds(&mut self, found: Option<u64>) {
+        {
+            let mut services = self.services.lock().unwrap();
+            services.push(service(9, 12, 3, &[(4, "801000000000009AAA")]));
+            if let Some(o) = found {
+                services.push(service(5, o, 3, &[(4, ORDER)]));
+                services.push(service(6, o, 3, &[(4, ORDER)]));
+            }
+        }
         let c = self.calls.clone();
+        let services = self.services.clone();
         self.whmcs
-            .expect_find_service_by_custom_field()
-            .returning(move |_, field, value| {
-                assert_eq!((field, value), (4, ORDER));
-                log(&c, "whmcs_lookup");
-                Ok(found.map(|o| service(5, o)))
+            .expect_all_client_services()
+            .returning(move |client| {
+                assert_eq!(client, 12);
+                log(&c, "whmcs_services");
+                Ok(services.lock().unwrap().clone())
             });
-        let c = self.calls.clone();
-        self.whmcs.expect_all_client_services().returning(move |_| {
-            log(&c, "whmcs_services");
-            Ok(vec![service(5, 77), service(6, 77), service(9, 12)])
-        });
     }
 
+    /// AddOrder creates WHMCS order 77 with services 5, 6, ... holding each line's custom
+    /// fields (none when `drops_fields`).
     fn add_order_ok(&mut self) {
         let c = self.calls.clone();
+        let services = self.services.clone();
+        let (expect_lines, drops) = (self.expect_lines, self.drops_fields);
         self.whmcs.expect_add_order().returning(move |o| {
-            assert_eq!(o.lines.len(), 2, "quantity 2 gives two lines");
+            assert_eq!(o.lines.len(), expect_lines, "quantity 2 gives two lines");
             assert_eq!(o.client_id, 12);
             log(&c, "whmcs_add_order");
+            let mut ids = Vec::new();
+            let mut table = services.lock().unwrap();
+            for (i, line) in o.lines.iter().enumerate() {
+                let id = 5 + i as u64;
+                let fields: Vec<(u64, &str)> = if drops {
+                    Vec::new()
+                } else {
+                    line.custom_fields
+                        .0
+                        .iter()
+                        .map(|(k, v)| (*k, v.as_str()))
+                        .collect()
+                };
+                table.push(service(id, 77, line.product_id, &fields));
+                ids.push(id);
+            }
             Ok(PlacedOrder {
                 order_id: 77,
-                service_ids: vec![5, 6],
+                service_ids: ids,
                 addon_ids: vec![],
                 domain_ids: vec![],
                 invoice_id: None,
@@ -308,6 +351,12 @@ impl World {
     }
 
     async fn run(self, job: Job) -> (JobOutcome, Vec<String>) {
+        let (mut outcomes, calls) = self.run_all(vec![job]).await;
+        (outcomes.remove(0), calls)
+    }
+
+    /// Runs `jobs` one after the other through one runner (one process).
+    async fn run_all(self, jobs: Vec<Job>) -> (Vec<JobOutcome>, Vec<String>) {
         let calls = self.calls.clone();
         let mut audit = MockAuditLog::new();
         let key = AuditKey::from_bytes(&[7u8; 32]).unwrap();
@@ -345,6 +394,12 @@ impl World {
         alerts
             .expect_writeback_stuck()
             .returning(move |_, _, _| log(&c, "alert:writeback_stuck"));
+        let c = calls.clone();
+        alerts
+            .expect_ref_field_not_stored()
+            .returning(move |pid, field| {
+                log(&c, format!("alert:ref_field_not_stored:{pid}:{field}"))
+            });
         let ports = Ports {
             orders: Arc::new(self.orders),
             whmcs: Arc::new(self.whmcs),
@@ -354,9 +409,12 @@ impl World {
         };
         let (_tx, rx) = tokio::sync::watch::channel(self.shutdown);
         let runner = JobRunner::new(ports, Arc::new(self.config), "w".into(), self.rate, rx);
-        let outcome = runner.run(job).await;
+        let mut outcomes = Vec::new();
+        for job in jobs {
+            outcomes.push(runner.run(job).await);
+        }
         let calls = calls.lock().unwrap().clone();
-        (outcome, calls)
+        (outcomes, calls)
     }
 }
 
@@ -395,12 +453,14 @@ async fn happy_path_runs_every_step_in_order() {
             "advance:marked_provisioning",
             // The lookup by external ref makes MarkedProvisioning an intent of its own: no
             // separate OrderUnknown write before AddOrder.
-            "whmcs_lookup",
+            "whmcs_services",
             // Approval is re-checked right before each non-idempotent WHMCS call.
             "sf_fetch",
             "whmcs_add_order",
             // The WHMCS ids are stored with the AcceptOrder intent, in one write.
             "advance:accept_unknown:77",
+            // The product's first order in this process: did WHMCS store the ref?
+            "whmcs_services",
             "sf_fetch",
             "whmcs_accept",
             "sf_patch:Activated",
@@ -430,7 +490,7 @@ async fn without_a_provisioning_status_no_intermediate_patch_is_sent() {
         provisioning: None,
         ..OrderStatuses::default()
     };
-    w.config.order_ref_field_id = None;
+    w.config.order_ref_fields = None;
     w.fetch_returns(order("Approved"));
     w.client_active();
     w.add_order_ok();
@@ -438,7 +498,7 @@ async fn without_a_provisioning_status_no_intermediate_patch_is_sent() {
     let (outcome, calls) = w.run(job(Step::Received, 0)).await;
     assert!(matches!(outcome, JobOutcome::Provisioned { .. }));
     assert!(!calls.contains(&"sf_patch:Provisioning".to_owned()));
-    assert!(!calls.contains(&"whmcs_lookup".to_owned()));
+    assert!(!calls.contains(&"whmcs_services".to_owned()));
 }
 
 async fn refused_with(o: Order, code: StopReason) {
@@ -527,14 +587,13 @@ async fn our_own_unfinished_work_is_resumed_with_a_lookup_not_refused() {
     );
     let effects = effects(&calls);
     assert_eq!(
-        effects[..5],
+        effects[..4],
         [
             "sf_fetch",
             "whmcs_client",
             // Resumed as "AddOrder outcome unknown": no PATCH (it already says so) and a
             // lookup before anything is created.
             "advance:order_unknown",
-            "whmcs_lookup",
             "whmcs_services",
         ]
     );
@@ -546,7 +605,7 @@ async fn our_own_unfinished_work_is_resumed_with_a_lookup_not_refused() {
 #[tokio::test]
 async fn our_own_unfinished_work_without_a_ref_field_is_never_ordered_twice() {
     let mut w = World::new();
-    w.config.order_ref_field_id = None;
+    w.config.order_ref_fields = None;
     w.fetch_returns(order("Provisioning"));
     w.client_active();
     let (outcome, calls) = w.run(job(Step::Received, 0)).await;
@@ -618,7 +677,7 @@ async fn approval_withdrawn_before_add_order_stops_with_nothing_written() {
             effects(&calls)[4..],
             [
                 "advance:marked_provisioning",
-                "whmcs_lookup",
+                "whmcs_services",
                 "sf_fetch",
                 "finish:refused",
                 "alert:withdrawn:"
@@ -760,20 +819,15 @@ async fn resuming_after_an_unknown_add_order_finds_the_earlier_attempt() {
         "never a second AddOrder"
     );
     assert_eq!(
-        effects(&calls)[..4],
-        [
-            "sf_fetch",
-            "whmcs_lookup",
-            "whmcs_services",
-            "advance:accept_unknown:77"
-        ]
+        effects(&calls)[..3],
+        ["sf_fetch", "whmcs_services", "advance:accept_unknown:77"]
     );
 }
 
 #[tokio::test]
 async fn resuming_after_an_unknown_add_order_without_a_ref_field_fails_safe() {
     let mut w = World::new();
-    w.config.order_ref_field_id = None;
+    w.config.order_ref_fields = None;
     w.fetch_returns(order("Provisioning"));
     let calls = fails_with(w, Step::OrderUnknown, "outcome unknown").await;
     assert!(!calls.contains(&"whmcs_add_order".to_owned()));
@@ -790,14 +844,14 @@ async fn resuming_at_marked_provisioning_looks_up_then_orders() {
     assert!(matches!(outcome, JobOutcome::Provisioned { .. }));
     assert_eq!(
         effects(&calls)[..4],
-        ["sf_fetch", "whmcs_lookup", "sf_fetch", "whmcs_add_order"]
+        ["sf_fetch", "whmcs_services", "sf_fetch", "whmcs_add_order"]
     );
 }
 
 #[tokio::test]
 async fn without_a_ref_field_the_add_order_intent_is_stored_before_the_call() {
     let mut w = World::new();
-    w.config.order_ref_field_id = None;
+    w.config.order_ref_fields = None;
     w.fetch_returns(order("Provisioning"));
     w.add_order_ok();
     w.accept_ok();
@@ -859,7 +913,7 @@ async fn an_unknown_add_order_outcome_is_retried_from_the_intent() {
         effects(&calls),
         [
             "sf_fetch",
-            "whmcs_lookup",
+            "whmcs_services",
             "sf_fetch",
             "reschedule:count=true"
         ]
@@ -1541,4 +1595,149 @@ async fn a_failing_job_whose_claim_was_taken_over_writes_nothing_to_the_order() 
         ["sf_fetch", "whmcs_client"],
         "no PATCH, no dead letter"
     );
+}
+
+/// Config with field 4 on product 3 and field 9 on product 8, and an Order of two lines of
+/// product 3 and one of product 8.
+fn two_products(w: &mut World) -> Order {
+    w.config.order_ref_fields = Some(crate::config::RefFields::PerProduct(
+        [(3, 4), (8, 9)].into_iter().collect(),
+    ));
+    let mut o = order("Approved");
+    let mut second = o.items[0].clone();
+    second.id = "802000000000002AAA".into();
+    second.quantity = 1;
+    second.whmcs_product_id = Some("8".into());
+    o.items.push(second);
+    o
+}
+
+#[tokio::test]
+async fn each_line_carries_the_ref_field_of_its_own_product() {
+    let mut w = World::new();
+    let o = two_products(&mut w);
+    w.fetch_returns(o);
+    w.client_active();
+    w.lookup_finds(None);
+    w.whmcs.expect_add_order().returning(|o| {
+        let fields: Vec<(u64, Vec<(u64, String)>)> = o
+            .lines
+            .iter()
+            .map(|l| {
+                let f = l.custom_fields.0.iter().map(|(k, v)| (*k, v.clone()));
+                (l.product_id, f.collect())
+            })
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                (3, vec![(4, ORDER.to_owned())]),
+                (3, vec![(4, ORDER.to_owned())]),
+                (8, vec![(9, ORDER.to_owned())]),
+            ]
+        );
+        Err(business(whmcs_client::Action::AddOrder, "stop here"))
+    });
+    let (outcome, _) = w.run(job(Step::Received, 0)).await;
+    assert!(matches!(outcome, JobOutcome::Failed { .. }), "{outcome:?}");
+}
+
+#[tokio::test]
+async fn the_lookup_matches_a_service_by_the_field_of_its_own_product() {
+    let mut w = World::new();
+    let mut o = two_products(&mut w);
+    o.status = Some("Provisioning".into());
+    w.fetch_returns(o);
+    {
+        let mut table = w.services.lock().unwrap();
+        // Field 4 is product 3's: on a product 8 service it is not the ref (not a match).
+        table.push(service(5, 70, 8, &[(4, ORDER)]));
+        // Product 8's own field 9 holds the ref: the earlier attempt, WHMCS order 77.
+        table.push(service(6, 77, 8, &[(9, ORDER)]));
+        table.push(service(7, 77, 3, &[]));
+    }
+    w.lookup_finds(None);
+    w.accept_ok();
+    let (outcome, calls) = w.run(job(Step::OrderUnknown, 1)).await;
+    assert_eq!(
+        outcome,
+        JobOutcome::Provisioned {
+            whmcs_order_id: 77,
+            service_ids: vec![6, 7]
+        }
+    );
+    assert!(!calls.contains(&"whmcs_add_order".to_owned()), "{calls:?}");
+}
+
+#[tokio::test]
+async fn a_product_without_a_ref_field_fails_before_any_whmcs_write() {
+    let mut w = World::new();
+    let mut o = two_products(&mut w);
+    o.items[1].whmcs_product_id = Some("5".into());
+    w.fetch_returns(o);
+    // No WHMCS expectation at all: any WHMCS call panics the mock.
+    let (outcome, calls) = w.run(job(Step::Received, 0)).await;
+    let JobOutcome::Failed { reason } = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert!(reason.contains("WHMCS product 5"), "{reason}");
+    assert_eq!(
+        effects(&calls),
+        [
+            "sf_fetch",
+            "sf_patch:Provisioning Failed",
+            &format!("dead_letter:{reason}"),
+            "finish:failed",
+            "alert:failed"
+        ]
+    );
+    assert_eq!(
+        StopReason::NoRefFieldForProduct.as_str(),
+        "no_ref_field_for_product"
+    );
+}
+
+#[tokio::test]
+async fn the_ref_field_is_checked_once_per_product_and_alerts_when_not_stored() {
+    // Two Orders of the same product (the second job's ref is another Order Id).
+    let jobs = || {
+        let mut second = job(Step::MarkedProvisioning, 0);
+        second.order_id = "801000000000002AAA".into();
+        vec![job(Step::MarkedProvisioning, 0), second]
+    };
+    // Stored: checked after the product's first AddOrder only, no alert.
+    let mut w = World::new();
+    w.fetch_returns(order("Provisioning"));
+    w.lookup_finds(None);
+    w.add_order_ok();
+    w.accept_ok();
+    let (outcomes, calls) = w.run_all(jobs()).await;
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, JobOutcome::Provisioned { .. }))
+    );
+    let after_add: Vec<&str> = effects(&calls)
+        .windows(3)
+        .filter(|w| w[0] == "whmcs_add_order")
+        .map(|w| w[2])
+        .collect();
+    assert_eq!(after_add, ["whmcs_services", "sf_fetch"], "{calls:?}");
+    assert!(!calls.iter().any(|c| c.starts_with("alert")), "{calls:?}");
+
+    // Not stored (WHMCS dropped the field): one high alert for the product, not two.
+    let mut w = World::new();
+    w.drops_fields = true;
+    w.fetch_returns(order("Provisioning"));
+    w.lookup_finds(None);
+    w.add_order_ok();
+    w.accept_ok();
+    let (outcomes, calls) = w.run_all(jobs()).await;
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, JobOutcome::Provisioned { .. }))
+    );
+    let alerts: Vec<&String> = calls.iter().filter(|c| c.starts_with("alert")).collect();
+    assert_eq!(alerts, ["alert:ref_field_not_stored:3:4"]);
 }

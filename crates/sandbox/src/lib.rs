@@ -26,6 +26,7 @@
 //!     config_options: None,
 //!     status: "Approved".into(),
 //!     order_ref_field_id: 12,
+//!     products: 1,
 //! });
 //! // What the Flow would publish when the Orders were approved.
 //! for event in &seeded.events {

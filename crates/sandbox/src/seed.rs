@@ -30,15 +30,22 @@ pub struct Plan {
     pub config_options: Option<ConfigOptions>,
     /// `Status` of each Order.
     pub status: String,
-    /// The WHMCS product custom field holding the Salesforce Order Id.
+    /// The WHMCS product custom field holding the Salesforce Order Id (of the only product
+    /// when `products` is 1).
     pub order_ref_field_id: u64,
+    /// WHMCS products in the catalogue (at least 1). With more than one, product `k` (from 1)
+    /// has ref field `k * 10 + 1` (custom fields are rows per product), and Orders order the
+    /// products in turn.
+    pub products: u32,
 }
 
 /// What was seeded.
 #[derive(Debug)]
 pub struct Seeded {
-    /// The WHMCS product every OrderItem orders.
+    /// The first WHMCS product (the one every OrderItem orders in a one-product catalogue).
     pub product_id: u64,
+    /// Every product with its ref field id: `(pid, field id)`.
+    pub ref_fields: Vec<(u64, u64)>,
     /// One event per Order, ready to publish.
     pub events: Vec<OrderProvisionRequested>,
 }
@@ -63,15 +70,23 @@ pub fn provision_event(order: &SfOrder, created_date: i64) -> Option<OrderProvis
 
 /// Seeds both sandboxes according to `plan`.
 pub fn seed(sf: &SalesforceSandbox, whmcs: &WhmcsSandbox, plan: &Plan) -> Seeded {
-    let mut product = Product::new("VPS S").with_custom_field(
-        plan.order_ref_field_id,
-        "Salesforce Order Id",
-        false,
-    );
-    for id in plan.config_options.iter().flat_map(|c| &c.ids) {
-        product = product.with_config_option(*id, &format!("Option {id}"), "text");
+    let count = plan.products.max(1);
+    let mut ref_fields = Vec::new();
+    for k in 1..=count {
+        let (name, field) = if count == 1 {
+            ("VPS S".to_owned(), plan.order_ref_field_id)
+        } else {
+            (format!("VPS {k}"), u64::from(k) * 10 + 1)
+        };
+        let mut product =
+            Product::new(&name).with_custom_field(field, "Salesforce Order Id", false);
+        for id in plan.config_options.iter().flat_map(|c| &c.ids) {
+            product = product.with_config_option(*id, &format!("Option {id}"), "text");
+        }
+        ref_fields.push((whmcs.seed_product(product), field));
     }
-    let product_id = whmcs.seed_product(product);
+    let pids: Vec<u64> = ref_fields.iter().map(|(pid, _)| *pid).collect();
+    let product_id = pids[0];
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
@@ -103,14 +118,31 @@ pub fn seed(sf: &SalesforceSandbox, whmcs: &WhmcsSandbox, plan: &Plan) -> Seeded
                 id: salesforce_id("802", n),
                 order_id,
                 quantity: f64::from(plan.quantity),
-                whmcs_product_id: Value::String(product_id.to_string()),
+                whmcs_product_id: Value::String(pids[(n as usize - 1) % pids.len()].to_string()),
                 billing_cycle: Some(plan.billing_cycle.clone()),
                 config_options: plan.config_options.as_ref().map(|c| c.json.clone()),
             });
             events.extend(event);
         }
     }
-    Seeded { product_id, events }
+    Seeded {
+        product_id,
+        ref_fields,
+        events,
+    }
+}
+
+/// The `WHMCS_ORDER_REF_FIELD_ID` value for `seeded`: the one id of a one-product catalogue,
+/// else `pid:fieldid` pairs separated by commas.
+pub fn ref_field_setting(seeded: &Seeded) -> String {
+    match seeded.ref_fields.as_slice() {
+        [(_, field)] => field.to_string(),
+        pairs => pairs
+            .iter()
+            .map(|(pid, field)| format!("{pid}:{field}"))
+            .collect::<Vec<_>>()
+            .join(","),
+    }
 }
 
 #[cfg(test)]
@@ -136,6 +168,7 @@ mod tests {
             }),
             status: "Approved".into(),
             order_ref_field_id: 9,
+            products: 1,
         };
         let seeded = seed(&sf, &whmcs, &plan);
         assert_eq!(seeded.events.len(), 6);
@@ -159,5 +192,28 @@ mod tests {
             let client_id = clients[(customer - 1) as usize].id;
             assert_eq!(order.whmcs_client_id, Value::String(client_id.to_string()));
         }
+        assert_eq!(ref_field_setting(&seeded), "9");
+    }
+
+    #[tokio::test]
+    async fn a_multi_product_catalogue_has_a_ref_field_per_product() {
+        let sf = SalesforceSandbox::start(SalesforceConfig::default())
+            .await
+            .unwrap();
+        let whmcs = WhmcsSandbox::start().await.unwrap();
+        let plan = Plan {
+            customers: 1,
+            orders_per_customer: 3,
+            quantity: 1,
+            billing_cycle: "monthly".into(),
+            config_options: None,
+            status: "Approved".into(),
+            order_ref_field_id: 9,
+            products: 2,
+        };
+        let seeded = seed(&sf, &whmcs, &plan);
+        assert_eq!(seeded.ref_fields, [(1, 11), (2, 21)]);
+        assert_eq!(ref_field_setting(&seeded), "1:11,2:21");
+        assert_eq!(seeded.events.len(), 3);
     }
 }

@@ -30,11 +30,16 @@ pub enum AlertKind {
     ApprovalWithdrawn,
     /// WHMCS accepted an order but writing the result back to Salesforce keeps failing.
     WritebackStuck,
+    /// The first services ordered of a product do not carry the Salesforce Order Id in the
+    /// product's external-ref custom field (a wrong `WHMCS_ORDER_REF_FIELD_ID` entry, or an
+    /// admin-only field the WHMCS version does not save): an unknown AddOrder outcome of that
+    /// product cannot be looked up.
+    RefFieldNotStored,
 }
 
 impl AlertKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::AuthFailureBurst,
         Self::StatusEnumeration,
         Self::RateLimitAbuse,
@@ -43,6 +48,7 @@ impl AlertKind {
         Self::RepeatedProvisioningFailure,
         Self::ApprovalWithdrawn,
         Self::WritebackStuck,
+        Self::RefFieldNotStored,
     ];
 
     /// The stable snake_case name used in the `alert` field.
@@ -56,6 +62,7 @@ impl AlertKind {
             Self::RepeatedProvisioningFailure => "repeated_provisioning_failure",
             Self::ApprovalWithdrawn => "approval_withdrawn",
             Self::WritebackStuck => "writeback_stuck",
+            Self::RefFieldNotStored => "ref_field_not_stored",
         }
     }
 
@@ -67,9 +74,10 @@ impl AlertKind {
             | Self::StatusEnumeration
             | Self::RepeatedProvisioningFailure
             | Self::ApprovalWithdrawn => Severity::Medium,
-            Self::IntegrityFailure | Self::UnapprovedOrderEvent | Self::WritebackStuck => {
-                Severity::High
-            }
+            Self::IntegrityFailure
+            | Self::UnapprovedOrderEvent
+            | Self::WritebackStuck
+            | Self::RefFieldNotStored => Severity::High,
         }
     }
 }
@@ -172,6 +180,8 @@ pub enum Subject {
     Order(Id),
     /// An integrity check.
     Integrity(IntegrityCheck),
+    /// A WHMCS product (`pid`).
+    Product(u64),
 }
 
 impl Subject {
@@ -193,6 +203,7 @@ impl Subject {
             Self::Customer(id) => details.customer_number(id.clone()),
             Self::Order(id) => details.order_id(id.clone()),
             Self::Integrity(check) => details.check(*check),
+            Self::Product(pid) => details.whmcs_product_id(*pid),
         }
     }
 }
@@ -222,6 +233,10 @@ pub enum DetailKey {
     Check,
     /// A WHMCS order id.
     WhmcsOrderId,
+    /// A WHMCS product id (`pid`).
+    WhmcsProductId,
+    /// A WHMCS custom field id.
+    WhmcsFieldId,
 }
 
 /// A value in `details`: built only through [`Details`]' typed setters.
@@ -287,6 +302,24 @@ impl Details {
     pub fn whmcs_order_id(mut self, id: impl Into<Id>) -> Self {
         self.0
             .insert(DetailKey::WhmcsOrderId, DetailValue::Id(id.into()));
+        self
+    }
+
+    /// Sets `whmcs_product_id`.
+    pub fn whmcs_product_id(mut self, pid: u64) -> Self {
+        self.0.insert(
+            DetailKey::WhmcsProductId,
+            DetailValue::Id(Id::new(pid.to_string())),
+        );
+        self
+    }
+
+    /// Sets `whmcs_field_id`.
+    pub fn whmcs_field_id(mut self, field_id: u64) -> Self {
+        self.0.insert(
+            DetailKey::WhmcsFieldId,
+            DetailValue::Id(Id::new(field_id.to_string())),
+        );
         self
     }
 
@@ -412,7 +445,7 @@ mod tests {
             .iter()
             .map(|k| format!("{}={}", k, serde_json::to_value(k.severity()).unwrap()))
             .collect();
-        expect![[r#"auth_failure_burst="medium" status_enumeration="medium" rate_limit_abuse="low" integrity_failure="high" unapproved_order_event="high" repeated_provisioning_failure="medium" approval_withdrawn="medium" writeback_stuck="high""#]]
+        expect![[r#"auth_failure_burst="medium" status_enumeration="medium" rate_limit_abuse="low" integrity_failure="high" unapproved_order_event="high" repeated_provisioning_failure="medium" approval_withdrawn="medium" writeback_stuck="high" ref_field_not_stored="high""#]]
             .assert_eq(&names.join(" "));
         for k in AlertKind::ALL {
             assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());

@@ -62,7 +62,9 @@ impl Detectors {
             AlertKind::IntegrityFailure => &mut self.integrity_failures,
             AlertKind::UnapprovedOrderEvent => &mut self.refused_orders,
             AlertKind::RepeatedProvisioningFailure => &mut self.provisioning_failures,
-            AlertKind::ApprovalWithdrawn | AlertKind::WritebackStuck => return None,
+            AlertKind::ApprovalWithdrawn
+            | AlertKind::WritebackStuck
+            | AlertKind::RefFieldNotStored => return None,
         })
     }
 
@@ -183,6 +185,17 @@ impl SecurityMonitor {
             whmcs_order_id,
         )
         .await
+    }
+
+    /// The first services the engine ordered of WHMCS product `product_id` do not carry the
+    /// Salesforce Order Id in custom field `field_id` (its `WHMCS_ORDER_REF_FIELD_ID` entry).
+    /// Raised at once, deduplicated per product (the engine checks each product once per
+    /// process).
+    pub async fn ref_field_not_stored(&self, product_id: u64, field_id: u64) -> Option<Alert> {
+        let subject = Subject::Product(product_id);
+        let details = subject.details().whmcs_field_id(field_id);
+        self.record(AlertKind::RefFieldNotStored, subject, details)
+            .await
     }
 
     /// An alert of `kind` about one Order, naming its customer and WHMCS order.
@@ -518,5 +531,29 @@ mod tests {
             (stuck.kind, stuck.severity),
             (AlertKind::WritebackStuck, crate::Severity::High)
         );
+    }
+
+    #[tokio::test]
+    async fn ref_field_not_stored_fires_at_once_per_product_and_names_the_field() {
+        let mut sink = MockAlertSink::new();
+        sink.expect_send().times(2).returning(|_| ());
+        let m = monitor(sink);
+        let a = m
+            .ref_field_not_stored(3, 31)
+            .await
+            .expect("one event is enough");
+        let mut body: serde_json::Value = serde_json::from_str(&a.to_json()).unwrap();
+        body["at"] = "<at>".into();
+        assert_eq!(
+            body,
+            serde_json::json!({"alert": "ref_field_not_stored", "severity": "high", "at": "<at>",
+                "count": 1, "windowSeconds": 0, "details": {"whmcs_product_id": "3",
+                "whmcs_field_id": "31"}})
+        );
+        assert!(
+            m.ref_field_not_stored(3, 31).await.is_none(),
+            "deduplicated"
+        );
+        assert!(m.ref_field_not_stored(4, 41).await.is_some());
     }
 }

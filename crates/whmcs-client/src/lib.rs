@@ -109,6 +109,11 @@ pub trait WhmcsApi: Send + Sync {
 
     /// The first service of `client_id` whose custom field `field_id` equals `value` (an
     /// earlier attempt carrying the same external ref), paging through all services.
+    ///
+    /// Product custom fields are rows per product, so one `field_id` only matches services of
+    /// the products defining it; with a field id per product, walk
+    /// [`all_client_services`](Self::all_client_services) once and match each service by the
+    /// field of its own [`Service::product_id`].
     async fn find_service_by_custom_field(
         &self,
         client_id: u64,

@@ -199,3 +199,31 @@ async fn config_check_names_every_problem_and_redacts_secrets() {
     assert!(stderr.contains("SF_PRIVATE_KEY_FILE"), "{stderr}");
     assert!(!stdout.contains("tiny-canary") && !stderr.contains("tiny-canary"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_check_shows_per_product_ref_fields_and_names_malformed_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = complete_env(dir.path());
+    env.insert("WHMCS_ORDER_REF_FIELD_ID".into(), "3:12,4:15".into());
+    let (code, stdout, stderr) = config_check(&env).await;
+    assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("WHMCS_ORDER_REF_FIELD_ID=3:12,4:15")),
+        "{stdout}"
+    );
+    for (bad, says) in [
+        ("3:12,4", r#""4" is not a pid:fieldid pair"#),
+        ("3:x", r#""x" is not a custom field id"#),
+        ("3:12,3:13", "product 3 is listed twice"),
+    ] {
+        env.insert("WHMCS_ORDER_REF_FIELD_ID".into(), bad.into());
+        let (code, stdout, stderr) = config_check(&env).await;
+        assert_eq!(code, Some(2), "{bad}: stdout:\n{stdout}\nstderr:\n{stderr}");
+        assert!(
+            stderr.contains(&format!("WHMCS_ORDER_REF_FIELD_ID: {says}")),
+            "{bad}: {stderr}"
+        );
+    }
+}

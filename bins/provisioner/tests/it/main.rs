@@ -16,5 +16,6 @@ mod logs;
 mod metrics;
 mod operate;
 mod processes;
+mod ref_fields;
 mod shutdown;
 mod status_api;

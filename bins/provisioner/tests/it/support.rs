@@ -67,6 +67,7 @@ impl World {
                 }),
                 status: "Approved".into(),
                 order_ref_field_id: REF_FIELD,
+                products: 1,
             },
         );
         let dir = tempfile::tempdir().unwrap();

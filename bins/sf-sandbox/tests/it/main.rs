@@ -327,3 +327,11 @@ async fn bad_flags_exit_2_naming_the_flag() {
         assert!(stderr.contains(args[0]), "{args:?}: {stderr}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_product_catalogue_prints_a_ref_field_per_product() {
+    let sandbox = start(&["--products", "3", "--customers", "1"]).await;
+    assert_eq!(sandbox.var("WHMCS_ORDER_REF_FIELD_ID"), "1:11,2:21,3:31");
+    let one = start(&["--order-ref-field-id", "7"]).await;
+    assert_eq!(one.var("WHMCS_ORDER_REF_FIELD_ID"), "7");
+}

@@ -64,6 +64,9 @@ impl provisioner_core::Alerts for RecordedAlerts {
         let whmcs = whmcs.map(|id| format!(":{id}")).unwrap_or_default();
         self.push(format!("writeback_stuck:{order_id}{whmcs}"));
     }
+    async fn ref_field_not_stored(&self, product_id: u64, field_id: u64) {
+        self.push(format!("ref_field_not_stored:{product_id}:{field_id}"));
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -285,7 +288,7 @@ pub(crate) async fn engine_tuned(
             .unwrap(),
     );
     let mut config = EngineConfig {
-        order_ref_field_id: Some(REF_FIELD),
+        order_ref_fields: Some(REF_FIELD.into()),
         concurrency: 16,
         lease: Duration::from_secs(10),
         retry: RetryPolicy {

@@ -348,12 +348,15 @@ fn add_order(state: &mut State, config: &WhmcsSandboxConfig, post: &Array) -> Re
         else {
             continue;
         };
+        // Custom fields are rows per product: WHMCS silently drops a value whose field id is
+        // not defined for the ordered product.
         let custom_fields: BTreeMap<u64, String> = element(post, "customfields", key)
             .and_then(Value::as_text)
             .and_then(|b64| php::decode_serialized_base64(b64.as_bytes()))
             .map(|a| {
                 id_keyed(&a)
                     .into_iter()
+                    .filter(|(id, _)| product.custom_fields.iter().any(|f| f.id == *id))
                     .map(|(id, v)| (id, v.as_text().unwrap_or_default()))
                     .collect()
             })
@@ -794,6 +797,60 @@ mod tests {
             );
             assert_eq!(reply.body["totalresults"], want.len());
         }
+    }
+
+    #[test]
+    fn add_order_drops_custom_fields_the_product_does_not_define() {
+        use base64::Engine as _;
+        let b64 = |s: &str| {
+            base64::engine::general_purpose::STANDARD
+                .encode(s)
+                .replace('+', "%2B")
+                .replace('/', "%2F")
+                .replace('=', "%3D")
+        };
+        let mut state = State::default();
+        state.next_client += 1;
+        let mut client = Client::active("Ada", "ada@example.com");
+        client.id = state.next_client;
+        state.insert_client(client);
+        for (pid, field) in [(1u64, 11u64), (2, 21)] {
+            let mut product = Product::new(&format!("P{pid}")).with_custom_field(
+                field,
+                "Salesforce Order",
+                false,
+            );
+            product.id = pid;
+            state.products.insert(pid, product);
+        }
+        // Line 0 (product 1) carries its own field 11 and product 2's field 21; line 1
+        // (product 2) carries only product 1's field 11.
+        let body = format!(
+            "clientid=1&paymentmethod=banktransfer&pid[0]=1&customfields[0]={}&pid[1]=2&customfields[1]={}",
+            b64(r#"a:2:{i:11;s:4:"REF1";i:21;s:4:"XXXX";}"#),
+            b64(r#"a:1:{i:11;s:4:"REF2";}"#),
+        );
+        let reply = add_order(
+            &mut state,
+            &WhmcsSandboxConfig::default(),
+            &php::parse_form(body.as_bytes()),
+        );
+        assert_eq!(reply.body["result"], "success", "{}", reply.body);
+        let order_id: u64 = reply.body["orderid"].as_str().unwrap().parse().unwrap();
+        let services = &state.orders[&order_id].service_ids;
+        let fields = |i: usize| state.services[&services[i]].custom_fields.clone();
+        assert_eq!(
+            fields(0),
+            BTreeMap::from([(11, "REF1".to_owned())]),
+            "only the product's own field is kept"
+        );
+        assert_eq!(fields(1), BTreeMap::new(), "field 11 is not product 2's");
+        // GetClientsProducts shows product 2's field 21, empty.
+        let listed = get_clients_products(&state, &form(&[("clientid", "1".to_owned())]));
+        let second = &listed.body["products"]["product"][1]["customfields"]["customfield"];
+        assert_eq!(second[0]["id"], 21);
+        assert_eq!(second[0]["value"], "");
+        assert_eq!(second.as_array().unwrap().len(), 1);
     }
 
     #[test]

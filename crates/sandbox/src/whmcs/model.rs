@@ -75,7 +75,7 @@ pub struct Product {
     pub name: String,
     /// Group name.
     pub group_name: String,
-    /// Custom fields.
+    /// Custom fields: defined per product (AddOrder keeps only values of these ids).
     pub custom_fields: Vec<ProductCustomField>,
     /// Configurable options.
     pub config_options: Vec<ProductConfigOption>,
