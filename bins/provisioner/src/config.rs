@@ -76,6 +76,14 @@ pub(crate) static VARIABLES: LazyLock<Vec<(&'static str, Option<String>)>> = Laz
         ),
         ("WHMCS_SEND_EMAIL", text(&engine.send_email)),
         ("WHMCS_NO_INVOICE", text(&engine.no_invoice)),
+        (
+            "WHMCS_TIMEOUT",
+            Some(format_duration(whmcs_client::DEFAULT_READ_TIMEOUT)),
+        ),
+        (
+            "WHMCS_ACCEPT_TIMEOUT",
+            Some(format_duration(whmcs_client::DEFAULT_PROVISIONING_TIMEOUT)),
+        ),
         ("DATABASE_URL", text(&DATABASE_URL)),
         ("JOB_LEASE", Some(format_duration(engine.lease))),
         ("FIELD_ENCRYPTION_KEY", None),
@@ -235,6 +243,10 @@ pub(crate) struct Config {
     pub(crate) order_ref_fields: Option<provisioner_core::RefFields>,
     pub(crate) send_email: bool,
     pub(crate) no_invoice: bool,
+    /// `WHMCS_TIMEOUT`: the client timeout of every WHMCS call but AcceptOrder.
+    pub(crate) whmcs_timeout: Duration,
+    /// `WHMCS_ACCEPT_TIMEOUT`: the client timeout of AcceptOrder (the server module runs).
+    pub(crate) whmcs_accept_timeout: Duration,
     pub(crate) database_url: String,
     pub(crate) job_lease: Duration,
     pub(crate) encryption_key: Option<SecretString>,
@@ -443,6 +455,12 @@ impl Config {
         let no_invoice = p
             .parsed("WHMCS_NO_INVOICE", parse_bool)
             .unwrap_or(engine.no_invoice);
+        let whmcs_timeout = p
+            .parsed("WHMCS_TIMEOUT", parse_duration)
+            .unwrap_or(whmcs_client::DEFAULT_READ_TIMEOUT);
+        let whmcs_accept_timeout = p
+            .parsed("WHMCS_ACCEPT_TIMEOUT", parse_duration)
+            .unwrap_or(whmcs_client::DEFAULT_PROVISIONING_TIMEOUT);
         let database_url = p
             .parsed("DATABASE_URL", |t| {
                 if t.starts_with("sqlite://")
@@ -567,6 +585,8 @@ impl Config {
             order_ref_fields,
             send_email,
             no_invoice,
+            whmcs_timeout,
+            whmcs_accept_timeout,
             database_url,
             job_lease,
             encryption_key,
@@ -654,6 +674,8 @@ impl Config {
         let mut config = whmcs_client::WhmcsConfig::new(url.clone(), id.clone(), secret.clone());
         config.access_key.clone_from(&self.whmcs_access_key);
         config.payment_method.clone_from(&self.payment_method);
+        config.read_timeout = self.whmcs_timeout;
+        config.provisioning_timeout = self.whmcs_accept_timeout;
         Ok(config)
     }
 }
@@ -807,6 +829,8 @@ mod tests {
             ("WHMCS_ORDER_REF_FIELD_ID", None),
             ("WHMCS_SEND_EMAIL", Some("true")),
             ("WHMCS_NO_INVOICE", Some("false")),
+            ("WHMCS_TIMEOUT", Some("30s")),
+            ("WHMCS_ACCEPT_TIMEOUT", Some("10m")),
             ("DATABASE_URL", Some("sqlite://provisioner.db")),
             ("JOB_LEASE", Some("30s")),
             ("FIELD_ENCRYPTION_KEY", None),
@@ -881,5 +905,41 @@ mod tests {
         for text in ["500ms", "30s", "90s", "15m", "2h", "1d", "0s"] {
             assert_eq!(format_duration(parse_duration(text).unwrap()), text);
         }
+    }
+
+    #[test]
+    fn whmcs_timeouts_reach_the_whmcs_client() {
+        let base = [
+            (
+                "WHMCS_API_URL",
+                "https://whmcs.example.com/includes/api.php",
+            ),
+            ("WHMCS_API_IDENTIFIER", "id"),
+            ("WHMCS_API_SECRET", "secret"),
+        ];
+        let c = Config::parse(&Sources::from_parts(None, env(&base))).unwrap();
+        let w = c.whmcs_config().unwrap();
+        assert_eq!(
+            (w.read_timeout, w.provisioning_timeout),
+            (Duration::from_secs(30), Duration::from_secs(600))
+        );
+        let mut set = base.to_vec();
+        set.extend([("WHMCS_TIMEOUT", "3s"), ("WHMCS_ACCEPT_TIMEOUT", "90s")]);
+        let c = Config::parse(&Sources::from_parts(None, env(&set))).unwrap();
+        let w = c.whmcs_config().unwrap();
+        assert_eq!(
+            (w.read_timeout, w.provisioning_timeout),
+            (Duration::from_secs(3), Duration::from_secs(90))
+        );
+        let Err(bad) = Config::parse(&Sources::from_parts(
+            None,
+            env(&[("WHMCS_TIMEOUT", "soon")]),
+        )) else {
+            panic!("a malformed WHMCS_TIMEOUT is refused")
+        };
+        assert!(
+            bad.iter().any(|e| e.starts_with("WHMCS_TIMEOUT")),
+            "{bad:?}"
+        );
     }
 }

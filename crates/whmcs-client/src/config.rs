@@ -30,6 +30,12 @@ pub struct WhmcsConfig {
     pub page_size: u64,
 }
 
+/// Default [`WhmcsConfig::read_timeout`] (`WHMCS_TIMEOUT`).
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Default [`WhmcsConfig::provisioning_timeout`] (`WHMCS_ACCEPT_TIMEOUT`).
+pub const DEFAULT_PROVISIONING_TIMEOUT: Duration = Duration::from_secs(600);
+
 impl WhmcsConfig {
     /// A configuration with the defaults above.
     pub fn new(api_url: impl Into<String>, identifier: SecretString, secret: SecretString) -> Self {
@@ -40,8 +46,8 @@ impl WhmcsConfig {
             access_key: None,
             payment_method: "banktransfer".to_owned(),
             connect_timeout: Duration::from_secs(10),
-            read_timeout: Duration::from_secs(30),
-            provisioning_timeout: Duration::from_secs(600),
+            read_timeout: DEFAULT_READ_TIMEOUT,
+            provisioning_timeout: DEFAULT_PROVISIONING_TIMEOUT,
             page_size: 25,
         }
     }

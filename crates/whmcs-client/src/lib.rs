@@ -75,7 +75,7 @@ mod reply;
 
 use async_trait::async_trait;
 
-pub use config::WhmcsConfig;
+pub use config::{DEFAULT_PROVISIONING_TIMEOUT, DEFAULT_READ_TIMEOUT, WhmcsConfig};
 pub use error::{Action, Error, ErrorClass, Result};
 pub use http::HttpWhmcsClient;
 pub use model::{
