@@ -32,16 +32,6 @@ async fn provisioner(
     )
 }
 
-/// SIGTERM, then exit 0 within the shutdown bound.
-async fn stop(child: &mut tokio::process::Child) {
-    test_support::process::sigterm(child);
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
-}
-
 /// The database is lost: `backup` is put back at `db` (its WAL files removed).
 fn restore(backup: &std::path::Path, db: &std::path::Path) {
     for suffix in ["", "-wal", "-shm"] {
@@ -91,7 +81,7 @@ async fn restoring_an_old_backup_creates_no_duplicate_and_converges() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    stop(&mut child).await;
+    crate::support::stop(&mut child).await;
     assert!(
         world
             .seeded
@@ -109,7 +99,7 @@ async fn restoring_an_old_backup_creates_no_duplicate_and_converges() {
     let mut child = spawn_logged(&["run"], &env, &log);
     wait_healthy(port, Duration::from_secs(30)).await;
     crate::support::wait_all_activated(&world, Duration::from_secs(90)).await;
-    stop(&mut child).await;
+    crate::support::stop(&mut child).await;
 
     assert_eq!(world.whmcs.orders().len(), 100, "no duplicate WHMCS order");
     for e in &world.seeded.events {
@@ -159,7 +149,7 @@ async fn restoring_while_a_whmcs_order_is_pending_accepts_it_once() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    stop(&mut child).await;
+    crate::support::stop(&mut child).await;
     let orders = world.whmcs.orders();
     assert_eq!(orders.len(), 1);
     assert_eq!(orders[0].status, "Pending");
@@ -170,7 +160,7 @@ async fn restoring_while_a_whmcs_order_is_pending_accepts_it_once() {
     let mut child = spawn_logged(&["run"], &env, &log);
     wait_healthy(port, Duration::from_secs(30)).await;
     crate::support::wait_all_activated(&world, Duration::from_secs(60)).await;
-    stop(&mut child).await;
+    crate::support::stop(&mut child).await;
 
     let orders = world.whmcs.orders();
     assert_eq!(orders.len(), 1, "exactly one WHMCS order");

@@ -52,12 +52,7 @@ async fn both_id_forms_reach_one_job_and_one_status_answer() {
     assert_eq!(other.status, 200);
     assert_eq!(answer.body, other.body, "the same answer for both forms");
     assert_eq!(answer.json()["orderId"], long.as_str());
-    test_support::process::sigterm(&child);
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
+    crate::support::stop(&mut child).await;
 
     assert_eq!(world.whmcs.orders().len(), 1, "one WHMCS order");
     assert_eq!(world.whmcs.requests_for("AddOrder").len(), 1);

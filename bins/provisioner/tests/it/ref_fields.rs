@@ -134,12 +134,7 @@ async fn per_product_ref_fields_keep_a_lost_add_order_single_and_stop_unmapped_p
     );
     assert_eq!(world.whmcs.orders().len(), 2);
 
-    test_support::process::sigterm(&child);
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
+    crate::support::stop(&mut child).await;
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("no_ref_field_for_product"), "{text}");
     assert!(

@@ -340,3 +340,13 @@ pub(crate) async fn audit_verify_clean(env: &BTreeMap<String, String>) {
     let (code, out) = run_to_end(&["audit", "verify"], env, Duration::from_secs(60)).await;
     assert_eq!(code, Some(0), "audit verify failed:\n{out}");
 }
+
+/// SIGTERM, then exit 0 within the shutdown bound.
+pub(crate) async fn stop(child: &mut tokio::process::Child) {
+    test_support::process::sigterm(child);
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use provisioner_core::subscriber::SubscriberConfig;
 use provisioner_store::Store;
 use sandbox::salesforce::{FaultKind, Route, Trigger};
 use sandbox::whmcs::Fault;
@@ -97,14 +96,7 @@ async fn five_hundred_orders_with_faults(stack: &Stack) {
     let status = stack.engine.spawn_subscriber(
         &mut handle,
         stack.pubsub_client.clone().expect("built with Pub/Sub"),
-        SubscriberConfig {
-            start: sf_pubsub::ReplayStart::Earliest,
-            watchdog: Duration::from_secs(10),
-            restart_backoff: Duration::from_millis(50),
-            reconnect_backoff: (Duration::from_millis(20), Duration::from_millis(500)),
-            leadership_poll: Duration::from_millis(100),
-            ..SubscriberConfig::default()
-        },
+        stack::fast_subscriber(),
     );
     // Token expiry keeps coming while orders flow.
     let chaos = {

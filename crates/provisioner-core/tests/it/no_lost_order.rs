@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use provisioner_core::EngineHandle;
-use provisioner_core::subscriber::SubscriberConfig;
 use provisioner_store::{JobSource, JobState, Reopen, Store};
 use sandbox::whmcs::Fault;
 
@@ -20,14 +19,7 @@ fn start(stack: &Stack) -> EngineHandle {
     stack.engine.spawn_subscriber(
         &mut handle,
         stack.pubsub_client.clone().expect("built with Pub/Sub"),
-        SubscriberConfig {
-            start: sf_pubsub::ReplayStart::Earliest,
-            watchdog: Duration::from_secs(10),
-            restart_backoff: Duration::from_millis(50),
-            reconnect_backoff: (Duration::from_millis(20), Duration::from_millis(500)),
-            leadership_poll: Duration::from_millis(100),
-            ..SubscriberConfig::default()
-        },
+        stack::fast_subscriber(),
     );
     handle
 }

@@ -436,3 +436,15 @@ impl Stack {
         assert!(summary.records > self.orders.len() as u64);
     }
 }
+
+/// A subscriber from the earliest retained event, quick to reconnect (for the sandboxes).
+pub(crate) fn fast_subscriber() -> provisioner_core::subscriber::SubscriberConfig {
+    provisioner_core::subscriber::SubscriberConfig {
+        start: sf_pubsub::ReplayStart::Earliest,
+        watchdog: Duration::from_secs(10),
+        restart_backoff: Duration::from_millis(50),
+        reconnect_backoff: (Duration::from_millis(20), Duration::from_millis(500)),
+        leadership_poll: Duration::from_millis(100),
+        ..provisioner_core::subscriber::SubscriberConfig::default()
+    }
+}
