@@ -22,7 +22,26 @@ pub(crate) const SECRETS: &[&str] = &[
     "FIELD_ENCRYPTION_KEY",
     "PORTAL_API_TOKEN",
     "SECURITY_ALERT_WEBHOOK",
+    "DATABASE_URL",
 ];
+
+/// `url` with the password of its user-info part (`scheme://user:PASSWORD@host`) replaced by
+/// `[REDACTED]`: how `DATABASE_URL` is shown.
+pub(crate) fn redact_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    // The authority ends at the first `/`, `?` or `#`; its user info at the last `@` in it.
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let Some((user_info, host)) = authority.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    let Some((user, _password)) = user_info.split_once(':') else {
+        return url.to_owned();
+    };
+    format!("{scheme}://{user}:[REDACTED]@{host}{tail}")
+}
 
 /// `SF_EVENTS_ENABLED`'s default.
 const EVENTS_ENABLED: bool = true;
@@ -251,7 +270,8 @@ pub(crate) struct Config {
     /// `WHMCS_SETTLE`: the wait after a call's timeout before an unknown outcome may be
     /// repeated.
     pub(crate) whmcs_settle: Duration,
-    pub(crate) database_url: String,
+    /// `DATABASE_URL` (a secret: a password may be in it).
+    pub(crate) database_url: SecretString,
     pub(crate) job_lease: Duration,
     pub(crate) encryption_key: Option<SecretString>,
     pub(crate) key_rotation_days: u32,
@@ -384,6 +404,8 @@ pub(crate) fn shown(src: &Sources) -> Vec<(String, String, String)> {
         .map(|(name, default)| {
             let value = match src.raw(name).or(default.as_deref()) {
                 None => "(unset)".to_owned(),
+                // The URL helps an operator; only its password is a secret.
+                Some(v) if *name == "DATABASE_URL" => redact_url_password(v),
                 Some(_) if SECRETS.contains(name) => "[REDACTED]".to_owned(),
                 Some(v) => v.to_owned(),
             };
@@ -474,12 +496,12 @@ impl Config {
                     || t.starts_with("postgres://")
                     || t.starts_with("postgresql://")
                 {
-                    Ok(t.to_owned())
+                    Ok(SecretString::from(t.to_owned()))
                 } else {
                     Err("must be sqlite://path or postgres://...".to_owned())
                 }
             })
-            .unwrap_or_default();
+            .unwrap_or_else(|| SecretString::from(String::new()));
         let job_lease = p
             .parsed("JOB_LEASE", parse_duration)
             .unwrap_or(engine.lease);
@@ -913,6 +935,25 @@ mod tests {
     fn durations_format_as_they_parse() {
         for text in ["500ms", "30s", "90s", "15m", "2h", "1d", "0s"] {
             assert_eq!(format_duration(parse_duration(text).unwrap()), text);
+        }
+    }
+
+    #[test]
+    fn only_the_database_password_is_redacted() {
+        for (url, shown) in [
+            (
+                "postgres://app:s3cr3t@db.internal:5432/prov?sslmode=require",
+                "postgres://app:[REDACTED]@db.internal:5432/prov?sslmode=require",
+            ),
+            (
+                "postgresql://app:p@ss@db/prov",
+                "postgresql://app:[REDACTED]@db/prov",
+            ),
+            ("postgres://app@db/prov", "postgres://app@db/prov"),
+            ("sqlite://provisioner.db", "sqlite://provisioner.db"),
+            ("sqlite:///var/lib/p@x/db", "sqlite:///var/lib/p@x/db"),
+        ] {
+            assert_eq!(redact_url_password(url), shown);
         }
     }
 
