@@ -35,11 +35,16 @@ pub enum AlertKind {
     /// admin-only field the WHMCS version does not save): an unknown AddOrder outcome of that
     /// product cannot be looked up.
     RefFieldNotStored,
+    /// The audit chain's head (sequence number and MAC), published on start, every
+    /// `AUDIT_WITNESS_INTERVAL` and on shutdown, so a copy outside the database can later show
+    /// a truncated, wiped or rolled-back chain (`audit verify --expect-head`). Never
+    /// deduplicated.
+    AuditHead,
 }
 
 impl AlertKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::AuthFailureBurst,
         Self::StatusEnumeration,
         Self::RateLimitAbuse,
@@ -49,6 +54,7 @@ impl AlertKind {
         Self::ApprovalWithdrawn,
         Self::WritebackStuck,
         Self::RefFieldNotStored,
+        Self::AuditHead,
     ];
 
     /// The stable snake_case name used in the `alert` field.
@@ -63,13 +69,14 @@ impl AlertKind {
             Self::ApprovalWithdrawn => "approval_withdrawn",
             Self::WritebackStuck => "writeback_stuck",
             Self::RefFieldNotStored => "ref_field_not_stored",
+            Self::AuditHead => "audit_head",
         }
     }
 
     /// The severity every alert of this kind carries.
     pub const fn severity(self) -> Severity {
         match self {
-            Self::RateLimitAbuse => Severity::Low,
+            Self::RateLimitAbuse | Self::AuditHead => Severity::Low,
             Self::AuthFailureBurst
             | Self::StatusEnumeration
             | Self::RepeatedProvisioningFailure
@@ -182,6 +189,8 @@ pub enum Subject {
     Integrity(IntegrityCheck),
     /// A WHMCS product (`pid`).
     Product(u64),
+    /// The audit chain.
+    AuditChain,
 }
 
 impl Subject {
@@ -204,6 +213,7 @@ impl Subject {
             Self::Order(id) => details.order_id(id.clone()),
             Self::Integrity(check) => details.check(*check),
             Self::Product(pid) => details.whmcs_product_id(*pid),
+            Self::AuditChain => details,
         }
     }
 }
@@ -237,6 +247,10 @@ pub enum DetailKey {
     WhmcsProductId,
     /// A WHMCS custom field id.
     WhmcsFieldId,
+    /// An audit record's sequence number.
+    AuditSeq,
+    /// An audit record's chain MAC (hex).
+    AuditMac,
 }
 
 /// A value in `details`: built only through [`Details`]' typed setters.
@@ -289,6 +303,17 @@ impl Details {
     pub fn event_id(mut self, id: impl Into<Id>) -> Self {
         self.0
             .insert(DetailKey::EventId, DetailValue::Id(id.into()));
+        self
+    }
+
+    /// Sets `audit_seq` and `audit_mac`: an audit chain head.
+    pub fn audit_head(mut self, seq: u64, mac_hex: &str) -> Self {
+        self.0.insert(
+            DetailKey::AuditSeq,
+            DetailValue::Id(Id::new(seq.to_string())),
+        );
+        self.0
+            .insert(DetailKey::AuditMac, DetailValue::Id(Id::new(mac_hex)));
         self
     }
 
@@ -445,7 +470,7 @@ mod tests {
             .iter()
             .map(|k| format!("{}={}", k, serde_json::to_value(k.severity()).unwrap()))
             .collect();
-        expect![[r#"auth_failure_burst="medium" status_enumeration="medium" rate_limit_abuse="low" integrity_failure="high" unapproved_order_event="high" repeated_provisioning_failure="medium" approval_withdrawn="medium" writeback_stuck="high" ref_field_not_stored="high""#]]
+        expect![[r#"auth_failure_burst="medium" status_enumeration="medium" rate_limit_abuse="low" integrity_failure="high" unapproved_order_event="high" repeated_provisioning_failure="medium" approval_withdrawn="medium" writeback_stuck="high" ref_field_not_stored="high" audit_head="low""#]]
             .assert_eq(&names.join(" "));
         for k in AlertKind::ALL {
             assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());

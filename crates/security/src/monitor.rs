@@ -64,7 +64,8 @@ impl Detectors {
             AlertKind::RepeatedProvisioningFailure => &mut self.provisioning_failures,
             AlertKind::ApprovalWithdrawn
             | AlertKind::WritebackStuck
-            | AlertKind::RefFieldNotStored => return None,
+            | AlertKind::RefFieldNotStored
+            | AlertKind::AuditHead => return None,
         })
     }
 
@@ -214,6 +215,16 @@ impl SecurityMonitor {
         self.record(kind, subject, details).await
     }
 
+    /// Publishes the audit chain's head (`audit_head`, low severity): sent at once, never
+    /// deduplicated, so every witness reaches the webhook.
+    pub async fn audit_head(&self, seq: u64, mac_hex: &str) -> Alert {
+        let subject = Subject::AuditChain;
+        let details = subject.details().audit_head(seq, mac_hex);
+        let alert = Alert::new(AlertKind::AuditHead, subject, 1, Duration::ZERO, details);
+        self.inner.sink.send(alert.clone()).await;
+        alert
+    }
+
     /// Sends an alert built elsewhere, through deduplication. Returns it if it was sent.
     pub async fn raise(&self, alert: Alert) -> Option<Alert> {
         let out = self.inner.dedup.lock().offer(alert, Instant::now());
@@ -317,6 +328,28 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn every_audit_head_witness_is_sent_never_deduplicated() {
+        let mac = "ab".repeat(32);
+        let mut sink = MockAlertSink::new();
+        let expected = mac.clone();
+        sink.expect_send()
+            .with(function(move |a: &Alert| {
+                a.kind == AlertKind::AuditHead
+                    && a.severity == crate::Severity::Low
+                    && a.details.get(DetailKey::AuditSeq)
+                        == Some(&DetailValue::Id(crate::Id::new("42")))
+                    && a.details.get(DetailKey::AuditMac)
+                        == Some(&DetailValue::Id(crate::Id::new(&expected)))
+            }))
+            .times(3)
+            .return_const(());
+        let m = monitor(sink);
+        for _ in 0..3 {
+            m.audit_head(42, &mac).await;
+        }
     }
 
     #[tokio::test]
