@@ -46,6 +46,9 @@ pub(crate) fn engine_config(config: &Config) -> EngineConfig {
         lease: config.job_lease,
         reconcile_interval: config.reconcile_interval,
         key_rotation_days: config.key_rotation_days,
+        whmcs_timeout: config.whmcs_timeout,
+        whmcs_accept_timeout: config.whmcs_accept_timeout,
+        whmcs_settle: config.whmcs_settle,
         instance: hostname(),
         ..EngineConfig::default()
     }

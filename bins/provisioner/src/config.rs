@@ -84,6 +84,7 @@ pub(crate) static VARIABLES: LazyLock<Vec<(&'static str, Option<String>)>> = Laz
             "WHMCS_ACCEPT_TIMEOUT",
             Some(format_duration(whmcs_client::DEFAULT_PROVISIONING_TIMEOUT)),
         ),
+        ("WHMCS_SETTLE", Some(format_duration(engine.whmcs_settle))),
         ("DATABASE_URL", text(&DATABASE_URL)),
         ("JOB_LEASE", Some(format_duration(engine.lease))),
         ("FIELD_ENCRYPTION_KEY", None),
@@ -247,6 +248,9 @@ pub(crate) struct Config {
     pub(crate) whmcs_timeout: Duration,
     /// `WHMCS_ACCEPT_TIMEOUT`: the client timeout of AcceptOrder (the server module runs).
     pub(crate) whmcs_accept_timeout: Duration,
+    /// `WHMCS_SETTLE`: the wait after a call's timeout before an unknown outcome may be
+    /// repeated.
+    pub(crate) whmcs_settle: Duration,
     pub(crate) database_url: String,
     pub(crate) job_lease: Duration,
     pub(crate) encryption_key: Option<SecretString>,
@@ -461,6 +465,9 @@ impl Config {
         let whmcs_accept_timeout = p
             .parsed("WHMCS_ACCEPT_TIMEOUT", parse_duration)
             .unwrap_or(whmcs_client::DEFAULT_PROVISIONING_TIMEOUT);
+        let whmcs_settle = p
+            .parsed("WHMCS_SETTLE", parse_duration)
+            .unwrap_or(engine.whmcs_settle);
         let database_url = p
             .parsed("DATABASE_URL", |t| {
                 if t.starts_with("sqlite://")
@@ -587,6 +594,7 @@ impl Config {
             no_invoice,
             whmcs_timeout,
             whmcs_accept_timeout,
+            whmcs_settle,
             database_url,
             job_lease,
             encryption_key,
@@ -831,6 +839,7 @@ mod tests {
             ("WHMCS_NO_INVOICE", Some("false")),
             ("WHMCS_TIMEOUT", Some("30s")),
             ("WHMCS_ACCEPT_TIMEOUT", Some("10m")),
+            ("WHMCS_SETTLE", Some("30s")),
             ("DATABASE_URL", Some("sqlite://provisioner.db")),
             ("JOB_LEASE", Some("30s")),
             ("FIELD_ENCRYPTION_KEY", None),
@@ -924,12 +933,26 @@ mod tests {
             (Duration::from_secs(30), Duration::from_secs(600))
         );
         let mut set = base.to_vec();
-        set.extend([("WHMCS_TIMEOUT", "3s"), ("WHMCS_ACCEPT_TIMEOUT", "90s")]);
+        set.extend([
+            ("WHMCS_TIMEOUT", "3s"),
+            ("WHMCS_ACCEPT_TIMEOUT", "90s"),
+            ("WHMCS_SETTLE", "4s"),
+        ]);
         let c = Config::parse(&Sources::from_parts(None, env(&set))).unwrap();
         let w = c.whmcs_config().unwrap();
         assert_eq!(
             (w.read_timeout, w.provisioning_timeout),
             (Duration::from_secs(3), Duration::from_secs(90))
+        );
+        // The engine records the same timeouts with its intents, and waits the settle time.
+        let e = crate::app::engine_config(&c);
+        assert_eq!(
+            (e.whmcs_timeout, e.whmcs_accept_timeout, e.whmcs_settle),
+            (
+                Duration::from_secs(3),
+                Duration::from_secs(90),
+                Duration::from_secs(4)
+            )
         );
         let Err(bad) = Config::parse(&Sources::from_parts(
             None,

@@ -70,6 +70,11 @@ fn sandbox_config(
         ("FIELD_ENCRYPTION_KEY", format!("base64:{key}")),
         // Every order of the largest demo at once (--orders is at most 10,000).
         ("CUSTOMER_PROVISION_RATE", "10000/second".to_owned()),
+        // The in-process WHMCS answers at once: an AddOrder or AcceptOrder whose reply a
+        // `--faults` run loses is given seconds, not minutes, before it may be repeated.
+        ("WHMCS_TIMEOUT", "5s".to_owned()),
+        ("WHMCS_ACCEPT_TIMEOUT", "5s".to_owned()),
+        ("WHMCS_SETTLE", "1s".to_owned()),
     ];
     let sources = config::Sources::from_parts(
         None,

@@ -86,6 +86,7 @@ impl EngineBuilder {
                 store,
                 audit,
                 alerts,
+                clock: Arc::new(crate::clock::SystemClock::new()),
             },
             config: EngineConfig::default(),
             provision_rate: None,
@@ -97,6 +98,13 @@ impl EngineBuilder {
     /// The engine configuration.
     pub fn config(mut self, config: EngineConfig) -> Self {
         self.config = config;
+        self
+    }
+
+    /// The clock the engine runs on (default: [`crate::SystemClock`]); a simulation or a test
+    /// gives its own.
+    pub fn clock(mut self, clock: Arc<dyn crate::Clock>) -> Self {
+        self.ports.clock = clock;
         self
     }
 

@@ -137,7 +137,7 @@ impl RetryPolicy {
 /// [`EngineConfig::default`] holds the defaults of the configuration contract's engine settings
 /// (`SF_PROVISION_EVENT_CHANNEL`, `SF_ORDER_STATUS_*`, `WHMCS_PAYMENT_METHOD`, `WHMCS_SEND_EMAIL`,
 /// `WHMCS_NO_INVOICE`, `JOB_LEASE`, `ENCRYPTION_KEY_ROTATION_DAYS`, `PROVISIONER_CONCURRENCY`,
-/// `RECONCILE_INTERVAL`); the binary's configuration takes its defaults from here.
+/// `RECONCILE_INTERVAL`, `WHMCS_TIMEOUT`, `WHMCS_ACCEPT_TIMEOUT`, `WHMCS_SETTLE`); the binary's configuration takes its defaults from here.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
     /// Picklist values.
@@ -174,7 +174,19 @@ pub struct EngineConfig {
     /// How long a write-back to Salesforce may keep failing after WHMCS accepted before
     /// `writeback_stuck` is raised (once per Order; the job keeps retrying).
     pub writeback_stuck_after: Duration,
+    /// Client timeout of AddOrder (`WHMCS_TIMEOUT`): recorded with its intent. Give the WHMCS
+    /// client the same value.
+    pub whmcs_timeout: Duration,
+    /// Client timeout of AcceptOrder (`WHMCS_ACCEPT_TIMEOUT`): recorded with its intent.
+    pub whmcs_accept_timeout: Duration,
+    /// `WHMCS_SETTLE`: an AddOrder or AcceptOrder whose outcome is unknown is repeated only
+    /// after a lookup made no earlier than its sent time + its timeout + this still finds
+    /// nothing.
+    pub whmcs_settle: Duration,
 }
+
+/// The default of `WHMCS_SETTLE`.
+pub const DEFAULT_WHMCS_SETTLE: Duration = Duration::from_secs(30);
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -195,6 +207,9 @@ impl Default for EngineConfig {
             shutdown_grace: Duration::from_secs(25),
             instance: "provisioner".into(),
             writeback_stuck_after: Duration::from_secs(3600),
+            whmcs_timeout: whmcs_client::DEFAULT_READ_TIMEOUT,
+            whmcs_accept_timeout: whmcs_client::DEFAULT_PROVISIONING_TIMEOUT,
+            whmcs_settle: DEFAULT_WHMCS_SETTLE,
         }
     }
 }

@@ -1,11 +1,13 @@
 //! The running engine: workers under a concurrency bound, the reconcile sweep, key rotation,
 //! graceful shutdown.
+//!
+//! Every `select!` here is `biased`: the same inputs make the same choices, which the
+//! deterministic simulation (`tests/sim`) relies on.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use audit::{Action, Actor, NewAuditRecord, Outcome};
-use chrono::Utc;
 use provisioner_store::{JobSource, JobState, NewJob, Reopen};
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
@@ -120,7 +122,7 @@ impl Engine {
             .any(|r| !matches!(r, IntakeResult::Checkpointed))
         {
             metrics::gauge!(crate::metrics::LAST_EVENT_TIMESTAMP)
-                .set(chrono::Utc::now().timestamp() as f64);
+                .set(self.ports.clock.now().timestamp() as f64);
         }
         if enqueued {
             self.notify.notify_one();
@@ -179,7 +181,7 @@ impl Engine {
                 };
                 self.ports
                     .store
-                    .reopen(&order_id, how, vec![record], Utc::now())
+                    .reopen(&order_id, how, vec![record], self.ports.clock.now())
                     .await
             } else {
                 let job = NewJob {
@@ -191,7 +193,7 @@ impl Engine {
                 };
                 self.ports
                     .store
-                    .enqueue(job, vec![record], Utc::now())
+                    .enqueue(job, vec![record], self.ports.clock.now())
                     .await
             }
             .inspect_err(crate::metrics::store_failed)?;
@@ -216,7 +218,7 @@ impl Engine {
             .rotate_keys_if_older_than(
                 self.config.key_rotation_days,
                 Actor::KEY_MANAGER,
-                Utc::now(),
+                self.ports.clock.now(),
             )
             .await
             .inspect_err(crate::metrics::store_failed)?;
@@ -241,6 +243,7 @@ impl Engine {
             let mut tick = tokio::time::interval(me.config.reconcile_interval);
             while !*shutdown.borrow() {
                 tokio::select! {
+                    biased;
                     _ = tick.tick() => {
                         if let Err(e) = me.reconcile_once().await {
                             tracing::warn!(error = %e, "reconcile sweep failed");
@@ -256,6 +259,7 @@ impl Engine {
             let mut tick = tokio::time::interval(Duration::from_secs(3600));
             while !*shutdown.borrow() {
                 tokio::select! {
+                    biased;
                     _ = tick.tick() => {
                         if let Err(e) = me.rotate_keys_once().await {
                             tracing::warn!(error = %e, "key rotation failed");
@@ -288,6 +292,7 @@ impl Engine {
                 break;
             }
             let permit = tokio::select! {
+                biased;
                 p = Arc::clone(&permits).acquire_owned() => match p {
                     Ok(p) => p,
                     Err(_) => break,
@@ -295,11 +300,11 @@ impl Engine {
                 _ = shutdown.changed() => break,
             };
             while running.try_join_next().is_some() {}
-            let claimed_at = std::time::Instant::now();
+            let claimed_at = self.ports.clock.monotonic();
             match self
                 .ports
                 .store
-                .claim(&self.owner, Utc::now(), self.config.lease)
+                .claim(&self.owner, self.ports.clock.now(), self.config.lease)
                 .await
             {
                 Ok(Some(job)) => {
@@ -319,7 +324,7 @@ impl Engine {
                             .release(
                                 &order_id,
                                 job.lease_owner.as_deref().unwrap_or_default(),
-                                Utc::now(),
+                                self.ports.clock.now(),
                             )
                             .await
                         {
@@ -329,6 +334,7 @@ impl Engine {
                         continue;
                     }
                     let runner = Arc::clone(&runner);
+                    let runner_clock = Arc::clone(&self.ports.clock);
                     let store = Arc::clone(&self.ports.store);
                     let lease = self.config.lease;
                     let notify = Arc::clone(&self.notify);
@@ -337,7 +343,8 @@ impl Engine {
                     running.spawn(async move {
                         let _permit = permit;
                         let token = job.lease_owner.clone().unwrap_or_default();
-                        let health = Arc::new(LeaseHealth::new(lease, claimed_at));
+                        let clock = Arc::clone(&runner_clock);
+                        let health = Arc::new(LeaseHealth::new(lease, Arc::clone(&clock), claimed_at));
                         let renew = tokio::spawn({
                             let order_id = order_id.clone();
                             let health = Arc::clone(&health);
@@ -346,10 +353,11 @@ impl Engine {
                                 tick.tick().await;
                                 loop {
                                     tick.tick().await;
-                                    let sent = std::time::Instant::now();
-                                    let until = Utc::now()
-                                        + chrono::Duration::from_std(lease).unwrap_or_default();
-                                    match store.renew_lease(&order_id, &token, until).await {
+                                    let sent = clock.monotonic();
+                                    match store
+                                        .renew_lease(&order_id, &token, lease, clock.now())
+                                        .await
+                                    {
                                         Ok(()) => health.renewed(sent),
                                         Err(provisioner_store::Error::LeaseLost { .. }) => {
                                             health.lost();
@@ -381,6 +389,7 @@ impl Engine {
                 Ok(None) => {
                     drop(permit);
                     tokio::select! {
+                        biased;
                         _ = self.notify.notified() => {}
                         _ = tokio::time::sleep(self.config.poll_interval) => {}
                         _ = shutdown.changed() => break,
@@ -390,6 +399,7 @@ impl Engine {
                     drop(permit);
                     tracing::warn!(error = %e, "claiming a job failed");
                     tokio::select! {
+                        biased;
                         _ = tokio::time::sleep(self.config.poll_interval) => {}
                         _ = shutdown.changed() => break,
                     }

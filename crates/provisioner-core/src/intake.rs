@@ -2,7 +2,6 @@
 //! reason, or a checkpoint — the checkpoint always in the same transaction as what it passes.
 
 use audit::{Action, Actor, DetailKey, NewAuditRecord, Outcome};
-use chrono::Utc;
 use provisioner_store::{Checkpoint, InboxEvent, IngestOutcome, NewDeadLetter};
 
 use crate::job::Ports;
@@ -74,7 +73,7 @@ pub async fn handle(
     topic: &str,
     item: IntakeItem,
 ) -> provisioner_store::Result<IntakeResult> {
-    let now = Utc::now();
+    let now = ports.clock.now();
     match item {
         IntakeItem::Keepalive { latest_replay_id } => {
             ports
@@ -215,7 +214,7 @@ async fn store_run(
     }
     let outcomes = ports
         .store
-        .ingest_events(&events, Utc::now())
+        .ingest_events(&events, ports.clock.now())
         .await
         .inspect_err(crate::metrics::store_failed)?;
     for (event, outcome) in events.iter().zip(&outcomes) {

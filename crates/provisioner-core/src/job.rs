@@ -19,6 +19,7 @@ use whmcs_client::{
 };
 
 use crate::alerts::Alerts;
+use crate::clock::{Clock, jitter};
 use crate::config::EngineConfig;
 use crate::reason::StopReason;
 use crate::sanitize::sanitize_reason;
@@ -36,6 +37,8 @@ pub struct Ports {
     pub audit: Arc<dyn AuditLog>,
     /// Security / operations alerts.
     pub alerts: Arc<dyn Alerts>,
+    /// Time ([`crate::SystemClock`] outside tests and simulations).
+    pub clock: Arc<dyn Clock>,
 }
 
 /// How running a job ended (for logs, metrics and tests).
@@ -97,6 +100,10 @@ enum Stop {
     /// The Order left the approved status before a WHMCS write (`approval_withdrawn`).
     Withdrawn {
         whmcs_order_id: Option<u64>,
+    },
+    /// A WHMCS call of unknown outcome may still commit: wait until `until`, then look again.
+    Settling {
+        until: DateTime<Utc>,
     },
     AlreadyDone,
     LeaseLost,
@@ -212,17 +219,21 @@ fn token(job: &Job) -> &str {
 #[derive(Debug)]
 pub struct LeaseHealth {
     lease: Duration,
-    /// Until when an external call may start, from the last renewal sent and confirmed.
-    valid_until: std::sync::Mutex<std::time::Instant>,
+    clock: Arc<dyn Clock>,
+    /// Until when (monotonic) an external call may start, from the last renewal sent and
+    /// confirmed.
+    valid_until: std::sync::Mutex<Duration>,
     lost: std::sync::atomic::AtomicBool,
 }
 
 impl LeaseHealth {
-    /// A lease of `lease` claimed (sent) at `claimed_at`.
-    pub fn new(lease: Duration, claimed_at: std::time::Instant) -> Self {
+    /// A lease of `lease` claimed (sent) at `claimed_at`, a [`Clock::monotonic`] time of
+    /// `clock`.
+    pub fn new(lease: Duration, clock: Arc<dyn Clock>, claimed_at: Duration) -> Self {
         LeaseHealth {
             lease,
-            valid_until: std::sync::Mutex::new(claimed_at + Self::usable(lease)),
+            clock,
+            valid_until: std::sync::Mutex::new(claimed_at.saturating_add(Self::usable(lease))),
             lost: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -232,10 +243,10 @@ impl LeaseHealth {
         lease.saturating_sub(lease / 3)
     }
 
-    /// A renewal sent at `sent_at` went through.
-    pub fn renewed(&self, sent_at: std::time::Instant) {
+    /// A renewal sent at `sent_at` (a [`Clock::monotonic`] time) went through.
+    pub fn renewed(&self, sent_at: Duration) {
         if let Ok(mut until) = self.valid_until.lock() {
-            *until = (*until).max(sent_at + Self::usable(self.lease));
+            *until = (*until).max(sent_at.saturating_add(Self::usable(self.lease)));
         }
     }
 
@@ -250,7 +261,7 @@ impl LeaseHealth {
             && self
                 .valid_until
                 .lock()
-                .map(|until| std::time::Instant::now() < *until)
+                .map(|until| self.clock.monotonic() < *until)
                 .unwrap_or(false)
     }
 }
@@ -262,9 +273,8 @@ struct Progress {
     client_id: Option<u64>,
     whmcs_order_id: Option<u64>,
     service_ids: Vec<u64>,
-    /// The stored recovery point already says "AcceptOrder may have run" (written together
-    /// with the WHMCS ids), so no separate intent is needed before calling it.
-    accept_intent_stored: bool,
+    /// This run stored an intent: the one the claim reported (if any) is no longer the last.
+    stored_intent: bool,
 }
 
 /// Runs claimed jobs.
@@ -306,10 +316,9 @@ impl JobRunner {
     /// Runs one claimed job until it finishes, waits for a retry, or is given back. Every log
     /// line of the run carries the order id and event id (a `job` span).
     pub async fn run(&self, job: Job) -> JobOutcome {
-        let unbounded = LeaseHealth::new(
-            Duration::from_secs(u32::MAX.into()),
-            std::time::Instant::now(),
-        );
+        let clock = Arc::clone(&self.ports.clock);
+        let now = clock.monotonic();
+        let unbounded = LeaseHealth::new(Duration::from_secs(u32::MAX.into()), clock, now);
         self.run_fenced(job, &unbounded).await
     }
 
@@ -331,7 +340,8 @@ impl JobRunner {
             && let Some(limiter) = &self.rate
             && let Err(wait) = limiter.check(&job.customer_number)
         {
-            let at = Utc::now() + chrono::Duration::from_std(wait.0).unwrap_or_default();
+            let at =
+                self.ports.clock.now() + chrono::Duration::from_std(wait.0).unwrap_or_default();
             return match self
                 .ports
                 .store
@@ -340,7 +350,7 @@ impl JobRunner {
                     token(&job),
                     Reschedule::at(at, None, false),
                     Vec::new(),
-                    Utc::now(),
+                    self.ports.clock.now(),
                 )
                 .await
             {
@@ -408,7 +418,14 @@ impl JobRunner {
     ) -> Result<(), Stop> {
         self.ports
             .store
-            .advance(&job.order_id, token(job), step, update, audit, Utc::now())
+            .advance(
+                &job.order_id,
+                token(job),
+                step,
+                update,
+                audit,
+                self.ports.clock.now(),
+            )
             .await?;
         Ok(())
     }
@@ -639,8 +656,14 @@ impl JobRunner {
                         Step::Checked,
                         Some((DetailKey::ReasonCode, "own_work_resumed".to_owned())),
                     )?;
-                    self.store_point(job, Step::OrderUnknown, StepUpdate::default(), vec![record])
+                    // When that AddOrder was sent is unknown: it counts as sent now.
+                    let update = StepUpdate {
+                        intent_timeout: Some(self.config.whmcs_timeout),
+                        ..StepUpdate::default()
+                    };
+                    self.store_point(job, Step::OrderUnknown, update, vec![record])
                         .await?;
+                    progress.stored_intent = true;
                     return Ok(Step::OrderUnknown);
                 }
                 self.advance(job, Step::Checked, StepUpdate::default(), None)
@@ -689,6 +712,11 @@ impl JobRunner {
                             .ordered(job, progress, order_id, ids, "found_existing")
                             .await;
                     }
+                    if step == Step::OrderUnknown {
+                        // Not found: repeated only when the earlier AddOrder can no longer
+                        // commit (the settle rule), else the job waits and looks again.
+                        self.may_repeat(job, progress, Step::OrderUnknown).await?;
+                    }
                 } else if step == Step::OrderUnknown {
                     return Err(permanent(
                         StopReason::UnknownOutcome,
@@ -699,15 +727,10 @@ impl JobRunner {
                 // Approval is checked again right before the non-idempotent call.
                 self.recheck(job, progress).await?;
                 let lines = self.lines(job, progress)?;
-                // With the external-ref field configured, resuming at MarkedProvisioning already
-                // looks the order up before ordering (above), exactly as OrderUnknown does, so
-                // the intent would be a second write with the same meaning. Without it, the
-                // intent is what stops a blind second AddOrder.
-                if step != Step::OrderUnknown && self.config.order_ref_fields.is_none() {
-                    // Intent first: a crash during AddOrder resumes with a lookup.
-                    self.store_point(job, Step::OrderUnknown, StepUpdate::default(), Vec::new())
-                        .await?;
-                }
+                // The intent, with its sent time and timeout, right before every AddOrder: a
+                // run that loses track of it looks it up, and repeats it only after the settle
+                // point.
+                self.store_intent(job, progress, Step::OrderUnknown).await?;
                 let products: BTreeSet<u64> = lines.iter().map(|l| l.product_id).collect();
                 let mut order = NewOrder::new(client_id, lines);
                 order.payment_method = Some(self.config.payment_method.clone());
@@ -749,7 +772,11 @@ impl JobRunner {
                         .map_err(whmcs_stop)?
                     {
                         Some(o) if o.is_active() => return self.accepted(job, order_id).await,
-                        Some(o) if o.status.eq_ignore_ascii_case("pending") => {}
+                        // Still Pending: the AcceptOrder may still be running the server
+                        // module; repeated only after its settle point.
+                        Some(o) if o.status.eq_ignore_ascii_case("pending") => {
+                            self.may_repeat(job, progress, Step::AcceptUnknown).await?;
+                        }
                         Some(_) | None => {
                             return Err(permanent(
                                 StopReason::WhmcsOrderState,
@@ -760,10 +787,8 @@ impl JobRunner {
                 }
                 // Approval is checked again right before the non-idempotent call.
                 self.recheck(job, progress).await?;
-                if step != Step::AcceptUnknown && !progress.accept_intent_stored {
-                    self.store_point(job, Step::AcceptUnknown, StepUpdate::default(), Vec::new())
-                        .await?;
-                }
+                self.store_intent(job, progress, Step::AcceptUnknown)
+                    .await?;
                 if !lease.is_live() {
                     return Err(Stop::LeaseLapsed);
                 }
@@ -798,7 +823,7 @@ impl JobRunner {
                     whmcs_service_ids: Some(
                         progress.service_ids.iter().map(u64::to_string).collect(),
                     ),
-                    provisioned_at: Some(Utc::now()),
+                    provisioned_at: Some(self.ports.clock.now()),
                     provisioning_error: None,
                 };
                 // After WHMCS accepted, the Order is never marked failed: every write-back
@@ -820,6 +845,62 @@ impl JobRunner {
         }
     }
 
+    /// The client timeout of the call whose intent is stored at `step`.
+    fn intent_timeout(&self, step: Step) -> Duration {
+        if step == Step::AcceptUnknown {
+            self.config.whmcs_accept_timeout
+        } else {
+            self.config.whmcs_timeout
+        }
+    }
+
+    /// Stores the intent of the call about to be sent (`step`: [`Step::OrderUnknown`] for
+    /// AddOrder, [`Step::AcceptUnknown`] for AcceptOrder), with its timeout; the store stamps
+    /// its sent time by the database's clock.
+    async fn store_intent(
+        &self,
+        job: &Job,
+        progress: &mut Progress,
+        step: Step,
+    ) -> Result<(), Stop> {
+        let update = StepUpdate {
+            intent_timeout: Some(self.intent_timeout(step)),
+            ..StepUpdate::default()
+        };
+        self.store_point(job, step, update, Vec::new()).await?;
+        progress.stored_intent = true;
+        Ok(())
+    }
+
+    /// The settle rule: the call of unknown outcome at `step` was not found, and may be sent
+    /// again only if this claim (hence the lookup that just missed) began no earlier than its
+    /// sent time + its timeout + `WHMCS_SETTLE`, both by the database's clock. Otherwise the
+    /// job waits until that point and looks again. An intent with no recorded time (a job
+    /// from an older version) counts as sent now, as does one this run stored itself.
+    async fn may_repeat(&self, job: &Job, progress: &mut Progress, step: Step) -> Result<(), Stop> {
+        let settle = self.config.whmcs_settle;
+        if let Some(intent) = job.intent
+            && !progress.stored_intent
+        {
+            let point = intent.settle_point(settle);
+            if job.claimed_at() >= point {
+                return Ok(());
+            }
+            tracing::info!(order_id = %job.order_id, step = %step, settle_point = %point, "outcome unknown and not found yet; waiting until the call cannot still commit");
+            return Err(Stop::Settling { until: point });
+        }
+        if !progress.stored_intent {
+            self.store_intent(job, progress, step).await?;
+        }
+        // The stored time is the database's and at least this claim's: the next claim checks
+        // it again.
+        let wait = chrono::Duration::from_std(self.intent_timeout(step).saturating_add(settle))
+            .unwrap_or(chrono::Duration::MAX);
+        Err(Stop::Settling {
+            until: job.claimed_at() + wait,
+        })
+    }
+
     async fn ordered(
         &self,
         job: &Job,
@@ -833,19 +914,17 @@ impl JobRunner {
         let update = StepUpdate {
             whmcs_order_id: Some(order_id.to_string()),
             service_ids: Some(progress.service_ids.iter().map(u64::to_string).collect()),
+            intent_timeout: None,
         };
-        // The WHMCS ids are stored with the AcceptOrder intent in one write: a job resumed
-        // from it asks WHMCS for the order's status first (Pending: accept; Active: done),
-        // which is also right when AcceptOrder was never called. The audit trail records the
-        // `whmcs_ordered` step, in the same transaction.
+        // The WHMCS ids, with the `whmcs_ordered` audit record in the same transaction. No
+        // AcceptOrder was sent yet: its intent is stored right before it is.
         let record = Self::step_record(
             job,
             Step::WhmcsOrdered,
             Some((DetailKey::ReasonCode, how.to_owned())),
         )?;
-        self.store_point(job, Step::AcceptUnknown, update, vec![record])
+        self.store_point(job, Step::WhmcsOrdered, update, vec![record])
             .await?;
-        progress.accept_intent_stored = true;
         Ok(Step::WhmcsOrdered)
     }
 
@@ -967,7 +1046,13 @@ impl JobRunner {
         let audit = self.records(job, records)?;
         self.ports
             .store
-            .finish(&job.order_id, token(job), end, audit, Utc::now())
+            .finish(
+                &job.order_id,
+                token(job),
+                end,
+                audit,
+                self.ports.clock.now(),
+            )
             .await?;
         Ok(())
     }
@@ -1007,7 +1092,7 @@ impl JobRunner {
     }
 
     async fn settle(&self, job: &Job, step: Step, stop: Stop) -> JobOutcome {
-        let now = Utc::now();
+        let now = self.ports.clock.now();
         let store = &self.ports.store;
         let settled = match stop {
             Stop::LeaseLost => return JobOutcome::LeaseLost,
@@ -1040,6 +1125,16 @@ impl JobRunner {
                     .map(|()| JobOutcome::AlreadyProvisioned)
             }
             Stop::Refuse { code } => self.refuse(job, code, None).await,
+            // Not an attempt: the call's outcome is still open, nothing failed.
+            Stop::Settling { until } => self
+                .reschedule(
+                    job,
+                    step,
+                    StopReason::OutcomeSettling,
+                    Reschedule::at(until, None, false),
+                )
+                .await
+                .map(|()| JobOutcome::Delayed { at: until }),
             Stop::Withdrawn { whmcs_order_id } => {
                 self.refuse(job, StopReason::ApprovalWithdrawn, Some(whmcs_order_id))
                     .await
@@ -1054,7 +1149,10 @@ impl JobRunner {
                 let attempts = job.attempts.saturating_add(1);
                 let age = (now - job.attempts_since()).to_std().unwrap_or_default();
                 if self.config.retry.may_retry(attempts, age) {
-                    let delay = self.config.retry.delay(job.attempts, rand::random::<f64>());
+                    let delay = self
+                        .config
+                        .retry
+                        .delay(job.attempts, jitter(&job.order_id, job.attempts));
                     let at = now + chrono::Duration::from_std(delay).unwrap_or_default();
                     let reason = sanitize_reason(&reason);
                     tracing::info!(order_id = %job.order_id, step = %step, attempt = attempts, %reason, "retrying");
@@ -1123,7 +1221,10 @@ impl JobRunner {
         retry: Reschedule,
     ) -> Result<(), SettleError> {
         metrics::counter!(crate::metrics::RETRIES_TOTAL, "error" => code.as_str()).increment(1);
-        let outcome = if code == StopReason::WhmcsUnknownOutcome {
+        let outcome = if matches!(
+            code,
+            StopReason::WhmcsUnknownOutcome | StopReason::OutcomeSettling
+        ) {
             Outcome::Unknown
         } else {
             Outcome::Retry
@@ -1136,7 +1237,13 @@ impl JobRunner {
         let audit = self.records(job, vec![record])?;
         self.ports
             .store
-            .reschedule(&job.order_id, token(job), retry, audit, Utc::now())
+            .reschedule(
+                &job.order_id,
+                token(job),
+                retry,
+                audit,
+                self.ports.clock.now(),
+            )
             .await?;
         Ok(())
     }
@@ -1151,7 +1258,10 @@ impl JobRunner {
         reason: String,
         now: DateTime<Utc>,
     ) -> Result<JobOutcome, SettleError> {
-        let delay = self.config.retry.delay(job.attempts, rand::random::<f64>());
+        let delay = self
+            .config
+            .retry
+            .delay(job.attempts, jitter(&job.order_id, job.attempts));
         let at = now + chrono::Duration::from_std(delay).unwrap_or_default();
         let reason = sanitize_reason(&reason);
         let failing_for = (now - job.writeback_since.unwrap_or(now))
@@ -1196,10 +1306,14 @@ impl JobRunner {
         ];
         let audit = self.records(job, records)?;
         // The fence first: a claim that was taken over writes nothing to the Order.
-        let until = Utc::now() + chrono::Duration::from_std(self.config.lease).unwrap_or_default();
         self.ports
             .store
-            .renew_lease(&job.order_id, token(job), until)
+            .renew_lease(
+                &job.order_id,
+                token(job),
+                self.config.lease,
+                self.ports.clock.now(),
+            )
             .await?;
         let update = OrderUpdate {
             status: Some(self.config.statuses.failed.clone()),
@@ -1224,7 +1338,13 @@ impl JobRunner {
         };
         self.ports
             .store
-            .finish(&job.order_id, token(job), end, audit, Utc::now())
+            .finish(
+                &job.order_id,
+                token(job),
+                end,
+                audit,
+                self.ports.clock.now(),
+            )
             .await?;
         self.ports
             .alerts

@@ -118,6 +118,7 @@
 
 mod alerts;
 mod builder;
+mod clock;
 mod config;
 mod engine;
 mod error;
@@ -132,7 +133,11 @@ pub use alerts::Alerts;
 #[cfg(any(test, feature = "mock"))]
 pub use alerts::MockAlerts;
 pub use builder::{EngineBuilder, RunningEngine};
-pub use config::{DEFAULT_PROVISION_RATE, EngineConfig, OrderStatuses, RefFields, RetryPolicy};
+pub use clock::{Clock, SystemClock};
+pub use config::{
+    DEFAULT_PROVISION_RATE, DEFAULT_WHMCS_SETTLE, EngineConfig, OrderStatuses, RefFields,
+    RetryPolicy,
+};
 pub use engine::{Engine, EngineHandle};
 pub use error::{Error, Result};
 pub use job::{JobOutcome, JobRunner, LeaseHealth, Ports};

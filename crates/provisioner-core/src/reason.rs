@@ -46,6 +46,10 @@ pub enum StopReason {
     /// `WHMCS_ORDER_REF_FIELD_ID` lists field ids per product and has none for a product the
     /// Order orders: AddOrder would drop the external ref, so nothing is written to WHMCS.
     NoRefFieldForProduct,
+    /// An AddOrder or AcceptOrder whose outcome is unknown may still commit (its timeout plus
+    /// `WHMCS_SETTLE` has not passed since it was sent) and a lookup did not find it: the job
+    /// waits, then looks again before it ever repeats the call.
+    OutcomeSettling,
 }
 
 impl StopReason {
@@ -71,6 +75,7 @@ impl StopReason {
             StopReason::WhmcsOrderState => "whmcs_order_state",
             StopReason::ApprovalWithdrawn => "approval_withdrawn",
             StopReason::NoRefFieldForProduct => "no_ref_field_for_product",
+            StopReason::OutcomeSettling => "outcome_settling",
         }
     }
 }

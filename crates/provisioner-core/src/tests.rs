@@ -39,6 +39,22 @@ fn log_records(calls: &Calls, records: &[NewAuditRecord]) {
     }
 }
 
+/// A job claimed now whose intent (the call of unknown outcome at `step`) was sent
+/// `sent_ago` before the claim with a 30 s timeout.
+fn job_with_intent(step: Step, attempts: u32, sent_ago: chrono::Duration) -> Job {
+    let mut job = job(step, attempts);
+    job.intent = Some(provisioner_store::Intent {
+        sent_at: job.claimed_at() - sent_ago,
+        timeout: std::time::Duration::from_secs(30),
+    });
+    job
+}
+
+/// A job whose call of unknown outcome can no longer commit (sent a day ago).
+fn settled_job(step: Step, attempts: u32) -> Job {
+    job_with_intent(step, attempts, chrono::Duration::days(1))
+}
+
 fn job(step: Step, attempts: u32) -> Job {
     let now = Utc::now();
     Job {
@@ -75,6 +91,7 @@ fn job(step: Step, attempts: u32) -> Job {
         writeback_since: None,
         stuck_alerted_at: None,
         claim_epoch: 1,
+        intent: None,
     }
 }
 
@@ -203,7 +220,7 @@ impl World {
             Ok(())
         });
         // The fence check before a failed job's PATCH.
-        store.expect_renew_lease().returning(|_, _, _| Ok(()));
+        store.expect_renew_lease().returning(|_, _, _, _| Ok(()));
         let c = calls.clone();
         store.expect_release().returning(move |_, _, _| {
             log(&c, "release");
@@ -346,6 +363,7 @@ impl World {
             store: Arc::new(self.store),
             audit: Arc::new(audit),
             alerts: Arc::new(MockAlerts::new()),
+            clock: Arc::new(crate::SystemClock::new()),
         };
         (ports, Arc::new(self.config), self.rate)
     }
@@ -406,6 +424,7 @@ impl World {
             store: Arc::new(self.store),
             audit: Arc::new(audit),
             alerts: Arc::new(alerts),
+            clock: Arc::new(crate::SystemClock::new()),
         };
         let (_tx, rx) = tokio::sync::watch::channel(self.shutdown);
         let runner = JobRunner::new(ports, Arc::new(self.config), "w".into(), self.rate, rx);
@@ -451,17 +470,17 @@ async fn happy_path_runs_every_step_in_order() {
             "advance:checked",
             "sf_patch:Provisioning",
             "advance:marked_provisioning",
-            // The lookup by external ref makes MarkedProvisioning an intent of its own: no
-            // separate OrderUnknown write before AddOrder.
             "whmcs_services",
             // Approval is re-checked right before each non-idempotent WHMCS call.
             "sf_fetch",
+            // The intent, with its sent time and timeout, right before the call.
+            "advance:order_unknown",
             "whmcs_add_order",
-            // The WHMCS ids are stored with the AcceptOrder intent, in one write.
-            "advance:accept_unknown:77",
+            "advance:whmcs_ordered:77",
             // The product's first order in this process: did WHMCS store the ref?
             "whmcs_services",
             "sf_fetch",
+            "advance:accept_unknown",
             "whmcs_accept",
             "sf_patch:Activated",
             "finish:done",
@@ -696,7 +715,7 @@ async fn approval_withdrawn_before_accept_order_names_the_pending_whmcs_order() 
         Ok(Some(whmcs_order("Pending")))
     });
     w.fetch_returns(order("Draft"));
-    let (outcome, calls) = w.run(job(Step::AcceptUnknown, 2)).await;
+    let (outcome, calls) = w.run(settled_job(Step::AcceptUnknown, 2)).await;
     assert_eq!(
         outcome,
         JobOutcome::Refused {
@@ -806,7 +825,9 @@ async fn resuming_after_an_unknown_add_order_finds_the_earlier_attempt() {
     w.fetch_returns(order("Provisioning"));
     w.lookup_finds(Some(77));
     w.accept_ok();
-    let (outcome, calls) = w.run(job(Step::OrderUnknown, 1)).await;
+    // Found at once, before the settle point: a lookup may always settle the outcome.
+    let job = job_with_intent(Step::OrderUnknown, 1, chrono::Duration::seconds(1));
+    let (outcome, calls) = w.run(job).await;
     assert_eq!(
         outcome,
         JobOutcome::Provisioned {
@@ -820,7 +841,7 @@ async fn resuming_after_an_unknown_add_order_finds_the_earlier_attempt() {
     );
     assert_eq!(
         effects(&calls)[..3],
-        ["sf_fetch", "whmcs_services", "advance:accept_unknown:77"]
+        ["sf_fetch", "whmcs_services", "advance:whmcs_ordered:77"]
     );
 }
 
@@ -843,8 +864,14 @@ async fn resuming_at_marked_provisioning_looks_up_then_orders() {
     let (outcome, calls) = w.run(job(Step::MarkedProvisioning, 0)).await;
     assert!(matches!(outcome, JobOutcome::Provisioned { .. }));
     assert_eq!(
-        effects(&calls)[..4],
-        ["sf_fetch", "whmcs_services", "sf_fetch", "whmcs_add_order"]
+        effects(&calls)[..5],
+        [
+            "sf_fetch",
+            "whmcs_services",
+            "sf_fetch",
+            "advance:order_unknown",
+            "whmcs_add_order"
+        ]
     );
 }
 
@@ -864,7 +891,7 @@ async fn without_a_ref_field_the_add_order_intent_is_stored_before_the_call() {
             "sf_fetch",
             "advance:order_unknown",
             "whmcs_add_order",
-            "advance:accept_unknown:77"
+            "advance:whmcs_ordered:77"
         ]
     );
 }
@@ -907,14 +934,15 @@ async fn an_unknown_add_order_outcome_is_retried_from_the_intent() {
         matches!(outcome, JobOutcome::Retrying { .. }),
         "{outcome:?}"
     );
-    // With the external-ref field the stored MarkedProvisioning point is the intent: the
-    // retry looks the order up before any second AddOrder.
+    // The intent was stored right before the call: the retry looks the order up before any
+    // second AddOrder, and waits for the settle point if it is not there.
     assert_eq!(
         effects(&calls),
         [
             "sf_fetch",
             "whmcs_services",
             "sf_fetch",
+            "advance:order_unknown",
             "reschedule:count=true"
         ]
     );
@@ -966,7 +994,7 @@ async fn resuming_after_an_unknown_accept_checks_the_order_first() {
             w.fetch_returns(order("Provisioning"));
             w.accept_ok();
         }
-        let (outcome, calls) = w.run(job(Step::AcceptUnknown, 1)).await;
+        let (outcome, calls) = w.run(settled_job(Step::AcceptUnknown, 1)).await;
         assert!(
             matches!(
                 outcome,
@@ -1203,6 +1231,7 @@ fn intake_ports(store: MockStore, calls: &Calls) -> Ports {
         store: Arc::new(store),
         audit: Arc::new(audit),
         alerts: Arc::new(MockAlerts::new()),
+        clock: Arc::new(crate::SystemClock::new()),
     }
 }
 
@@ -1550,7 +1579,8 @@ async fn a_lapsed_lease_starts_no_external_call_and_gives_the_job_back() {
         let runner = JobRunner::new(ports, config, "w".into(), rate, rx);
         // Claimed a whole lease ago and never renewed.
         let lease = std::time::Duration::from_secs(3);
-        let health = crate::LeaseHealth::new(lease, std::time::Instant::now() - lease);
+        let clock = Arc::new(TestClock::at(lease));
+        let health = crate::LeaseHealth::new(lease, clock, std::time::Duration::ZERO);
         let outcome = runner.run_fenced(job(step, 0), &health).await;
         assert_eq!(outcome, JobOutcome::LeaseLost, "{step}");
         let calls = calls.lock().unwrap().clone();
@@ -1558,12 +1588,42 @@ async fn a_lapsed_lease_starts_no_external_call_and_gives_the_job_back() {
     }
 }
 
+/// Wall-clock time from the system, monotonic time set by the test.
+#[derive(Debug)]
+struct TestClock(std::sync::Mutex<std::time::Duration>);
+
+impl TestClock {
+    fn at(monotonic: std::time::Duration) -> Self {
+        TestClock(std::sync::Mutex::new(monotonic))
+    }
+
+    fn set(&self, monotonic: std::time::Duration) {
+        *self.0.lock().unwrap() = monotonic;
+    }
+}
+
+impl crate::Clock for TestClock {
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        chrono::Utc::now()
+    }
+
+    fn monotonic(&self) -> std::time::Duration {
+        *self.0.lock().unwrap()
+    }
+}
+
 #[tokio::test]
 async fn a_renewed_lease_keeps_the_run_going_and_a_lost_one_stops_it() {
     let lease = std::time::Duration::from_secs(3);
-    let health = crate::LeaseHealth::new(lease, std::time::Instant::now() - lease);
+    let clock = Arc::new(TestClock::at(lease));
+    let health = crate::LeaseHealth::new(lease, clock.clone(), std::time::Duration::ZERO);
     assert!(!health.is_live());
-    health.renewed(std::time::Instant::now());
+    health.renewed(lease);
+    assert!(health.is_live());
+    // Two thirds of a lease after the renewal was sent, no call may start.
+    clock.set(lease + lease * 2 / 3);
+    assert!(!health.is_live());
+    health.renewed(lease + lease * 2 / 3);
     assert!(health.is_live());
     health.lost();
     assert!(!health.is_live());
@@ -1574,7 +1634,7 @@ async fn a_failing_job_whose_claim_was_taken_over_writes_nothing_to_the_order() 
     let mut w = World::new();
     w.fetch_returns(order("Approved"));
     w.store.checkpoint();
-    w.store.expect_renew_lease().returning(|id, token, _| {
+    w.store.expect_renew_lease().returning(|id, token, _, _| {
         Err(provisioner_store::Error::LeaseLost {
             order_id: id.into(),
             owner: token.into(),
@@ -1740,4 +1800,99 @@ async fn the_ref_field_is_checked_once_per_product_and_alerts_when_not_stored() 
     );
     let alerts: Vec<&String> = calls.iter().filter(|c| c.starts_with("alert")).collect();
     assert_eq!(alerts, ["alert:ref_field_not_stored:3:4"]);
+}
+
+/// The settle rule (finding 2 of issue 15): a lookup that misses before the call's sent time +
+/// its timeout + `WHMCS_SETTLE` does not let the call be repeated; the job waits for that
+/// point (not an attempt) and looks again.
+#[tokio::test]
+async fn an_unknown_add_order_is_not_repeated_before_its_settle_point() {
+    let mut w = World::new();
+    w.config.whmcs_settle = std::time::Duration::from_secs(30);
+    w.fetch_returns(order("Provisioning"));
+    w.lookup_finds(None);
+    // No AddOrder expectation: a repeat panics the mock.
+    let job = job_with_intent(Step::OrderUnknown, 1, chrono::Duration::seconds(10));
+    let point = job.intent.unwrap().settle_point(w.config.whmcs_settle);
+    let (outcome, calls) = w.run(job).await;
+    assert_eq!(outcome, JobOutcome::Delayed { at: point });
+    assert_eq!(
+        effects(&calls),
+        ["sf_fetch", "whmcs_services", "reschedule:count=false"]
+    );
+    assert!(calls.contains(&"audit:step_failed".to_owned()));
+}
+
+#[tokio::test]
+async fn an_unknown_add_order_is_repeated_after_its_settle_point_with_a_new_intent() {
+    let mut w = World::new();
+    w.fetch_returns(order("Provisioning"));
+    w.lookup_finds(None);
+    w.add_order_ok();
+    w.accept_ok();
+    // Sent 30 s timeout + 30 s settle + 1 s before this claim.
+    let job = job_with_intent(Step::OrderUnknown, 1, chrono::Duration::seconds(61));
+    let (outcome, calls) = w.run(job).await;
+    assert!(
+        matches!(outcome, JobOutcome::Provisioned { .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        effects(&calls)[..5],
+        [
+            "sf_fetch",
+            "whmcs_services",
+            "sf_fetch",
+            "advance:order_unknown",
+            "whmcs_add_order"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn an_accept_order_still_pending_is_not_repeated_before_its_settle_point() {
+    let mut w = World::new();
+    let c = w.calls.clone();
+    w.whmcs.expect_get_order().returning(move |_| {
+        log(&c, "whmcs_get_order");
+        Ok(Some(whmcs_order("Pending")))
+    });
+    // No AcceptOrder expectation and no fetch: the server module may still be running.
+    let job = job_with_intent(Step::AcceptUnknown, 1, chrono::Duration::seconds(5));
+    let point = job.intent.unwrap().settle_point(w.config.whmcs_settle);
+    let (outcome, calls) = w.run(job).await;
+    assert_eq!(outcome, JobOutcome::Delayed { at: point });
+    assert_eq!(
+        effects(&calls),
+        ["whmcs_get_order", "reschedule:count=false"]
+    );
+}
+
+/// An unknown-outcome point without a recorded intent (a job from an older version) counts
+/// as sent now: the intent is stored, and the job waits a whole timeout + settle.
+#[tokio::test]
+async fn an_unknown_outcome_without_a_recorded_intent_waits_a_whole_period() {
+    let mut w = World::new();
+    w.config.whmcs_timeout = std::time::Duration::from_secs(30);
+    w.config.whmcs_settle = std::time::Duration::from_secs(30);
+    w.fetch_returns(order("Provisioning"));
+    w.lookup_finds(None);
+    let job = job(Step::OrderUnknown, 1);
+    let claimed = job.claimed_at();
+    let (outcome, calls) = w.run(job).await;
+    assert_eq!(
+        outcome,
+        JobOutcome::Delayed {
+            at: claimed + chrono::Duration::seconds(60)
+        }
+    );
+    assert_eq!(
+        effects(&calls),
+        [
+            "sf_fetch",
+            "whmcs_services",
+            "advance:order_unknown",
+            "reschedule:count=false"
+        ]
+    );
 }

@@ -10,16 +10,17 @@ use chrono::{DateTime, Utc};
 use crate::dead_letters;
 use crate::error::{Error, Result};
 use crate::sql::SqlStore;
+use crate::sql::{Backend, NowSource};
 use crate::tx::{Arg, Row, Tx};
 use crate::types::{
-    Job, JobCounts, JobEnd, JobFilter, JobSource, JobState, NewJob, Reopen, Reschedule, Step,
-    StepUpdate, from_ms, ms,
+    Intent, Job, JobCounts, JobEnd, JobFilter, JobSource, JobState, NewJob, Reopen, Reschedule,
+    Step, StepUpdate, from_ms, ms,
 };
 
 pub(crate) const JOB_COLS: &str = "seq, order_id, customer_number, account_id, event_id, source, \
     state, step, whmcs_order_id, service_ids, attempts, next_attempt_at, lease_owner, \
     lease_until, last_error, created_at, updated_at, reopened_by, reopened_at, writeback_since, \
-    stuck_alerted_at, claim_epoch";
+    stuck_alerted_at, claim_epoch, intent_sent_at, intent_timeout_ms";
 
 pub(crate) fn job_from_row(row: &Row) -> Result<Job> {
     const W: &str = "job";
@@ -59,6 +60,16 @@ pub(crate) fn job_from_row(row: &Row) -> Result<Job> {
         writeback_since: opt_time("writeback_since")?,
         stuck_alerted_at: opt_time("stuck_alerted_at")?,
         claim_epoch: int("claim_epoch")?,
+        intent: match (
+            opt_time("intent_sent_at")?,
+            row.int("intent_timeout_ms", W)?,
+        ) {
+            (Some(sent_at), Some(timeout)) => Some(Intent {
+                sent_at,
+                timeout: Duration::from_millis(u64::try_from(timeout).unwrap_or(0)),
+            }),
+            _ => None,
+        },
     })
 }
 
@@ -78,12 +89,40 @@ pub(crate) fn job_args(job: &NewJob, now: DateTime<Utc>) -> Vec<Arg> {
     ]
 }
 
-const SQL_RENEW: &str = "UPDATE jobs SET lease_until = $1 \
-     WHERE order_id = $2 AND lease_owner = $3 AND state = 'running'";
+/// The database's clock, in milliseconds since the epoch, as SQL: PostgreSQL's own (the
+/// statement's start), so instances whose clocks disagree still agree on when a lease ends and
+/// when an intent was stored; on SQLite (one process, on this machine) the caller's `now`,
+/// bound as parameter `now_param` (and under [`crate::StoreClock::Caller`] on every backend).
+pub(crate) fn now_sql(source: NowSource, now_param: &str) -> String {
+    match source {
+        NowSource::Caller => now_param.to_owned(),
+        NowSource::Postgres => {
+            "CAST(FLOOR(EXTRACT(EPOCH FROM statement_timestamp()) * 1000) AS BIGINT)".to_owned()
+        }
+    }
+}
 
-const SQL_ADVANCE: &str = "UPDATE jobs SET step = $1, whmcs_order_id = COALESCE($2, whmcs_order_id), \
-     service_ids = COALESCE($3, service_ids), updated_at = $4 \
-     WHERE order_id = $5 AND lease_owner = $6 AND state = 'running'";
+/// Renews a lease for `$1` milliseconds from the database's now (`$4` on SQLite).
+pub(crate) fn renew_sql(source: NowSource) -> String {
+    format!(
+        "UPDATE jobs SET lease_until = {now} + $1 \
+         WHERE order_id = $2 AND lease_owner = $3 AND state = 'running'",
+        now = now_sql(source, "$4")
+    )
+}
+
+/// Stores a recovery point; `$7` > 0 makes it an intent with that client timeout (ms), sent
+/// now by the database's clock (`$4` on SQLite); any other point clears the intent.
+pub(crate) fn advance_sql(source: NowSource) -> String {
+    format!(
+        "UPDATE jobs SET step = $1, whmcs_order_id = COALESCE($2, whmcs_order_id), \
+         service_ids = COALESCE($3, service_ids), updated_at = $4, \
+         intent_sent_at = CASE WHEN $7 > 0 THEN {now} ELSE NULL END, \
+         intent_timeout_ms = CASE WHEN $7 > 0 THEN $7 ELSE NULL END \
+         WHERE order_id = $5 AND lease_owner = $6 AND state = 'running'",
+        now = now_sql(source, "$4")
+    )
+}
 
 const SQL_RESCHEDULE: &str = "UPDATE jobs SET state = 'pending', lease_owner = NULL, \
      lease_until = NULL, next_attempt_at = $1, last_error = COALESCE($2, last_error), \
@@ -158,13 +197,20 @@ pub(crate) enum ClaimKind {
 }
 
 /// The claim statement of `kind`: `UPDATE ... WHERE order_id = (SELECT ... LIMIT 1)
-/// RETURNING`, so a claim is a single statement. `$1` owner, `$2` lease end, `$3` now (ms).
+/// RETURNING`, so a claim is a single statement. `$1` owner, `$2` lease length (ms); due
+/// times and expiry are judged by the database's clock (`$3` on SQLite, see [`now_sql`]), and
+/// the claimed job's `updated_at` is that clock's claim time ([`Job::claimed_at`]).
 /// The claimed job's `lease_owner` is the claim's token, `<owner>:<epoch>`: every fenced write
 /// of that claim passes it.
-pub(crate) fn claim_sql(kind: ClaimKind, lock_clause: &str) -> String {
+pub(crate) fn claim_sql(kind: ClaimKind, backend: Backend, source: NowSource) -> String {
+    let lock_clause = match backend {
+        Backend::Sqlite => "",
+        Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+    };
+    let now = now_sql(source, "$3");
     let candidate = match kind {
         ClaimKind::Pending => {
-            "j.state = 'pending' AND j.next_attempt_at <= $3 \
+            "j.state = 'pending' AND j.next_attempt_at <= {now} \
              AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.customer_number = j.customer_number \
                  AND e.seq < j.seq AND e.state IN ('pending', 'running')) \
              AND NOT EXISTS (SELECT 1 FROM jobs r WHERE r.customer_number = j.customer_number \
@@ -173,18 +219,19 @@ pub(crate) fn claim_sql(kind: ClaimKind, lock_clause: &str) -> String {
         // An expired claim may be this owner's own (a run whose settling failed); the new
         // claim's epoch fences the earlier one out, and the engine gives a job that still
         // runs in its own process straight back.
-        ClaimKind::Expired => "j.state = 'running' AND j.lease_until < $3",
+        ClaimKind::Expired => "j.state = 'running' AND j.lease_until < {now}",
     };
+    let candidate = candidate.replace("{now}", &now);
     // Every claim gets the next epoch, and the lease owner token names it: `<owner>:<epoch>`.
     // Fenced writes compare the token, so a write of an earlier claim (a paused worker that
     // woke up after a takeover) never passes, whoever made it.
     format!(
         "UPDATE jobs SET state = 'running', claim_epoch = claim_epoch + 1, \
-             lease_owner = $1 || ':' || CAST(claim_epoch + 1 AS TEXT), lease_until = $2, \
-             updated_at = $3 \
+             lease_owner = $1 || ':' || CAST(claim_epoch + 1 AS TEXT), \
+             lease_until = {now} + $2, updated_at = {now} \
          WHERE order_id = (SELECT j.order_id FROM jobs j WHERE {candidate} \
              ORDER BY j.next_attempt_at, j.seq LIMIT 1{lock_clause}) \
-           AND (state = 'pending' OR (state = 'running' AND lease_until < $3)) \
+           AND (state = 'pending' OR (state = 'running' AND lease_until < {now})) \
          RETURNING {JOB_COLS}"
     )
 }
@@ -213,6 +260,27 @@ async fn fenced(
 }
 
 impl SqlStore {
+    /// [`SqlStore::fenced_write`] of a statement built for this store's backend.
+    async fn fenced_write_dyn(
+        &self,
+        op: &'static str,
+        order_id: &str,
+        owner: &str,
+        sql: std::sync::Arc<str>,
+        args: Vec<Arg>,
+        audit: Vec<NewAuditRecord>,
+    ) -> Result<()> {
+        let (order_id, owner) = (order_id.to_owned(), owner.to_owned());
+        self.transact(op, move |tx| {
+            Box::pin(async move {
+                fenced(tx, op, (&order_id, &owner), &sql, &args).await?;
+                audit.into_iter().for_each(|r| tx.audit(r));
+                Ok(())
+            })
+        })
+        .await
+    }
+
     /// One fenced statement and its audit records as one unit.
     async fn fenced_write(
         &self,
@@ -300,9 +368,11 @@ impl SqlStore {
         now_ms: i64,
         lease: Duration,
     ) -> Result<Option<Job>> {
-        let sql = std::sync::Arc::clone(&self.claim_sql[kind as usize]);
-        let until = now_ms.saturating_add(lease_ms(lease));
-        let args = vec![Arg::text(owner), Arg::Int(until), Arg::Int(now_ms)];
+        let sql = std::sync::Arc::clone(&self.job_sql.claim[kind as usize]);
+        let mut args = vec![Arg::text(owner), Arg::Int(lease_ms(lease))];
+        if self.now_source == NowSource::Caller {
+            args.push(Arg::Int(now_ms));
+        }
         let claimed = self
             .transact("claiming a job", move |tx| {
                 Box::pin(async move {
@@ -322,18 +392,20 @@ impl SqlStore {
         &self,
         order_id: &str,
         owner: &str,
-        until: DateTime<Utc>,
+        lease: Duration,
+        now: DateTime<Utc>,
     ) -> Result<()> {
-        let args = vec![Arg::Int(ms(until)), Arg::text(order_id), Arg::text(owner)];
-        self.fenced_write(
-            "renewing a lease",
-            order_id,
-            owner,
-            SQL_RENEW,
-            args,
-            Vec::new(),
-        )
-        .await
+        let mut args = vec![
+            Arg::Int(lease_ms(lease)),
+            Arg::text(order_id),
+            Arg::text(owner),
+        ];
+        if self.now_source == NowSource::Caller {
+            args.push(Arg::Int(ms(now)));
+        }
+        let sql = std::sync::Arc::clone(&self.job_sql.renew);
+        self.fenced_write_dyn("renewing a lease", order_id, owner, sql, args, Vec::new())
+            .await
     }
 
     pub(crate) async fn advance_job(
@@ -352,16 +424,11 @@ impl SqlStore {
             Arg::Int(ms(now)),
             Arg::text(order_id),
             Arg::text(owner),
+            Arg::Int(update.intent_timeout.map_or(0, |t| lease_ms(t).max(1))),
         ];
-        self.fenced_write(
-            "recording a step",
-            order_id,
-            owner,
-            SQL_ADVANCE,
-            args,
-            audit,
-        )
-        .await
+        let sql = std::sync::Arc::clone(&self.job_sql.advance);
+        self.fenced_write_dyn("recording a step", order_id, owner, sql, args, audit)
+            .await
     }
 
     pub(crate) async fn reschedule_job(

@@ -53,11 +53,11 @@ use audit::NewAuditRecord;
 use chrono::{DateTime, Utc};
 
 pub use error::{Error, Result};
-pub use sql::{Backend, Leadership, SqlStore, StoreOptions};
+pub use sql::{Backend, Leadership, SqlStore, StoreClock, StoreOptions};
 pub use types::{
-    Checkpoint, DeadLetter, DeadLetterState, InboxEvent, IngestOutcome, Job, JobCounts, JobEnd,
-    JobFilter, JobSource, JobState, JobView, NewDeadLetter, NewJob, Reopen, Reschedule, Step,
-    StepUpdate,
+    Checkpoint, DeadLetter, DeadLetterState, InboxEvent, IngestOutcome, Intent, Job, JobCounts,
+    JobEnd, JobFilter, JobSource, JobState, JobView, NewDeadLetter, NewJob, Reopen, Reschedule,
+    Step, StepUpdate,
 };
 
 /// Field kind under which dead-letter payloads are encrypted.
@@ -120,8 +120,15 @@ pub trait Store: Send + Sync {
     /// [`Error::LeaseLost`], whoever made it (the same owner name included).
     async fn claim(&self, owner: &str, now: DateTime<Utc>, lease: Duration) -> Result<Option<Job>>;
 
-    /// Extends a held lease (`owner`: the claim's token).
-    async fn renew_lease(&self, order_id: &str, owner: &str, until: DateTime<Utc>) -> Result<()>;
+    /// Extends a held lease (`owner`: the claim's token) to `lease` from now, by the database's
+    /// clock (PostgreSQL's own; on SQLite, one process, `now`).
+    async fn renew_lease(
+        &self,
+        order_id: &str,
+        owner: &str,
+        lease: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
 
     /// Records a recovery point of a running job (fenced by the lease), with its audit
     /// records, in one transaction: neither commits without the other.

@@ -68,8 +68,14 @@ impl Store for SqlStore {
         self.claim_job(owner, now, lease).await
     }
 
-    async fn renew_lease(&self, order_id: &str, owner: &str, until: DateTime<Utc>) -> Result<()> {
-        self.renew_job_lease(order_id, owner, until).await
+    async fn renew_lease(
+        &self,
+        order_id: &str,
+        owner: &str,
+        lease: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        self.renew_job_lease(order_id, owner, lease, now).await
     }
 
     async fn advance(

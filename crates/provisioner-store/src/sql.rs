@@ -14,13 +14,32 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyConnection, AnyPool, Connection, Executor};
 
 use crate::error::{Error, Result};
-use crate::jobs::{ClaimKind, claim_sql};
+use crate::jobs::{ClaimKind, advance_sql, claim_sql, renew_sql};
 use crate::lock::ProcessLock;
 use crate::sqlite_writer::SqliteWriter;
 use crate::tx::{Arg, Row};
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The job statements that differ by backend (they read the database's clock).
+pub(crate) struct JobSql {
+    /// The claim statements (pending, expired).
+    pub(crate) claim: [Arc<str>; 2],
+    /// Lease renewal.
+    pub(crate) renew: Arc<str>,
+    /// Recording a recovery point (and an intent).
+    pub(crate) advance: Arc<str>,
+}
+
+/// Where the store reads "now" in its job statements (see [`StoreClock`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum NowSource {
+    /// The caller's `now`, bound as a parameter.
+    Caller,
+    /// PostgreSQL's `statement_timestamp()`.
+    Postgres,
+}
 
 /// Which database a store runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,6 +62,21 @@ pub struct StoreOptions {
     /// SQLite: hold the one-process lock (the service). Short operator commands open without
     /// it, so they work next to a running service; writes then wait on SQLite's busy timeout.
     pub exclusive: bool,
+    /// Whose clock judges lease expiry, due times and intent times.
+    pub clock: StoreClock,
+}
+
+/// Whose clock the store judges lease expiry, due jobs and intent times by.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StoreClock {
+    /// The database's: PostgreSQL's own clock, so instances whose clocks disagree agree on
+    /// when a lease ends; on SQLite (one process, this machine) the `now` the caller passes.
+    /// What a service uses.
+    #[default]
+    Database,
+    /// The `now` the caller passes, on every backend: for tests and simulations that run the
+    /// store on a clock of their own. Never for instances sharing a PostgreSQL database.
+    Caller,
 }
 
 impl Default for StoreOptions {
@@ -52,6 +86,7 @@ impl Default for StoreOptions {
             acquire_timeout: Duration::from_secs(10),
             migrate: true,
             exclusive: true,
+            clock: StoreClock::Database,
         }
     }
 }
@@ -99,8 +134,10 @@ pub struct SqlStore {
     pub(crate) audit_head: tokio::sync::Mutex<Option<audit::ChainHead>>,
     /// When a claim next looks for expired leases first (Unix ms).
     pub(crate) next_expired_scan: AtomicI64,
-    /// The claim statements (pending, expired) for this backend.
-    pub(crate) claim_sql: [Arc<str>; 2],
+    /// The job statements that read the database's clock, built for this backend.
+    pub(crate) job_sql: JobSql,
+    /// Where those statements read "now".
+    pub(crate) now_source: NowSource,
     /// SQLite: the thread that runs every write of the running store (declared before the
     /// process lock, so it has finished when the lock is released).
     pub(crate) sqlite: Option<SqliteWriter>,
@@ -227,6 +264,10 @@ impl SqlStore {
                 (Backend::Postgres, pool.clone(), pool, None, None)
             }
         };
+        let now_source = match (backend, options.clock) {
+            (Backend::Postgres, StoreClock::Database) => NowSource::Postgres,
+            _ => NowSource::Caller,
+        };
         if options.migrate {
             let migrator = match backend {
                 Backend::Sqlite => &SQLITE_MIGRATIONS,
@@ -245,10 +286,6 @@ impl SqlStore {
         let sqlite = sqlite_path
             .map(|path| SqliteWriter::start(&path, SQLITE_BUSY_TIMEOUT, audit_key.clone()))
             .transpose()?;
-        let lock_clause = match backend {
-            Backend::Sqlite => "",
-            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
-        };
         Ok(SqlStore {
             backend,
             writer,
@@ -258,10 +295,15 @@ impl SqlStore {
             audit_key,
             audit_head: tokio::sync::Mutex::new(None),
             next_expired_scan: AtomicI64::new(0),
-            claim_sql: [
-                claim_sql(ClaimKind::Pending, lock_clause).into(),
-                claim_sql(ClaimKind::Expired, lock_clause).into(),
-            ],
+            job_sql: JobSql {
+                claim: [
+                    claim_sql(ClaimKind::Pending, backend, now_source).into(),
+                    claim_sql(ClaimKind::Expired, backend, now_source).into(),
+                ],
+                renew: renew_sql(now_source).into(),
+                advance: advance_sql(now_source).into(),
+            },
+            now_source,
             sqlite,
             _lock: lock,
         })

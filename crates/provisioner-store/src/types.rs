@@ -1,5 +1,7 @@
 //! The rows the store keeps, as typed values.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -245,9 +247,18 @@ pub struct Job {
     /// How many times it was claimed; the current claim's token (`lease_owner`) is
     /// `<owner>:<claim_epoch>`.
     pub claim_epoch: i64,
+    /// The WHMCS call that may be in flight, at the unknown-outcome recovery points.
+    pub intent: Option<Intent>,
 }
 
 impl Job {
+    /// For a job just returned by [`crate::Store::claim`]: when it was claimed, by the
+    /// database's clock (the claim sets `updated_at`). Anything this claim does happens
+    /// after it.
+    pub fn claimed_at(&self) -> DateTime<Utc> {
+        self.updated_at
+    }
+
     /// When its current run of attempts began: its last reopening, else its creation.
     pub fn attempts_since(&self) -> DateTime<Utc> {
         self.reopened_at.unwrap_or(self.created_at)
@@ -331,6 +342,35 @@ pub struct StepUpdate {
     pub whmcs_order_id: Option<String>,
     /// WHMCS service ids, once known.
     pub service_ids: Option<Vec<String>>,
+    /// The recovery point is an *intent*: a non-idempotent WHMCS call with this client
+    /// timeout is about to be sent. The store records it with its sent time, taken from the
+    /// database's clock ([`Job::intent`]). Every other recovery point clears the intent.
+    pub intent_timeout: Option<Duration>,
+}
+
+/// A non-idempotent WHMCS call that may have been sent (AddOrder at [`Step::OrderUnknown`],
+/// AcceptOrder at [`Step::AcceptUnknown`]): when, by the database's clock, and with which
+/// client timeout. It may still commit until `sent_at + timeout` plus a settle margin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Intent {
+    /// When the intent was stored, just before the call was sent (database clock).
+    pub sent_at: DateTime<Utc>,
+    /// The client timeout the call was sent with (serialised as `timeout_ms`).
+    #[serde(rename = "timeout_ms", serialize_with = "millis")]
+    pub timeout: Duration,
+}
+
+fn millis<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Intent {
+    /// The earliest time a lookup that still finds nothing lets the call be repeated:
+    /// `sent_at + timeout + settle`.
+    pub fn settle_point(&self, settle: Duration) -> DateTime<Utc> {
+        let wait = self.timeout.saturating_add(settle);
+        self.sent_at + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX)
+    }
 }
 
 /// A running job put back to pending until its next attempt (a retry, or a rate-limit delay).
@@ -477,6 +517,7 @@ mod tests {
             writeback_since: None,
             stuck_alerted_at: None,
             claim_epoch: 0,
+            intent: None,
         }
     }
 

@@ -147,6 +147,7 @@ mod tests {
             writeback_since: None,
             stuck_alerted_at: None,
             claim_epoch: 1,
+            intent: None,
         }
     }
 

@@ -4,5 +4,6 @@
 
 mod faults;
 mod no_lost_order;
+mod settle;
 mod stack;
 mod subscriber;

@@ -16,6 +16,12 @@ use secrecy::SecretString;
 use test_support::pg::PgTempDb;
 
 pub(crate) const REF_FIELD: u64 = 1;
+/// The stack's WHMCS client timeouts (short, so injected latency turns into real timeouts),
+/// which its engines record with their intents.
+pub(crate) const WHMCS_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const WHMCS_ACCEPT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The stack's `WHMCS_SETTLE`.
+pub(crate) const WHMCS_SETTLE: Duration = Duration::from_millis(500);
 
 pub(crate) struct Stack {
     pub(crate) sf: SalesforceSandbox,
@@ -190,7 +196,8 @@ pub(crate) async fn build_tuned(
         .unwrap(),
     );
     let mut whmcs_config = whmcs_config(&whmcs);
-    whmcs_config.read_timeout = Duration::from_secs(1);
+    whmcs_config.read_timeout = WHMCS_TIMEOUT;
+    whmcs_config.provisioning_timeout = WHMCS_ACCEPT_TIMEOUT;
     let whmcs_api: Arc<dyn whmcs_client::WhmcsApi> =
         Arc::new(whmcs_client::HttpWhmcsClient::new(whmcs_config).unwrap());
 
@@ -300,6 +307,9 @@ pub(crate) async fn engine_tuned(
         reconcile_interval: Duration::from_secs(3600),
         reconcile_min_age: Duration::ZERO,
         poll_interval: Duration::from_millis(20),
+        whmcs_timeout: WHMCS_TIMEOUT,
+        whmcs_accept_timeout: WHMCS_ACCEPT_TIMEOUT,
+        whmcs_settle: WHMCS_SETTLE,
         ..EngineConfig::default()
     };
     tune(&mut config);

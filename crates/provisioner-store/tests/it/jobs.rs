@@ -96,7 +96,7 @@ both_backends! {
         let job = store.claim("w1", now, LEASE).await.unwrap().unwrap();
         store
             .advance(&job.order_id, "w1:1", Step::WhmcsOrdered,
-                StepUpdate { whmcs_order_id: Some("77".into()), service_ids: None }, vec![], now)
+                StepUpdate { whmcs_order_id: Some("77".into()), ..StepUpdate::default() }, vec![], now)
             .await
             .unwrap();
         // Still leased: nobody else gets it.
@@ -119,7 +119,7 @@ both_backends! {
         ));
         store
             .advance(&job.order_id, "w2:2", Step::Accepted,
-                StepUpdate { whmcs_order_id: None, service_ids: Some(vec!["5".into(), "6".into()]) }, vec![], later)
+                StepUpdate { service_ids: Some(vec!["5".into(), "6".into()]), ..StepUpdate::default() }, vec![], later)
             .await
             .unwrap();
         let job = store.job(&job.order_id).await.unwrap().unwrap();
@@ -245,7 +245,7 @@ both_backends! {
         store.ingest_event(&event(1, "801000000000001AAA", "A"), now).await.unwrap();
         let job = store.claim("w1", now, LEASE).await.unwrap().unwrap();
         store.advance(&job.order_id, "w1:1", Step::WhmcsOrdered,
-            StepUpdate { whmcs_order_id: Some("9".into()), service_ids: None }, vec![], now).await.unwrap();
+            StepUpdate { whmcs_order_id: Some("9".into()), ..StepUpdate::default() }, vec![], now).await.unwrap();
         assert!(!store.reopen(&job.order_id, reopen_by(JobSource::Operator), vec![], now).await.unwrap(),
             "a running job is not reopened");
         let letter = NewDeadLetter {
@@ -350,7 +350,7 @@ both_backends! {
         let second = store.claim("w1", later, LEASE).await.unwrap().unwrap();
         assert_eq!((second.claim_epoch, second.lease_owner.as_deref()), (2, Some("w1:2")));
         for result in [
-            store.renew_lease(order, "w1:1", later).await,
+            store.renew_lease(order, "w1:1", LEASE, later).await,
             store.advance(order, "w1:1", Step::WhmcsOrdered, StepUpdate::default(), vec![], later).await,
             store.release(order, "w1:1", later).await,
             store.finish(order, "w1:1", end(JobState::Failed, None), vec![], later).await,
@@ -361,4 +361,111 @@ both_backends! {
         assert_eq!((job.state, job.step), (JobState::Running, Step::Checked));
         store.finish(order, "w1:2", end(JobState::Done, None), vec![], later).await.unwrap();
     }
+}
+
+both_backends! {
+    async fn an_intent_records_its_sent_time_and_timeout_and_any_other_point_clears_it(db: &TestDb) {
+        let store = db.open().await;
+        let now = Utc::now();
+        let order = "801000000000001AAA";
+        store.ingest_event(&event(1, order, "A"), now).await.unwrap();
+        let job = store.claim("w1", now, LEASE).await.unwrap().unwrap();
+        assert_eq!(job.intent, None);
+        let token = job.lease_owner.unwrap();
+        let sent = now + ChronoDuration::seconds(5);
+        let intent = StepUpdate {
+            intent_timeout: Some(Duration::from_secs(30)),
+            ..StepUpdate::default()
+        };
+        store.advance(order, &token, Step::OrderUnknown, intent, vec![], sent).await.unwrap();
+        let job = store.job(order).await.unwrap().unwrap();
+        let recorded = job.intent.expect("the intent is stored");
+        assert_eq!(recorded.timeout, Duration::from_secs(30));
+        assert_eq!(recorded.sent_at.timestamp_millis(), sent.timestamp_millis());
+        assert_eq!(
+            recorded.settle_point(Duration::from_secs(30)).timestamp_millis(),
+            (sent + ChronoDuration::seconds(60)).timestamp_millis()
+        );
+        // It survives a reschedule and the next claim, which reports it.
+        store.reschedule(order, &token, retry(sent, None, true), vec![], sent).await.unwrap();
+        let again = store.claim("w1", sent, LEASE).await.unwrap().unwrap();
+        assert_eq!(again.intent, Some(recorded));
+        assert_eq!(again.claimed_at().timestamp_millis(), sent.timestamp_millis());
+        // The next recovery point that is not an intent clears it.
+        let token = again.lease_owner.unwrap();
+        store.advance(order, &token, Step::WhmcsOrdered, StepUpdate::default(), vec![], sent).await.unwrap();
+        assert_eq!(store.job(order).await.unwrap().unwrap().intent, None);
+    }
+}
+
+/// On PostgreSQL a service's store judges leases, due times and intents by the database's
+/// clock: an instance whose clock runs an hour ahead cannot take a live lease over, and one an
+/// hour behind still sees an expired lease expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_judges_leases_and_intents_by_its_own_clock() {
+    let db = crate::support::TestDb::postgres().await;
+    let store = db.open_db_clock().await;
+    let order = "801000000000001AAA";
+    let real = Utc::now();
+    store
+        .ingest_event(&event(1, order, "A"), real)
+        .await
+        .unwrap();
+    let short = Duration::from_millis(1500);
+    // A worker whose clock is an hour behind claims: the lease ends 1.5 s from the
+    // database's now, not from the worker's.
+    let behind = real - ChronoDuration::hours(1);
+    let job = store.claim("w1", behind, short).await.unwrap().unwrap();
+    let claimed = job.claimed_at();
+    assert!(
+        (claimed - real).num_seconds().abs() < 60,
+        "claimed_at {claimed} is the database's time"
+    );
+    let lease_until = job.lease_until.unwrap();
+    assert!(
+        (lease_until - claimed).num_milliseconds() == 1500,
+        "{lease_until} - {claimed}"
+    );
+    // A worker an hour ahead sees the lease as expired by its own clock: the claim says no.
+    let ahead = real + ChronoDuration::hours(1);
+    assert!(store.claim("w2", ahead, short).await.unwrap().is_none());
+    // An intent is stamped with the database's time, whatever the caller says.
+    let token = job.lease_owner.clone().unwrap();
+    let intent = StepUpdate {
+        intent_timeout: Some(Duration::from_secs(3)),
+        ..StepUpdate::default()
+    };
+    store
+        .advance(order, &token, Step::OrderUnknown, intent, vec![], ahead)
+        .await
+        .unwrap();
+    let sent_at = store
+        .job(order)
+        .await
+        .unwrap()
+        .unwrap()
+        .intent
+        .unwrap()
+        .sent_at;
+    assert!(
+        (sent_at - real).num_seconds().abs() < 60,
+        "sent_at {sent_at} is the database's time"
+    );
+    // Once the database's clock passes the lease end, a worker whose clock is behind takes
+    // the job over (polled: the database's clock moves on its own).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let taken = loop {
+        if let Some(job) = store.claim("w3", behind, short).await.unwrap() {
+            break job;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lease never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(taken.lease_owner.as_deref(), Some("w3:2"));
+    assert!(taken.claimed_at() >= lease_until);
+    drop(store);
+    db.cleanup().await;
 }

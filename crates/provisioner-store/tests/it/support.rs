@@ -1,7 +1,7 @@
 //! Test databases: a temporary SQLite file, or a fresh PostgreSQL database.
 
 use field_crypto::MasterKey;
-use provisioner_store::{SqlStore, StoreOptions};
+use provisioner_store::{SqlStore, StoreClock, StoreOptions};
 use test_support::pg::PgTempDb;
 
 pub(crate) const MASTER: &str = "base64:q6v4cT9JkA0x3Fz1lVZqM2fY7p5dE8rW1nB6cH4sK0o=";
@@ -32,7 +32,20 @@ impl TestDb {
         }
     }
 
+    /// The store on the test's clock: every `now` the test passes is the database's (so a test
+    /// can move time on by hours). [`TestDb::open_db_clock`] opens it on PostgreSQL's own.
     pub(crate) async fn open(&self) -> SqlStore {
+        let options = StoreOptions {
+            clock: StoreClock::Caller,
+            ..StoreOptions::default()
+        };
+        SqlStore::open(&self.url(), &master(), options)
+            .await
+            .unwrap()
+    }
+
+    /// The store as a service opens it (the database's clock).
+    pub(crate) async fn open_db_clock(&self) -> SqlStore {
         SqlStore::open(&self.url(), &master(), StoreOptions::default())
             .await
             .unwrap()
@@ -43,6 +56,7 @@ impl TestDb {
     pub(crate) async fn open_shared(&self) -> SqlStore {
         let options = StoreOptions {
             exclusive: false,
+            clock: StoreClock::Caller,
             ..StoreOptions::default()
         };
         SqlStore::open(&self.url(), &master(), options)

@@ -74,6 +74,7 @@ impl TestStore {
         let ordered = StepUpdate {
             whmcs_order_id: Some("4711".to_owned()),
             service_ids: None,
+            intent_timeout: None,
         };
         self.store
             .advance(
@@ -89,6 +90,7 @@ impl TestStore {
         let accepted = StepUpdate {
             whmcs_order_id: None,
             service_ids: Some(vec!["101".to_owned(), "102".to_owned()]),
+            intent_timeout: None,
         };
         self.store
             .advance(order, "w1:1", Step::Accepted, accepted, Vec::new(), at(3))
