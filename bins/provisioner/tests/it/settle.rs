@@ -266,7 +266,6 @@ fn first_fault<'a>(requests: &'a [Value], action: &str) -> &'a Value {
 /// committed: one WHMCS order, the Order Activated. Without the rule the provisioner looks
 /// up at once, finds nothing and orders again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the settle rule"]
 async fn an_add_order_that_commits_after_the_timeout_is_not_ordered_again() {
     let requests = provision_once(&["--whmcs-hold-add-order", "5sx1"], None).await;
     assert_eq!(first_fault(&requests, "AddOrder"), "hold");
@@ -276,7 +275,6 @@ async fn an_add_order_that_commits_after_the_timeout_is_not_ordered_again() {
 /// one committed AcceptOrder, one module create, the Order Activated. Without the rule the
 /// provisioner finds the order still Pending and accepts it again, which WHMCS runs too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the settle rule"]
 async fn an_accept_order_that_commits_after_the_timeout_runs_the_module_once() {
     let hold =
         serde_json::json!({"action": "AcceptOrder", "fault": "hold", "ms": 5000, "times": 1});
@@ -284,14 +282,26 @@ async fn an_accept_order_that_commits_after_the_timeout_runs_the_module_once() {
     assert_eq!(first_fault(&requests, "AcceptOrder"), "hold");
 }
 
+/// When the paused instance of test 3 runs on.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Wake {
+    /// Once the survivor is in its second claim (its AcceptOrder arrived): the job is never
+    /// free to claim again while the paused instance runs, so every WHMCS call or PATCH it
+    /// makes after waking would come from its stale claim.
+    WhileTheSurvivorAccepts,
+    /// As soon as the survivor took the job over, while it waits out the settle time with the
+    /// job given back: the woken instance may claim the job again itself, but only as a new
+    /// claim after the settle point, never from its stale claim.
+    WhileTheSurvivorSettles,
+}
+
 /// Test 3: two instances on one PostgreSQL database (`JOB_LEASE=3s`). The instance whose
-/// AddOrder the sandbox holds (6 s) is paused with SIGSTOP; the other takes the job over
-/// once the lease lapses; the paused one runs on (SIGCONT) while the takeover waits out the
-/// settle time. One WHMCS order, one AcceptOrder, the Order Activated by the survivor, and
-/// not one WHMCS call or PATCH from the paused instance after it was paused.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the settle rule"]
-async fn a_paused_instance_and_the_one_that_took_its_job_over_order_once() {
+/// AddOrder the sandbox holds (6 s; it may commit until 3 s + 4 s after it was sent) is paused
+/// with SIGSTOP; the other takes the job over once the lease lapsed, finds nothing, waits for
+/// the settle point and finds the held order committed; the paused one runs on (SIGCONT) at
+/// `wake`. One WHMCS order, one AcceptOrder, the Order Activated, and no WHMCS call or PATCH
+/// from the paused instance's own claim after the takeover.
+async fn paused_instance_and_takeover(wake: Wake) {
     let db = PgTempDb::create().await;
     let names = ["a", "b"];
     let sandbox = start_sandbox(&[
@@ -394,6 +404,21 @@ async fn a_paused_instance_and_the_one_that_took_its_job_over_order_once() {
             || tail(&instances),
         )
         .await;
+    if wake == Wake::WhileTheSurvivorAccepts {
+        admin
+            .until(
+                "the survivor accepts the held order",
+                async |a| a.whmcs_requests().await,
+                |r| {
+                    r.iter().any(|r| {
+                        r["identifier"] == survivor_identifier.as_str()
+                            && r["action"] == "AcceptOrder"
+                    })
+                },
+                || tail(&instances),
+            )
+            .await;
+    }
     sigcont(instances[paused].child());
 
     let sf = admin.activated_and_settled(|| tail(&instances)).await;
@@ -404,30 +429,72 @@ async fn a_paused_instance_and_the_one_that_took_its_job_over_order_once() {
     assert_eq!(code, Some(0), "{}", tail(&instances));
 
     let requests = admin.whmcs_requests().await;
-    assert_eq!(
-        by_paused(&requests),
-        sent_before,
-        "no WHMCS call from the paused instance after the takeover"
-    );
     let patches = admin.patches().await;
-    assert_eq!(
-        patches_by(&patches, &paused_user),
-        patched_before,
-        "no PATCH from the paused instance after the takeover: {patches:?}"
-    );
+    let sent_after: Vec<Value> = by_paused(&requests)[sent_before.len()..].to_vec();
+    let patched_after: Vec<Value> =
+        patches_by(&patches, &paused_user)[patched_before.len()..].to_vec();
     let activated: Vec<&Value> = patches
         .iter()
         .filter(|p| p["body"]["Status"] == "Activated")
         .collect();
     assert_eq!(activated.len(), 1, "{patches:?}");
-    assert_eq!(
-        activated[0]["username"],
-        format!("{}@example.com", names[survivor]),
-        "the survivor activated the Order"
-    );
+    match wake {
+        Wake::WhileTheSurvivorAccepts => {
+            assert_eq!(
+                sent_after,
+                Vec::<Value>::new(),
+                "no WHMCS call from the paused instance after the takeover\n{}",
+                tail(&instances)
+            );
+            assert_eq!(
+                patched_after,
+                Vec::<Value>::new(),
+                "no PATCH from the paused instance after the takeover"
+            );
+            assert_eq!(
+                activated[0]["username"],
+                format!("{}@example.com", names[survivor]),
+                "the survivor activated the Order"
+            );
+        }
+        Wake::WhileTheSurvivorSettles => {
+            // Its stale claim would call at once on waking (3 s after the AddOrder); a new
+            // claim can only begin at the settle point, 7 s after it.
+            let held_at = sent_before
+                .iter()
+                .find(|r| r["action"] == "AddOrder")
+                .and_then(|r| r["receivedAtMs"].as_u64())
+                .unwrap();
+            let settle_point = held_at + 7_000;
+            for call in &sent_after {
+                let at = call["receivedAtMs"].as_u64().unwrap();
+                assert!(
+                    at + 500 >= settle_point,
+                    "{call} from the paused instance's stale claim, before the settle point \
+                     {settle_point}\n{}",
+                    tail(&instances)
+                );
+                assert_ne!(call["action"], "AddOrder", "{call}");
+            }
+            for patch in &patched_after {
+                let at = patch["atMs"].as_u64().unwrap();
+                assert!(at + 500 >= settle_point, "{patch} before the settle point");
+            }
+        }
+    }
     let order = admin.the_one_whmcs_order(&sf).await;
     accepted_once(&order);
     assert_eq!(count(&requests, "AddOrder"), 1, "{requests:?}");
     drop(sandbox);
     db.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_instance_woken_while_the_survivor_accepts_makes_no_call() {
+    paused_instance_and_takeover(Wake::WhileTheSurvivorAccepts).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_instance_woken_while_the_survivor_settles_orders_nothing_again() {
+    paused_instance_and_takeover(Wake::WhileTheSurvivorSettles).await;
 }
