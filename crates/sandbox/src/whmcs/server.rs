@@ -459,7 +459,7 @@ async fn hold_then_commit(
     };
     tokio::select! {
         () = tokio::time::sleep(hold.delay) => {}
-        // An error: the sandbox is gone; commit anyway, nobody will look.
+        // `WhmcsSandbox::release_holds` (the sender lives in `shared`: no error while we run).
         _ = hold.release.changed() => {}
     }
     match accept {
