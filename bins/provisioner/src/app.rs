@@ -20,7 +20,7 @@ pub(crate) async fn open_store(
 ) -> anyhow::Result<Arc<SqlStore>> {
     let master = config.master_key()?;
     let store = SqlStore::open(
-        &config.database_url,
+        config.database_url.expose_secret(),
         &master,
         StoreOptions {
             migrate,

@@ -22,7 +22,26 @@ pub(crate) const SECRETS: &[&str] = &[
     "FIELD_ENCRYPTION_KEY",
     "PORTAL_API_TOKEN",
     "SECURITY_ALERT_WEBHOOK",
+    "DATABASE_URL",
 ];
+
+/// `url` with the password of its user-info part (`scheme://user:PASSWORD@host`) replaced by
+/// `[REDACTED]`: how `DATABASE_URL` is shown.
+pub(crate) fn redact_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    // The authority ends at the first `/`, `?` or `#`; its user info at the last `@` in it.
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let Some((user_info, host)) = authority.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    let Some((user, _password)) = user_info.split_once(':') else {
+        return url.to_owned();
+    };
+    format!("{scheme}://{user}:[REDACTED]@{host}{tail}")
+}
 
 /// `SF_EVENTS_ENABLED`'s default.
 const EVENTS_ENABLED: bool = true;
@@ -117,8 +136,28 @@ pub(crate) static VARIABLES: LazyLock<Vec<(&'static str, Option<String>)>> = Laz
             Some(format_duration(engine.reconcile_interval)),
         ),
         ("LOG_FORMAT", None),
+        ("ALLOW_INSECURE_HTTP", text(&false)),
     ]
 });
+
+/// Whether `url` (`http://...`) names a loopback host: `localhost`, `127.0.0.0/8` or `::1`.
+pub(crate) fn is_loopback_url(url: &str) -> bool {
+    let Some((_, rest)) = url.split_once("://") else {
+        return false;
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if let Some(v6) = host_port.strip_prefix('[') {
+        v6.split(']').next().unwrap_or_default()
+    } else {
+        host_port.split(':').next().unwrap_or_default()
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
 
 /// Where the raw values come from.
 pub(crate) struct Sources {
@@ -251,7 +290,8 @@ pub(crate) struct Config {
     /// `WHMCS_SETTLE`: the wait after a call's timeout before an unknown outcome may be
     /// repeated.
     pub(crate) whmcs_settle: Duration,
-    pub(crate) database_url: String,
+    /// `DATABASE_URL` (a secret: a password may be in it).
+    pub(crate) database_url: SecretString,
     pub(crate) job_lease: Duration,
     pub(crate) encryption_key: Option<SecretString>,
     pub(crate) key_rotation_days: u32,
@@ -384,6 +424,8 @@ pub(crate) fn shown(src: &Sources) -> Vec<(String, String, String)> {
         .map(|(name, default)| {
             let value = match src.raw(name).or(default.as_deref()) {
                 None => "(unset)".to_owned(),
+                // The URL helps an operator; only its password is a secret.
+                Some(v) if *name == "DATABASE_URL" => redact_url_password(v),
                 Some(_) if SECRETS.contains(name) => "[REDACTED]".to_owned(),
                 Some(v) => v.to_owned(),
             };
@@ -439,12 +481,21 @@ impl Config {
                 _ => Err(format!("{t:?} must be a number from 1 to 100")),
             })
             .unwrap_or(subscriber.batch);
+        let insecure_ok = p.parsed("ALLOW_INSECURE_HTTP", parse_bool).unwrap_or(false);
+        // Cleartext only to this machine (a sandbox, a local proxy), unless allowed outright.
         let url = |t: &str| {
-            if t.starts_with("https://") || t.starts_with("http://") {
+            if t.starts_with("https://")
+                || (t.starts_with("http://") && (insecure_ok || is_loopback_url(t)))
+            {
                 Ok(t.trim_end_matches('/').to_owned())
+            } else if t.starts_with("http://") {
+                Err(format!(
+                    "{t:?} is cleartext HTTP to another machine: use https:// (http:// only to \
+                     a loopback address, or set ALLOW_INSECURE_HTTP=true)"
+                ))
             } else {
                 Err(format!(
-                    "{t:?} must start with https:// (or http:// for a sandbox)"
+                    "{t:?} must start with https:// (or http:// to a loopback address)"
                 ))
             }
         };
@@ -474,12 +525,12 @@ impl Config {
                     || t.starts_with("postgres://")
                     || t.starts_with("postgresql://")
                 {
-                    Ok(t.to_owned())
+                    Ok(SecretString::from(t.to_owned()))
                 } else {
                     Err("must be sqlite://path or postgres://...".to_owned())
                 }
             })
-            .unwrap_or_default();
+            .unwrap_or_else(|| SecretString::from(String::new()));
         let job_lease = p
             .parsed("JOB_LEASE", parse_duration)
             .unwrap_or(engine.lease);
@@ -564,6 +615,25 @@ impl Config {
             ));
         }
         let shown = shown(src);
+        let alert_webhook = {
+            let hook = p.secret("SECURITY_ALERT_WEBHOOK");
+            // Checked like the other URLs, without ever repeating the (secret) value.
+            if let Some(hook) = &hook {
+                let hook = hook.expose_secret();
+                if hook.starts_with("http://") && !insecure_ok && !is_loopback_url(hook) {
+                    p.errors.push(
+                        "SECURITY_ALERT_WEBHOOK: cleartext HTTP to another machine: use \
+                     https:// (http:// only to a loopback address, or set \
+                     ALLOW_INSECURE_HTTP=true)"
+                            .to_owned(),
+                    );
+                } else if !hook.starts_with("http://") && !hook.starts_with("https://") {
+                    p.errors
+                        .push("SECURITY_ALERT_WEBHOOK: must start with https://".to_owned());
+                }
+            }
+            hook
+        };
         if !p.errors.is_empty() {
             return Err(p.errors);
         }
@@ -600,7 +670,7 @@ impl Config {
             encryption_key,
             key_rotation_days,
             audit_retention_days,
-            alert_webhook: p.secret("SECURITY_ALERT_WEBHOOK"),
+            alert_webhook,
             http_addr,
             portal_token: p.secret("PORTAL_API_TOKEN"),
             allowed_cidrs,
@@ -854,6 +924,7 @@ mod tests {
             ("CUSTOMER_STATUS_RATE", Some("60/minute")),
             ("RECONCILE_INTERVAL", Some("15m")),
             ("LOG_FORMAT", None),
+            ("ALLOW_INSECURE_HTTP", Some("false")),
         ];
         let rendered: Vec<(&str, Option<&str>)> = VARIABLES
             .iter()
@@ -913,6 +984,69 @@ mod tests {
     fn durations_format_as_they_parse() {
         for text in ["500ms", "30s", "90s", "15m", "2h", "1d", "0s"] {
             assert_eq!(format_duration(parse_duration(text).unwrap()), text);
+        }
+    }
+
+    #[test]
+    fn cleartext_http_only_to_loopback_unless_allowed() {
+        for (url, loopback) in [
+            ("http://127.0.0.1:8080/api.php", true),
+            ("http://127.9.9.9", true),
+            ("http://localhost:7443", true),
+            ("http://[::1]:7443", true),
+            ("http://user:pw@127.0.0.1/x", true),
+            ("http://10.0.0.5/includes/api.php", false),
+            ("http://whmcs.example.com/includes/api.php", false),
+            ("http://127.0.0.1.evil.example/", false),
+            ("http://[::2]/", false),
+        ] {
+            assert_eq!(is_loopback_url(url), loopback, "{url}");
+        }
+        let remote = [
+            ("WHMCS_API_URL", "http://whmcs.example.com/includes/api.php"),
+            ("SF_LOGIN_URL", "http://login.example.com"),
+            ("SF_PUBSUB_ENDPOINT", "http://pubsub.example.com:7443"),
+            (
+                "SECURITY_ALERT_WEBHOOK",
+                "http://hooks.example.com/x?key=hook-canary",
+            ),
+        ];
+        let Err(errors) = Config::parse(&Sources::from_parts(None, env(&remote))) else {
+            panic!("cleartext to other machines is refused");
+        };
+        for (name, _) in remote {
+            assert!(
+                errors
+                    .iter()
+                    .any(|e| e.starts_with(name) && e.contains("ALLOW_INSECURE_HTTP")),
+                "{name}: {errors:?}"
+            );
+        }
+        assert!(
+            errors.iter().all(|e| !e.contains("hook-canary")),
+            "{errors:?}"
+        );
+        let mut allowed = remote.to_vec();
+        allowed.push(("ALLOW_INSECURE_HTTP", "true"));
+        assert!(Config::parse(&Sources::from_parts(None, env(&allowed))).is_ok());
+    }
+
+    #[test]
+    fn only_the_database_password_is_redacted() {
+        for (url, shown) in [
+            (
+                "postgres://app:s3cr3t@db.internal:5432/prov?sslmode=require",
+                "postgres://app:[REDACTED]@db.internal:5432/prov?sslmode=require",
+            ),
+            (
+                "postgresql://app:p@ss@db/prov",
+                "postgresql://app:[REDACTED]@db/prov",
+            ),
+            ("postgres://app@db/prov", "postgres://app@db/prov"),
+            ("sqlite://provisioner.db", "sqlite://provisioner.db"),
+            ("sqlite:///var/lib/p@x/db", "sqlite:///var/lib/p@x/db"),
+        ] {
+            assert_eq!(redact_url_password(url), shown);
         }
     }
 

@@ -325,15 +325,18 @@ pub(crate) async fn migrate(config: &Config) -> Result<(), Failure> {
 
 /// `provisioner backup --to FILE`.
 pub(crate) async fn backup(config: &Config, args: BackupArgs) -> Result<(), Failure> {
-    if !config.database_url.starts_with("sqlite://") {
+    if !secrecy::ExposeSecret::expose_secret(&config.database_url).starts_with("sqlite://") {
         return Err(Failure::Usage(anyhow!(
             "backup --to works for SQLite; back PostgreSQL up with pg_dump (see README, Operations)"
         )));
     }
     // No process lock: a backup may run next to the service.
-    provisioner_store::SqlStore::backup_sqlite(&config.database_url, &args.to)
-        .await
-        .with_context(|| format!("backing up to {}", args.to.display()))
-        .map_err(runtime)?;
+    provisioner_store::SqlStore::backup_sqlite(
+        secrecy::ExposeSecret::expose_secret(&config.database_url),
+        &args.to,
+    )
+    .await
+    .with_context(|| format!("backing up to {}", args.to.display()))
+    .map_err(runtime)?;
     out(&format!("backup written to {}", args.to.display()))
 }

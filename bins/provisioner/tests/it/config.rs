@@ -37,6 +37,7 @@ const DESIGN_VARIABLES: &[&str] = &[
     "WHMCS_NO_INVOICE",
     "WHMCS_TIMEOUT",
     "WHMCS_ACCEPT_TIMEOUT",
+    "WHMCS_SETTLE",
     "DATABASE_URL",
     "JOB_LEASE",
     "FIELD_ENCRYPTION_KEY",
@@ -227,5 +228,73 @@ async fn config_check_shows_per_product_ref_fields_and_names_malformed_ones() {
             stderr.contains(&format!("WHMCS_ORDER_REF_FIELD_ID: {says}")),
             "{bad}: {stderr}"
         );
+    }
+}
+
+/// Finding 2 of the security review: `DATABASE_URL` is a secret. `config check` shows it with
+/// the password redacted, `DATABASE_URL_FILE` works, and a command that cannot reach the
+/// database names the problem without the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_password_is_never_shown() {
+    const PASSWORD: &str = "db-canary-55ee";
+    let dir = tempfile::tempdir().unwrap();
+    // Port 1 on loopback: nothing listens, the connection is refused at once.
+    let url = format!("postgres://provisioner:{PASSWORD}@127.0.0.1:1/prov");
+    let mut env = complete_env(dir.path());
+    env.insert("DATABASE_URL".into(), url.clone());
+    let (code, stdout, stderr) = config_check(&env).await;
+    assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l
+                .starts_with("DATABASE_URL=postgres://provisioner:[REDACTED]@127.0.0.1:1/prov")),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains(PASSWORD) && !stderr.contains(PASSWORD),
+        "{stdout}\n{stderr}"
+    );
+
+    // From a file, as a credential store hands it over.
+    let file = dir.path().join("database-url");
+    std::fs::write(&file, format!("{url}\n")).unwrap();
+    env.remove("DATABASE_URL");
+    env.insert("DATABASE_URL_FILE".into(), file.display().to_string());
+    let (code, stdout, _) = config_check(&env).await;
+    assert_eq!(code, Some(0));
+    assert!(
+        stdout.lines().any(
+            |l| l.starts_with("DATABASE_URL=postgres://provisioner:[REDACTED]@")
+                && l.contains("file")
+        ),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(PASSWORD));
+
+    // Every error path that involves the URL: unreachable, malformed, unsupported.
+    for bad in [
+        url.clone(),
+        format!("postgres://provisioner:{PASSWORD}@127.0.0.1:notaport/prov"),
+        format!("mysql://provisioner:{PASSWORD}@127.0.0.1/prov"),
+    ] {
+        env.insert("DATABASE_URL".into(), bad.clone());
+        env.remove("DATABASE_URL_FILE");
+        for args in [
+            &["migrate"][..],
+            &["jobs", "list"][..],
+            &["config", "check"][..],
+        ] {
+            let mut cmd = Captured::provisioner("provisioner", args, &env);
+            let code = cmd.wait_exit(PATIENCE).await;
+            let (out, err) = (cmd.stdout(), cmd.stderr());
+            assert!(
+                !out.contains(PASSWORD) && !err.contains(PASSWORD),
+                "{args:?} with {bad}: exit {code:?}\n{out}\n{err}"
+            );
+            if args[0] != "config" {
+                assert_ne!(code, Some(0), "{args:?} with {bad}");
+            }
+        }
     }
 }

@@ -112,6 +112,11 @@ impl World {
         );
         set("WHMCS_API_SECRET", self.whmcs.config().secret.clone());
         set("WHMCS_ORDER_REF_FIELD_ID", REF_FIELD.to_string());
+        // The loopback WHMCS answers in milliseconds: a call whose reply a fault or a kill
+        // loses may be repeated seconds later (timeout + settle), not a minute or ten later.
+        set("WHMCS_TIMEOUT", "2s".into());
+        set("WHMCS_ACCEPT_TIMEOUT", "2s".into());
+        set("WHMCS_SETTLE", "1s".into());
         set(
             "DATABASE_URL",
             format!("sqlite://{}/provisioner.db", self.dir.path().display()),
