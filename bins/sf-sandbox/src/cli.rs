@@ -16,6 +16,21 @@ use clap::Parser;
 /// To re-approve an Order and publish its event again while a provisioner runs:
 /// `curl -X POST "$SF_LOGIN_URL/sandbox/orders/<order id>" -d '{"status": "Approved",
 /// "publish": true}'` (both fields optional; `GET` on that path shows the Order).
+/// `GET $SF_LOGIN_URL/sandbox/patches` lists the Order PATCHes with the user who sent each
+/// (kept only with `--record-requests`).
+///
+/// The WHMCS server has admin routes beside its API (`$WHMCS_API_URL` without
+/// `/includes/api.php`; no credentials): `POST /sandbox/faults` with
+/// `{"action": "AddOrder", "fault": "hold", "ms": 8000, "times": 1}` arms a fault on a
+/// running sandbox (`fault`: `hold` = commit after `ms` even if the client gave up, `latency`
+/// (`ms`), `html500`, `commit_then_drop`; without `times`: every call), `DELETE
+/// /sandbox/faults` removes them all; `GET /sandbox/orders` shows the WHMCS orders (status,
+/// AcceptOrder calls committed, module creates and custom fields per service);
+/// `GET /sandbox/requests` the calls received with the credential identifier each was sent
+/// with (kept only with `--record-requests`).
+///
+/// Several callers (provisioner instances) can be told apart: give each its own Salesforce
+/// user (`--extra-username`) and WHMCS credential (`--whmcs-extra-credential`).
 #[derive(Parser, Debug)]
 #[command(version, about, long_about)]
 pub(crate) struct Cli {
@@ -97,9 +112,78 @@ pub(crate) struct Cli {
     #[arg(long, env = "SF_SANDBOX_WHMCS_SECRET", hide_env_values = true)]
     pub(crate) whmcs_secret: Option<String>,
 
+    /// More pre-authorised Salesforce usernames besides `--username` (repeat the flag, or
+    /// comma-separate them in the environment variable): one per provisioner instance, so
+    /// that `GET /sandbox/patches` tells who wrote what. Only the main one is printed.
+    #[arg(
+        long = "extra-username",
+        env = "SF_SANDBOX_EXTRA_USERNAMES",
+        value_delimiter = ','
+    )]
+    pub(crate) extra_usernames: Vec<String>,
+    /// More WHMCS API credentials, `IDENTIFIER:SECRET` (repeat the flag, or comma-separate them
+    /// in the environment variable): one per provisioner instance, so that
+    /// `GET /sandbox/requests` tells who sent what. Only the main one is printed.
+    #[arg(long = "whmcs-extra-credential", env = "SF_SANDBOX_WHMCS_EXTRA_CREDENTIALS",
+          value_delimiter = ',', value_parser = parse_credential, hide_env_values = true)]
+    pub(crate) whmcs_extra_credentials: Vec<(String, String)>,
+    /// Hold WHMCS AddOrder calls this long, then commit them even if the client gave up:
+    /// `DUR` (every call) or `DURxN` (the next N calls), e.g. `5s` or `5sx1`.
+    #[arg(long, env = "SF_SANDBOX_WHMCS_HOLD_ADD_ORDER", value_parser = parse_hold)]
+    pub(crate) whmcs_hold_add_order: Option<Hold>,
+    /// Hold WHMCS AcceptOrder calls this long (the server module running), then commit them
+    /// even if the client gave up: `DUR` or `DURxN`, as for `--whmcs-hold-add-order`.
+    #[arg(long, env = "SF_SANDBOX_WHMCS_HOLD_ACCEPT_ORDER", value_parser = parse_hold)]
+    pub(crate) whmcs_hold_accept_order: Option<Hold>,
+    /// Keep the WHMCS request log and the Salesforce PATCH log (the most recent 100,000
+    /// entries each) for `GET /sandbox/requests` and `GET /sandbox/patches`; off by default,
+    /// so a long-running sandbox keeps only the org in memory.
+    #[arg(long, env = "SF_SANDBOX_RECORD_REQUESTS")]
+    pub(crate) record_requests: bool,
+
     /// Also write the environment lines to this file (replaced atomically, removed on exit).
     #[arg(long, env = "SF_SANDBOX_STATE_FILE")]
     pub(crate) state_file: Option<PathBuf>,
+}
+
+/// A WHMCS hold: how long, and for how many calls (`None`: every call).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Hold {
+    /// How long each call is held before it commits.
+    pub(crate) delay: Duration,
+    /// How many calls are held.
+    pub(crate) times: Option<u32>,
+}
+
+/// `DUR` or `DURxN` (N at least 1).
+fn parse_hold(text: &str) -> Result<Hold, String> {
+    let text = text.trim();
+    let (duration, times) = match text.rsplit_once('x') {
+        Some((duration, n)) => {
+            let n: u32 = n
+                .parse()
+                .map_err(|_| format!("{text:?}: expected DUR or DURxN, e.g. 5s or 5sx1"))?;
+            if n == 0 {
+                return Err(format!("{text:?}: N must be at least 1"));
+            }
+            (duration, Some(n))
+        }
+        None => (text, None),
+    };
+    Ok(Hold {
+        delay: parse_duration(duration)?,
+        times,
+    })
+}
+
+/// `IDENTIFIER:SECRET`, both non-empty.
+fn parse_credential(text: &str) -> Result<(String, String), String> {
+    match text.split_once(':') {
+        Some((identifier, secret)) if !identifier.is_empty() && !secret.is_empty() => {
+            Ok((identifier.to_owned(), secret.to_owned()))
+        }
+        _ => Err("expected IDENTIFIER:SECRET".to_owned()),
+    }
 }
 
 pub(crate) use sandbox::seed::ConfigOptions;
@@ -177,6 +261,43 @@ mod tests {
         for (text, want) in cases {
             assert_eq!(parse_duration(text).ok(), want, "{text}");
         }
+    }
+
+    #[test]
+    fn holds_take_a_duration_and_an_optional_count() {
+        let hold = |secs, times| {
+            Some(Hold {
+                delay: Duration::from_secs(secs),
+                times,
+            })
+        };
+        let cases = [
+            ("5s", hold(5, None)),
+            ("5sx1", hold(5, Some(1))),
+            ("2mx3", hold(120, Some(3))),
+            ("5sx0", None),
+            ("5sx", None),
+            ("x2", None),
+            ("0sx1", None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_hold(text).ok(), want, "{text}");
+        }
+        assert_eq!(
+            parse_hold("1500msx2").unwrap().delay,
+            Duration::from_millis(1500)
+        );
+    }
+
+    #[test]
+    fn credentials_need_both_halves() {
+        assert_eq!(
+            parse_credential("id-b:se:cret"),
+            Ok(("id-b".to_owned(), "se:cret".to_owned()))
+        );
+        assert!(parse_credential("id-b").is_err());
+        assert!(parse_credential(":s").is_err());
+        assert!(parse_credential("i:").is_err());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use anyhow::Context as _;
 use sandbox::pubsub::{PubSubConfig, PubSubSandbox};
 use sandbox::salesforce::{SalesforceConfig, SalesforceSandbox, test_keys};
-use sandbox::whmcs::{WhmcsSandbox, WhmcsSandboxConfig};
+use sandbox::whmcs::{Fault, WhmcsSandbox, WhmcsSandboxConfig};
 use tempfile::TempPath;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
@@ -72,6 +72,9 @@ pub(crate) async fn start(cli: &Cli) -> anyhow::Result<Running> {
     if let Some(username) = &cli.username {
         sf_config.usernames = vec![username.clone()];
     }
+    sf_config
+        .usernames
+        .extend(cli.extra_usernames.iter().cloned());
     if !sf_config.statuses.contains(&cli.approved_status) {
         sf_config.statuses.push(cli.approved_status.clone());
     }
@@ -105,15 +108,18 @@ pub(crate) async fn start(cli: &Cli) -> anyhow::Result<Running> {
     if let Some(secret) = &cli.whmcs_secret {
         whmcs_config.secret.clone_from(secret);
     }
+    whmcs_config
+        .extra_credentials
+        .clone_from(&cli.whmcs_extra_credentials);
     let whmcs = WhmcsSandbox::start_with(whmcs_config)
         .await
         .context("starting the WHMCS sandbox")?;
 
-    // Nothing in this process reads the PATCH and request logs (they exist for in-process
-    // tests), so they are switched off: a long-running sandbox draining a 100,000-Order
-    // backlog then keeps only the org itself in memory.
-    sf.set_record_patches(false);
-    whmcs.set_record_requests(false);
+    // Only the admin routes read the PATCH and request logs here, so they are switched off
+    // unless asked for: a long-running sandbox draining a 100,000-Order backlog then keeps
+    // only the org itself in memory.
+    sf.set_record_patches(cli.record_requests);
+    whmcs.set_record_requests(cli.record_requests);
 
     let mut forwarders = Vec::new();
     let mut front = |listener: Option<(tokio::net::TcpListener, std::net::SocketAddr)>,
@@ -146,6 +152,10 @@ pub(crate) async fn start(cli: &Cli) -> anyhow::Result<Running> {
     );
     tracing::info!(endpoint = %pubsub_endpoint, topic = %cli.channel, "pub/sub sandbox listening");
     tracing::info!(url = %whmcs_api_url, "whmcs sandbox listening");
+    tracing::info!(
+        url = %format!("http://{whmcs_addr}/sandbox/"),
+        "whmcs admin routes: POST/DELETE faults, GET orders, GET requests"
+    );
 
     let plan = Plan {
         customers: cli.customers,
@@ -180,6 +190,15 @@ pub(crate) async fn start(cli: &Cli) -> anyhow::Result<Running> {
         end_stream_every: cli.pubsub_end_stream_every,
     };
     faults::apply(&fault_plan, &sf, &whmcs, &pubsub);
+    for (action, hold) in [
+        ("AddOrder", cli.whmcs_hold_add_order),
+        ("AcceptOrder", cli.whmcs_hold_accept_order),
+    ] {
+        if let Some(hold) = hold {
+            whmcs.inject_fault(action, Fault::HoldThenCommit(hold.delay), hold.times);
+            tracing::info!(action, delay = ?hold.delay, times = ?hold.times, "whmcs hold armed");
+        }
+    }
     if cli.fault_rate > 0.0 || fault_plan.end_stream_every() > 0 {
         tracing::info!(
             rate = cli.fault_rate,

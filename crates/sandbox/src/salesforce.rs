@@ -23,6 +23,9 @@
 //!   `invalid_status`), 404 (`unknown_order`), 409 (`no_pubsub`: nothing attached),
 //!   422 (`no_customer_number`) or 500 (`publish_failed`). Checks come first: a refused
 //!   request changes nothing.
+//! - `GET /sandbox/patches` (admin route too): the recorded PATCHes, oldest first:
+//!   `{"patches": [{"orderId", "username", "status", "body", "atMs"}]}`, `username` being the
+//!   user whose token sent it (with several [`SalesforceConfig::usernames`], who wrote what).
 //!
 //! Every REST answer carries `Sforce-Limit-Info: api-usage=<used>/<limit>`. [`Faults`] injects
 //! latency, 5xx/503, Salesforce error bodies and dropped connections per [`Route`];
@@ -212,6 +215,8 @@ struct Shared {
     org: Mutex<OrgData>,
     tokens: TokenChecker,
     issued: Mutex<Vec<String>>,
+    /// Issued access token -> the user it was issued to (who sent a PATCH).
+    token_users: Mutex<HashMap<String, String>>,
     token_log: Mutex<Vec<TokenRequest>>,
     faults: Faults,
     counts: Mutex<HashMap<Route, u64>>,
@@ -256,6 +261,7 @@ impl SalesforceSandbox {
             org: Mutex::new(OrgData::default()),
             tokens: TokenChecker::default(),
             issued: Mutex::new(Vec::new()),
+            token_users: Mutex::new(HashMap::new()),
             token_log: Mutex::new(Vec::new()),
             faults: Faults::default(),
             counts: Mutex::new(HashMap::new()),
@@ -534,6 +540,7 @@ fn router(shared: Arc<Shared>) -> Router {
             "/sandbox/orders/{id}",
             get(admin_order).post(admin_change_order),
         )
+        .route("/sandbox/patches", get(admin_patches))
         .route("/services/oauth2/token", post(token))
         .route("/services/data/{version}/query", get(query))
         .route("/services/data/{version}/query/{locator}", get(query_more))
@@ -724,6 +731,10 @@ async fn token(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byte
         .lock()
         .insert(token.clone(), Instant::now() + shared.config.token_lifetime);
     shared.issued.lock().push(token.clone());
+    shared
+        .token_users
+        .lock()
+        .insert(token.clone(), username.clone());
     let user_index = shared
         .config
         .usernames
@@ -748,15 +759,19 @@ async fn token(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byte
     )
 }
 
-/// The 401 answer when the bearer token is missing, unknown or expired; otherwise counts
-/// the call against the API limit.
-fn refuse_session(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
-    let token = headers
+/// The bearer token of a request ("" when there is none).
+fn bearer(headers: &HeaderMap) -> &str {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    if !shared.tokens.is_valid(token) {
+        .unwrap_or_default()
+}
+
+/// The 401 answer when the bearer token is missing, unknown or expired; otherwise counts
+/// the call against the API limit.
+fn refuse_session(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
+    if !shared.tokens.is_valid(bearer(headers)) {
         return Some(json_response(
             401,
             &json!([{ "message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID" }]),
@@ -911,6 +926,26 @@ async fn admin_order(State(shared): State<Arc<Shared>>, Path(id): Path<String>) 
     }
 }
 
+/// `GET /sandbox/patches`: the recorded PATCHes, oldest first, with who sent each.
+async fn admin_patches(State(shared): State<Arc<Shared>>) -> Response {
+    let patches: Vec<Value> = shared
+        .org
+        .lock()
+        .patches()
+        .iter()
+        .map(|p| {
+            json!({
+                "orderId": p.order_id,
+                "username": p.username,
+                "status": p.status,
+                "body": p.body,
+                "atMs": p.at.timestamp_millis(),
+            })
+        })
+        .collect();
+    json_response(200, &json!({ "patches": patches }))
+}
+
 /// The body of `POST /sandbox/orders/{id}`.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1005,10 +1040,11 @@ async fn patch_order(
             "The requested resource does not exist",
         ))
     } else {
+        let username = shared.token_users.lock().get(bearer(&headers)).cloned();
         shared
             .org
             .lock()
-            .patch_order(&id, &body, &shared.config.statuses)
+            .patch_order_as(&id, &body, &shared.config.statuses, username)
             .map(|()| StatusCode::NO_CONTENT.into_response())
     };
     rest_answer(&shared, result)

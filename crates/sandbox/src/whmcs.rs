@@ -30,6 +30,7 @@
 //! ```
 
 mod actions;
+mod admin;
 mod faults;
 mod model;
 pub mod php;

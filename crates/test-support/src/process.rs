@@ -33,6 +33,17 @@ pub fn sigterm(child: &tokio::process::Child) {
     signal(child, "TERM");
 }
 
+/// Sends SIGSTOP to the child: it is paused (no thread runs, its sockets stay open) until
+/// [`sigcont`], as a process descheduled or a VM frozen would be.
+pub fn sigstop(child: &tokio::process::Child) {
+    signal(child, "STOP");
+}
+
+/// Sends SIGCONT to the child: a paused child runs on, its timers all late at once.
+pub fn sigcont(child: &tokio::process::Child) {
+    signal(child, "CONT");
+}
+
 /// Sends SIGKILL to the child and reaps it.
 pub async fn sigkill(child: &mut tokio::process::Child) {
     signal(child, "KILL");

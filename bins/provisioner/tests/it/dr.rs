@@ -127,7 +127,11 @@ async fn restoring_an_old_backup_creates_no_duplicate_and_converges() {
 async fn restoring_while_a_whmcs_order_is_pending_accepts_it_once() {
     let world = World::start(1, 1).await;
     let port = free_port();
-    let env = world.env(port);
+    let mut env = world.env(port);
+    // An HTML 500 leaves AcceptOrder's outcome unknown: it is sent again only after its
+    // timeout and the settle time, so both are short here.
+    env.insert("WHMCS_ACCEPT_TIMEOUT".into(), "2s".into());
+    env.insert("WHMCS_SETTLE".into(), "1s".into());
     let db = world.dir.path().join("provisioner.db");
     let backup = world.dir.path().join("backup.db");
     let log = world.dir.path().join("run.log");

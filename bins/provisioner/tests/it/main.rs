@@ -17,5 +17,6 @@ mod metrics;
 mod operate;
 mod processes;
 mod ref_fields;
+mod settle;
 mod shutdown;
 mod status_api;

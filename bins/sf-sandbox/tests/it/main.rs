@@ -335,3 +335,160 @@ async fn a_multi_product_catalogue_prints_a_ref_field_per_product() {
     let one = start(&["--order-ref-field-id", "7"]).await;
     assert_eq!(one.var("WHMCS_ORDER_REF_FIELD_ID"), "7");
 }
+
+/// `GET <base><path>` as JSON.
+async fn get_json(base: &str, path: &str) -> serde_json::Value {
+    reqwest::get(format!("{base}{path}"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// The WHMCS orders the admin route shows, once `ready` holds for them.
+async fn whmcs_orders_when(
+    base: &str,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let orders = get_json(base, "/sandbox/orders").await;
+        if ready(&orders) {
+            return orders;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{orders}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Issue 15's tools for process tests: a hold armed by flag commits after the client gave up,
+/// a fault armed at run time through the admin route hits the next call, and the admin routes
+/// tell which credential sent each WHMCS call and which user each PATCH.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holds_runtime_faults_and_who_sent_what() {
+    let sandbox = start(&[
+        "--customers",
+        "1",
+        "--record-requests",
+        "--whmcs-hold-add-order",
+        "1sx1",
+        "--whmcs-extra-credential",
+        "instance-b:secret-b",
+        "--extra-username",
+        "b@example.com",
+    ])
+    .await;
+    let whmcs_base = sandbox
+        .var("WHMCS_API_URL")
+        .strip_suffix(sandbox::whmcs::API_PATH)
+        .unwrap()
+        .to_owned();
+    let sf_base = sandbox.var("SF_LOGIN_URL").to_owned();
+    let mut config = WhmcsConfig::new(
+        sandbox.var("WHMCS_API_URL"),
+        secrecy::SecretString::from("instance-b"),
+        secrecy::SecretString::from("secret-b"),
+    );
+    config.read_timeout = Duration::from_millis(200);
+    let b = HttpWhmcsClient::new(config).unwrap();
+    let sf_order = sandbox::salesforce::salesforce_id("801", 1);
+    let mut line = OrderLine::new(1, "monthly");
+    line.custom_fields = CustomFields::new().with(1, &sf_order);
+
+    // Held past the client's timeout: unknown to the client, committed all the same.
+    let err = b
+        .add_order(&NewOrder::new(1, vec![line]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.class(),
+        whmcs_client::ErrorClass::UnknownOutcome,
+        "{err}"
+    );
+    let orders = whmcs_orders_when(&whmcs_base, |o| o["orders"][0]["id"].is_u64()).await;
+    let order_id = orders["orders"][0]["id"].as_u64().unwrap();
+    assert_eq!(orders["orders"][0]["status"], "Pending");
+    assert_eq!(
+        orders["orders"][0]["services"][0]["customFields"]["1"],
+        sf_order.as_str()
+    );
+
+    // Armed at run time: the next AcceptOrder gets an HTML 500, the one after goes through.
+    let armed = reqwest::Client::new()
+        .post(format!("{whmcs_base}/sandbox/faults"))
+        .body(r#"{"action": "AcceptOrder", "fault": "html500", "times": 1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(armed.status().as_u16(), 200);
+    let accept = whmcs_client::AcceptOrderRequest::provision(order_id, false);
+    assert!(b.accept_order(&accept).await.is_err());
+    b.accept_order(&accept).await.unwrap();
+    let orders = get_json(&whmcs_base, "/sandbox/orders").await;
+    assert_eq!(orders["orders"][0]["status"], "Active");
+    assert_eq!(orders["orders"][0]["accepts"], 1);
+    assert_eq!(orders["orders"][0]["services"][0]["moduleCreates"], 1);
+    let requests = get_json(&whmcs_base, "/sandbox/requests").await;
+    let seen: Vec<(String, String, String)> = requests["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let text = |k: &str| r[k].as_str().unwrap_or("-").to_owned();
+            (text("action"), text("identifier"), text("fault"))
+        })
+        .collect();
+    let b_id = || "instance-b".to_owned();
+    assert_eq!(
+        seen,
+        [
+            ("AddOrder".to_owned(), b_id(), "hold".to_owned()),
+            ("AcceptOrder".to_owned(), b_id(), "html500".to_owned()),
+            ("AcceptOrder".to_owned(), b_id(), "-".to_owned()),
+        ]
+    );
+    assert!(!requests.to_string().contains("secret-b"));
+
+    // A PATCH by the extra user is recorded with its name.
+    let pem = std::fs::read_to_string(sandbox.var("SF_PRIVATE_KEY_FILE")).unwrap();
+    let mut jwt = sf_auth::JwtBearerConfig::new(
+        &sf_base,
+        sandbox.var("SF_CLIENT_ID"),
+        "b@example.com",
+        secrecy::SecretString::from(pem),
+    );
+    jwt.audience = Some(sandbox.var("SF_AUDIENCE").to_owned());
+    let rest = RestOrderApi::new(
+        Arc::new(sf_auth::JwtBearer::new(jwt).unwrap()),
+        RestConfig::default(),
+    )
+    .unwrap();
+    let update = sf_rest::OrderUpdate {
+        status: Some("Provisioning".into()),
+        ..sf_rest::OrderUpdate::default()
+    };
+    rest.update_order(&sf_order, &update).await.unwrap();
+    let patches = get_json(&sf_base, "/sandbox/patches").await;
+    assert_eq!(patches["patches"][0]["orderId"], sf_order.as_str());
+    assert_eq!(patches["patches"][0]["username"], "b@example.com");
+    assert_eq!(patches["patches"][0]["status"], 204);
+    assert_eq!(sandbox.terminate().await, Some(0));
+
+    let help = Command::new(BIN).arg("--help").env_clear().output();
+    let help = timeout(PATIENCE, help).await.unwrap().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for needle in [
+        "/sandbox/faults",
+        "/sandbox/requests",
+        "/sandbox/patches",
+        "--whmcs-hold-add-order",
+        "--whmcs-hold-accept-order",
+        "DURxN",
+        "--whmcs-extra-credential",
+        "--extra-username",
+        "--record-requests",
+    ] {
+        assert!(help.contains(needle), "{needle}: {help}");
+    }
+}

@@ -94,6 +94,8 @@ pub struct RecordedPatch {
     pub status: u16,
     /// When it arrived.
     pub at: DateTime<Utc>,
+    /// The user whose access token sent it (`None`: a token the sandbox did not issue).
+    pub username: Option<String>,
 }
 
 /// A Salesforce REST error: HTTP status plus the `[{message, errorCode, fields}]` body.
@@ -457,12 +459,24 @@ impl OrgData {
         self.rejected_status = status;
     }
 
-    /// Applies a PATCH to an Order; records it whatever the outcome.
+    /// Applies a PATCH to an Order sent with no known user.
+    #[cfg(test)]
     pub(crate) fn patch_order(
         &mut self,
         id: &str,
         body: &[u8],
         statuses: &[String],
+    ) -> Result<(), ApiError> {
+        self.patch_order_as(id, body, statuses, None)
+    }
+
+    /// Applies a PATCH that `username` sent to an Order; records it whatever the outcome.
+    pub(crate) fn patch_order_as(
+        &mut self,
+        id: &str,
+        body: &[u8],
+        statuses: &[String],
+        username: Option<String>,
     ) -> Result<(), ApiError> {
         let parsed: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
         let result = self.apply_patch(id, &parsed, statuses);
@@ -471,6 +485,7 @@ impl OrgData {
             body: parsed,
             status: result.as_ref().map_or_else(|e| e.status, |()| 204),
             at: Utc::now(),
+            username,
         });
         result
     }

@@ -428,6 +428,7 @@ fn add_order(state: &mut State, config: &WhmcsSandboxConfig, post: &Array) -> Re
         invoice_id,
         no_email: truthy(post, "noemail"),
         send_email: None,
+        accepts: 0,
     });
     let ids: Vec<String> = service_ids.iter().map(u64::to_string).collect();
     Reply::ok(json!({
@@ -463,26 +464,48 @@ fn run_module_create(state: &mut State, service_id: u64) -> Result<(), String> {
     Ok(())
 }
 
-fn accept_order(state: &mut State, post: &Array) -> Reply {
-    let pending = number(post, "orderid")
+/// What an AcceptOrder found when it started: the order was Pending, with these services.
+pub(super) struct AcceptStart {
+    order_id: u64,
+    service_ids: Vec<u64>,
+}
+
+/// The first half of AcceptOrder: WHMCS reads the order when the request arrives and refuses
+/// one that is not Pending at once.
+pub(super) fn accept_start(state: &State, post: &Array) -> Result<AcceptStart, Reply> {
+    number(post, "orderid")
         .and_then(|id| state.orders.get(&id))
         .filter(|o| o.status.eq_ignore_ascii_case("pending"))
-        .map(|o| (o.id, o.service_ids.clone()));
-    let Some((order_id, service_ids)) = pending else {
-        return Reply::business("Order ID not found or Status not Pending");
-    };
-    if let Some(order) = state.orders.get_mut(&order_id) {
+        .map(|o| AcceptStart {
+            order_id: o.id,
+            service_ids: o.service_ids.clone(),
+        })
+        .ok_or_else(|| Reply::business("Order ID not found or Status not Pending"))
+}
+
+/// The second half of AcceptOrder: the module creates run and the order becomes Active,
+/// whatever happened to the order since [`accept_start`] (WHMCS holds no lock in between).
+pub(super) fn accept_commit(state: &mut State, start: AcceptStart, post: &Array) -> Reply {
+    if let Some(order) = state.orders.get_mut(&start.order_id) {
         "Active".clone_into(&mut order.status);
         order.send_email = Some(truthy(post, "sendemail"));
+        order.accepts += 1;
     }
     if truthy(post, "autosetup") {
-        for id in service_ids {
+        for id in start.service_ids {
             if let Err(message) = run_module_create(state, id) {
                 return Reply::business(message);
             }
         }
     }
     Reply::ok(json!({"result": "success"}))
+}
+
+fn accept_order(state: &mut State, post: &Array) -> Reply {
+    match accept_start(state, post) {
+        Ok(start) => accept_commit(state, start, post),
+        Err(refused) => refused,
+    }
 }
 
 fn order_json(state: &State, order: &Order) -> Json {
@@ -668,6 +691,7 @@ mod tests {
                 invoice_id: 0,
                 no_email: false,
                 send_email: None,
+                accepts: 0,
             });
         }
         state

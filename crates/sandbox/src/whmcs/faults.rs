@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::server::WhmcsSandbox;
+use super::server::{Shared, WhmcsSandbox};
 use super::state::State;
 
 /// A fault to inject into one action.
@@ -15,8 +15,12 @@ pub enum Fault {
     Html500,
     /// Handle the request (commit its changes), then close the connection without replying.
     CommitThenDrop,
-    /// Hold the request this long, then handle it (commit) whether or not the client is still
-    /// waiting: a slow server module or a locked table that commits after the client gave up.
+    /// Hold the request this long, then commit it whether or not the client is still waiting:
+    /// a slow server module or a slow table that commits after the client gave up. What WHMCS
+    /// reads first is read on arrival (AcceptOrder refuses an order that is not Pending at
+    /// once); nothing is locked while it is held, so other calls, on the same order too, run
+    /// meanwhile and see the state from before the commit: a second AcceptOrder of the order
+    /// finds it Pending and runs the module again, as WHMCS's own AcceptOrder would.
     HoldThenCommit(Duration),
 }
 
@@ -30,7 +34,12 @@ impl WhmcsSandbox {
     /// Injects `fault` into `action` (case-insensitive) for the next `times` calls, or for
     /// every call when `times` is `None`. Faults queue up in the order injected.
     pub fn inject_fault(&self, action: &str, fault: Fault, times: Option<u32>) {
-        self.shared
+        Self::inject_into(&self.shared, action, fault, times);
+    }
+
+    /// [`WhmcsSandbox::inject_fault`] on the shared state (the admin route has no handle).
+    pub(super) fn inject_into(shared: &Shared, action: &str, fault: Fault, times: Option<u32>) {
+        shared
             .state
             .lock()
             .faults
@@ -60,7 +69,12 @@ impl WhmcsSandbox {
 
     /// Removes every injected fault.
     pub fn clear_faults(&self) {
-        let mut state = self.shared.state.lock();
+        Self::clear_in(&self.shared);
+    }
+
+    /// [`WhmcsSandbox::clear_faults`] on the shared state.
+    pub(super) fn clear_in(shared: &Shared) {
+        let mut state = shared.state.lock();
         state.faults.clear();
         state.rate_faults.clear();
     }

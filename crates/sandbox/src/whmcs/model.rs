@@ -139,6 +139,10 @@ pub struct Order {
     pub no_email: bool,
     /// Whether AcceptOrder asked for welcome emails (`sendemail`).
     pub send_email: Option<bool>,
+    /// How many AcceptOrder calls committed on it: more than one means the module ran again
+    /// (an AcceptOrder held by [`crate::whmcs::Fault::HoldThenCommit`] commits even when
+    /// another one committed meanwhile, as WHMCS would).
+    pub accepts: u32,
 }
 
 /// A service (a client's product).

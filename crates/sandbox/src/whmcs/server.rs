@@ -39,6 +39,9 @@ pub struct WhmcsSandboxConfig {
     pub access_key: Option<String>,
     /// Active payment gateways (AddOrder `paymentmethod`).
     pub payment_methods: Vec<String>,
+    /// More `(identifier, secret)` pairs accepted besides the main one: a credential per
+    /// caller (one per provisioner instance), so that the request log tells who sent what.
+    pub extra_credentials: Vec<(String, String)>,
 }
 
 impl Default for WhmcsSandboxConfig {
@@ -52,6 +55,7 @@ impl Default for WhmcsSandboxConfig {
                 "paypal".to_owned(),
                 "mailin".to_owned(),
             ],
+            extra_credentials: Vec::new(),
         }
     }
 }
@@ -67,12 +71,21 @@ pub struct RecordedRequest {
     pub content_type: Option<String>,
     /// The URL query string, if any.
     pub query: Option<String>,
+    /// The fault injected into this request, if any.
+    pub fault: Option<Fault>,
+    /// When it arrived.
+    pub received_at: std::time::SystemTime,
 }
 
 impl RecordedRequest {
     /// The text of top-level parameter `name`.
     pub fn param(&self, name: &str) -> Option<String> {
         self.params.get_str(name).and_then(Value::as_text)
+    }
+
+    /// The API credential identifier it was sent with (who sent it).
+    pub fn identifier(&self) -> Option<String> {
+        self.param("identifier")
     }
 
     /// The element `name[index]` of an array parameter, as text.
@@ -87,8 +100,10 @@ impl RecordedRequest {
 
 /// What the handle and the request handlers share.
 pub(super) struct Shared {
-    config: WhmcsSandboxConfig,
+    pub(super) config: WhmcsSandboxConfig,
     pub(super) state: Mutex<State>,
+    /// Bumped by [`WhmcsSandbox::release_holds`]: every hold under way ends at once.
+    releases: tokio::sync::watch::Sender<u64>,
 }
 
 /// Per-connection context handed to the handler.
@@ -126,8 +141,9 @@ impl WhmcsSandbox {
         let shared = Arc::new(Shared {
             config,
             state: Mutex::new(State::default()),
+            releases: tokio::sync::watch::Sender::new(0),
         });
-        let router = Router::new()
+        let router = super::admin::routes()
             .route(API_PATH, any(api))
             .with_state(Arc::clone(&shared));
         let task = tokio::spawn(accept_loop(listener, router));
@@ -260,6 +276,19 @@ impl WhmcsSandbox {
             .collect()
     }
 
+    /// Ends every [`Fault::HoldThenCommit`] under way now: each commits at once, as if its
+    /// time were up. A hold whose request is already in [`WhmcsSandbox::requests`] is
+    /// released for sure; later holds run their full time.
+    pub fn release_holds(&self) {
+        self.shared.releases.send_modify(|n| *n += 1);
+    }
+
+    /// How many calls a [`Fault::HoldThenCommit`] holds right now (0: every held call has
+    /// committed or been refused).
+    pub fn holding(&self) -> usize {
+        self.shared.state.lock().holding
+    }
+
     /// Forgets the recorded requests.
     pub fn clear_requests(&self) {
         self.shared.state.lock().requests.clear();
@@ -338,17 +367,26 @@ async fn api(
     let action_key = action.to_ascii_lowercase();
     tracing::debug!(action = %action, "whmcs sandbox request");
 
-    let fault = {
+    let (fault, release) = {
         let mut state = shared.state.lock();
+        let fault = take_fault(&mut state, &action_key);
+        // Before the request is visible in the log, so that a release after a test saw it
+        // reaches this hold.
+        let release = shared.releases.subscribe();
+        if matches!(fault, Some(Fault::HoldThenCommit(_))) {
+            state.holding += 1;
+        }
         if state.requests.enabled() {
             state.requests.push(RecordedRequest {
                 action: action.clone(),
                 params: post.clone(),
                 content_type,
                 query: uri.query().map(str::to_owned),
+                fault: fault.clone(),
+                received_at: std::time::SystemTime::now(),
             });
         }
-        take_fault(&mut state, &action_key)
+        (fault, release)
     };
     let mut drop_after = false;
     match fault {
@@ -366,8 +404,11 @@ async fn api(
             // A task of its own: a client that gives up drops this handler, not the commit.
             let (shared, connection) = (Arc::clone(&shared), connection.clone());
             let held = tokio::spawn(async move {
-                tokio::time::sleep(delay).await;
-                handle(&shared, &connection, &post, &action_key)
+                let hold = Hold { delay, release };
+                let reply = hold_then_commit(&shared, &connection, &post, &action_key, hold).await;
+                let mut state = shared.state.lock();
+                state.holding = state.holding.saturating_sub(1);
+                reply
             });
             return match held.await {
                 Ok(reply) => (reply.status, axum::Json(reply.body)).into_response(),
@@ -387,38 +428,103 @@ async fn api(
     (reply.status, axum::Json(reply.body)).into_response()
 }
 
-fn handle(shared: &Shared, connection: &Connection, post: &Array, action: &str) -> Reply {
-    let config = &shared.config;
-    let mut state = shared.state.lock();
+/// How long a held action waits, unless released first.
+struct Hold {
+    delay: std::time::Duration,
+    release: tokio::sync::watch::Receiver<u64>,
+}
 
+/// A held action: what WHMCS reads when the request arrives is read at once (AcceptOrder
+/// refuses an order that is not Pending right away), then nothing is held, not even a lock,
+/// for `delay` (a module call, a slow table), then the action commits. Other actions, on
+/// this order too, run meanwhile and see the state from before the commit.
+async fn hold_then_commit(
+    shared: &Shared,
+    connection: &Connection,
+    post: &Array,
+    action: &str,
+    mut hold: Hold,
+) -> Reply {
+    let accept = if action == "acceptorder" {
+        let state = shared.state.lock();
+        if let Some(refused) = refuse(shared, &state, connection, post, action) {
+            return refused;
+        }
+        match actions::accept_start(&state, post) {
+            Ok(start) => Some(start),
+            Err(refused) => return refused,
+        }
+    } else {
+        None
+    };
+    tokio::select! {
+        () = tokio::time::sleep(hold.delay) => {}
+        // `WhmcsSandbox::release_holds` (the sender lives in `shared`: no error while we run).
+        _ = hold.release.changed() => {}
+    }
+    match accept {
+        Some(start) => actions::accept_commit(&mut shared.state.lock(), start, post),
+        None => handle(shared, connection, post, action),
+    }
+}
+
+fn handle(shared: &Shared, connection: &Connection, post: &Array, action: &str) -> Reply {
+    let mut state = shared.state.lock();
+    if let Some(refused) = refuse(shared, &state, connection, post, action) {
+        return refused;
+    }
+    actions::dispatch(&mut state, &shared.config, post, action)
+}
+
+/// The answer WHMCS gives before it runs an action: a denied IP, bad credentials, no action,
+/// an action the credential's API role does not allow. `None`: the action may run.
+fn refuse(
+    shared: &Shared,
+    state: &State,
+    connection: &Connection,
+    post: &Array,
+    action: &str,
+) -> Option<Reply> {
+    let config = &shared.config;
     let access_key_ok = config
         .access_key
         .as_deref()
         .is_some_and(|key| !key.is_empty() && text(post, "accesskey") == key);
     if state.ip_denied && !access_key_ok {
-        return Reply::error(
+        return Some(Reply::error(
             StatusCode::BAD_REQUEST,
             format!("Invalid IP {}", connection.peer.ip()),
-        );
+        ));
     }
     let identifier = text(post, "identifier");
     let secret = text(post, "secret");
     if identifier.is_empty() || secret.is_empty() {
-        return Reply::error(StatusCode::FORBIDDEN, "Invalid or missing credentials");
+        return Some(Reply::error(
+            StatusCode::FORBIDDEN,
+            "Invalid or missing credentials",
+        ));
     }
-    if identifier != config.identifier || secret != config.secret {
-        return Reply::error(StatusCode::FORBIDDEN, "Authentication Failed");
+    let known = (identifier == config.identifier && secret == config.secret)
+        || config
+            .extra_credentials
+            .iter()
+            .any(|(i, s)| *i == identifier && *s == secret);
+    if !known {
+        return Some(Reply::error(StatusCode::FORBIDDEN, "Authentication Failed"));
     }
     if action.is_empty() {
-        return Reply::error(StatusCode::BAD_REQUEST, "Empty action request");
+        return Some(Reply::error(
+            StatusCode::BAD_REQUEST,
+            "Empty action request",
+        ));
     }
     if let Some(allowed) = &state.allowed_actions
         && !allowed.contains(action)
     {
-        return Reply::error(
+        return Some(Reply::error(
             StatusCode::FORBIDDEN,
             format!("Invalid Permissions: API action \"{action}\" is not allowed"),
-        );
+        ));
     }
-    actions::dispatch(&mut state, config, post, action)
+    None
 }

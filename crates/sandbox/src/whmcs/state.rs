@@ -35,6 +35,8 @@ pub(super) struct State {
     pub(super) rng: Option<rand::rngs::StdRng>,
     pub(super) ip_denied: bool,
     pub(super) allowed_actions: Option<HashSet<String>>,
+    /// Calls held by [`Fault::HoldThenCommit`] that have not committed (or been refused) yet.
+    pub(super) holding: usize,
 }
 
 /// Removes `id` from the set under `key`, dropping the set when it empties.
