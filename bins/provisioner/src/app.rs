@@ -217,6 +217,24 @@ pub(crate) async fn shutdown_signal() {
     }
 }
 
+/// Publishes the audit chain's head (seq, MAC) to the log and, as an `audit_head` alert, to
+/// the webhook: a copy outside the database that `audit verify --expect-head` checks later.
+pub(crate) async fn witness_audit_head(store: &SqlStore, monitor: &security::SecurityMonitor) {
+    match audit::AuditLog::head(store).await {
+        Ok(head) => {
+            let mac = head.mac.to_hex();
+            tracing::info!(
+                audit_seq = head.seq,
+                audit_mac = %mac,
+                head = %format!("{}:{mac}", head.seq),
+                "audit chain head witnessed"
+            );
+            monitor.audit_head(head.seq, &mac).await;
+        }
+        Err(e) => tracing::warn!(error = %e, "could not read the audit chain head to witness it"),
+    }
+}
+
 /// `provisioner run`: the service, until SIGTERM/SIGINT.
 pub(crate) async fn run(config: Config) -> Result<(), Failure> {
     let missing = config.missing_for_run();
@@ -297,6 +315,19 @@ pub(crate) async fn run(config: Config) -> Result<(), Failure> {
             metrics.run_upkeep();
         }
     });
+    // The audit chain's head, published now, every AUDIT_WITNESS_INTERVAL and at shutdown.
+    let witness = tokio::spawn({
+        let (store, monitor) = (Arc::clone(&store), service.monitor.clone());
+        let every = config.audit_witness_interval;
+        async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                witness_audit_head(&store, &monitor).await;
+            }
+        }
+    });
     tracing::info!(addr = %config.http_addr, events = config.events_enabled, "provisioner running");
 
     shutdown_signal().await;
@@ -304,6 +335,10 @@ pub(crate) async fn run(config: Config) -> Result<(), Failure> {
     let _ = stop_http.send(());
     service.running.handle.shutdown().await;
     upkeep.abort();
+    witness.abort();
+    witness_audit_head(&store, &service.monitor).await;
+    // The last alerts (that witness among them) leave before the process does.
+    service.monitor.drain(Duration::from_secs(5)).await;
     match server.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "status API stopped with an error"),

@@ -90,8 +90,15 @@ pub(crate) struct TailArgs {
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum AuditCommand {
-    /// Verify the whole chain; exit 1 naming the first bad record.
-    Verify,
+    /// Verify the whole chain and print its head (`SEQ:MAC`); exit 1 naming the first bad
+    /// record.
+    Verify {
+        /// A head witnessed earlier (the service logs it and sends it to the alert webhook as
+        /// `audit_head`): that record must still be in the chain with that MAC, which catches a
+        /// cut tail, wiped rows and a restored older database.
+        #[arg(long, value_name = "SEQ:MAC")]
+        expect_head: Option<String>,
+    },
     /// Remove records older than AUDIT_LOG_RETENTION_DAYS, keeping an anchor.
     Purge,
 }

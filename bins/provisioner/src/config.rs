@@ -47,6 +47,8 @@ pub(crate) fn redact_url_password(url: &str) -> String {
 const EVENTS_ENABLED: bool = true;
 /// `SF_PUBSUB_ENDPOINT`'s default.
 const PUBSUB_ENDPOINT: &str = "https://api.pubsub.salesforce.com:7443";
+/// `AUDIT_WITNESS_INTERVAL`'s default.
+const AUDIT_WITNESS_INTERVAL: Duration = Duration::from_secs(3600);
 /// `DATABASE_URL`'s default.
 const DATABASE_URL: &str = "sqlite://provisioner.db";
 
@@ -115,6 +117,10 @@ pub(crate) static VARIABLES: LazyLock<Vec<(&'static str, Option<String>)>> = Laz
             "AUDIT_LOG_RETENTION_DAYS",
             text(&audit::DEFAULT_RETENTION_DAYS),
         ),
+        (
+            "AUDIT_WITNESS_INTERVAL",
+            Some(format_duration(AUDIT_WITNESS_INTERVAL)),
+        ),
         ("SECURITY_ALERT_WEBHOOK", None),
         (
             "PROVISIONER_HTTP_ADDR",
@@ -139,6 +145,17 @@ pub(crate) static VARIABLES: LazyLock<Vec<(&'static str, Option<String>)>> = Laz
         ("ALLOW_INSECURE_HTTP", text(&false)),
     ]
 });
+
+/// A duration longer than zero.
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    parse_duration(text).and_then(|d| {
+        if d.is_zero() {
+            Err("must be positive".to_owned())
+        } else {
+            Ok(d)
+        }
+    })
+}
 
 /// Whether `url` (`http://...`) names a loopback host: `localhost`, `127.0.0.0/8` or `::1`.
 pub(crate) fn is_loopback_url(url: &str) -> bool {
@@ -296,6 +313,8 @@ pub(crate) struct Config {
     pub(crate) encryption_key: Option<SecretString>,
     pub(crate) key_rotation_days: u32,
     pub(crate) audit_retention_days: u32,
+    /// `AUDIT_WITNESS_INTERVAL`: how often the audit chain's head is published.
+    pub(crate) audit_witness_interval: Duration,
     pub(crate) alert_webhook: Option<SecretString>,
     pub(crate) http_addr: SocketAddr,
     pub(crate) portal_token: Option<SecretString>,
@@ -544,6 +563,9 @@ impl Config {
         let key_rotation_days = p
             .parsed("ENCRYPTION_KEY_ROTATION_DAYS", days)
             .unwrap_or(engine.key_rotation_days);
+        let audit_witness_interval = p
+            .parsed("AUDIT_WITNESS_INTERVAL", positive_duration)
+            .unwrap_or(AUDIT_WITNESS_INTERVAL);
         let audit_retention_days = p
             .parsed("AUDIT_LOG_RETENTION_DAYS", days)
             .unwrap_or(audit::DEFAULT_RETENTION_DAYS);
@@ -578,15 +600,7 @@ impl Config {
         let provision_rate = p.parsed("CUSTOMER_PROVISION_RATE", rate);
         let status_rate = p.parsed("CUSTOMER_STATUS_RATE", rate);
         let reconcile_interval = p
-            .parsed("RECONCILE_INTERVAL", |t| {
-                parse_duration(t).and_then(|d| {
-                    if d.is_zero() {
-                        Err("must be positive".to_owned())
-                    } else {
-                        Ok(d)
-                    }
-                })
-            })
+            .parsed("RECONCILE_INTERVAL", positive_duration)
             .unwrap_or(engine.reconcile_interval);
         let log_format = p.parsed("LOG_FORMAT", |t| match t.trim() {
             "json" => Ok(LogFormat::Json),
@@ -670,6 +684,7 @@ impl Config {
             encryption_key,
             key_rotation_days,
             audit_retention_days,
+            audit_witness_interval,
             alert_webhook,
             http_addr,
             portal_token: p.secret("PORTAL_API_TOKEN"),
@@ -915,6 +930,7 @@ mod tests {
             ("FIELD_ENCRYPTION_KEY", None),
             ("ENCRYPTION_KEY_ROTATION_DAYS", Some("90")),
             ("AUDIT_LOG_RETENTION_DAYS", Some("2555")),
+            ("AUDIT_WITNESS_INTERVAL", Some("1h")),
             ("SECURITY_ALERT_WEBHOOK", None),
             ("PROVISIONER_HTTP_ADDR", Some("127.0.0.1:8080")),
             ("PORTAL_API_TOKEN", None),

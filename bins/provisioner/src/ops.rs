@@ -86,21 +86,90 @@ pub(crate) fn config_check(
     }
 }
 
+/// `SEQ:MAC`, as `audit verify` prints a head and the witness publishes it.
+fn parse_head(text: &str) -> anyhow::Result<(u64, audit::Mac)> {
+    let (seq, mac) = text
+        .split_once(':')
+        .ok_or_else(|| anyhow!("--expect-head {text:?}: expected SEQ:MAC"))?;
+    let seq = seq
+        .trim()
+        .parse::<u64>()
+        .map_err(|_| anyhow!("--expect-head: {seq:?} is not a sequence number"))?;
+    let mac = mac
+        .trim()
+        .parse::<audit::Mac>()
+        .map_err(|_| anyhow!("--expect-head: the MAC must be 64 hex digits"))?;
+    Ok((seq, mac))
+}
+
+/// The witnessed record `seq` must still be in the verified chain with MAC `mac`: else the
+/// tail was cut, rows were wiped or an older database was restored.
+async fn check_witness(
+    store: &provisioner_store::SqlStore,
+    summary: &audit::VerifySummary,
+    seq: u64,
+    mac: &audit::Mac,
+) -> anyhow::Result<()> {
+    if seq > summary.head.seq {
+        anyhow::bail!(
+            "witnessed record {seq} is missing: the chain ends at {} (its tail was cut, its rows \
+             wiped, or an older database restored)",
+            summary.head.seq
+        );
+    }
+    if seq == summary.anchor.seq && summary.anchor.removed > 0 && summary.anchor.mac == *mac {
+        // The witnessed record was purged by retention, and is the anchor the chain continues
+        // from: the same record.
+        return Ok(());
+    }
+    if seq <= summary.anchor.seq {
+        anyhow::bail!(
+            "witnessed record {seq} is before the retention anchor (seq {}): purged, cannot be \
+             checked; use a later witness",
+            summary.anchor.seq
+        );
+    }
+    let found = audit::AuditLog::read_range(store, seq, 1)
+        .await
+        .context("reading the witnessed record")?;
+    match found.first() {
+        Some(record) if record.record.seq == seq && record.mac == *mac => Ok(()),
+        Some(record) if record.record.seq == seq => anyhow::bail!(
+            "witnessed record {seq} differs: its MAC is {}, the witness says {mac} (the chain \
+             was rewritten or an older database restored)",
+            record.mac
+        ),
+        _ => anyhow::bail!("witnessed record {seq} is missing from the chain"),
+    }
+}
+
 /// `provisioner audit verify|purge`.
 pub(crate) async fn audit(config: &Config, command: AuditCommand) -> Result<(), Failure> {
     let store = store(config, false).await?;
     match command {
-        AuditCommand::Verify => {
+        AuditCommand::Verify { expect_head } => {
+            let expected = expect_head
+                .as_deref()
+                .map(parse_head)
+                .transpose()
+                .map_err(Failure::Usage)?;
             let summary = audit::verify(&*store, store.audit_key())
                 .await
                 .context("audit chain verification failed")
                 .map_err(runtime)?;
+            if let Some((seq, mac)) = expected {
+                check_witness(&store, &summary, seq, &mac)
+                    .await
+                    .map_err(runtime)?;
+            }
             out(&format!(
-                "audit chain ok: {} records (seq {}..{}), {} purged before the anchor",
+                "audit chain ok: {} records (seq {}..{}), {} purged before the anchor; head {}:{}",
                 summary.records,
                 summary.first_seq.unwrap_or(0),
                 summary.last_seq.unwrap_or(0),
-                summary.anchor.removed
+                summary.anchor.removed,
+                summary.head.seq,
+                summary.head.mac,
             ))
         }
         AuditCommand::Purge => {

@@ -225,6 +225,11 @@ impl SecurityMonitor {
         alert
     }
 
+    /// Waits up to `grace` for the sink to deliver what it was handed (at shutdown).
+    pub async fn drain(&self, grace: Duration) -> bool {
+        self.inner.sink.flush(grace).await
+    }
+
     /// Sends an alert built elsewhere, through deduplication. Returns it if it was sent.
     pub async fn raise(&self, alert: Alert) -> Option<Alert> {
         let out = self.inner.dedup.lock().offer(alert, Instant::now());

@@ -21,6 +21,13 @@ use crate::{Alert, Error, Result};
 pub trait AlertSink: Send + Sync {
     /// Hands over one alert for delivery.
     async fn send(&self, alert: Alert);
+
+    /// Waits up to `grace` until every alert handed over so far was delivered or given up
+    /// (at shutdown, so the last alerts leave the process). Returns whether it got there.
+    async fn flush(&self, grace: Duration) -> bool {
+        let _ = grace;
+        true
+    }
 }
 
 /// Alerts written to the log only: the sink when `SECURITY_ALERT_WEBHOOK` is unset.
@@ -213,6 +220,27 @@ impl AlertSink for WebhookSink {
                 }
             }
         }
+    }
+
+    async fn flush(&self, grace: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + grace;
+        while !self.settled() {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!("alert webhook queue not drained in time");
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+}
+
+impl WebhookSink {
+    /// Whether every queued alert was delivered or given up.
+    fn settled(&self) -> bool {
+        let c = &self.counters;
+        c.delivered.load(Ordering::Relaxed) + c.failed.load(Ordering::Relaxed)
+            >= c.queued.load(Ordering::Relaxed)
     }
 }
 

@@ -11,26 +11,7 @@ use sandbox::whmcs::Fault;
 
 use test_support::process::free_port;
 
-use crate::support::{World, spawn, spawn_logged, wait_healthy};
-
-async fn provisioner(
-    args: &[&str],
-    env: &std::collections::BTreeMap<String, String>,
-) -> (i32, String) {
-    let child = spawn(args, env);
-    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("command finished")
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
+use crate::support::{World, provisioner, spawn_logged, wait_healthy};
 
 /// The database is lost: `backup` is put back at `db` (its WAL files removed).
 fn restore(backup: &std::path::Path, db: &std::path::Path) {

@@ -20,3 +20,4 @@ mod ref_fields;
 mod settle;
 mod shutdown;
 mod status_api;
+mod witness;

@@ -148,6 +148,24 @@ fn command(args: &[&str], env: &BTreeMap<String, String>) -> tokio::process::Com
 
 /// Starts `provisioner <args>` with exactly `env` (nothing inherited but PATH), stdout and
 /// stderr piped; the child is killed when dropped.
+/// Runs a short `provisioner` command to its end (a minute at most): exit code, stdout and
+/// stderr together.
+pub(crate) async fn provisioner(args: &[&str], env: &BTreeMap<String, String>) -> (i32, String) {
+    let child = spawn(args, env);
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("command finished")
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
 pub(crate) fn spawn(args: &[&str], env: &BTreeMap<String, String>) -> tokio::process::Child {
     command(args, env)
         .stdout(Stdio::piped())

@@ -1,0 +1,161 @@
+//! Issue 16, Done-when 1: the audit chain's head is witnessed outside the database (the log and
+//! the alert webhook, on start and on shutdown), and `audit verify --expect-head` catches what
+//! a plain verification cannot: a cut tail, wiped rows and a restored older database.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use test_support::process::free_port;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::{World, provisioner, spawn_logged, stop, wait_all_activated, wait_healthy};
+
+/// A loopback webhook that answers 200 and keeps every request body.
+async fn webhook() -> (String, Arc<Mutex<Vec<String>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let bodies: Arc<Mutex<Vec<String>>> = Arc::default();
+    let kept = Arc::clone(&bodies);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let kept = Arc::clone(&kept);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = stream.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    let Some(end) = text.find("\r\n\r\n") else {
+                        continue;
+                    };
+                    let length = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse::<usize>().ok())
+                                .flatten()
+                        })
+                        .unwrap_or(0);
+                    if buf.len() >= end + 4 + length {
+                        kept.lock()
+                            .unwrap()
+                            .push(text[end + 4..end + 4 + length].to_owned());
+                        let _ = stream
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                            .await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, bodies)
+}
+
+/// `env` pointed at another SQLite file.
+fn on(env: &BTreeMap<String, String>, db: &std::path::Path) -> BTreeMap<String, String> {
+    let mut env = env.clone();
+    env.insert("DATABASE_URL".into(), format!("sqlite://{}", db.display()));
+    env
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cut_tail_wiped_rows_or_an_older_backup_fail_the_witnessed_head() {
+    let world = World::start(5, 1).await;
+    let port = free_port();
+    let (hook, bodies) = webhook().await;
+    let mut env = world.env(port);
+    env.insert("SECURITY_ALERT_WEBHOOK".into(), hook);
+    let dir = world.dir.path();
+    let log = dir.join("run.log");
+
+    let mut child = spawn_logged(&["run"], &env, &log);
+    wait_healthy(port, Duration::from_secs(30)).await;
+    // An older copy, taken before any order (the one a rollback would restore).
+    let old = dir.join("old.db");
+    let (code, out) = provisioner(&["backup", "--to", old.to_str().unwrap()], &env).await;
+    assert_eq!(code, 0, "{out}");
+    world.publish_all();
+    wait_all_activated(&world, Duration::from_secs(60)).await;
+    stop(&mut child).await;
+
+    // The witnesses: in the log (start and shutdown), the last one the head at shutdown.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let heads: Vec<String> = text
+        .lines()
+        .filter(|l| l.contains("audit chain head witnessed"))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["fields"]["head"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        heads.len() >= 2,
+        "witnessed on start and on shutdown: {heads:?}"
+    );
+    let head = heads.last().unwrap().clone();
+    let (seq, mac) = head.split_once(':').unwrap();
+    // ... and at the webhook, as `audit_head` alerts.
+    let alerts: Vec<serde_json::Value> = bodies
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|b| serde_json::from_str(b).ok())
+        .filter(|a: &serde_json::Value| a["alert"] == "audit_head")
+        .collect();
+    assert!(alerts.len() >= 2, "{alerts:?}");
+    let last = alerts.last().unwrap();
+    assert_eq!(last["severity"], "low");
+    assert_eq!(last["details"]["audit_seq"], seq);
+    assert_eq!(last["details"]["audit_mac"], mac);
+
+    // The intact chain has that head.
+    let (code, out) = provisioner(&["audit", "verify", "--expect-head", &head], &env).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("head {head}")), "{out}");
+
+    // Consistent copies to tamper with.
+    let copy = |name: &str| {
+        let path = dir.join(name);
+        let env = env.clone();
+        async move {
+            let (code, out) = provisioner(&["backup", "--to", path.to_str().unwrap()], &env).await;
+            assert_eq!(code, 0, "{out}");
+            path
+        }
+    };
+    let cut = copy("cut.db").await;
+    let wiped = copy("wiped.db").await;
+    {
+        let conn = rusqlite::Connection::open(&cut).unwrap();
+        conn.execute(
+            "DELETE FROM audit_log WHERE seq = (SELECT MAX(seq) FROM audit_log)",
+            [],
+        )
+        .unwrap();
+        let conn = rusqlite::Connection::open(&wiped).unwrap();
+        conn.execute("DELETE FROM audit_log", []).unwrap();
+    }
+    for (db, what) in [
+        (&cut, "a cut tail"),
+        (&wiped, "wiped rows"),
+        (&old, "an older backup"),
+    ] {
+        // Without the witness, each still verifies: that is the gap.
+        let (code, out) = provisioner(&["audit", "verify"], &on(&env, db)).await;
+        assert_eq!(code, 0, "{what}: plain verify: {out}");
+        let (code, out) =
+            provisioner(&["audit", "verify", "--expect-head", &head], &on(&env, db)).await;
+        assert_eq!(code, 1, "{what}: {out}");
+        assert!(
+            out.contains(&format!("witnessed record {seq}")),
+            "{what}: {out}"
+        );
+    }
+}
