@@ -301,9 +301,14 @@ pub(crate) async fn run(config: Config) -> Result<(), Failure> {
             .build()
             .map_err(|e| Failure::Usage(anyhow::Error::new(e)))?;
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(status_api::serve(
+    let server = tokio::spawn(status_api::serve_with(
         listener,
         status_api::router(state),
+        status_api::ServeOptions {
+            max_connections: config.http_max_connections,
+            header_read_timeout: config.http_read_timeout,
+            allowlist: Some(config.allowed_cidrs.clone()),
+        },
         async move {
             let _ = http_stopped.await;
         },

@@ -128,6 +128,14 @@ pub(crate) static VARIABLES: LazyLock<Vec<(&'static str, Option<String>)>> = Laz
         ),
         ("PORTAL_API_TOKEN", None),
         ("HTTP_ALLOWED_CIDRS", text(&security::IpAllowlist::DEFAULT)),
+        (
+            "HTTP_MAX_CONNECTIONS",
+            text(&status_api::DEFAULT_MAX_CONNECTIONS),
+        ),
+        (
+            "HTTP_READ_TIMEOUT",
+            Some(format_duration(status_api::DEFAULT_HEADER_READ_TIMEOUT)),
+        ),
         ("PROVISIONER_CONCURRENCY", text(&engine.concurrency)),
         (
             "CUSTOMER_PROVISION_RATE",
@@ -313,6 +321,10 @@ pub(crate) struct Config {
     pub(crate) encryption_key: Option<SecretString>,
     pub(crate) key_rotation_days: u32,
     pub(crate) audit_retention_days: u32,
+    /// `HTTP_MAX_CONNECTIONS`: open connections to the status API at most.
+    pub(crate) http_max_connections: usize,
+    /// `HTTP_READ_TIMEOUT`: a request head must arrive within it; idle connections close.
+    pub(crate) http_read_timeout: Duration,
     /// `AUDIT_WITNESS_INTERVAL`: how often the audit chain's head is published.
     pub(crate) audit_witness_interval: Duration,
     pub(crate) alert_webhook: Option<SecretString>,
@@ -563,6 +575,17 @@ impl Config {
         let key_rotation_days = p
             .parsed("ENCRYPTION_KEY_ROTATION_DAYS", days)
             .unwrap_or(engine.key_rotation_days);
+        let http_max_connections = p
+            .parsed("HTTP_MAX_CONNECTIONS", |t| {
+                match t.trim().parse::<usize>() {
+                    Ok(n) if (1..=1_000_000).contains(&n) => Ok(n),
+                    _ => Err(format!("{t:?} must be a number from 1 to 1000000")),
+                }
+            })
+            .unwrap_or(status_api::DEFAULT_MAX_CONNECTIONS);
+        let http_read_timeout = p
+            .parsed("HTTP_READ_TIMEOUT", positive_duration)
+            .unwrap_or(status_api::DEFAULT_HEADER_READ_TIMEOUT);
         let audit_witness_interval = p
             .parsed("AUDIT_WITNESS_INTERVAL", positive_duration)
             .unwrap_or(AUDIT_WITNESS_INTERVAL);
@@ -685,6 +708,8 @@ impl Config {
             key_rotation_days,
             audit_retention_days,
             audit_witness_interval,
+            http_max_connections,
+            http_read_timeout,
             alert_webhook,
             http_addr,
             portal_token: p.secret("PORTAL_API_TOKEN"),
@@ -935,6 +960,8 @@ mod tests {
             ("PROVISIONER_HTTP_ADDR", Some("127.0.0.1:8080")),
             ("PORTAL_API_TOKEN", None),
             ("HTTP_ALLOWED_CIDRS", Some("127.0.0.0/8,::1/128")),
+            ("HTTP_MAX_CONNECTIONS", Some("1024")),
+            ("HTTP_READ_TIMEOUT", Some("10s")),
             ("PROVISIONER_CONCURRENCY", Some("16")),
             ("CUSTOMER_PROVISION_RATE", Some("30/hour")),
             ("CUSTOMER_STATUS_RATE", Some("60/minute")),

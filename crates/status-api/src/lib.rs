@@ -40,13 +40,13 @@
 //! This crate reads no environment variables: the binary passes the configured values in.
 
 mod error;
+mod listener;
 mod metrics;
 mod routes;
 mod state;
 mod status;
 
 use std::future::Future;
-use std::net::SocketAddr;
 
 pub use crate::error::{Error, Result};
 pub use crate::metrics::{
@@ -65,11 +65,16 @@ pub use crate::status::{
     is_customer_number, is_order_id,
 };
 
+pub use crate::listener::{
+    CONNECTIONS_REFUSED_TOTAL, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_CONNECTIONS, ServeOptions,
+    serve_with,
+};
+
 /// The default of `PROVISIONER_HTTP_ADDR`.
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
 
-/// Serves `router` on `listener` until `shutdown` completes, then lets in-flight requests
-/// finish.
+/// Serves `router` on `listener` with [`ServeOptions::default`] until `shutdown` completes,
+/// then lets in-flight requests finish.
 ///
 /// Connections carry their peer address (`ConnectInfo<SocketAddr>`), which the allowlist needs.
 ///
@@ -80,11 +85,5 @@ pub async fn serve(
     router: axum::Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
-    .map_err(|source| Error::Serve { source })
+    serve_with(listener, router, ServeOptions::default(), shutdown).await
 }

@@ -7,6 +7,7 @@ mod support;
 
 mod backlog;
 mod config;
+mod connections;
 mod crash;
 mod dr;
 mod events;
