@@ -286,20 +286,24 @@ pub(crate) async fn run(config: Config) -> Result<(), Failure> {
         .portal_token
         .clone()
         .ok_or_else(|| Failure::Usage(anyhow::anyhow!("PORTAL_API_TOKEN: required")))?;
-    let state =
-        status_api::StatusApiState::builder(Arc::clone(&store) as Arc<dyn Store>, portal_token)
-            .allowlist(config.allowed_cidrs.clone())
-            .status_rate(config.status_rate)
-            .monitor(service.monitor.clone())
-            // Ready when the subscriber is disabled, connected, or held by another instance.
-            .subscriber_ready(move || {
-                ready
-                    .as_ref()
-                    .is_none_or(|s| s.is_connected() || !s.is_leader())
-            })
-            .metrics(metrics.clone())
-            .build()
-            .map_err(|e| Failure::Usage(anyhow::Error::new(e)))?;
+    let mut state =
+        status_api::StatusApiState::builder(Arc::clone(&store) as Arc<dyn Store>, portal_token);
+    if let Some(previous) = config.portal_token_previous.clone() {
+        state = state.previous_token(previous);
+    }
+    let state = state
+        .allowlist(config.allowed_cidrs.clone())
+        .status_rate(config.status_rate)
+        .monitor(service.monitor.clone())
+        // Ready when the subscriber is disabled, connected, or held by another instance.
+        .subscriber_ready(move || {
+            ready
+                .as_ref()
+                .is_none_or(|s| s.is_connected() || !s.is_leader())
+        })
+        .metrics(metrics.clone())
+        .build()
+        .map_err(|e| Failure::Usage(anyhow::Error::new(e)))?;
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(status_api::serve_with(
         listener,

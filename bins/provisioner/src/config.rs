@@ -21,6 +21,7 @@ pub(crate) const SECRETS: &[&str] = &[
     "WHMCS_ACCESS_KEY",
     "FIELD_ENCRYPTION_KEY",
     "PORTAL_API_TOKEN",
+    "PORTAL_API_TOKEN_PREVIOUS",
     "SECURITY_ALERT_WEBHOOK",
     "DATABASE_URL",
 ];
@@ -127,6 +128,7 @@ pub(crate) static VARIABLES: LazyLock<Vec<(&'static str, Option<String>)>> = Laz
             text(&status_api::DEFAULT_HTTP_ADDR),
         ),
         ("PORTAL_API_TOKEN", None),
+        ("PORTAL_API_TOKEN_PREVIOUS", None),
         ("HTTP_ALLOWED_CIDRS", text(&security::IpAllowlist::DEFAULT)),
         (
             "HTTP_MAX_CONNECTIONS",
@@ -330,6 +332,8 @@ pub(crate) struct Config {
     pub(crate) alert_webhook: Option<SecretString>,
     pub(crate) http_addr: SocketAddr,
     pub(crate) portal_token: Option<SecretString>,
+    /// `PORTAL_API_TOKEN_PREVIOUS`: still accepted while the portal switches tokens.
+    pub(crate) portal_token_previous: Option<SecretString>,
     pub(crate) allowed_cidrs: security::IpAllowlist,
     pub(crate) concurrency: usize,
     pub(crate) provision_rate: security::Rate,
@@ -713,6 +717,7 @@ impl Config {
             alert_webhook,
             http_addr,
             portal_token: p.secret("PORTAL_API_TOKEN"),
+            portal_token_previous: p.secret("PORTAL_API_TOKEN_PREVIOUS"),
             allowed_cidrs,
             concurrency,
             provision_rate,
@@ -959,6 +964,7 @@ mod tests {
             ("SECURITY_ALERT_WEBHOOK", None),
             ("PROVISIONER_HTTP_ADDR", Some("127.0.0.1:8080")),
             ("PORTAL_API_TOKEN", None),
+            ("PORTAL_API_TOKEN_PREVIOUS", None),
             ("HTTP_ALLOWED_CIDRS", Some("127.0.0.0/8,::1/128")),
             ("HTTP_MAX_CONNECTIONS", Some("1024")),
             ("HTTP_READ_TIMEOUT", Some("10s")),

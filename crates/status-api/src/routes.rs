@@ -98,7 +98,11 @@ async fn order_status(State(state): State<StatusApiState>, request: Request) -> 
     };
     let headers = &parts.headers;
 
-    if !bearer_matches(headers, state.token()) {
+    let current = bearer_matches(headers, state.token());
+    let previous = state
+        .previous_token()
+        .is_some_and(|previous| bearer_matches(headers, previous));
+    if !(current | previous) {
         state.monitor().auth_failed(ip).await;
         let mut response = refusal(StatusCode::UNAUTHORIZED, "unauthorized");
         response

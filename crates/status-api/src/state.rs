@@ -40,6 +40,7 @@ struct Inner {
     store: Arc<dyn Store>,
     allowlist: IpAllowlist,
     token: SecretString,
+    previous_token: Option<SecretString>,
     limiter: KeyedRateLimiter<String>,
     monitor: SecurityMonitor,
     subscriber_ready: SubscriberProbe,
@@ -54,6 +55,7 @@ impl StatusApiState {
         StatusApiBuilder {
             store,
             token: portal_token,
+            previous_token: None,
             allowlist: None,
             rate: DEFAULT_STATUS_RATE,
             monitor: None,
@@ -73,6 +75,14 @@ impl StatusApiState {
 
     pub(crate) fn token(&self) -> &[u8] {
         self.inner.token.expose_secret().as_bytes()
+    }
+
+    /// The token being rotated out, still accepted (`PORTAL_API_TOKEN_PREVIOUS`).
+    pub(crate) fn previous_token(&self) -> Option<&[u8]> {
+        self.inner
+            .previous_token
+            .as_ref()
+            .map(|t| t.expose_secret().as_bytes())
     }
 
     pub(crate) fn limiter(&self) -> &KeyedRateLimiter<String> {
@@ -113,6 +123,7 @@ impl fmt::Debug for StatusApiState {
 pub struct StatusApiBuilder {
     store: Arc<dyn Store>,
     token: SecretString,
+    previous_token: Option<SecretString>,
     allowlist: Option<IpAllowlist>,
     rate: Rate,
     monitor: Option<SecurityMonitor>,
@@ -122,6 +133,14 @@ pub struct StatusApiBuilder {
 }
 
 impl StatusApiBuilder {
+    /// A second token accepted beside the current one while the portal switches over
+    /// (`PORTAL_API_TOKEN_PREVIOUS`): set the new token as current and the old one here, move
+    /// the portal, then drop this. An empty token is ignored.
+    pub fn previous_token(mut self, token: SecretString) -> Self {
+        self.previous_token = (!token.expose_secret().is_empty()).then_some(token);
+        self
+    }
+
     /// Addresses allowed to call any route (`HTTP_ALLOWED_CIDRS`); default loopback only
     /// ([`IpAllowlist::DEFAULT`]).
     pub fn allowlist(mut self, allowlist: IpAllowlist) -> Self {
@@ -189,6 +208,7 @@ impl StatusApiBuilder {
                 store: self.store,
                 allowlist,
                 token: self.token,
+                previous_token: self.previous_token,
                 limiter: KeyedRateLimiter::new(self.rate),
                 monitor,
                 subscriber_ready,

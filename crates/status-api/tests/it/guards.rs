@@ -123,3 +123,29 @@ async fn over_the_rate_a_customer_gets_429_with_retry_after() {
     // Another customer has a budget of its own (and gets its 404).
     assert_eq!(server.lookup(ORDER, OTHER).await.status(), 404);
 }
+
+/// Token rotation without downtime: during the switch both the new token and the previous one
+/// work; anything else is still refused.
+#[tokio::test]
+async fn the_previous_token_works_beside_the_new_one_during_a_rotation() {
+    let db = TestStore::open().await;
+    db.provisioned(ORDER, OWNER).await;
+    let previous = "the-old-portal-token-7c2e";
+    let state = builder(db.dyn_store())
+        .previous_token(secrecy::SecretString::from(previous.to_owned()))
+        .build()
+        .unwrap();
+    let server = Server::start(state).await;
+    for token in [TOKEN, previous] {
+        let (status, _) = parts(server.status(ORDER, Some(OWNER), Some(token)).await).await;
+        assert_eq!(status, 200, "{token}");
+    }
+    for token in ["the-old-portal-token-7c2", "nope", ""] {
+        let (status, _) = parts(server.status(ORDER, Some(OWNER), Some(token)).await).await;
+        assert_eq!(status, 401, "{token}");
+    }
+    // Without a previous token configured, the old one is refused.
+    let server = Server::start(builder(db.dyn_store()).build().unwrap()).await;
+    let (status, _) = parts(server.status(ORDER, Some(OWNER), Some(previous)).await).await;
+    assert_eq!(status, 401);
+}
