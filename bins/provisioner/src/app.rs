@@ -324,6 +324,12 @@ pub(crate) async fn run(config: Config) -> Result<(), Failure> {
             metrics.run_upkeep();
         }
     });
+    // Deduplication windows that ended send their summaries; idle detector keys are dropped.
+    let housekeeping = service
+        .monitor
+        .spawn_housekeeping(Duration::from_secs(30))
+        .context("alert housekeeping")
+        .map_err(runtime)?;
     // The audit chain's head, published now, every AUDIT_WITNESS_INTERVAL and at shutdown.
     let witness = tokio::spawn({
         let (store, monitor) = (Arc::clone(&store), service.monitor.clone());
@@ -345,7 +351,9 @@ pub(crate) async fn run(config: Config) -> Result<(), Failure> {
     service.running.handle.shutdown().await;
     upkeep.abort();
     witness.abort();
+    housekeeping.abort();
     witness_audit_head(&store, &service.monitor).await;
+    service.monitor.flush().await;
     // The last alerts (that witness among them) leave before the process does.
     service.monitor.drain(Duration::from_secs(5)).await;
     match server.await {

@@ -133,7 +133,8 @@ impl Counters {
 /// [`send`](AlertSink::send) only puts the alert on a bounded queue: it never waits for the
 /// network. When the queue is full the alert is dropped, logged and counted in
 /// [`WebhookStats::dropped`]. The task retries failed deliveries (connection errors, timeouts,
-/// 408, 429 and 5xx) with exponential backoff; other 4xx answers are not retried.
+/// 408, 429 and 5xx) with exponential backoff; other 4xx answers are not retried, and a redirect
+/// is never followed (the alert counts as failed).
 ///
 /// The URL is never logged or shown by `Debug`: webhook URLs often embed a token.
 pub struct WebhookSink {
@@ -159,6 +160,8 @@ impl WebhookSink {
         }
         let client = reqwest::Client::builder()
             .timeout(config.request_timeout)
+            // A redirect is never followed: the alert goes to the configured URL or nowhere.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|source| Error::HttpClient { source })?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime {
@@ -290,6 +293,10 @@ async fn deliver(
             .await
         {
             Ok(resp) if resp.status().is_success() => Attempt::Delivered,
+            Ok(resp) if resp.status().is_redirection() => Attempt::GiveUp(format!(
+                "http {} (redirects are not followed)",
+                resp.status()
+            )),
             Ok(resp) if retryable(resp.status()) => {
                 Attempt::Retry(format!("http {}", resp.status()))
             }

@@ -202,3 +202,34 @@ async fn pii_cannot_reach_the_webhook() {
         got.body
     );
 }
+
+/// A webhook that answers with a redirect does not get the alert sent on to the new location.
+#[tokio::test]
+async fn a_redirect_is_not_followed() {
+    let receiver = Receiver::start(0).await;
+    let target = receiver.url.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move || {
+            let target = target.clone();
+            async move {
+                (
+                    axum::http::StatusCode::TEMPORARY_REDIRECT,
+                    [(axum::http::header::LOCATION, target)],
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let sink = WebhookSink::new(&url, fast_retries()).unwrap();
+    let monitor = SecurityMonitor::new(Arc::new(sink), Thresholds::default());
+    monitor
+        .order_refused("801000000000001AAA", "C-1")
+        .await
+        .unwrap();
+    assert!(monitor.drain(Duration::from_secs(30)).await, "settled");
+    assert_eq!(receiver.attempts(), 0, "the redirect's target got nothing");
+}
