@@ -191,29 +191,36 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 ];
 
-/// Resolves when SIGTERM or SIGINT arrives.
-pub(crate) async fn shutdown_signal() {
+/// SIGTERM or SIGINT (Ctrl-C elsewhere). The handlers are installed when this is *called*, not
+/// when the future is first polled: a signal that arrives while the service is still starting
+/// is kept, and shuts it down gracefully once it is up, instead of killing it.
+pub(crate) fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match (
+        let handlers = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
+        );
+        async move {
+            match handlers {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
                 }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async move {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
@@ -242,6 +249,8 @@ pub(crate) async fn run(config: Config) -> Result<(), Failure> {
         return Err(Failure::Usage(anyhow::anyhow!(missing.join("; "))));
     }
     let runtime = Failure::Runtime;
+    // From here on SIGTERM/SIGINT mean a graceful stop, even while starting.
+    let shutdown = shutdown_signal();
     // Latencies as Prometheus histograms (buckets aggregate across instances; the
     // exporter's default, summaries, would not).
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
@@ -345,7 +354,7 @@ pub(crate) async fn run(config: Config) -> Result<(), Failure> {
     });
     tracing::info!(addr = %config.http_addr, events = config.events_enabled, "provisioner running");
 
-    shutdown_signal().await;
+    shutdown.await;
     tracing::info!("shutting down: no new work; finishing in-flight steps");
     let _ = stop_http.send(());
     service.running.handle.shutdown().await;

@@ -97,6 +97,7 @@ pub async fn serve_with(
             drop(stream);
             continue;
         };
+        tracing::trace!("connection accepted");
         let router = router.clone();
         let service = hyper::service::service_fn(
             move |mut request: axum::extract::Request<hyper::body::Incoming>| {

@@ -2,10 +2,9 @@
 //! status body contract (README, Status API).
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use test_support::process::PATIENCE;
-use tokio::time::{Instant, timeout};
+use tokio::time::timeout;
 
 /// One status API answer.
 pub(crate) struct Answer {
@@ -78,24 +77,6 @@ impl StatusApi {
             &[("authorization", &auth), ("x-customer-number", customer)],
         )
         .await
-    }
-
-    /// Polls `path` until anything answers (used where `/healthz` itself is refused).
-    pub(crate) async fn wait_answering(&mut self, path: &str) -> Answer {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let sent = self
-                .http
-                .get(format!("{}{path}", self.base))
-                .timeout(Duration::from_secs(5))
-                .send()
-                .await;
-            if sent.is_ok() {
-                return self.get(path, &[]).await;
-            }
-            assert!(Instant::now() < deadline, "{} never answered", self.base);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
     }
 }
 
