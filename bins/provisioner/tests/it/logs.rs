@@ -221,3 +221,69 @@ async fn nothing_secret_or_personal_leaks_at_trace_level_for_every_crate() {
         ],
     );
 }
+
+/// Issue 16, Done-when 3: an error text carrying secrets in `key: value` and JSON forms (a
+/// server module's failure message) never reaches the logs, the Order's
+/// `Provisioning_Error__c` or the status API's `error`, even at trace level.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn secrets_in_an_error_text_never_reach_the_reason_or_the_logs() {
+    const COLON: &str = "colon-canary-9f3a";
+    const JSON: &str = "json-canary-4b7d";
+    const BEARER: &str = "bearer-canary-1e6c";
+    let world = World::start(1, 1).await;
+    world.whmcs.set_module_error(
+        world.seeded.product_id,
+        Some(&format!(
+            r#"module failed: password: {COLON} {{"api_token":"{JSON}"}} Authorization: Bearer {BEARER}"#
+        )),
+    );
+    let port = free_port();
+    let mut env = world.env(port);
+    env.insert("RUST_LOG".into(), "trace".into());
+    env.insert("LOG_FORMAT".into(), "json".into());
+    env.insert("PORTAL_API_TOKEN".into(), PORTAL_TOKEN.into());
+    let mut provisioner = Captured::provisioner("provisioner", &["run"], &env);
+    wait_healthy(port, PATIENCE).await;
+    world.publish_all();
+    let event = &world.seeded.events[0];
+    let deadline = Instant::now() + PATIENCE;
+    let order = loop {
+        let order = world.sf.order(&event.order_id).unwrap();
+        if order.status == "Provisioning Failed" {
+            break order;
+        }
+        assert!(Instant::now() < deadline, "{order:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let reason = order.provisioning_error.unwrap_or_default();
+    assert!(
+        reason.contains("module failed"),
+        "the reason is kept: {reason}"
+    );
+    assert!(reason.contains("[redacted]"), "{reason}");
+    let mut api = StatusApi::new(port);
+    let answer = api
+        .status(&event.order_id, &event.customer_number, PORTAL_TOKEN)
+        .await;
+    assert_eq!(answer.json()["status"], "failed", "{}", answer.body);
+    assert_eq!(
+        provisioner.terminate().await,
+        Some(0),
+        "{}",
+        provisioner.tail()
+    );
+    let logs = provisioner.bytes();
+    assert_logs_nontrivial(&logs, &[event.order_id.as_str()]);
+    let canaries: Vec<(String, String)> = [COLON, JSON, BEARER]
+        .iter()
+        .map(|c| ("secret in an error text".to_owned(), (*c).to_owned()))
+        .collect();
+    assert_no_canary(
+        &canaries,
+        &[
+            ("provisioner output", &logs),
+            ("status API answers", &api.transcript),
+            ("Provisioning_Error__c", reason.as_bytes()),
+        ],
+    );
+}

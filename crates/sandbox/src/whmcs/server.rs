@@ -188,6 +188,14 @@ impl WhmcsSandbox {
         state.next_product
     }
 
+    /// Makes the server module of product `pid` fail every create with `message` (`None`:
+    /// succeed again), as a provisioning module answers AcceptOrder.
+    pub fn set_module_error(&self, pid: u64, message: Option<&str>) {
+        if let Some(product) = self.shared.state.lock().products.get_mut(&pid) {
+            product.module_error = message.map(str::to_owned);
+        }
+    }
+
     /// Adds a service directly (not through an order), returning its new id.
     pub fn seed_service(&self, mut service: Service) -> u64 {
         let mut state = self.shared.state.lock();
