@@ -71,6 +71,17 @@ pub(crate) fn whmcs_config_option_forms(json: &str) -> Vec<String> {
     forms
 }
 
+/// Stops the service (SIGTERM, exit 0 expected) and returns everything it wrote.
+async fn stopped_output(provisioner: &mut Captured) -> Vec<u8> {
+    assert_eq!(
+        provisioner.terminate().await,
+        Some(0),
+        "{}",
+        provisioner.tail()
+    );
+    provisioner.bytes()
+}
+
 /// Where `needle` first occurs in `haystack`.
 fn find(haystack: &[u8], needle: &str) -> Option<usize> {
     haystack
@@ -168,14 +179,7 @@ async fn nothing_secret_or_personal_leaks_at_trace_level_for_every_crate() {
     );
     assert_eq!(api.get("/metrics", &[]).await.status, 200);
     assert_eq!(api.get("/readyz", &[]).await.status, 200);
-    assert_eq!(
-        provisioner.terminate().await,
-        Some(0),
-        "{}",
-        provisioner.tail()
-    );
-
-    let logs = provisioner.bytes();
+    let logs = stopped_output(&mut provisioner).await;
     let ids: Vec<&str> = world
         .seeded
         .events
@@ -266,13 +270,7 @@ async fn secrets_in_an_error_text_never_reach_the_reason_or_the_logs() {
         .status(&event.order_id, &event.customer_number, PORTAL_TOKEN)
         .await;
     assert_eq!(answer.json()["status"], "failed", "{}", answer.body);
-    assert_eq!(
-        provisioner.terminate().await,
-        Some(0),
-        "{}",
-        provisioner.tail()
-    );
-    let logs = provisioner.bytes();
+    let logs = stopped_output(&mut provisioner).await;
     assert_logs_nontrivial(&logs, &[event.order_id.as_str()]);
     let canaries: Vec<(String, String)> = [COLON, JSON, BEARER]
         .iter()
