@@ -18,9 +18,12 @@ fn refusal_carries_retry_after() {
 
 #[tokio::test]
 async fn until_ready_delays_instead_of_failing() {
-    let limiter = KeyedRateLimiter::new(Rate::parse("1000/second").unwrap());
+    // One cell a second: the burst of 60 is spent long before a cell comes back, even on a
+    // loaded machine (a rate of 1000/second refilled a cell every millisecond, which a
+    // descheduled test thread could miss).
+    let limiter = KeyedRateLimiter::new(Rate::parse("60/minute").unwrap());
     let key = 42u64;
-    for _ in 0..1_000 {
+    for _ in 0..60 {
         assert!(limiter.check(&key).is_ok());
     }
     assert!(limiter.delay_for(&key).is_some());
