@@ -106,6 +106,11 @@ pub(crate) async fn wire(
         security::WebhookConfig::default(),
     )
     .context("SECURITY_ALERT_WEBHOOK")?;
+    // Every alert is also an audit record, whatever happens to its delivery.
+    let sink = Arc::new(AuditedSink {
+        inner: sink,
+        audit: Arc::clone(&store) as Arc<dyn audit::AuditLog>,
+    });
     let monitor = security::SecurityMonitor::new(sink, security::Thresholds::default());
     let engine = EngineBuilder::new(
         Arc::new(rest),
@@ -121,6 +126,48 @@ pub(crate) async fn wire(
         monitor,
         tokens,
     })
+}
+
+/// An alert sink that first records each alert in the audit chain (`alert_raised`, with the
+/// alert's kind and Order), then hands it on. The head witness is not recorded: it *is* a copy
+/// of the chain, not an event in it.
+struct AuditedSink {
+    inner: Arc<dyn security::AlertSink>,
+    audit: Arc<dyn audit::AuditLog>,
+}
+
+#[async_trait::async_trait]
+impl security::AlertSink for AuditedSink {
+    async fn send(&self, alert: security::Alert) {
+        if alert.kind != security::AlertKind::AuditHead {
+            let mut record = audit::NewAuditRecord::new(
+                audit::Actor::SECURITY,
+                audit::Action::ALERT_RAISED,
+                audit::Outcome::Success,
+            )
+            .detail(audit::DetailKey::Alert, alert.kind.as_str());
+            if let Some(security::DetailValue::Id(id)) =
+                alert.details.get(security::DetailKey::OrderId)
+            {
+                record = record.and_then(|r| r.order_id(id.as_str()));
+            }
+            match record {
+                Ok(record) => {
+                    if let Err(e) = self.audit.append(record).await {
+                        tracing::warn!(alert = alert.kind.as_str(), error = %e, "could not audit an alert");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(alert = alert.kind.as_str(), error = %e, "could not build an alert's audit record");
+                }
+            }
+        }
+        self.inner.send(alert).await;
+    }
+
+    async fn flush(&self, grace: Duration) -> bool {
+        self.inner.flush(grace).await
+    }
 }
 
 /// The provisioner as `run` starts it (and `demo`, over its sandboxes).

@@ -159,3 +159,48 @@ async fn a_cut_tail_wiped_rows_or_an_older_backup_fail_the_witnessed_head() {
         );
     }
 }
+
+/// Every alert is also an audit record: an event for an Order that is not approved raises
+/// `unapproved_order_event`, and the Order's audit trail shows `alert_raised` with that kind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_alert_is_an_audit_record_of_its_order() {
+    let world = World::start(1, 1).await;
+    let event = world.seeded.events[0].clone();
+    world.sf.set_order_status(&event.order_id, "Draft").unwrap();
+    let port = free_port();
+    let env = world.env(port);
+    let log = world.dir.path().join("run.log");
+    let mut child = spawn_logged(&["run"], &env, &log);
+    wait_healthy(port, Duration::from_secs(30)).await;
+    world.publish_all();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let trail = loop {
+        let (code, out) = provisioner(&["jobs", "show", &event.order_id, "--json"], &env).await;
+        if code == 0 {
+            let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
+            let records = shown["audit"].as_array().cloned().unwrap_or_default();
+            if records.iter().any(|r| r["action"] == "alert_raised") {
+                break records;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no alert_raised record: {out}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    stop(&mut child).await;
+    let alert = trail
+        .iter()
+        .find(|r| r["action"] == "alert_raised")
+        .unwrap();
+    assert_eq!(alert["actor"], "security", "{alert}");
+    assert_eq!(
+        alert["details"]["alert"], "unapproved_order_event",
+        "{alert}"
+    );
+    assert!(
+        trail.iter().any(|r| r["action"] == "order_refused"),
+        "{trail:?}"
+    );
+}
