@@ -350,6 +350,7 @@ pub(crate) async fn run(config: Config) -> Result<(), Failure> {
     let state = state
         .allowlist(config.allowed_cidrs.clone())
         .status_rate(config.status_rate)
+        .ip_rate(config.ip_rate)
         .monitor(service.monitor.clone())
         // Ready when the subscriber is disabled, connected, or held by another instance.
         .subscriber_ready(move || {

@@ -147,6 +147,7 @@ pub(crate) static VARIABLES: LazyLock<Vec<(&'static str, Option<String>)>> = Laz
             "CUSTOMER_STATUS_RATE",
             text(&status_api::DEFAULT_STATUS_RATE),
         ),
+        ("HTTP_IP_RATE", text(&status_api::DEFAULT_IP_RATE)),
         (
             "RECONCILE_INTERVAL",
             Some(format_duration(engine.reconcile_interval)),
@@ -323,6 +324,8 @@ pub(crate) struct Config {
     pub(crate) encryption_key: Option<SecretString>,
     pub(crate) key_rotation_days: u32,
     pub(crate) audit_retention_days: u32,
+    /// `HTTP_IP_RATE`: requests per client address on the status API.
+    pub(crate) ip_rate: security::Rate,
     /// `HTTP_MAX_CONNECTIONS`: open connections to the status API at most.
     pub(crate) http_max_connections: usize,
     /// `HTTP_READ_TIMEOUT`: a request head must arrive within it; idle connections close.
@@ -626,6 +629,9 @@ impl Config {
         let rate = |t: &str| security::Rate::parse(t).map_err(|e| e.to_string());
         let provision_rate = p.parsed("CUSTOMER_PROVISION_RATE", rate);
         let status_rate = p.parsed("CUSTOMER_STATUS_RATE", rate);
+        let ip_rate = p
+            .parsed("HTTP_IP_RATE", rate)
+            .unwrap_or(status_api::DEFAULT_IP_RATE);
         let reconcile_interval = p
             .parsed("RECONCILE_INTERVAL", positive_duration)
             .unwrap_or(engine.reconcile_interval);
@@ -714,6 +720,7 @@ impl Config {
             audit_witness_interval,
             http_max_connections,
             http_read_timeout,
+            ip_rate,
             alert_webhook,
             http_addr,
             portal_token: p.secret("PORTAL_API_TOKEN"),
@@ -971,6 +978,7 @@ mod tests {
             ("PROVISIONER_CONCURRENCY", Some("16")),
             ("CUSTOMER_PROVISION_RATE", Some("30/hour")),
             ("CUSTOMER_STATUS_RATE", Some("60/minute")),
+            ("HTTP_IP_RATE", Some("600/minute")),
             ("RECONCILE_INTERVAL", Some("15m")),
             ("LOG_FORMAT", None),
             ("ALLOW_INSECURE_HTTP", Some("false")),

@@ -57,8 +57,8 @@ pub use crate::routes::{
     STATUS_ROUTE, router,
 };
 pub use crate::state::{
-    DEFAULT_READINESS_TIMEOUT, DEFAULT_STATUS_RATE, StatusApiBuilder, StatusApiState,
-    SubscriberProbe,
+    DEFAULT_IP_RATE, DEFAULT_READINESS_TIMEOUT, DEFAULT_STATUS_RATE, StatusApiBuilder,
+    StatusApiState, SubscriberProbe,
 };
 pub use crate::status::{
     MAX_CUSTOMER_NUMBER_LEN, MAX_ERROR_CHARS, OrderStatus, OrderStatusBody, canonical_order_id,

@@ -75,6 +75,15 @@ async fn allowlist_guard(
         .map(|ConnectInfo(addr)| addr.ip());
     match peer {
         Some(ip) if state.allowlist().allows(ip) => {
+            // Too many requests from one address, whatever they ask for (a scan, a loop).
+            if let Err(retry) = state.ip_limiter().check(&ip) {
+                state.monitor().rate_limited(Subject::ip(ip)).await;
+                let mut response = refusal(StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+                response
+                    .headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from(retry.header_secs()));
+                return response;
+            }
             request.extensions_mut().insert(Peer(ip));
             next.run(request).await
         }

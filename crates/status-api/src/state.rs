@@ -21,6 +21,15 @@ pub const DEFAULT_STATUS_RATE: Rate = Rate::new(
     Period::Minute,
 );
 
+/// The default of `HTTP_IP_RATE`: 600 requests a minute per client address.
+pub const DEFAULT_IP_RATE: Rate = Rate::new(
+    match NonZeroU32::new(600) {
+        Some(count) => count,
+        None => panic!("600 is not zero"),
+    },
+    Period::Minute,
+);
+
 /// How long `/readyz` waits for the store's ping by default before calling it unreachable.
 pub const DEFAULT_READINESS_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -42,6 +51,7 @@ struct Inner {
     token: SecretString,
     previous_token: Option<SecretString>,
     limiter: KeyedRateLimiter<String>,
+    ip_limiter: KeyedRateLimiter<std::net::IpAddr>,
     monitor: SecurityMonitor,
     subscriber_ready: SubscriberProbe,
     readiness_timeout: Duration,
@@ -58,6 +68,7 @@ impl StatusApiState {
             previous_token: None,
             allowlist: None,
             rate: DEFAULT_STATUS_RATE,
+            ip_rate: DEFAULT_IP_RATE,
             monitor: None,
             subscriber_ready: None,
             readiness_timeout: DEFAULT_READINESS_TIMEOUT,
@@ -87,6 +98,10 @@ impl StatusApiState {
 
     pub(crate) fn limiter(&self) -> &KeyedRateLimiter<String> {
         &self.inner.limiter
+    }
+
+    pub(crate) fn ip_limiter(&self) -> &KeyedRateLimiter<std::net::IpAddr> {
+        &self.inner.ip_limiter
     }
 
     pub(crate) fn monitor(&self) -> &SecurityMonitor {
@@ -126,6 +141,7 @@ pub struct StatusApiBuilder {
     previous_token: Option<SecretString>,
     allowlist: Option<IpAllowlist>,
     rate: Rate,
+    ip_rate: Rate,
     monitor: Option<SecurityMonitor>,
     subscriber_ready: Option<SubscriberProbe>,
     readiness_timeout: Duration,
@@ -145,6 +161,14 @@ impl StatusApiBuilder {
     /// ([`IpAllowlist::DEFAULT`]).
     pub fn allowlist(mut self, allowlist: IpAllowlist) -> Self {
         self.allowlist = Some(allowlist);
+        self
+    }
+
+    /// Requests per client address on every route (`HTTP_IP_RATE`), whatever they ask for:
+    /// past it, 429 and a `rate_limit_abuse` alert for the address; default
+    /// [`DEFAULT_IP_RATE`].
+    pub fn ip_rate(mut self, rate: Rate) -> Self {
+        self.ip_rate = rate;
         self
     }
 
@@ -210,6 +234,7 @@ impl StatusApiBuilder {
                 token: self.token,
                 previous_token: self.previous_token,
                 limiter: KeyedRateLimiter::new(self.rate),
+                ip_limiter: KeyedRateLimiter::new(self.ip_rate),
                 monitor,
                 subscriber_ready,
                 readiness_timeout: self.readiness_timeout,

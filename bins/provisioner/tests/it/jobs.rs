@@ -290,6 +290,7 @@ async fn jobs_show_on_postgres_sees_an_order_published_again() {
         ("FIELD_ENCRYPTION_KEY", MASTER_KEY.to_owned()),
         ("PORTAL_API_TOKEN", PORTAL_TOKEN.to_owned()),
         ("PROVISIONER_HTTP_ADDR", format!("127.0.0.1:{port}")),
+        ("HTTP_IP_RATE", "100000/minute".to_owned()),
         ("LOG_FORMAT", "json".to_owned()),
     ] {
         env.insert(key.to_owned(), value);

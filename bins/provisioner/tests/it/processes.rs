@@ -148,6 +148,7 @@ async fn processes_configured_by_env_provision_and_serve_status_without_leaking(
     set("PORTAL_API_TOKEN", PORTAL_TOKEN);
     set("PROVISIONER_HTTP_ADDR", &format!("127.0.0.1:{port}"));
     set("CUSTOMER_STATUS_RATE", "3/minute");
+    set("HTTP_IP_RATE", "100000/minute");
     set("LOG_FORMAT", "json");
     set(
         "RUST_LOG",

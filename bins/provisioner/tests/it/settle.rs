@@ -56,6 +56,7 @@ fn provisioner_env(sandbox: &SfSandbox, database_url: &str, port: u16) -> BTreeM
         ("FIELD_ENCRYPTION_KEY", MASTER_KEY.to_owned()),
         ("PORTAL_API_TOKEN", PORTAL_TOKEN.to_owned()),
         ("PROVISIONER_HTTP_ADDR", format!("127.0.0.1:{port}")),
+        ("HTTP_IP_RATE", "100000/minute".to_owned()),
         ("WHMCS_TIMEOUT", TIMEOUT.to_owned()),
         ("WHMCS_ACCEPT_TIMEOUT", TIMEOUT.to_owned()),
         ("WHMCS_SETTLE", SETTLE.to_owned()),

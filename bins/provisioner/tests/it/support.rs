@@ -128,6 +128,8 @@ impl World {
         set("PORTAL_API_TOKEN", "portal-token-for-tests-5b1d".into());
         set("PROVISIONER_HTTP_ADDR", format!("127.0.0.1:{http_port}"));
         set("CUSTOMER_PROVISION_RATE", "1000/second".into());
+        // Tests poll the status API from one address many times a second.
+        set("HTTP_IP_RATE", "100000/minute".into());
         set("LOG_FORMAT", "json".into());
         set("RUST_LOG", "info".into());
         env

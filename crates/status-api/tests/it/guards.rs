@@ -108,13 +108,8 @@ async fn over_the_rate_a_customer_gets_429_with_retry_after() {
         assert_eq!(server.lookup(ORDER, OWNER).await.status(), 200);
     }
     let limited = server.lookup(ORDER, OWNER).await;
-    assert_eq!(limited.status(), 429);
-    let retry: u64 = limited.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
     // One lookup comes back every 20 s at 3/minute.
+    let retry = retry_after(&limited);
     assert!((1..=20).contains(&retry), "Retry-After: {retry}");
     assert_eq!(limited.text().await.unwrap(), r#"{"error":"rate_limited"}"#);
     assert_eq!(alerts.kinds(), [AlertKind::RateLimitAbuse]);
@@ -148,4 +143,37 @@ async fn the_previous_token_works_beside_the_new_one_during_a_rotation() {
     let server = Server::start(builder(db.dyn_store()).build().unwrap()).await;
     let (status, _) = parts(server.status(ORDER, Some(OWNER), Some(previous)).await).await;
     assert_eq!(status, 401);
+}
+
+/// Too many requests from one address (`HTTP_IP_RATE`), on any route: 429 with `Retry-After`
+/// and a `rate_limit_abuse` alert naming the address.
+#[tokio::test]
+async fn too_many_requests_from_one_address_are_limited_and_reported() {
+    let db = TestStore::open().await;
+    let (monitor, alerts) = eager_monitor();
+    let state = builder(db.dyn_store())
+        .monitor(monitor)
+        .ip_rate(Rate::parse("5/minute").unwrap())
+        .build()
+        .unwrap();
+    let server = Server::start(state).await;
+    for path in ["/healthz", "/readyz", "/metrics", "/nowhere", "/healthz"] {
+        assert_ne!(server.get(path).await.status(), 429, "{path}");
+    }
+    let limited = server.get("/healthz").await;
+    let retry = retry_after(&limited);
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert_eq!(parts(limited).await.1, r#"{"error":"rate_limited"}"#);
+    assert_eq!(alerts.kinds(), [AlertKind::RateLimitAbuse]);
+    assert!(alerts.alerts()[0].to_json().contains("127.0.0.1"));
+}
+
+/// A 429 answer's `Retry-After` seconds.
+fn retry_after(limited: &reqwest::Response) -> u64 {
+    assert_eq!(limited.status(), 429);
+    limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
