@@ -351,6 +351,7 @@ pub(crate) async fn run(config: Config) -> Result<(), Failure> {
         .allowlist(config.allowed_cidrs.clone())
         .status_rate(config.status_rate)
         .ip_rate(config.ip_rate)
+        .trusted_proxies(config.trusted_proxies.clone())
         .monitor(service.monitor.clone())
         // Ready when the subscriber is disabled, connected, or held by another instance.
         .subscriber_ready(move || {
@@ -368,7 +369,16 @@ pub(crate) async fn run(config: Config) -> Result<(), Failure> {
         status_api::ServeOptions {
             max_connections: config.http_max_connections,
             header_read_timeout: config.http_read_timeout,
-            allowlist: Some(config.allowed_cidrs.clone()),
+            // At accept: the allowed addresses and the trusted proxies (whose forwarded
+            // clients the router checks against the allowlist).
+            allowlist: Some(security::IpAllowlist::from_nets(
+                config
+                    .allowed_cidrs
+                    .nets()
+                    .iter()
+                    .chain(config.trusted_proxies.nets())
+                    .copied(),
+            )),
         },
         async move {
             let _ = http_stopped.await;

@@ -130,6 +130,7 @@ pub(crate) static VARIABLES: LazyLock<Vec<(&'static str, Option<String>)>> = Laz
         ("PORTAL_API_TOKEN", None),
         ("PORTAL_API_TOKEN_PREVIOUS", None),
         ("HTTP_ALLOWED_CIDRS", text(&security::IpAllowlist::DEFAULT)),
+        ("HTTP_TRUSTED_PROXIES", None),
         (
             "HTTP_MAX_CONNECTIONS",
             text(&status_api::DEFAULT_MAX_CONNECTIONS),
@@ -324,6 +325,8 @@ pub(crate) struct Config {
     pub(crate) encryption_key: Option<SecretString>,
     pub(crate) key_rotation_days: u32,
     pub(crate) audit_retention_days: u32,
+    /// `HTTP_TRUSTED_PROXIES`: peers whose `X-Forwarded-For` names the client.
+    pub(crate) trusted_proxies: security::IpAllowlist,
     /// `HTTP_IP_RATE`: requests per client address on the status API.
     pub(crate) ip_rate: security::Rate,
     /// `HTTP_MAX_CONNECTIONS`: open connections to the status API at most.
@@ -629,6 +632,11 @@ impl Config {
         let rate = |t: &str| security::Rate::parse(t).map_err(|e| e.to_string());
         let provision_rate = p.parsed("CUSTOMER_PROVISION_RATE", rate);
         let status_rate = p.parsed("CUSTOMER_STATUS_RATE", rate);
+        let trusted_proxies = p
+            .parsed("HTTP_TRUSTED_PROXIES", |t| {
+                security::IpAllowlist::parse(t).map_err(|e| e.to_string())
+            })
+            .unwrap_or_else(security::IpAllowlist::deny_all);
         let ip_rate = p
             .parsed("HTTP_IP_RATE", rate)
             .unwrap_or(status_api::DEFAULT_IP_RATE);
@@ -721,6 +729,7 @@ impl Config {
             http_max_connections,
             http_read_timeout,
             ip_rate,
+            trusted_proxies,
             alert_webhook,
             http_addr,
             portal_token: p.secret("PORTAL_API_TOKEN"),
@@ -973,6 +982,7 @@ mod tests {
             ("PORTAL_API_TOKEN", None),
             ("PORTAL_API_TOKEN_PREVIOUS", None),
             ("HTTP_ALLOWED_CIDRS", Some("127.0.0.0/8,::1/128")),
+            ("HTTP_TRUSTED_PROXIES", None),
             ("HTTP_MAX_CONNECTIONS", Some("1024")),
             ("HTTP_READ_TIMEOUT", Some("10s")),
             ("PROVISIONER_CONCURRENCY", Some("16")),

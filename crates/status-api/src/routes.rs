@@ -19,7 +19,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use security::Subject;
+use security::{IpAllowlist, Subject};
 use subtle::ConstantTimeEq;
 
 use crate::StatusApiState;
@@ -60,6 +60,51 @@ pub fn router(state: StatusApiState) -> Router {
         .with_state(state)
 }
 
+/// What a trusted proxy's `X-Forwarded-For` says about the client.
+#[derive(Debug, PartialEq, Eq)]
+enum Forwarded {
+    /// No header: the proxy itself is the client (a health check).
+    Absent,
+    /// The rightmost address that is not a trusted proxy (or the leftmost, when all are).
+    Client(IpAddr),
+    /// An entry that is not an IP address.
+    Malformed,
+}
+
+/// The client a chain of `X-Forwarded-For` headers names, read from the right: every hop a
+/// trusted proxy appended is skipped, and the first address that is not a trusted proxy is
+/// the client (whatever is left of it was written by the client and proves nothing).
+fn forwarded_client(headers: &HeaderMap, trusted: &IpAllowlist) -> Forwarded {
+    let mut hops = Vec::new();
+    for value in headers.get_all("x-forwarded-for") {
+        let Ok(text) = value.to_str() else {
+            return Forwarded::Malformed;
+        };
+        for hop in text.split(',') {
+            let hop = hop.trim();
+            // `1.2.3.4:5678` and `[::1]:5678` forms carry a port.
+            let parsed = hop
+                .parse::<IpAddr>()
+                .ok()
+                .or_else(|| hop.parse::<SocketAddr>().ok().map(|a| a.ip()));
+            match parsed {
+                Some(ip) => hops.push(ip.to_canonical()),
+                None => return Forwarded::Malformed,
+            }
+        }
+    }
+    let Some(&leftmost) = hops.first() else {
+        return Forwarded::Absent;
+    };
+    Forwarded::Client(
+        hops.iter()
+            .rev()
+            .copied()
+            .find(|ip| !trusted.allows(*ip))
+            .unwrap_or(leftmost),
+    )
+}
+
 /// The peer address, put into the request by [`allowlist_guard`] once it is allowed.
 #[derive(Clone, Copy, Debug)]
 struct Peer(IpAddr);
@@ -72,7 +117,22 @@ async fn allowlist_guard(
     let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip());
+        .map(|ConnectInfo(addr)| addr.ip().to_canonical());
+    // Behind a trusted reverse proxy the client is the one it names; a header from anyone
+    // else is ignored. A trusted proxy's header that names no usable address is refused.
+    let peer = match peer {
+        Some(ip) if state.trusted_proxies().allows(ip) => {
+            match forwarded_client(request.headers(), state.trusted_proxies()) {
+                Forwarded::Client(client) => Some(client),
+                Forwarded::Absent => Some(ip),
+                Forwarded::Malformed => {
+                    tracing::debug!("status api: unusable X-Forwarded-For from a trusted proxy");
+                    return refusal(StatusCode::FORBIDDEN, "forbidden");
+                }
+            }
+        }
+        other => other,
+    };
     match peer {
         Some(ip) if state.allowlist().allows(ip) => {
             // Too many requests from one address, whatever they ask for (a scan, a loop).
@@ -279,6 +339,49 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
+
+    fn forwarded(values: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for value in values {
+            headers.append("x-forwarded-for", HeaderValue::from_str(value).unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn the_client_is_the_rightmost_untrusted_hop() {
+        let trusted = IpAllowlist::parse("10.0.0.0/8").unwrap();
+        let ip = |s: &str| Forwarded::Client(s.parse().unwrap());
+        // The client's own claim (left) proves nothing; the proxies' hops are skipped.
+        assert_eq!(
+            forwarded_client(&forwarded(&["1.1.1.1, 203.0.113.7, 10.0.0.2"]), &trusted),
+            ip("203.0.113.7")
+        );
+        assert_eq!(
+            forwarded_client(&forwarded(&["1.1.1.1", "203.0.113.7:4711"]), &trusted),
+            ip("203.0.113.7")
+        );
+        assert_eq!(
+            forwarded_client(&forwarded(&["[2001:db8::1]:443"]), &trusted),
+            ip("2001:db8::1")
+        );
+        assert_eq!(
+            forwarded_client(&forwarded(&["::ffff:203.0.113.7"]), &trusted),
+            ip("203.0.113.7")
+        );
+        assert_eq!(
+            forwarded_client(&forwarded(&["10.0.0.9, 10.0.0.2"]), &trusted),
+            ip("10.0.0.9")
+        );
+        assert_eq!(
+            forwarded_client(&forwarded(&[]), &trusted),
+            Forwarded::Absent
+        );
+        assert_eq!(
+            forwarded_client(&forwarded(&["unknown, 10.0.0.2"]), &trusted),
+            Forwarded::Malformed
+        );
+    }
 
     fn auth(values: &[&[u8]]) -> HeaderMap {
         let mut headers = HeaderMap::new();

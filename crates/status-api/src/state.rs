@@ -48,6 +48,7 @@ pub struct StatusApiState {
 struct Inner {
     store: Arc<dyn Store>,
     allowlist: IpAllowlist,
+    trusted_proxies: IpAllowlist,
     token: SecretString,
     previous_token: Option<SecretString>,
     limiter: KeyedRateLimiter<String>,
@@ -67,6 +68,7 @@ impl StatusApiState {
             token: portal_token,
             previous_token: None,
             allowlist: None,
+            trusted_proxies: IpAllowlist::deny_all(),
             rate: DEFAULT_STATUS_RATE,
             ip_rate: DEFAULT_IP_RATE,
             monitor: None,
@@ -82,6 +84,11 @@ impl StatusApiState {
 
     pub(crate) fn allowlist(&self) -> &IpAllowlist {
         &self.inner.allowlist
+    }
+
+    /// Peers whose `X-Forwarded-For` names the client (`HTTP_TRUSTED_PROXIES`).
+    pub(crate) fn trusted_proxies(&self) -> &IpAllowlist {
+        &self.inner.trusted_proxies
     }
 
     pub(crate) fn token(&self) -> &[u8] {
@@ -140,6 +147,7 @@ pub struct StatusApiBuilder {
     token: SecretString,
     previous_token: Option<SecretString>,
     allowlist: Option<IpAllowlist>,
+    trusted_proxies: IpAllowlist,
     rate: Rate,
     ip_rate: Rate,
     monitor: Option<SecurityMonitor>,
@@ -149,6 +157,15 @@ pub struct StatusApiBuilder {
 }
 
 impl StatusApiBuilder {
+    /// Reverse proxies in front of the API (`HTTP_TRUSTED_PROXIES`; default none). Only for a
+    /// request from one of them is the client address taken from `X-Forwarded-For`: the
+    /// rightmost address that is not itself a trusted proxy. The allowlist, the per-address
+    /// rate and the detectors then see that client; from any other peer the header is ignored.
+    pub fn trusted_proxies(mut self, proxies: IpAllowlist) -> Self {
+        self.trusted_proxies = proxies;
+        self
+    }
+
     /// A second token accepted beside the current one while the portal switches over
     /// (`PORTAL_API_TOKEN_PREVIOUS`): set the new token as current and the old one here, move
     /// the portal, then drop this. An empty token is ignored.
@@ -231,6 +248,7 @@ impl StatusApiBuilder {
             inner: Arc::new(Inner {
                 store: self.store,
                 allowlist,
+                trusted_proxies: self.trusted_proxies,
                 token: self.token,
                 previous_token: self.previous_token,
                 limiter: KeyedRateLimiter::new(self.rate),

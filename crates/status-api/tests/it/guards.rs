@@ -177,3 +177,52 @@ fn retry_after(limited: &reqwest::Response) -> u64 {
         .parse()
         .unwrap()
 }
+
+/// Behind a trusted reverse proxy the allowlist and the per-address rate use the address
+/// `X-Forwarded-For` names; from a peer that is not a trusted proxy the header is ignored.
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_forwarded_address_is_the_client() {
+    let db = TestStore::open().await;
+    let (monitor, alerts) = eager_monitor();
+    let state = builder(db.dyn_store())
+        .monitor(monitor)
+        .allowlist(IpAllowlist::parse("203.0.113.7/32,203.0.113.8/32").unwrap())
+        .trusted_proxies(IpAllowlist::parse("127.0.0.1/32").unwrap())
+        .ip_rate(Rate::parse("3/minute").unwrap())
+        .build()
+        .unwrap();
+    let server = Server::start(state).await;
+    let via_proxy = |client: &str| {
+        server
+            .client
+            .get(server.url("/healthz"))
+            .header("X-Forwarded-For", format!("198.51.100.1, {client}"))
+            .send()
+    };
+    // The proxy itself (no header) and a forwarded client outside the allowlist: forbidden.
+    assert_eq!(server.get("/healthz").await.status(), 403);
+    assert_eq!(via_proxy("198.51.100.9").await.unwrap().status(), 403);
+    // An allowed client, up to its own rate; another allowed client is not limited by it.
+    for _ in 0..3 {
+        assert_eq!(via_proxy("203.0.113.7").await.unwrap().status(), 200);
+    }
+    let limited = via_proxy("203.0.113.7").await.unwrap();
+    retry_after(&limited);
+    assert_eq!(via_proxy("203.0.113.8").await.unwrap().status(), 200);
+    assert!(alerts.alerts()[0].to_json().contains("203.0.113.7"));
+
+    // From 127.0.0.2, not a trusted proxy, the header is ignored: the spoofed allowed address
+    // does not help.
+    let untrusted = reqwest::Client::builder()
+        .no_proxy()
+        .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    let spoofed = untrusted
+        .get(server.url("/healthz"))
+        .header("X-Forwarded-For", "203.0.113.8")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(spoofed.status(), 403);
+}
