@@ -157,7 +157,7 @@ fn fail_on(failures: &[Report], ran: usize) {
 fn seeds() {
     let threads = env_u64("SIM_THREADS").unwrap_or(2) as usize;
     if let Some(seed) = env_u64("SIM_SEED") {
-        let report = run::run_seed(seed, &Db::Sqlite);
+        let report = run::run_seed(seed, &Db::sqlite());
         for line in &report.trace {
             eprintln!("{line}");
         }
@@ -170,7 +170,7 @@ fn seeds() {
     let count = env_u64("SIM_SEEDS").unwrap_or(DEFAULT_SEEDS);
     let first = env_u64("SIM_FIRST_SEED").unwrap_or(0);
     let started = Instant::now();
-    let (failures, totals) = run_many((first..first + count).collect(), threads, &Db::Sqlite);
+    let (failures, totals) = run_many((first..first + count).collect(), threads, &Db::sqlite());
     let took = started.elapsed();
     eprintln!(
         "{count} seeds in {:.1} s ({:.0} seeds/s, {threads} threads), {} failed; totals: {totals:?}",
@@ -185,9 +185,10 @@ fn seeds() {
 /// action.
 #[test]
 fn same_seed_same_trace() {
+    let db = Db::sqlite();
     for seed in (0..30).chain([1234, 31337, 4_000_000_000]) {
-        let a = run::run_seed(seed, &Db::Sqlite);
-        let b = run::run_seed(seed, &Db::Sqlite);
+        let a = run::run_seed(seed, &db);
+        let b = run::run_seed(seed, &db);
         if a.trace != b.trace {
             let at = a
                 .trace

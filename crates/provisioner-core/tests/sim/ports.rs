@@ -186,6 +186,11 @@ impl SimStore {
         };
         tokio::time::sleep(held).await;
         self.inst.gate().await;
+        world.count(if writes_only {
+            "store writes"
+        } else {
+            "store reads"
+        });
         let fut = f(Arc::clone(&self.inner), world.now());
         let out = if writes_only && self.inner.backend() == provisioner_store::Backend::Sqlite {
             futures::executor::block_on(fut)

@@ -29,8 +29,8 @@ const LIMIT: Duration = Duration::from_secs(600);
 /// Where a seed's store lives.
 #[derive(Clone, Debug)]
 pub enum Db {
-    /// A fresh SQLite file per seed.
-    Sqlite,
+    /// A fresh SQLite file per seed: a copy of a template migrated once (with its keyring).
+    Sqlite(Arc<tempfile::TempDir>),
     /// One PostgreSQL database for many seeds (each seed's Orders and customers are its own).
     Postgres(String),
 }
@@ -201,7 +201,7 @@ fn draw(seed: u64, world: &World) -> Scenario {
         },
         reconcile_interval: Duration::from_secs(15),
         reconcile_min_age: Duration::from_secs(5),
-        poll_interval: Duration::from_millis(rng.random_range(500..=1500)),
+        poll_interval: Duration::from_millis(rng.random_range(1000..=3000)),
         shutdown_grace: Duration::from_secs(5),
         writeback_stuck_after: Duration::from_secs(120),
         whmcs_timeout: Duration::from_secs(1),
@@ -275,17 +275,41 @@ fn start(
 }
 
 /// Opens the seed's store on the store runtime.
-fn open_store(db: &Db, dir: &std::path::Path) -> Arc<SqlStore> {
-    let url = match db {
-        Db::Sqlite => format!("sqlite://{}/sim.db", dir.display()),
-        Db::Postgres(url) => url.clone(),
-    };
+impl Db {
+    /// SQLite, with a template database made now.
+    pub fn sqlite() -> Db {
+        let dir = scratch_dir();
+        let template = open_store(&format!("sqlite://{}/sim.db", dir.path().display()), true);
+        // Closed (its WAL checkpointed into the file) before it is copied.
+        complete(
+            &store_runtime().handle().clone(),
+            async move { drop(template) },
+        );
+        Db::Sqlite(Arc::new(dir))
+    }
+}
+
+/// The seed's store: a copy of the SQLite template in `dir`, or the PostgreSQL database.
+fn seed_store(db: &Db, dir: &std::path::Path) -> Arc<SqlStore> {
+    match db {
+        Db::Sqlite(template) => {
+            std::fs::copy(template.path().join("sim.db"), dir.join("sim.db"))
+                .unwrap_or_else(|e| panic!("copying the template database: {e}"));
+            open_store(&format!("sqlite://{}/sim.db", dir.display()), false)
+        }
+        Db::Postgres(url) => open_store(url, true),
+    }
+}
+
+fn open_store(url: &str, migrate: bool) -> Arc<SqlStore> {
+    let url = url.to_owned();
     let opened = complete(&store_runtime().handle().clone(), async move {
         let master = field_crypto::MasterKey::from_config(MASTER_KEY)
             .unwrap_or_else(|e| panic!("master key: {e}"));
         let options = StoreOptions {
             clock: StoreClock::Caller,
             max_connections: 2,
+            migrate,
             ..StoreOptions::default()
         };
         SqlStore::open(&url, &master, options).await
@@ -307,7 +331,7 @@ fn scratch_dir() -> tempfile::TempDir {
 pub fn run_seed(seed: u64, db: &Db) -> Report {
     let t0 = std::time::Instant::now();
     let dir = scratch_dir();
-    let store = open_store(db, dir.path());
+    let store = seed_store(db, dir.path());
     let t1 = t0.elapsed();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -418,6 +442,7 @@ async fn simulate(seed: u64, db: &Db, store: Arc<SqlStore>) -> Report {
                     match delivered {
                         Ok(Ok(results)) => {
                             world.trace(format!("{name} intake {batch:?} -> {results:?}"));
+                            world.state().undelivered -= 1;
                             break;
                         }
                         _ => {
@@ -429,12 +454,28 @@ async fn simulate(seed: u64, db: &Db, store: Arc<SqlStore>) -> Report {
             }
         })
     };
-    // The scenario, in time order.
-    for (at, action) in scenario.actions.clone() {
+    // The scenario, in time order; once only faults are left and all is quiet, they would
+    // change nothing.
+    let ids: Vec<String> = scenario.orders.iter().map(|o| o.id.clone()).collect();
+    for (i, (at, action)) in scenario.actions.iter().cloned().enumerate() {
+        let faults_only = scenario.actions[i..].iter().all(|(_, a)| {
+            matches!(
+                a,
+                Action::Crash(_)
+                    | Action::Restart(_)
+                    | Action::Pause(..)
+                    | Action::FailRenewals(..)
+            )
+        });
+        if faults_only && quiescent(&world, &store, &ids) {
+            world.trace("quiet: the remaining faults are left out");
+            break;
+        }
         tokio::time::sleep_until(world.start + Duration::from_millis(at)).await;
         world.trace(format!("scenario {action:?}"));
         match action {
             Action::Deliver(batch) => {
+                world.state().undelivered += 1;
                 let _ = events_tx.send(batch);
             }
             Action::Crash(slot) => {
@@ -460,7 +501,7 @@ async fn simulate(seed: u64, db: &Db, store: Arc<SqlStore>) -> Report {
                     scenario.skews_ms[slot],
                 );
                 // A starting SQLite service takes every lease over (the only process).
-                if matches!(db, Db::Sqlite) && scenario.instances == 1 {
+                if matches!(db, Db::Sqlite(_)) && scenario.instances == 1 {
                     let _ = sim_store.take_over_leases(world.now()).await;
                 }
                 handles[slot] = Some(handle);
@@ -505,36 +546,17 @@ async fn simulate(seed: u64, db: &Db, store: Arc<SqlStore>) -> Report {
                     }
                 };
                 if again && let Some(event) = event {
+                    world.state().undelivered += 1;
                     let _ = events_tx.send(vec![(id, event)]);
                 }
             }
         }
     }
-    // Until every approved Order is settled and nothing is in flight.
-    let ids: Vec<String> = scenario.orders.iter().map(|o| o.id.clone()).collect();
-    let rt = store_runtime().handle().clone();
+    // Until nothing more will happen (or the limit).
     let mut settled = false;
     while world.elapsed() < LIMIT {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        if !outside_settled(&world) {
-            continue;
-        }
-        let (s, wanted) = (Arc::clone(&store), ids.clone());
-        let states = complete(&rt, async move { s.job_states(&wanted).await });
-        let Ok(states) = states else { continue };
-        let states: BTreeMap<String, JobState> = states.into_iter().collect();
-        // Nothing more will happen: every job is final, and no Order stands approved
-        // without a live or done job (the sweep would take it up).
-        let orders = world.state().orders.clone();
-        let all_final = states.values().all(|s| s.is_final())
-            && orders.values().all(|o| {
-                o.status != world::APPROVED
-                    || matches!(
-                        states.get(&o.id),
-                        Some(JobState::Done | JobState::Pending | JobState::Running)
-                    )
-            });
-        if all_final {
+        if quiescent(&world, &store, &ids) {
             settled = true;
             break;
         }
@@ -572,9 +594,27 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Nothing in flight at WHMCS.
-fn outside_settled(world: &World) -> bool {
-    world.state().inflight == 0
+/// Nothing more will happen: no event waits for delivery, nothing is in flight at WHMCS,
+/// every job is final, and no Order stands approved without a live or done job (the sweep
+/// would take it up).
+fn quiescent(world: &World, store: &Arc<SqlStore>, ids: &[String]) -> bool {
+    {
+        let state = world.state();
+        if state.inflight > 0 || state.undelivered > 0 {
+            return false;
+        }
+    }
+    let (s, wanted) = (Arc::clone(store), ids.to_vec());
+    let states = complete(&store_runtime().handle().clone(), async move {
+        s.job_states(&wanted).await
+    });
+    let Ok(states) = states else { return false };
+    let states: BTreeMap<String, JobState> = states.into_iter().collect();
+    let state = world.state();
+    states.values().all(|s| s.is_final())
+        && state.orders.values().all(|o| {
+            o.status != world::APPROVED || matches!(states.get(&o.id), Some(JobState::Done))
+        })
 }
 
 /// The invariants, after the run.

@@ -119,6 +119,8 @@ pub struct State {
     pub module_creates: BTreeMap<u64, u32>,
     /// WHMCS calls whose commit is still to land (held or slow).
     pub inflight: u32,
+    /// Event batches handed to the subscriber and not yet stored.
+    pub undelivered: u32,
     /// Invariant breaks seen as they happened.
     pub violations: Vec<String>,
     /// Every external call and scenario action, in order.
