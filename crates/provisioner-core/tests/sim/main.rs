@@ -112,6 +112,13 @@ fn run_many(
                     let i = next.fetch_add(1, Ordering::SeqCst) as usize;
                     let Some(&seed) = seeds.get(i) else { break };
                     let report = run::run_seed(seed, db);
+                    if (i + 1).is_multiple_of(10_000) {
+                        eprintln!(
+                            "{} seeds run, {} failed so far",
+                            i + 1,
+                            failures.lock().unwrap().len()
+                        );
+                    }
                     {
                         let mut totals = totals.lock().unwrap();
                         for (k, v) in &report.stats {

@@ -30,6 +30,18 @@ pub struct Inst {
     dead: AtomicBool,
     paused_until: Mutex<Option<Instant>>,
     renew_failing_until: Mutex<Option<Instant>>,
+    /// A crash or pause that strikes at the n-th next gate passage (any await point of the
+    /// process's port calls, weighted by passages rather than by time).
+    armed: Mutex<Option<(u32, Strike)>>,
+}
+
+/// What an armed gate does.
+#[derive(Clone, Copy, Debug)]
+pub enum Strike {
+    /// The process dies there.
+    Crash,
+    /// The process stops there for this long.
+    Pause(Duration),
 }
 
 impl Inst {
@@ -40,6 +52,7 @@ impl Inst {
             dead: AtomicBool::new(false),
             paused_until: Mutex::new(None),
             renew_failing_until: Mutex::new(None),
+            armed: Mutex::new(None),
         }
     }
 
@@ -47,6 +60,29 @@ impl Inst {
     /// seen: a crashed process never gets further (its tasks are gone; whatever survived the
     /// abort, such as a detached renewal task, is stuck here), a paused one waits.
     pub async fn gate(&self) {
+        let strike = {
+            let mut armed = self
+                .armed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match armed.as_mut() {
+                Some((n, strike)) if *n <= 1 => {
+                    let strike = *strike;
+                    *armed = None;
+                    Some(strike)
+                }
+                Some((n, _)) => {
+                    *n -= 1;
+                    None
+                }
+                None => None,
+            }
+        };
+        match strike {
+            Some(Strike::Crash) => self.kill(),
+            Some(Strike::Pause(d)) => self.pause(Instant::now() + d),
+            None => {}
+        }
         loop {
             if self.dead.load(Ordering::SeqCst) {
                 std::future::pending::<()>().await;
@@ -60,6 +96,22 @@ impl Inst {
                 _ => return,
             }
         }
+    }
+
+    /// Arms a strike at the `n`-th next gate passage.
+    pub fn arm(&self, n: u32, strike: Strike) {
+        *self
+            .armed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((n, strike));
+    }
+
+    /// Calls off an armed strike.
+    pub fn disarm(&self) {
+        *self
+            .armed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
     }
 
     pub fn kill(&self) {

@@ -14,7 +14,7 @@ use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 
 use crate::outside::{SimSalesforce, SimWhmcs};
-use crate::ports::{Inst, SimAlerts, SimAudit, SimClock, SimStore, complete};
+use crate::ports::{Inst, SimAlerts, SimAudit, SimClock, SimStore, Strike, complete};
 use crate::world::{self, SfOrder, World};
 
 /// `FIELD_ENCRYPTION_KEY` of every simulated store: a raw key, no PBKDF2.
@@ -52,6 +52,8 @@ enum Action {
     /// Events delivered to the subscriber (as one batch, in this order).
     Deliver(Vec<(String, String)>),
     Crash(usize),
+    /// A crash or pause at the n-th next port-call gate of the slot's process.
+    Arm(usize, u32, Strike),
     Restart(usize),
     Pause(usize, Duration),
     FailRenewals(usize, Duration),
@@ -173,15 +175,24 @@ fn draw(seed: u64, world: &World) -> Scenario {
     for _ in 0..rng.random_range(0..=4) {
         let slot = rng.random_range(0..instances);
         let at = rng.random_range(0..FAULT_WINDOW_MS);
-        match rng.random_range(0..3) {
+        let gates = rng.random_range(1..=60);
+        match rng.random_range(0..5) {
             0 => {
                 actions.push((at, Action::Crash(slot)));
                 actions.push((at + rng.random_range(100..8_000), Action::Restart(slot)));
             }
-            1 => actions.push((
+            1 => {
+                actions.push((at, Action::Arm(slot, gates, Strike::Crash)));
+                actions.push((at + rng.random_range(2_000..10_000), Action::Restart(slot)));
+            }
+            2 => actions.push((
                 at,
                 Action::Pause(slot, Duration::from_millis(rng.random_range(300..8_000))),
             )),
+            3 => {
+                let d = Duration::from_millis(rng.random_range(300..8_000));
+                actions.push((at, Action::Arm(slot, gates, Strike::Pause(d))));
+            }
             _ => actions.push((
                 at,
                 Action::FailRenewals(slot, Duration::from_millis(rng.random_range(500..6_000))),
@@ -487,8 +498,25 @@ async fn simulate(seed: u64, db: &Db, store: Arc<SqlStore>) -> Report {
                 drop(handles[slot].take());
                 world.count("crash");
             }
+            Action::Arm(slot, n, strike) => {
+                if let Some(l) = &lock(&live)[slot] {
+                    l.inst.arm(n, strike);
+                    world.count(match strike {
+                        Strike::Crash => "crash at a gate",
+                        Strike::Pause(_) => "pause at a gate",
+                    });
+                }
+            }
             Action::Restart(slot) => {
-                if lock(&live)[slot].is_some() {
+                // A process that died at an armed gate is gone: its tasks are aborted now.
+                let died = lock(&live)[slot].as_ref().is_some_and(|l| l.inst.is_dead());
+                if died {
+                    lock(&live)[slot] = None;
+                    drop(handles[slot].take());
+                }
+                if let Some(l) = &lock(&live)[slot] {
+                    // Not struck yet: the crash is called off.
+                    l.inst.disarm();
                     continue;
                 }
                 generations[slot] += 1;
