@@ -275,6 +275,8 @@ struct Progress {
     service_ids: Vec<u64>,
     /// This run stored an intent: the one the claim reported (if any) is no longer the last.
     stored_intent: bool,
+    /// This run stored the AcceptOrder intent: from here on an AcceptOrder may have been sent.
+    accept_intent: bool,
 }
 
 /// Runs claimed jobs.
@@ -378,6 +380,10 @@ impl JobRunner {
                 .record(started.elapsed().as_secs_f64());
             match result {
                 Ok(next) => step = next,
+                // Once the AcceptOrder intent is stored, the job settles as the point it stored.
+                Err(stop) if progress.accept_intent && step == Step::WhmcsOrdered => {
+                    return self.settle(&job, Step::AcceptUnknown, stop).await;
+                }
                 Err(stop) => return self.settle(&job, step, stop).await,
             }
         }
@@ -789,6 +795,7 @@ impl JobRunner {
                 self.recheck(job, progress).await?;
                 self.store_intent(job, progress, Step::AcceptUnknown)
                     .await?;
+                progress.accept_intent = true;
                 if !lease.is_live() {
                     return Err(Stop::LeaseLapsed);
                 }
@@ -1148,7 +1155,10 @@ impl JobRunner {
             Stop::Retry { reason, code } => {
                 let attempts = job.attempts.saturating_add(1);
                 let age = (now - job.attempts_since()).to_std().unwrap_or_default();
-                if self.config.retry.may_retry(attempts, age) {
+                // An AcceptOrder may have been sent (its intent is stored) and may have run the
+                // module create: the job is never given up on there, only looked up again (an
+                // Order is never marked failed after WHMCS may have accepted).
+                if step == Step::AcceptUnknown || self.config.retry.may_retry(attempts, age) {
                     let delay = self
                         .config
                         .retry

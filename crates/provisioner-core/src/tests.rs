@@ -154,6 +154,22 @@ fn business(action: whmcs_client::Action, message: &str) -> whmcs_client::Error 
     }
 }
 
+fn transient(action: whmcs_client::Action) -> whmcs_client::Error {
+    whmcs_client::Error::Transient {
+        action,
+        http_status: Some(502),
+        reason: "bad gateway".into(),
+    }
+}
+
+fn sf_timeout() -> sf_rest::Error {
+    sf_rest::Error::Transport {
+        action: sf_rest::Action::FetchOrder,
+        timeout: true,
+        reason: "timed out".into(),
+    }
+}
+
 fn unknown(action: whmcs_client::Action) -> whmcs_client::Error {
     whmcs_client::Error::UnknownOutcome {
         action,
@@ -1044,13 +1060,9 @@ async fn accept_on_an_already_active_order_counts_as_accepted() {
 #[tokio::test]
 async fn a_transient_accept_failure_is_retried() {
     let mut w = World::new();
-    w.whmcs.expect_accept_order().returning(|_| {
-        Err(whmcs_client::Error::Transient {
-            action: whmcs_client::Action::AcceptOrder,
-            http_status: Some(500),
-            reason: "html error page".into(),
-        })
-    });
+    w.whmcs
+        .expect_accept_order()
+        .returning(|_| Err(transient(whmcs_client::Action::AcceptOrder)));
     w.fetch_returns(order("Provisioning"));
     let (outcome, calls) = w.run(job(Step::WhmcsOrdered, 0)).await;
     assert!(matches!(outcome, JobOutcome::Retrying { .. }));
@@ -1082,13 +1094,9 @@ async fn resuming_at_accepted_only_writes_back() {
 async fn a_retryable_salesforce_error_is_retried_then_given_up() {
     let make = || {
         let mut w = World::new();
-        w.orders.expect_fetch_order().returning(|_| {
-            Err(sf_rest::Error::Transport {
-                action: sf_rest::Action::FetchOrder,
-                timeout: true,
-                reason: "timed out".into(),
-            })
-        });
+        w.orders
+            .expect_fetch_order()
+            .returning(|_| Err(sf_timeout()));
         w
     };
     let (outcome, _) = make().run(job(Step::Received, 0)).await;
@@ -1096,6 +1104,47 @@ async fn a_retryable_salesforce_error_is_retried_then_given_up() {
     let w = make();
     let max = w.config.retry.max_attempts;
     fails_with_job(w, job(Step::Received, max - 1), "gave up after").await;
+}
+
+/// Found by the simulation (seed 1604): AcceptOrder ran the module create but its answer was
+/// lost on the job's last attempt, and the job was failed ("gave up after 12 attempts") with
+/// WHMCS provisioning the services. Once the AcceptOrder intent is stored, the retry budget
+/// never fails the job: it looks the order up again.
+#[tokio::test]
+async fn the_retry_budget_never_fails_a_job_whose_accept_order_may_have_run() {
+    let max = World::new().config.retry.max_attempts;
+    // The last attempt sends AcceptOrder, and its answer is lost.
+    let mut w = World::new();
+    w.whmcs
+        .expect_accept_order()
+        .returning(|_| Err(unknown(whmcs_client::Action::AcceptOrder)));
+    w.fetch_returns(order("Provisioning"));
+    let (outcome, calls) = w.run(job(Step::WhmcsOrdered, max - 1)).await;
+    assert!(
+        matches!(outcome, JobOutcome::Retrying { .. }),
+        "{outcome:?}"
+    );
+    assert!(
+        !calls.iter().any(|c| c.starts_with("sf_patch")),
+        "{calls:?}"
+    );
+    // A later attempt at the stored intent cannot even ask WHMCS.
+    let mut w = World::new();
+    w.whmcs
+        .expect_get_order()
+        .returning(|_| Err(transient(whmcs_client::Action::GetOrders)));
+    let (outcome, calls) = w.run(job(Step::AcceptUnknown, max + 5)).await;
+    assert!(
+        matches!(outcome, JobOutcome::Retrying { .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(effects(&calls), ["reschedule:count=true"]);
+    // Before the intent no AcceptOrder was sent: the budget still ends the job.
+    let mut w = World::new();
+    w.orders
+        .expect_fetch_order()
+        .returning(|_| Err(sf_timeout()));
+    fails_with_job(w, job(Step::WhmcsOrdered, max - 1), "gave up after").await;
 }
 
 async fn fails_with_job(w: World, job: Job, needle: &str) {
