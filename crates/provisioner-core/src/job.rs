@@ -1051,6 +1051,16 @@ impl JobRunner {
         records: Vec<Result<NewAuditRecord, audit::Error>>,
     ) -> Result<(), SettleError> {
         let audit = self.records(job, records)?;
+        self.store_finish(job, end, audit).await
+    }
+
+    /// Ends the job with `end` and its built audit records, fenced by the claim's token.
+    async fn store_finish(
+        &self,
+        job: &Job,
+        end: JobEnd,
+        audit: Vec<NewAuditRecord>,
+    ) -> Result<(), SettleError> {
         self.ports
             .store
             .finish(
@@ -1346,16 +1356,7 @@ impl JobRunner {
                 attempts: job.attempts.saturating_add(1),
             }),
         };
-        self.ports
-            .store
-            .finish(
-                &job.order_id,
-                token(job),
-                end,
-                audit,
-                self.ports.clock.now(),
-            )
-            .await?;
+        self.store_finish(job, end, audit).await?;
         self.ports
             .alerts
             .provisioning_failed(&job.order_id, &job.customer_number)

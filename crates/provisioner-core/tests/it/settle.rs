@@ -57,21 +57,18 @@ async fn waited_to_settle(stack: &Stack) -> bool {
         .any(|r| r.record.details.get(audit::DetailKey::ErrorCode) == Some("outcome_settling"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_add_order_committed_after_the_client_timed_out_is_not_sent_again() {
-    let stack = one_order(Db::Sqlite).await;
-    // Held 2 s (the client gives up after 1 s), then committed: the settle point is 1 s + 3 s
-    // after it was sent, two seconds after the commit.
-    stack.whmcs.inject_fault(
-        "AddOrder",
-        Fault::HoldThenCommit(Duration::from_secs(2)),
-        Some(1),
-    );
+/// `action` held `hold` (longer than its client timeout) once, then committed: the Order is
+/// provisioned with `action` sent exactly once, and the job waited for the settle point.
+async fn held_once_is_sent_once(db: Db, action: &str, hold: Duration) {
+    let stack = one_order(db).await;
+    stack
+        .whmcs
+        .inject_fault(action, Fault::HoldThenCommit(hold), Some(1));
     run_to_done(&stack).await;
     assert_eq!(
-        stack.whmcs.requests_for("AddOrder").len(),
+        stack.whmcs.requests_for(action).len(),
         1,
-        "AddOrder sent once"
+        "{action} sent once"
     );
     assert!(
         waited_to_settle(&stack).await,
@@ -82,47 +79,24 @@ async fn an_add_order_committed_after_the_client_timed_out_is_not_sent_again() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_add_order_committed_after_the_client_timed_out_is_not_sent_again() {
+    // Held 2 s (the client gives up after 1 s), then committed: the settle point is 1 s + 3 s
+    // after it was sent, two seconds after the commit.
+    held_once_is_sent_once(Db::Sqlite, "AddOrder", Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_accept_order_committed_after_the_client_timed_out_is_not_sent_again() {
-    let stack = one_order(Db::Sqlite).await;
     // The server module runs 3 s (the client gives up after 2 s); the order stays Pending
     // meanwhile, which must not read as "never accepted".
-    stack.whmcs.inject_fault(
-        "AcceptOrder",
-        Fault::HoldThenCommit(Duration::from_secs(3)),
-        Some(1),
-    );
-    run_to_done(&stack).await;
-    assert_eq!(
-        stack.whmcs.requests_for("AcceptOrder").len(),
-        1,
-        "AcceptOrder sent once"
-    );
-    assert!(
-        waited_to_settle(&stack).await,
-        "the job waited for the settle point"
-    );
-    stack.check_invariants().await;
-    stack.cleanup().await;
+    held_once_is_sent_once(Db::Sqlite, "AcceptOrder", Duration::from_secs(3)).await;
 }
 
 /// The same on PostgreSQL, where the intent's sent time and the claim time come from the
 /// database's clock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_add_order_committed_late_is_not_sent_again_on_postgres() {
-    let stack = one_order(Db::Postgres).await;
-    stack.whmcs.inject_fault(
-        "AddOrder",
-        Fault::HoldThenCommit(Duration::from_secs(2)),
-        Some(1),
-    );
-    run_to_done(&stack).await;
-    assert_eq!(
-        stack.whmcs.requests_for("AddOrder").len(),
-        1,
-        "AddOrder sent once"
-    );
-    stack.check_invariants().await;
-    stack.cleanup().await;
+    held_once_is_sent_once(Db::Postgres, "AddOrder", Duration::from_secs(2)).await;
 }
 
 /// A lookup that misses before the settle point is not the end: once the point has passed and
