@@ -453,6 +453,15 @@ impl World {
     }
 }
 
+/// A resumed job's way to AddOrder: look up by ref, re-check approval, store the intent, order.
+const LOOKUP_THEN_ADD_ORDER: [&str; 5] = [
+    "sf_fetch",
+    "whmcs_services",
+    "sf_fetch",
+    "advance:order_unknown",
+    "whmcs_add_order",
+];
+
 /// The calls that change something outside (no audit lines).
 fn effects(calls: &[String]) -> Vec<&str> {
     calls
@@ -879,16 +888,7 @@ async fn resuming_at_marked_provisioning_looks_up_then_orders() {
     w.accept_ok();
     let (outcome, calls) = w.run(job(Step::MarkedProvisioning, 0)).await;
     assert!(matches!(outcome, JobOutcome::Provisioned { .. }));
-    assert_eq!(
-        effects(&calls)[..5],
-        [
-            "sf_fetch",
-            "whmcs_services",
-            "sf_fetch",
-            "advance:order_unknown",
-            "whmcs_add_order"
-        ]
-    );
+    assert_eq!(effects(&calls)[..5], LOOKUP_THEN_ADD_ORDER);
 }
 
 #[tokio::test]
@@ -1886,16 +1886,7 @@ async fn an_unknown_add_order_is_repeated_after_its_settle_point_with_a_new_inte
         matches!(outcome, JobOutcome::Provisioned { .. }),
         "{outcome:?}"
     );
-    assert_eq!(
-        effects(&calls)[..5],
-        [
-            "sf_fetch",
-            "whmcs_services",
-            "sf_fetch",
-            "advance:order_unknown",
-            "whmcs_add_order"
-        ]
-    );
+    assert_eq!(effects(&calls)[..5], LOOKUP_THEN_ADD_ORDER);
 }
 
 #[tokio::test]

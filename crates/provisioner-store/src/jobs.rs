@@ -260,41 +260,21 @@ async fn fenced(
 }
 
 impl SqlStore {
-    /// [`SqlStore::fenced_write`] of a statement built for this store's backend.
-    async fn fenced_write_dyn(
-        &self,
-        op: &'static str,
-        order_id: &str,
-        owner: &str,
-        sql: std::sync::Arc<str>,
-        args: Vec<Arg>,
-        audit: Vec<NewAuditRecord>,
-    ) -> Result<()> {
-        let (order_id, owner) = (order_id.to_owned(), owner.to_owned());
-        self.transact(op, move |tx| {
-            Box::pin(async move {
-                fenced(tx, op, (&order_id, &owner), &sql, &args).await?;
-                audit.into_iter().for_each(|r| tx.audit(r));
-                Ok(())
-            })
-        })
-        .await
-    }
-
     /// One fenced statement and its audit records as one unit.
+    /// `sql` is a constant or a statement built for this store's backend.
     async fn fenced_write(
         &self,
         op: &'static str,
         order_id: &str,
         owner: &str,
-        sql: &'static str,
+        sql: impl AsRef<str> + Send + 'static,
         args: Vec<Arg>,
         audit: Vec<NewAuditRecord>,
     ) -> Result<()> {
         let (order_id, owner) = (order_id.to_owned(), owner.to_owned());
         self.transact(op, move |tx| {
             Box::pin(async move {
-                fenced(tx, op, (&order_id, &owner), sql, &args).await?;
+                fenced(tx, op, (&order_id, &owner), sql.as_ref(), &args).await?;
                 audit.into_iter().for_each(|r| tx.audit(r));
                 Ok(())
             })
@@ -404,7 +384,7 @@ impl SqlStore {
             args.push(Arg::Int(ms(now)));
         }
         let sql = std::sync::Arc::clone(&self.job_sql.renew);
-        self.fenced_write_dyn("renewing a lease", order_id, owner, sql, args, Vec::new())
+        self.fenced_write("renewing a lease", order_id, owner, sql, args, Vec::new())
             .await
     }
 
@@ -427,7 +407,7 @@ impl SqlStore {
             Arg::Int(update.intent_timeout.map_or(0, |t| lease_ms(t).max(1))),
         ];
         let sql = std::sync::Arc::clone(&self.job_sql.advance);
-        self.fenced_write_dyn("recording a step", order_id, owner, sql, args, audit)
+        self.fenced_write("recording a step", order_id, owner, sql, args, audit)
             .await
     }
 
