@@ -101,16 +101,8 @@ pub(crate) async fn wire(
     .context("Salesforce REST client")?;
     let whmcs =
         whmcs_client::HttpWhmcsClient::new(config.whmcs_config()?).context("WHMCS client")?;
-    let sink = security::sink_for(
-        config.alert_webhook.as_ref().map(|s| s.expose_secret()),
-        security::WebhookConfig::default(),
-    )
-    .context("SECURITY_ALERT_WEBHOOK")?;
-    // Every alert is also an audit record, whatever happens to its delivery.
-    let sink = Arc::new(AuditedSink {
-        inner: sink,
-        audit: Arc::clone(&store) as Arc<dyn audit::AuditLog>,
-    });
+    let backend = store.backend();
+    let sink = alert_sink(config, &store)?;
     let monitor = security::SecurityMonitor::new(sink, security::Thresholds::default());
     let engine = EngineBuilder::new(
         Arc::new(rest),
@@ -119,8 +111,13 @@ pub(crate) async fn wire(
         store as Arc<dyn audit::AuditLog>,
         Arc::new(monitor.clone()),
     )
-    .config(engine)
-    .provision_rate(config.provision_rate);
+    .config(engine);
+    // On PostgreSQL every instance draws from one per-customer state in the database; one
+    // SQLite process holds it in memory.
+    let engine = match backend {
+        Backend::Postgres => engine.shared_provision_rate(config.provision_rate),
+        Backend::Sqlite => engine.provision_rate(config.provision_rate),
+    };
     Ok(Wired {
         engine,
         monitor,
@@ -128,46 +125,39 @@ pub(crate) async fn wire(
     })
 }
 
-/// An alert sink that first records each alert in the audit chain (`alert_raised`, with the
-/// alert's kind and Order), then hands it on. The head witness is not recorded: it *is* a copy
-/// of the chain, not an event in it.
-struct AuditedSink {
-    inner: Arc<dyn security::AlertSink>,
-    audit: Arc<dyn audit::AuditLog>,
-}
-
-#[async_trait::async_trait]
-impl security::AlertSink for AuditedSink {
-    async fn send(&self, alert: security::Alert) {
-        if alert.kind != security::AlertKind::AuditHead {
-            let mut record = audit::NewAuditRecord::new(
-                audit::Actor::SECURITY,
-                audit::Action::ALERT_RAISED,
-                audit::Outcome::Success,
+/// The alert sink of the service. With `SECURITY_ALERT_WEBHOOK`: alerts kept in the store's
+/// outbox (each with its `alert_raised` audit record, in one transaction) until the webhook
+/// takes them, so they survive restarts and outages. Without: each alert audited, then logged.
+fn alert_sink(
+    config: &Config,
+    store: &Arc<SqlStore>,
+) -> anyhow::Result<Arc<dyn security::AlertSink>> {
+    let webhook = config
+        .alert_webhook
+        .as_ref()
+        .map(|s| s.expose_secret().trim())
+        .filter(|url| !url.is_empty());
+    Ok(match webhook {
+        Some(url) => {
+            let outbox = provisioner_core::StoreOutbox::new(
+                Arc::clone(store) as Arc<dyn Store>,
+                Arc::new(provisioner_core::SystemClock::new()),
+                config.alert_outbox_max,
+            );
+            let delivery = security::WebhookConfig {
+                max_backoff: config.alert_max_backoff,
+                ..security::WebhookConfig::default()
+            };
+            Arc::new(
+                security::WebhookSink::with_outbox(url, delivery, Arc::new(outbox))
+                    .context("SECURITY_ALERT_WEBHOOK")?,
             )
-            .detail(audit::DetailKey::Alert, alert.kind.as_str());
-            if let Some(security::DetailValue::Id(id)) =
-                alert.details.get(security::DetailKey::OrderId)
-            {
-                record = record.and_then(|r| r.order_id(id.as_str()));
-            }
-            match record {
-                Ok(record) => {
-                    if let Err(e) = self.audit.append(record).await {
-                        tracing::warn!(alert = alert.kind.as_str(), error = %e, "could not audit an alert");
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(alert = alert.kind.as_str(), error = %e, "could not build an alert's audit record");
-                }
-            }
         }
-        self.inner.send(alert).await;
-    }
-
-    async fn flush(&self, grace: Duration) -> bool {
-        self.inner.flush(grace).await
-    }
+        None => Arc::new(provisioner_core::AuditedSink::new(
+            Arc::new(security::LogSink),
+            Arc::clone(store) as Arc<dyn audit::AuditLog>,
+        )),
+    })
 }
 
 /// The provisioner as `run` starts it (and `demo`, over its sandboxes).

@@ -124,6 +124,16 @@ pub(crate) static VARIABLES: LazyLock<Vec<(&'static str, Option<String>)>> = Laz
         ),
         ("SECURITY_ALERT_WEBHOOK", None),
         (
+            "SECURITY_ALERT_OUTBOX_MAX",
+            text(&provisioner_core::DEFAULT_ALERT_OUTBOX_MAX),
+        ),
+        (
+            "SECURITY_ALERT_MAX_BACKOFF",
+            Some(format_duration(
+                security::WebhookConfig::default().max_backoff,
+            )),
+        ),
+        (
             "PROVISIONER_HTTP_ADDR",
             text(&status_api::DEFAULT_HTTP_ADDR),
         ),
@@ -336,6 +346,10 @@ pub(crate) struct Config {
     /// `AUDIT_WITNESS_INTERVAL`: how often the audit chain's head is published.
     pub(crate) audit_witness_interval: Duration,
     pub(crate) alert_webhook: Option<SecretString>,
+    /// `SECURITY_ALERT_OUTBOX_MAX`: alerts kept for the webhook; past it the oldest go.
+    pub(crate) alert_outbox_max: u64,
+    /// `SECURITY_ALERT_MAX_BACKOFF`: the longest wait between two attempts of one alert.
+    pub(crate) alert_max_backoff: Duration,
     pub(crate) http_addr: SocketAddr,
     pub(crate) portal_token: Option<SecretString>,
     /// `PORTAL_API_TOKEN_PREVIOUS`: still accepted while the portal switches tokens.
@@ -599,6 +613,15 @@ impl Config {
         let audit_witness_interval = p
             .parsed("AUDIT_WITNESS_INTERVAL", positive_duration)
             .unwrap_or(AUDIT_WITNESS_INTERVAL);
+        let alert_outbox_max = p
+            .parsed("SECURITY_ALERT_OUTBOX_MAX", |t| match t.trim().parse::<u64>() {
+                Ok(n) if (1..=10_000_000).contains(&n) => Ok(n),
+                _ => Err(format!("{t:?} must be a number from 1 to 10000000")),
+            })
+            .unwrap_or(provisioner_core::DEFAULT_ALERT_OUTBOX_MAX);
+        let alert_max_backoff = p
+            .parsed("SECURITY_ALERT_MAX_BACKOFF", positive_duration)
+            .unwrap_or(security::WebhookConfig::default().max_backoff);
         let audit_retention_days = p
             .parsed("AUDIT_LOG_RETENTION_DAYS", days)
             .unwrap_or(audit::DEFAULT_RETENTION_DAYS);
@@ -731,6 +754,8 @@ impl Config {
             ip_rate,
             trusted_proxies,
             alert_webhook,
+            alert_outbox_max,
+            alert_max_backoff,
             http_addr,
             portal_token: p.secret("PORTAL_API_TOKEN"),
             portal_token_previous: p.secret("PORTAL_API_TOKEN_PREVIOUS"),

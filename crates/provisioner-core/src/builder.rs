@@ -48,7 +48,7 @@ use crate::subscriber::{SubscriberConfig, SubscriberStatus};
 pub struct EngineBuilder {
     ports: Ports,
     config: EngineConfig,
-    provision_rate: Option<security::Rate>,
+    provision_rate: Option<crate::job::ProvisionLimit>,
     outcomes: Option<UnboundedSender<(String, JobOutcome)>>,
     subscriber: Option<Subscription>,
 }
@@ -111,7 +111,15 @@ impl EngineBuilder {
     /// Limits each customer's provisioning to `rate` (`CUSTOMER_PROVISION_RATE`); without it,
     /// customers are not limited.
     pub fn provision_rate(mut self, rate: security::Rate) -> Self {
-        self.provision_rate = Some(rate);
+        self.provision_rate = Some(crate::job::ProvisionLimit::process(rate));
+        self
+    }
+
+    /// Limits each customer's provisioning to `rate`, held in the store so that every instance
+    /// on the same database draws from one state per customer (use it on PostgreSQL); replaces
+    /// [`provision_rate`](Self::provision_rate).
+    pub fn shared_provision_rate(mut self, rate: security::Rate) -> Self {
+        self.provision_rate = Some(crate::job::ProvisionLimit::shared(rate));
         self
     }
 
@@ -150,10 +158,7 @@ impl EngineBuilder {
     }
 
     fn into_parts(self) -> (Engine, Option<Subscription>) {
-        let limiter = self
-            .provision_rate
-            .map(|rate| Arc::new(security::KeyedRateLimiter::new(rate)));
-        let mut engine = Engine::new(self.ports, self.config, limiter);
+        let mut engine = Engine::new(self.ports, self.config, self.provision_rate);
         if let Some(tx) = self.outcomes {
             engine = engine.with_outcomes(tx);
         }

@@ -21,7 +21,7 @@ use crate::job::{JobOutcome, JobRunner, LeaseHealth, Ports, renew_every};
 pub struct Engine {
     ports: Ports,
     config: Arc<EngineConfig>,
-    rate: Option<Arc<security::KeyedRateLimiter<String>>>,
+    rate: Option<crate::job::ProvisionLimit>,
     notify: Arc<Notify>,
     owner: String,
     shutdown_tx: Arc<watch::Sender<bool>>,
@@ -40,7 +40,7 @@ impl Engine {
     pub(crate) fn new(
         ports: Ports,
         config: EngineConfig,
-        rate: Option<Arc<security::KeyedRateLimiter<String>>>,
+        rate: Option<crate::job::ProvisionLimit>,
     ) -> Self {
         let owner = format!("{}-{:08x}", config.instance, rand::random::<u32>());
         let (shutdown_tx, _) = watch::channel(false);

@@ -279,12 +279,40 @@ struct Progress {
     accept_intent: bool,
 }
 
+/// Where the per-customer provisioning rate (`CUSTOMER_PROVISION_RATE`) is held.
+#[derive(Clone, Debug)]
+pub enum ProvisionLimit {
+    /// In this process: right for one instance (SQLite).
+    Process(Arc<security::KeyedRateLimiter<String>>),
+    /// In the store, one state per customer that every instance on the database draws from
+    /// (PostgreSQL): N instances together still let each customer through at the rate.
+    Shared(provisioner_store::SharedRate),
+}
+
+impl ProvisionLimit {
+    /// A limit of `rate` in this process.
+    pub fn process(rate: security::Rate) -> Self {
+        Self::Process(Arc::new(security::KeyedRateLimiter::new(rate)))
+    }
+
+    /// A limit of `rate` held in the store.
+    pub fn shared(rate: security::Rate) -> Self {
+        Self::Shared(provisioner_store::SharedRate {
+            interval: rate.replenish_interval(),
+            burst: rate.count().get(),
+        })
+    }
+}
+
+/// The scope of the shared per-customer provisioning rate in the store.
+pub const PROVISION_RATE_SCOPE: &str = "customer_provision";
+
 /// Runs claimed jobs.
 pub struct JobRunner {
     ports: Ports,
     config: Arc<EngineConfig>,
     owner: String,
-    rate: Option<Arc<security::KeyedRateLimiter<String>>>,
+    rate: Option<ProvisionLimit>,
     shutdown: tokio::sync::watch::Receiver<bool>,
     /// Products whose first ordered services were checked for the stored external ref (once
     /// per product in this process).
@@ -297,7 +325,7 @@ impl JobRunner {
         ports: Ports,
         config: Arc<EngineConfig>,
         owner: String,
-        rate: Option<Arc<security::KeyedRateLimiter<String>>>,
+        rate: Option<ProvisionLimit>,
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
         JobRunner {
@@ -338,28 +366,31 @@ impl JobRunner {
     }
 
     async fn run_in_span(&self, job: Job, lease: &LeaseHealth) -> JobOutcome {
-        if job.step == Step::Received
-            && let Some(limiter) = &self.rate
-            && let Err(wait) = limiter.check(&job.customer_number)
-        {
-            let at =
-                self.ports.clock.now() + chrono::Duration::from_std(wait.0).unwrap_or_default();
-            return match self
-                .ports
-                .store
-                .reschedule(
-                    &job.order_id,
-                    token(&job),
-                    Reschedule::at(at, None, false),
-                    Vec::new(),
-                    self.ports.clock.now(),
-                )
-                .await
-            {
-                Ok(()) => JobOutcome::Delayed { at },
-                Err(provisioner_store::Error::LeaseLost { .. }) => JobOutcome::LeaseLost,
-                Err(_) => JobOutcome::StoreUnavailable,
+        if job.step == Step::Received {
+            let wait = match self.rate_wait(&job).await {
+                Ok(wait) => wait,
+                Err(_) => return JobOutcome::StoreUnavailable,
             };
+            if let Some(wait) = wait {
+                let at =
+                    self.ports.clock.now() + chrono::Duration::from_std(wait).unwrap_or_default();
+                return match self
+                    .ports
+                    .store
+                    .reschedule(
+                        &job.order_id,
+                        token(&job),
+                        Reschedule::at(at, None, false),
+                        Vec::new(),
+                        self.ports.clock.now(),
+                    )
+                    .await
+                {
+                    Ok(()) => JobOutcome::Delayed { at },
+                    Err(provisioner_store::Error::LeaseLost { .. }) => JobOutcome::LeaseLost,
+                    Err(_) => JobOutcome::StoreUnavailable,
+                };
+            }
         }
         let mut progress = Progress {
             whmcs_order_id: job.whmcs_order_id.as_deref().and_then(parse_id),
@@ -387,6 +418,35 @@ impl JobRunner {
                 Err(stop) => return self.settle(&job, step, stop).await,
             }
         }
+    }
+
+    /// How long the customer's provisioning rate holds `job` back (`None`: it may start now).
+    async fn rate_wait(&self, job: &Job) -> Result<Option<Duration>, provisioner_store::Error> {
+        let wait = match &self.rate {
+            None => None,
+            Some(ProvisionLimit::Process(limiter)) => {
+                limiter.check(&job.customer_number).err().map(|w| w.0)
+            }
+            Some(ProvisionLimit::Shared(rate)) => self
+                .ports
+                .store
+                .take_rate_slot(
+                    PROVISION_RATE_SCOPE,
+                    &job.customer_number,
+                    *rate,
+                    self.ports.clock.now(),
+                )
+                .await
+                .inspect_err(crate::metrics::store_failed)?,
+        };
+        if wait.is_some() {
+            let scope = match &self.rate {
+                Some(ProvisionLimit::Shared(_)) => "shared",
+                _ => "process",
+            };
+            metrics::counter!(crate::metrics::RATE_DELAYED_TOTAL, "scope" => scope).increment(1);
+        }
+        Ok(wait)
     }
 
     /// `record` about this job: its order id and (when it is a valid subject id) customer.

@@ -125,6 +125,7 @@ mod error;
 pub mod intake;
 mod job;
 pub mod metrics;
+mod outbox;
 mod reason;
 mod sanitize;
 pub mod subscriber;
@@ -140,7 +141,8 @@ pub use config::{
 };
 pub use engine::{Engine, EngineHandle};
 pub use error::{Error, Result};
-pub use job::{JobOutcome, JobRunner, LeaseHealth, Ports};
+pub use job::{JobOutcome, JobRunner, LeaseHealth, PROVISION_RATE_SCOPE, Ports, ProvisionLimit};
+pub use outbox::{AuditedSink, DEFAULT_ALERT_OUTBOX_MAX, StoreOutbox, alert_audit_record};
 pub use reason::StopReason;
 pub use sanitize::{MAX_REASON_CHARS, sanitize_reason};
 

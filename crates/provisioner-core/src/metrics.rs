@@ -21,6 +21,14 @@ pub const RECONCILE_ENQUEUED_TOTAL: &str = "provisioner_reconcile_enqueued_total
 /// retried), or that could not be appended on their own.
 pub const AUDIT_FAILURES_TOTAL: &str = "provisioner_audit_failures_total";
 
+/// Security alerts through the outbox, by `outcome` (`queued`, `sent` (delivered or refused
+/// for good), `dropped` (oldest, past the outbox's bound)).
+pub const ALERTS_TOTAL: &str = "provisioner_alerts_total";
+/// Alerts waiting in the outbox for the webhook.
+pub const ALERTS_WAITING: &str = "provisioner_alerts_waiting";
+/// Provisioning runs held back by the per-customer rate, by `scope` (`process`, `shared`).
+pub const RATE_DELAYED_TOTAL: &str = "provisioner_rate_delayed_total";
+
 /// Registers descriptions (call once after installing a recorder).
 pub fn describe() {
     metrics::describe_counter!(EVENTS_TOTAL, "Platform events stored by intake, by outcome");
@@ -34,6 +42,12 @@ pub fn describe() {
     metrics::describe_counter!(DEAD_LETTERS_TOTAL, "Dead letters written");
     metrics::describe_gauge!(LAST_EVENT_TIMESTAMP, "Unix time of the last stored event");
     metrics::describe_counter!(RECONCILE_ENQUEUED_TOTAL, "Orders enqueued by reconcile");
+    metrics::describe_counter!(ALERTS_TOTAL, "Security alerts through the outbox, by outcome");
+    metrics::describe_gauge!(ALERTS_WAITING, "Security alerts waiting for the webhook");
+    metrics::describe_counter!(
+        RATE_DELAYED_TOTAL,
+        "Provisioning runs held back by the per-customer rate"
+    );
     metrics::describe_counter!(
         AUDIT_FAILURES_TOTAL,
         "Audit records not stored (the change they record was not made either)"

@@ -186,7 +186,7 @@ struct World {
     store: MockStore,
     config: EngineConfig,
     shutdown: bool,
-    rate: Option<Arc<security::KeyedRateLimiter<String>>>,
+    rate: Option<crate::job::ProvisionLimit>,
     /// The fake WHMCS services table: the lookup and the ref check read it, AddOrder adds to it.
     services: Arc<Mutex<Vec<whmcs_client::Service>>>,
     /// Lines the AddOrder of `add_order_ok` must carry.
@@ -366,7 +366,7 @@ impl World {
     ) -> (
         Ports,
         Arc<EngineConfig>,
-        Option<Arc<security::KeyedRateLimiter<String>>>,
+        Option<crate::job::ProvisionLimit>,
     ) {
         let mut audit = MockAuditLog::new();
         audit.expect_append().returning(|r| {
@@ -1231,10 +1231,48 @@ async fn a_rate_limited_customer_is_delayed_without_an_attempt() {
     let rate: security::Rate = "1/hour".parse().unwrap();
     let limiter = Arc::new(security::KeyedRateLimiter::new(rate));
     assert!(limiter.check(&CUSTOMER.to_owned()).is_ok());
-    w.rate = Some(limiter);
+    w.rate = Some(crate::job::ProvisionLimit::Process(limiter));
     let (outcome, calls) = w.run(job(Step::Received, 0)).await;
     assert!(matches!(outcome, JobOutcome::Delayed { .. }));
     assert_eq!(effects(&calls), ["reschedule:count=false"]);
+}
+
+#[tokio::test]
+async fn a_shared_rate_is_taken_from_the_store_and_delays_without_an_attempt() {
+    let mut w = World::new();
+    w.store
+        .expect_take_rate_slot()
+        .withf(|scope, key, rate, _| {
+            scope == crate::PROVISION_RATE_SCOPE
+                && key == CUSTOMER
+                && rate.burst == 2
+                && rate.interval == std::time::Duration::from_secs(1_800)
+        })
+        .times(1)
+        .returning(|_, _, _, _| Ok(Some(std::time::Duration::from_secs(90))));
+    w.rate = Some(crate::job::ProvisionLimit::shared("2/hour".parse().unwrap()));
+    let before = chrono::Utc::now();
+    let (outcome, calls) = w.run(job(Step::Received, 0)).await;
+    let JobOutcome::Delayed { at } = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert!(at >= before + chrono::Duration::seconds(90), "{at}");
+    assert_eq!(effects(&calls), ["reschedule:count=false"]);
+}
+
+#[tokio::test]
+async fn a_shared_rate_the_store_cannot_answer_starts_nothing() {
+    let mut w = World::new();
+    w.store.expect_take_rate_slot().returning(|_, _, _, _| {
+        Err(provisioner_store::Error::Io {
+            op: "test".into(),
+            source: std::io::Error::other("down"),
+        })
+    });
+    w.rate = Some(crate::job::ProvisionLimit::shared("2/hour".parse().unwrap()));
+    let (outcome, calls) = w.run(job(Step::Received, 0)).await;
+    assert_eq!(outcome, JobOutcome::StoreUnavailable);
+    assert!(effects(&calls).is_empty(), "{calls:?}");
 }
 
 #[tokio::test]

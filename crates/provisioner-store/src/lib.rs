@@ -33,6 +33,7 @@
 //! # Ok(()) }
 //! ```
 
+mod alerts;
 mod audit_log;
 mod dead_letters;
 mod error;
@@ -41,6 +42,7 @@ mod jobs;
 mod keys;
 mod lock;
 mod port;
+mod rates;
 mod sql;
 mod sqlite_writer;
 mod tx;
@@ -56,8 +58,8 @@ pub use error::{Error, Result};
 pub use sql::{Backend, Leadership, SqlStore, StoreClock, StoreOptions};
 pub use types::{
     Checkpoint, DeadLetter, DeadLetterState, InboxEvent, IngestOutcome, Intent, Job, JobCounts,
-    JobEnd, JobFilter, JobSource, JobState, JobView, NewDeadLetter, NewJob, Reopen, Reschedule,
-    Step, StepUpdate,
+    JobEnd, JobFilter, JobSource, JobState, JobView, NewAlert, NewDeadLetter, NewJob, QueuedAlert,
+    Reopen, Reschedule, SharedRate, Step, StepUpdate,
 };
 
 /// Field kind under which dead-letter payloads are encrypted.
@@ -240,4 +242,52 @@ pub trait Store: Send + Sync {
 
     /// Tries to become the instance that runs the subscriber (`name` = what is led).
     async fn try_lead(&self, name: &str) -> Result<Option<Leadership>>;
+
+    /// Stores a security alert in the outbox with `audit` (its `alert_raised` record), in one
+    /// transaction, due at once. Past `max_waiting` waiting alerts the oldest are dropped;
+    /// returns how many were.
+    async fn queue_alert(
+        &self,
+        alert: NewAlert,
+        max_waiting: u64,
+        audit: Vec<NewAuditRecord>,
+        now: DateTime<Utc>,
+    ) -> Result<u64>;
+
+    /// Takes up to `limit` due alerts, oldest first, for one delivery attempt each: their
+    /// attempt count goes up and they are hidden from other takers for `hold` (by the
+    /// database's clock; on PostgreSQL rows another instance is taking are skipped). An alert
+    /// neither removed nor rescheduled in that time is taken again.
+    async fn take_alerts(
+        &self,
+        limit: u32,
+        hold: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<QueuedAlert>>;
+
+    /// Removes an alert from the outbox (delivered, or refused for good).
+    async fn remove_alert(&self, id: i64) -> Result<()>;
+
+    /// Makes an alert due again `after` from now, noting why the attempt failed.
+    async fn retry_alert(
+        &self,
+        id: i64,
+        after: Duration,
+        error: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+
+    /// Alerts waiting in the outbox.
+    async fn waiting_alerts(&self) -> Result<u64>;
+
+    /// Takes one event's slot of `rate` for `key` within `scope`, from state every instance on
+    /// the database shares: `None` when the event may go ahead, otherwise how long until a slot
+    /// comes back (nothing is taken then).
+    async fn take_rate_slot(
+        &self,
+        scope: &str,
+        key: &str,
+        rate: SharedRate,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Duration>>;
 }

@@ -12,7 +12,8 @@ use crate::error::{Error, Result};
 use crate::sql::{Leadership, SqlStore};
 use crate::types::{
     Checkpoint, DeadLetter, DeadLetterState, InboxEvent, IngestOutcome, Job, JobCounts, JobEnd,
-    JobFilter, JobState, NewDeadLetter, NewJob, Reopen, Reschedule, Step, StepUpdate,
+    JobFilter, JobState, NewAlert, NewDeadLetter, NewJob, QueuedAlert, Reopen, Reschedule,
+    SharedRate, Step, StepUpdate,
 };
 
 #[async_trait]
@@ -201,5 +202,52 @@ impl Store for SqlStore {
 
     async fn try_lead(&self, name: &str) -> Result<Option<Leadership>> {
         self.lead(name).await
+    }
+
+    async fn queue_alert(
+        &self,
+        alert: NewAlert,
+        max_waiting: u64,
+        audit: Vec<NewAuditRecord>,
+        now: DateTime<Utc>,
+    ) -> Result<u64> {
+        self.queue_alert_row(alert, max_waiting, audit, now).await
+    }
+
+    async fn take_alerts(
+        &self,
+        limit: u32,
+        hold: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<QueuedAlert>> {
+        self.take_alert_rows(limit, hold, now).await
+    }
+
+    async fn remove_alert(&self, id: i64) -> Result<()> {
+        self.delete_alert_row(id).await
+    }
+
+    async fn retry_alert(
+        &self,
+        id: i64,
+        after: Duration,
+        error: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        self.retry_alert_row(id, after, error, now).await
+    }
+
+    async fn waiting_alerts(&self) -> Result<u64> {
+        self.count_alert_rows().await
+    }
+
+    async fn take_rate_slot(
+        &self,
+        scope: &str,
+        key: &str,
+        rate: SharedRate,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Duration>> {
+        self.take_rate_slot_row(scope, key, rate, now).await
     }
 }

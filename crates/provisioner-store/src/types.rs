@@ -475,6 +475,46 @@ pub struct JobCounts {
     pub refused: u64,
 }
 
+/// A security alert for the outbox ([`crate::Store::queue_alert`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewAlert {
+    /// The alert's kind (`auth_failure_burst`, `audit_head`, ...).
+    pub kind: String,
+    /// The webhook body, JSON. It holds ids and addresses only, never a secret.
+    pub body: String,
+}
+
+/// An alert taken from the outbox for one delivery attempt ([`crate::Store::take_alerts`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueuedAlert {
+    /// The outbox row.
+    pub id: i64,
+    /// The alert's kind.
+    pub kind: String,
+    /// The webhook body, JSON.
+    pub body: String,
+    /// Delivery attempts so far, this one included.
+    pub attempts: u32,
+}
+
+/// A rate held in the database ([`crate::Store::take_rate_slot`]): `burst` events at once, then
+/// one more every `interval` (a GCRA with millisecond resolution).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SharedRate {
+    /// Time for one event's worth of capacity to come back; at least 1 ms is used.
+    pub interval: Duration,
+    /// Events let through at once.
+    pub burst: u32,
+}
+
+impl SharedRate {
+    pub(crate) fn interval_ms(&self) -> i64 {
+        i64::try_from(self.interval.as_millis())
+            .unwrap_or(i64::MAX / 4)
+            .clamp(1, i64::MAX / 4)
+    }
+}
+
 pub(crate) fn ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
 }

@@ -32,9 +32,11 @@
 //! - [`Alert`]: the webhook's JSON body (`alert`, `severity`, `at`, `count`, `windowSeconds`,
 //!   `details`; the README's Security section shows one). Its [`Details`] only take typed ids and addresses,
 //!   and ids that do not look like ids are redacted, so no PII reaches a webhook.
-//! - [`WebhookSink`] (`SECURITY_ALERT_WEBHOOK`): a bounded queue and a background task that POSTs
-//!   with retries and backoff; sending never blocks or fails the caller. [`LogSink`] when no
-//!   webhook is configured.
+//! - [`WebhookSink`] (`SECURITY_ALERT_WEBHOOK`): alerts kept in an [`AlertOutbox`] (in memory,
+//!   or the provisioner's database so they survive restarts) and POSTed by a background task,
+//!   several at once, each retried with backoff until the webhook takes it; redirects are never
+//!   followed; sending never blocks or fails the caller. [`LogSink`] when no webhook is
+//!   configured.
 //!
 //! This crate reads no environment variables: the binary passes the configured strings in.
 
@@ -60,7 +62,10 @@ pub use monitor::SecurityMonitor;
 pub use rate::{Period, Rate};
 #[cfg(any(test, feature = "mock"))]
 pub use sink::MockAlertSink;
-pub use sink::{AlertSink, LogSink, WebhookConfig, WebhookSink, WebhookStats, sink_for};
+pub use sink::{
+    AlertOutbox, AlertSink, LogSink, MemoryOutbox, Outgoing, OutboxError, WebhookConfig, WebhookSink,
+    WebhookStats, sink_for,
+};
 
 /// Re-exported so callers can name the clock of a [`KeyedRateLimiter`] in tests.
 pub use governor::clock::{DefaultClock, FakeRelativeClock};

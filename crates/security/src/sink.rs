@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use reqwest::{StatusCode, Url};
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::{Alert, Error, Result};
@@ -68,42 +67,59 @@ pub fn sink_for(webhook: Option<&str>, config: WebhookConfig) -> Result<Arc<dyn 
 /// Delivery settings of a [`WebhookSink`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WebhookConfig {
-    /// Alerts waiting for delivery; past this, new alerts are dropped and counted. Default 256.
+    /// Alerts a [`MemoryOutbox`] keeps (the outbox of [`WebhookSink::new`]); past this, the
+    /// oldest waiting alert is dropped and counted. Default 256. A durable outbox has its own
+    /// bound.
     pub capacity: usize,
-    /// Attempts per alert, the first included. Default 8.
-    pub max_attempts: u32,
-    /// Wait before the first retry; doubles on each retry. Default 500 ms.
+    /// Deliveries in flight at once, each to its own alert. Default 4.
+    pub concurrency: usize,
+    /// Wait before an alert's second attempt; doubles with each further attempt. Default 500 ms.
     pub initial_backoff: Duration,
-    /// Longest wait between retries. Default 60 s.
+    /// Longest wait between two attempts of one alert. Default 60 s.
     pub max_backoff: Duration,
     /// Timeout of one POST. Default 10 s.
     pub request_timeout: Duration,
+    /// How often the outbox is looked at when nothing new was sent (alerts queued by another
+    /// instance, retries coming due). Default 1 s.
+    pub poll_interval: Duration,
 }
 
 impl Default for WebhookConfig {
     fn default() -> Self {
         Self {
             capacity: 256,
-            max_attempts: 8,
+            concurrency: 4,
             initial_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(60),
             request_timeout: Duration::from_secs(10),
+            poll_interval: Duration::from_secs(1),
         }
+    }
+}
+
+impl WebhookConfig {
+    /// The wait after an alert's `attempts`-th failed attempt.
+    pub fn backoff(&self, attempts: u32) -> Duration {
+        let doublings = attempts.saturating_sub(1).min(30);
+        self.initial_backoff
+            .saturating_mul(1u32 << doublings)
+            .min(self.max_backoff)
     }
 }
 
 /// Counters of a [`WebhookSink`] since it was built.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WebhookStats {
-    /// Alerts accepted into the queue.
+    /// Alerts stored in the outbox.
     pub queued: u64,
     /// Alerts the webhook acknowledged with a 2xx.
     pub delivered: u64,
-    /// Alerts dropped because the queue was full or the worker had stopped.
+    /// Alerts dropped: the oldest waiting ones past the outbox's bound, or ones the outbox
+    /// could not store (they are logged instead).
     pub dropped: u64,
-    /// Alerts given up on after all attempts or a permanent 4xx.
+    /// Alerts the webhook refused for good (400, 413, 415 or 422: the body itself was refused).
     pub failed: u64,
-    /// Failed attempts that were retried.
+    /// Failed attempts that will be tried again.
     pub retries: u64,
 }
 
@@ -128,28 +144,198 @@ impl Counters {
     }
 }
 
-/// POSTs each alert as JSON to the webhook from a background task.
+/// What went wrong in an [`AlertOutbox`] (its storage failed). Never shown to a webhook.
+pub type OutboxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// An alert taken from an [`AlertOutbox`] for one delivery attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outgoing {
+    /// The outbox's id of the alert.
+    pub id: i64,
+    /// The alert's kind (`AlertKind::as_str`).
+    pub kind: String,
+    /// The JSON body to POST ([`Alert::to_json`]).
+    pub body: String,
+    /// Attempts so far, this one included.
+    pub attempts: u32,
+}
+
+/// Where a [`WebhookSink`] keeps alerts until the webhook has taken them.
 ///
-/// [`send`](AlertSink::send) only puts the alert on a bounded queue: it never waits for the
-/// network. When the queue is full the alert is dropped, logged and counted in
-/// [`WebhookStats::dropped`]. The task retries failed deliveries (connection errors, timeouts,
-/// 408, 429 and 5xx) with exponential backoff; other 4xx answers are not retried, and a redirect
-/// is never followed (the alert counts as failed).
+/// [`MemoryOutbox`] keeps them in the process; the provisioner keeps them in its database, so
+/// they survive a restart and are shared by every instance (each alert is taken by one
+/// instance at a time).
+#[async_trait]
+pub trait AlertOutbox: Send + Sync {
+    /// Stores `alert`, due at once. Returns how many of the oldest waiting alerts were dropped
+    /// to stay within the outbox's bound.
+    async fn push(&self, alert: &Alert) -> std::result::Result<u64, OutboxError>;
+
+    /// Up to `limit` due alerts, oldest first, each counted as attempted and hidden from other
+    /// takers for `hold` (taken again after that unless removed or rescheduled).
+    async fn take(
+        &self,
+        limit: usize,
+        hold: Duration,
+    ) -> std::result::Result<Vec<Outgoing>, OutboxError>;
+
+    /// Forgets an alert: delivered, or refused for good.
+    async fn remove(&self, id: i64) -> std::result::Result<(), OutboxError>;
+
+    /// Makes an alert due again `after` from now; `reason` says why the attempt failed.
+    async fn retry(
+        &self,
+        id: i64,
+        after: Duration,
+        reason: &str,
+    ) -> std::result::Result<(), OutboxError>;
+
+    /// How many alerts wait (taken ones included).
+    async fn waiting(&self) -> std::result::Result<u64, OutboxError>;
+}
+
+/// An [`AlertOutbox`] in memory: lost with the process, bounded by `capacity` (oldest dropped).
+#[derive(Debug)]
+pub struct MemoryOutbox {
+    capacity: usize,
+    state: parking_lot::Mutex<MemoryState>,
+}
+
+#[derive(Debug, Default)]
+struct MemoryState {
+    next_id: i64,
+    entries: std::collections::BTreeMap<i64, MemoryEntry>,
+}
+
+#[derive(Debug)]
+struct MemoryEntry {
+    kind: String,
+    body: String,
+    attempts: u32,
+    due: tokio::time::Instant,
+}
+
+impl MemoryOutbox {
+    /// An outbox keeping at most `capacity` alerts (at least one).
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity: capacity.max(1),
+            state: parking_lot::Mutex::new(MemoryState::default()),
+        }
+    }
+}
+
+#[async_trait]
+impl AlertOutbox for MemoryOutbox {
+    async fn push(&self, alert: &Alert) -> std::result::Result<u64, OutboxError> {
+        let mut state = self.state.lock();
+        state.next_id += 1;
+        let id = state.next_id;
+        state.entries.insert(
+            id,
+            MemoryEntry {
+                kind: alert.kind.as_str().to_owned(),
+                body: alert.to_json(),
+                attempts: 0,
+                due: tokio::time::Instant::now(),
+            },
+        );
+        let mut dropped = 0;
+        while state.entries.len() > self.capacity {
+            state.entries.pop_first();
+            dropped += 1;
+        }
+        Ok(dropped)
+    }
+
+    async fn take(
+        &self,
+        limit: usize,
+        hold: Duration,
+    ) -> std::result::Result<Vec<Outgoing>, OutboxError> {
+        let now = tokio::time::Instant::now();
+        let mut state = self.state.lock();
+        let mut out = Vec::new();
+        for (id, entry) in &mut state.entries {
+            if out.len() >= limit {
+                break;
+            }
+            if entry.due <= now {
+                entry.attempts += 1;
+                entry.due = now + hold;
+                out.push(Outgoing {
+                    id: *id,
+                    kind: entry.kind.clone(),
+                    body: entry.body.clone(),
+                    attempts: entry.attempts,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn remove(&self, id: i64) -> std::result::Result<(), OutboxError> {
+        self.state.lock().entries.remove(&id);
+        Ok(())
+    }
+
+    async fn retry(
+        &self,
+        id: i64,
+        after: Duration,
+        _reason: &str,
+    ) -> std::result::Result<(), OutboxError> {
+        if let Some(entry) = self.state.lock().entries.get_mut(&id) {
+            entry.due = tokio::time::Instant::now() + after;
+        }
+        Ok(())
+    }
+
+    async fn waiting(&self) -> std::result::Result<u64, OutboxError> {
+        Ok(self.state.lock().entries.len() as u64)
+    }
+}
+
+/// POSTs each alert as JSON to the webhook, from an [`AlertOutbox`], in a background task.
+///
+/// [`send`](AlertSink::send) only stores the alert in the outbox: it never waits for the
+/// network. The task delivers up to [`WebhookConfig::concurrency`] alerts at once, each on its
+/// own schedule, so one alert the webhook keeps failing never holds the others back. An alert
+/// stays in the outbox until the webhook answers 2xx: connection errors, timeouts, redirects
+/// (never followed: the alert goes to the configured URL or nowhere), 401/403/404 (a webhook
+/// being reconfigured) and 5xx are tried again with exponential backoff, without limit; only an
+/// answer that refuses the body itself (400, 413, 415, 422) drops it, logged with its body.
+/// The outbox's bound is what limits a long outage: its oldest alerts are dropped, counted in
+/// [`WebhookStats::dropped`].
 ///
 /// The URL is never logged or shown by `Debug`: webhook URLs often embed a token.
 pub struct WebhookSink {
-    tx: mpsc::Sender<Alert>,
+    outbox: Arc<dyn AlertOutbox>,
     counters: Arc<Counters>,
+    wake: Arc<tokio::sync::Notify>,
     worker: JoinHandle<()>,
 }
 
 impl WebhookSink {
-    /// Starts the delivery task for `url`.
+    /// Starts the delivery task for `url` over a [`MemoryOutbox`] of `config.capacity`.
+    ///
+    /// # Errors
+    /// See [`WebhookSink::with_outbox`].
+    pub fn new(url: &str, config: WebhookConfig) -> Result<Self> {
+        Self::with_outbox(url, config, Arc::new(MemoryOutbox::new(config.capacity)))
+    }
+
+    /// Starts the delivery task for `url`, delivering what `outbox` holds (also what an earlier
+    /// process or another instance left there).
     ///
     /// # Errors
     /// [`Error::InvalidWebhook`] for a URL that is not `http(s)`, [`Error::NoRuntime`] outside
     /// a Tokio runtime, [`Error::HttpClient`] when the HTTP client cannot be built.
-    pub fn new(url: &str, config: WebhookConfig) -> Result<Self> {
+    pub fn with_outbox(
+        url: &str,
+        config: WebhookConfig,
+        outbox: Arc<dyn AlertOutbox>,
+    ) -> Result<Self> {
         let url = Url::parse(url.trim()).map_err(|_| Error::InvalidWebhook {
             reason: "not a valid url",
         })?;
@@ -167,12 +353,22 @@ impl WebhookSink {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime {
             component: "alert webhook sink",
         })?;
-        let (tx, rx) = mpsc::channel(config.capacity.max(1));
         let counters = Arc::new(Counters::default());
-        let worker = runtime.spawn(deliver_all(rx, client, url, config, Arc::clone(&counters)));
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let worker = runtime.spawn(
+            Delivery {
+                outbox: Arc::clone(&outbox),
+                client,
+                url,
+                config,
+                counters: Arc::clone(&counters),
+            }
+            .run(Arc::clone(&wake)),
+        );
         Ok(Self {
-            tx,
+            outbox,
             counters,
+            wake,
             worker,
         })
     }
@@ -182,20 +378,25 @@ impl WebhookSink {
         self.counters.snapshot()
     }
 
-    /// Stops taking alerts and gives the queue up to `grace` to drain; whatever is left after
-    /// that is abandoned. Returns the final counters.
+    /// How many alerts wait in the outbox (`None` when it cannot tell).
+    pub async fn waiting(&self) -> Option<u64> {
+        self.outbox.waiting().await.ok()
+    }
+
+    /// Gives the outbox up to `grace` to drain, then stops the delivery task; what is left
+    /// stays in the outbox (a durable one delivers it after the next start). Returns the final
+    /// counters.
     pub async fn shutdown(self, grace: Duration) -> WebhookStats {
-        let Self {
-            tx,
-            counters,
-            mut worker,
-        } = self;
-        drop(tx);
-        if tokio::time::timeout(grace, &mut worker).await.is_err() {
-            worker.abort();
-            tracing::warn!("alert webhook queue not drained before shutdown");
+        if !self.flush(grace).await {
+            tracing::warn!("alert webhook outbox not drained before shutdown");
         }
-        counters.snapshot()
+        self.counters.snapshot()
+    }
+}
+
+impl Drop for WebhookSink {
+    fn drop(&mut self) {
+        self.worker.abort();
     }
 }
 
@@ -203,47 +404,43 @@ impl WebhookSink {
 impl AlertSink for WebhookSink {
     async fn send(&self, alert: Alert) {
         tracing::debug!(alert = alert.kind.as_str(), "queueing security alert");
-        match self.tx.try_send(alert) {
-            Ok(()) => {
+        match self.outbox.push(&alert).await {
+            Ok(dropped) => {
                 self.counters.queued.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(err) => {
-                let dropped = self.counters.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                let alert = match err {
-                    mpsc::error::TrySendError::Full(alert)
-                    | mpsc::error::TrySendError::Closed(alert) => alert,
-                };
-                // Log the first drop and then ever more rarely, so a flood cannot flood the log.
-                if dropped.is_power_of_two() {
-                    tracing::warn!(
-                        alert = alert.kind.as_str(),
-                        dropped,
-                        "alert webhook queue full, dropping security alert"
-                    );
+                if dropped > 0 {
+                    let before = self.counters.dropped.fetch_add(dropped, Ordering::Relaxed);
+                    // Log the first drop and then ever more rarely, so a flood cannot flood
+                    // the log.
+                    if (before + 1).is_power_of_two() || before == 0 {
+                        tracing::warn!(
+                            dropped = before + dropped,
+                            "alert outbox full, dropped its oldest security alerts"
+                        );
+                    }
                 }
+                self.wake.notify_one();
+            }
+            Err(error) => {
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(%error, "could not store a security alert for the webhook");
+                log_alert(&alert);
             }
         }
     }
 
     async fn flush(&self, grace: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + grace;
-        while !self.settled() {
+        loop {
+            if self.outbox.waiting().await.is_ok_and(|n| n == 0) {
+                return true;
+            }
             if tokio::time::Instant::now() >= deadline {
-                tracing::warn!("alert webhook queue not drained in time");
+                tracing::warn!("alert webhook outbox not drained in time");
                 return false;
             }
+            self.wake.notify_one();
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        true
-    }
-}
-
-impl WebhookSink {
-    /// Whether every queued alert was delivered or given up.
-    fn settled(&self) -> bool {
-        let c = &self.counters;
-        c.delivered.load(Ordering::Relaxed) + c.failed.load(Ordering::Relaxed)
-            >= c.queued.load(Ordering::Relaxed)
     }
 }
 
@@ -256,15 +453,108 @@ impl fmt::Debug for WebhookSink {
     }
 }
 
-async fn deliver_all(
-    mut rx: mpsc::Receiver<Alert>,
+/// The delivery task of one [`WebhookSink`].
+struct Delivery {
+    outbox: Arc<dyn AlertOutbox>,
     client: reqwest::Client,
     url: Url,
     config: WebhookConfig,
     counters: Arc<Counters>,
-) {
-    while let Some(alert) = rx.recv().await {
-        deliver(&client, &url, &config, &counters, &alert).await;
+}
+
+impl Delivery {
+    async fn run(self, wake: Arc<tokio::sync::Notify>) {
+        let this = Arc::new(self);
+        let concurrency = this.config.concurrency.max(1);
+        // An alert taken stays hidden while its attempt may still be running.
+        let hold = this.config.request_timeout + Duration::from_secs(5);
+        let mut in_flight = tokio::task::JoinSet::new();
+        loop {
+            let free = concurrency.saturating_sub(in_flight.len());
+            let mut took = 0;
+            if free > 0 {
+                match this.outbox.take(free, hold).await {
+                    Ok(batch) => {
+                        took = batch.len();
+                        for alert in batch {
+                            let this = Arc::clone(&this);
+                            in_flight.spawn(async move { this.attempt(alert).await });
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "could not read the alert outbox");
+                    }
+                }
+            }
+            if took == free && free > 0 {
+                // There may be more due: take again as soon as a slot is free.
+                if in_flight.len() >= concurrency {
+                    in_flight.join_next().await;
+                }
+                continue;
+            }
+            tokio::select! {
+                biased;
+                Some(_) = in_flight.join_next() => {}
+                () = wake.notified() => {}
+                () = tokio::time::sleep(this.config.poll_interval) => {}
+            }
+        }
+    }
+
+    async fn attempt(&self, alert: Outgoing) {
+        let outcome = match self
+            .client
+            .post(self.url.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(alert.body.clone())
+            .send()
+            .await
+        {
+            Ok(resp) if resp.status().is_success() => Attempt::Delivered,
+            Ok(resp) if resp.status().is_redirection() => Attempt::Retry(format!(
+                "http {} (redirects are not followed)",
+                resp.status()
+            )),
+            Ok(resp) if refused_for_good(resp.status()) => {
+                Attempt::GiveUp(format!("http {}", resp.status()))
+            }
+            Ok(resp) => Attempt::Retry(format!("http {}", resp.status())),
+            // `without_url`: the URL may hold a token.
+            Err(err) => Attempt::Retry(err.without_url().to_string()),
+        };
+        let stored = match outcome {
+            Attempt::Delivered => {
+                self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+                self.outbox.remove(alert.id).await
+            }
+            Attempt::GiveUp(reason) => {
+                self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    alert = %alert.kind,
+                    %reason,
+                    body = %alert.body,
+                    "alert webhook refused the alert, dropping it"
+                );
+                self.outbox.remove(alert.id).await
+            }
+            Attempt::Retry(reason) => {
+                self.counters.retries.fetch_add(1, Ordering::Relaxed);
+                let wait = self.config.backoff(alert.attempts);
+                tracing::warn!(
+                    alert = %alert.kind,
+                    attempt = alert.attempts,
+                    %reason,
+                    retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                    "alert webhook delivery failed, will retry"
+                );
+                self.outbox.retry(alert.id, wait, &reason).await
+            }
+        };
+        if let Err(error) = stored {
+            // The alert is taken again once its hold ends.
+            tracing::warn!(%error, alert = %alert.kind, "could not update the alert outbox");
+        }
     }
 }
 
@@ -274,76 +564,15 @@ enum Attempt {
     GiveUp(String),
 }
 
-async fn deliver(
-    client: &reqwest::Client,
-    url: &Url,
-    config: &WebhookConfig,
-    counters: &Counters,
-    alert: &Alert,
-) {
-    let body = alert.to_json();
-    let attempts = config.max_attempts.max(1);
-    let mut backoff = config.initial_backoff;
-    for attempt in 1..=attempts {
-        let outcome = match client
-            .post(url.clone())
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body.clone())
-            .send()
-            .await
-        {
-            Ok(resp) if resp.status().is_success() => Attempt::Delivered,
-            Ok(resp) if resp.status().is_redirection() => Attempt::GiveUp(format!(
-                "http {} (redirects are not followed)",
-                resp.status()
-            )),
-            Ok(resp) if retryable(resp.status()) => {
-                Attempt::Retry(format!("http {}", resp.status()))
-            }
-            Ok(resp) => Attempt::GiveUp(format!("http {}", resp.status())),
-            // `without_url`: the URL may hold a token.
-            Err(err) => Attempt::Retry(err.without_url().to_string()),
-        };
-        match outcome {
-            Attempt::Delivered => {
-                counters.delivered.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            Attempt::GiveUp(reason) => {
-                counters.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(alert = alert.kind.as_str(), %reason, "alert webhook refused the alert");
-                return;
-            }
-            Attempt::Retry(reason) if attempt < attempts => {
-                counters.retries.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    alert = alert.kind.as_str(),
-                    attempt,
-                    %reason,
-                    retry_in_ms = backoff.as_millis() as u64,
-                    "alert webhook delivery failed, retrying"
-                );
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(config.max_backoff);
-            }
-            Attempt::Retry(reason) => {
-                counters.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(
-                    alert = alert.kind.as_str(),
-                    attempts,
-                    %reason,
-                    body = %body,
-                    "alert webhook delivery failed, giving up"
-                );
-            }
-        }
-    }
-}
-
-fn retryable(status: StatusCode) -> bool {
-    status.is_server_error()
-        || status == StatusCode::REQUEST_TIMEOUT
-        || status == StatusCode::TOO_MANY_REQUESTS
+/// Answers that refuse the body itself: sending it again cannot help.
+fn refused_for_good(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::BAD_REQUEST
+            | StatusCode::PAYLOAD_TOO_LARGE
+            | StatusCode::UNSUPPORTED_MEDIA_TYPE
+            | StatusCode::UNPROCESSABLE_ENTITY
+    )
 }
 
 #[cfg(test)]
@@ -392,12 +621,46 @@ mod tests {
     }
 
     #[test]
-    fn retry_classification() {
-        assert!(retryable(StatusCode::INTERNAL_SERVER_ERROR));
-        assert!(retryable(StatusCode::SERVICE_UNAVAILABLE));
-        assert!(retryable(StatusCode::TOO_MANY_REQUESTS));
-        assert!(retryable(StatusCode::REQUEST_TIMEOUT));
-        assert!(!retryable(StatusCode::BAD_REQUEST));
-        assert!(!retryable(StatusCode::NOT_FOUND));
+    fn only_a_refused_body_is_given_up() {
+        for status in [400, 413, 415, 422] {
+            assert!(refused_for_good(StatusCode::from_u16(status).unwrap()));
+        }
+        for status in [301, 307, 401, 403, 404, 408, 429, 500, 503] {
+            assert!(!refused_for_good(StatusCode::from_u16(status).unwrap()));
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let config = WebhookConfig::default();
+        let ms = |n| config.backoff(n).as_millis();
+        assert_eq!((ms(1), ms(2), ms(3), ms(8)), (500, 1_000, 2_000, 60_000));
+        assert_eq!(config.backoff(u32::MAX), Duration::from_secs(60));
+    }
+
+    #[tokio::test]
+    async fn memory_outbox_drops_the_oldest_and_hides_taken_alerts() {
+        let outbox = MemoryOutbox::new(2);
+        let alert = |n: u64| {
+            Alert::new(
+                crate::AlertKind::AuditHead,
+                crate::Subject::AuditChain,
+                1,
+                Duration::ZERO,
+                crate::Details::new().audit_head(n, &"ab".repeat(32)),
+            )
+        };
+        assert_eq!(outbox.push(&alert(1)).await.unwrap(), 0);
+        assert_eq!(outbox.push(&alert(2)).await.unwrap(), 0);
+        assert_eq!(outbox.push(&alert(3)).await.unwrap(), 1, "the oldest went");
+        let taken = outbox.take(10, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(taken.iter().map(|a| a.id).collect::<Vec<_>>(), [2, 3]);
+        assert!(taken.iter().all(|a| a.attempts == 1));
+        assert!(outbox.take(10, Duration::from_secs(60)).await.unwrap().is_empty());
+        outbox.retry(2, Duration::ZERO, "http 500").await.unwrap();
+        outbox.remove(3).await.unwrap();
+        let again = outbox.take(10, Duration::from_secs(60)).await.unwrap();
+        assert_eq!((again[0].id, again[0].attempts), (2, 2));
+        assert_eq!(outbox.waiting().await.unwrap(), 1);
     }
 }

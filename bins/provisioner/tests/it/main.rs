@@ -5,6 +5,7 @@
 
 mod support;
 
+mod alerts;
 mod backlog;
 mod config;
 mod connections;

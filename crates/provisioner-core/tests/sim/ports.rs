@@ -571,6 +571,61 @@ impl Store for SimStore {
         self.call(|s, _| async move { s.try_lead(&name).await })
             .await
     }
+
+    async fn queue_alert(
+        &self,
+        alert: provisioner_store::NewAlert,
+        max_waiting: u64,
+        audit: Vec<NewAuditRecord>,
+        _now: DateTime<Utc>,
+    ) -> provisioner_store::Result<u64> {
+        self.write(|s, now| async move { s.queue_alert(alert, max_waiting, audit, now).await })
+            .await
+    }
+
+    async fn take_alerts(
+        &self,
+        limit: u32,
+        hold: Duration,
+        _now: DateTime<Utc>,
+    ) -> provisioner_store::Result<Vec<provisioner_store::QueuedAlert>> {
+        self.write(|s, now| async move { s.take_alerts(limit, hold, now).await })
+            .await
+    }
+
+    async fn remove_alert(&self, id: i64) -> provisioner_store::Result<()> {
+        self.call(|s, _| async move { s.remove_alert(id).await })
+            .await
+    }
+
+    async fn retry_alert(
+        &self,
+        id: i64,
+        after: Duration,
+        error: &str,
+        _now: DateTime<Utc>,
+    ) -> provisioner_store::Result<()> {
+        let error = error.to_owned();
+        self.write(|s, now| async move { s.retry_alert(id, after, &error, now).await })
+            .await
+    }
+
+    async fn waiting_alerts(&self) -> provisioner_store::Result<u64> {
+        self.call(|s, _| async move { s.waiting_alerts().await })
+            .await
+    }
+
+    async fn take_rate_slot(
+        &self,
+        scope: &str,
+        key: &str,
+        rate: provisioner_store::SharedRate,
+        _now: DateTime<Utc>,
+    ) -> provisioner_store::Result<Option<Duration>> {
+        let (scope, key) = (scope.to_owned(), key.to_owned());
+        self.write(|s, now| async move { s.take_rate_slot(&scope, &key, rate, now).await })
+            .await
+    }
 }
 
 impl SimStore {

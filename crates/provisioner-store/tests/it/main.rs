@@ -6,6 +6,7 @@
 
 mod support;
 
+mod alerts_and_rates;
 mod atomic_audit;
 mod audit_chain;
 mod dead_letters;

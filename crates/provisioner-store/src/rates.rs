@@ -1,0 +1,72 @@
+//! Rate limits shared by every instance on the database (GCRA, one row per key).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::Backend;
+use crate::error::Result;
+use crate::jobs::now_sql;
+use crate::sql::{NowSource, SqlStore};
+use crate::tx::Arg;
+use crate::types::{SharedRate, ms};
+
+impl SqlStore {
+    pub(crate) async fn take_rate_slot_row(
+        &self,
+        scope: &str,
+        key: &str,
+        rate: SharedRate,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Duration>> {
+        let now_expr = now_sql(self.now_source, "$5");
+        let greatest = match self.backend() {
+            Backend::Postgres => "GREATEST",
+            Backend::Sqlite => "MAX",
+        };
+        let interval = rate.interval_ms();
+        let tolerance = interval.saturating_mul(i64::from(rate.burst.max(1)));
+        // The GCRA: an event is let through when the key's theoretical arrival time, moved on
+        // by one interval, stays within `burst` intervals of now. One statement, so two
+        // instances can't both take the last slot (PostgreSQL locks the row for the upsert).
+        let take = format!(
+            "INSERT INTO rate_limits (scope, key, tat_ms) VALUES ($1, $2, {now_expr} + $3) \
+             ON CONFLICT (scope, key) DO UPDATE \
+             SET tat_ms = {greatest}(rate_limits.tat_ms, {now_expr}) + $3 \
+             WHERE {greatest}(rate_limits.tat_ms, {now_expr}) + $3 - {now_expr} <= $4 \
+             RETURNING tat_ms"
+        );
+        let wait = format!(
+            "SELECT {greatest}(tat_ms, {now_expr}) + $3 - $4 - {now_expr} AS wait_ms \
+             FROM rate_limits WHERE scope = $1 AND key = $2"
+        );
+        let mut args = vec![
+            Arg::text(scope),
+            Arg::text(key),
+            Arg::Int(interval),
+            Arg::Int(tolerance),
+        ];
+        if self.now_source == NowSource::Caller {
+            args.push(Arg::Int(ms(now)));
+        }
+        self.transact("taking a rate slot", move |tx| {
+            Box::pin(async move {
+                if tx
+                    .query_opt("taking a rate slot", &take, &args)
+                    .await?
+                    .is_some()
+                {
+                    return Ok(None);
+                }
+                let row = tx.query_opt("reading a rate limit", &wait, &args).await?;
+                let wait_ms = match row {
+                    Some(row) => row.int("wait_ms", "rate limit")?.unwrap_or(0),
+                    None => 0,
+                };
+                let wait_ms = u64::try_from(wait_ms.max(1)).unwrap_or(1);
+                Ok(Some(Duration::from_millis(wait_ms)))
+            })
+        })
+        .await
+    }
+}
