@@ -9,7 +9,7 @@ use test_support::process::free_port;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{World, spawn_logged, stop, wait_healthy};
+use crate::support::{World, spawn_logged, stop, unanswered, wait_healthy};
 
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 const CAP: usize = 8;
@@ -64,16 +64,6 @@ async fn until_closed(stream: &mut TcpStream) -> Duration {
             Ok(_) => {}
         }
     }
-}
-
-/// A whole request on `stream` gets no answer at all: the server closed it unread.
-async fn unanswered(mut stream: TcpStream) {
-    let _ = stream
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: provisioner\r\n\r\n")
-        .await;
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer)).await;
-    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
 }
 
 /// The value of `metric{reason="..."}` in a Prometheus text page (0 when absent).

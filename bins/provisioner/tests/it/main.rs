@@ -18,6 +18,7 @@ mod logs;
 mod metrics;
 mod operate;
 mod processes;
+mod proxy;
 mod ref_fields;
 mod settle;
 mod shutdown;

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sandbox::pubsub::{PubSubConfig, PubSubSandbox};
@@ -11,6 +12,8 @@ use sandbox::salesforce::{SalesforceConfig, SalesforceSandbox, test_keys};
 use sandbox::seed::{ConfigOptions, Plan, Seeded};
 use sandbox::whmcs::WhmcsSandbox;
 use test_support::process::Captured;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 /// The provisioner binary under test.
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_provisioner");
@@ -190,13 +193,21 @@ impl CapturedProvisioner for Captured {
 
 /// Waits until `GET http://127.0.0.1:port/healthz` answers 200, or panics after `limit`.
 pub(crate) async fn wait_healthy(port: u16, limit: Duration) {
+    wait_healthy_with(port, &[], limit).await;
+}
+
+/// [`wait_healthy`] with extra request `headers` (an `X-Forwarded-For` behind a trusted
+/// proxy). Attempts before the process listens fail to connect; the first answer that
+/// reaches the router ends the wait if it is 200 (so with a per-address rate, one request).
+pub(crate) async fn wait_healthy_with(port: u16, headers: &[(&str, &str)], limit: Duration) {
     let deadline = tokio::time::Instant::now() + limit;
     let client = reqwest::Client::new();
     loop {
-        if let Ok(r) = client
-            .get(format!("http://127.0.0.1:{port}/healthz"))
-            .send()
-            .await
+        let mut request = client.get(format!("http://127.0.0.1:{port}/healthz"));
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        if let Ok(r) = request.send().await
             && r.status().is_success()
         {
             return;
@@ -244,7 +255,7 @@ pub(crate) fn activated(world: &World) -> usize {
 /// The lines a child writes to stdout and stderr, collected in the background so that the
 /// pipes never fill up.
 #[derive(Clone, Default)]
-pub(crate) struct Logs(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+pub(crate) struct Logs(Arc<Mutex<Vec<String>>>);
 
 impl Logs {
     /// Takes the child's stdout and stderr and collects their lines until it exits.
@@ -374,4 +385,100 @@ pub(crate) async fn stop(child: &mut tokio::process::Child) {
         .unwrap()
         .unwrap();
     assert_eq!(status.code(), Some(0));
+}
+
+/// A loopback alert webhook (`SECURITY_ALERT_WEBHOOK`) that answers 200 and keeps every
+/// request body: its URL and the bodies.
+pub(crate) async fn webhook() -> (String, Arc<Mutex<Vec<String>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let bodies: Arc<Mutex<Vec<String>>> = Arc::default();
+    let kept = Arc::clone(&bodies);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let kept = Arc::clone(&kept);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = stream.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    let Some(end) = text.find("\r\n\r\n") else {
+                        continue;
+                    };
+                    let length = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse::<usize>().ok())
+                                .flatten()
+                        })
+                        .unwrap_or(0);
+                    if buf.len() >= end + 4 + length {
+                        kept.lock()
+                            .unwrap()
+                            .push(text[end + 4..end + 4 + length].to_owned());
+                        let _ = stream
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                            .await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, bodies)
+}
+
+/// A whole request on `stream` gets no answer at all: the server closed it unread.
+pub(crate) async fn unanswered(mut stream: TcpStream) {
+    let _ = stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: provisioner\r\n\r\n")
+        .await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer)).await;
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+}
+
+/// The alerts of kind `kind` that `bodies` (from [`webhook`]) has received, as JSON.
+pub(crate) fn alerts(bodies: &Mutex<Vec<String>>, kind: &str) -> Vec<serde_json::Value> {
+    bodies
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|b| serde_json::from_str(b).ok())
+        .filter(|a: &serde_json::Value| a["alert"] == kind)
+        .collect()
+}
+
+/// Waits until `bodies` (from [`webhook`]) holds an alert of kind `kind` whose `details.ip` is
+/// `ip`, and returns it; panics after `limit`.
+pub(crate) async fn wait_alert_for_ip(
+    bodies: &Mutex<Vec<String>>,
+    kind: &str,
+    ip: &str,
+    limit: Duration,
+) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(alert) = alerts(bodies, kind)
+            .into_iter()
+            .find(|a| a["details"]["ip"] == ip)
+        {
+            return alert;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {kind} alert for {ip}: {:?}",
+            bodies.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -3,62 +3,13 @@
 //! a plain verification cannot: a cut tail, wiped rows and a restored older database.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use test_support::process::free_port;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::{World, provisioner, spawn_logged, stop, wait_all_activated, wait_healthy};
-
-/// A loopback webhook that answers 200 and keeps every request body.
-async fn webhook() -> (String, Arc<Mutex<Vec<String>>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    let bodies: Arc<Mutex<Vec<String>>> = Arc::default();
-    let kept = Arc::clone(&bodies);
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let kept = Arc::clone(&kept);
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    let Ok(n) = stream.read(&mut chunk).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    let text = String::from_utf8_lossy(&buf).to_string();
-                    let Some(end) = text.find("\r\n\r\n") else {
-                        continue;
-                    };
-                    let length = text[..end]
-                        .lines()
-                        .find_map(|l| {
-                            let (k, v) = l.split_once(':')?;
-                            k.eq_ignore_ascii_case("content-length")
-                                .then(|| v.trim().parse::<usize>().ok())
-                                .flatten()
-                        })
-                        .unwrap_or(0);
-                    if buf.len() >= end + 4 + length {
-                        kept.lock()
-                            .unwrap()
-                            .push(text[end + 4..end + 4 + length].to_owned());
-                        let _ = stream
-                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-                            .await;
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (url, bodies)
-}
+use crate::support::{
+    World, alerts, provisioner, spawn_logged, stop, wait_all_activated, wait_healthy, webhook,
+};
 
 /// `env` pointed at another SQLite file.
 fn on(env: &BTreeMap<String, String>, db: &std::path::Path) -> BTreeMap<String, String> {
@@ -102,13 +53,7 @@ async fn a_cut_tail_wiped_rows_or_an_older_backup_fail_the_witnessed_head() {
     let head = heads.last().unwrap().clone();
     let (seq, mac) = head.split_once(':').unwrap();
     // ... and at the webhook, as `audit_head` alerts.
-    let alerts: Vec<serde_json::Value> = bodies
-        .lock()
-        .unwrap()
-        .iter()
-        .filter_map(|b| serde_json::from_str(b).ok())
-        .filter(|a: &serde_json::Value| a["alert"] == "audit_head")
-        .collect();
+    let alerts = alerts(&bodies, "audit_head");
     assert!(alerts.len() >= 2, "{alerts:?}");
     let last = alerts.last().unwrap();
     assert_eq!(last["severity"], "low");
