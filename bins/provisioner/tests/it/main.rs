@@ -6,6 +6,7 @@
 mod support;
 
 mod backlog;
+mod binary;
 mod config;
 mod connections;
 mod crash;
