@@ -369,6 +369,7 @@ pub(crate) async fn run(config: Config) -> Result<(), Failure> {
                     .chain(config.trusted_proxies.nets())
                     .copied(),
             )),
+            tls: config.tls.clone(),
         },
         async move {
             let _ = http_stopped.await;
@@ -400,7 +401,12 @@ pub(crate) async fn run(config: Config) -> Result<(), Failure> {
             }
         }
     });
-    tracing::info!(addr = %config.http_addr, events = config.events_enabled, "provisioner running");
+    tracing::info!(
+        addr = %config.http_addr,
+        tls = config.tls.is_some(),
+        events = config.events_enabled,
+        "provisioner running"
+    );
 
     shutdown.await;
     tracing::info!("shutting down: no new work; finishing in-flight steps");

@@ -137,6 +137,8 @@ pub(crate) static VARIABLES: LazyLock<Vec<(&'static str, Option<String>)>> = Laz
             "PROVISIONER_HTTP_ADDR",
             text(&status_api::DEFAULT_HTTP_ADDR),
         ),
+        ("PROVISIONER_TLS_CERT_FILE", None),
+        ("PROVISIONER_TLS_KEY_FILE", None),
         ("PORTAL_API_TOKEN", None),
         ("PORTAL_API_TOKEN_PREVIOUS", None),
         ("HTTP_ALLOWED_CIDRS", text(&security::IpAllowlist::DEFAULT)),
@@ -351,6 +353,9 @@ pub(crate) struct Config {
     /// `SECURITY_ALERT_MAX_BACKOFF`: the longest wait between two attempts of one alert.
     pub(crate) alert_max_backoff: Duration,
     pub(crate) http_addr: SocketAddr,
+    /// `PROVISIONER_TLS_CERT_FILE` and `PROVISIONER_TLS_KEY_FILE`, read and parsed at start:
+    /// the status API serves HTTPS with them (`None`: plain HTTP).
+    pub(crate) tls: Option<status_api::TlsConfig>,
     pub(crate) portal_token: Option<SecretString>,
     /// `PORTAL_API_TOKEN_PREVIOUS`: still accepted while the portal switches tokens.
     pub(crate) portal_token_previous: Option<SecretString>,
@@ -468,6 +473,58 @@ impl Parser<'_> {
 
     fn secret(&self, name: &str) -> Option<SecretString> {
         self.src.raw(name).map(|v| SecretString::from(v.to_owned()))
+    }
+}
+
+/// The status API's TLS configuration from `PROVISIONER_TLS_CERT_FILE` and
+/// `PROVISIONER_TLS_KEY_FILE` (both or neither), read now; a problem is recorded in `p` by
+/// variable name. The key file's content is a secret: kept in a [`secrecy::SecretSlice`], never
+/// in a message.
+fn tls_config(p: &mut Parser<'_>) -> Option<status_api::TlsConfig> {
+    const CERT: &str = "PROVISIONER_TLS_CERT_FILE";
+    const KEY: &str = "PROVISIONER_TLS_KEY_FILE";
+    let (cert_path, key_path) = match (p.text(CERT), p.text(KEY)) {
+        (None, None) => return None,
+        (Some(cert), Some(key)) => (cert, key),
+        (Some(_), None) => {
+            p.errors.push(format!(
+                "{KEY}: required when {CERT} is set (both or neither)"
+            ));
+            return None;
+        }
+        (None, Some(_)) => {
+            p.errors.push(format!(
+                "{CERT}: required when {KEY} is set (both or neither)"
+            ));
+            return None;
+        }
+    };
+    let cert = std::fs::read(&cert_path)
+        .map_err(|e| {
+            p.errors
+                .push(format!("{CERT}: cannot read {cert_path}: {e}"))
+        })
+        .ok();
+    let key = std::fs::read(&key_path)
+        .map(secrecy::SecretSlice::from)
+        .map_err(|e| p.errors.push(format!("{KEY}: cannot read {key_path}: {e}")))
+        .ok();
+    let (cert, key) = (cert?, key?);
+    match status_api::TlsConfig::from_pem(&cert, &key) {
+        Ok(tls) => Some(tls),
+        Err(status_api::Error::Tls { what, reason }) => {
+            let name = match what {
+                "certificate" => CERT.to_owned(),
+                "private key" => KEY.to_owned(),
+                _ => format!("{CERT}, {KEY}"),
+            };
+            p.errors.push(format!("{name}: {reason}"));
+            None
+        }
+        Err(e) => {
+            p.errors.push(format!("{CERT}, {KEY}: {e}"));
+            None
+        }
     }
 }
 
@@ -638,6 +695,7 @@ impl Config {
                     .map_err(|_| format!("{t:?} is not host:port"))
             })
             .unwrap_or_else(|| SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)));
+        let tls = tls_config(&mut p);
         let allowed_cidrs = p
             .parsed("HTTP_ALLOWED_CIDRS", |t| {
                 security::IpAllowlist::parse(t).map_err(|e| e.to_string())
@@ -757,6 +815,7 @@ impl Config {
             alert_outbox_max,
             alert_max_backoff,
             http_addr,
+            tls,
             portal_token: p.secret("PORTAL_API_TOKEN"),
             portal_token_previous: p.secret("PORTAL_API_TOKEN_PREVIOUS"),
             allowed_cidrs,
@@ -1004,6 +1063,8 @@ mod tests {
             ("AUDIT_WITNESS_INTERVAL", Some("1h")),
             ("SECURITY_ALERT_WEBHOOK", None),
             ("PROVISIONER_HTTP_ADDR", Some("127.0.0.1:8080")),
+            ("PROVISIONER_TLS_CERT_FILE", None),
+            ("PROVISIONER_TLS_KEY_FILE", None),
             ("PORTAL_API_TOKEN", None),
             ("PORTAL_API_TOKEN_PREVIOUS", None),
             ("HTTP_ALLOWED_CIDRS", Some("127.0.0.0/8,::1/128")),

@@ -15,10 +15,11 @@ use provisioner_core::{EngineConfig, RetryPolicy};
 use provisioner_store::{JobState, Store};
 use sandbox::pubsub::{PubSubConfig, PubSubSandbox};
 use sandbox::salesforce::{
-    FaultKind, Route, SalesforceConfig, SalesforceSandbox, Trigger, test_keys,
+    FaultKind, KeyPair, Route, SalesforceConfig, SalesforceSandbox, Trigger,
 };
 use sandbox::seed::{ConfigOptions, Plan};
 use sandbox::whmcs::{Fault, WhmcsSandbox};
+use secrecy::ExposeSecret as _;
 
 use crate::app;
 use crate::cli::{DemoArgs, Failure};
@@ -40,13 +41,14 @@ fn rand_key() -> [u8; 32] {
 }
 
 /// The service configuration of the demo, parsed from variables like the real one: the
-/// sandboxes' URLs and credentials, a SQLite file in `dir` under a fresh random key, events
+/// sandboxes' URLs and credentials (the private key of the pair generated for this run), a SQLite file in `dir` under a fresh random key, events
 /// replayed from the earliest, and a provisioning rate the demo's bursts stay under. Nothing
 /// comes from the process environment.
 fn sandbox_config(
     sf: &SalesforceSandbox,
     whmcs: &WhmcsSandbox,
     ps: &PubSubSandbox,
+    keys: &KeyPair,
     dir: &tempfile::TempDir,
 ) -> Result<Config, Failure> {
     // A fresh random key for the throwaway store.
@@ -57,7 +59,10 @@ fn sandbox_config(
         ("SF_LOGIN_URL", sf.base_url()),
         ("SF_CLIENT_ID", sf.config().client_id.clone()),
         ("SF_USERNAME", sf.config().usernames[0].clone()),
-        ("SF_PRIVATE_KEY", test_keys::PRIVATE_KEY_PEM.to_owned()),
+        (
+            "SF_PRIVATE_KEY",
+            keys.private_key_pem().expose_secret().to_owned(),
+        ),
         ("SF_PUBSUB_ENDPOINT", ps.endpoint()),
         ("WHMCS_API_URL", whmcs.api_url()),
         ("WHMCS_API_IDENTIFIER", whmcs.config().identifier.clone()),
@@ -98,7 +103,9 @@ pub(crate) async fn demo(args: DemoArgs) -> Result<(), Failure> {
     if args.orders == 0 || args.orders > 10_000 {
         return Err(Failure::Usage(anyhow!("--orders must be 1 to 10000")));
     }
-    let sf = SalesforceSandbox::start(SalesforceConfig::default())
+    // A key pair made for this run: the binary carries no private key.
+    let keys = KeyPair::generate().map_err(rt)?;
+    let sf = SalesforceSandbox::start(SalesforceConfig::trusting(keys.public_key_pem()))
         .await
         .map_err(rt)?;
     let whmcs = WhmcsSandbox::start().await.map_err(rt)?;
@@ -159,7 +166,7 @@ pub(crate) async fn demo(args: DemoArgs) -> Result<(), Failure> {
     let dir = tempfile::tempdir()
         .context("creating a temporary directory")
         .map_err(rt)?;
-    let config = sandbox_config(&sf, &whmcs, &ps, &dir)?;
+    let config = sandbox_config(&sf, &whmcs, &ps, &keys, &dir)?;
     // From here on, the service's own wiring: the store, clients, engine and subscriber as
     // `run` builds them from its configuration.
     let store = app::open_store(&config, true, true).await.map_err(rt)?;

@@ -47,6 +47,11 @@ pub(crate) fn config_check(
             for (name, value, origin) in &config.shown {
                 out(&format!("{name}={value}  # {origin}"))?;
             }
+            out(if config.tls.is_some() {
+                "# status API: HTTPS (TLS on)"
+            } else {
+                "# status API: plain HTTP (TLS off)"
+            })?;
             let missing = config.missing_for_run();
             if missing.is_empty() {
                 out("# configuration ok")?;

@@ -141,6 +141,13 @@ pub(crate) struct Cli {
     #[arg(long, env = "SF_SANDBOX_RECORD_REQUESTS")]
     pub(crate) record_requests: bool,
 
+    /// Trust this RSA private key (PKCS#8 or PKCS#1 PEM; its public key is derived) instead of
+    /// generating a fresh 2048-bit key pair at start. `SF_PRIVATE_KEY_FILE` then names this
+    /// file, which is left in place on exit; a generated key goes to a private temporary
+    /// file, removed on exit.
+    #[arg(long, env = "SF_SANDBOX_PRIVATE_KEY_FILE")]
+    pub(crate) private_key_file: Option<PathBuf>,
+
     /// Also write the environment lines to this file (replaced atomically, removed on exit).
     #[arg(long, env = "SF_SANDBOX_STATE_FILE")]
     pub(crate) state_file: Option<PathBuf>,

@@ -2,8 +2,11 @@
 
 use anyhow::Context as _;
 use sandbox::pubsub::{PubSubConfig, PubSubSandbox};
-use sandbox::salesforce::{SalesforceConfig, SalesforceSandbox, test_keys};
+use std::path::{Path, PathBuf};
+
+use sandbox::salesforce::{KeyPair, SalesforceConfig, SalesforceSandbox};
 use sandbox::whmcs::{Fault, WhmcsSandbox, WhmcsSandboxConfig};
+use secrecy::ExposeSecret as _;
 use tempfile::TempPath;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
@@ -37,7 +40,24 @@ impl Signals {
     }
 }
 
-/// The running sandboxes; everything stops (and the key file is removed) when dropped.
+/// Where the private key the sandbox trusts is: a file the caller gave, or the generated key
+/// in a private temporary file, removed on drop.
+#[derive(Debug)]
+enum KeyFile {
+    Given(PathBuf),
+    Generated(TempPath),
+}
+
+impl KeyFile {
+    fn path(&self) -> &Path {
+        match self {
+            Self::Given(path) => path,
+            Self::Generated(temp) => temp,
+        }
+    }
+}
+
+/// The running sandboxes; everything stops (and a generated key file is removed) when dropped.
 #[derive(Debug)]
 pub(crate) struct Running {
     env: Vec<(&'static str, String)>,
@@ -45,7 +65,7 @@ pub(crate) struct Running {
     _pubsub: PubSubSandbox,
     _whmcs: WhmcsSandbox,
     _sf: SalesforceSandbox,
-    _key_file: TempPath,
+    _key_file: KeyFile,
 }
 
 impl Running {
@@ -62,9 +82,10 @@ pub(crate) async fn start(cli: &Cli) -> anyhow::Result<Running> {
     let pubsub_front = fixed(cli.pubsub_port, "the Pub/Sub endpoint").await?;
     let whmcs_front = fixed(cli.whmcs_port, "the WHMCS API").await?;
 
+    let (keys, key_file) = key_pair(cli.private_key_file.as_deref())?;
     let mut sf_config = SalesforceConfig {
         token_lifetime: cli.token_lifetime,
-        ..SalesforceConfig::default()
+        ..SalesforceConfig::trusting(keys.public_key_pem())
     };
     if let Some(client_id) = &cli.client_id {
         sf_config.client_id.clone_from(client_id);
@@ -208,7 +229,6 @@ pub(crate) async fn start(cli: &Cli) -> anyhow::Result<Running> {
         );
     }
 
-    let key_file = write_key_file()?;
     let env = vec![
         ("SF_LOGIN_URL", sf_login_url.clone()),
         ("SF_AUDIENCE", sf_login_url),
@@ -217,7 +237,7 @@ pub(crate) async fn start(cli: &Cli) -> anyhow::Result<Running> {
             "SF_USERNAME",
             sf.config().usernames.first().cloned().unwrap_or_default(),
         ),
-        ("SF_PRIVATE_KEY_FILE", key_file.display().to_string()),
+        ("SF_PRIVATE_KEY_FILE", key_file.path().display().to_string()),
         ("SF_PUBSUB_ENDPOINT", pubsub_endpoint),
         ("SF_PROVISION_EVENT_CHANNEL", cli.channel.clone()),
         ("SF_EVENTS_REPLAY", "EARLIEST".to_owned()),
@@ -251,16 +271,28 @@ async fn fixed(
     Ok(Some((listener, addr)))
 }
 
-/// The sandbox's test-only private key in a private temporary file, removed on exit.
-fn write_key_file() -> anyhow::Result<TempPath> {
+/// The key pair the connected app trusts: read from `given`, or generated for this run and
+/// written to a private temporary file (mode 0600), removed on exit.
+fn key_pair(given: Option<&Path>) -> anyhow::Result<(KeyPair, KeyFile)> {
     use std::io::Write as _;
+    if let Some(path) = given {
+        let pem = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the private key file {}", path.display()))?;
+        let keys = KeyPair::from_private_key_pem(&pem)
+            .with_context(|| format!("the private key file {}", path.display()))?;
+        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+        return Ok((keys, KeyFile::Given(path)));
+    }
+    let started = std::time::Instant::now();
+    let keys = KeyPair::generate().context("generating the connected app's key pair")?;
+    tracing::debug!(elapsed = ?started.elapsed(), "generated an RSA key pair");
     let mut file = tempfile::Builder::new()
         .prefix("sf-sandbox-key-")
         .suffix(".pem")
         .tempfile()
         .context("creating the private key file")?;
-    file.write_all(test_keys::PRIVATE_KEY_PEM.as_bytes())
+    file.write_all(keys.private_key_pem().expose_secret().as_bytes())
         .and_then(|()| file.flush())
         .context("writing the private key file")?;
-    Ok(file.into_temp_path())
+    Ok((keys, KeyFile::Generated(file.into_temp_path())))
 }

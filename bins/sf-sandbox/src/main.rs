@@ -5,7 +5,9 @@
 //! Orders with OrderItems, matching WHMCS clients and a product with the external-ref custom
 //! field), optionally publishes one `OrderProvisionRequested__e` per seeded Order and injects
 //! faults, then prints the environment a provisioner needs as `KEY=value` lines followed by
-//! `# ready`, and serves until SIGINT or SIGTERM (exit 0). Status goes to stderr.
+//! `# ready`, and serves until SIGINT or SIGTERM (exit 0). Status goes to stderr. The connected
+//! app trusts an RSA key pair generated at start (its private key in a temporary file named by
+//! `SF_PRIVATE_KEY_FILE`, removed on exit), or the key of `--private-key-file`.
 //!
 //! While it runs, an Order can be changed and announced again, as a user re-approving it in
 //! Salesforce would: `POST $SF_LOGIN_URL/sandbox/orders/{id}` with the JSON body

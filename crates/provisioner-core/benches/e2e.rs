@@ -368,9 +368,11 @@ impl Stack {
             .unwrap();
         let (sf, whmcs) = sandbox_rt.block_on(async {
             (
-                SalesforceSandbox::start(SalesforceConfig::default())
-                    .await
-                    .unwrap(),
+                SalesforceSandbox::start(SalesforceConfig::trusting(
+                    test_support::keys::PUBLIC_KEY_PEM,
+                ))
+                .await
+                .unwrap(),
                 WhmcsSandbox::start().await.unwrap(),
             )
         });

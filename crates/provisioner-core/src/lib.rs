@@ -10,7 +10,7 @@
 //! use provisioner_core::intake::{EventFields, IntakeItem};
 //! use provisioner_core::{EngineBuilder, EngineConfig, JobOutcome};
 //! use provisioner_store::{SqlStore, StoreOptions};
-//! use sandbox::salesforce::{SalesforceConfig, SalesforceSandbox, test_keys};
+//! use sandbox::salesforce::{KeyPair, SalesforceConfig, SalesforceSandbox};
 //! use sandbox::seed::{Plan, seed};
 //! use sandbox::whmcs::WhmcsSandbox;
 //! use secrecy::SecretString;
@@ -19,7 +19,9 @@
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! // Salesforce with one Approved Order, WHMCS with its customer's client and the product
 //! // (custom field 12 holds the Salesforce Order Id: WHMCS_ORDER_REF_FIELD_ID).
-//! let sf = SalesforceSandbox::start(SalesforceConfig::default()).await?;
+//! // The connected app trusts a fresh key pair.
+//! let keys = KeyPair::generate()?;
+//! let sf = SalesforceSandbox::start(SalesforceConfig::trusting(keys.public_key_pem())).await?;
 //! let whmcs = WhmcsSandbox::start().await?;
 //! let plan = Plan {
 //!     customers: 1,
@@ -38,7 +40,7 @@
 //!     sf.base_url(),
 //!     sf.config().client_id.clone(),
 //!     sf.config().usernames[0].clone(),
-//!     SecretString::from(test_keys::PRIVATE_KEY_PEM.to_owned()),
+//!     keys.private_key_pem().clone(),
 //! ))?);
 //! let dir = tempfile::tempdir()?;
 //! let key = "base64:q6v4cT9JkA0x3Fz1lVZqM2fY7p5dE8rW1nB6cH4sK0o="; // FIELD_ENCRYPTION_KEY

@@ -33,18 +33,21 @@
 //! without sleeping.
 //!
 //! ```no_run
-//! use sandbox::salesforce::{SalesforceConfig, SalesforceSandbox, SfOrder, salesforce_id};
+//! use sandbox::salesforce::{KeyPair, SalesforceConfig, SalesforceSandbox, SfOrder, salesforce_id};
 //!
-//! # async fn run() -> std::io::Result<()> {
-//! let sf = SalesforceSandbox::start(SalesforceConfig::default()).await?;
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! // A fresh key pair for the connected app: no key is built into the sandbox.
+//! let keys = KeyPair::generate()?;
+//! let sf = SalesforceSandbox::start(SalesforceConfig::trusting(keys.public_key_pem())).await?;
 //! let order_id = salesforce_id("801", 1);
 //! sf.insert_order(SfOrder::new(order_id.clone(), "Approved"));
-//! // point SF_LOGIN_URL at sf.base_url(), sign with test_keys::PRIVATE_KEY_PEM ...
+//! // point SF_LOGIN_URL at sf.base_url(), sign with the private key of the trusted pair ...
 //! assert!(sf.patches().is_empty());
 //! # Ok(()) }
 //! ```
 
 mod fault;
+mod key_pair;
 mod oauth;
 mod org;
 
@@ -69,24 +72,12 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
 pub use fault::{FaultKind, Faults, Route, Trigger};
+pub use key_pair::{KEY_BITS, KeyPair, KeyPairError};
 pub use org::{RecordedPatch, SfAccount, SfOrder, SfOrderItem, salesforce_id};
 
 use org::{ApiError, OrgData};
 
 use crate::pubsub::{PubSubSandboxError, PublishedEvent, Publisher};
-
-/// Test-only RSA key pairs (2048-bit, generated once with `openssl genrsa`). They protect
-/// nothing and must never be trusted by a real connected app.
-pub mod test_keys {
-    /// Private key the default sandbox config trusts (PKCS#8 PEM).
-    pub const PRIVATE_KEY_PEM: &str = include_str!("fixtures/test_key_a.pem");
-    /// Public key matching [`PRIVATE_KEY_PEM`]; the default [`super::SalesforceConfig`] uses it.
-    pub const PUBLIC_KEY_PEM: &str = include_str!("fixtures/test_key_a.pub.pem");
-    /// A second private key the sandbox does not trust ("wrong key" tests).
-    pub const OTHER_PRIVATE_KEY_PEM: &str = include_str!("fixtures/test_key_b.pem");
-    /// Public key matching [`OTHER_PRIVATE_KEY_PEM`].
-    pub const OTHER_PUBLIC_KEY_PEM: &str = include_str!("fixtures/test_key_b.pub.pem");
-}
 
 /// The connected app, users and org the sandbox emulates.
 #[derive(Clone, Debug)]
@@ -98,7 +89,9 @@ pub struct SalesforceConfig {
     pub usernames: Vec<String>,
     /// Accepted JWT `aud` values besides the sandbox's own base URL, which is always accepted.
     pub audiences: Vec<String>,
-    /// The certificate's public key, PEM, that assertions must verify with.
+    /// The certificate's public key, PEM, that assertions must verify with. Empty (the
+    /// default) trusts no key: every assertion is refused as `invalid assertion`. Use
+    /// [`SalesforceConfig::trusting`] with a [`KeyPair`] (or a test key) to accept tokens.
     pub public_key_pem: String,
     /// How long an issued access token works.
     pub token_lifetime: Duration,
@@ -123,7 +116,7 @@ impl Default for SalesforceConfig {
                 "https://login.salesforce.com".into(),
                 "https://test.salesforce.com".into(),
             ],
-            public_key_pem: test_keys::PUBLIC_KEY_PEM.into(),
+            public_key_pem: String::new(),
             token_lifetime: Duration::from_secs(2 * 60 * 60),
             assertion_leeway: Duration::ZERO,
             org_id: salesforce_id("00D", 1),
@@ -138,6 +131,17 @@ impl Default for SalesforceConfig {
             .to_vec(),
             api_limit: 15_000,
             query_page_size: 2000,
+        }
+    }
+}
+
+impl SalesforceConfig {
+    /// The default connected app, users and org, trusting `public_key_pem` (e.g.
+    /// [`KeyPair::public_key_pem`] of a freshly generated pair).
+    pub fn trusting(public_key_pem: impl Into<String>) -> Self {
+        Self {
+            public_key_pem: public_key_pem.into(),
+            ..Self::default()
         }
     }
 }
@@ -210,7 +214,8 @@ pub enum OrderChangeError {
 
 struct Shared {
     config: SalesforceConfig,
-    key: DecodingKey,
+    /// `None`: [`SalesforceConfig::public_key_pem`] is empty, no assertion verifies.
+    key: Option<DecodingKey>,
     base_url: String,
     org: Mutex<OrgData>,
     tokens: TokenChecker,
@@ -244,10 +249,17 @@ impl std::fmt::Debug for SalesforceSandbox {
 }
 
 impl SalesforceSandbox {
-    /// Starts the emulator on `127.0.0.1` with an ephemeral port.
+    /// Starts the emulator on `127.0.0.1` with an ephemeral port. A
+    /// [`SalesforceConfig::public_key_pem`] that is not empty must be an RSA public key.
     pub async fn start(config: SalesforceConfig) -> std::io::Result<Self> {
-        let key = DecodingKey::from_rsa_pem(config.public_key_pem.as_bytes())
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let key = if config.public_key_pem.is_empty() {
+            None
+        } else {
+            Some(
+                DecodingKey::from_rsa_pem(config.public_key_pem.as_bytes())
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
+            )
+        };
         let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
         let addr = listener.local_addr()?;
         let gates = [Route::Token, Route::Query, Route::Patch]
@@ -694,7 +706,7 @@ async fn token(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byte
             client_id: &shared.config.client_id,
             usernames: &shared.config.usernames,
             audiences: &audiences,
-            key: &shared.key,
+            key: shared.key.as_ref(),
             leeway_secs: shared.config.assertion_leeway.as_secs(),
             now_secs,
         };

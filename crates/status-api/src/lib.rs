@@ -37,6 +37,9 @@
 //! and rate-limit refusals feed the [`security::SecurityMonitor`]. Responses carry ids, states
 //! and sanitised errors only: no customer data, nothing echoed from the request.
 //!
+//! HTTPS is optional: [`ServeOptions::tls`] with a [`TlsConfig`] made from a PEM certificate
+//! chain and key (rustls with the `ring` provider).
+//!
 //! This crate reads no environment variables: the binary passes the configured values in.
 
 mod error;
@@ -45,6 +48,7 @@ mod metrics;
 mod routes;
 mod state;
 mod status;
+mod tls;
 
 use std::future::Future;
 
@@ -64,6 +68,8 @@ pub use crate::status::{
     MAX_CUSTOMER_NUMBER_LEN, MAX_ERROR_CHARS, OrderStatus, OrderStatusBody, canonical_order_id,
     is_customer_number, is_order_id,
 };
+
+pub use crate::tls::TlsConfig;
 
 pub use crate::listener::{
     CONNECTIONS_REFUSED_TOTAL, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_CONNECTIONS, ServeOptions,

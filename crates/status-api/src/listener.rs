@@ -4,7 +4,10 @@
 //! [`ServeOptions::max_connections`] open connections, new ones are closed at accept too (the
 //! ones already open keep being served); a connection that does not finish a request head within
 //! [`ServeOptions::header_read_timeout`] — a slow or half-sent head, or an idle keep-alive
-//! connection waiting for its next request — is closed.
+//! connection waiting for its next request — is closed. With [`ServeOptions::tls`], the TLS
+//! handshake comes first, in the connection's own task: it counts against the connection cap
+//! and must finish within the same header read timeout, and a failed one closes only its
+//! connection.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +18,7 @@ use security::IpAllowlist;
 use tower::ServiceExt as _;
 
 use crate::error::{Error, Result};
+use crate::tls::TlsConfig;
 
 /// The default of `HTTP_MAX_CONNECTIONS`.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
@@ -34,6 +38,9 @@ pub struct ServeOptions {
     /// Peers outside it are closed at accept, before anything is read (the router's own
     /// allowlist still answers 403 to anything that gets through).
     pub allowlist: Option<IpAllowlist>,
+    /// Serve HTTPS with this certificate and key (`PROVISIONER_TLS_CERT_FILE`,
+    /// `PROVISIONER_TLS_KEY_FILE`); `None` serves plain HTTP.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for ServeOptions {
@@ -42,6 +49,7 @@ impl Default for ServeOptions {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             allowlist: None,
+            tls: None,
         }
     }
 }
@@ -70,6 +78,8 @@ pub async fn serve_with(
         .header_read_timeout(options.header_read_timeout)
         .keep_alive(true);
     let allowlist = options.allowlist.map(Arc::new);
+    let acceptor = options.tls.as_ref().map(TlsConfig::acceptor);
+    let handshake_timeout = options.header_read_timeout;
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -105,10 +115,37 @@ pub async fn serve_with(
                 router.clone().oneshot(request)
             },
         );
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        // Shutdown waits for this connection from here on, a TLS handshake included.
+        let watcher = graceful.watcher();
+        let http = http.clone();
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
             // A client that goes away or sends garbage ends its own connection only.
-            if let Err(e) = connection.await {
+            let served = match acceptor {
+                None => {
+                    watcher
+                        .watch(http.serve_connection(TokioIo::new(stream), service))
+                        .await
+                }
+                Some(acceptor) => {
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            watcher
+                                .watch(http.serve_connection(TokioIo::new(tls), service))
+                                .await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "TLS handshake failed");
+                            Ok(())
+                        }
+                        Err(_) => {
+                            tracing::debug!("TLS handshake timed out");
+                            Ok(())
+                        }
+                    }
+                }
+            };
+            if let Err(e) = served {
                 tracing::debug!(error = %e, "connection closed with an error");
             }
             drop(permit);

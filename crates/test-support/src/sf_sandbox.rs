@@ -1,6 +1,10 @@
 //! The `sf-sandbox` binary as a child process: started with an empty environment, its
 //! announcement (`KEY=value` lines, then `# ready`) read from stdout, and clients made only
 //! from what it printed.
+//!
+//! [`SfSandbox::start`] hands the sandbox the fixed test key ([`crate::keys`]) with
+//! `--private-key-file`, so a test does not pay for RSA key generation;
+//! [`SfSandbox::start_generating_key`] lets it generate its own, as it does for a developer.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -25,12 +29,38 @@ pub struct SfSandbox {
     pub lines: Vec<String>,
     /// The announced variables, unquoted.
     pub env: BTreeMap<String, String>,
+    /// The test key's file given with `--private-key-file`, removed when dropped.
+    _key_file: Option<tempfile::TempPath>,
 }
 
 impl SfSandbox {
-    /// Starts `bin <args>` with an empty environment (`RUST_LOG=info` only) and reads its
-    /// announcement; panics if none comes within `limit`.
+    /// Starts `bin --private-key-file <the test key> <args>` with an empty environment
+    /// (`RUST_LOG=info` only) and reads its announcement; panics if none comes within `limit`.
+    /// The sandbox trusts [`crate::keys::PUBLIC_KEY_PEM`] and prints the key file's path as
+    /// `SF_PRIVATE_KEY_FILE`.
     pub async fn start(bin: &Path, args: &[&str], limit: Duration) -> Self {
+        let mut file = tempfile::Builder::new()
+            .prefix("sf-sandbox-test-key-")
+            .suffix(".pem")
+            .tempfile()
+            .unwrap();
+        std::io::Write::write_all(&mut file, crate::keys::PRIVATE_KEY_PEM.as_bytes()).unwrap();
+        let key_file = file.into_temp_path();
+        let key_path = key_file.to_str().unwrap().to_owned();
+        let mut all = vec!["--private-key-file", key_path.as_str()];
+        all.extend_from_slice(args);
+        let mut sandbox = Self::launch(bin, &all, limit).await;
+        sandbox._key_file = Some(key_file);
+        sandbox
+    }
+
+    /// Like [`SfSandbox::start`], but the sandbox generates its key pair (and removes the
+    /// key file it wrote when it exits).
+    pub async fn start_generating_key(bin: &Path, args: &[&str], limit: Duration) -> Self {
+        Self::launch(bin, args, limit).await
+    }
+
+    async fn launch(bin: &Path, args: &[&str], limit: Duration) -> Self {
         let child = tokio::process::Command::new(bin)
             .args(args)
             .env_clear()
@@ -68,7 +98,12 @@ impl SfSandbox {
                 (k.to_owned(), unquote(v))
             })
             .collect();
-        SfSandbox { proc, lines, env }
+        SfSandbox {
+            proc,
+            lines,
+            env,
+            _key_file: None,
+        }
     }
 
     /// The value printed for `key`; panics if there is none.

@@ -45,6 +45,8 @@ const DESIGN_VARIABLES: &[&str] = &[
     "AUDIT_LOG_RETENTION_DAYS",
     "SECURITY_ALERT_WEBHOOK",
     "PROVISIONER_HTTP_ADDR",
+    "PROVISIONER_TLS_CERT_FILE",
+    "PROVISIONER_TLS_KEY_FILE",
     "PORTAL_API_TOKEN",
     "HTTP_ALLOWED_CIDRS",
     "PROVISIONER_CONCURRENCY",
@@ -57,7 +59,7 @@ const DESIGN_VARIABLES: &[&str] = &[
 /// A complete, valid environment that needs no running sandbox (nothing is contacted).
 fn complete_env(dir: &Path) -> BTreeMap<String, String> {
     let key_file = dir.join("sf-key.pem");
-    std::fs::write(&key_file, sandbox::salesforce::test_keys::PRIVATE_KEY_PEM).unwrap();
+    std::fs::write(&key_file, test_support::keys::PRIVATE_KEY_PEM).unwrap();
     [
         ("SF_LOGIN_URL", "http://127.0.0.1:9"),
         ("SF_CLIENT_ID", "3MVG9-client-id"),
@@ -102,7 +104,7 @@ async fn config_check_names_every_problem_and_redacts_secrets() {
         PORTAL_TOKEN,
         MASTER_KEY.trim_start_matches("base64:"),
     ];
-    let pem_lines = pem_body_lines(sandbox::salesforce::test_keys::PRIVATE_KEY_PEM);
+    let pem_lines = pem_body_lines(test_support::keys::PRIVATE_KEY_PEM);
 
     // Complete: exit 0, every configuration variable shown, the secrets redacted.
     let env = complete_env(dir.path());
@@ -296,5 +298,89 @@ async fn the_database_password_is_never_shown() {
                 assert_ne!(code, Some(0), "{args:?} with {bad}");
             }
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_needs_both_files_and_config_check_shows_whether_it_is_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = test_support::tls::self_signed();
+    let cert_file = dir.path().join("tls.crt");
+    let key_file = dir.path().join("tls.key");
+    std::fs::write(&cert_file, &cert.cert_pem).unwrap();
+    std::fs::write(&key_file, &cert.key_pem).unwrap();
+    let key_lines: Vec<&str> = cert
+        .key_pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+
+    let env = complete_env(dir.path());
+    let (code, stdout, stderr) = config_check(&env).await;
+    assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stdout.contains("# status API: plain HTTP (TLS off)"),
+        "{stdout}"
+    );
+
+    // Only one of the two, either way: exit 2 naming the other, for `run` too.
+    for (given, file, missing) in [
+        (
+            "PROVISIONER_TLS_CERT_FILE",
+            &cert_file,
+            "PROVISIONER_TLS_KEY_FILE",
+        ),
+        (
+            "PROVISIONER_TLS_KEY_FILE",
+            &key_file,
+            "PROVISIONER_TLS_CERT_FILE",
+        ),
+    ] {
+        let mut env = complete_env(dir.path());
+        env.insert(given.into(), file.display().to_string());
+        let (code, stdout, stderr) = config_check(&env).await;
+        assert_eq!(
+            code,
+            Some(2),
+            "{given}: stdout:\n{stdout}\nstderr:\n{stderr}"
+        );
+        assert!(stderr.contains(&format!("{missing}: required")), "{stderr}");
+        let mut run = Captured::provisioner("provisioner run", &["run"], &env);
+        assert_eq!(run.wait_exit(PATIENCE).await, Some(2), "{}", run.stderr());
+        assert!(run.stderr().contains(missing), "{}", run.stderr());
+    }
+
+    // Both, but the key file holds no key: exit 2 naming the key file, the text not shown.
+    let mut env = complete_env(dir.path());
+    env.insert(
+        "PROVISIONER_TLS_CERT_FILE".into(),
+        cert_file.display().to_string(),
+    );
+    env.insert(
+        "PROVISIONER_TLS_KEY_FILE".into(),
+        cert_file.display().to_string(),
+    );
+    let (code, _, stderr) = config_check(&env).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("PROVISIONER_TLS_KEY_FILE:"), "{stderr}");
+
+    // Both: TLS on; the key's text appears nowhere.
+    let mut env = complete_env(dir.path());
+    env.insert(
+        "PROVISIONER_TLS_CERT_FILE".into(),
+        cert_file.display().to_string(),
+    );
+    env.insert(
+        "PROVISIONER_TLS_KEY_FILE".into(),
+        key_file.display().to_string(),
+    );
+    let (code, stdout, stderr) = config_check(&env).await;
+    assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("# status API: HTTPS (TLS on)"), "{stdout}");
+    for line in key_lines {
+        assert!(
+            !stdout.contains(line) && !stderr.contains(line),
+            "key shown"
+        );
     }
 }

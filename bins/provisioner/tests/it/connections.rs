@@ -1,7 +1,8 @@
 //! Issue 16, Done-when 8: connection hygiene on the status API's listener. Connections that
 //! never finish a request head are closed after `HTTP_READ_TIMEOUT`; past
 //! `HTTP_MAX_CONNECTIONS` new connections are closed at once while an existing client is still
-//! answered; a peer outside `HTTP_ALLOWED_CIDRS` is closed before anything is read.
+//! answered; a peer outside `HTTP_ALLOWED_CIDRS` is closed before anything is read. With
+//! `PROVISIONER_TLS_CERT_FILE` and `PROVISIONER_TLS_KEY_FILE` the same listener speaks HTTPS.
 
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use test_support::process::free_port;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{World, spawn_logged, stop, unanswered, wait_healthy};
+use crate::support::{World, provisioner, spawn_logged, stop, unanswered, wait_healthy};
 
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 const CAP: usize = 8;
@@ -128,4 +129,67 @@ async fn idle_half_sent_capped_and_disallowed_connections_are_closed() {
     assert!(refused(&page, "allowlist") >= 1, "{page}");
 
     stop(&mut child).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_a_certificate_and_key_the_status_api_speaks_https() {
+    let world = World::start(1, 1).await;
+    let cert = test_support::tls::self_signed();
+    let cert_file = world.dir.path().join("tls.crt");
+    let key_file = world.dir.path().join("tls.key");
+    std::fs::write(&cert_file, &cert.cert_pem).unwrap();
+    std::fs::write(&key_file, &cert.key_pem).unwrap();
+    let port = free_port();
+    let mut env = world.env(port);
+    env.insert(
+        "PROVISIONER_TLS_CERT_FILE".into(),
+        cert_file.display().to_string(),
+    );
+    env.insert(
+        "PROVISIONER_TLS_KEY_FILE".into(),
+        key_file.display().to_string(),
+    );
+
+    // `config check` says TLS is on, and shows the paths but not the key.
+    let (code, out) = provisioner(&["config", "check"], &env).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("# status API: HTTPS (TLS on)"), "{out}");
+    assert!(
+        out.contains(&format!("PROVISIONER_TLS_KEY_FILE={}", key_file.display())),
+        "{out}"
+    );
+
+    let log = world.dir.path().join("run.log");
+    let mut child = spawn_logged(&["run"], &env, &log);
+    let https = test_support::tls::client_trusting(&cert.cert_pem);
+    let url = format!("https://127.0.0.1:{port}/healthz");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let response = loop {
+        match https.get(&url).send().await {
+            Ok(response) => break response,
+            Err(e) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "no HTTPS answer: {e:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), r#"{"status":"ok"}"#);
+
+    // Plain HTTP to the same port gets no HTTP answer.
+    let plain = reqwest::Client::builder().no_proxy().build().unwrap();
+    let plain = plain
+        .get(format!("http://127.0.0.1:{port}/healthz"))
+        .send()
+        .await;
+    assert!(plain.is_err(), "{plain:?}");
+
+    stop(&mut child).await;
+    let logs = std::fs::read_to_string(&log).unwrap();
+    for line in cert.key_pem.lines().filter(|l| !l.starts_with("-----")) {
+        assert!(!logs.contains(line), "the TLS key is in the log");
+    }
 }

@@ -3,12 +3,13 @@
 use std::time::Duration;
 
 use sandbox::pubsub::{PubSubConfig, PubSubSandbox, sample_order};
-use sandbox::salesforce::{SalesforceConfig, SalesforceSandbox, test_keys};
+use sandbox::salesforce::{SalesforceConfig, SalesforceSandbox};
+use test_support::keys;
 
 const BIN: &str = env!("CARGO_BIN_EXE_provisioner");
 
 async fn sandboxes() -> (SalesforceSandbox, PubSubSandbox) {
-    let sf = SalesforceSandbox::start(SalesforceConfig::default())
+    let sf = SalesforceSandbox::start(SalesforceConfig::trusting(keys::PUBLIC_KEY_PEM))
         .await
         .unwrap();
     let checker = sf.token_checker();
@@ -27,7 +28,7 @@ fn command(sf: &SalesforceSandbox, pubsub: &PubSubSandbox) -> tokio::process::Co
         .env("SF_LOGIN_URL", sf.base_url())
         .env("SF_CLIENT_ID", &sf.config().client_id)
         .env("SF_USERNAME", &sf.config().usernames[0])
-        .env("SF_PRIVATE_KEY", test_keys::PRIVATE_KEY_PEM)
+        .env("SF_PRIVATE_KEY", keys::PRIVATE_KEY_PEM)
         .env("SF_PUBSUB_BATCH", "3")
         .kill_on_drop(true);
     cmd

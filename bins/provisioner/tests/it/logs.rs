@@ -188,7 +188,7 @@ async fn nothing_secret_or_personal_leaks_at_trace_level_for_every_crate() {
         .collect();
     assert_logs_nontrivial(&logs, &ids);
     let mut canaries = Vec::new();
-    for line in pem_body_lines(sandbox::salesforce::test_keys::PRIVATE_KEY_PEM) {
+    for line in pem_body_lines(test_support::keys::PRIVATE_KEY_PEM) {
         canaries.push(("private key line".to_owned(), line));
     }
     canaries.push((

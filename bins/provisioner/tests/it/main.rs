@@ -7,6 +7,7 @@ mod support;
 
 mod alerts;
 mod backlog;
+mod binary;
 mod config;
 mod connections;
 mod crash;

@@ -392,11 +392,11 @@ async fn processes_configured_by_env_provision_and_serve_status_without_leaking(
     );
 }
 
-/// Secrets and PII of a run against `sf-sandbox` (whose key file is gone by now, so the key
-/// comes from the sandbox crate, which wrote it).
+/// Secrets and PII of a run against `sf-sandbox` (started with the test key of
+/// `test_support::keys`).
 fn process_canaries(env: &BTreeMap<String, String>, config_options: &str) -> Vec<(String, String)> {
     let mut canaries = Vec::new();
-    for line in pem_body_lines(sandbox::salesforce::test_keys::PRIVATE_KEY_PEM) {
+    for line in pem_body_lines(test_support::keys::PRIVATE_KEY_PEM) {
         canaries.push(("private key line".into(), line));
     }
     for name in ["WHMCS_API_SECRET", "WHMCS_API_IDENTIFIER"] {

@@ -8,9 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sandbox::pubsub::{PubSubConfig, PubSubSandbox};
-use sandbox::salesforce::{SalesforceConfig, SalesforceSandbox, test_keys};
+use sandbox::salesforce::{SalesforceConfig, SalesforceSandbox};
 use sandbox::seed::{ConfigOptions, Plan, Seeded};
 use sandbox::whmcs::WhmcsSandbox;
+use test_support::keys;
 use test_support::process::Captured;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -44,7 +45,7 @@ impl World {
     /// Starts the sandboxes and seeds `customers` x `per_customer` Approved Orders (events
     /// are not published yet: see [`World::publish_all`]).
     pub(crate) async fn start(customers: u32, per_customer: u32) -> World {
-        let sf = SalesforceSandbox::start(SalesforceConfig::default())
+        let sf = SalesforceSandbox::start(SalesforceConfig::trusting(keys::PUBLIC_KEY_PEM))
             .await
             .unwrap();
         let whmcs = WhmcsSandbox::start().await.unwrap();
@@ -75,7 +76,7 @@ impl World {
         );
         let dir = tempfile::tempdir().unwrap();
         let key_file = dir.path().join("sf-key.pem");
-        std::fs::write(&key_file, test_keys::PRIVATE_KEY_PEM).unwrap();
+        std::fs::write(&key_file, keys::PRIVATE_KEY_PEM).unwrap();
         World {
             sf,
             whmcs,

@@ -25,8 +25,9 @@ const BIN: &str = env!("CARGO_BIN_EXE_sf-sandbox");
 /// Bound on anything the sandbox does; reached only when something hangs.
 const PATIENCE: Duration = Duration::from_secs(60);
 
-/// Starts the binary with `args` and an empty environment, and reads its announcement. The
-/// child is killed when dropped (a failed assertion included), so no test leaves one behind.
+/// Starts the binary with `args`, the test key and an empty environment, and reads its
+/// announcement. The child is killed when dropped (a failed assertion included), so no test
+/// leaves one behind.
 async fn start(args: &[&str]) -> SfSandbox {
     SfSandbox::start(Path::new(BIN), args, PATIENCE).await
 }
@@ -68,16 +69,26 @@ async fn events(
 async fn the_printed_environment_reaches_every_seeded_service() {
     let dir = tempfile::tempdir().unwrap();
     let state_file = dir.path().join("sandbox.env");
-    let sandbox = start(&[
-        "--customers",
-        "2",
-        "--orders-per-customer",
-        "2",
-        "--publish",
-        "--state-file",
-        state_file.to_str().unwrap(),
-    ])
+    // The sandbox generates its key pair, as it does for a developer.
+    let started = std::time::Instant::now();
+    let sandbox = SfSandbox::start_generating_key(
+        Path::new(BIN),
+        &[
+            "--customers",
+            "2",
+            "--orders-per-customer",
+            "2",
+            "--publish",
+            "--state-file",
+            state_file.to_str().unwrap(),
+        ],
+        PATIENCE,
+    )
     .await;
+    eprintln!(
+        "sf-sandbox with a generated key ready in {:?}",
+        started.elapsed()
+    );
 
     // The announcement: every variable, `# ready` last, and the same text in the state file.
     let keys: BTreeSet<&str> = sandbox.env.keys().map(String::as_str).collect();
@@ -109,6 +120,18 @@ async fn the_printed_environment_reaches_every_seeded_service() {
         sf_pubsub::DEFAULT_TOPIC
     );
     let key_file = std::path::PathBuf::from(sandbox.var("SF_PRIVATE_KEY_FILE"));
+    let generated = std::fs::read_to_string(&key_file).unwrap();
+    assert!(generated.starts_with("-----BEGIN PRIVATE KEY-----\n"));
+    assert_ne!(
+        generated,
+        test_support::keys::PRIVATE_KEY_PEM,
+        "a fresh key"
+    );
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "the key file is private: {mode:o}");
+    }
 
     // (a) A token through the JWT bearer flow with the printed key, client id, user, audience.
     let tokens = sandbox.tokens();
@@ -301,6 +324,47 @@ async fn the_admin_route_re_approves_an_order_and_publishes_its_event() {
     .unwrap();
     let help = String::from_utf8_lossy(&help.stdout);
     assert!(help.contains("/sandbox/orders/"), "{help}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_given_private_key_is_trusted_printed_and_left_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("app.key");
+    std::fs::write(&key_file, test_support::keys::OTHER_PRIVATE_KEY_PEM).unwrap();
+    let key_arg = key_file.to_str().unwrap();
+    let sandbox =
+        SfSandbox::start_generating_key(Path::new(BIN), &["--private-key-file", key_arg], PATIENCE)
+            .await;
+    assert_eq!(sandbox.var("SF_PRIVATE_KEY_FILE"), key_arg);
+    // The key is trusted: a token with it (its public key derived by the sandbox).
+    sandbox.tokens().token().await.unwrap();
+    assert_eq!(sandbox.terminate().await, Some(0));
+    assert_eq!(
+        std::fs::read_to_string(&key_file).unwrap(),
+        test_support::keys::OTHER_PRIVATE_KEY_PEM,
+        "a given key file is the caller's: left as it was"
+    );
+
+    // Not a private key: exit 1, naming the file, not echoing its text.
+    let not_a_key = dir.path().join("public.pem");
+    std::fs::write(&not_a_key, test_support::keys::PUBLIC_KEY_PEM).unwrap();
+    let out = timeout(
+        PATIENCE,
+        Command::new(BIN)
+            .args(["--private-key-file", not_a_key.to_str().unwrap()])
+            .env_clear()
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("public.pem"), "{stderr}");
+    assert!(stderr.contains("not an RSA private key"), "{stderr}");
+    let body = test_support::keys::PUBLIC_KEY_PEM.lines().nth(1).unwrap();
+    assert!(!stderr.contains(body), "{stderr}");
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ use provisioner_core::{Engine, EngineBuilder, EngineConfig, RetryPolicy};
 use provisioner_store::{SqlStore, Store, StoreOptions};
 use sandbox::pubsub::{PubSubConfig, PubSubSandbox};
 use sandbox::salesforce::{
-    SalesforceConfig, SalesforceSandbox, SfOrder, SfOrderItem, salesforce_id, test_keys,
+    SalesforceConfig, SalesforceSandbox, SfOrder, SfOrderItem, salesforce_id,
 };
 use sandbox::whmcs::{Client, Product, WhmcsSandbox};
 use secrecy::SecretString;
@@ -114,9 +114,11 @@ pub(crate) async fn build_tuned(
     with_pubsub: bool,
     tune: impl FnOnce(&mut EngineConfig),
 ) -> Stack {
-    let sf = SalesforceSandbox::start(SalesforceConfig::default())
-        .await
-        .unwrap();
+    let sf = SalesforceSandbox::start(SalesforceConfig::trusting(
+        test_support::keys::PUBLIC_KEY_PEM,
+    ))
+    .await
+    .unwrap();
     let whmcs = WhmcsSandbox::start().await.unwrap();
     let pid = whmcs.seed_product(Product::new("VPS").with_custom_field(
         REF_FIELD,
@@ -236,7 +238,7 @@ pub(crate) fn sf_tokens(sf: &SalesforceSandbox) -> Arc<sf_auth::JwtBearer> {
             sf.base_url(),
             sf.config().client_id.clone(),
             sf.config().usernames[0].clone(),
-            SecretString::from(test_keys::PRIVATE_KEY_PEM.to_owned()),
+            SecretString::from(test_support::keys::PRIVATE_KEY_PEM),
         ))
         .unwrap(),
     )

@@ -7,10 +7,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use sandbox::salesforce::{
-    SalesforceConfig, SalesforceSandbox, SfOrder, SfOrderItem, salesforce_id, test_keys,
+    SalesforceConfig, SalesforceSandbox, SfOrder, SfOrderItem, salesforce_id,
 };
 use sandbox::whmcs::{Client, Product, Service, WhmcsSandbox};
 use serde_json::{Value, json};
+use test_support::keys;
 
 const ORDERS: u64 = 20_000;
 const CLIENTS: u64 = 20_000;
@@ -27,7 +28,7 @@ async fn token(sf: &SalesforceSandbox, http: &reqwest::Client) -> String {
         "aud": sf.base_url(),
         "exp": exp,
     });
-    let key = EncodingKey::from_rsa_pem(test_keys::PRIVATE_KEY_PEM.as_bytes()).unwrap();
+    let key = EncodingKey::from_rsa_pem(keys::PRIVATE_KEY_PEM.as_bytes()).unwrap();
     let assertion = jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims, &key).unwrap();
     let answer: Value = http
         .post(format!("{}/services/oauth2/token", sf.base_url()))
@@ -54,7 +55,7 @@ fn order_query(id: &str) -> String {
 
 #[tokio::test]
 async fn salesforce_lookups_stay_indexed_with_20k_orders() {
-    let sf = SalesforceSandbox::start(SalesforceConfig::default())
+    let sf = SalesforceSandbox::start(SalesforceConfig::trusting(keys::PUBLIC_KEY_PEM))
         .await
         .unwrap();
     let orders = (1..=ORDERS).map(|n| {

@@ -3,11 +3,11 @@
 
 use std::time::{Duration, SystemTime};
 
-use sandbox::salesforce::{FaultKind, Route, SalesforceSandbox, test_keys};
+use sandbox::salesforce::{FaultKind, Route, SalesforceSandbox};
 use secrecy::SecretString;
 use sf_auth::{Error, JwtBearer, JwtBearerConfig, TokenSource};
 
-use crate::support::{good_config, sandbox};
+use crate::support::{good_config, sandbox, test_keys};
 
 struct Case {
     name: &'static str,

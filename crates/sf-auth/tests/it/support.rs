@@ -1,13 +1,30 @@
 //! Shared setup: a sandbox and a client configured to match it.
 
-use sandbox::salesforce::{SalesforceConfig, SalesforceSandbox, test_keys};
+use sandbox::salesforce::{SalesforceConfig, SalesforceSandbox};
 use secrecy::SecretString;
 use sf_auth::JwtBearerConfig;
 
 pub(crate) const USERNAME: &str = "integration@example.com";
 
+/// The workspace's fixed test key pairs (`test_support::keys` holds the same files): sf-auth is
+/// below test-support in the graph, so its tests read the files themselves.
+pub(crate) mod test_keys {
+    /// The key the sandbox trusts.
+    pub(crate) const PRIVATE_KEY_PEM: &str =
+        include_str!("../../../test-support/src/keys/test_key_a.pem");
+    /// Its public half.
+    pub(crate) const PUBLIC_KEY_PEM: &str =
+        include_str!("../../../test-support/src/keys/test_key_a.pub.pem");
+    /// A key the sandbox does not trust.
+    pub(crate) const OTHER_PRIVATE_KEY_PEM: &str =
+        include_str!("../../../test-support/src/keys/test_key_b.pem");
+    /// Its public half.
+    pub(crate) const OTHER_PUBLIC_KEY_PEM: &str =
+        include_str!("../../../test-support/src/keys/test_key_b.pub.pem");
+}
+
 pub(crate) async fn sandbox() -> SalesforceSandbox {
-    SalesforceSandbox::start(SalesforceConfig::default())
+    SalesforceSandbox::start(SalesforceConfig::trusting(test_keys::PUBLIC_KEY_PEM))
         .await
         .unwrap()
 }

@@ -4,11 +4,10 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use sandbox::salesforce::test_keys;
 use serde_json::Value;
 use sf_auth::{JwtBearer, TokenSource};
 
-use crate::support::{USERNAME, good_config, pem_body_lines, sandbox};
+use crate::support::{USERNAME, good_config, pem_body_lines, sandbox, test_keys};
 
 #[tokio::test]
 async fn token_flow_yields_a_working_token_instance_url_and_org_id() {

@@ -138,7 +138,7 @@ async fn timeouts_are_retried() {
 async fn tokens_past_their_lifetime_are_refused() {
     let w = crate::support::world_with(sandbox::salesforce::SalesforceConfig {
         token_lifetime: std::time::Duration::ZERO,
-        ..sandbox::salesforce::SalesforceConfig::default()
+        ..sandbox::salesforce::SalesforceConfig::trusting(test_support::keys::PUBLIC_KEY_PEM)
     })
     .await;
     let err = w.api.fetch_order(&w.order_id).await.unwrap_err();

@@ -1,8 +1,8 @@
 //! No token, key or secret in logs or Debug output during the token + REST flow.
 
-use sandbox::salesforce::test_keys;
 use sf_auth::TokenSource;
 use sf_rest::{OrderApi, OrderUpdate};
+use test_support::keys;
 use test_support::logs::LogCapture;
 
 use crate::support::{ROOT_PASSWORD, world};
@@ -41,7 +41,7 @@ async fn no_token_key_or_secret_reaches_logs_or_debug_output() {
     assert_eq!(secrets.len(), 2);
     secrets.extend(w.sf.token_log().into_iter().filter_map(|r| r.assertion));
     secrets.extend(
-        test_keys::PRIVATE_KEY_PEM
+        keys::PRIVATE_KEY_PEM
             .lines()
             .filter(|l| !l.starts_with("-----") && l.len() > 20)
             .map(str::to_owned),

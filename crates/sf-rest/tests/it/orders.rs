@@ -146,7 +146,7 @@ async fn a_malicious_id_is_rejected_before_any_request() {
 async fn reconcile_lists_old_approved_orders_across_pages() {
     let w = world_with(SalesforceConfig {
         query_page_size: 2,
-        ..SalesforceConfig::default()
+        ..SalesforceConfig::trusting(test_support::keys::PUBLIC_KEY_PEM)
     })
     .await;
     let now = Utc::now();

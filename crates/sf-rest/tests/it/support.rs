@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sandbox::salesforce::{
-    SalesforceConfig, SalesforceSandbox, SfAccount, SfOrder, SfOrderItem, salesforce_id, test_keys,
+    SalesforceConfig, SalesforceSandbox, SfAccount, SfOrder, SfOrderItem, salesforce_id,
 };
 use secrecy::SecretString;
 use serde_json::json;
@@ -30,7 +30,10 @@ pub(crate) fn fast_retry() -> RetryPolicy {
 }
 
 pub(crate) async fn world() -> World {
-    world_with(SalesforceConfig::default()).await
+    world_with(SalesforceConfig::trusting(
+        test_support::keys::PUBLIC_KEY_PEM,
+    ))
+    .await
 }
 
 pub(crate) async fn world_with(config: SalesforceConfig) -> World {
@@ -41,7 +44,7 @@ pub(crate) async fn world_with(config: SalesforceConfig) -> World {
             sf.base_url(),
             sf.config().client_id.clone(),
             "integration@example.com",
-            SecretString::from(test_keys::PRIVATE_KEY_PEM),
+            SecretString::from(test_support::keys::PRIVATE_KEY_PEM),
         ))
         .unwrap(),
     );

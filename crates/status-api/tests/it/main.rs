@@ -9,3 +9,4 @@ mod guards;
 mod probes;
 mod status;
 mod support;
+mod tls;
