@@ -279,6 +279,89 @@ pub(crate) async fn witness_audit_head(store: &SqlStore, monitor: &security::Sec
     }
 }
 
+/// How often the running service verifies the whole audit chain again; in between, each
+/// witness tick verifies only the records appended since the last verified head.
+const FULL_AUDIT_VERIFY_EVERY: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// The running service's check of its own audit chain: all of it at start and once a day, the
+/// records appended since at every witness tick. A record that fails (edited, removed, out of
+/// place) raises `integrity_failure` naming it.
+pub(crate) struct ChainWatch {
+    /// How often the whole chain is verified again.
+    full_every: Duration,
+    /// The head the last successful verification ended at.
+    verified: Option<audit::ChainHead>,
+    /// When the whole chain was last verified.
+    full_at: Option<tokio::time::Instant>,
+}
+
+impl ChainWatch {
+    /// A watch that verifies the whole chain first and then every `full_every`.
+    pub(crate) fn new(full_every: Duration) -> Self {
+        ChainWatch {
+            full_every,
+            verified: None,
+            full_at: None,
+        }
+    }
+
+    /// Verifies what is due and raises `integrity_failure` when a record fails.
+    pub(crate) async fn check(&mut self, store: &SqlStore, monitor: &security::SecurityMonitor) {
+        let key = store.audit_key();
+        let now = tokio::time::Instant::now();
+        let full_due = self
+            .full_at
+            .is_none_or(|at| now.duration_since(at) >= self.full_every);
+        let incremental = match self.verified {
+            Some(head) if !full_due => Some(audit::verify_after(store, key, head).await),
+            _ => None,
+        };
+        let result = match incremental {
+            Some(Ok(summary)) => Ok(summary),
+            // Not yet alarming: a retention purge (`audit purge`, another process) may have
+            // moved the chain's start past the last head; the whole chain decides.
+            Some(Err(_)) | None => {
+                let result = verify_whole(store, key).await;
+                if result.is_ok() {
+                    self.full_at = Some(now);
+                }
+                result
+            }
+        };
+        match result {
+            Ok(summary) => self.verified = Some(summary.head),
+            Err(audit::Error::Tampered { seq, reason }) => {
+                self.verified = None;
+                tracing::error!(
+                    audit_seq = seq,
+                    reason = %reason,
+                    "audit chain failed verification: run `provisioner audit verify`"
+                );
+                monitor.audit_chain_broken(seq).await;
+            }
+            Err(e) => tracing::warn!(error = %e, "could not verify the audit chain"),
+        }
+    }
+}
+
+/// [`audit::verify`], once more when a concurrent purge moved the chain's start under it.
+async fn verify_whole(
+    store: &SqlStore,
+    key: &audit::AuditKey,
+) -> audit::Result<audit::VerifySummary> {
+    let before = audit::AuditLog::anchor(store).await?;
+    match audit::verify(store, key).await {
+        Err(audit::Error::Tampered { .. })
+            if audit::AuditLog::anchor(store)
+                .await
+                .is_ok_and(|a| a != before) =>
+        {
+            audit::verify(store, key).await
+        }
+        result => result,
+    }
+}
+
 /// `provisioner run`: the service, until SIGTERM/SIGINT.
 pub(crate) async fn run(config: Config) -> Result<(), Failure> {
     let missing = config.missing_for_run();
@@ -388,16 +471,20 @@ pub(crate) async fn run(config: Config) -> Result<(), Failure> {
         .spawn_housekeeping(Duration::from_secs(30))
         .context("alert housekeeping")
         .map_err(runtime)?;
-    // The audit chain's head, published now, every AUDIT_WITNESS_INTERVAL and at shutdown.
+    // The audit chain's head, published now, every AUDIT_WITNESS_INTERVAL and at shutdown;
+    // after each witness the chain is verified (all of it at start and daily, else what was
+    // appended since), and a failing record raises `integrity_failure`.
     let witness = tokio::spawn({
         let (store, monitor) = (Arc::clone(&store), service.monitor.clone());
         let every = config.audit_witness_interval;
         async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut watch = ChainWatch::new(FULL_AUDIT_VERIFY_EVERY);
             loop {
                 tick.tick().await;
                 witness_audit_head(&store, &monitor).await;
+                watch.check(&store, &monitor).await;
             }
         }
     });
@@ -426,4 +513,124 @@ pub(crate) async fn run(config: Config) -> Result<(), Failure> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::sync::Mutex;
+
+    use security::{Alert, AlertKind, AlertSink, DetailKey, DetailValue, SecurityMonitor};
+
+    use super::*;
+
+    /// Keeps every alert it is given.
+    #[derive(Default)]
+    struct Kept(Mutex<Vec<Alert>>);
+
+    #[async_trait::async_trait]
+    impl AlertSink for Kept {
+        async fn send(&self, alert: Alert) {
+            self.0.lock().unwrap().push(alert);
+        }
+    }
+
+    impl Kept {
+        /// The `audit_seq` of each integrity failure so far.
+        fn broken(&self) -> Vec<String> {
+            self.0
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|a| a.kind == AlertKind::IntegrityFailure)
+                .filter_map(|a| match a.details.get(DetailKey::AuditSeq) {
+                    Some(DetailValue::Id(id)) => Some(id.as_str().to_owned()),
+                    _ => None,
+                })
+                .collect()
+        }
+    }
+
+    async fn append(store: &SqlStore, n: usize) {
+        for _ in 0..n {
+            audit::AuditLog::append(
+                store,
+                audit::NewAuditRecord::new(
+                    audit::Actor::ENGINE,
+                    audit::Action::STEP_SUCCEEDED,
+                    audit::Outcome::Success,
+                ),
+            )
+            .await
+            .unwrap();
+        }
+    }
+
+    fn edit(db: &std::path::Path, seq: u64) {
+        let conn = rusqlite::Connection::open(db).unwrap();
+        let changed = conn
+            .execute(
+                "UPDATE audit_log SET record = json_set(record, '$.outcome', 'failed') \
+                 WHERE seq = ?1",
+                [seq],
+            )
+            .unwrap();
+        assert_eq!(changed, 1);
+    }
+
+    /// Between full verifications each check covers what was appended since the last one:
+    /// an edit there is found at once, naming the record; an edit of a record verified
+    /// before waits for the next full verification, which finds it.
+    #[tokio::test]
+    async fn each_check_covers_the_new_records_and_a_full_check_all_of_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("audit.db");
+        let master =
+            field_crypto::MasterKey::from_config("a passphrase for the watch test").unwrap();
+        let store = SqlStore::open(
+            &format!("sqlite://{}", db.display()),
+            &master,
+            StoreOptions::default(),
+        )
+        .await
+        .unwrap();
+        let kept = Arc::new(Kept::default());
+        let monitor = SecurityMonitor::new(kept.clone(), security::Thresholds::default());
+        let mut watch = ChainWatch::new(Duration::from_secs(3600));
+
+        append(&store, 5).await;
+        watch.check(&store, &monitor).await;
+        assert!(kept.broken().is_empty(), "an intact chain");
+
+        // Appended since the last check, then edited: the next check finds it.
+        append(&store, 3).await;
+        edit(&db, 7);
+        watch.check(&store, &monitor).await;
+        assert_eq!(kept.broken(), ["7"]);
+
+        // On another chain, edit a record checked before: the checks in between do not read
+        // it again ...
+        let mut watch = ChainWatch::new(Duration::from_secs(3600));
+        let fresh = dir.path().join("fresh.db");
+        let store = SqlStore::open(
+            &format!("sqlite://{}", fresh.display()),
+            &master,
+            StoreOptions::default(),
+        )
+        .await
+        .unwrap();
+        let kept = Arc::new(Kept::default());
+        let monitor = SecurityMonitor::new(kept.clone(), security::Thresholds::default());
+        append(&store, 5).await;
+        watch.check(&store, &monitor).await;
+        edit(&fresh, 2);
+        append(&store, 2).await;
+        watch.check(&store, &monitor).await;
+        assert!(kept.broken().is_empty(), "only the new records were read");
+        // ... and the next full verification finds it.
+        watch.full_every = Duration::ZERO;
+        watch.check(&store, &monitor).await;
+        assert_eq!(kept.broken(), ["2"]);
+    }
 }

@@ -671,9 +671,11 @@ impl Config {
             .parsed("AUDIT_WITNESS_INTERVAL", positive_duration)
             .unwrap_or(AUDIT_WITNESS_INTERVAL);
         let alert_outbox_max = p
-            .parsed("SECURITY_ALERT_OUTBOX_MAX", |t| match t.trim().parse::<u64>() {
-                Ok(n) if (1..=10_000_000).contains(&n) => Ok(n),
-                _ => Err(format!("{t:?} must be a number from 1 to 10000000")),
+            .parsed("SECURITY_ALERT_OUTBOX_MAX", |t| {
+                match t.trim().parse::<u64>() {
+                    Ok(n) if (1..=10_000_000).contains(&n) => Ok(n),
+                    _ => Err(format!("{t:?} must be a number from 1 to 10000000")),
+                }
             })
             .unwrap_or(provisioner_core::DEFAULT_ALERT_OUTBOX_MAX);
         let alert_max_backoff = p
@@ -1062,6 +1064,8 @@ mod tests {
             ("AUDIT_LOG_RETENTION_DAYS", Some("2555")),
             ("AUDIT_WITNESS_INTERVAL", Some("1h")),
             ("SECURITY_ALERT_WEBHOOK", None),
+            ("SECURITY_ALERT_OUTBOX_MAX", Some("10000")),
+            ("SECURITY_ALERT_MAX_BACKOFF", Some("1m")),
             ("PROVISIONER_HTTP_ADDR", Some("127.0.0.1:8080")),
             ("PROVISIONER_TLS_CERT_FILE", None),
             ("PROVISIONER_TLS_KEY_FILE", None),

@@ -225,6 +225,8 @@ pub struct Verifier<'k> {
     records: u64,
     first_seq: Option<u64>,
     attested: bool,
+    /// Started from a head verified earlier ([`Verifier::resume`]) rather than an anchor.
+    resumed: bool,
     buf: Vec<u8>,
 }
 
@@ -245,8 +247,32 @@ impl<'k> Verifier<'k> {
             records: 0,
             first_seq: None,
             attested: anchor.is_genesis(),
+            resumed: false,
             buf: Vec::with_capacity(256),
         })
+    }
+
+    /// A verifier that continues a chain already verified up to `head` (from a earlier
+    /// [`VerifySummary::head`]): the records pushed must be those after it. Nothing before
+    /// `head` is checked again, so a long-running service can check only what was appended
+    /// since its last verification. The summary's `anchor` is then `head`, as the point where
+    /// checking started.
+    pub fn resume(key: &'k AuditKey, head: ChainHead) -> Self {
+        Verifier {
+            key,
+            anchor: Anchor {
+                seq: head.seq,
+                mac: head.mac,
+                removed: head.seq,
+            },
+            prev: head,
+            pending_gap: None,
+            records: 0,
+            first_seq: None,
+            attested: true,
+            resumed: true,
+            buf: Vec::with_capacity(256),
+        }
     }
 
     fn expected(&self) -> u64 {
@@ -268,7 +294,7 @@ impl<'k> Verifier<'k> {
             self.pending_gap = Some((expected, seq));
             return Ok(());
         }
-        let first_after_anchor = self.records == 0 && !self.anchor.is_genesis();
+        let first_after_anchor = self.records == 0 && !self.resumed && !self.anchor.is_genesis();
         if seq < expected {
             if first_after_anchor {
                 return tampered(seq, Tamper::AnchorMismatch);
@@ -441,6 +467,55 @@ mod tests {
         let mut dup = c.clone();
         dup.insert(3, c[2].clone());
         assert_eq!(err(&dup), (3, Tamper::OutOfOrder { after: 3 }));
+    }
+
+    #[test]
+    fn resuming_checks_only_what_follows_the_trusted_head() {
+        let (c, k) = (chain(6), key());
+        let head = ChainHead::after(&c[2]);
+        let resume = |records: &[SealedRecord]| {
+            let mut v = Verifier::resume(&k, head);
+            records.iter().try_for_each(|r| v.push(r))?;
+            v.finish()
+        };
+        let s = resume(&c[3..]).unwrap();
+        assert_eq!(
+            (s.records, s.first_seq, s.head),
+            (3, Some(4), ChainHead::after(&c[5]))
+        );
+        // Nothing appended since: the head stays.
+        assert_eq!(resume(&[]).unwrap().head, head);
+        // An edited record after the head is a MAC mismatch, not an anchor problem.
+        let mut edited = c[3..].to_vec();
+        edited[1].record.outcome = Outcome::Failed;
+        assert!(matches!(
+            resume(&edited),
+            Err(Error::Tampered {
+                seq: 5,
+                reason: Tamper::MacMismatch
+            })
+        ));
+        // The first record after the head removed.
+        assert!(matches!(
+            resume(&c[4..]),
+            Err(Error::Tampered {
+                seq: 4,
+                reason: Tamper::Missing { next_found: 5 }
+            })
+        ));
+        // A head from another chain: its successor does not chain to it.
+        let other = ChainHead {
+            seq: 3,
+            mac: Mac([7; 32]),
+        };
+        let mut v = Verifier::resume(&k, other);
+        assert!(matches!(
+            v.push(&c[3]),
+            Err(Error::Tampered {
+                seq: 4,
+                reason: Tamper::MacMismatch
+            })
+        ));
     }
 
     #[test]

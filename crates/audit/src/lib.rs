@@ -73,7 +73,7 @@ pub use jsonl::{JsonlAuditLog, JsonlOptions, TornTail};
 pub use key::{AuditKey, Mac};
 #[cfg(feature = "mock")]
 pub use log::MockAuditLog;
-pub use log::{AuditLog, PurgeReport, VERIFY_PAGE, verify};
+pub use log::{AuditLog, PurgeReport, VERIFY_PAGE, verify, verify_after};
 pub use memory::MemoryAuditLog;
 pub use record::{
     Action, Actor, AuditRecord, DetailKey, Details, NewAuditRecord, Outcome, SealedRecord,

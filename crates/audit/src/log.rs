@@ -59,8 +59,31 @@ pub trait AuditLog: Send + Sync {
 /// and shows up as a missing record); concurrent appends are fine.
 pub async fn verify<L: AuditLog + ?Sized>(log: &L, key: &AuditKey) -> Result<VerifySummary> {
     let anchor = log.anchor().await?;
-    let mut verifier = Verifier::new(key, anchor)?;
-    let mut from = anchor.seq.saturating_add(1);
+    let verifier = Verifier::new(key, anchor)?;
+    verify_pages(log, verifier, anchor.seq).await
+}
+
+/// Verifies the records stored after `head`, a head an earlier verification returned
+/// ([`VerifySummary::head`]), and returns the new head. Records up to `head` are trusted as
+/// verified: use it to keep checking a growing chain, and [`verify`] now and then for all of it.
+///
+/// A record after `head` that was changed, removed or reordered fails with
+/// [`crate::Error::Tampered`]; so does a chain whose records after `head` were purged (run
+/// [`verify`] then).
+pub async fn verify_after<L: AuditLog + ?Sized>(
+    log: &L,
+    key: &AuditKey,
+    head: ChainHead,
+) -> Result<VerifySummary> {
+    verify_pages(log, Verifier::resume(key, head), head.seq).await
+}
+
+async fn verify_pages<L: AuditLog + ?Sized>(
+    log: &L,
+    mut verifier: Verifier<'_>,
+    after: u64,
+) -> Result<VerifySummary> {
+    let mut from = after.saturating_add(1);
     loop {
         let page = log.read_range(from, VERIFY_PAGE).await?;
         let Some(last) = page.last() else { break };

@@ -42,7 +42,10 @@ pub fn describe() {
     metrics::describe_counter!(DEAD_LETTERS_TOTAL, "Dead letters written");
     metrics::describe_gauge!(LAST_EVENT_TIMESTAMP, "Unix time of the last stored event");
     metrics::describe_counter!(RECONCILE_ENQUEUED_TOTAL, "Orders enqueued by reconcile");
-    metrics::describe_counter!(ALERTS_TOTAL, "Security alerts through the outbox, by outcome");
+    metrics::describe_counter!(
+        ALERTS_TOTAL,
+        "Security alerts through the outbox, by outcome"
+    );
     metrics::describe_gauge!(ALERTS_WAITING, "Security alerts waiting for the webhook");
     metrics::describe_counter!(
         RATE_DELAYED_TOTAL,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use audit::NewAuditRecord;
 use provisioner_store::{NewAlert, Store};
-use security::{Alert, AlertKind, AlertOutbox, AlertSink, Outgoing, OutboxError};
+use security::{Alert, AlertKind, AlertOutbox, AlertSink, OutboxError, Outgoing};
 
 use crate::Clock;
 
@@ -26,12 +26,10 @@ pub fn alert_audit_record(alert: &Alert) -> Option<Result<NewAuditRecord, audit:
         audit::Outcome::Success,
     )
     .detail(audit::DetailKey::Alert, alert.kind.as_str());
-    Some(
-        match alert.details.get(security::DetailKey::OrderId) {
-            Some(security::DetailValue::Id(id)) => record.and_then(|r| r.order_id(id.as_str())),
-            _ => record,
-        },
-    )
+    Some(match alert.details.get(security::DetailKey::OrderId) {
+        Some(security::DetailValue::Id(id)) => record.and_then(|r| r.order_id(id.as_str())),
+        _ => record,
+    })
 }
 
 /// The [`AlertOutbox`] of the provisioner: the store's `alert_outbox` table. An alert is stored

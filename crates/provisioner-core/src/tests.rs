@@ -361,13 +361,7 @@ impl World {
     }
 
     /// The ports, configuration and rate of this world (alerts and audit as in [`World::run`]).
-    fn into_parts(
-        self,
-    ) -> (
-        Ports,
-        Arc<EngineConfig>,
-        Option<crate::job::ProvisionLimit>,
-    ) {
+    fn into_parts(self) -> (Ports, Arc<EngineConfig>, Option<crate::job::ProvisionLimit>) {
         let mut audit = MockAuditLog::new();
         audit.expect_append().returning(|r| {
             let key = AuditKey::from_bytes(&[7u8; 32]).unwrap();
@@ -1250,7 +1244,9 @@ async fn a_shared_rate_is_taken_from_the_store_and_delays_without_an_attempt() {
         })
         .times(1)
         .returning(|_, _, _, _| Ok(Some(std::time::Duration::from_secs(90))));
-    w.rate = Some(crate::job::ProvisionLimit::shared("2/hour".parse().unwrap()));
+    w.rate = Some(crate::job::ProvisionLimit::shared(
+        "2/hour".parse().unwrap(),
+    ));
     let before = chrono::Utc::now();
     let (outcome, calls) = w.run(job(Step::Received, 0)).await;
     let JobOutcome::Delayed { at } = outcome else {
@@ -1269,7 +1265,9 @@ async fn a_shared_rate_the_store_cannot_answer_starts_nothing() {
             source: std::io::Error::other("down"),
         })
     });
-    w.rate = Some(crate::job::ProvisionLimit::shared("2/hour".parse().unwrap()));
+    w.rate = Some(crate::job::ProvisionLimit::shared(
+        "2/hour".parse().unwrap(),
+    ));
     let (outcome, calls) = w.run(job(Step::Received, 0)).await;
     assert_eq!(outcome, JobOutcome::StoreUnavailable);
     assert!(effects(&calls).is_empty(), "{calls:?}");

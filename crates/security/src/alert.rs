@@ -317,6 +317,15 @@ impl Details {
         self
     }
 
+    /// Sets `audit_seq` alone: the audit record a check is about.
+    pub fn audit_seq(mut self, seq: u64) -> Self {
+        self.0.insert(
+            DetailKey::AuditSeq,
+            DetailValue::Id(Id::new(seq.to_string())),
+        );
+        self
+    }
+
     /// Sets `key_id`.
     pub fn key_id(mut self, id: impl Into<Id>) -> Self {
         self.0.insert(DetailKey::KeyId, DetailValue::Id(id.into()));

@@ -63,8 +63,8 @@ pub use rate::{Period, Rate};
 #[cfg(any(test, feature = "mock"))]
 pub use sink::MockAlertSink;
 pub use sink::{
-    AlertOutbox, AlertSink, LogSink, MemoryOutbox, Outgoing, OutboxError, WebhookConfig, WebhookSink,
-    WebhookStats, sink_for,
+    AlertOutbox, AlertSink, LogSink, MemoryOutbox, OutboxError, Outgoing, WebhookConfig,
+    WebhookSink, WebhookStats, sink_for,
 };
 
 /// Re-exported so callers can name the clock of a [`KeyedRateLimiter`] in tests.

@@ -135,6 +135,16 @@ impl SecurityMonitor {
             .await
     }
 
+    /// The audit chain failed verification at record `seq` (its MAC, or the record itself is
+    /// missing or out of place): an [`IntegrityCheck::AuditMac`] integrity failure naming the
+    /// record.
+    pub async fn audit_chain_broken(&self, seq: u64) -> Option<Alert> {
+        let subject = Subject::Integrity(IntegrityCheck::AuditMac);
+        let details = subject.details().audit_seq(seq);
+        self.record(AlertKind::IntegrityFailure, subject, details)
+            .await
+    }
+
     /// An event for `order_id` was refused: the Order is not approved or belongs to another
     /// customer than the event's `customer`.
     pub async fn order_refused(&self, order_id: &str, customer: &str) -> Option<Alert> {
@@ -333,6 +343,24 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_broken_audit_chain_is_a_high_integrity_failure_naming_the_record() {
+        let mut sink = MockAlertSink::new();
+        sink.expect_send()
+            .with(function(|a: &Alert| {
+                a.kind == AlertKind::IntegrityFailure
+                    && a.severity == crate::Severity::High
+                    && a.details.get(DetailKey::AuditSeq)
+                        == Some(&DetailValue::Id(crate::Id::new("17")))
+                    && a.details.get(DetailKey::Check)
+                        == Some(&DetailValue::Check(IntegrityCheck::AuditMac))
+            }))
+            .times(1)
+            .return_const(());
+        let m = monitor(sink);
+        assert!(m.audit_chain_broken(17).await.is_some());
     }
 
     #[tokio::test]

@@ -525,8 +525,9 @@ impl Delivery {
         };
         let stored = match outcome {
             Attempt::Delivered => {
+                let removed = self.outbox.remove(alert.id).await;
                 self.counters.delivered.fetch_add(1, Ordering::Relaxed);
-                self.outbox.remove(alert.id).await
+                removed
             }
             Attempt::GiveUp(reason) => {
                 self.counters.failed.fetch_add(1, Ordering::Relaxed);
@@ -656,7 +657,13 @@ mod tests {
         let taken = outbox.take(10, Duration::from_secs(60)).await.unwrap();
         assert_eq!(taken.iter().map(|a| a.id).collect::<Vec<_>>(), [2, 3]);
         assert!(taken.iter().all(|a| a.attempts == 1));
-        assert!(outbox.take(10, Duration::from_secs(60)).await.unwrap().is_empty());
+        assert!(
+            outbox
+                .take(10, Duration::from_secs(60))
+                .await
+                .unwrap()
+                .is_empty()
+        );
         outbox.retry(2, Duration::ZERO, "http 500").await.unwrap();
         outbox.remove(3).await.unwrap();
         let again = outbox.take(10, Duration::from_secs(60)).await.unwrap();

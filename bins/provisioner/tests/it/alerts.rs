@@ -130,14 +130,17 @@ fn stored(db: &std::path::Path) -> (Vec<(String, String)>, Vec<String>) {
         .unwrap()
         .map(Result::unwrap)
         .collect();
-    let mut q = conn.prepare("SELECT record FROM audit_log ORDER BY seq").unwrap();
+    let mut q = conn
+        .prepare("SELECT record FROM audit_log ORDER BY seq")
+        .unwrap();
     let audited = q
         .query_map([], |r| r.get::<_, String>(0))
         .unwrap()
         .map(Result::unwrap)
         .filter_map(|r| {
             let v: serde_json::Value = serde_json::from_str(&r).ok()?;
-            (v["action"] == "alert_raised").then(|| v["details"]["alert"].as_str().map(str::to_owned))?
+            (v["action"] == "alert_raised")
+                .then(|| v["details"]["alert"].as_str().map(str::to_owned))?
         })
         .collect();
     (outbox, audited)
@@ -243,7 +246,10 @@ async fn a_down_webhook_loses_no_alert_across_a_restart_and_no_redirect_is_follo
         },
     )
     .await;
-    assert!(hook.requests() >= 4 + bodies.len(), "500s and redirects answered first");
+    assert!(
+        hook.requests() >= 4 + bodies.len(),
+        "500s and redirects answered first"
+    );
     assert_eq!(target.requests(), 0, "no redirect was followed");
     stop(&mut child).await;
 }

@@ -20,6 +20,7 @@ mod metrics;
 mod operate;
 mod processes;
 mod proxy;
+mod rates;
 mod ref_fields;
 mod settle;
 mod shutdown;

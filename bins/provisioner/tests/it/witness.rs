@@ -149,3 +149,77 @@ async fn an_alert_is_an_audit_record_of_its_order() {
         "{trail:?}"
     );
 }
+
+/// The running service verifies its own audit chain: a record edited while it was stopped is
+/// found by the verification at start, reported in the log and raised as a high
+/// `integrity_failure` naming the record at the webhook (`integrity_failure` is no longer a
+/// promise only `audit verify` keeps).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_edited_audit_record_raises_integrity_failure_in_the_running_service() {
+    let world = World::start(2, 1).await;
+    let port = free_port();
+    let (hook, bodies) = webhook().await;
+    let mut env = world.env(port);
+    env.insert("SECURITY_ALERT_WEBHOOK".into(), hook);
+    let dir = world.dir.path();
+
+    let first_log = dir.join("first.log");
+    let mut child = spawn_logged(&["run"], &env, &first_log);
+    wait_healthy(port, Duration::from_secs(30)).await;
+    world.publish_all();
+    wait_all_activated(&world, Duration::from_secs(60)).await;
+    stop(&mut child).await;
+    assert!(
+        alerts(&bodies, "integrity_failure").is_empty(),
+        "an intact chain raises nothing"
+    );
+    assert!(
+        !std::fs::read_to_string(&first_log)
+            .unwrap()
+            .contains("audit chain failed verification")
+    );
+
+    // Someone with write access to the database turns a record's outcome around.
+    const EDITED: u64 = 3;
+    {
+        let conn = rusqlite::Connection::open(dir.join("provisioner.db")).unwrap();
+        let changed = conn
+            .execute(
+                "UPDATE audit_log SET record = json_set(record, '$.outcome', \
+                 CASE json_extract(record, '$.outcome') WHEN 'failed' THEN 'success' \
+                 ELSE 'failed' END) WHERE seq = ?1",
+                [EDITED],
+            )
+            .unwrap();
+        assert_eq!(changed, 1);
+    }
+
+    let second_log = dir.join("second.log");
+    let mut child = spawn_logged(&["run"], &env, &second_log);
+    wait_healthy(port, Duration::from_secs(30)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let alert = loop {
+        if let Some(alert) = alerts(&bodies, "integrity_failure").into_iter().next() {
+            break alert;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no integrity_failure at the webhook"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    stop(&mut child).await;
+    assert_eq!(alert["severity"], "high", "{alert}");
+    assert_eq!(alert["details"]["check"], "audit_mac", "{alert}");
+    assert_eq!(alert["details"]["audit_seq"], EDITED.to_string(), "{alert}");
+    let text = std::fs::read_to_string(&second_log).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains("audit chain failed verification"))
+        .unwrap_or_else(|| panic!("not in the log: {text}"));
+    assert!(line.contains(&format!("\"audit_seq\":{EDITED}")), "{line}");
+    // `audit verify` agrees on the record.
+    let (code, out) = provisioner(&["audit", "verify"], &env).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(&format!("{EDITED}")), "{out}");
+}

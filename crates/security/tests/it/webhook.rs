@@ -112,7 +112,10 @@ async fn duplicates_are_sent_once() {
     let mut got = Vec::new();
     for _ in 0..2 {
         let body: Value = serde_json::from_str(&receiver.next().await.body).unwrap();
-        got.push((body["details"]["customer_number"].clone(), body["count"].clone()));
+        got.push((
+            body["details"]["customer_number"].clone(),
+            body["count"].clone(),
+        ));
     }
     got.sort_by_key(|(c, _)| c.to_string());
     assert_eq!(
@@ -224,10 +227,26 @@ async fn a_hanging_delivery_does_not_hold_the_others_back() {
     let mut got = BTreeSet::new();
     for _ in 0..5 {
         let body: Value = serde_json::from_str(&receiver.next().await.body).unwrap();
-        got.insert(body["details"]["customer_number"].as_str().unwrap().to_owned());
+        got.insert(
+            body["details"]["customer_number"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
     }
     assert_eq!(got, (0..5).map(|i| format!("C-{i}")).collect());
-    assert_eq!(sink.waiting().await, Some(1), "only the hanging one is left");
+    // The receiver sees each body before the webhook's 200 reaches the sink: wait for the five
+    // answers to be taken in, then only the hanging one is left.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while sink.stats().delivered < 5 {
+        assert!(tokio::time::Instant::now() < deadline, "{:?}", sink.stats());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        sink.waiting().await,
+        Some(1),
+        "only the hanging one is left"
+    );
 }
 
 fn provisioning_alert(i: u32) -> security::Alert {
