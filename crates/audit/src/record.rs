@@ -137,6 +137,8 @@ name_type!(
         SECURITY = "security",
         /// Key management (rotation, re-encryption).
         KEY_MANAGER = "key_manager",
+        /// The portal's order intake (`POST /v1/orders`).
+        PORTAL = "portal",
     }
 );
 
@@ -178,6 +180,9 @@ name_type!(
         KEYS_REENCRYPTED = "keys_reencrypted",
         /// A security alert was raised.
         ALERT_RAISED = "alert_raised",
+        /// An order intake request ended: the Order created (success), refused (a rule, the
+        /// caller's input) or failed; the Order Id when there is one, never a submitted value.
+        ORDER_INTAKE = "order_intake",
         /// Retention removed old records; written by every purge (see [`crate::purge_record`]).
         RETENTION_PURGE = "retention_purge",
     }

@@ -41,6 +41,7 @@ mod intake;
 mod jobs;
 mod keys;
 mod lock;
+mod order_requests;
 mod port;
 mod rates;
 mod sql;
@@ -58,8 +59,9 @@ pub use error::{Error, Result};
 pub use sql::{Backend, Leadership, SqlStore, StoreClock, StoreOptions};
 pub use types::{
     Checkpoint, DeadLetter, DeadLetterState, InboxEvent, IngestOutcome, Intent, Job, JobCounts,
-    JobEnd, JobFilter, JobSource, JobState, JobView, NewAlert, NewDeadLetter, NewJob, QueuedAlert,
-    Reopen, Reschedule, SharedRate, Step, StepUpdate,
+    JobEnd, JobFilter, JobSource, JobState, JobView, NewAlert, NewDeadLetter, NewJob,
+    OrderRequestAnswer, OrderRequestKey, OrderRequestStart, QueuedAlert, Reopen, Reschedule,
+    SharedRate, Step, StepUpdate,
 };
 
 /// Field kind under which dead-letter payloads are encrypted.
@@ -290,4 +292,41 @@ pub trait Store: Send + Sync {
         rate: SharedRate,
         now: DateTime<Utc>,
     ) -> Result<Option<Duration>>;
+
+    /// Starts an order intake request in the idempotency ledger, before anything is sent: a
+    /// new key is stored with `fingerprint` and held for `hold`; a known key with another
+    /// fingerprint is a [`OrderRequestStart::Mismatch`]; an answered one gives its answer; one
+    /// held by another attempt gives how long it still is; one whose hold ran out is taken
+    /// over. Concurrent calls with one key: exactly one gets `Started`.
+    async fn begin_order_request(
+        &self,
+        key: &OrderRequestKey,
+        fingerprint: &str,
+        hold: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<OrderRequestStart>;
+
+    /// Stores the final answer of a started request (a repeat gets it), with `audit` in the
+    /// same transaction.
+    async fn answer_order_request(
+        &self,
+        key: &OrderRequestKey,
+        answer: OrderRequestAnswer,
+        audit: Vec<NewAuditRecord>,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+
+    /// Gives a started request up without an answer (its outcome is not known, or it failed
+    /// for a passing reason): the next attempt with the same key and body takes it over at
+    /// once, and looks the Order up before it creates one.
+    async fn release_order_request(
+        &self,
+        key: &OrderRequestKey,
+        audit: Vec<NewAuditRecord>,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+
+    /// The customer whose intake request created Order `order_id` (18 characters), if one
+    /// did.
+    async fn order_request_customer(&self, order_id: &str) -> Result<Option<String>>;
 }

@@ -12,8 +12,8 @@ use crate::error::{Error, Result};
 use crate::sql::{Leadership, SqlStore};
 use crate::types::{
     Checkpoint, DeadLetter, DeadLetterState, InboxEvent, IngestOutcome, Job, JobCounts, JobEnd,
-    JobFilter, JobState, NewAlert, NewDeadLetter, NewJob, QueuedAlert, Reopen, Reschedule,
-    SharedRate, Step, StepUpdate,
+    JobFilter, JobState, NewAlert, NewDeadLetter, NewJob, OrderRequestAnswer, OrderRequestKey,
+    OrderRequestStart, QueuedAlert, Reopen, Reschedule, SharedRate, Step, StepUpdate,
 };
 
 #[async_trait]
@@ -249,5 +249,39 @@ impl Store for SqlStore {
         now: DateTime<Utc>,
     ) -> Result<Option<Duration>> {
         self.take_rate_slot_row(scope, key, rate, now).await
+    }
+
+    async fn begin_order_request(
+        &self,
+        key: &OrderRequestKey,
+        fingerprint: &str,
+        hold: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<OrderRequestStart> {
+        self.begin_order_request_row(key, fingerprint, hold, now)
+            .await
+    }
+
+    async fn answer_order_request(
+        &self,
+        key: &OrderRequestKey,
+        answer: OrderRequestAnswer,
+        audit: Vec<NewAuditRecord>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        self.answer_order_request_row(key, answer, audit, now).await
+    }
+
+    async fn release_order_request(
+        &self,
+        key: &OrderRequestKey,
+        audit: Vec<NewAuditRecord>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        self.release_order_request_row(key, audit, now).await
+    }
+
+    async fn order_request_customer(&self, order_id: &str) -> Result<Option<String>> {
+        self.order_request_customer_row(order_id).await
     }
 }

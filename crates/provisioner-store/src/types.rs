@@ -597,3 +597,52 @@ mod tests {
         assert_eq!(JobView::from_name("Received"), None);
     }
 }
+
+/// Which order intake request a ledger row is: the customer and the `Idempotency-Key` they
+/// sent (keys of different customers never meet).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct OrderRequestKey {
+    /// The caller's customer number.
+    pub customer_number: String,
+    /// The request's `Idempotency-Key`.
+    pub idempotency_key: String,
+}
+
+impl OrderRequestKey {
+    /// The Order's external id (`Portal_Request_Id__c`): `<customer number>:<key>`.
+    pub fn external_id(&self) -> String {
+        format!("{}:{}", self.customer_number, self.idempotency_key)
+    }
+}
+
+/// The final answer to an order intake request, kept so that a repeat gets it again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OrderRequestAnswer {
+    /// HTTP status.
+    pub status: u16,
+    /// JSON body (ids and codes only, never a submitted value).
+    pub body: String,
+    /// The 18-character Order Id when one was created.
+    pub order_id: Option<String>,
+}
+
+/// What [`crate::Store::begin_order_request`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OrderRequestStart {
+    /// The caller now holds the request and must answer or release it. `taken_over`: an
+    /// earlier attempt with this key ended without an answer (a crash, a timeout, a release),
+    /// so an Order may already exist: look it up by its external id before creating one.
+    Started {
+        /// Whether an earlier attempt held it before.
+        taken_over: bool,
+    },
+    /// Another attempt holds it; ask again after this.
+    InFlight {
+        /// How long that attempt's claim still runs.
+        retry_after: Duration,
+    },
+    /// It was answered: this is the answer.
+    Answered(OrderRequestAnswer),
+    /// The key was used with another body.
+    Mismatch,
+}

@@ -626,6 +626,52 @@ impl Store for SimStore {
         self.write(|s, now| async move { s.take_rate_slot(&scope, &key, rate, now).await })
             .await
     }
+
+    async fn begin_order_request(
+        &self,
+        key: &provisioner_store::OrderRequestKey,
+        fingerprint: &str,
+        hold: Duration,
+        _now: DateTime<Utc>,
+    ) -> provisioner_store::Result<provisioner_store::OrderRequestStart> {
+        let (key, fingerprint) = (key.clone(), fingerprint.to_owned());
+        self.write(
+            |s, now| async move { s.begin_order_request(&key, &fingerprint, hold, now).await },
+        )
+        .await
+    }
+
+    async fn answer_order_request(
+        &self,
+        key: &provisioner_store::OrderRequestKey,
+        answer: provisioner_store::OrderRequestAnswer,
+        audit: Vec<NewAuditRecord>,
+        _now: DateTime<Utc>,
+    ) -> provisioner_store::Result<()> {
+        let key = key.clone();
+        self.write(|s, now| async move { s.answer_order_request(&key, answer, audit, now).await })
+            .await
+    }
+
+    async fn release_order_request(
+        &self,
+        key: &provisioner_store::OrderRequestKey,
+        audit: Vec<NewAuditRecord>,
+        _now: DateTime<Utc>,
+    ) -> provisioner_store::Result<()> {
+        let key = key.clone();
+        self.write(|s, now| async move { s.release_order_request(&key, audit, now).await })
+            .await
+    }
+
+    async fn order_request_customer(
+        &self,
+        order_id: &str,
+    ) -> provisioner_store::Result<Option<String>> {
+        let order_id = order_id.to_owned();
+        self.call(|s, _| async move { s.order_request_customer(&order_id).await })
+            .await
+    }
 }
 
 impl SimStore {

@@ -15,3 +15,4 @@ mod jobs;
 mod keys;
 mod lifecycle;
 mod operator_reads;
+mod order_requests;
