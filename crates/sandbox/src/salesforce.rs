@@ -1389,6 +1389,39 @@ mod tests {
             route_of(&Method::PATCH, "/services/data/v62.0/sobjects/Order/x"),
             Some(Route::Patch)
         );
+        assert_eq!(
+            route_of(&Method::POST, "/services/data/v62.0/composite"),
+            Some(Route::Composite)
+        );
+        assert_eq!(
+            route_of(&Method::GET, "/services/data/v62.0/composite"),
+            None
+        );
         assert_eq!(route_of(&Method::GET, "/"), None);
+    }
+
+    #[tokio::test]
+    async fn approve_sets_approved_and_publishes_or_changes_nothing() {
+        let sf = SalesforceSandbox::start(SalesforceConfig::default())
+            .await
+            .unwrap();
+        let id = salesforce_id("801", 1);
+        let mut order = SfOrder::new(id.clone(), "Pending Review");
+        order.customer_number = Some("CUST-00001".into());
+        sf.insert_order(order);
+        assert!(matches!(sf.approve(&id), Err(OrderChangeError::NoPubSub)));
+        assert_eq!(sf.order(&id).unwrap().status, "Pending Review");
+        assert!(matches!(
+            sf.approve(&salesforce_id("801", 2)),
+            Err(OrderChangeError::UnknownOrder(_))
+        ));
+        let pubsub = crate::pubsub::PubSubSandbox::start(crate::pubsub::PubSubConfig::default())
+            .await
+            .unwrap();
+        sf.attach_pubsub(pubsub.publisher(), sf_pubsub::DEFAULT_TOPIC);
+        let event = sf.approve(&id[..15]).unwrap();
+        assert_eq!(crate::pubsub::seq_of(&event.replay_id), Some(1));
+        assert_eq!(sf.order(&id).unwrap().status, "Approved");
+        assert!(sf.patches().is_empty(), "approving is no PATCH");
     }
 }

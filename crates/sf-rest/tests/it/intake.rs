@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use chrono::NaiveDate;
+use sandbox::pubsub::{PubSubConfig, PubSubSandbox};
 use sandbox::salesforce::{FaultKind, Route, SfPricebookEntry, salesforce_id};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
@@ -104,7 +105,8 @@ async fn an_order_created_with_two_items_reads_back_as_provisionable() {
     assert_eq!(stored.portal_request_id.as_deref(), Some("C-1001:key-1"));
     assert_eq!(stored.pricebook_id, Some(w.sf.pricebook_id()));
 
-    // Found by its request id; approving it makes it what the provisioner fetches.
+    // Found by its request id; approved (status and event, as the Flow does) it is what the
+    // provisioner fetches.
     let found = w
         .api
         .find_order_by_request_id("C-1001:key-1")
@@ -118,10 +120,13 @@ async fn an_order_created_with_two_items_reads_back_as_provisionable() {
             .unwrap(),
         None
     );
-    w.sf.set_order_status(created.id.as_str(), "Approved")
-        .unwrap();
+    let pubsub = PubSubSandbox::start(PubSubConfig::default()).await.unwrap();
+    w.sf.attach_pubsub(pubsub.publisher(), "/event/OrderProvisionRequested__e");
+    let event = w.sf.approve(created.id.as_str()).unwrap();
+    assert!(!event.event_id.is_empty());
     let approved = w.api.fetch_order(created.id.as_str()).await.unwrap();
     assert_eq!(approved.status.as_deref(), Some("Approved"));
+    assert_eq!(approved.items.len(), 2);
 
     // The create is logged without its body.
     let logs = capture.text();
