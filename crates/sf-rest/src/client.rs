@@ -559,11 +559,11 @@ impl OrderIntakeApi for RestOrderApi {
         let reply = match self.call_once(action, &request).await {
             Ok(reply) => reply,
             Err(Error::Transport { reason, .. }) if !reason.starts_with("connect failed") => {
-                return Err(Error::OutcomeUnknown { action, reason });
+                return Err(Error::UnknownOutcome { action, reason });
             }
             Err(e) => return Err(e),
         };
-        let results = parse_composite(&reply.body).map_err(|reason| Error::OutcomeUnknown {
+        let results = parse_composite(&reply.body).map_err(|reason| Error::UnknownOutcome {
             action,
             reason: format!("unreadable answer: {reason}"),
         })?;
@@ -582,11 +582,11 @@ impl OrderIntakeApi for RestOrderApi {
         // The composite answer has no OrderNumber: read it back by the unique request id.
         match self.find_order_by_request_id(&order.request_id).await {
             Ok(Some(created)) => Ok(created),
-            Ok(None) => Err(Error::OutcomeUnknown {
+            Ok(None) => Err(Error::UnknownOutcome {
                 action,
                 reason: "the order was created but is not found by its request id".into(),
             }),
-            Err(e) => Err(Error::OutcomeUnknown {
+            Err(e) => Err(Error::UnknownOutcome {
                 action,
                 reason: format!("the order was created but reading it back failed: {e}"),
             }),

@@ -151,7 +151,7 @@ pub enum Error {
     /// [`crate::OrderIntakeApi::find_order_by_request_id`]; sending the create again is safe too,
     /// as the unique request id turns a second Order into [`Error::Duplicate`].
     #[error("{action}: outcome unknown, look the record up before trying again: {reason}")]
-    OutcomeUnknown {
+    UnknownOutcome {
         /// The operation.
         action: Action,
         /// What happened.
@@ -179,7 +179,7 @@ impl Error {
             | Error::InvalidRequest { .. }
             | Error::Duplicate { .. }
             | Error::InvalidResponse { .. } => ErrorClass::Permanent,
-            Error::OutcomeUnknown { .. } => ErrorClass::Retryable,
+            Error::UnknownOutcome { .. } => ErrorClass::Retryable,
             Error::SessionRejected { .. } => ErrorClass::Reconfigure,
             Error::Transport { .. } => ErrorClass::Retryable,
             Error::Auth { source, .. } if source.is_retryable() => ErrorClass::Retryable,
@@ -194,9 +194,9 @@ impl Error {
     }
 
     /// Whether the request may have taken effect although it failed
-    /// ([`Error::OutcomeUnknown`]): look the record up before acting on the failure.
-    pub fn is_outcome_unknown(&self) -> bool {
-        matches!(self, Error::OutcomeUnknown { .. })
+    /// ([`Error::UnknownOutcome`]): look the record up before acting on the failure.
+    pub fn is_unknown_outcome(&self) -> bool {
+        matches!(self, Error::UnknownOutcome { .. })
     }
 }
 

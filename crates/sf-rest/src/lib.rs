@@ -79,7 +79,7 @@ pub trait OrderApi: Send + Sync {
 ///
 /// The create is idempotent through `Portal_Request_Id__c`, a unique external id: a second
 /// create with the same request id fails with [`Error::Duplicate`], and a create whose outcome
-/// is unknown ([`Error::OutcomeUnknown`]) is resolved with
+/// is unknown ([`Error::UnknownOutcome`]) is resolved with
 /// [`OrderIntakeApi::find_order_by_request_id`].
 #[cfg_attr(feature = "mock", mockall::automock)]
 #[async_trait]
@@ -106,7 +106,7 @@ pub trait OrderIntakeApi: Send + Sync {
     /// [`Error::InvalidId`]) when [`NewOrder::validate`] fails, e.g. more than
     /// [`MAX_ORDER_ITEMS`] items. [`Error::Duplicate`] when an Order with this request id
     /// exists; [`Error::Api`] naming the `errorCode` and the failing subrequest for any other
-    /// refusal; [`Error::OutcomeUnknown`] when the request may have been applied (timeout,
+    /// refusal; [`Error::UnknownOutcome`] when the request may have been applied (timeout,
     /// connection lost): never retried inside the client.
     async fn create_order(&self, order: &NewOrder) -> Result<CreatedOrder>;
 }

@@ -224,7 +224,7 @@ async fn a_create_whose_answer_is_lost_is_resolved_by_the_request_id() {
         .fail_next(Route::Composite, 1, FaultKind::CommitThenDrop);
     let order = new_order(&w, "C-1001:key-lost", [&e5, &e6]);
     let err = w.api.create_order(&order).await.unwrap_err();
-    assert!(err.is_outcome_unknown(), "{err:?}");
+    assert!(err.is_unknown_outcome(), "{err:?}");
     assert_eq!(w.sf.requests(Route::Composite), 1, "no blind retry");
     assert_eq!(w.sf.order_count(), before + 1, "the create was committed");
     let found = w
@@ -266,7 +266,7 @@ async fn a_create_that_times_out_is_an_unknown_outcome() {
         .create_order(&new_order(&w, "C-1001:key-slow", [&e5, &e6]))
         .await
         .unwrap_err();
-    assert!(err.is_outcome_unknown(), "{err:?}");
+    assert!(err.is_unknown_outcome(), "{err:?}");
     assert!(err.is_retryable());
     assert_eq!(w.sf.requests(Route::Composite), 1);
     let found = api
