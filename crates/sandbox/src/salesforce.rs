@@ -11,6 +11,20 @@
 //!   (with `nextRecordsUrl` paging), answered from the in-memory org in Salesforce's JSON shape.
 //! - `PATCH /services/data/{version}/sobjects/Order/{id}`: validates the `Status` picklist and
 //!   the writable fields, answers 204, records every write.
+//! - For the order intake: the queries `SELECT Id, UnitPrice, Product2.WHMCS_Product_Id__c FROM
+//!   PricebookEntry WHERE Pricebook2Id = '..' AND IsActive = true AND Product2.WHMCS_Product_Id__c
+//!   IN (..)` (records carry a nested `Product2` with its own `attributes`), `SELECT Id,
+//!   Customer_Number__c FROM Account WHERE Id = '..'` and `SELECT Id, OrderNumber, Status FROM
+//!   Order WHERE Portal_Request_Id__c = '..'`; and `POST /services/data/{version}/composite`
+//!   (`{"allOrNone", "compositeRequest": [..]}`, at most 25 subrequests) creating Orders and
+//!   OrderItems (`POST .../sobjects/Order` and `.../sobjects/OrderItem`, `@{ref.id}` references).
+//!   It answers 200 `{"compositeResponse": [{body, httpHeaders, httpStatusCode, referenceId}]}`;
+//!   with `allOrNone` one failure rolls everything back: the failing subrequest carries its
+//!   `[{message, errorCode, fields}]` (`REQUIRED_FIELD_MISSING`, `DUPLICATE_VALUE` for a second
+//!   `Portal_Request_Id__c`, `FIELD_INTEGRITY_EXCEPTION` for a price book entry that is unknown,
+//!   inactive or of another price book, ...), every other one `PROCESSING_HALTED` (400). A
+//!   malformed request or more than 25 subrequests is refused as a whole (400, nothing run).
+//!   Products and price books are seeded with [`SalesforceSandbox::seed_product`].
 //!
 //! - `GET` and `POST /sandbox/orders/{id}`: the sandbox's own admin route, not a Salesforce
 //!   API (no token; the server only listens on loopback). `GET` answers the Order as stored;
@@ -73,7 +87,10 @@ use tokio::sync::{Notify, watch};
 
 pub use fault::{FaultKind, Faults, Route, Trigger};
 pub use key_pair::{KEY_BITS, KeyPair, KeyPairError};
-pub use org::{RecordedPatch, SfAccount, SfOrder, SfOrderItem, salesforce_id};
+pub use org::{
+    RecordedPatch, SfAccount, SfOrder, SfOrderItem, SfOrderItemPrice, SfPricebookEntry, SfProduct,
+    salesforce_id,
+};
 
 use org::{ApiError, OrgData};
 
@@ -122,6 +139,7 @@ impl Default for SalesforceConfig {
             org_id: salesforce_id("00D", 1),
             statuses: [
                 "Draft",
+                "Pending Review",
                 "Approved",
                 "Provisioning",
                 "Activated",
@@ -262,7 +280,7 @@ impl SalesforceSandbox {
         };
         let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
         let addr = listener.local_addr()?;
-        let gates = [Route::Token, Route::Query, Route::Patch]
+        let gates = [Route::Token, Route::Query, Route::Patch, Route::Composite]
             .into_iter()
             .map(|r| (r, Gate::new()))
             .collect();
@@ -270,7 +288,7 @@ impl SalesforceSandbox {
             config,
             key,
             base_url: format!("http://{addr}"),
-            org: Mutex::new(OrgData::default()),
+            org: Mutex::new(OrgData::with_pricebook(standard_pricebook_id())),
             tokens: TokenChecker::default(),
             issued: Mutex::new(Vec::new()),
             token_users: Mutex::new(HashMap::new()),
@@ -386,6 +404,113 @@ impl SalesforceSandbox {
     /// Every Account.
     pub fn accounts(&self) -> Vec<SfAccount> {
         self.shared.org.lock().accounts.values().cloned().collect()
+    }
+
+    /// The id of the price book every seeded product is priced in (the org's standard price
+    /// book, key prefix `01s`): what `SF_PRICEBOOK_ID` names.
+    pub fn pricebook_id(&self) -> String {
+        standard_pricebook_id()
+    }
+
+    /// Adds a Product2 with `WHMCS_Product_Id__c = whmcs_product_id` and an active
+    /// PricebookEntry for it in [`SalesforceSandbox::pricebook_id`] at `unit_price`; returns the
+    /// entry's id (key prefix `01u`).
+    pub fn seed_product(&self, whmcs_product_id: u64, unit_price: f64) -> String {
+        let mut org = self.shared.org.lock();
+        let n = org.products().len() as u64 + 1;
+        let product_id = salesforce_id("01t", 1_000 + n);
+        org.insert_product(SfProduct {
+            id: product_id.clone(),
+            name: format!("WHMCS product {whmcs_product_id}"),
+            whmcs_product_id: Some(whmcs_product_id),
+        });
+        let entry_id = salesforce_id("01u", 1_000 + org.entries().len() as u64 + 1);
+        org.insert_entry(SfPricebookEntry {
+            id: entry_id.clone(),
+            pricebook_id: standard_pricebook_id(),
+            product_id,
+            unit_price,
+            is_active: true,
+        });
+        entry_id
+    }
+
+    /// Adds or replaces a Product2.
+    pub fn insert_product(&self, product: SfProduct) {
+        self.shared.org.lock().insert_product(product);
+    }
+
+    /// Adds a price book (Pricebook2) with this id, e.g. `salesforce_id("01s", 2)`.
+    pub fn insert_pricebook(&self, id: impl Into<String>) {
+        self.shared.org.lock().insert_pricebook(id.into());
+    }
+
+    /// Adds or replaces a PricebookEntry (its price book must exist for Orders to use it).
+    pub fn insert_pricebook_entry(&self, entry: SfPricebookEntry) {
+        self.shared.org.lock().insert_entry(entry);
+    }
+
+    /// Sets `IsActive` of the PricebookEntry with this id; `false` when there is none.
+    pub fn set_pricebook_entry_active(&self, id: &str, active: bool) -> bool {
+        self.shared.org.lock().set_entry_active(id, active)
+    }
+
+    /// Every Product2.
+    pub fn products(&self) -> Vec<SfProduct> {
+        self.shared.org.lock().products()
+    }
+
+    /// Every PricebookEntry.
+    pub fn pricebook_entries(&self) -> Vec<SfPricebookEntry> {
+        self.shared.org.lock().entries()
+    }
+
+    /// How many Orders the org holds (an all-or-none create that failed leaves none behind).
+    pub fn order_count(&self) -> usize {
+        self.shared.org.lock().order_count()
+    }
+
+    /// The OrderItems of the Order with this id (15 or 18 characters) exactly as stored, e.g.
+    /// to check that a sensitive config option reached Salesforce only as ciphertext.
+    pub fn order_items(&self, order_id: &str) -> Vec<SfOrderItem> {
+        self.shared.org.lock().items_of(order_id)
+    }
+
+    /// `PricebookEntryId` and `UnitPrice` of an OrderItem created through REST.
+    pub fn order_item_price(&self, item_id: &str) -> Option<SfOrderItemPrice> {
+        self.shared.org.lock().item_price(item_id)
+    }
+
+    /// The Order whose `Portal_Request_Id__c` is exactly `request_id`.
+    pub fn order_by_request_id(&self, request_id: &str) -> Option<SfOrder> {
+        self.shared
+            .org
+            .lock()
+            .order_by_request_id(request_id)
+            .cloned()
+    }
+
+    /// Approves the Order as a Salesforce user would: sets `Status` to `Approved` and publishes
+    /// a new `OrderProvisionRequested__e` for it on the attached Pub/Sub sandbox, as the approval
+    /// Flow does (what `POST /sandbox/orders/{id}` with `{"status": "Approved", "publish": true}`
+    /// does). Checks come first: a refusal (no such Order, `Approved` not in the picklist, no
+    /// Pub/Sub attached, no `Customer_Number__c`) changes nothing.
+    pub fn approve(&self, order_id: &str) -> Result<PublishedEvent, OrderChangeError> {
+        const APPROVED: &str = "Approved";
+        let current = self
+            .order(order_id)
+            .ok_or_else(|| OrderChangeError::UnknownOrder(order_id.to_owned()))?;
+        if !self.shared.config.statuses.iter().any(|s| s == APPROVED) {
+            return Err(OrderChangeError::InvalidStatus(APPROVED.to_owned()));
+        }
+        if self.shared.pubsub.lock().is_none() {
+            return Err(OrderChangeError::NoPubSub);
+        }
+        if current.customer_number.is_none() {
+            return Err(OrderChangeError::NoCustomerNumber(current.id));
+        }
+        let order = self.set_order_status(order_id, APPROVED)?;
+        publish_event(&self.shared, &order)
     }
 
     /// Every PATCH received, in order, whatever its outcome: the most recent
@@ -560,6 +685,7 @@ fn router(shared: Arc<Shared>) -> Router {
             "/services/data/{version}/sobjects/Order/{id}",
             patch(patch_order),
         )
+        .route("/services/data/{version}/composite", post(composite))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(shared.clone(), intercept))
         .with_state(shared)
@@ -572,6 +698,11 @@ fn route_of(method: &Method, path: &str) -> Option<Route> {
         Some(Route::Query)
     } else if path.contains("/sobjects/Order/") && method == Method::PATCH {
         Some(Route::Patch)
+    } else if path.starts_with("/services/data/")
+        && path.ends_with("/composite")
+        && method == Method::POST
+    {
+        Some(Route::Composite)
     } else {
         None
     }
@@ -592,8 +723,11 @@ async fn intercept(State(shared): State<Arc<Shared>>, req: Request, next: Next) 
             gate.waiting.send_modify(|n| *n = n.saturating_sub(1));
         }
     }
+    let kill = req.extensions().get::<ConnKill>().cloned();
+    let mut after = Vec::new();
     for fault in shared.faults.take(route) {
         match fault {
+            FaultKind::CommitThenDrop | FaultKind::DelayAnswer(_) => after.push(fault),
             FaultKind::Latency(delay) => tokio::time::sleep(delay).await,
             FaultKind::Status(status) => return status_fault(route, status),
             FaultKind::SalesforceError {
@@ -613,7 +747,20 @@ async fn intercept(State(shared): State<Arc<Shared>>, req: Request, next: Next) 
             }
         }
     }
-    next.run(req).await
+    let response = next.run(req).await;
+    for fault in after {
+        match fault {
+            FaultKind::DelayAnswer(delay) => tokio::time::sleep(delay).await,
+            _ => {
+                if let Some(kill) = &kill {
+                    kill.0.notify_one();
+                    std::future::pending::<()>().await;
+                }
+                return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+            }
+        }
+    }
+    response
 }
 
 fn status_fault(route: Route, status: u16) -> Response {
@@ -904,6 +1051,9 @@ fn admin_order_json(order: &SfOrder) -> Value {
         "Provisioned_At__c": order.provisioned_at.as_ref().map(org::sf_datetime),
         "Provisioning_Error__c": order.provisioning_error,
         "LastModifiedDate": org::sf_datetime(&order.last_modified),
+        "EffectiveDate": order.effective_date.map(|d| d.format("%Y-%m-%d").to_string()),
+        "Pricebook2Id": order.pricebook_id,
+        "Portal_Request_Id__c": order.portal_request_id,
     })
 }
 
@@ -1034,6 +1184,37 @@ async fn admin_change_order(
         200,
         &json!({ "order": admin_order_json(&order), "published": published }),
     )
+}
+
+/// `POST /services/data/{version}/composite`.
+async fn composite(
+    State(shared): State<Arc<Shared>>,
+    Path(version): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(denied) = refuse_session(&shared, &headers) {
+        return denied;
+    }
+    let result = if !version_ok(&version) {
+        Err(ApiError::new(
+            404,
+            "NOT_FOUND",
+            "The requested resource does not exist",
+        ))
+    } else {
+        shared
+            .org
+            .lock()
+            .composite(&body, &shared.config.statuses)
+            .map(|v| json_response(200, &v))
+    };
+    rest_answer(&shared, result)
+}
+
+/// The id of the price book the sandbox starts with (the standard price book).
+fn standard_pricebook_id() -> String {
+    salesforce_id("01s", 1)
 }
 
 async fn patch_order(
@@ -1208,6 +1389,39 @@ mod tests {
             route_of(&Method::PATCH, "/services/data/v62.0/sobjects/Order/x"),
             Some(Route::Patch)
         );
+        assert_eq!(
+            route_of(&Method::POST, "/services/data/v62.0/composite"),
+            Some(Route::Composite)
+        );
+        assert_eq!(
+            route_of(&Method::GET, "/services/data/v62.0/composite"),
+            None
+        );
         assert_eq!(route_of(&Method::GET, "/"), None);
+    }
+
+    #[tokio::test]
+    async fn approve_sets_approved_and_publishes_or_changes_nothing() {
+        let sf = SalesforceSandbox::start(SalesforceConfig::default())
+            .await
+            .unwrap();
+        let id = salesforce_id("801", 1);
+        let mut order = SfOrder::new(id.clone(), "Pending Review");
+        order.customer_number = Some("CUST-00001".into());
+        sf.insert_order(order);
+        assert!(matches!(sf.approve(&id), Err(OrderChangeError::NoPubSub)));
+        assert_eq!(sf.order(&id).unwrap().status, "Pending Review");
+        assert!(matches!(
+            sf.approve(&salesforce_id("801", 2)),
+            Err(OrderChangeError::UnknownOrder(_))
+        ));
+        let pubsub = crate::pubsub::PubSubSandbox::start(crate::pubsub::PubSubConfig::default())
+            .await
+            .unwrap();
+        sf.attach_pubsub(pubsub.publisher(), sf_pubsub::DEFAULT_TOPIC);
+        let event = sf.approve(&id[..15]).unwrap();
+        assert_eq!(crate::pubsub::seq_of(&event.replay_id), Some(1));
+        assert_eq!(sf.order(&id).unwrap().status, "Approved");
+        assert!(sf.patches().is_empty(), "approving is no PATCH");
     }
 }

@@ -1,5 +1,6 @@
 //! Seeding an org for demos and manual tests:  WHMCS clients and a product with the external-ref custom field, Salesforce
-//! Accounts and Approved Orders pointing at them, and the events announcing those Orders.
+//! Accounts and Approved Orders pointing at them, the events announcing those Orders, and for
+//! each WHMCS product a Product2 with an active PricebookEntry (for the order intake).
 
 use crate::salesforce::{SalesforceSandbox, SfAccount, SfOrder, SfOrderItem, salesforce_id};
 use crate::whmcs::{Client, Product, WhmcsSandbox};
@@ -46,6 +47,10 @@ pub struct Seeded {
     pub product_id: u64,
     /// Every product with its ref field id: `(pid, field id)`.
     pub ref_fields: Vec<(u64, u64)>,
+    /// Every product's active PricebookEntry in the sandbox's price book
+    /// ([`SalesforceSandbox::pricebook_id`]): `(pid, entry id)`; product `k` (from 1) costs
+    /// `10.0 * k`.
+    pub pricebook_entries: Vec<(u64, String)>,
     /// One event per Order, ready to publish.
     pub events: Vec<OrderProvisionRequested>,
 }
@@ -86,6 +91,11 @@ pub fn seed(sf: &SalesforceSandbox, whmcs: &WhmcsSandbox, plan: &Plan) -> Seeded
         ref_fields.push((whmcs.seed_product(product), field));
     }
     let pids: Vec<u64> = ref_fields.iter().map(|(pid, _)| *pid).collect();
+    let pricebook_entries = pids
+        .iter()
+        .enumerate()
+        .map(|(k, pid)| (*pid, sf.seed_product(*pid, 10.0 * (k as f64 + 1.0))))
+        .collect();
     let product_id = pids[0];
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -103,6 +113,7 @@ pub fn seed(sf: &SalesforceSandbox, whmcs: &WhmcsSandbox, plan: &Plan) -> Seeded
             id: account_id.clone(),
             name: format!("Customer {customer} Ltd"),
             customer_number: Some(number.clone()),
+            whmcs_client_id: Value::String(client_id.to_string()),
         });
         for _ in 0..plan.orders_per_customer {
             n += 1;
@@ -128,6 +139,7 @@ pub fn seed(sf: &SalesforceSandbox, whmcs: &WhmcsSandbox, plan: &Plan) -> Seeded
     Seeded {
         product_id,
         ref_fields,
+        pricebook_entries,
         events,
     }
 }
@@ -215,5 +227,19 @@ mod tests {
         assert_eq!(seeded.ref_fields, [(1, 11), (2, 21)]);
         assert_eq!(ref_field_setting(&seeded), "1:11,2:21");
         assert_eq!(seeded.events.len(), 3);
+        // Each product is priced in the sandbox's price book.
+        let entries = sf.pricebook_entries();
+        assert_eq!(entries.len(), 2);
+        for (pid, entry_id) in &seeded.pricebook_entries {
+            let entry = entries.iter().find(|e| &e.id == entry_id).unwrap();
+            assert!(entry.is_active);
+            assert_eq!(entry.pricebook_id, sf.pricebook_id());
+            let product = sf
+                .products()
+                .into_iter()
+                .find(|p| p.id == entry.product_id)
+                .unwrap();
+            assert_eq!(product.whmcs_product_id, Some(*pid));
+        }
     }
 }

@@ -1,4 +1,5 @@
-//! [`RestOrderApi`]: the REST implementation of [`OrderApi`] over reqwest (rustls).
+//! [`RestOrderApi`]: the REST implementation of [`OrderApi`] and [`OrderIntakeApi`] over
+//! reqwest (rustls).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,8 +12,15 @@ use serde::Deserialize;
 use serde_json::Value;
 use sf_auth::{AccessToken, TokenSource};
 
-use crate::model::{approved_orders_soql, order_soql, parse_approved, parse_order};
-use crate::{Action, ApprovedOrder, Error, Order, OrderApi, OrderId, OrderUpdate, Result};
+use crate::intake::{
+    account_soql, check_request_id, composite_error, order_by_request_id_soql, parse_composite,
+    parse_created, parse_entry, pricebook_entries_soql,
+};
+use crate::model::{approved_orders_soql, order_soql, parse_approved, parse_order, text};
+use crate::{
+    Action, ApprovedOrder, CreatedOrder, Error, NewOrder, Order, OrderApi, OrderId, OrderIntakeApi,
+    OrderUpdate, PricebookEntry, Result,
+};
 
 /// `SF_API_VERSION`'s default.
 pub const DEFAULT_API_VERSION: &str = "v62.0";
@@ -120,7 +128,8 @@ struct ApiErrorEntry {
     fields: Vec<String>,
 }
 
-/// [`OrderApi`] over Salesforce REST, authenticated by any [`TokenSource`].
+/// [`OrderApi`] and [`OrderIntakeApi`] over Salesforce REST, authenticated by any
+/// [`TokenSource`].
 pub struct RestOrderApi {
     http: reqwest::Client,
     tokens: Arc<dyn TokenSource>,
@@ -245,6 +254,9 @@ impl RestOrderApi {
                     self.data_url(token, &format!("sobjects/Order/{order_id}")),
                 )
                 .json(body),
+            Request::Composite { body, .. } => {
+                self.http.post(self.data_url(token, "composite")).json(body)
+            }
         };
         // A request id per call, for correlating our logs with the org's.
         let request_id = uuid::Uuid::new_v4().to_string();
@@ -334,9 +346,21 @@ impl RestOrderApi {
 
 /// One REST request, kept so it can be sent again.
 enum Request<'a> {
-    Query { soql: String },
-    Next { path: String },
-    Patch { order_id: &'a OrderId, body: Value },
+    Query {
+        soql: String,
+    },
+    Next {
+        path: String,
+    },
+    Patch {
+        order_id: &'a OrderId,
+        body: Value,
+    },
+    /// A composite create; `items` is for logs (the body may carry encrypted secrets).
+    Composite {
+        body: Value,
+        items: usize,
+    },
 }
 
 impl Request<'_> {
@@ -351,6 +375,9 @@ impl Request<'_> {
                     .map(|o| o.keys().map(String::as_str).collect())
                     .unwrap_or_default();
                 format!("patch Order {order_id} fields {}", fields.join(","))
+            }
+            Request::Composite { items, .. } => {
+                format!("composite create of an Order with {items} OrderItems")
             }
         }
     }
@@ -372,6 +399,15 @@ fn describe_transport(e: &reqwest::Error) -> String {
         source = s.source();
     }
     text
+}
+
+impl RestOrderApi {
+    /// The records of a query that fits one page (the intake's queries select by id, a unique
+    /// field or a handful of products).
+    async fn query_records(&self, action: Action, soql: String) -> Result<Vec<Value>> {
+        let page = self.query_page(action, &Request::Query { soql }).await?;
+        Ok(records(&page, action)?.clone())
+    }
 }
 
 fn records(page: &Value, action: Action) -> Result<&Vec<Value>> {
@@ -461,6 +497,99 @@ impl OrderApi for RestOrderApi {
                 }
                 _ => return Ok(found),
             }
+        }
+    }
+}
+
+#[async_trait]
+impl OrderIntakeApi for RestOrderApi {
+    async fn account_customer_number(&self, account_id: &str) -> Result<Option<String>> {
+        let action = Action::ReadAccount;
+        let id = OrderId::parse(account_id)?;
+        let records = self.query_records(action, account_soql(&id)).await?;
+        let Some(record) = records.first() else {
+            return Ok(None);
+        };
+        text(record, "Customer_Number__c")
+            .map_err(|reason| Error::InvalidResponse { action, reason })
+    }
+
+    async fn pricebook_entries(
+        &self,
+        pricebook_id: &str,
+        whmcs_product_ids: &[u64],
+    ) -> Result<Vec<PricebookEntry>> {
+        let action = Action::ListPricebookEntries;
+        let pricebook = OrderId::parse(pricebook_id)?;
+        let mut wanted = whmcs_product_ids.to_vec();
+        wanted.sort_unstable();
+        wanted.dedup();
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let soql = pricebook_entries_soql(&pricebook, &wanted);
+        self.query_records(action, soql)
+            .await?
+            .iter()
+            .map(|r| parse_entry(r).map_err(|reason| Error::InvalidResponse { action, reason }))
+            .collect()
+    }
+
+    async fn find_order_by_request_id(&self, request_id: &str) -> Result<Option<CreatedOrder>> {
+        let action = Action::FindOrderByRequestId;
+        check_request_id(action, request_id)?;
+        let records = self
+            .query_records(action, order_by_request_id_soql(request_id))
+            .await?;
+        records
+            .first()
+            .map(|r| parse_created(r).map_err(|reason| Error::InvalidResponse { action, reason }))
+            .transpose()
+    }
+
+    async fn create_order(&self, order: &NewOrder) -> Result<CreatedOrder> {
+        let action = Action::CreateOrder;
+        order.validate()?;
+        let request = Request::Composite {
+            body: order.composite_body(&self.config.api_version),
+            items: order.items.len(),
+        };
+        // One attempt only (a 401 is still renewed once): a create that may have happened is
+        // resolved by the caller through the request id, never repeated blindly here.
+        let reply = match self.call_once(action, &request).await {
+            Ok(reply) => reply,
+            Err(Error::Transport { reason, .. }) if !reason.starts_with("connect failed") => {
+                return Err(Error::UnknownOutcome { action, reason });
+            }
+            Err(e) => return Err(e),
+        };
+        let results = parse_composite(&reply.body).map_err(|reason| Error::UnknownOutcome {
+            action,
+            reason: format!("unreadable answer: {reason}"),
+        })?;
+        if results.is_empty() || results.iter().any(|r| !(200..300).contains(&r.status)) {
+            let err = composite_error(&results);
+            tracing::warn!(%action, error = %err, "salesforce refused the order create");
+            return Err(err);
+        }
+        let created_id = results
+            .iter()
+            .find(|r| r.reference_id == crate::intake::ORDER_REFERENCE)
+            .and_then(|r| r.body.get("id"))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        tracing::info!(%action, order_id = created_id.as_deref().unwrap_or("?"), items = order.items.len(), "order created in salesforce");
+        // The composite answer has no OrderNumber: read it back by the unique request id.
+        match self.find_order_by_request_id(&order.request_id).await {
+            Ok(Some(created)) => Ok(created),
+            Ok(None) => Err(Error::UnknownOutcome {
+                action,
+                reason: "the order was created but is not found by its request id".into(),
+            }),
+            Err(e) => Err(Error::UnknownOutcome {
+                action,
+                reason: format!("the order was created but reading it back failed: {e}"),
+            }),
         }
     }
 }

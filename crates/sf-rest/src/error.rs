@@ -12,6 +12,14 @@ pub enum Action {
     UpdateOrder,
     /// [`crate::OrderApi::list_approved_orders`].
     ListApprovedOrders,
+    /// [`crate::OrderIntakeApi::account_customer_number`].
+    ReadAccount,
+    /// [`crate::OrderIntakeApi::pricebook_entries`].
+    ListPricebookEntries,
+    /// [`crate::OrderIntakeApi::find_order_by_request_id`].
+    FindOrderByRequestId,
+    /// [`crate::OrderIntakeApi::create_order`].
+    CreateOrder,
 }
 
 impl fmt::Display for Action {
@@ -20,6 +28,10 @@ impl fmt::Display for Action {
             Action::FetchOrder => "fetch order",
             Action::UpdateOrder => "update order",
             Action::ListApprovedOrders => "list approved orders",
+            Action::ReadAccount => "read account",
+            Action::ListPricebookEntries => "list pricebook entries",
+            Action::FindOrderByRequestId => "find order by request id",
+            Action::CreateOrder => "create order",
         })
     }
 }
@@ -111,6 +123,41 @@ pub enum Error {
         reason: String,
     },
 
+    /// Refused before anything was sent: the request cannot be right (too many items, a
+    /// quantity out of range, config options that are not a JSON object, a bad request id).
+    #[error("{action}: {reason}")]
+    InvalidRequest {
+        /// The operation.
+        action: Action,
+        /// What is wrong (never a value that may be secret).
+        reason: String,
+    },
+
+    /// Salesforce refused to create a record because a unique field already holds this value
+    /// (`DUPLICATE_VALUE`): for [`crate::OrderIntakeApi::create_order`] on
+    /// `Portal_Request_Id__c`, the Order exists; look it up with
+    /// [`crate::OrderIntakeApi::find_order_by_request_id`].
+    #[error("{action}: salesforce already holds a record with this {field} (DUPLICATE_VALUE)")]
+    Duplicate {
+        /// The operation.
+        action: Action,
+        /// The unique field, e.g. `Portal_Request_Id__c`.
+        field: String,
+    },
+
+    /// The request may or may not have taken effect (a timeout or a connection lost after it
+    /// was sent, an answer that could not be read). For
+    /// [`crate::OrderIntakeApi::create_order`]: resolve it with
+    /// [`crate::OrderIntakeApi::find_order_by_request_id`]; sending the create again is safe too,
+    /// as the unique request id turns a second Order into [`Error::Duplicate`].
+    #[error("{action}: outcome unknown, look the record up before trying again: {reason}")]
+    UnknownOutcome {
+        /// The operation.
+        action: Action,
+        /// What happened.
+        reason: String,
+    },
+
     /// The Order's data cannot be provisioned as it is (e.g. quantity 1.5, config options that
     /// are not a JSON object).
     #[error("order {order_id}: {reason}")]
@@ -129,7 +176,10 @@ impl Error {
             Error::InvalidId { .. }
             | Error::NotFound { .. }
             | Error::InvalidRecord { .. }
+            | Error::InvalidRequest { .. }
+            | Error::Duplicate { .. }
             | Error::InvalidResponse { .. } => ErrorClass::Permanent,
+            Error::UnknownOutcome { .. } => ErrorClass::Retryable,
             Error::SessionRejected { .. } => ErrorClass::Reconfigure,
             Error::Transport { .. } => ErrorClass::Retryable,
             Error::Auth { source, .. } if source.is_retryable() => ErrorClass::Retryable,
@@ -141,6 +191,12 @@ impl Error {
     /// Shorthand for `class() == ErrorClass::Retryable`.
     pub fn is_retryable(&self) -> bool {
         self.class() == ErrorClass::Retryable
+    }
+
+    /// Whether the request may have taken effect although it failed
+    /// ([`Error::UnknownOutcome`]): look the record up before acting on the failure.
+    pub fn is_unknown_outcome(&self) -> bool {
+        matches!(self, Error::UnknownOutcome { .. })
     }
 }
 

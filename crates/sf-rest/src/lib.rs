@@ -1,7 +1,10 @@
 //! Salesforce REST for provisioning: fetch an Order with its OrderItems (one fixed SOQL query),
-//! PATCH it back, and list approved Orders for the reconcile sweep.
+//! PATCH it back, and list approved Orders for the reconcile sweep; and for the order intake:
+//! read an Account's customer number, price products, create an Order with its OrderItems in one
+//! all-or-none composite request, and find an Order by its unique request id.
 //!
-//! [`OrderApi`] is the port the provisioner core uses; [`RestOrderApi`] implements it over
+//! [`OrderApi`] is the port the provisioner core uses, [`OrderIntakeApi`] the one the order
+//! intake uses; [`RestOrderApi`] implements both over
 //! reqwest (rustls) with any [`sf_auth::TokenSource`]. Ids are validated as 15/18-character
 //! Salesforce ids before anything is sent, so no caller-supplied text reaches SOQL. A 401
 //! `INVALID_SESSION_ID` invalidates the token and repeats the request once; retryable errors
@@ -31,6 +34,7 @@
 mod client;
 mod error;
 mod id;
+mod intake;
 mod model;
 
 use std::time::Duration;
@@ -40,6 +44,11 @@ use async_trait::async_trait;
 pub use client::{ApiUsage, DEFAULT_API_VERSION, RestConfig, RestOrderApi, RetryPolicy};
 pub use error::{Action, Error, ErrorClass, Result};
 pub use id::OrderId;
+pub use intake::{
+    ACCOUNT_QUERY, CreatedOrder, MAX_ORDER_ITEMS, MAX_REQUEST_ID_CHARS, NewOrder, NewOrderItem,
+    ORDER_BY_REQUEST_ID_QUERY, ORDER_REFERENCE, PRICEBOOK_ENTRY_QUERY, PricebookEntry,
+    account_soql, order_by_request_id_soql, pricebook_entries_soql,
+};
 pub use model::{
     APPROVED_ORDERS_QUERY, ApprovedOrder, MAX_PROVISIONING_ERROR_CHARS, MAX_QUANTITY, ORDER_QUERY,
     Order, OrderItem, OrderUpdate, approved_orders_soql, order_soql, soql_quote,
@@ -64,4 +73,40 @@ pub trait OrderApi: Send + Sync {
     /// Every Order in the approved status last modified more than `older_than` ago, oldest
     /// first (all result batches, followed through `nextRecordsUrl`).
     async fn list_approved_orders(&self, older_than: Duration) -> Result<Vec<ApprovedOrder>>;
+}
+
+/// The Salesforce operations the order intake (`POST /v1/orders`) needs.
+///
+/// The create is idempotent through `Portal_Request_Id__c`, a unique external id: a second
+/// create with the same request id fails with [`Error::Duplicate`], and a create whose outcome
+/// is unknown ([`Error::UnknownOutcome`]) is resolved with
+/// [`OrderIntakeApi::find_order_by_request_id`].
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait OrderIntakeApi: Send + Sync {
+    /// The Account's `Customer_Number__c`; `None` when there is no such Account or the field is
+    /// empty. `account_id` must be a 15/18-character id ([`Error::InvalidId`] otherwise, with no
+    /// request made).
+    async fn account_customer_number(&self, account_id: &str) -> Result<Option<String>>;
+
+    /// The active entries of the price book whose product's `WHMCS_Product_Id__c` is one of
+    /// `whmcs_product_ids` (none asked: none returned, no request made). Products without an
+    /// active entry are simply missing from the answer.
+    async fn pricebook_entries(
+        &self,
+        pricebook_id: &str,
+        whmcs_product_ids: &[u64],
+    ) -> Result<Vec<PricebookEntry>>;
+
+    /// The Order whose `Portal_Request_Id__c` is `request_id`, if any.
+    async fn find_order_by_request_id(&self, request_id: &str) -> Result<Option<CreatedOrder>>;
+
+    /// Creates the Order with its OrderItems in one composite request, all-or-none: either
+    /// everything is created or nothing is. Refused up front ([`Error::InvalidRequest`],
+    /// [`Error::InvalidId`]) when [`NewOrder::validate`] fails, e.g. more than
+    /// [`MAX_ORDER_ITEMS`] items. [`Error::Duplicate`] when an Order with this request id
+    /// exists; [`Error::Api`] naming the `errorCode` and the failing subrequest for any other
+    /// refusal; [`Error::UnknownOutcome`] when the request may have been applied (timeout,
+    /// connection lost): never retried inside the client.
+    async fn create_order(&self, order: &NewOrder) -> Result<CreatedOrder>;
 }

@@ -157,7 +157,7 @@ impl OrderUpdate {
 }
 
 /// A field read as text: strings as they are, whole numbers without `.0`; `null`/empty = None.
-fn text(record: &Value, field: &str) -> std::result::Result<Option<String>, String> {
+pub(crate) fn text(record: &Value, field: &str) -> std::result::Result<Option<String>, String> {
     match record.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.trim().is_empty() => Ok(None),

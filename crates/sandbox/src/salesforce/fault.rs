@@ -1,4 +1,5 @@
-//! Per-route fault injection: latency, HTTP errors, Salesforce error bodies, dropped connections.
+//! Per-route fault injection: latency, HTTP errors, Salesforce error bodies, dropped connections,
+//! and answers lost or delayed after the change was committed.
 
 use std::time::Duration;
 
@@ -16,6 +17,8 @@ pub enum Route {
     Query,
     /// `PATCH /services/data/{version}/sobjects/Order/{id}`.
     Patch,
+    /// `POST /services/data/{version}/composite`.
+    Composite,
 }
 
 /// What an injected fault does.
@@ -39,6 +42,12 @@ pub enum FaultKind {
     },
     /// Close the connection without answering.
     DropConnection,
+    /// Handle the request (its changes are committed), then close the connection without
+    /// answering: the client cannot tell whether anything happened.
+    CommitThenDrop,
+    /// Handle the request (its changes are committed), then hold the answer this long: a client
+    /// that gives up meanwhile sees a timeout although the change was made.
+    DelayAnswer(Duration),
 }
 
 /// When an injected fault fires.

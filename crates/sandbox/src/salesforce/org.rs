@@ -1,12 +1,17 @@
-//! The in-memory org: Accounts, Orders, OrderItems, the two SOQL queries the provisioner sends,
-//! and the Order PATCH with Salesforce's validation.
+//! The in-memory org: Accounts, Orders, OrderItems, products and price books, the SOQL queries
+//! the provisioner and the order intake send, the Order PATCH with Salesforce's validation, and
+//! (in [`intake`]) the all-or-none composite create of an Order with its OrderItems.
+
+mod intake;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use serde_json::{Value, json};
 
 use crate::record_log::RecordLog;
+
+pub use intake::{SfOrderItemPrice, SfPricebookEntry, SfProduct};
 
 /// An Account record.
 #[derive(Clone, Debug, PartialEq)]
@@ -17,6 +22,10 @@ pub struct SfAccount {
     pub name: String,
     /// `Customer_Number__c`.
     pub customer_number: Option<String>,
+    /// `WHMCS_Client_Id__c`: the customer's WHMCS client, a JSON string or number, or `null`.
+    /// An Order created through the REST API takes it (and `Customer_Number__c`) from its
+    /// Account, as the Order's formula fields of the same names do.
+    pub whmcs_client_id: Value,
 }
 
 /// An Order record.
@@ -45,6 +54,12 @@ pub struct SfOrder {
     pub provisioning_error: Option<String>,
     /// `LastModifiedDate`; PATCH sets it to now.
     pub last_modified: DateTime<Utc>,
+    /// `EffectiveDate` (set by a REST create).
+    pub effective_date: Option<NaiveDate>,
+    /// `Pricebook2Id` (set by a REST create).
+    pub pricebook_id: Option<String>,
+    /// `Portal_Request_Id__c`: the order intake's unique external id (case-sensitive).
+    pub portal_request_id: Option<String>,
 }
 
 impl SfOrder {
@@ -62,6 +77,9 @@ impl SfOrder {
             provisioned_at: None,
             provisioning_error: None,
             last_modified: Utc::now(),
+            effective_date: None,
+            pricebook_id: None,
+            portal_request_id: None,
         }
     }
 }
@@ -150,6 +168,20 @@ pub(crate) struct OrgData {
     next_locator: u64,
     /// A validation rule: a PATCH setting `Status` to this value is refused.
     rejected_status: Option<String>,
+    /// `Portal_Request_Id__c` -> the key in `orders` (the field is unique).
+    by_request_id: HashMap<String, String>,
+    /// The highest numeric `OrderNumber` stored: the next created Order gets the one after.
+    max_order_number: u64,
+    /// Product2 records by id.
+    products: BTreeMap<String, SfProduct>,
+    /// Pricebook2 ids.
+    pricebooks: BTreeSet<String>,
+    /// PricebookEntry records by id.
+    entries: BTreeMap<String, SfPricebookEntry>,
+    /// OrderItem id -> its price book entry and unit price (items created through REST).
+    item_prices: HashMap<String, SfOrderItemPrice>,
+    /// Records created through REST so far (for fresh ids).
+    created: u64,
 }
 
 /// The fixed part of the provisioner's Order query (`sf-rest`'s `ORDER_QUERY`),
@@ -248,12 +280,30 @@ fn string_or_null(v: &Option<String>) -> Value {
 }
 
 impl OrgData {
+    /// An empty org with one price book.
+    pub(crate) fn with_pricebook(pricebook_id: String) -> Self {
+        let mut org = Self::default();
+        org.insert_pricebook(pricebook_id);
+        org
+    }
+
     /// Adds or replaces the Order stored under its id, keeping the indexes in sync.
     pub(crate) fn insert_order(&mut self, order: SfOrder) {
         let key = order.id.clone();
         if let Some(old) = self.orders.get(&key) {
             self.by_status
                 .remove(&(old.status.clone(), old.last_modified, key.clone()));
+            if let Some(request) = &old.portal_request_id
+                && self.by_request_id.get(request) == Some(&key)
+            {
+                self.by_request_id.remove(request);
+            }
+        }
+        if let Some(request) = &order.portal_request_id {
+            self.by_request_id.insert(request.clone(), key.clone());
+        }
+        if let Ok(number) = order.order_number.parse::<u64>() {
+            self.max_order_number = self.max_order_number.max(number);
         }
         if let Some(short) = id15(&key) {
             self.order_keys
@@ -381,6 +431,8 @@ impl OrgData {
                     })
                 })
                 .collect()
+        } else if let Some(records) = self.intake_query(&normalised, version)? {
+            records
         } else {
             return Err(malformed(&normalised));
         };

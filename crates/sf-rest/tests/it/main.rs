@@ -5,6 +5,7 @@
 
 mod concurrency;
 mod faults;
+mod intake;
 mod leaks;
 mod orders;
 mod support;

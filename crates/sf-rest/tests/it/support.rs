@@ -74,6 +74,7 @@ fn seed(sf: &SalesforceSandbox) -> String {
         id: account_id.clone(),
         name: "Acme".into(),
         customer_number: Some("C-1001".into()),
+        whmcs_client_id: json!(12.0),
     });
     let order_id = salesforce_id("801", 4242);
     let mut order = SfOrder::new(order_id.clone(), "Approved");
