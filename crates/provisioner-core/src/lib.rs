@@ -127,6 +127,7 @@ mod error;
 pub mod intake;
 mod job;
 pub mod metrics;
+pub mod order_intake;
 mod outbox;
 mod reason;
 mod sanitize;

@@ -4,6 +4,7 @@
 
 mod faults;
 mod no_lost_order;
+mod order_intake;
 mod settle;
 mod stack;
 mod subscriber;
