@@ -78,6 +78,9 @@ pub(crate) struct Wired {
     pub(crate) engine: EngineBuilder,
     pub(crate) monitor: security::SecurityMonitor,
     pub(crate) tokens: Arc<sf_auth::JwtBearer>,
+    /// The Salesforce REST client (also the order intake's).
+    pub(crate) rest: Arc<sf_rest::RestOrderApi>,
+    pub(crate) store: Arc<SqlStore>,
 }
 
 /// Builds the clients, the alert sink and the engine builder (with `engine` as its
@@ -99,19 +102,21 @@ pub(crate) async fn wire(
         },
     )
     .context("Salesforce REST client")?;
+    let rest = Arc::new(rest);
     let whmcs =
         whmcs_client::HttpWhmcsClient::new(config.whmcs_config()?).context("WHMCS client")?;
     let backend = store.backend();
     let sink = alert_sink(config, &store)?;
     let monitor = security::SecurityMonitor::new(sink, security::Thresholds::default());
     let engine = EngineBuilder::new(
-        Arc::new(rest),
+        Arc::clone(&rest) as Arc<dyn sf_rest::OrderApi>,
         Arc::new(whmcs),
         Arc::clone(&store) as Arc<dyn Store>,
-        store as Arc<dyn audit::AuditLog>,
+        Arc::clone(&store) as Arc<dyn audit::AuditLog>,
         Arc::new(monitor.clone()),
     )
-    .config(engine);
+    .config(engine)
+    .option_opener(Arc::new(crate::intake::KeyringSealer(Arc::clone(&store))));
     // On PostgreSQL every instance draws from one per-customer state in the database; one
     // SQLite process holds it in memory.
     let engine = match backend {
@@ -122,6 +127,8 @@ pub(crate) async fn wire(
         engine,
         monitor,
         tokens,
+        rest,
+        store,
     })
 }
 
@@ -165,6 +172,27 @@ pub(crate) struct Service {
     /// The engine, its handle and the subscriber's status.
     pub(crate) running: RunningEngine,
     pub(crate) monitor: security::SecurityMonitor,
+    /// `POST /v1/orders`' desk, when `SF_PRICEBOOK_ID` is set.
+    pub(crate) order_desk: Option<Arc<dyn status_api::OrderDesk>>,
+}
+
+/// The order intake over the wired clients, when `SF_PRICEBOOK_ID` names a price book.
+fn order_desk(config: &Config, wired: &Wired) -> Option<Arc<dyn status_api::OrderDesk>> {
+    let pricebook_id = config.pricebook_id.clone()?;
+    let intake = provisioner_core::order_intake::OrderIntake::new(
+        Arc::clone(&wired.rest) as Arc<dyn sf_rest::OrderIntakeApi>,
+        Arc::clone(&wired.store) as Arc<dyn Store>,
+        Arc::new(crate::intake::KeyringSealer(Arc::clone(&wired.store))),
+        Arc::new(provisioner_core::SystemClock::new()),
+        provisioner_core::order_intake::IntakeConfig {
+            pricebook_id,
+            new_status: config.new_order_status.clone(),
+            hold: provisioner_core::order_intake::DEFAULT_HOLD,
+            pricebook_ttl: Duration::from_secs(300),
+            order_rate: config.order_rate,
+        },
+    );
+    Some(Arc::new(crate::intake::Desk(Arc::new(intake))))
 }
 
 /// Starts the provisioner over `store`: leases of a previous SQLite process taken over, the
@@ -191,6 +219,7 @@ pub(crate) async fn start(
         }
     }
     let wired = wire(config, store, engine).await.map_err(Failure::Usage)?;
+    let desk = order_desk(config, &wired);
     let mut builder = wired.engine;
     if config.events_enabled {
         let pubsub = pubsub_client(
@@ -203,6 +232,7 @@ pub(crate) async fn start(
     Ok(Service {
         running: builder.start(),
         monitor: wired.monitor,
+        order_desk: desk,
     })
 }
 
@@ -419,6 +449,9 @@ pub(crate) async fn run(config: Config) -> Result<(), Failure> {
         status_api::StatusApiState::builder(Arc::clone(&store) as Arc<dyn Store>, portal_token);
     if let Some(previous) = config.portal_token_previous.clone() {
         state = state.previous_token(previous);
+    }
+    if let Some(desk) = service.order_desk.clone() {
+        state = state.order_desk(desk);
     }
     let state = state
         .allowlist(config.allowed_cidrs.clone())

@@ -52,6 +52,8 @@ const PUBSUB_ENDPOINT: &str = "https://api.pubsub.salesforce.com:7443";
 const AUDIT_WITNESS_INTERVAL: Duration = Duration::from_secs(3600);
 /// `DATABASE_URL`'s default.
 const DATABASE_URL: &str = "sqlite://provisioner.db";
+/// Status of an Order placed through `POST /v1/orders` (a Draft-category value).
+pub(crate) const DEFAULT_NEW_ORDER_STATUS: &str = "Pending Review";
 
 /// Every variable the provisioner reads, in the README table's order, with its default as text (what
 /// `config check` shows and what is parsed when the variable is unset).
@@ -87,6 +89,11 @@ pub(crate) static VARIABLES: LazyLock<Vec<(&'static str, Option<String>)>> = Laz
             text(&engine.statuses.provisioned),
         ),
         ("SF_ORDER_STATUS_FAILED", text(&engine.statuses.failed)),
+        (
+            "SF_ORDER_STATUS_NEW",
+            Some(DEFAULT_NEW_ORDER_STATUS.to_owned()),
+        ),
+        ("SF_PRICEBOOK_ID", None),
         ("WHMCS_API_URL", None),
         ("WHMCS_API_IDENTIFIER", None),
         ("WHMCS_API_SECRET", None),
@@ -161,6 +168,10 @@ pub(crate) static VARIABLES: LazyLock<Vec<(&'static str, Option<String>)>> = Laz
             text(&status_api::DEFAULT_STATUS_RATE),
         ),
         ("HTTP_IP_RATE", text(&status_api::DEFAULT_IP_RATE)),
+        (
+            "CUSTOMER_ORDER_RATE",
+            text(&provisioner_core::order_intake::DEFAULT_ORDER_RATE),
+        ),
         (
             "RECONCILE_INTERVAL",
             Some(format_duration(engine.reconcile_interval)),
@@ -363,6 +374,13 @@ pub(crate) struct Config {
     pub(crate) concurrency: usize,
     pub(crate) provision_rate: security::Rate,
     pub(crate) status_rate: security::Rate,
+    /// `CUSTOMER_ORDER_RATE`: orders per customer through `POST /v1/orders`.
+    pub(crate) order_rate: security::Rate,
+    /// `SF_PRICEBOOK_ID`: the price book of Orders placed through `POST /v1/orders`; unset,
+    /// that route is off (404).
+    pub(crate) pricebook_id: Option<String>,
+    /// `SF_ORDER_STATUS_NEW`: Status of an Order placed through `POST /v1/orders`.
+    pub(crate) new_order_status: String,
     pub(crate) reconcile_interval: Duration,
     pub(crate) log_format: Option<LogFormat>,
     /// Effective values for `config check`: (name, shown value, origin).
@@ -715,6 +733,15 @@ impl Config {
         let rate = |t: &str| security::Rate::parse(t).map_err(|e| e.to_string());
         let provision_rate = p.parsed("CUSTOMER_PROVISION_RATE", rate);
         let status_rate = p.parsed("CUSTOMER_STATUS_RATE", rate);
+        let order_rate = p.parsed("CUSTOMER_ORDER_RATE", rate);
+        let pricebook_id = p.text("SF_PRICEBOOK_ID").filter(|id| !id.trim().is_empty());
+        if let Some(id) = &pricebook_id
+            && sf_rest::OrderId::parse(id.trim()).is_err()
+        {
+            p.errors.push(
+                "SF_PRICEBOOK_ID: must be a 15 or 18 character Salesforce id (01s...)".to_owned(),
+            );
+        }
         let trusted_proxies = p
             .parsed("HTTP_TRUSTED_PROXIES", |t| {
                 security::IpAllowlist::parse(t).map_err(|e| e.to_string())
@@ -775,7 +802,9 @@ impl Config {
         if !p.errors.is_empty() {
             return Err(p.errors);
         }
-        let (Some(provision_rate), Some(status_rate)) = (provision_rate, status_rate) else {
+        let (Some(provision_rate), Some(status_rate), Some(order_rate)) =
+            (provision_rate, status_rate, order_rate)
+        else {
             return Err(vec!["rates missing".to_owned()]);
         };
         Ok(Config {
@@ -824,6 +853,9 @@ impl Config {
             concurrency,
             provision_rate,
             status_rate,
+            order_rate,
+            pricebook_id: pricebook_id.map(|id| id.trim().to_owned()),
+            new_order_status: p.text("SF_ORDER_STATUS_NEW").unwrap_or_default(),
             reconcile_interval,
             log_format,
             shown,
@@ -1046,6 +1078,8 @@ mod tests {
             ("SF_ORDER_STATUS_PROVISIONING", Some("Provisioning")),
             ("SF_ORDER_STATUS_PROVISIONED", Some("Activated")),
             ("SF_ORDER_STATUS_FAILED", Some("Provisioning Failed")),
+            ("SF_ORDER_STATUS_NEW", Some("Pending Review")),
+            ("SF_PRICEBOOK_ID", None),
             ("WHMCS_API_URL", None),
             ("WHMCS_API_IDENTIFIER", None),
             ("WHMCS_API_SECRET", None),
@@ -1079,6 +1113,7 @@ mod tests {
             ("CUSTOMER_PROVISION_RATE", Some("30/hour")),
             ("CUSTOMER_STATUS_RATE", Some("60/minute")),
             ("HTTP_IP_RATE", Some("600/minute")),
+            ("CUSTOMER_ORDER_RATE", Some("10/hour")),
             ("RECONCILE_INTERVAL", Some("15m")),
             ("LOG_FORMAT", None),
             ("ALLOW_INSECURE_HTTP", Some("false")),

@@ -13,6 +13,7 @@ mod cli;
 mod config;
 mod demo;
 mod events;
+mod intake;
 mod jobs_cmd;
 mod ops;
 

@@ -30,10 +30,17 @@ pub trait Alerts: Send + Sync {
     /// the Salesforce Order Id in custom field `field_id`: a wrong `WHMCS_ORDER_REF_FIELD_ID`
     /// entry, or an admin-only field the WHMCS version does not save.
     async fn ref_field_not_stored(&self, product_id: u64, field_id: u64);
+    /// A config option the order intake sealed for `order_id` did not decrypt: the job failed
+    /// before anything was written to WHMCS.
+    async fn integrity_failure(&self, order_id: &str);
 }
 
 #[async_trait]
 impl Alerts for security::SecurityMonitor {
+    async fn integrity_failure(&self, order_id: &str) {
+        let _ = security::SecurityMonitor::sealed_value_failed(self, order_id).await;
+    }
+
     async fn order_refused(&self, order_id: &str, customer_number: &str) {
         let _ = security::SecurityMonitor::order_refused(self, order_id, customer_number).await;
     }

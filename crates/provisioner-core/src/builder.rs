@@ -87,6 +87,7 @@ impl EngineBuilder {
                 audit,
                 alerts,
                 clock: Arc::new(crate::clock::SystemClock::new()),
+                opener: None,
             },
             config: EngineConfig::default(),
             provision_rate: None,
@@ -120,6 +121,13 @@ impl EngineBuilder {
     /// [`provision_rate`](Self::provision_rate).
     pub fn shared_provision_rate(mut self, rate: security::Rate) -> Self {
         self.provision_rate = Some(crate::job::ProvisionLimit::shared(rate));
+        self
+    }
+
+    /// Opens the config options the order intake sealed (see
+    /// [`crate::order_intake::OptionOpener`]).
+    pub fn option_opener(mut self, opener: Arc<dyn crate::order_intake::OptionOpener>) -> Self {
+        self.ports.opener = Some(opener);
         self
     }
 

@@ -39,6 +39,9 @@ pub struct Ports {
     pub alerts: Arc<dyn Alerts>,
     /// Time ([`crate::SystemClock`] outside tests and simulations).
     pub clock: Arc<dyn Clock>,
+    /// Opens config options the order intake sealed; without it, an Order holding a sealed
+    /// option fails as invalid.
+    pub opener: Option<Arc<dyn crate::order_intake::OptionOpener>>,
 }
 
 /// How running a job ended (for logs, metrics and tests).
@@ -580,6 +583,42 @@ impl JobRunner {
             })
     }
 
+    /// Replaces each option the order intake sealed (bound to the Order's
+    /// `Portal_Request_Id__c` and the option id) by its value. A value that does not open
+    /// stops the job as an `integrity_failure`, before anything is written to WHMCS.
+    fn open_sealed(
+        &self,
+        order: &sf_rest::Order,
+        n: usize,
+        json: &mut serde_json::Value,
+    ) -> Result<(), Stop> {
+        let Some(options) = json.as_object_mut() else {
+            return Ok(());
+        };
+        for (id, value) in options.iter_mut() {
+            let Some(text) = value.as_str().filter(|t| crate::order_intake::is_sealed(t)) else {
+                continue;
+            };
+            let (Some(opener), Some(request_id)) = (&self.ports.opener, &order.request_id) else {
+                return Err(permanent(
+                    StopReason::IntegrityFailure,
+                    format!(
+                        "OrderItem {n} option {id} is sealed, but the Order has no \
+                         Portal_Request_Id__c or no key to open it"
+                    ),
+                ));
+            };
+            let opened = opener.open(request_id, id, text).map_err(|e| {
+                permanent(
+                    StopReason::IntegrityFailure,
+                    format!("OrderItem {n} option {id} does not decrypt: {e}"),
+                )
+            })?;
+            *value = serde_json::Value::String(opened.expose_secret().to_owned());
+        }
+        Ok(())
+    }
+
     fn lines(&self, job: &Job, progress: &Progress) -> Result<Vec<OrderLine>, Stop> {
         let order = progress
             .order
@@ -618,13 +657,14 @@ impl JobRunner {
             let options = match &item.config_options {
                 None => ConfigOptions::new(),
                 Some(secret) => {
-                    let json: serde_json::Value = serde_json::from_str(secret.expose_secret())
+                    let mut json: serde_json::Value = serde_json::from_str(secret.expose_secret())
                         .map_err(|_| {
                             permanent(
                                 StopReason::InvalidOrder,
                                 format!("OrderItem {n} Config_Options__c is not a JSON object"),
                             )
                         })?;
+                    self.open_sealed(order, n, &mut json)?;
                     ConfigOptions::from_json(&json).map_err(|e| {
                         permanent(StopReason::InvalidOrder, format!("OrderItem {n}: {e}"))
                     })?
@@ -1417,6 +1457,9 @@ impl JobRunner {
             }),
         };
         self.store_finish(job, end, audit).await?;
+        if code == StopReason::IntegrityFailure {
+            self.ports.alerts.integrity_failure(&job.order_id).await;
+        }
         self.ports
             .alerts
             .provisioning_failed(&job.order_id, &job.customer_number)

@@ -27,6 +27,15 @@ pub const MAX_LINES: usize = sf_rest::MAX_ORDER_ITEMS;
 pub const MAX_QUANTITY: u32 = 100;
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// The default of `CUSTOMER_ORDER_RATE`: 10 new orders an hour per customer, burst 10.
+pub const DEFAULT_ORDER_RATE: security::Rate = security::Rate::new(
+    match std::num::NonZeroU32::new(10) {
+        Some(count) => count,
+        None => panic!("10 is not zero"),
+    },
+    security::Period::Hour,
+);
+
 /// How long an attempt holds its key before another attempt may take it over.
 pub const DEFAULT_HOLD: Duration = Duration::from_secs(120);
 /// The billing cycles WHMCS knows.
@@ -53,7 +62,28 @@ pub trait OptionSealer: Send + Sync {
 
     /// A keyed fingerprint of `bytes` (so that a stored fingerprint of a body with secrets in
     /// it cannot be guessed back), as text.
-    fn fingerprint(&self, bytes: &[u8]) -> String;
+    fn fingerprint(&self, bytes: &[u8]) -> Result<String, String>;
+}
+
+/// Opens what an [`OptionSealer`] sealed (the provisioner does, when it reads an Order's
+/// items to place the WHMCS order).
+pub trait OptionOpener: Send + Sync {
+    /// The value of option `option_id` of the Order with external id `external_id`, or why it
+    /// does not open (never the text itself).
+    fn open(
+        &self,
+        external_id: &str,
+        option_id: &str,
+        sealed: &str,
+    ) -> Result<SecretString, String>;
+}
+
+/// The prefix of a sealed value (field-crypto's text format, version 1).
+pub const SEALED_PREFIX: &str = "pf1.";
+
+/// Whether an option value is sealed.
+pub fn is_sealed(value: &str) -> bool {
+    value.starts_with(SEALED_PREFIX)
 }
 
 /// Settings of [`OrderIntake`].
@@ -67,6 +97,9 @@ pub struct IntakeConfig {
     pub hold: Duration,
     /// How long a price book lookup is kept.
     pub pricebook_ttl: Duration,
+    /// New orders per customer (`CUSTOMER_ORDER_RATE`): only a request that would create an
+    /// Order counts, not a repeat of an answered one nor a refused body.
+    pub order_rate: security::Rate,
 }
 
 /// The answer to one intake request.
@@ -199,6 +232,12 @@ pub fn parse_request(body: &[u8]) -> Result<OrderRequest, String> {
     Ok(OrderRequest { account_id, lines })
 }
 
+/// A plain value that looks sealed would be taken for one (and fail) when the Order is
+/// provisioned: refused up front.
+fn sealed_lookalike(i: usize, id: &str) -> String {
+    format!("lines[{i}].configOptions.{id}: a plain value may not start with {SEALED_PREFIX:?}")
+}
+
 fn parse_line(i: usize, line: &Value) -> Result<OrderLine, String> {
     let Value::Object(line) = line else {
         return Err(format!("lines[{i}] must be an object"));
@@ -268,6 +307,9 @@ fn parse_line(i: usize, line: &Value) -> Result<OrderLine, String> {
                             (Some(Value::Number(n)), true) => {
                                 OptionValue::Sensitive(SecretString::from(n.to_string()))
                             }
+                            (Some(Value::String(s)), false) if is_sealed(s) => {
+                                return Err(sealed_lookalike(i, id));
+                            }
                             (
                                 Some(v @ (Value::String(_) | Value::Number(_) | Value::Bool(_))),
                                 false,
@@ -279,6 +321,7 @@ fn parse_line(i: usize, line: &Value) -> Result<OrderLine, String> {
                             }
                         }
                     }
+                    Value::String(s) if is_sealed(s) => return Err(sealed_lookalike(i, id)),
                     v @ (Value::String(_) | Value::Number(_) | Value::Bool(_)) => {
                         OptionValue::Plain(v.clone())
                     }
@@ -337,6 +380,7 @@ pub struct OrderIntake {
     config: IntakeConfig,
     /// WHMCS product id -> (entry, fetched at).
     entries: Mutex<HashMap<u64, (sf_rest::PricebookEntry, tokio::time::Instant)>>,
+    limiter: security::KeyedRateLimiter<String>,
 }
 
 impl std::fmt::Debug for OrderIntake {
@@ -361,6 +405,7 @@ impl OrderIntake {
             store,
             sealer,
             clock,
+            limiter: security::KeyedRateLimiter::new(config.order_rate),
             config,
             entries: Mutex::new(HashMap::new()),
         }
@@ -380,7 +425,13 @@ impl OrderIntake {
             customer_number: customer.to_owned(),
             idempotency_key: idempotency_key.to_owned(),
         };
-        let fingerprint = self.sealer.fingerprint(&canonical(&request));
+        let fingerprint = match self.sealer.fingerprint(&canonical(&request)) {
+            Ok(fingerprint) => fingerprint,
+            Err(e) => {
+                tracing::error!(error = %e, "order intake: fingerprinting failed");
+                return IntakeAnswer::later(503, "unavailable", Duration::from_secs(5));
+            }
+        };
         let start = match self
             .store
             .begin_order_request(&key, &fingerprint, self.config.hold, self.clock.now())
@@ -408,6 +459,19 @@ impl OrderIntake {
             }
             OrderRequestStart::Started { taken_over } => taken_over,
         };
+        // Every attempt that may create an Order counts (a take-over too: a released,
+        // rate-limited request must not get round the rate by being sent again).
+        if let Err(retry) = self.limiter.check(&key.customer_number) {
+            // The key stays free for the same body later.
+            let _ = self
+                .store
+                .release_order_request(&key, Vec::new(), self.clock.now())
+                .await;
+            return IntakeAnswer {
+                retry_after: Some(retry.header_secs()),
+                ..IntakeAnswer::error(429, "rate_limited")
+            };
+        }
         match self.create(&key, &request, taken_over).await {
             Step::Final(answer, order) => {
                 let record = self.record(&key, &answer, order.as_ref());

@@ -50,6 +50,9 @@ pub enum StopReason {
     /// `WHMCS_SETTLE` has not passed since it was sent) and a lookup did not find it: the job
     /// waits, then looks again before it ever repeats the call.
     OutcomeSettling,
+    /// A config option the order intake sealed did not decrypt (tampered, or under a key this
+    /// provisioner does not hold): nothing is written to WHMCS, `integrity_failure` is raised.
+    IntegrityFailure,
 }
 
 impl StopReason {
@@ -76,6 +79,7 @@ impl StopReason {
             StopReason::ApprovalWithdrawn => "approval_withdrawn",
             StopReason::NoRefFieldForProduct => "no_ref_field_for_product",
             StopReason::OutcomeSettling => "outcome_settling",
+            StopReason::IntegrityFailure => "integrity_failure",
         }
     }
 }

@@ -104,6 +104,7 @@ fn order(status: &str) -> Order {
         customer_number: Some(CUSTOMER.into()),
         whmcs_client_id: Some("12".into()),
         whmcs_order_id: None,
+        request_id: None,
         items: vec![OrderItem {
             id: "802000000000001AAA".into(),
             quantity: 2,
@@ -374,6 +375,7 @@ impl World {
             audit: Arc::new(audit),
             alerts: Arc::new(MockAlerts::new()),
             clock: Arc::new(crate::SystemClock::new()),
+            opener: None,
         };
         (ports, Arc::new(self.config), self.rate)
     }
@@ -435,6 +437,7 @@ impl World {
             audit: Arc::new(audit),
             alerts: Arc::new(alerts),
             clock: Arc::new(crate::SystemClock::new()),
+            opener: None,
         };
         let (_tx, rx) = tokio::sync::watch::channel(self.shutdown);
         let runner = JobRunner::new(ports, Arc::new(self.config), "w".into(), self.rate, rx);
@@ -1317,6 +1320,7 @@ fn intake_ports(store: MockStore, calls: &Calls) -> Ports {
         audit: Arc::new(audit),
         alerts: Arc::new(MockAlerts::new()),
         clock: Arc::new(crate::SystemClock::new()),
+        opener: None,
     }
 }
 

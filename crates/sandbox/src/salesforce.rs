@@ -350,6 +350,15 @@ impl SalesforceSandbox {
         self.shared.org.lock().insert_item(item);
     }
 
+    /// Overwrites an OrderItem's `Config_Options__c` as someone with edit access to the org
+    /// could (tests of tampered values); whether the item exists.
+    pub fn set_order_item_config_options(&self, item_id: &str, json: Option<String>) -> bool {
+        self.shared
+            .org
+            .lock()
+            .set_item_config_options(item_id, json)
+    }
+
     /// Adds many Orders and OrderItems under one lock (faster seeding of large orgs).
     pub fn insert_orders(
         &self,

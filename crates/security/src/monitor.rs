@@ -145,6 +145,15 @@ impl SecurityMonitor {
             .await
     }
 
+    /// A value sealed for the Order `order_id` did not decrypt (an AES-GCM tag mismatch or an
+    /// unknown key): an [`IntegrityCheck::FieldDecrypt`] integrity failure naming the Order.
+    pub async fn sealed_value_failed(&self, order_id: &str) -> Option<Alert> {
+        let subject = Subject::Integrity(IntegrityCheck::FieldDecrypt);
+        let details = subject.details().order_id(order_id);
+        self.record(AlertKind::IntegrityFailure, subject, details)
+            .await
+    }
+
     /// An event for `order_id` was refused: the Order is not approved or belongs to another
     /// customer than the event's `customer`.
     pub async fn order_refused(&self, order_id: &str, customer: &str) -> Option<Alert> {

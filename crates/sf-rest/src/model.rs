@@ -10,7 +10,7 @@ use crate::{Error, OrderId, Result};
 /// The provisioner's Order query up to the id literal: the Order's status, customer, WHMCS client
 /// and order ids, and its OrderItems' WHMCS product, billing cycle and config options. Keep the
 /// text exact: the sandbox's Salesforce emulator recognises it by its text.
-pub const ORDER_QUERY: &str = "SELECT Id, OrderNumber, Status, AccountId, Customer_Number__c, WHMCS_Client_Id__c, WHMCS_Order_Id__c, (SELECT Id, Quantity, WHMCS_Product_Id__c, Billing_Cycle__c, Config_Options__c FROM OrderItems) FROM Order WHERE Id = ";
+pub const ORDER_QUERY: &str = "SELECT Id, OrderNumber, Status, AccountId, Customer_Number__c, WHMCS_Client_Id__c, WHMCS_Order_Id__c, Portal_Request_Id__c, (SELECT Id, Quantity, WHMCS_Product_Id__c, Billing_Cycle__c, Config_Options__c FROM OrderItems) FROM Order WHERE Id = ";
 
 /// The reconcile sweep's query up to the status literal.
 pub const APPROVED_ORDERS_QUERY: &str =
@@ -71,6 +71,9 @@ pub struct Order {
     pub whmcs_client_id: Option<String>,
     /// `WHMCS_Order_Id__c`, written back by an earlier provisioning (a replay or a restore).
     pub whmcs_order_id: Option<String>,
+    /// `Portal_Request_Id__c`: `<customer number>:<Idempotency-Key>` for an Order the order
+    /// intake created (its sealed config options are bound to it), else empty.
+    pub request_id: Option<String>,
     /// The OrderItems (empty when Salesforce sends `null`).
     pub items: Vec<OrderItem>,
 }
@@ -249,6 +252,7 @@ pub(crate) fn parse_order(record: &Value, requested: &OrderId) -> Result<Order> 
         customer_number: text(record, "Customer_Number__c").map_err(&invalid)?,
         whmcs_client_id: text(record, "WHMCS_Client_Id__c").map_err(&invalid)?,
         whmcs_order_id: text(record, "WHMCS_Order_Id__c").map_err(&invalid)?,
+        request_id: text(record, "Portal_Request_Id__c").map_err(&invalid)?,
         items,
     })
 }
@@ -298,12 +302,13 @@ mod tests {
     }
 
     /// The query selects `WHMCS_Order_Id__c`: an Order already in the provisioned status with a
-    /// `WHMCS_Order_Id__c` is recorded as done, not refused, and that rule needs the field.
+    /// `WHMCS_Order_Id__c` is recorded as done, not refused, and that rule needs the field; and
+    /// `Portal_Request_Id__c`, which options sealed by the order intake are bound to.
     #[test]
     fn the_order_query_is_design_section_3_plus_the_whmcs_order_id() {
         assert_eq!(
             order_soql(&id()),
-            "SELECT Id, OrderNumber, Status, AccountId, Customer_Number__c, WHMCS_Client_Id__c, WHMCS_Order_Id__c, \
+            "SELECT Id, OrderNumber, Status, AccountId, Customer_Number__c, WHMCS_Client_Id__c, WHMCS_Order_Id__c, Portal_Request_Id__c, \
              (SELECT Id, Quantity, WHMCS_Product_Id__c, Billing_Cycle__c, Config_Options__c FROM OrderItems) \
              FROM Order WHERE Id = '801A0000006Vm9rIAC'"
         );

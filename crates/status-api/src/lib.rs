@@ -45,6 +45,7 @@
 mod error;
 mod listener;
 mod metrics;
+mod orders;
 mod routes;
 mod state;
 mod status;
@@ -55,6 +56,9 @@ use std::future::Future;
 pub use crate::error::{Error, Result};
 pub use crate::metrics::{
     LOOKUPS_TOTAL, REQUEST_DURATION_SECONDS, REQUESTS_TOTAL, ROUTE_LABELS, describe_metrics,
+};
+pub use crate::orders::{
+    DeskAnswer, IDEMPOTENCY_KEY_HEADER, MAX_ORDER_BODY_BYTES, ORDERS_ROUTE, OrderDesk,
 };
 pub use crate::routes::{
     CUSTOMER_NUMBER_HEADER, HEALTHZ_ROUTE, METRICS_ROUTE, PROMETHEUS_CONTENT_TYPE, READYZ_ROUTE,

@@ -18,7 +18,7 @@ use axum::http::header::{
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use security::{IpAllowlist, Subject};
 use subtle::ConstantTimeEq;
 
@@ -48,6 +48,7 @@ pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4";
 pub fn router(state: StatusApiState) -> Router {
     Router::new()
         .route(STATUS_ROUTE, get(order_status))
+        .route(crate::ORDERS_ROUTE, post(place_order))
         .route(HEALTHZ_ROUTE, get(healthz))
         .route(READYZ_ROUTE, get(readyz))
         .route(METRICS_ROUTE, get(metrics_text))
@@ -160,13 +161,16 @@ async fn allowlist_guard(
     }
 }
 
-async fn order_status(State(state): State<StatusApiState>, request: Request) -> Response {
-    let (mut parts, _body) = request.into_parts();
-    let Some(&Peer(ip)) = parts.extensions.get::<Peer>() else {
-        return refusal(StatusCode::FORBIDDEN, "forbidden");
-    };
-    let headers = &parts.headers;
-
+/// The guards of the portal's routes after the allowlist: the bearer token (401, and an
+/// auth failure for the detectors), exactly one well-formed `X-Customer-Number` (400), and
+/// the customer's rate on `limiter`, if any (429 with `Retry-After`). The customer, or the
+/// refusal.
+async fn portal_caller(
+    state: &StatusApiState,
+    headers: &HeaderMap,
+    ip: IpAddr,
+    limiter: Option<&security::KeyedRateLimiter<String>>,
+) -> Result<String, Response> {
     let current = bearer_matches(headers, state.token());
     let previous = state
         .previous_token()
@@ -177,14 +181,14 @@ async fn order_status(State(state): State<StatusApiState>, request: Request) -> 
         response
             .headers_mut()
             .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return response;
+        return Err(response);
     }
 
     let Some(customer) = customer_number(headers) else {
-        return refusal(StatusCode::BAD_REQUEST, "invalid_customer_number");
+        return Err(refusal(StatusCode::BAD_REQUEST, "invalid_customer_number"));
     };
 
-    if let Err(retry) = state.limiter().check(&customer) {
+    if let Some(Err(retry)) = limiter.map(|l| l.check(&customer)) {
         state
             .monitor()
             .rate_limited(Subject::customer(&customer))
@@ -193,8 +197,66 @@ async fn order_status(State(state): State<StatusApiState>, request: Request) -> 
         response
             .headers_mut()
             .insert(RETRY_AFTER, HeaderValue::from(retry.header_secs()));
-        return response;
+        return Err(response);
     }
+    Ok(customer)
+}
+
+/// `POST /v1/orders`: the guards, then the body (at most [`crate::MAX_ORDER_BODY_BYTES`]) to
+/// the order desk, which also keeps the customer's order rate (only a request that would
+/// create an Order counts; a repeat of an answered one does not).
+async fn place_order(State(state): State<StatusApiState>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let Some(&Peer(ip)) = parts.extensions.get::<Peer>() else {
+        return refusal(StatusCode::FORBIDDEN, "forbidden");
+    };
+    let Some(desk) = state.order_desk().cloned() else {
+        return refusal(StatusCode::NOT_FOUND, "not_found");
+    };
+    let customer = match portal_caller(&state, &parts.headers, ip, None).await {
+        Ok(customer) => customer,
+        Err(refused) => return refused,
+    };
+    let mut keys = parts.headers.get_all(crate::IDEMPOTENCY_KEY_HEADER).iter();
+    let key = match (keys.next().map(HeaderValue::to_str), keys.next()) {
+        (Some(Ok(key)), None) => key.to_owned(),
+        _ => {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                br#"{"error":"invalid_request","reason":"exactly one Idempotency-Key header (8 to 128 of A-Z a-z 0-9 - _)"}"#.to_vec(),
+            );
+        }
+    };
+    let Ok(bytes) = axum::body::to_bytes(body, crate::MAX_ORDER_BODY_BYTES).await else {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            format!(
+                r#"{{"error":"invalid_request","reason":"body over {} bytes"}}"#,
+                crate::MAX_ORDER_BODY_BYTES
+            )
+            .into_bytes(),
+        );
+    };
+    let answer = desk.place(&customer, &key, &bytes).await;
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = json_response(status, answer.body.into_bytes());
+    if let Some(secs) = answer.retry_after {
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
+}
+
+async fn order_status(State(state): State<StatusApiState>, request: Request) -> Response {
+    let (mut parts, _body) = request.into_parts();
+    let Some(&Peer(ip)) = parts.extensions.get::<Peer>() else {
+        return refusal(StatusCode::FORBIDDEN, "forbidden");
+    };
+    let customer = match portal_caller(&state, &parts.headers, ip, Some(state.limiter())).await {
+        Ok(customer) => customer,
+        Err(refused) => return refused,
+    };
 
     let path: Result<Path<String>, PathRejection> =
         <Path<String> as FromRequestParts<()>>::from_request_parts(&mut parts, &()).await;

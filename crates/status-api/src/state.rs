@@ -57,6 +57,7 @@ struct Inner {
     subscriber_ready: SubscriberProbe,
     readiness_timeout: Duration,
     metrics: Option<PrometheusHandle>,
+    order_desk: Option<Arc<dyn crate::OrderDesk>>,
 }
 
 impl StatusApiState {
@@ -75,6 +76,7 @@ impl StatusApiState {
             subscriber_ready: None,
             readiness_timeout: DEFAULT_READINESS_TIMEOUT,
             metrics: None,
+            order_desk: None,
         }
     }
 
@@ -123,6 +125,10 @@ impl StatusApiState {
         self.inner.readiness_timeout
     }
 
+    pub(crate) fn order_desk(&self) -> Option<&Arc<dyn crate::OrderDesk>> {
+        self.inner.order_desk.as_ref()
+    }
+
     pub(crate) fn metrics(&self) -> Option<&PrometheusHandle> {
         self.inner.metrics.as_ref()
     }
@@ -154,9 +160,16 @@ pub struct StatusApiBuilder {
     subscriber_ready: Option<SubscriberProbe>,
     readiness_timeout: Duration,
     metrics: Option<PrometheusHandle>,
+    order_desk: Option<Arc<dyn crate::OrderDesk>>,
 }
 
 impl StatusApiBuilder {
+    /// Serves `POST /v1/orders` through `desk`; without one that route answers 404.
+    pub fn order_desk(mut self, desk: Arc<dyn crate::OrderDesk>) -> Self {
+        self.order_desk = Some(desk);
+        self
+    }
+
     /// Reverse proxies in front of the API (`HTTP_TRUSTED_PROXIES`; default none). Only for a
     /// request from one of them is the client address taken from `X-Forwarded-For`: the
     /// rightmost address that is not itself a trusted proxy. The allowlist, the per-address
@@ -257,6 +270,7 @@ impl StatusApiBuilder {
                 subscriber_ready,
                 readiness_timeout: self.readiness_timeout,
                 metrics: self.metrics,
+                order_desk: self.order_desk,
             }),
         })
     }

@@ -18,6 +18,7 @@ mod jobs;
 mod logs;
 mod metrics;
 mod operate;
+mod orders;
 mod processes;
 mod proxy;
 mod rates;

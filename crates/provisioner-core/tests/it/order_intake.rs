@@ -32,8 +32,8 @@ impl OptionSealer for TestSealer {
             .map_err(|e| e.to_string())
     }
 
-    fn fingerprint(&self, bytes: &[u8]) -> String {
-        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    fn fingerprint(&self, bytes: &[u8]) -> Result<String, String> {
+        Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
     }
 }
 
@@ -96,6 +96,7 @@ async fn desk() -> Desk {
             new_status: "Pending Review".into(),
             hold: Duration::from_secs(120),
             pricebook_ttl: Duration::from_secs(300),
+            order_rate: provisioner_core::order_intake::DEFAULT_ORDER_RATE,
         },
     );
     Desk {
@@ -202,7 +203,11 @@ async fn a_lost_answer_is_found_by_external_id_and_never_creates_twice() {
         d.intake.place(&customer, "key-lost-0001", &body).await
     };
     assert_eq!(retried.status, 201, "{}", retried.body);
-    assert_eq!(d.sf.faults().fired(Route::Composite), 1, "the answer was lost");
+    assert_eq!(
+        d.sf.faults().fired(Route::Composite),
+        1,
+        "the answer was lost"
+    );
     assert_eq!(d.sf.order_count(), before + 1, "exactly one Order");
     let order_id = json(&retried)["orderId"].as_str().unwrap().to_owned();
     assert_eq!(

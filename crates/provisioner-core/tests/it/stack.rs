@@ -56,6 +56,10 @@ impl RecordedAlerts {
 
 #[async_trait::async_trait]
 impl provisioner_core::Alerts for RecordedAlerts {
+    async fn integrity_failure(&self, order_id: &str) {
+        self.push(format!("integrity_failure {order_id}"));
+    }
+
     async fn order_refused(&self, order_id: &str, _customer: &str) {
         self.push(format!("order_refused:{order_id}"));
     }

@@ -45,6 +45,7 @@ fn sf_order(o: &world::SfOrder) -> sf_rest::Order {
         customer_number: Some(o.customer.clone()),
         whmcs_client_id: Some(o.client_id.to_string()),
         whmcs_order_id: o.whmcs_order_id.clone(),
+        request_id: None,
         items: o
             .items
             .iter()

@@ -733,6 +733,10 @@ pub struct SimAlerts(pub Arc<World>);
 
 #[async_trait]
 impl provisioner_core::Alerts for SimAlerts {
+    async fn integrity_failure(&self, _order_id: &str) {
+        self.0.count("alert integrity_failure");
+    }
+
     async fn order_refused(&self, _order_id: &str, _customer_number: &str) {
         self.0.count("alert order_refused");
     }

@@ -186,7 +186,7 @@ pub(crate) struct OrgData {
 
 /// The fixed part of the provisioner's Order query (`sf-rest`'s `ORDER_QUERY`),
 /// whitespace-normalised.
-const ORDER_QUERY_PREFIX: &str = "SELECT Id, OrderNumber, Status, AccountId, Customer_Number__c, WHMCS_Client_Id__c, WHMCS_Order_Id__c, (SELECT Id, Quantity, WHMCS_Product_Id__c, Billing_Cycle__c, Config_Options__c FROM OrderItems) FROM Order WHERE Id = ";
+const ORDER_QUERY_PREFIX: &str = "SELECT Id, OrderNumber, Status, AccountId, Customer_Number__c, WHMCS_Client_Id__c, WHMCS_Order_Id__c, Portal_Request_Id__c, (SELECT Id, Quantity, WHMCS_Product_Id__c, Billing_Cycle__c, Config_Options__c FROM OrderItems) FROM Order WHERE Id = ";
 
 /// The reconcile sweep's query (defined by `sf-rest`), whitespace-normalised.
 const APPROVED_QUERY_PREFIX: &str =
@@ -325,6 +325,17 @@ impl OrgData {
                 .push(self.items.len());
         }
         self.items.push(item);
+    }
+
+    /// Replaces the stored `Config_Options__c` of the OrderItem `item_id`; whether it existed.
+    pub(crate) fn set_item_config_options(&mut self, item_id: &str, json: Option<String>) -> bool {
+        match self.items.iter_mut().find(|i| i.id == item_id) {
+            Some(item) => {
+                item.config_options = json;
+                true
+            }
+            None => false,
+        }
     }
 
     /// The Orders whose id matches `id` on the 15-character form, in key order.
@@ -502,6 +513,7 @@ impl OrgData {
             "Customer_Number__c": string_or_null(&o.customer_number),
             "WHMCS_Client_Id__c": o.whmcs_client_id,
             "WHMCS_Order_Id__c": string_or_null(&o.whmcs_order_id),
+            "Portal_Request_Id__c": string_or_null(&o.portal_request_id),
             "OrderItems": order_items,
         })
     }

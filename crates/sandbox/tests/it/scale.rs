@@ -48,7 +48,7 @@ async fn token(sf: &SalesforceSandbox, http: &reqwest::Client) -> String {
 fn order_query(id: &str) -> String {
     format!(
         "SELECT Id, OrderNumber, Status, AccountId, Customer_Number__c, WHMCS_Client_Id__c, \
-         WHMCS_Order_Id__c, (SELECT Id, Quantity, WHMCS_Product_Id__c, Billing_Cycle__c, \
+         WHMCS_Order_Id__c, Portal_Request_Id__c, (SELECT Id, Quantity, WHMCS_Product_Id__c, Billing_Cycle__c, \
          Config_Options__c FROM OrderItems) FROM Order WHERE Id = '{id}'"
     )
 }
