@@ -40,7 +40,7 @@ pub const CUSTOMER_NUMBER_HEADER: HeaderName = HeaderName::from_static("x-custom
 /// The `Content-Type` of `/metrics`: Prometheus text exposition format 0.0.4.
 pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4";
 
-/// The router: the four routes behind the allowlist, with request metrics around everything.
+/// The router: the five routes behind the allowlist, with request metrics around everything.
 ///
 /// Serve it with [`crate::serve`] (or with `into_make_service_with_connect_info::<SocketAddr>()`
 /// yourself): the allowlist needs the peer address, and a request that arrives without one is
