@@ -327,6 +327,9 @@ pub trait Store: Send + Sync {
     ) -> Result<()>;
 
     /// The customer whose intake request created Order `order_id` (18 characters), if one
-    /// did.
-    async fn order_request_customer(&self, order_id: &str) -> Result<Option<String>>;
+    /// did, and when that request was answered.
+    async fn order_request_customer(
+        &self,
+        order_id: &str,
+    ) -> Result<Option<(String, DateTime<Utc>)>>;
 }

@@ -181,17 +181,20 @@ impl SqlStore {
     pub(crate) async fn order_request_customer_row(
         &self,
         order_id: &str,
-    ) -> Result<Option<String>> {
+    ) -> Result<Option<(String, DateTime<Utc>)>> {
         let row = self
             .read_opt(
                 "finding an order request by Order",
-                "SELECT customer_number FROM order_requests WHERE order_id = $1",
+                "SELECT customer_number, updated_at FROM order_requests WHERE order_id = $1",
                 &[Arg::text(order_id)],
             )
             .await?;
-        match row {
-            Some(row) => row.text("customer_number", W),
-            None => Ok(None),
-        }
+        let Some(row) = row else { return Ok(None) };
+        let customer = Row::required(row.text("customer_number", W)?, "customer_number", W)?;
+        let at = Row::required(row.int("updated_at", W)?, "updated_at", W)?;
+        Ok(Some((
+            customer,
+            DateTime::from_timestamp_millis(at).unwrap_or_default(),
+        )))
     }
 }

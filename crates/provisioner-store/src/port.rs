@@ -281,7 +281,10 @@ impl Store for SqlStore {
         self.release_order_request_row(key, audit, now).await
     }
 
-    async fn order_request_customer(&self, order_id: &str) -> Result<Option<String>> {
+    async fn order_request_customer(
+        &self,
+        order_id: &str,
+    ) -> Result<Option<(String, DateTime<Utc>)>> {
         self.order_request_customer_row(order_id).await
     }
 }

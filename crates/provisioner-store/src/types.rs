@@ -90,6 +90,10 @@ str_enum!(
     /// the operator's `jobs list --state` filters on. [`JobView::of`] is the one mapping from
     /// [`JobState`] and [`Step`]; the store's job filter expresses the same mapping in SQL.
     JobView {
+        /// An Order the portal placed through the order intake, not approved yet: no job
+        /// exists until its event arrives, so no job row is ever in this view (the status API
+        /// answers it from the intake's ledger).
+        PendingReview = "pending_review",
         /// Stored, not tried yet: pending at [`Step::Received`] with no attempt made.
         Received = "received",
         /// Running, or pending after a first attempt or step (waiting for a retry).
@@ -104,7 +108,8 @@ str_enum!(
 );
 
 impl JobView {
-    /// Every view, in life order.
+    /// Every view a job row can be in, in life order ([`JobView::PendingReview`] comes before
+    /// them, and has no job).
     pub const ALL: [JobView; 5] = [
         JobView::Received,
         JobView::Provisioning,
@@ -137,6 +142,7 @@ impl JobView {
     /// parameters; the names are fixed tokens).
     pub(crate) fn sql_condition(self) -> &'static str {
         match self {
+            JobView::PendingReview => "(1 = 0)",
             JobView::Received => "(state = 'pending' AND step = 'received' AND attempts = 0)",
             JobView::Provisioning => {
                 "(state = 'running' OR (state = 'pending' \

@@ -264,10 +264,24 @@ async fn order_status(State(state): State<StatusApiState>, request: Request) -> 
         return not_found(&state, &customer, ip).await;
     };
 
-    match state.store().job(&order_id).await {
+    let found = match state.store().job(&order_id).await {
         Ok(Some(job)) if job.customer_number == customer => {
+            Ok(Some(OrderStatusBody::from_job(&job)))
+        }
+        // No job (yet): an Order the portal placed here that waits for its approval.
+        Ok(None) => match state.store().order_request_customer(&order_id).await {
+            Ok(Some((owner, at))) if owner == customer => {
+                Ok(Some(OrderStatusBody::pending_review(&order_id, at)))
+            }
+            Ok(_) => Ok(None),
+            Err(error) => Err(error),
+        },
+        Ok(Some(_)) => Ok(None),
+        Err(error) => Err(error),
+    };
+    match found {
+        Ok(Some(body)) => {
             crate::metrics::lookup("found");
-            let body = OrderStatusBody::from_job(&job);
             match serde_json::to_vec(&body) {
                 Ok(json) => json_response(StatusCode::OK, json),
                 Err(error) => {

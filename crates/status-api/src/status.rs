@@ -61,6 +61,21 @@ impl OrderStatusBody {
     }
 }
 
+impl OrderStatusBody {
+    /// The body for an Order the order intake created that has no job yet: waiting for its
+    /// approval (`updated_at`: when it was created).
+    pub fn pending_review(order_id: &str, updated_at: DateTime<Utc>) -> Self {
+        Self {
+            order_id: order_id.to_owned(),
+            status: OrderStatus::PendingReview,
+            whmcs_order_id: None,
+            service_ids: Vec::new(),
+            updated_at,
+            error: None,
+        }
+    }
+}
+
 fn rfc3339<S: Serializer>(at: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(&at.to_rfc3339_opts(SecondsFormat::Millis, true))
 }

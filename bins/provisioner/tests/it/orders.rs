@@ -263,6 +263,19 @@ async fn a_sealed_option_reaches_whmcs_decrypted_and_a_tampered_one_fails_the_jo
         good["orderId"].as_str().unwrap().to_owned(),
         bad["orderId"].as_str().unwrap().to_owned(),
     );
+    // Before its approval the status route answers `pending_review` to its customer only.
+    let mut api = crate::status_api::StatusApi::new(port);
+    let pending = api.status(&good, customer, TOKEN).await;
+    assert_eq!(pending.status, 200, "{}", pending.body);
+    assert_eq!(
+        pending.json()["status"],
+        "pending_review",
+        "{}",
+        pending.body
+    );
+    assert_eq!(pending.json()["whmcsOrderId"], serde_json::Value::Null);
+    let theirs = api.status(&good, "CUST-99999", TOKEN).await;
+    assert_eq!(theirs.status, 404, "{}", theirs.body);
     let stored = world.sf.order_items(&good)[0]
         .config_options
         .clone()

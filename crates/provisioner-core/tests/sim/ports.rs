@@ -667,7 +667,7 @@ impl Store for SimStore {
     async fn order_request_customer(
         &self,
         order_id: &str,
-    ) -> provisioner_store::Result<Option<String>> {
+    ) -> provisioner_store::Result<Option<(String, DateTime<Utc>)>> {
         let order_id = order_id.to_owned();
         self.call(|s, _| async move { s.order_request_customer(&order_id).await })
             .await

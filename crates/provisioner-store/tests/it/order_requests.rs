@@ -72,7 +72,10 @@ both_backends! {
             store.begin_order_request(&k, "fp-b", HOLD, much_later).await.unwrap(),
             OrderRequestStart::Mismatch
         );
-        assert_eq!(store.order_request_customer(ORDER).await.unwrap().as_deref(), Some("C-1"));
+        assert_eq!(
+            store.order_request_customer(ORDER).await.unwrap(),
+            Some(("C-1".to_owned(), later))
+        );
         assert_eq!(store.order_request_customer("801000000000002AAA").await.unwrap(), None);
     }
 
