@@ -612,6 +612,23 @@ mod tests {
         assert_eq!(changed, 1);
     }
 
+    /// A store on a new SQLite file at `db`, and a monitor whose alerts `Kept` holds.
+    async fn watched(
+        db: &std::path::Path,
+        master: &field_crypto::MasterKey,
+    ) -> (SqlStore, Arc<Kept>, SecurityMonitor) {
+        let store = SqlStore::open(
+            &format!("sqlite://{}", db.display()),
+            master,
+            StoreOptions::default(),
+        )
+        .await
+        .unwrap();
+        let kept = Arc::new(Kept::default());
+        let monitor = SecurityMonitor::new(kept.clone(), security::Thresholds::default());
+        (store, kept, monitor)
+    }
+
     /// Between full verifications each check covers what was appended since the last one:
     /// an edit there is found at once, naming the record; an edit of a record verified
     /// before waits for the next full verification, which finds it.
@@ -621,15 +638,7 @@ mod tests {
         let db = dir.path().join("audit.db");
         let master =
             field_crypto::MasterKey::from_config("a passphrase for the watch test").unwrap();
-        let store = SqlStore::open(
-            &format!("sqlite://{}", db.display()),
-            &master,
-            StoreOptions::default(),
-        )
-        .await
-        .unwrap();
-        let kept = Arc::new(Kept::default());
-        let monitor = SecurityMonitor::new(kept.clone(), security::Thresholds::default());
+        let (store, kept, monitor) = watched(&db, &master).await;
         let mut watch = ChainWatch::new(Duration::from_secs(3600));
 
         append(&store, 5).await;
@@ -646,15 +655,7 @@ mod tests {
         // it again ...
         let mut watch = ChainWatch::new(Duration::from_secs(3600));
         let fresh = dir.path().join("fresh.db");
-        let store = SqlStore::open(
-            &format!("sqlite://{}", fresh.display()),
-            &master,
-            StoreOptions::default(),
-        )
-        .await
-        .unwrap();
-        let kept = Arc::new(Kept::default());
-        let monitor = SecurityMonitor::new(kept.clone(), security::Thresholds::default());
+        let (store, kept, monitor) = watched(&fresh, &master).await;
         append(&store, 5).await;
         watch.check(&store, &monitor).await;
         edit(&fresh, 2);

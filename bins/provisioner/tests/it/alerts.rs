@@ -8,10 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use test_support::process::free_port;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use crate::status_api::StatusApi;
-use crate::support::{World, spawn_logged, stop, wait_all_activated, wait_healthy};
+use crate::support::{World, read_request, spawn_logged, stop, wait_all_activated, wait_healthy};
 
 /// A loopback webhook on `port` answering its requests in turn from `script` (status line and
 /// extra headers), 200 once the script is used up, and keeping the bodies it answered 200.
@@ -87,35 +87,6 @@ impl Hook {
 impl Drop for Hook {
     fn drop(&mut self) {
         self.server.abort();
-    }
-}
-
-/// One HTTP/1.1 request's body (by its content-length).
-async fn read_request(stream: &mut tokio::net::TcpStream) -> Option<String> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let n = stream.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        let text = String::from_utf8_lossy(&buf).to_string();
-        let Some(end) = text.find("\r\n\r\n") else {
-            continue;
-        };
-        let length = text[..end]
-            .lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case("content-length")
-                    .then(|| v.trim().parse::<usize>().ok())
-                    .flatten()
-            })
-            .unwrap_or(0);
-        if buf.len() >= end + 4 + length {
-            return Some(text[end + 4..end + 4 + length].to_owned());
-        }
     }
 }
 
