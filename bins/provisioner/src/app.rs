@@ -189,7 +189,11 @@ fn order_desk(config: &Config, wired: &Wired) -> Option<Arc<dyn status_api::Orde
             new_status: config.new_order_status.clone(),
             hold: provisioner_core::order_intake::DEFAULT_HOLD,
             pricebook_ttl: Duration::from_secs(300),
-            order_rate: config.order_rate,
+            // Like the provisioning rate: one budget in the database on PostgreSQL.
+            order_limit: match wired.store.backend() {
+                Backend::Postgres => provisioner_core::ProvisionLimit::shared(config.order_rate),
+                Backend::Sqlite => provisioner_core::ProvisionLimit::process(config.order_rate),
+            },
         },
     );
     Some(Arc::new(crate::intake::Desk(Arc::new(intake))))

@@ -83,7 +83,8 @@ pub(crate) struct Cli {
     #[arg(long, env = "SF_SANDBOX_CHANNEL", default_value = sf_pubsub::DEFAULT_TOPIC)]
     pub(crate) channel: String,
 
-    /// Probability (0..=1) of a fault on each Salesforce REST query/PATCH (503) and WHMCS call
+    /// Probability (0..=1) of a fault on each Salesforce REST query/PATCH/composite create
+    /// (503; the composite create also "commit, then drop the connection") and WHMCS call
     /// (HTML 500; AddOrder/AcceptOrder also "commit, then drop the connection"); Pub/Sub
     /// streams end every round(1/rate) events.
     #[arg(long, env = "SF_SANDBOX_FAULT_RATE", default_value_t = 0.0, value_parser = parse_rate)]

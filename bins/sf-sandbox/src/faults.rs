@@ -51,13 +51,20 @@ pub(crate) fn apply(
 ) {
     if plan.rate > 0.0 {
         sf.faults().seed(plan.seed);
-        for route in [Route::Query, Route::Patch] {
+        for route in [Route::Query, Route::Patch, Route::Composite] {
             sf.faults().inject(
                 route,
                 FaultKind::Status(503),
                 Trigger::Probability(plan.rate),
             );
         }
+        // The order intake's create is not idempotent by itself: it also gets "commit, then
+        // drop the connection" (the intake finds such an Order by its request id).
+        sf.faults().inject(
+            Route::Composite,
+            FaultKind::CommitThenDrop,
+            Trigger::Probability(plan.rate / 2.0),
+        );
         for action in WHMCS_ACTIONS {
             whmcs.inject_fault_rate(action, Fault::Html500, plan.rate, plan.seed);
         }

@@ -282,7 +282,8 @@ struct Progress {
     accept_intent: bool,
 }
 
-/// Where the per-customer provisioning rate (`CUSTOMER_PROVISION_RATE`) is held.
+/// Where a per-customer rate is held: the provisioning rate (`CUSTOMER_PROVISION_RATE`) and
+/// the order intake's (`CUSTOMER_ORDER_RATE`).
 #[derive(Clone, Debug)]
 pub enum ProvisionLimit {
     /// In this process: right for one instance (SQLite).
@@ -304,6 +305,32 @@ impl ProvisionLimit {
             interval: rate.replenish_interval(),
             burst: rate.count().get(),
         })
+    }
+
+    /// Takes one slot of `customer`'s rate (within `scope` when the store holds it): `None`
+    /// when the event may go ahead, else how long until a slot comes back (nothing taken).
+    ///
+    /// # Errors
+    /// The store's error when it holds the rate and cannot be asked.
+    pub async fn take(
+        &self,
+        store: &dyn provisioner_store::Store,
+        scope: &str,
+        customer: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Duration>, provisioner_store::Error> {
+        match self {
+            Self::Process(limiter) => Ok(limiter.check(&customer.to_owned()).err().map(|w| w.0)),
+            Self::Shared(rate) => store.take_rate_slot(scope, customer, *rate, now).await,
+        }
+    }
+
+    /// `"process"` or `"shared"`, as metrics label it.
+    pub fn scope_label(&self) -> &'static str {
+        match self {
+            Self::Process(_) => "process",
+            Self::Shared(_) => "shared",
+        }
     }
 }
 
@@ -425,29 +452,21 @@ impl JobRunner {
 
     /// How long the customer's provisioning rate holds `job` back (`None`: it may start now).
     async fn rate_wait(&self, job: &Job) -> Result<Option<Duration>, provisioner_store::Error> {
-        let wait = match &self.rate {
-            None => None,
-            Some(ProvisionLimit::Process(limiter)) => {
-                limiter.check(&job.customer_number).err().map(|w| w.0)
-            }
-            Some(ProvisionLimit::Shared(rate)) => self
-                .ports
-                .store
-                .take_rate_slot(
-                    PROVISION_RATE_SCOPE,
-                    &job.customer_number,
-                    *rate,
-                    self.ports.clock.now(),
-                )
-                .await
-                .inspect_err(crate::metrics::store_failed)?,
+        let Some(rate) = &self.rate else {
+            return Ok(None);
         };
+        let wait = rate
+            .take(
+                self.ports.store.as_ref(),
+                PROVISION_RATE_SCOPE,
+                &job.customer_number,
+                self.ports.clock.now(),
+            )
+            .await
+            .inspect_err(crate::metrics::store_failed)?;
         if wait.is_some() {
-            let scope = match &self.rate {
-                Some(ProvisionLimit::Shared(_)) => "shared",
-                _ => "process",
-            };
-            metrics::counter!(crate::metrics::RATE_DELAYED_TOTAL, "scope" => scope).increment(1);
+            metrics::counter!(crate::metrics::RATE_DELAYED_TOTAL, "scope" => rate.scope_label())
+                .increment(1);
         }
         Ok(wait)
     }

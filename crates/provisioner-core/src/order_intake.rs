@@ -97,10 +97,15 @@ pub struct IntakeConfig {
     pub hold: Duration,
     /// How long a price book lookup is kept.
     pub pricebook_ttl: Duration,
-    /// New orders per customer (`CUSTOMER_ORDER_RATE`): only a request that would create an
-    /// Order counts, not a repeat of an answered one nor a refused body.
-    pub order_rate: security::Rate,
+    /// New orders per customer (`CUSTOMER_ORDER_RATE`), held in this process (one instance)
+    /// or in the store (every instance on a PostgreSQL database draws from one budget, scope
+    /// [`ORDER_RATE_SCOPE`]): only a request that would create an Order counts, not a repeat
+    /// of an answered one nor a refused body.
+    pub order_limit: crate::ProvisionLimit,
 }
+
+/// The scope of the shared per-customer order rate in the store.
+pub const ORDER_RATE_SCOPE: &str = "customer_order";
 
 /// The answer to one intake request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -380,7 +385,6 @@ pub struct OrderIntake {
     config: IntakeConfig,
     /// WHMCS product id -> (entry, fetched at).
     entries: Mutex<HashMap<u64, (sf_rest::PricebookEntry, tokio::time::Instant)>>,
-    limiter: security::KeyedRateLimiter<String>,
 }
 
 impl std::fmt::Debug for OrderIntake {
@@ -405,7 +409,6 @@ impl OrderIntake {
             store,
             sealer,
             clock,
-            limiter: security::KeyedRateLimiter::new(config.order_rate),
             config,
             entries: Mutex::new(HashMap::new()),
         }
@@ -461,15 +464,31 @@ impl OrderIntake {
         };
         // Every attempt that may create an Order counts (a take-over too: a released,
         // rate-limited request must not get round the rate by being sent again).
-        if let Err(retry) = self.limiter.check(&key.customer_number) {
+        let limited = self
+            .config
+            .order_limit
+            .take(
+                self.store.as_ref(),
+                ORDER_RATE_SCOPE,
+                &key.customer_number,
+                self.clock.now(),
+            )
+            .await;
+        if !matches!(limited, Ok(None)) {
             // The key stays free for the same body later.
             let _ = self
                 .store
                 .release_order_request(&key, Vec::new(), self.clock.now())
                 .await;
-            return IntakeAnswer {
-                retry_after: Some(retry.header_secs()),
-                ..IntakeAnswer::error(429, "rate_limited")
+            return match limited {
+                Ok(wait) => IntakeAnswer {
+                    retry_after: Some(security::RetryAfter(wait.unwrap_or_default()).header_secs()),
+                    ..IntakeAnswer::error(429, "rate_limited")
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, "order intake: the shared order rate could not be read");
+                    IntakeAnswer::later(503, "unavailable", Duration::from_secs(5))
+                }
             };
         }
         match self.create(&key, &request, taken_over).await {

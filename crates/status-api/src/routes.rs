@@ -204,7 +204,8 @@ async fn portal_caller(
 
 /// `POST /v1/orders`: the guards, then the body (at most [`crate::MAX_ORDER_BODY_BYTES`]) to
 /// the order desk, which also keeps the customer's order rate (only a request that would
-/// create an Order counts; a repeat of an answered one does not).
+/// create an Order counts; a repeat of an answered one does not). A 429 of the desk counts
+/// toward the customer's `rate_limit_abuse` detector, like the status route's.
 async fn place_order(State(state): State<StatusApiState>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let Some(&Peer(ip)) = parts.extensions.get::<Peer>() else {
@@ -238,6 +239,14 @@ async fn place_order(State(state): State<StatusApiState>, request: Request) -> R
         );
     };
     let answer = desk.place(&customer, &key, &bytes).await;
+    // The desk keeps the customer's order rate; its refusals feed the same detector as the
+    // status route's.
+    if answer.status == StatusCode::TOO_MANY_REQUESTS.as_u16() {
+        state
+            .monitor()
+            .rate_limited(Subject::customer(&customer))
+            .await;
+    }
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = json_response(status, answer.body.into_bytes());
     if let Some(secs) = answer.retry_after {

@@ -11,6 +11,7 @@ mod binary;
 mod config;
 mod connections;
 mod crash;
+mod demo;
 mod dr;
 mod events;
 mod ids;

@@ -152,13 +152,20 @@ fn command(args: &[&str], env: &BTreeMap<String, String>) -> tokio::process::Com
     cmd
 }
 
-/// Starts `provisioner <args>` with exactly `env` (nothing inherited but PATH), stdout and
-/// stderr piped; the child is killed when dropped.
 /// Runs a short `provisioner` command to its end (a minute at most): exit code, stdout and
 /// stderr together.
 pub(crate) async fn provisioner(args: &[&str], env: &BTreeMap<String, String>) -> (i32, String) {
+    provisioner_within(args, env, Duration::from_secs(60)).await
+}
+
+/// [`provisioner`] for a command that may run up to `limit`.
+pub(crate) async fn provisioner_within(
+    args: &[&str],
+    env: &BTreeMap<String, String>,
+    limit: Duration,
+) -> (i32, String) {
     let child = spawn(args, env);
-    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+    let out = tokio::time::timeout(limit, child.wait_with_output())
         .await
         .expect("command finished")
         .unwrap();
@@ -172,6 +179,8 @@ pub(crate) async fn provisioner(args: &[&str], env: &BTreeMap<String, String>) -
     )
 }
 
+/// Starts `provisioner <args>` with exactly `env` (nothing inherited but PATH), stdout and
+/// stderr piped; the child is killed when dropped.
 pub(crate) fn spawn(args: &[&str], env: &BTreeMap<String, String>) -> tokio::process::Child {
     command(args, env)
         .stdout(Stdio::piped())

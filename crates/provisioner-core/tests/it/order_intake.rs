@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use field_crypto::{FieldContext, Keyring, MasterKey};
-use provisioner_core::SystemClock;
 use provisioner_core::order_intake::{
-    IntakeAnswer, IntakeConfig, OptionSealer, OrderIntake, SENSITIVE_OPTION_KIND,
+    DEFAULT_ORDER_RATE, IntakeAnswer, IntakeConfig, OptionSealer, OrderIntake,
+    SENSITIVE_OPTION_KIND,
 };
+use provisioner_core::{ProvisionLimit, SystemClock};
 use provisioner_store::{SqlStore, StoreOptions};
 use sandbox::salesforce::{FaultKind, Route, SalesforceConfig, SalesforceSandbox};
 use sandbox::seed::{Plan, Seeded};
@@ -46,7 +47,15 @@ struct Desk {
     _dir: tempfile::TempDir,
 }
 
+const MASTER_KEY: &str = "base64:q6v4cT9JkA0x3Fz1lVZqM2fY7p5dE8rW1nB6cH4sK0o=";
+
 async fn desk() -> Desk {
+    desk_on(None, ProvisionLimit::process(DEFAULT_ORDER_RATE)).await
+}
+
+/// The sandboxes and one intake over a store at `url` (default: a SQLite file in a temporary
+/// directory) with the customer order rate held by `limit`.
+async fn desk_on(url: Option<String>, limit: ProvisionLimit) -> Desk {
     let sf = SalesforceSandbox::start(SalesforceConfig::trusting(
         test_support::keys::PUBLIC_KEY_PEM,
     ))
@@ -68,37 +77,10 @@ async fn desk() -> Desk {
         },
     );
     let dir = tempfile::tempdir().unwrap();
-    let master =
-        MasterKey::from_config("base64:q6v4cT9JkA0x3Fz1lVZqM2fY7p5dE8rW1nB6cH4sK0o=").unwrap();
-    let store = SqlStore::open(
-        &format!("sqlite://{}/intake.db", dir.path().display()),
-        &master,
-        StoreOptions::default(),
-    )
-    .await
-    .unwrap();
-    let keyring = Arc::new(Keyring::create(&master, chrono::Utc::now()).unwrap());
-    let rest = sf_rest::RestOrderApi::new(
-        sf_tokens(&sf),
-        sf_rest::RestConfig {
-            request_timeout: Duration::from_secs(2),
-            ..sf_rest::RestConfig::default()
-        },
-    )
-    .unwrap();
-    let intake = OrderIntake::new(
-        Arc::new(rest),
-        Arc::new(store),
-        Arc::new(TestSealer(Arc::clone(&keyring))),
-        Arc::new(SystemClock::new()),
-        IntakeConfig {
-            pricebook_id: sf.pricebook_id(),
-            new_status: "Pending Review".into(),
-            hold: Duration::from_secs(120),
-            pricebook_ttl: Duration::from_secs(300),
-            order_rate: provisioner_core::order_intake::DEFAULT_ORDER_RATE,
-        },
-    );
+    let url = url.unwrap_or_else(|| format!("sqlite://{}/intake.db", dir.path().display()));
+    let store = open_store(&url).await;
+    let keyring = Arc::new(Keyring::create(&master(), chrono::Utc::now()).unwrap());
+    let intake = intake_over(&sf, store, Arc::clone(&keyring), limit);
     Desk {
         sf,
         _whmcs: whmcs,
@@ -107,6 +89,48 @@ async fn desk() -> Desk {
         keyring,
         _dir: dir,
     }
+}
+
+fn master() -> MasterKey {
+    MasterKey::from_config(MASTER_KEY).unwrap()
+}
+
+async fn open_store(url: &str) -> Arc<SqlStore> {
+    Arc::new(
+        SqlStore::open(url, &master(), StoreOptions::default())
+            .await
+            .unwrap(),
+    )
+}
+
+/// An intake (as one instance runs it) over `store`, talking to `sf`.
+fn intake_over(
+    sf: &SalesforceSandbox,
+    store: Arc<SqlStore>,
+    keyring: Arc<Keyring>,
+    limit: ProvisionLimit,
+) -> OrderIntake {
+    let rest = sf_rest::RestOrderApi::new(
+        sf_tokens(sf),
+        sf_rest::RestConfig {
+            request_timeout: Duration::from_secs(2),
+            ..sf_rest::RestConfig::default()
+        },
+    )
+    .unwrap();
+    OrderIntake::new(
+        Arc::new(rest),
+        store,
+        Arc::new(TestSealer(keyring)),
+        Arc::new(SystemClock::new()),
+        IntakeConfig {
+            pricebook_id: sf.pricebook_id(),
+            new_status: "Pending Review".into(),
+            hold: Duration::from_secs(120),
+            pricebook_ttl: Duration::from_secs(300),
+            order_limit: limit,
+        },
+    )
 }
 
 impl Desk {
@@ -324,4 +348,53 @@ async fn a_sensitive_option_reaches_salesforce_only_sealed() {
     )
     .unwrap();
     assert!(d.keyring.decrypt(&elsewhere, sealed).is_err());
+}
+
+/// On PostgreSQL the customer order rate is one budget for every instance: two intakes (two
+/// connection pools, as two processes have) taking turns admit 3 new Orders at 3/hour, not 6;
+/// the refused ones get 429 with `Retry-After` and create nothing; another customer has a
+/// budget of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_on_postgres_share_one_customers_order_rate() {
+    let db = test_support::pg::PgTempDb::create().await;
+    let limit = ProvisionLimit::shared(security::Rate::parse("3/hour").unwrap());
+    let d = desk_on(Some(db.url()), limit.clone()).await;
+    let other = intake_over(
+        &d.sf,
+        open_store(&db.url()).await,
+        Arc::clone(&d.keyring),
+        limit,
+    );
+    let (c1, a1) = d.customer(1);
+    let (c2, a2) = d.customer(2);
+    let before = d.sf.order_count();
+    let mut statuses = Vec::new();
+    for n in 0..6 {
+        let intake = if n % 2 == 0 {
+            d.intake.as_ref()
+        } else {
+            &other
+        };
+        let answer = intake
+            .place(&c1, &format!("key-rate-{n:02}"), &d.body(&a1, 1))
+            .await;
+        if answer.status == 429 {
+            assert!(answer.retry_after.is_some_and(|s| s >= 1), "{answer:?}");
+        }
+        statuses.push(answer.status);
+    }
+    assert_eq!(statuses, [201, 201, 201, 429, 429, 429]);
+    assert_eq!(d.sf.order_count(), before + 3);
+    // A refused key stays free: the same request later is not answered 422.
+    let again = other.place(&c1, "key-rate-03", &d.body(&a1, 1)).await;
+    assert_eq!(again.status, 429, "{}", again.body);
+    assert_eq!(
+        other
+            .place(&c2, "key-rate-00", &d.body(&a2, 1))
+            .await
+            .status,
+        201
+    );
+    drop((d, other));
+    db.close().await;
 }

@@ -226,3 +226,71 @@ async fn behind_a_trusted_proxy_the_forwarded_address_is_the_client() {
         .unwrap();
     assert_eq!(spoofed.status(), 403);
 }
+
+/// A desk that answers every request with `status` (and a `Retry-After` of 30 s on 429),
+/// counting the requests it saw.
+struct FixedDesk {
+    status: u16,
+    seen: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl status_api::OrderDesk for FixedDesk {
+    async fn place(&self, _customer: &str, _key: &str, _body: &[u8]) -> status_api::DeskAnswer {
+        self.seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        status_api::DeskAnswer {
+            status: self.status,
+            body: if self.status == 429 {
+                r#"{"error":"rate_limited"}"#.to_owned()
+            } else {
+                r#"{"orderId":"801000000000001AAA"}"#.to_owned()
+            },
+            retry_after: (self.status == 429).then_some(30),
+        }
+    }
+}
+
+async fn post_order(server: &Server, customer: &str) -> reqwest::Response {
+    server
+        .client
+        .post(server.url(status_api::ORDERS_ROUTE))
+        .bearer_auth(TOKEN)
+        .header("X-Customer-Number", customer)
+        .header(status_api::IDEMPOTENCY_KEY_HEADER, "key-00000001")
+        .body("{}")
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The order desk's own rate refusals (`CUSTOMER_ORDER_RATE`) reach the customer as 429 with
+/// `Retry-After` and count toward `rate_limit_abuse` for that customer, as the status route's
+/// do; its other answers do not.
+#[tokio::test]
+async fn an_order_desk_429_counts_toward_rate_limit_abuse() {
+    for (status, alerted) in [(429, true), (201, false)] {
+        let db = TestStore::open().await;
+        let (monitor, alerts) = eager_monitor();
+        let desk = std::sync::Arc::new(FixedDesk {
+            status,
+            seen: std::sync::atomic::AtomicUsize::new(0),
+        });
+        let state = builder(db.dyn_store())
+            .order_desk(desk.clone())
+            .monitor(monitor)
+            .build()
+            .unwrap();
+        let server = Server::start(state).await;
+
+        let answer = post_order(&server, OWNER).await;
+        assert_eq!(answer.status(), status);
+        assert_eq!(desk.seen.load(std::sync::atomic::Ordering::SeqCst), 1);
+        if alerted {
+            assert_eq!(retry_after(&answer), 30);
+            assert_eq!(alerts.kinds(), [AlertKind::RateLimitAbuse]);
+            assert!(alerts.alerts()[0].to_json().contains(OWNER));
+        } else {
+            assert_eq!(alerts.kinds(), []);
+        }
+    }
+}
