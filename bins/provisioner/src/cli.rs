@@ -98,6 +98,11 @@ pub(crate) enum AuditCommand {
         /// cut tail, wiped rows and a restored older database.
         #[arg(long, value_name = "SEQ:MAC")]
         expect_head: Option<String>,
+        /// Print one JSON object: `ok`, `records`, `first_seq`, `last_seq`,
+        /// `purged_before_anchor`, `anchor_seq`, `head` (`seq`, `mac`), `witness` (`matched`
+        /// or null) and, when `ok` is false, `error`.
+        #[arg(long)]
+        json: bool,
     },
     /// Remove records older than AUDIT_LOG_RETENTION_DAYS, keeping an anchor.
     Purge,
@@ -106,7 +111,11 @@ pub(crate) enum AuditCommand {
 #[derive(Subcommand, Debug)]
 pub(crate) enum KeysCommand {
     /// List data keys and which is primary.
-    Status,
+    Status {
+        /// Print one JSON array of `{id, created_at, primary}`.
+        #[arg(long)]
+        json: bool,
+    },
     /// Make a new data key primary now.
     Rotate,
     /// Re-encrypt stored data under the primary key.
@@ -120,6 +129,9 @@ pub(crate) enum DlqCommand {
         /// Show retried and discarded ones too.
         #[arg(long)]
         all: bool,
+        /// Print one JSON array of dead letters (the fields `dlq show` prints).
+        #[arg(long)]
+        json: bool,
     },
     /// Show one dead letter (payload only with --payload).
     Show {

@@ -22,6 +22,11 @@ fn runtime(e: anyhow::Error) -> Failure {
     Failure::Runtime(e)
 }
 
+/// `value` as the pretty JSON document a `--json` listing prints.
+fn json_text(value: &impl serde::Serialize) -> Result<String, Failure> {
+    serde_json::to_string_pretty(value).map_err(|e| runtime(anyhow!(e)))
+}
+
 pub(crate) async fn store(
     config: &Config,
     migrate: bool,
@@ -152,20 +157,43 @@ async fn check_witness(
 pub(crate) async fn audit(config: &Config, command: AuditCommand) -> Result<(), Failure> {
     let store = store(config, false).await?;
     match command {
-        AuditCommand::Verify { expect_head } => {
+        AuditCommand::Verify { expect_head, json } => {
             let expected = expect_head
                 .as_deref()
                 .map(parse_head)
                 .transpose()
                 .map_err(Failure::Usage)?;
-            let summary = audit::verify(&*store, store.audit_key())
+            let verified = match audit::verify(&*store, store.audit_key())
                 .await
                 .context("audit chain verification failed")
-                .map_err(runtime)?;
-            if let Some((seq, mac)) = expected {
-                check_witness(&store, &summary, seq, &mac)
-                    .await
-                    .map_err(runtime)?;
+            {
+                Ok(summary) => match expected {
+                    Some((seq, mac)) => check_witness(&store, &summary, seq, &mac)
+                        .await
+                        .map(|()| summary),
+                    None => Ok(summary),
+                },
+                Err(e) => Err(e),
+            };
+            if json {
+                let document = match &verified {
+                    Ok(summary) => serde_json::json!({
+                        "ok": true,
+                        "records": summary.records,
+                        "first_seq": summary.first_seq,
+                        "last_seq": summary.last_seq,
+                        "purged_before_anchor": summary.anchor.removed,
+                        "anchor_seq": summary.anchor.seq,
+                        "head": {"seq": summary.head.seq, "mac": summary.head.mac.to_string()},
+                        "witness": expected.map(|_| "matched"),
+                    }),
+                    Err(e) => serde_json::json!({"ok": false, "error": format!("{e:#}")}),
+                };
+                out(&json_text(&document)?)?;
+            }
+            let summary = verified.map_err(runtime)?;
+            if json {
+                return Ok(());
             }
             out(&format!(
                 "audit chain ok: {} records (seq {}..{}), {} purged before the anchor; head {}:{}",
@@ -199,8 +227,12 @@ pub(crate) async fn audit(config: &Config, command: AuditCommand) -> Result<(), 
 pub(crate) async fn keys(config: &Config, command: KeysCommand) -> Result<(), Failure> {
     let store = store(config, false).await?;
     match command {
-        KeysCommand::Status => {
-            for key in store.keyring().key_infos() {
+        KeysCommand::Status { json } => {
+            let keys = store.keyring().key_infos();
+            if json {
+                return out(&json_text(&keys)?);
+            }
+            for key in keys {
                 out(&format!(
                     "key {}  created {}  {}",
                     key.id,
@@ -254,12 +286,15 @@ pub(crate) async fn dlq(config: &Config, command: DlqCommand) -> Result<(), Fail
     let store = store(config, false).await?;
     let not_found = |id: &str| Failure::Usage(anyhow!("no dead letter {id}"));
     match command {
-        DlqCommand::List { all } => {
+        DlqCommand::List { all, json } => {
             let state = (!all).then_some(DeadLetterState::Open);
             let letters = store
                 .dead_letters(state, 1000)
                 .await
                 .map_err(|e| runtime(anyhow!(e)))?;
+            if json {
+                return out(&json_text(&letters)?);
+            }
             for l in letters {
                 out(&format!(
                     "{}  {}  {}  order={}  attempts={}  {}",

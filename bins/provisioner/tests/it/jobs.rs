@@ -18,7 +18,10 @@ use crate::support::{
 };
 
 /// `provisioner <args>` to its end: exit code, stdout, stderr.
-async fn run(args: &[&str], env: &BTreeMap<String, String>) -> (Option<i32>, String, String) {
+pub(crate) async fn run(
+    args: &[&str],
+    env: &BTreeMap<String, String>,
+) -> (Option<i32>, String, String) {
     let out = tokio::time::timeout(PATIENCE, spawn(args, env).wait_with_output())
         .await
         .unwrap_or_else(|_| panic!("provisioner {args:?} did not finish within {PATIENCE:?}"))
@@ -31,7 +34,7 @@ async fn run(args: &[&str], env: &BTreeMap<String, String>) -> (Option<i32>, Str
 }
 
 /// `provisioner <args>` that must exit 0 and print one JSON document.
-async fn run_json(args: &[&str], env: &BTreeMap<String, String>) -> Value {
+pub(crate) async fn run_json(args: &[&str], env: &BTreeMap<String, String>) -> Value {
     let (code, out, err) = run(args, env).await;
     assert_eq!(code, Some(0), "provisioner {args:?}:\n{out}{err}");
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}):\n{out}"))

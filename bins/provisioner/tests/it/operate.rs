@@ -4,9 +4,11 @@
 
 use std::time::Duration;
 
+use serde_json::Value;
 use test_support::pg::PgTempDb;
 use test_support::process::{free_port, sigkill};
 
+use crate::jobs::{run, run_json};
 use crate::support::{Logs, World, run_to_end, spawn, wait_healthy};
 
 /// Bound on anything that should happen soon; reached only when something hangs.
@@ -125,6 +127,48 @@ async fn operator_commands_work_beside_a_running_sqlite_service() {
     let (code, out) = run_to_end(&["audit", "verify"], &env, PATIENCE).await;
     assert_eq!(code, Some(0), "audit verify beside run:\n{out}");
     assert!(out.contains("audit chain ok"), "{out}");
+    // The same listings as JSON documents, with their documented fields.
+    let letters = run_json(&["dlq", "list", "--json"], &env).await;
+    let letters = letters.as_array().unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0]["order_id"], failing.order_id.as_str());
+    assert_eq!(letters[0]["state"], "open");
+    assert!(
+        letters[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not Active")
+    );
+    assert!(letters[0]["id"].is_string() && letters[0]["attempts"].is_u64());
+    let keys = run_json(&["keys", "status", "--json"], &env).await;
+    let keys = keys.as_array().unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert_eq!(keys[0]["primary"], true);
+    assert!(
+        keys[0]["id"].is_string() || keys[0]["id"].is_u64(),
+        "{keys:?}"
+    );
+    assert!(keys[0]["created_at"].is_string(), "{keys:?}");
+    let verified = run_json(&["audit", "verify", "--json"], &env).await;
+    assert_eq!(verified["ok"], true, "{verified}");
+    let head = verified["head"]["seq"].as_u64().unwrap();
+    assert!(head >= verified["records"].as_u64().unwrap(), "{verified}");
+    assert_eq!(verified["head"]["mac"].as_str().unwrap().len(), 64);
+    assert_eq!(verified["witness"], Value::Null);
+    // A witness that does not match: `ok` false with the reason, exit 1.
+    let wrong = format!("{head}:{}", "0".repeat(64));
+    let (code, out, _) = run(
+        &["audit", "verify", "--expect-head", &wrong, "--json"],
+        &env,
+    )
+    .await;
+    assert_eq!(code, Some(1), "{out}");
+    let refused: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(refused["ok"], false, "{refused}");
+    assert!(
+        refused["error"].as_str().unwrap().contains("differs"),
+        "{refused}"
+    );
 
     // A second service on the same file is refused.
     let mut second = env.clone();
