@@ -10,7 +10,8 @@
 //!   (needs cargo-fuzz and a nightly toolchain; CI does not fuzz, it runs the proptests).
 //!
 //! Its tests (`tidy.rs`) keep the documents honest: `ARCHITECTURE.md`'s crate edges match the
-//! `Cargo.toml` files, and no document points outside the repository.
+//! `Cargo.toml` files, no document points outside the repository, and every publishable crate
+//! carries the metadata a registry shows.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -176,9 +177,53 @@ fn ci() -> Result<()> {
         // nextest does not run doctests.
         cargo(&["test", "--workspace", "--locked", "--doc"])
     })?;
+    step("package", package)?;
     step("deny", deny)?;
     eprintln!("xtask: ci passed in {:.1?}", started.elapsed());
     Ok(())
+}
+
+/// `cargo package` of every package whose manifest lets it be published (the library crates
+/// other services import): manifests, metadata and file lists are checked and a `.crate` is
+/// assembled for each, the workspace's own crates standing in for the registry. Nothing is
+/// published; `--no-verify` skips rebuilding each package from its `.crate`, which would build
+/// every dependency a second time (the workspace build above has compiled the same sources).
+fn package() -> Result<()> {
+    let names = publishable_packages()?;
+    if names.is_empty() {
+        bail!("no package is publishable: the library crates set `publish = true`");
+    }
+    let mut args = vec!["package", "--no-verify", "--allow-dirty", "--locked"];
+    for name in &names {
+        args.extend(["-p", name.as_str()]);
+    }
+    cargo(&args)
+}
+
+/// The workspace's packages that may be published (`publish` not `false`), by package name.
+pub(crate) fn publishable_packages() -> Result<Vec<String>> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let out = Command::new(cargo)
+        .args(["metadata", "--format-version", "1", "--no-deps", "--locked"])
+        .output()
+        .context("running cargo metadata")?;
+    if !out.status.success() {
+        bail!(
+            "cargo metadata failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let meta: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("reading cargo metadata")?;
+    let packages = meta["packages"]
+        .as_array()
+        .context("cargo metadata without packages")?;
+    Ok(packages
+        .iter()
+        // `publish = false` reads as `[]`; allowed everywhere reads as `null`.
+        .filter(|p| p["publish"].as_array().is_none_or(|to| !to.is_empty()))
+        .filter_map(|p| p["name"].as_str().map(str::to_owned))
+        .collect())
 }
 
 fn deny() -> Result<()> {

@@ -8,11 +8,15 @@
 //!   comment links or points outside the repository (a `../` path, a relative link to a file
 //!   that is not in the repository, a team document that is not shipped with it).
 //!
+//! - `publishable_crates_carry_registry_metadata`: exactly the library crates other services
+//!   import are publishable (`cargo xtask ci` packages those), and each has a description, a
+//!   license, a README, keywords and categories; no manifest carries a placeholder URL.
+//!
 //! They run with the workspace's tests (`cargo nextest run -p xtask`, `cargo xtask ci`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -40,7 +44,8 @@ struct Graph {
     dev_only: Edges,
 }
 
-fn cargo_graph() -> Graph {
+/// `cargo metadata --no-deps` of the workspace.
+fn metadata() -> serde_json::Value {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let out = Command::new(cargo)
         .args(["metadata", "--format-version", "1", "--no-deps"])
@@ -52,26 +57,49 @@ fn cargo_graph() -> Graph {
         "cargo metadata failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("metadata JSON");
+    serde_json::from_slice(&out.stdout).expect("metadata JSON")
+}
+
+fn cargo_graph() -> Graph {
+    let meta = metadata();
     let packages: Vec<&serde_json::Value> = meta["packages"]
         .as_array()
         .expect("metadata has packages")
         .iter()
         .collect();
-    let names: BTreeSet<String> = packages
+    // A crate is named as code names it: its library's name (`provisioner-audit` publishes
+    // the library `audit`), `_` written `-`; a package without a library by its own name.
+    let crate_name: BTreeMap<String, String> = packages
         .iter()
-        .map(|p| p["name"].as_str().expect("package name").to_owned())
+        .map(|p| {
+            let package = p["name"].as_str().expect("package name").to_owned();
+            let lib = p["targets"]
+                .as_array()
+                .expect("targets")
+                .iter()
+                .find(|t| {
+                    t["kind"]
+                        .as_array()
+                        .is_some_and(|k| k.iter().any(|k| k == "lib"))
+                })
+                .and_then(|t| t["name"].as_str())
+                .map(|name| name.replace('_', "-"));
+            (package.clone(), lib.unwrap_or(package))
+        })
         .collect();
+    let names: BTreeSet<String> = crate_name.values().cloned().collect();
     let mut normal = Edges::new();
     let mut dev = Edges::new();
     for p in &packages {
-        let from = p["name"].as_str().expect("package name");
+        let from = &crate_name[p["name"].as_str().expect("package name")];
         for d in p["dependencies"].as_array().expect("dependencies") {
-            let to = d["name"].as_str().expect("dependency name");
-            if !names.contains(to) || to == from {
+            let Some(to) = crate_name.get(d["name"].as_str().expect("dependency name")) else {
+                continue;
+            };
+            if to == from {
                 continue;
             }
-            let edge = (from.to_owned(), to.to_owned());
+            let edge = (from.clone(), to.clone());
             match d["kind"].as_str() {
                 Some("dev") => dev.insert(edge),
                 // `null` (normal) or "build".
@@ -448,4 +476,61 @@ fn outside_pointers_are_recognised() {
         .is_empty()
     );
     assert!(check("a.md", "[Demo](#demo), [site](https://example.com/x)").is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// (c) The library crates' registry metadata
+
+/// Crates under `crates/` that are not for other services: the emulators and test helpers.
+const NOT_FOR_IMPORT: [&str; 2] = ["sandbox", "test-support"];
+
+#[test]
+fn publishable_crates_carry_registry_metadata() {
+    let meta = metadata();
+    let root = root();
+    let mut problems = Vec::new();
+    let publishable: BTreeSet<String> = crate::publishable_packages()
+        .expect("publishable packages")
+        .into_iter()
+        .collect();
+    for p in meta["packages"].as_array().expect("packages") {
+        let name = p["name"].as_str().expect("package name");
+        let manifest = Path::new(p["manifest_path"].as_str().expect("manifest path"));
+        let dir = manifest.parent().expect("manifest dir");
+        let library = dir.parent() == Some(root.join("crates").as_path())
+            && !NOT_FOR_IMPORT.iter().any(|n| dir.ends_with(n));
+        if library != publishable.contains(name) {
+            problems.push(format!(
+                "{name}: publishable must be {library} (a library crate other services import \
+                 sets `publish = true`; the rest inherit `publish = false`)"
+            ));
+        }
+        for key in ["repository", "homepage", "documentation"] {
+            if let Some(url) = p[key].as_str()
+                && (url.contains(".invalid") || url.contains("example.") || url.is_empty())
+            {
+                problems.push(format!("{name}: {key} is a placeholder: {url}"));
+            }
+        }
+        if !library {
+            continue;
+        }
+        for key in ["description", "license"] {
+            if p[key].as_str().is_none_or(|v| v.trim().is_empty()) {
+                problems.push(format!("{name}: no {key}"));
+            }
+        }
+        match p["readme"].as_str() {
+            Some(readme) if dir.join(readme).is_file() => {}
+            other => problems.push(format!(
+                "{name}: readme {other:?} is not a file of the crate"
+            )),
+        }
+        for key in ["keywords", "categories"] {
+            if p[key].as_array().is_none_or(Vec::is_empty) {
+                problems.push(format!("{name}: no {key}"));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }

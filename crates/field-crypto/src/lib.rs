@@ -1,42 +1,4 @@
-//! Field-level encryption done properly, and masking of PII for logs.
-//!
-//! - [`MasterKey`]: from `FIELD_ENCRYPTION_KEY`, either `base64:<32 bytes>` used as is, or a
-//!   passphrase stretched with PBKDF2-HMAC-SHA256 ([`PBKDF2_MIN_ITERATIONS`] or more, random
-//!   stored salt). The master key only wraps data keys; it never encrypts a field itself.
-//! - [`Keyring`]: random 256-bit data keys, each with a [`KeyId`] and a creation time, stored
-//!   wrapped ([`StoredKeyring`], serde) by AES-256-GCM under a key-encryption key derived from
-//!   the master key. One key is primary; older keys decrypt only; rotation by age.
-//! - Field encryption ([`Keyring::encrypt`]): AES-256-GCM with a fresh random 96-bit nonce per
-//!   call and a 16-byte tag, under a per-field-kind subkey (HKDF-SHA256 of the data key), with
-//!   associated data binding the field kind, the record id and the key id. The text form is
-//!   `pf1.<key id>.<base64url(nonce || ciphertext || tag)>`. Plaintext comes back zeroizing.
-//! - [`Masked`] with maskers for card numbers, SSNs, emails and phone numbers: their `Debug` and
-//!   `Display` never show the value.
-//!
-//! Invariant: only this crate sees key material; key types print `[REDACTED]`.
-//!
-//! ```
-//! use chrono::Utc;
-//! use field_crypto::{FieldContext, Keyring, MasterKey};
-//!
-//! # fn main() -> Result<(), field_crypto::Error> {
-//! // `FIELD_ENCRYPTION_KEY=base64:...` (32 random bytes); a passphrase works too.
-//! let master = MasterKey::from_config("base64:q6v4cT9JkA0x3Fz1lVZqM2fY7p5dE8rW1nB6cH4sK0o=")?;
-//! let mut keyring = Keyring::create(&master, Utc::now())?;
-//!
-//! let ctx = FieldContext::new("config_options", "801xx000003GZ1AAAW")?;
-//! let text = keyring.encrypt(&ctx, br#"{"12":"root-password"}"#)?;
-//! assert!(text.starts_with("pf1."));
-//!
-//! let plain = keyring.decrypt(&ctx, &text)?;
-//! assert_eq!(&plain[..], br#"{"12":"root-password"}"#);
-//!
-//! // The keyring is persisted wrapped; reopening it needs the same master key.
-//! let stored = keyring.to_stored();
-//! let reopened = Keyring::open(&master, &stored)?;
-//! assert_eq!(&reopened.decrypt(&ctx, &text)?[..], &plain[..]);
-//! # Ok(()) }
-//! ```
+#![doc = include_str!("../README.md")]
 
 mod error;
 mod field;

@@ -1,37 +1,4 @@
-//! Durable state of the provisioner, on SQLite (embedded, one process) or PostgreSQL (several
-//! instances).
-//!
-//! What it keeps, and the promises it makes:
-//!
-//! - **inbox + checkpoint**: [`Store::ingest_event`] stores an event and moves the topic's
-//!   replay checkpoint in one transaction, so the checkpoint never passes an event that is not
-//!   stored. Duplicates (same event id, or another event for an order that has a job) never
-//!   create a second job.
-//! - **jobs** (the idempotency ledger): one row per Salesforce Order Id, with its recovery point
-//!   ([`Step`]), the WHMCS ids once known, attempts and the next attempt time. Workers
-//!   [`Store::claim`] jobs under a lease (`FOR UPDATE SKIP LOCKED` on PostgreSQL); every later
-//!   write is fenced by the lease, so a worker whose lease was taken over cannot write. At most
-//!   one job per customer runs at a time, and a customer's jobs run in arrival order.
-//! - **dead letters**, with the raw payload encrypted by field-crypto.
-//! - **audit records** ([`audit::AuditLog`] is implemented by [`SqlStore`]), indexed by the
-//!   Order they are about ([`Store::audit_for_order`]).
-//! - **the keyring**, wrapped by the master key.
-//!
-//! On SQLite every write of a running store goes to one dedicated writer thread, which commits
-//! whatever has queued up as one transaction (group commit) and answers each caller only after
-//! that commit; its failures are [`Error::Sqlite`].
-//!
-//! A second process on the same SQLite file is refused with [`Error::InUse`]. On PostgreSQL,
-//! [`Store::try_lead`] takes a session advisory lock so one instance runs the subscriber.
-//!
-//! ```no_run
-//! use provisioner_store::{SqlStore, Store, StoreOptions};
-//! # async fn demo() -> Result<(), provisioner_store::Error> {
-//! let master = field_crypto::MasterKey::from_config("a long passphrase for the demo")?;
-//! let store = SqlStore::open("sqlite://provisioner.db", &master, StoreOptions::default()).await?;
-//! println!("{:?}", store.job_counts().await?);
-//! # Ok(()) }
-//! ```
+#![doc = include_str!("../README.md")]
 
 mod alerts;
 mod audit_log;

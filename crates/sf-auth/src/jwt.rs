@@ -60,6 +60,48 @@ impl JwtBearerConfig {
         }
     }
 
+    /// A configuration from the provisioner's variable names, looked up with `lookup` (for a
+    /// program, `|name| std::env::var(name).ok()`; this crate reads no environment itself):
+    /// `SF_LOGIN_URL`, `SF_CLIENT_ID`, `SF_USERNAME`, the key as `SF_PRIVATE_KEY` (PEM text) or
+    /// `SF_PRIVATE_KEY_FILE` (a PEM file, read now), and the optional `SF_AUDIENCE`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming the variable that is missing or empty, or the key file
+    /// that cannot be read.
+    pub fn from_vars(lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let required = |name: &'static str| {
+            lookup(name)
+                .filter(|v| !v.trim().is_empty())
+                .ok_or(Error::InvalidConfig {
+                    field: name,
+                    reason: "not set".into(),
+                })
+        };
+        let (login_url, client_id, username) = (
+            required("SF_LOGIN_URL")?,
+            required("SF_CLIENT_ID")?,
+            required("SF_USERNAME")?,
+        );
+        let key = match (lookup("SF_PRIVATE_KEY"), lookup("SF_PRIVATE_KEY_FILE")) {
+            (Some(pem), _) if !pem.trim().is_empty() => SecretString::from(pem),
+            (_, Some(path)) if !path.trim().is_empty() => std::fs::read_to_string(&path)
+                .map(SecretString::from)
+                .map_err(|e| Error::InvalidConfig {
+                    field: "SF_PRIVATE_KEY_FILE",
+                    reason: format!("{path}: {e}"),
+                })?,
+            _ => {
+                return Err(Error::InvalidConfig {
+                    field: "SF_PRIVATE_KEY",
+                    reason: "not set (nor SF_PRIVATE_KEY_FILE)".into(),
+                });
+            }
+        };
+        let mut config = Self::new(login_url, client_id, username, key);
+        config.audience = lookup("SF_AUDIENCE").filter(|a| !a.trim().is_empty());
+        Ok(config)
+    }
+
     /// The `aud` the assertion carries: [`JwtBearerConfig::audience`] or the login URL.
     pub fn effective_audience(&self) -> &str {
         self.audience
@@ -477,5 +519,49 @@ mod tests {
         let err = JwtBearer::new(config).unwrap_err();
         assert!(matches!(err, Error::InvalidPrivateKey { .. }), "{err:?}");
         assert!(!err.to_string().contains("sekrit"));
+    }
+
+    #[test]
+    fn configuration_from_the_provisioners_variables() {
+        let vars = |pairs: &[(&str, &str)]| {
+            let map: std::collections::HashMap<String, String> = pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            move |name: &str| map.get(name).cloned()
+        };
+        let base = [
+            ("SF_LOGIN_URL", "https://login.example"),
+            ("SF_CLIENT_ID", "client"),
+            ("SF_USERNAME", "user@example.com"),
+        ];
+        let mut with_key = base.to_vec();
+        with_key.push(("SF_PRIVATE_KEY", "-----PEM-----"));
+        with_key.push(("SF_AUDIENCE", "https://aud.example"));
+        let config = JwtBearerConfig::from_vars(vars(&with_key)).unwrap();
+        assert_eq!(config.client_id, "client");
+        assert_eq!(config.private_key_pem.expose_secret(), "-----PEM-----");
+        assert_eq!(config.effective_audience(), "https://aud.example");
+
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut file, b"-----FILE PEM-----").unwrap();
+        let path = file.path().to_str().unwrap().to_owned();
+        let mut with_file = base.to_vec();
+        with_file.push(("SF_PRIVATE_KEY_FILE", &path));
+        let config = JwtBearerConfig::from_vars(vars(&with_file)).unwrap();
+        assert_eq!(config.private_key_pem.expose_secret(), "-----FILE PEM-----");
+        assert_eq!(config.effective_audience(), "https://login.example");
+
+        let missing = JwtBearerConfig::from_vars(vars(&base[1..])).unwrap_err();
+        assert!(missing.to_string().contains("SF_LOGIN_URL"), "{missing}");
+        let no_key = JwtBearerConfig::from_vars(vars(&base)).unwrap_err();
+        assert!(no_key.to_string().contains("SF_PRIVATE_KEY"), "{no_key}");
+        let mut bad_file = base.to_vec();
+        bad_file.push(("SF_PRIVATE_KEY_FILE", "/nonexistent/key.pem"));
+        let unreadable = JwtBearerConfig::from_vars(vars(&bad_file)).unwrap_err();
+        assert!(
+            unreadable.to_string().contains("/nonexistent/key.pem"),
+            "{unreadable}"
+        );
     }
 }

@@ -1,31 +1,4 @@
-//! Salesforce OAuth 2.0 JWT bearer authentication.
-//!
-//! [`TokenSource`] is the port every Salesforce client (REST, Pub/Sub) asks for an access token.
-//! [`JwtBearer`] is the real one: it signs an RS256 assertion (`iss` = connected app client id,
-//! `sub` = username, `aud` = login URL or `SF_AUDIENCE`, `exp` = now + 3 minutes, in seconds),
-//! posts it to `{login_url}/services/oauth2/token`, and caches the token until a client reports
-//! it stale with [`TokenSource::invalidate`]. However many tasks need a new token at once, exactly
-//! one request goes out (single flight). [`StaticToken`] hands out a fixed token, for tools and
-//! tests.
-//!
-//! ```no_run
-//! use secrecy::SecretString;
-//! use sf_auth::{JwtBearer, JwtBearerConfig, TokenSource};
-//!
-//! # async fn run(pem: String) -> Result<(), sf_auth::Error> {
-//! let config = JwtBearerConfig::new(
-//!     "https://login.salesforce.com",
-//!     "3MVG9...consumer-key",
-//!     "integration@example.com",
-//!     SecretString::from(pem),
-//! );
-//! let source = JwtBearer::new(config)?;
-//! let token = source.token().await?;
-//! println!("org {} at {}", token.org_id, token.instance_url);
-//! // after Salesforce answers 401 INVALID_SESSION_ID with `token`:
-//! source.invalidate(&token);
-//! # Ok(()) }
-//! ```
+#![doc = include_str!("../README.md")]
 
 mod error;
 mod jwt;

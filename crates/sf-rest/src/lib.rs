@@ -1,35 +1,4 @@
-//! Salesforce REST for provisioning: fetch an Order with its OrderItems (one fixed SOQL query),
-//! PATCH it back, and list approved Orders for the reconcile sweep; and for the order intake:
-//! read an Account's customer number, price products, create an Order with its OrderItems in one
-//! all-or-none composite request, and find an Order by its unique request id.
-//!
-//! [`OrderApi`] is the port the provisioner core uses, [`OrderIntakeApi`] the one the order
-//! intake uses; [`RestOrderApi`] implements both over
-//! reqwest (rustls) with any [`sf_auth::TokenSource`]. Ids are validated as 15/18-character
-//! Salesforce ids before anything is sent, so no caller-supplied text reaches SOQL. A 401
-//! `INVALID_SESSION_ID` invalidates the token and repeats the request once; retryable errors
-//! (5xx, 503, timeouts, `UNABLE_TO_LOCK_ROW`) are retried per [`RetryPolicy`]; every error is
-//! classified by [`Error::class`]. The last `Sforce-Limit-Info` is kept in
-//! [`RestOrderApi::api_usage`].
-//!
-//! ```no_run
-//! use std::sync::Arc;
-//! use sf_rest::{OrderApi, OrderUpdate, RestConfig, RestOrderApi};
-//!
-//! # async fn run(tokens: Arc<dyn sf_auth::TokenSource>) -> Result<(), sf_rest::Error> {
-//! let api = RestOrderApi::new(tokens, RestConfig::default())?;
-//! let order = api.fetch_order("801A0000006Vm9rIAC").await?;
-//! for item in &order.items {
-//!     println!("{} x product {:?}", item.quantity, item.whmcs_product_id);
-//! }
-//! let done = OrderUpdate {
-//!     status: Some("Activated".into()),
-//!     whmcs_order_id: Some("42".into()),
-//!     ..OrderUpdate::default()
-//! };
-//! api.update_order(order.id.as_str(), &done).await?;
-//! # Ok(()) }
-//! ```
+#![doc = include_str!("../README.md")]
 
 mod client;
 mod error;

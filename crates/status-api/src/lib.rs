@@ -1,46 +1,4 @@
-//! The provisioner's HTTP face (the contract is the README's Status API section): order status
-//! for the portal, health, readiness and Prometheus metrics for operators.
-//!
-//! ```no_run
-//! use std::sync::Arc;
-//!
-//! use secrecy::SecretString;
-//! use security::{IpAllowlist, Rate};
-//! use status_api::StatusApiState;
-//!
-//! # async fn demo(store: Arc<dyn provisioner_store::Store>) -> Result<(), Box<dyn std::error::Error>> {
-//! let state = StatusApiState::builder(store, SecretString::from("a-long-random-portal-token"))
-//!     .allowlist(IpAllowlist::parse("127.0.0.0/8,::1/128")?) // HTTP_ALLOWED_CIDRS
-//!     .status_rate(Rate::parse("60/minute")?) // CUSTOMER_STATUS_RATE
-//!     .subscriber_ready(|| true) // e.g. "connected, or another instance holds the subscriber"
-//!     .build()?;
-//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?; // PROVISIONER_HTTP_ADDR
-//! let shutdown = async {
-//!     let _ = tokio::signal::ctrl_c().await;
-//! };
-//! status_api::serve(listener, status_api::router(state), shutdown).await?;
-//! # Ok(()) }
-//! ```
-//!
-//! Routes:
-//! - `GET /v1/orders/{orderId}/status` with `Authorization: Bearer <PORTAL_API_TOKEN>` and
-//!   `X-Customer-Number`: 200 with [`OrderStatusBody`]; 404 `{"error":"not_found"}` alike for
-//!   ids never seen, ids of another customer's order and strings that are not order ids; 401
-//!   for a missing or wrong token (constant-time compare); 400 for a missing or malformed
-//!   customer number; 429 with `Retry-After` over the customer's rate.
-//! - `GET /healthz`: 200 while the process serves. `GET /readyz`: 200 when the store answers
-//!   its ping and the subscriber probe says ready (the provisioner's probe: this instance's
-//!   subscriber is connected, disabled, or held by another instance), else 503.
-//! - `GET /metrics`: the Prometheus text of the process's recorder (404 without one).
-//!
-//! Every route, unknown paths included, sits behind the IP allowlist (403). Auth failures, 404s
-//! and rate-limit refusals feed the [`security::SecurityMonitor`]. Responses carry ids, states
-//! and sanitised errors only: no customer data, nothing echoed from the request.
-//!
-//! HTTPS is optional: [`ServeOptions::tls`] with a [`TlsConfig`] made from a PEM certificate
-//! chain and key (rustls with the `ring` provider).
-//!
-//! This crate reads no environment variables: the binary passes the configured values in.
+#![doc = include_str!("../README.md")]
 
 mod error;
 mod listener;

@@ -14,6 +14,7 @@ mod crash;
 mod demo;
 mod dr;
 mod events;
+mod examples;
 mod ids;
 mod jobs;
 mod logs;

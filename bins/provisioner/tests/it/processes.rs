@@ -44,9 +44,20 @@ async fn build_sf_sandbox() -> PathBuf {
         );
         return path;
     }
-    let provisioner = Path::new(BIN);
-    let path = provisioner.with_file_name(format!("sf-sandbox{}", std::env::consts::EXE_SUFFIX));
-    let profile_dir = provisioner
+    let path = Path::new(BIN).with_file_name(format!("sf-sandbox{}", std::env::consts::EXE_SUFFIX));
+    cargo_build(&["-p", "sf-sandbox"]).await;
+    assert!(
+        path.is_file(),
+        "sf-sandbox was built, but not at {}",
+        path.display()
+    );
+    path
+}
+
+/// `$CARGO build --locked <args>` into the profile and target directory of the binary under
+/// test, from this package's directory; panics when it fails or takes over 20 minutes.
+pub(crate) async fn cargo_build(args: &[&str]) {
+    let profile_dir = Path::new(BIN)
         .parent()
         .expect("the binary is in a profile directory");
     let profile = profile_dir
@@ -55,7 +66,8 @@ async fn build_sf_sandbox() -> PathBuf {
         .expect("a profile directory name");
     let mut cmd =
         tokio::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.args(["build", "--locked", "-p", "sf-sandbox"])
+    cmd.args(["build", "--locked"])
+        .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .kill_on_drop(true);
     // Cargo sets these for the test process only; build scripts that watch them (ring's
@@ -83,15 +95,14 @@ async fn build_sf_sandbox() -> PathBuf {
     }
     let status = timeout(Duration::from_secs(1200), cmd.status())
         .await
-        .expect("building sf-sandbox took longer than 20 minutes")
+        .unwrap_or_else(|_| {
+            panic!(
+                "`cargo build {}` took longer than 20 minutes",
+                args.join(" ")
+            )
+        })
         .expect("cargo runs");
-    assert!(status.success(), "`cargo build -p sf-sandbox` failed");
-    assert!(
-        path.is_file(),
-        "sf-sandbox was built, but not at {}",
-        path.display()
-    );
-    path
+    assert!(status.success(), "`cargo build {}` failed", args.join(" "));
 }
 
 /// `(order id, customer number)` of the `n`-th seeded Order (from 1) when `per_customer`
