@@ -256,6 +256,48 @@ pub(crate) fn pubsub_client(
     Ok(Arc::new(client))
 }
 
+/// Gauge: 1 while this instance's Pub/Sub subscription is open and delivering, else 0 (only
+/// with `SF_EVENTS_ENABLED`; refreshed every 5 s).
+pub(crate) const SUBSCRIBER_CONNECTED: &str = "provisioner_subscriber_connected";
+/// Gauge: 1 while this instance holds the subscriber (the others wait), else 0.
+pub(crate) const SUBSCRIBER_LEADER: &str = "provisioner_subscriber_leader";
+/// Gauge: 1 after the running service's last check of its audit chain passed, 0 after one
+/// found a record that fails (the `integrity_failure` alert); a check that could not read the
+/// chain leaves it as it was.
+pub(crate) const AUDIT_CHAIN_INTACT: &str = "provisioner_audit_chain_intact";
+
+/// Describes the series the binary itself records, and registers at 0 the counters alert rules
+/// watch, so that `increase()` sees their first step and the series exist before anything
+/// happened.
+fn describe_binary_metrics() {
+    metrics::describe_gauge!(
+        SUBSCRIBER_CONNECTED,
+        "1 while the Pub/Sub subscription is open and delivering"
+    );
+    metrics::describe_gauge!(
+        SUBSCRIBER_LEADER,
+        "1 while this instance holds the subscriber"
+    );
+    metrics::describe_gauge!(
+        AUDIT_CHAIN_INTACT,
+        "1 when the last audit chain check passed, 0 when a record failed it"
+    );
+    use provisioner_core::metrics as m;
+    for kind in ["event", "job"] {
+        metrics::counter!(m::DEAD_LETTERS_TOTAL, "kind" => kind).increment(0);
+    }
+    for outcome in ["provisioned", "failed"] {
+        metrics::counter!(m::JOBS_TOTAL, "outcome" => outcome).increment(0);
+    }
+    for outcome in ["queued", "sent", "dropped"] {
+        metrics::counter!(m::ALERTS_TOTAL, "outcome" => outcome).increment(0);
+    }
+    for scope in ["process", "shared"] {
+        metrics::counter!(m::RATE_DELAYED_TOTAL, "scope" => scope).increment(0);
+    }
+    metrics::counter!(m::AUDIT_FAILURES_TOTAL).increment(0);
+}
+
 /// Histogram buckets (seconds) of every latency `/metrics` shows: step durations include
 /// WHMCS `AcceptOrder`, which may run for tens of seconds.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -363,9 +405,13 @@ impl ChainWatch {
             }
         };
         match result {
-            Ok(summary) => self.verified = Some(summary.head),
+            Ok(summary) => {
+                self.verified = Some(summary.head);
+                metrics::gauge!(AUDIT_CHAIN_INTACT).set(1.0);
+            }
             Err(audit::Error::Tampered { seq, reason }) => {
                 self.verified = None;
+                metrics::gauge!(AUDIT_CHAIN_INTACT).set(0.0);
                 tracing::error!(
                     audit_seq = seq,
                     reason = %reason,
@@ -430,6 +476,7 @@ pub(crate) async fn run(config: Config) -> Result<(), Failure> {
         metrics::Unit::Seconds,
         "WHMCS External API call latency by action"
     );
+    describe_binary_metrics();
 
     // Bind first: a port in use is a configuration problem, found before any work starts.
     let listener = tokio::net::TcpListener::bind(config.http_addr)
@@ -495,11 +542,29 @@ pub(crate) async fn run(config: Config) -> Result<(), Failure> {
             let _ = http_stopped.await;
         },
     ));
-    let upkeep = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            tick.tick().await;
-            metrics.run_upkeep();
+    let upkeep = tokio::spawn({
+        let subscriber = service.running.subscriber.clone();
+        let store = Arc::clone(&store);
+        let outbox = config
+            .alert_webhook
+            .as_ref()
+            .is_some_and(|s| !s.expose_secret().trim().is_empty());
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            let flag = |on: bool| if on { 1.0 } else { 0.0 };
+            loop {
+                tick.tick().await;
+                if let Some(s) = &subscriber {
+                    metrics::gauge!(SUBSCRIBER_CONNECTED).set(flag(s.is_connected()));
+                    metrics::gauge!(SUBSCRIBER_LEADER).set(flag(s.is_leader()));
+                }
+                // The outbox sets the gauge itself only when it is flushed.
+                if outbox && let Ok(n) = store.waiting_alerts().await {
+                    #[allow(clippy::cast_precision_loss)]
+                    metrics::gauge!(provisioner_core::metrics::ALERTS_WAITING).set(n as f64);
+                }
+                metrics.run_upkeep();
+            }
         }
     });
     // Deduplication windows that ended send their summaries; idle detector keys are dropped.

@@ -12,6 +12,7 @@ mod config;
 mod connections;
 mod crash;
 mod demo;
+mod deploy;
 mod dr;
 mod events;
 mod examples;

@@ -154,6 +154,30 @@ async fn an_alert_is_an_audit_record_of_its_order() {
 /// found by the verification at start, reported in the log and raised as a high
 /// `integrity_failure` naming the record at the webhook (`integrity_failure` is no longer a
 /// promise only `audit verify` keeps).
+/// Scrapes `/metrics` on `port` until `provisioner_audit_chain_intact` is `want`.
+async fn wait_chain_gauge(port: u16, want: f64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let answer = crate::status_api::StatusApi::new(port)
+            .get("/metrics", &[])
+            .await;
+        let samples = test_support::prometheus::parse(&answer.body).unwrap();
+        let value = samples
+            .iter()
+            .find(|s| s.name == "provisioner_audit_chain_intact")
+            .map(|s| s.value);
+        if value == Some(want) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "provisioner_audit_chain_intact is {value:?}, not {want}\n{}",
+            answer.body
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_edited_audit_record_raises_integrity_failure_in_the_running_service() {
     let world = World::start(2, 1).await;
@@ -168,6 +192,7 @@ async fn an_edited_audit_record_raises_integrity_failure_in_the_running_service(
     wait_healthy(port, Duration::from_secs(30)).await;
     world.publish_all();
     wait_all_activated(&world, Duration::from_secs(60)).await;
+    wait_chain_gauge(port, 1.0).await;
     stop(&mut child).await;
     assert!(
         alerts(&bodies, "integrity_failure").is_empty(),
@@ -208,6 +233,8 @@ async fn an_edited_audit_record_raises_integrity_failure_in_the_running_service(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    // ... and the metric the alerting rule watches.
+    wait_chain_gauge(port, 0.0).await;
     stop(&mut child).await;
     assert_eq!(alert["severity"], "high", "{alert}");
     assert_eq!(alert["details"]["check"], "audit_mac", "{alert}");
