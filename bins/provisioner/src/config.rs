@@ -53,7 +53,8 @@ const AUDIT_WITNESS_INTERVAL: Duration = Duration::from_secs(3600);
 /// `DATABASE_URL`'s default.
 const DATABASE_URL: &str = "sqlite://provisioner.db";
 /// Status of an Order placed through `POST /v1/orders` (a Draft-category value).
-pub(crate) const DEFAULT_NEW_ORDER_STATUS: &str = "Pending Review";
+pub(crate) const DEFAULT_NEW_ORDER_STATUS: &str =
+    provisioner_core::order_intake::DEFAULT_NEW_STATUS;
 
 /// Every variable the provisioner reads, in the README table's order, with its default as text (what
 /// `config check` shows and what is parsed when the variable is unset).

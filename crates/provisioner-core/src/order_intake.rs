@@ -86,6 +86,10 @@ pub fn is_sealed(value: &str) -> bool {
     value.starts_with(SEALED_PREFIX)
 }
 
+/// The default status of a new Order (`SF_ORDER_STATUS_NEW`): a value of the *Draft* status
+/// category, as Salesforce requires of an Order being created.
+pub const DEFAULT_NEW_STATUS: &str = "Pending Review";
+
 /// Settings of [`OrderIntake`].
 #[derive(Clone, Debug)]
 pub struct IntakeConfig {

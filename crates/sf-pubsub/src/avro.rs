@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use apache_avro::Schema;
 use apache_avro::schema::{Name, UnionSchema};
 
-use crate::{Error, Result};
+use crate::{Error, OrderProvisionRequested, Result};
 
 /// A parsed Avro writer schema, with what decoding needs prepared once.
 #[derive(Debug)]
@@ -408,18 +408,21 @@ impl Slot {
     const ALL: [(Slot, &'static str); 5] = [
         (Slot::CreatedDate, "CreatedDate"),
         (Slot::CreatedById, "CreatedById"),
-        (Slot::OrderId, "OrderId__c"),
-        (Slot::CustomerNumber, "CustomerNumber__c"),
-        (Slot::AccountId, "AccountId__c"),
+        (Slot::OrderId, OrderProvisionRequested::ORDER_ID_FIELD),
+        (
+            Slot::CustomerNumber,
+            OrderProvisionRequested::CUSTOMER_NUMBER_FIELD,
+        ),
+        (Slot::AccountId, OrderProvisionRequested::ACCOUNT_ID_FIELD),
     ];
 
     fn field(self) -> &'static str {
         match self {
             Slot::CreatedDate => "CreatedDate",
             Slot::CreatedById => "CreatedById",
-            Slot::OrderId => "OrderId__c",
-            Slot::CustomerNumber => "CustomerNumber__c",
-            Slot::AccountId => "AccountId__c",
+            Slot::OrderId => OrderProvisionRequested::ORDER_ID_FIELD,
+            Slot::CustomerNumber => OrderProvisionRequested::CUSTOMER_NUMBER_FIELD,
+            Slot::AccountId => OrderProvisionRequested::ACCOUNT_ID_FIELD,
         }
     }
 }

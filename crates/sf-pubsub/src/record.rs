@@ -48,13 +48,13 @@ impl Record for OrderProvisionRequested {
             order_id: fields
                 .order_id
                 .ok_or(Error::MissingField {
-                    field: "OrderId__c",
+                    field: Self::ORDER_ID_FIELD,
                 })?
                 .to_owned(),
             customer_number: fields
                 .customer_number
                 .ok_or(Error::MissingField {
-                    field: "CustomerNumber__c",
+                    field: Self::CUSTOMER_NUMBER_FIELD,
                 })?
                 .to_owned(),
             account_id: fields.account_id.map(str::to_owned),
@@ -63,6 +63,23 @@ impl Record for OrderProvisionRequested {
 }
 
 impl OrderProvisionRequested {
+    /// `OrderId__c`: the Order's Id (required).
+    pub const ORDER_ID_FIELD: &'static str = "OrderId__c";
+    /// `CustomerNumber__c`: the Order's customer number (required).
+    pub const CUSTOMER_NUMBER_FIELD: &'static str = "CustomerNumber__c";
+    /// `AccountId__c`: the Order's Account Id (optional).
+    pub const ACCOUNT_ID_FIELD: &'static str = "AccountId__c";
+    /// The custom fields an event must carry: one missing makes the event a dead letter, so the
+    /// publishing Flow has to set each of them.
+    pub const REQUIRED_FIELDS: [&'static str; 2] =
+        [Self::ORDER_ID_FIELD, Self::CUSTOMER_NUMBER_FIELD];
+    /// Every custom field the record reads.
+    pub const FIELDS: [&'static str; 3] = [
+        Self::ORDER_ID_FIELD,
+        Self::CUSTOMER_NUMBER_FIELD,
+        Self::ACCOUNT_ID_FIELD,
+    ];
+
     /// The standard writer schema of the event (as the sandbox publishes it).
     pub const SCHEMA_JSON: &'static str = r#"{"type":"record","name":"OrderProvisionRequested__e","namespace":"com.sforce.eventbus","fields":[{"name":"CreatedDate","type":"long","doc":"CreatedDate:DateTime"},{"name":"CreatedById","type":"string","doc":"CreatedBy:EntityId"},{"name":"OrderId__c","type":["null","string"],"doc":"Data:Text","default":null},{"name":"CustomerNumber__c","type":["null","string"],"doc":"Data:Text","default":null},{"name":"AccountId__c","type":["null","string"],"doc":"Data:Text","default":null}]}"#;
 
@@ -84,9 +101,9 @@ impl OrderProvisionRequested {
                     continue;
                 }
                 "CreatedById" => Some(self.created_by_id.as_str()),
-                "OrderId__c" => Some(self.order_id.as_str()),
-                "CustomerNumber__c" => Some(self.customer_number.as_str()),
-                "AccountId__c" => self.account_id.as_deref(),
+                Self::ORDER_ID_FIELD => Some(self.order_id.as_str()),
+                Self::CUSTOMER_NUMBER_FIELD => Some(self.customer_number.as_str()),
+                Self::ACCOUNT_ID_FIELD => self.account_id.as_deref(),
                 _ => None,
             };
             let value = match (&f.schema, text) {

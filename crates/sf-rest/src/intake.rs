@@ -189,8 +189,9 @@ impl NewOrder {
     }
 
     /// The composite request body: the Order (`refOrder`), then each item (`refItem<n>`)
-    /// pointing at it with `@{refOrder.id}`, all-or-none.
-    pub(crate) fn composite_body(&self, api_version: &str) -> Value {
+    /// pointing at it with `@{refOrder.id}`, all-or-none. `api_version` as in
+    /// [`RestConfig::api_version`](crate::RestConfig::api_version), e.g. `v62.0`.
+    pub fn composite_body(&self, api_version: &str) -> Value {
         let url = |kind: &str| format!("/services/data/{api_version}/sobjects/{kind}");
         let mut requests = vec![json!({
             "method": "POST",
