@@ -10,7 +10,8 @@
 //! `INVALID_SESSION_ID` invalidates the token and repeats the request once; retryable errors
 //! (5xx, 503, timeouts, `UNABLE_TO_LOCK_ROW`) are retried per [`RetryPolicy`]; every error is
 //! classified by [`Error::class`]. The last `Sforce-Limit-Info` is kept in
-//! [`RestOrderApi::api_usage`].
+//! [`RestOrderApi::api_usage`]. [`RestOrderApi::describe`] reads an sObject's fields and the
+//! integration user's access to them ([`SObjectDescribe`]), for configuration checks.
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -32,6 +33,7 @@
 //! ```
 
 mod client;
+mod describe;
 mod error;
 mod id;
 mod intake;
@@ -42,6 +44,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub use client::{ApiUsage, DEFAULT_API_VERSION, RestConfig, RestOrderApi, RetryPolicy};
+pub use describe::{
+    FieldDescribe, FieldType, MAX_SOBJECT_NAME_CHARS, PicklistValue, SObjectDescribe,
+};
 pub use error::{Action, Error, ErrorClass, Result};
 pub use id::OrderId;
 pub use intake::{
