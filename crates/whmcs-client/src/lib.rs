@@ -62,9 +62,13 @@
 //! to do with each failure; in particular an [`ErrorClass::UnknownOutcome`] must be reconciled
 //! (by the external-ref custom field or `GetOrders`) before the call is repeated.
 //!
+//! Configuration checks read the catalog with [`HttpWhmcsClient::get_products`] (GetProducts)
+//! and [`HttpWhmcsClient::payment_methods`] (GetPaymentMethods), both read-only.
+//!
 //! Secrets (identifier, secret, access key, config option values) stay in `secrecy` types or
 //! redacting `Debug` impls, and nothing in this crate logs a request or reply body.
 
+mod catalog;
 mod config;
 pub mod encoding;
 mod error;
@@ -75,6 +79,7 @@ mod reply;
 
 use async_trait::async_trait;
 
+pub use catalog::{CatalogProduct, PaymentMethod, ProductConfigOption, ProductCustomField};
 pub use config::{DEFAULT_PROVISIONING_TIMEOUT, DEFAULT_READ_TIMEOUT, WhmcsConfig};
 pub use error::{Action, Error, ErrorClass, Result};
 pub use http::HttpWhmcsClient;
