@@ -374,7 +374,7 @@ impl Schema {
     /// Salesforce does: 400 `INVALID_FIELD`. Objects the schema does not know are left to the
     /// query handling. `soql` is whitespace-normalised.
     pub(crate) fn check_soql(&self, soql: &str) -> Result<(), ApiError> {
-        self.check_select(soql, soql, None)
+        self.check_select(soql, &mask_literals(soql), None)
     }
 
     fn check_select(&self, full: &str, text: &str, parent: Option<&str>) -> Result<(), ApiError> {
@@ -555,6 +555,32 @@ fn field_json(
     })
 }
 
+/// `soql` with every byte inside a string literal replaced by `x` (same length, so positions
+/// still point into the original), so quoted text never reads as fields, keywords or
+/// parentheses.
+fn mask_literals(soql: &str) -> String {
+    let mut out = Vec::with_capacity(soql.len());
+    let (mut inside, mut escaped) = (false, false);
+    for &b in soql.as_bytes() {
+        if inside {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'\'' {
+                inside = false;
+                out.push(b);
+                continue;
+            }
+            out.push(b'x');
+        } else {
+            inside = b == b'\'';
+            out.push(b);
+        }
+    }
+    String::from_utf8(out).unwrap_or_default()
+}
+
 /// Where `needle` first occurs in `text` outside parentheses.
 fn find_top_level(text: &str, needle: &str) -> Option<usize> {
     let mut depth = 0_i32;
@@ -615,6 +641,9 @@ mod tests {
             "INVALID_FIELD"
         );
 
+        let tricky =
+            "SELECT Id FROM Order WHERE Portal_Request_Id__c = 'a AND Nope__c = (x) OR \\' y'";
+        schema.check_soql(tricky).unwrap();
         let by_request = "SELECT Id, OrderNumber FROM Order WHERE Portal_Request_Id__c = 'r'";
         schema.check_soql(by_request).unwrap();
         schema.remove_field("Order", "Portal_Request_Id__c");
