@@ -627,8 +627,9 @@ impl SalesforceSandbox {
 
     /// Takes `field` off `sobject` (`Order`, `OrderItem`, `Account`, `Product2`,
     /// `PricebookEntry`), as if it were deleted or hidden from the integration user: describe
-    /// leaves it out, SOQL naming it fails with 400 `INVALID_FIELD`, and so does a PATCH of
-    /// it. `false` (and nothing changed) when the sandbox has no such field.
+    /// leaves it out, SOQL naming it fails with 400 `INVALID_FIELD`, and so do a PATCH and a
+    /// composite create setting it. `false` (and nothing changed) when the sandbox has no such
+    /// field.
     pub fn remove_field(&self, sobject: &str, field: &str) -> bool {
         self.shared.org.lock().schema.remove_field(sobject, field)
     }

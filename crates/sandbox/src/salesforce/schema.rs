@@ -456,6 +456,27 @@ impl Schema {
         Ok(())
     }
 
+    /// Refuses a create naming a removed field (`INVALID_FIELD`). Edit access taken away by
+    /// [`Schema::set_field_updateable`] concerns updates only; unknown objects and fields pass.
+    pub(crate) fn check_create(&self, sobject: &str, field: &str) -> Result<(), ApiError> {
+        let Some(key) = self.object_key(sobject) else {
+            return Ok(());
+        };
+        let removed = self.objects.get(key).is_some_and(|o| {
+            o.fields
+                .iter()
+                .any(|f| f.removed && f.def.name.eq_ignore_ascii_case(field))
+        });
+        if removed {
+            return Err(ApiError::new(
+                400,
+                "INVALID_FIELD",
+                format!("No such column '{field}' on sobject of type {key}"),
+            ));
+        }
+        Ok(())
+    }
+
     /// Refuses a write of `field` on `sobject` the user may not make: a field that is not
     /// there (`INVALID_FIELD`), an object or field without edit access
     /// (`INVALID_FIELD_FOR_INSERT_UPDATE`). Unknown objects and fields pass (the handlers
@@ -651,7 +672,18 @@ mod tests {
             schema.check_soql(by_request).unwrap_err().code,
             "INVALID_FIELD"
         );
+        assert_eq!(
+            schema
+                .check_create("order", "Portal_Request_Id__c")
+                .unwrap_err()
+                .code,
+            "INVALID_FIELD"
+        );
+        schema.check_create("Order", "Status").unwrap();
         assert!(schema.restore_field("Order", "Portal_Request_Id__c"));
+        schema
+            .check_create("Order", "Portal_Request_Id__c")
+            .unwrap();
         schema.check_soql(by_request).unwrap();
         assert!(!schema.remove_field("Order", "Nope__c"));
     }
