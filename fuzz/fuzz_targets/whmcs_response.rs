@@ -5,7 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 use whmcs_client::{Action, Error, ErrorClass, decode_reply};
 
-const ACTIONS: [Action; 7] = [
+const ACTIONS: [Action; 9] = [
     Action::GetClientsDetails,
     Action::GetClientsProducts,
     Action::AddOrder,
@@ -13,6 +13,8 @@ const ACTIONS: [Action; 7] = [
     Action::GetOrders,
     Action::ModuleCreate,
     Action::AddClient,
+    Action::GetProducts,
+    Action::GetPaymentMethods,
 ];
 
 const STATUSES: [u16; 8] = [200, 201, 302, 400, 403, 404, 500, 503];
@@ -21,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&selector, body)) = data.split_first() else {
         return;
     };
-    let action = ACTIONS[usize::from(selector & 0x07) % ACTIONS.len()];
+    let action = ACTIONS[usize::from(selector & 0x0f) % ACTIONS.len()];
     let status = STATUSES[usize::from(selector >> 5)];
     if let Err(err) = decode_reply(action, status, body) {
         assert!(!matches!(err, Error::InvalidInput { .. }), "{err}");

@@ -11,6 +11,20 @@
 //!   (with `nextRecordsUrl` paging), answered from the in-memory org in Salesforce's JSON shape.
 //! - `PATCH /services/data/{version}/sobjects/Order/{id}`: validates the `Status` picklist and
 //!   the writable fields, answers 204, records every write.
+//! - `GET` and `POST /services/oauth2/userinfo` with `Authorization: Bearer`: the token's user
+//!   (`sub`, `user_id`, `organization_id` matching the token response's `id` URL,
+//!   `preferred_username`, `urls` with `{version}` placeholders, ...); a missing token is
+//!   403 `Missing_OAuth_Token`, an unknown or expired one 403 `Bad_OAuth_Token` (plain text),
+//!   as Salesforce answers on this endpoint (not the REST API's 401).
+//! - `GET /services/data/{version}/sobjects/{sObject}/describe` for `Order`, `OrderItem`,
+//!   `Account`, `Product2` and `PricebookEntry`: a subset of the DescribeSObjectResult (`name`,
+//!   `label`, `queryable`, `createable`, `updateable`, `childRelationships`, `fields[]` with
+//!   `name`, `type`, `length`, `createable`, `updateable`, `nillable`, `custom`, `unique`,
+//!   `externalId`, `picklistValues`, `referenceTo`, `relationshipName`); the Order `Status`
+//!   picklist lists [`SalesforceConfig::statuses`]. Any other sObject is 404 `NOT_FOUND`.
+//!   [`SalesforceSandbox::remove_field`] and [`SalesforceSandbox::set_updateable`] change what
+//!   the integration user sees; SOQL and PATCH follow (`INVALID_FIELD`,
+//!   `INVALID_FIELD_FOR_INSERT_UPDATE`).
 //! - For the order intake: the queries `SELECT Id, UnitPrice, Product2.WHMCS_Product_Id__c FROM
 //!   PricebookEntry WHERE Pricebook2Id = '..' AND IsActive = true AND Product2.WHMCS_Product_Id__c
 //!   IN (..)` (records carry a nested `Product2` with its own `attributes`), `SELECT Id,
@@ -64,6 +78,7 @@ mod fault;
 mod key_pair;
 mod oauth;
 mod org;
+mod schema;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -77,7 +92,7 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, patch, post};
+use axum::routing::{get, post};
 use base64::Engine as _;
 use jsonwebtoken::DecodingKey;
 use parking_lot::Mutex;
@@ -280,10 +295,17 @@ impl SalesforceSandbox {
         };
         let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
         let addr = listener.local_addr()?;
-        let gates = [Route::Token, Route::Query, Route::Patch, Route::Composite]
-            .into_iter()
-            .map(|r| (r, Gate::new()))
-            .collect();
+        let gates = [
+            Route::Token,
+            Route::Query,
+            Route::Patch,
+            Route::Composite,
+            Route::Describe,
+            Route::UserInfo,
+        ]
+        .into_iter()
+        .map(|r| (r, Gate::new()))
+        .collect();
         let shared = Arc::new(Shared {
             config,
             key,
@@ -603,6 +625,43 @@ impl SalesforceSandbox {
         }
     }
 
+    /// Takes `field` off `sobject` (`Order`, `OrderItem`, `Account`, `Product2`,
+    /// `PricebookEntry`), as if it were deleted or hidden from the integration user: describe
+    /// leaves it out, SOQL naming it fails with 400 `INVALID_FIELD`, and so do a PATCH and a
+    /// composite create setting it. `false` (and nothing changed) when the sandbox has no such
+    /// field.
+    pub fn remove_field(&self, sobject: &str, field: &str) -> bool {
+        self.shared.org.lock().schema.remove_field(sobject, field)
+    }
+
+    /// Gives back a field taken away by [`SalesforceSandbox::remove_field`]; `false` when the
+    /// sandbox has no such field.
+    pub fn restore_field(&self, sobject: &str, field: &str) -> bool {
+        self.shared.org.lock().schema.restore_field(sobject, field)
+    }
+
+    /// Grants or takes away the integration user's edit access to `field` of `sobject`:
+    /// describe shows `updateable` accordingly and a PATCH of a field without access fails
+    /// with 400 `INVALID_FIELD_FOR_INSERT_UPDATE`. `false` when there is no such field.
+    pub fn set_updateable(&self, sobject: &str, field: &str, updateable: bool) -> bool {
+        self.shared
+            .org
+            .lock()
+            .schema
+            .set_field_updateable(sobject, field, updateable)
+    }
+
+    /// Grants or takes away the integration user's edit access to the whole `sobject`
+    /// (describe's object-level `updateable`, and every field's); `false` when the sandbox does
+    /// not describe that object.
+    pub fn set_object_updateable(&self, sobject: &str, updateable: bool) -> bool {
+        self.shared
+            .org
+            .lock()
+            .schema
+            .set_object_updateable(sobject, updateable)
+    }
+
     /// The `api-usage` count so far.
     pub fn api_usage(&self) -> u64 {
         self.shared.api_usage.load(Ordering::SeqCst)
@@ -690,9 +749,10 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/services/oauth2/token", post(token))
         .route("/services/data/{version}/query", get(query))
         .route("/services/data/{version}/query/{locator}", get(query_more))
+        .route("/services/oauth2/userinfo", get(userinfo).post(userinfo))
         .route(
-            "/services/data/{version}/sobjects/Order/{id}",
-            patch(patch_order),
+            "/services/data/{version}/sobjects/{sobject}/{id}",
+            get(describe).patch(patch_record),
         )
         .route("/services/data/{version}/composite", post(composite))
         .fallback(not_found)
@@ -707,6 +767,14 @@ fn route_of(method: &Method, path: &str) -> Option<Route> {
         Some(Route::Query)
     } else if path.contains("/sobjects/Order/") && method == Method::PATCH {
         Some(Route::Patch)
+    } else if path.starts_with("/services/data/")
+        && path.contains("/sobjects/")
+        && path.ends_with("/describe")
+        && method == Method::GET
+    {
+        Some(Route::Describe)
+    } else if path == "/services/oauth2/userinfo" {
+        Some(Route::UserInfo)
     } else if path.starts_with("/services/data/")
         && path.ends_with("/composite")
         && method == Method::POST
@@ -903,13 +971,7 @@ async fn token(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byte
         .token_users
         .lock()
         .insert(token.clone(), username.clone());
-    let user_index = shared
-        .config
-        .usernames
-        .iter()
-        .position(|u| *u == username)
-        .unwrap_or(0);
-    let user_id = salesforce_id("005", user_index as u64 + 1);
+    let user_id = user_id_of(&shared.config, &username);
     let issued_at = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
@@ -925,6 +987,17 @@ async fn token(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byte
             "issued_at": issued_at.to_string(),
         }),
     )
+}
+
+/// The User id of `username`: `005` ids numbered in the order of
+/// [`SalesforceConfig::usernames`].
+fn user_id_of(config: &SalesforceConfig, username: &str) -> String {
+    let index = config
+        .usernames
+        .iter()
+        .position(|u| u == username)
+        .unwrap_or(0);
+    salesforce_id("005", index as u64 + 1)
 }
 
 /// The bearer token of a request ("" when there is none).
@@ -1226,30 +1299,145 @@ fn standard_pricebook_id() -> String {
     salesforce_id("01s", 1)
 }
 
-async fn patch_order(
+/// `PATCH /services/data/{version}/sobjects/{sObject}/{id}`: Orders only.
+async fn patch_record(
     State(shared): State<Arc<Shared>>,
-    Path((version, id)): Path<(String, String)>,
+    Path((version, sobject, id)): Path<(String, String, String)>,
     headers: HeaderMap,
     body: Bytes,
+) -> Response {
+    if sobject != "Order" {
+        return not_found().await;
+    }
+    patch_order(&shared, &version, &id, &headers, &body)
+}
+
+/// `GET /services/data/{version}/sobjects/{sObject}/describe` (reading a record by id is not
+/// emulated: 404).
+async fn describe(
+    State(shared): State<Arc<Shared>>,
+    Path((version, sobject, id)): Path<(String, String, String)>,
+    headers: HeaderMap,
 ) -> Response {
     if let Some(denied) = refuse_session(&shared, &headers) {
         return denied;
     }
-    let result = if !version_ok(&version) {
+    let not_found = || ApiError::new(404, "NOT_FOUND", "The requested resource does not exist");
+    let result = if !version_ok(&version) || id != "describe" {
+        Err(not_found())
+    } else {
+        shared
+            .org
+            .lock()
+            .schema
+            .describe(&sobject, &version, &shared.config.statuses)
+            .map(|v| json_response(200, &v))
+    };
+    rest_answer(&shared, result)
+}
+
+/// `GET`/`POST /services/oauth2/userinfo`: the token's user, as OpenID Connect's UserInfo;
+/// Salesforce answers a missing or bad token with 403 and a plain-text code.
+async fn userinfo(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    let token = bearer(&headers);
+    let refusal = if token.is_empty() {
+        Some("Missing_OAuth_Token")
+    } else if !shared.tokens.is_valid(token) {
+        Some("Bad_OAuth_Token")
+    } else {
+        None
+    };
+    if let Some(code) = refusal {
+        let mut response = (StatusCode::FORBIDDEN, code).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain;charset=UTF-8"),
+        );
+        return response;
+    }
+    let username = shared
+        .token_users
+        .lock()
+        .get(token)
+        .cloned()
+        .unwrap_or_default();
+    json_response(200, &userinfo_json(&shared, &username))
+}
+
+/// The UserInfo answer for `username` (ids consistent with the token response's `id` URL).
+fn userinfo_json(shared: &Shared, username: &str) -> Value {
+    let base = &shared.base_url;
+    let org = &shared.config.org_id;
+    let user_id = user_id_of(&shared.config, username);
+    let nickname = username.split('@').next().unwrap_or(username);
+    let data = format!("{base}/services/data/v{{version}}");
+    json!({
+        "sub": format!("{base}/id/{org}/{user_id}"),
+        "user_id": user_id,
+        "organization_id": org,
+        "preferred_username": username,
+        "nickname": nickname,
+        "name": nickname,
+        "given_name": "",
+        "family_name": nickname,
+        "email": username,
+        "email_verified": true,
+        "zoneinfo": "Europe/London",
+        "locale": "en_GB",
+        "language": "en_US",
+        "utcOffset": 0,
+        "active": true,
+        "user_type": "STANDARD",
+        "is_app_installed": true,
+        "profile": format!("{base}/{user_id}"),
+        "picture": format!("{base}/img/userprofile/default_profile_200_v2.png"),
+        "photos": {
+            "picture": format!("{base}/img/userprofile/default_profile_200_v2.png"),
+            "thumbnail": format!("{base}/img/userprofile/default_profile_45_v2.png"),
+        },
+        "urls": {
+            "enterprise": format!("{base}/services/Soap/c/{{version}}/{org}"),
+            "metadata": format!("{base}/services/Soap/m/{{version}}/{org}"),
+            "partner": format!("{base}/services/Soap/u/{{version}}/{org}"),
+            "rest": format!("{data}/"),
+            "sobjects": format!("{data}/sobjects/"),
+            "search": format!("{data}/search/"),
+            "query": format!("{data}/query/"),
+            "recent": format!("{data}/recent/"),
+            "tooling_soap": format!("{base}/services/Soap/T/{{version}}/{org}"),
+            "tooling_rest": format!("{data}/tooling/"),
+            "profile": format!("{base}/{user_id}"),
+            "custom_domain": base,
+        },
+        "updated_at": "2026-01-05T09:00:00Z",
+    })
+}
+
+fn patch_order(
+    shared: &Shared,
+    version: &str,
+    id: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
+    if let Some(denied) = refuse_session(shared, headers) {
+        return denied;
+    }
+    let result = if !version_ok(version) {
         Err(ApiError::new(
             404,
             "NOT_FOUND",
             "The requested resource does not exist",
         ))
     } else {
-        let username = shared.token_users.lock().get(bearer(&headers)).cloned();
+        let username = shared.token_users.lock().get(bearer(headers)).cloned();
         shared
             .org
             .lock()
-            .patch_order_as(&id, &body, &shared.config.statuses, username)
+            .patch_order_as(id, body, &shared.config.statuses, username)
             .map(|()| StatusCode::NO_CONTENT.into_response())
     };
-    rest_answer(&shared, result)
+    rest_answer(shared, result)
 }
 
 #[cfg(test)]

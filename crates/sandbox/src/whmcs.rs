@@ -7,7 +7,11 @@
 //! the array parameters and creates a Pending order with Pending services whose custom fields
 //! and config options are decoded from `customfields[i]`/`configoptions[i]`
 //! (`unserialize(base64_decode(...))`); AcceptOrder works only on Pending orders; list actions
-//! page with `limitstart`/`limitnum`. Replies copy WHMCS's inconsistent number types and its
+//! page with `limitstart`/`limitnum`. The read-only GetProducts (`pid` one id or a
+//! comma-separated list, `gid`, `module`; `products.product[]`) and GetPaymentMethods (the
+//! gateways of [`WhmcsSandboxConfig::payment_methods`], `paymentmethods.paymentmethod[]` of
+//! `{module, displayname}`) answer like the other actions, behind the same credential, IP and
+//! API-role checks and fault injection. Replies copy WHMCS's inconsistent number types and its
 //! `""` for empty lists.
 //!
 //! Every request is recorded (action and decoded parameters) for tests to inspect: the most

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use sf_auth::{AccessToken, TokenSource};
 
+use crate::describe::{MAX_SOBJECT_NAME_CHARS, SObjectDescribe, valid_sobject_name};
 use crate::intake::{
     account_soql, check_request_id, composite_error, order_by_request_id_soql, parse_composite,
     parse_created, parse_entry, pricebook_entries_soql,
@@ -257,6 +258,9 @@ impl RestOrderApi {
             Request::Composite { body, .. } => {
                 self.http.post(self.data_url(token, "composite")).json(body)
             }
+            Request::Describe { sobject } => self
+                .http
+                .get(self.data_url(token, &format!("sobjects/{sobject}/describe"))),
         };
         // A request id per call, for correlating our logs with the org's.
         let request_id = uuid::Uuid::new_v4().to_string();
@@ -312,13 +316,22 @@ impl RestOrderApi {
             },
             |e| (e.error_code, e.message, e.fields),
         );
-        if let (404, _) | (_, "NOT_FOUND") = (status, code.as_str())
-            && let Request::Patch { order_id, .. } = request
-        {
-            return Err(Error::NotFound {
-                action,
-                order_id: order_id.to_string(),
-            });
+        if let (404, _) | (_, "NOT_FOUND") = (status, code.as_str()) {
+            match request {
+                Request::Patch { order_id, .. } => {
+                    return Err(Error::NotFound {
+                        action,
+                        order_id: order_id.to_string(),
+                    });
+                }
+                Request::Describe { sobject } => {
+                    return Err(Error::UnknownSObject {
+                        action,
+                        sobject: sobject.clone(),
+                    });
+                }
+                _ => {}
+            }
         }
         let err = Error::Api {
             action,
@@ -361,6 +374,10 @@ enum Request<'a> {
         body: Value,
         items: usize,
     },
+    /// An sObject describe; the name was checked by `valid_sobject_name`.
+    Describe {
+        sobject: String,
+    },
 }
 
 impl Request<'_> {
@@ -379,6 +396,7 @@ impl Request<'_> {
             Request::Composite { items, .. } => {
                 format!("composite create of an Order with {items} OrderItems")
             }
+            Request::Describe { sobject } => format!("describe {sobject}"),
         }
     }
 }
@@ -402,6 +420,40 @@ fn describe_transport(e: &reqwest::Error) -> String {
 }
 
 impl RestOrderApi {
+    /// `GET /services/data/vXX.X/sobjects/{sobject}/describe`: the object's fields and the
+    /// integration user's access to them, with the same token handling (one new token on 401)
+    /// and retries as every other call. [`Error::InvalidRequest`] (nothing sent) for a name
+    /// that cannot be an sObject API name; [`Error::UnknownSObject`] when the org has no such
+    /// object or the user cannot see it.
+    pub async fn describe(&self, sobject: &str) -> Result<SObjectDescribe> {
+        let action = Action::Describe;
+        if !valid_sobject_name(sobject) {
+            return Err(Error::InvalidRequest {
+                action,
+                reason: format!(
+                    "{:?} is not an sobject api name (letters, digits and underscores, at most {MAX_SOBJECT_NAME_CHARS})",
+                    sobject
+                        .chars()
+                        .take(MAX_SOBJECT_NAME_CHARS)
+                        .collect::<String>()
+                ),
+            });
+        }
+        let request = Request::Describe {
+            sobject: sobject.to_owned(),
+        };
+        let reply = self.call(action, &request).await?;
+        serde_json::from_slice(&reply.body).map_err(|e| Error::InvalidResponse {
+            action,
+            reason: format!(
+                "describe answer does not have the expected shape ({:?} error at line {} column {})",
+                e.classify(),
+                e.line(),
+                e.column()
+            ),
+        })
+    }
+
     /// The records of a query that fits one page (the intake's queries select by id, a unique
     /// field or a handful of products).
     async fn query_records(&self, action: Action, soql: String) -> Result<Vec<Value>> {

@@ -20,6 +20,8 @@ pub enum Action {
     FindOrderByRequestId,
     /// [`crate::OrderIntakeApi::create_order`].
     CreateOrder,
+    /// [`crate::RestOrderApi::describe`].
+    Describe,
 }
 
 impl fmt::Display for Action {
@@ -32,6 +34,7 @@ impl fmt::Display for Action {
             Action::ListPricebookEntries => "list pricebook entries",
             Action::FindOrderByRequestId => "find order by request id",
             Action::CreateOrder => "create order",
+            Action::Describe => "describe sobject",
         })
     }
 }
@@ -69,6 +72,17 @@ pub enum Error {
         action: Action,
         /// The Order id.
         order_id: String,
+    },
+
+    /// The org has no sObject of this name, or the integration user cannot see it (404
+    /// `NOT_FOUND` on describe): check the object's permissions in the user's profile or
+    /// permission set.
+    #[error("{action}: salesforce has no sobject {sobject} visible to the integration user")]
+    UnknownSObject {
+        /// The operation.
+        action: Action,
+        /// The sObject API name asked for.
+        sobject: String,
     },
 
     /// Salesforce answered an error (`[{message, errorCode, fields}]`).
@@ -180,7 +194,7 @@ impl Error {
             | Error::Duplicate { .. }
             | Error::InvalidResponse { .. } => ErrorClass::Permanent,
             Error::UnknownOutcome { .. } => ErrorClass::Retryable,
-            Error::SessionRejected { .. } => ErrorClass::Reconfigure,
+            Error::SessionRejected { .. } | Error::UnknownSObject { .. } => ErrorClass::Reconfigure,
             Error::Transport { .. } => ErrorClass::Retryable,
             Error::Auth { source, .. } if source.is_retryable() => ErrorClass::Retryable,
             Error::Auth { .. } => ErrorClass::Reconfigure,

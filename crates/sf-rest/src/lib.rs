@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod client;
+mod describe;
 mod error;
 mod id;
 mod intake;
@@ -11,6 +12,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub use client::{ApiUsage, DEFAULT_API_VERSION, RestConfig, RestOrderApi, RetryPolicy};
+pub use describe::{
+    FieldDescribe, FieldType, MAX_SOBJECT_NAME_CHARS, PicklistValue, SObjectDescribe,
+};
 pub use error::{Action, Error, ErrorClass, Result};
 pub use id::OrderId;
 pub use intake::{

@@ -20,6 +20,10 @@ pub enum Action {
     ModuleCreate,
     /// `AddClient`
     AddClient,
+    /// `GetProducts`
+    GetProducts,
+    /// `GetPaymentMethods`
+    GetPaymentMethods,
 }
 
 impl Action {
@@ -34,6 +38,8 @@ impl Action {
             Action::GetOrders => "GetOrders",
             Action::ModuleCreate => "ModuleCreate",
             Action::AddClient => "AddClient",
+            Action::GetProducts => "GetProducts",
+            Action::GetPaymentMethods => "GetPaymentMethods",
         }
     }
 

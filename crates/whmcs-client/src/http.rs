@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::WhmcsApi;
+use crate::catalog::{CatalogEnvelope, CatalogProduct, PaymentMethod, PaymentMethodsEnvelope};
 use crate::config::WhmcsConfig;
 use crate::encoding::FormBody;
 use crate::error::{Action, Error, Result};
@@ -168,6 +169,27 @@ impl HttpWhmcsClient {
             ),
         }
         result
+    }
+
+    /// `GetProducts`: the catalog's products, or only product `pid`. An empty list when WHMCS
+    /// has no such product. Only custom fields with "Show on Order Form" are listed (WHMCS's
+    /// rule), so an admin-only field is missing from [`CatalogProduct::custom_fields`].
+    /// Read-only and safe to retry.
+    pub async fn get_products(&self, pid: Option<u64>) -> Result<Vec<CatalogProduct>> {
+        let mut body = self.body(Action::GetProducts);
+        if let Some(pid) = pid {
+            body.push("pid", pid.to_string());
+        }
+        let env: CatalogEnvelope = self.call_typed(Action::GetProducts, body).await?;
+        Ok(env.products)
+    }
+
+    /// `GetPaymentMethods`: the active payment gateways (AddOrder's `paymentmethod` must be
+    /// one of their [`PaymentMethod::module`] names). Read-only and safe to retry.
+    pub async fn payment_methods(&self) -> Result<Vec<PaymentMethod>> {
+        let body = self.body(Action::GetPaymentMethods);
+        let env: PaymentMethodsEnvelope = self.call_typed(Action::GetPaymentMethods, body).await?;
+        Ok(env.methods)
     }
 
     async fn call_typed<T: DeserializeOwned>(&self, action: Action, body: FormBody) -> Result<T> {

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod catalog;
 mod config;
 pub mod encoding;
 mod error;
@@ -10,6 +11,7 @@ mod reply;
 
 use async_trait::async_trait;
 
+pub use catalog::{CatalogProduct, PaymentMethod, ProductConfigOption, ProductCustomField};
 pub use config::{DEFAULT_PROVISIONING_TIMEOUT, DEFAULT_READ_TIMEOUT, WhmcsConfig};
 pub use error::{Action, Error, ErrorClass, Result};
 pub use http::HttpWhmcsClient;

@@ -6,6 +6,7 @@
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::catalog::{CatalogEnvelope, CatalogProduct, PaymentMethod, PaymentMethodsEnvelope};
 use crate::error::{Action, Error, Result};
 use crate::http::interpret;
 use crate::model::{
@@ -29,6 +30,10 @@ pub enum Reply {
     ClientId(u64),
     /// `AcceptOrder` and `ModuleCreate`: success carries no data.
     Done,
+    /// `GetProducts`: the catalog products.
+    CatalogProducts(Vec<CatalogProduct>),
+    /// `GetPaymentMethods`: the active gateways.
+    PaymentMethods(Vec<PaymentMethod>),
 }
 
 /// Decodes the body of a reply to `action` that arrived with `http_status`, as the client does:
@@ -47,6 +52,14 @@ pub fn decode_reply(action: Action, http_status: u16, body: &[u8]) -> Result<Rep
             Reply::ClientId(env.client_id)
         }
         Action::AcceptOrder | Action::ModuleCreate => Reply::Done,
+        Action::GetProducts => {
+            let env: CatalogEnvelope = decode_typed(action, value)?;
+            Reply::CatalogProducts(env.products)
+        }
+        Action::GetPaymentMethods => {
+            let env: PaymentMethodsEnvelope = decode_typed(action, value)?;
+            Reply::PaymentMethods(env.methods)
+        }
     })
 }
 

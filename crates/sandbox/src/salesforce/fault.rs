@@ -19,6 +19,10 @@ pub enum Route {
     Patch,
     /// `POST /services/data/{version}/composite`.
     Composite,
+    /// `GET /services/data/{version}/sobjects/{sObject}/describe`.
+    Describe,
+    /// `GET` and `POST /services/oauth2/userinfo`.
+    UserInfo,
 }
 
 /// What an injected fault does.

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use chrono::{DateTime, NaiveDate, Utc};
 use serde_json::{Value, json};
 
+use super::schema::Schema;
 use crate::record_log::RecordLog;
 
 pub use intake::{SfOrderItemPrice, SfPricebookEntry, SfProduct};
@@ -135,7 +136,7 @@ impl ApiError {
         }
     }
 
-    fn field(mut self, field: &str) -> Self {
+    pub(crate) fn field(mut self, field: &str) -> Self {
         self.fields.push(field.to_owned());
         self
     }
@@ -182,6 +183,8 @@ pub(crate) struct OrgData {
     item_prices: HashMap<String, SfOrderItemPrice>,
     /// Records created through REST so far (for fresh ids).
     created: u64,
+    /// The sObjects and fields the integration user sees (describe, `INVALID_FIELD`).
+    pub(crate) schema: Schema,
 }
 
 /// The fixed part of the provisioner's Order query (`sf-rest`'s `ORDER_QUERY`),
@@ -392,6 +395,7 @@ impl OrgData {
         page_size: usize,
     ) -> Result<Value, ApiError> {
         let normalised = soql.split_whitespace().collect::<Vec<_>>().join(" ");
+        self.schema.check_soql(&normalised)?;
         let records = if let Some(rest) = normalised.strip_prefix(ORDER_QUERY_PREFIX) {
             let (id, rest) = soql_string(rest).ok_or_else(|| malformed("unterminated string"))?;
             if !rest.trim().is_empty() {
@@ -583,6 +587,7 @@ impl OrgData {
             ApiError::new(404, "NOT_FOUND", "The requested resource does not exist")
         })?;
         for (name, value) in fields {
+            self.schema.check_update("Order", name)?;
             apply_field(&mut updated, name, value, statuses)?;
         }
         updated.last_modified = Utc::now();

@@ -52,6 +52,8 @@ pub(super) fn dispatch(
         "getorders" => get_orders(state, post),
         "modulecreate" => module_create(state, post),
         "addclient" => add_client(state, post),
+        "getproducts" => get_products(state, post),
+        "getpaymentmethods" => get_payment_methods(config),
         _ => Reply::business("Command Not Found"),
     }
 }
@@ -225,6 +227,135 @@ fn service_json(state: &State, service: &Service) -> Json {
         "customfields": if custom.is_empty() { json!("") } else { json!({"customfield": custom}) },
         "configoptions": if options.is_empty() { json!("") } else { json!({"configoption": options}) },
     })
+}
+
+/// The display name WHMCS shows for a gateway module the sandbox knows; otherwise the module
+/// name itself.
+pub(super) fn gateway_display_name(module: &str) -> &str {
+    match module {
+        "banktransfer" => "Bank Transfer",
+        "paypal" => "PayPal",
+        "mailin" => "Mail In Payment",
+        "stripe" => "Credit Card",
+        other => other,
+    }
+}
+
+/// `GetPaymentMethods`: the active gateways, in configuration order.
+fn get_payment_methods(config: &WhmcsSandboxConfig) -> Reply {
+    let methods: Vec<Json> = config
+        .payment_methods
+        .iter()
+        .map(|m| json!({"module": m, "displayname": gateway_display_name(m)}))
+        .collect();
+    Reply::ok(json!({
+        "result": "success",
+        "totalresults": methods.len(),
+        "paymentmethods": {"paymentmethod": methods},
+    }))
+}
+
+/// WHMCS's numeric configurable option types (`tblproductconfigoptions.optiontype`).
+fn option_type(kind: &str) -> Json {
+    match kind {
+        "dropdown" => json!(1),
+        "radio" => json!(2),
+        "yesno" => json!(3),
+        "quantity" => json!(4),
+        other => json!(other),
+    }
+}
+
+/// `GetProducts` with the `pid` (one id or a comma-separated list), `gid` and `module`
+/// filters. Products have group ids by the order their group names sort in, the module
+/// `autorelease`, and every billing cycle offered at 0.00 USD.
+fn get_products(state: &State, post: &Array) -> Reply {
+    let pids: Option<Vec<u64>> = {
+        let raw = text(post, "pid");
+        (!raw.trim().is_empty()).then(|| {
+            raw.split(',')
+                .filter_map(|p| p.trim().parse().ok())
+                .collect()
+        })
+    };
+    let gid = number(post, "gid");
+    let module = text(post, "module");
+    let groups: BTreeMap<&str, u64> = {
+        let names: std::collections::BTreeSet<&str> = state
+            .products
+            .values()
+            .map(|p| p.group_name.as_str())
+            .collect();
+        names.into_iter().zip(1..).collect()
+    };
+    let products: Vec<Json> = state
+        .products
+        .values()
+        .filter(|p| pids.as_ref().is_none_or(|ids| ids.contains(&p.id)))
+        .filter(|p| gid.is_none_or(|g| groups.get(p.group_name.as_str()) == Some(&g)))
+        .filter(|_| module.is_empty() || module.eq_ignore_ascii_case("autorelease"))
+        .map(|p| {
+            let fields: Vec<Json> = p
+                .custom_fields
+                .iter()
+                .map(|f| {
+                    json!({
+                        "id": f.id,
+                        "name": f.name,
+                        "description": "",
+                        "required": if f.required { "on" } else { "" },
+                    })
+                })
+                .collect();
+            let options: Vec<Json> = p
+                .config_options
+                .iter()
+                .map(|o| {
+                    json!({
+                        "id": o.id,
+                        "name": o.name,
+                        "type": option_type(&o.kind),
+                        "options": {"option": []},
+                    })
+                })
+                .collect();
+            let mut usd = serde_json::Map::new();
+            usd.insert("prefix".into(), json!("$"));
+            usd.insert("suffix".into(), json!(" USD"));
+            for cycle in [
+                "monthly",
+                "quarterly",
+                "semiannually",
+                "annually",
+                "biennially",
+                "triennially",
+            ] {
+                let setup = format!("{}setupfee", cycle.chars().next().unwrap_or('m'));
+                usd.insert(setup, json!("0.00"));
+                usd.insert(cycle.into(), json!("0.00"));
+            }
+            json!({
+                "pid": p.id,
+                "gid": groups.get(p.group_name.as_str()).copied().unwrap_or(0),
+                "type": "other",
+                "name": p.name,
+                "slug": p.name.to_ascii_lowercase().replace(' ', "-"),
+                "description": "",
+                "module": "autorelease",
+                "paytype": "recurring",
+                "allowqty": 0,
+                "quantity_available": 0,
+                "pricing": {"USD": usd},
+                "customfields": {"customfield": fields},
+                "configoptions": {"configoption": options},
+            })
+        })
+        .collect();
+    Reply::ok(json!({
+        "result": "success",
+        "totalresults": products.len(),
+        "products": {"product": products},
+    }))
 }
 
 fn get_clients_products(state: &State, post: &Array) -> Reply {

@@ -37,7 +37,9 @@ pub struct WhmcsSandboxConfig {
     pub secret: String,
     /// `$api_access_key`; a matching `accesskey` skips the IP allow-list.
     pub access_key: Option<String>,
-    /// Active payment gateways (AddOrder `paymentmethod`).
+    /// Active payment gateways by module name (AddOrder `paymentmethod`, GetPaymentMethods;
+    /// `banktransfer`, `paypal`, `mailin` and `stripe` get their WHMCS display names, any other
+    /// module is shown under its own name).
     pub payment_methods: Vec<String>,
     /// More `(identifier, secret)` pairs accepted besides the main one: a credential per
     /// caller (one per provisioner instance), so that the request log tells who sent what.

@@ -2,5 +2,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod identity;
 mod scale;
 mod whmcs_concurrency;

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod concurrency;
+mod describe;
 mod faults;
 mod intake;
 mod leaks;

@@ -346,6 +346,9 @@ impl OrgData {
                 "The request body is not a JSON object",
             ));
         };
+        for name in fields.keys().filter(|k| *k != "attributes") {
+            self.schema.check_create(kind, name)?;
+        }
         let id = match kind {
             "Order" => {
                 let order = self.new_order(fields, statuses, staged)?;
@@ -1205,6 +1208,25 @@ mod tests {
         .unwrap();
         assert_eq!(codes(&answer)[1].1, "DUPLICATE_VALUE");
         assert_eq!(org.order_count(), 1);
+    }
+
+    #[test]
+    fn a_removed_field_fails_the_create_and_rolls_everything_back() {
+        let (mut org, book, account, entries) = org();
+        assert!(org.schema.remove_field("OrderItem", "Billing_Cycle__c"));
+        let answer = run(
+            &mut org,
+            true,
+            vec![
+                order_request(&account, &book, "C-1:k1"),
+                item_request(0, &entries[0]),
+            ],
+        )
+        .unwrap();
+        let got = codes(&answer);
+        assert_eq!(got[1], (400, "INVALID_FIELD".to_owned()), "{answer}");
+        assert_eq!(got[0].1, "PROCESSING_HALTED");
+        assert_eq!(org.order_count(), 0);
     }
 
     #[test]
