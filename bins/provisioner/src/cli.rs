@@ -56,6 +56,9 @@ pub(crate) enum Command {
     Migrate,
     /// Write a consistent copy of the SQLite database (PostgreSQL: use pg_dump).
     Backup(BackupArgs),
+    /// Read-only pre-flight checks of the org, WHMCS, the database and the alert webhook: one
+    /// line each (`ok`, `warn`, `fail` with what to do); exit 1 when a check fails.
+    Doctor,
 }
 
 #[derive(Args, Debug)]

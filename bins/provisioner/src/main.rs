@@ -12,6 +12,7 @@ mod app;
 mod cli;
 mod config;
 mod demo;
+mod doctor;
 mod events;
 mod intake;
 mod jobs_cmd;
@@ -64,6 +65,7 @@ fn run(cli: cli::Cli) -> Result<(), Failure> {
             Command::Reconcile => ops::reconcile(&config).await,
             Command::Migrate => ops::migrate(&config).await,
             Command::Backup(args) => ops::backup(&config, args).await,
+            Command::Doctor => doctor::doctor(&config).await,
             Command::Config(_) => Ok(()),
         }
     })

@@ -23,7 +23,9 @@ use audit::NewAuditRecord;
 use chrono::{DateTime, Utc};
 
 pub use error::{Error, Result};
-pub use sql::{Backend, Leadership, SqlStore, StoreClock, StoreOptions};
+pub use sql::{
+    Backend, Leadership, MigrationStatus, SqlStore, StoreClock, StoreOptions, migration_status,
+};
 pub use types::{
     Checkpoint, DeadLetter, DeadLetterState, InboxEvent, IngestOutcome, Intent, Job, JobCounts,
     JobEnd, JobFilter, JobSource, JobState, JobView, NewAlert, NewDeadLetter, NewJob,

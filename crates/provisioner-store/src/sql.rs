@@ -176,6 +176,70 @@ fn parse_url(url: &str) -> Result<Target> {
     })
 }
 
+/// Where the database's schema stands against this build's migrations (see
+/// [`migration_status`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MigrationStatus {
+    /// Migrations of this build the database has applied.
+    pub applied: usize,
+    /// Migrations of this build it has not (`<version>_<description>`), oldest first.
+    pub pending: Vec<String>,
+}
+
+/// Reads, without writing anything or creating a missing database, which of this build's
+/// migrations the database at `url` has applied (for pre-flight checks; `provisioner migrate`
+/// applies them).
+///
+/// # Errors
+/// [`Error::UnsupportedUrl`], [`Error::Io`] when a SQLite file does not exist, and the
+/// database's error when it cannot be opened or read.
+pub async fn migration_status(url: &str) -> Result<MigrationStatus> {
+    sqlx::any::install_default_drivers();
+    let (conn_url, migrator) = match parse_url(url)? {
+        Target::Sqlite(path) => {
+            if !path.is_file() {
+                return Err(Error::Io {
+                    op: format!("opening {}", path.display()),
+                    source: std::io::Error::from(std::io::ErrorKind::NotFound),
+                });
+            }
+            (
+                format!("sqlite://{}?mode=ro", path.display()),
+                &SQLITE_MIGRATIONS,
+            )
+        }
+        Target::Postgres(url) => (url, &POSTGRES_MIGRATIONS),
+    };
+    let mut conn = AnyConnection::connect(&conn_url)
+        .await
+        .map_err(Error::db("connecting to the database"))?;
+    let applied: Vec<i64> =
+        match sqlx::query_scalar::<_, i64>("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(&mut conn)
+            .await
+        {
+            Ok(versions) => versions,
+            // No migration table: nothing applied yet.
+            Err(sqlx::Error::Database(_)) => Vec::new(),
+            Err(e) => return Err(Error::db("reading the applied migrations")(e)),
+        };
+    let _ = conn.close().await;
+    let mut status = MigrationStatus {
+        applied: 0,
+        pending: Vec::new(),
+    };
+    for migration in migrator.iter() {
+        if applied.contains(&migration.version) {
+            status.applied += 1;
+        } else {
+            status
+                .pending
+                .push(format!("{}_{}", migration.version, migration.description));
+        }
+    }
+    Ok(status)
+}
+
 /// A stable 63-bit advisory lock key for a name (FNV-1a).
 fn lock_key(name: &str) -> i64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;

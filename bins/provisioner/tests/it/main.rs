@@ -13,6 +13,7 @@ mod connections;
 mod crash;
 mod demo;
 mod deploy;
+mod doctor;
 mod dr;
 mod events;
 mod examples;

@@ -92,3 +92,38 @@ async fn postgres_leadership_moves_when_the_holder_goes() {
     drop((a, b, got));
     db.cleanup().await;
 }
+
+/// `migration_status` reads how far the schema is without touching it: nothing applied on an
+/// empty database, everything after `open` migrated it; a missing SQLite file is an error and
+/// stays missing. On both backends.
+#[tokio::test]
+async fn migration_status_reads_without_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("none.db");
+    let err = provisioner_store::migration_status(&format!("sqlite://{}", missing.display()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Io { .. }), "{err}");
+    assert!(!missing.exists(), "the check created the file");
+
+    for db in [TestDb::sqlite(), TestDb::postgres().await] {
+        if db.url().starts_with("sqlite://") {
+            // An empty database file.
+            let path = db.url().trim_start_matches("sqlite://").to_owned();
+            std::fs::File::create(&path).unwrap();
+        }
+        let before = provisioner_store::migration_status(&db.url())
+            .await
+            .unwrap();
+        assert_eq!(before.applied, 0, "{before:?}");
+        assert!(!before.pending.is_empty());
+        let store = db.open().await;
+        drop(store);
+        let after = provisioner_store::migration_status(&db.url())
+            .await
+            .unwrap();
+        assert_eq!(after.pending, Vec::<String>::new());
+        assert_eq!(after.applied, before.pending.len());
+        db.cleanup().await;
+    }
+}
