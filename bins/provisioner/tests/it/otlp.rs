@@ -310,3 +310,33 @@ async fn without_the_endpoint_no_exporter_starts() {
     assert!(!logs.contains(EXPORTING), "{}", provisioner.tail());
     assert!(collector.requests().is_empty());
 }
+
+/// A collector that is not there costs the service nothing: it provisions, and a graceful
+/// stop (which tries to send the last spans) still ends within the shutdown bound with exit 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_absent_collector_does_not_hold_up_the_service() {
+    let world = World::start(1, 1).await;
+    let port = free_port();
+    let mut env = world.env(port);
+    // Nothing listens there: every export is refused.
+    let endpoint = format!("http://127.0.0.1:{}", free_port());
+    env.insert("OTEL_EXPORTER_OTLP_ENDPOINT".into(), endpoint.clone());
+    env.insert("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into());
+    let mut provisioner = Captured::provisioner("provisioner", &["run"], &env);
+    wait_healthy(port, PATIENCE).await;
+    world.publish_all();
+    wait_all_activated(&world, PATIENCE).await;
+    assert_eq!(
+        provisioner.terminate().await,
+        Some(0),
+        "{}",
+        provisioner.tail()
+    );
+    assert!(
+        provisioner
+            .stderr()
+            .contains(&format!("{EXPORTING} {endpoint}")),
+        "{}",
+        provisioner.tail()
+    );
+}
