@@ -218,9 +218,17 @@ pub(crate) struct BackupArgs {
 }
 
 /// Logs go to stderr: `LOG_FORMAT=json|pretty` (default pretty on a terminal, else json),
-/// `RUST_LOG` filter (default `info`).
-pub(crate) fn init_logging(format: Option<crate::config::LogFormat>, default_filter: &str) {
+/// `RUST_LOG` filter (default `info`). `otel`, when given, is a second layer beside the log
+/// lines with its own filter (see `otel::layer`), so `RUST_LOG` does not limit the exported spans.
+pub(crate) fn init_logging(
+    format: Option<crate::config::LogFormat>,
+    default_filter: &str,
+    otel: Option<crate::otel::BoxedLayer>,
+) {
     use std::io::IsTerminal as _;
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let json = match format {
@@ -228,12 +236,13 @@ pub(crate) fn init_logging(format: Option<crate::config::LogFormat>, default_fil
         Some(crate::config::LogFormat::Pretty) => false,
         None => !std::io::stderr().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if json {
-        builder.json().try_init()
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // `RUST_LOG` filters the log lines only; the OpenTelemetry layer has its own filter.
+    let fmt = if json {
+        fmt.json().with_filter(filter).boxed()
     } else {
-        builder.try_init()
+        fmt.with_filter(filter).boxed()
     };
+    let layers: Vec<crate::otel::BoxedLayer> = std::iter::once(fmt).chain(otel).collect();
+    let _ = tracing_subscriber::registry().with(layers).try_init();
 }

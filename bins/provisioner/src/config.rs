@@ -178,9 +178,14 @@ pub(crate) static VARIABLES: LazyLock<Vec<(&'static str, Option<String>)>> = Laz
             Some(format_duration(engine.reconcile_interval)),
         ),
         ("LOG_FORMAT", None),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", None),
+        ("OTEL_SERVICE_NAME", Some(DEFAULT_SERVICE_NAME.to_owned())),
         ("ALLOW_INSECURE_HTTP", text(&false)),
     ]
 });
+
+/// `service.name` of exported spans when `OTEL_SERVICE_NAME` is unset.
+pub(crate) const DEFAULT_SERVICE_NAME: &str = "provisioner";
 
 /// A duration longer than zero.
 fn positive_duration(text: &str) -> Result<Duration, String> {
@@ -384,6 +389,11 @@ pub(crate) struct Config {
     pub(crate) new_order_status: String,
     pub(crate) reconcile_interval: Duration,
     pub(crate) log_format: Option<LogFormat>,
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`: where spans are exported over OTLP/gRPC; unset, nothing
+    /// is exported.
+    pub(crate) otlp_endpoint: Option<String>,
+    /// `OTEL_SERVICE_NAME`: the `service.name` resource attribute of exported spans.
+    pub(crate) service_name: String,
     /// Effective values for `config check`: (name, shown value, origin).
     pub(crate) shown: Vec<(String, String, String)>,
 }
@@ -759,6 +769,23 @@ impl Config {
             "pretty" => Ok(LogFormat::Pretty),
             _ => Err(format!("{t:?} must be json or pretty")),
         });
+        let otlp_endpoint = p
+            .parsed("OTEL_EXPORTER_OTLP_ENDPOINT", |t| {
+                let t = t.trim();
+                if t.is_empty() {
+                    Ok(None)
+                } else if t.starts_with("http://") || t.starts_with("https://") {
+                    Ok(Some(t.to_owned()))
+                } else {
+                    Err(format!("{t:?} must be an http:// or https:// URL"))
+                }
+            })
+            .flatten();
+        let service_name = p
+            .text("OTEL_SERVICE_NAME")
+            .map(|n| n.trim().to_owned())
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| DEFAULT_SERVICE_NAME.to_owned());
         let provisioning = p.text("SF_ORDER_STATUS_PROVISIONING");
         let provisioning = match src.values.get("SF_ORDER_STATUS_PROVISIONING") {
             // Explicitly empty: skip that PATCH.
@@ -859,6 +886,8 @@ impl Config {
             new_order_status: p.text("SF_ORDER_STATUS_NEW").unwrap_or_default(),
             reconcile_interval,
             log_format,
+            otlp_endpoint,
+            service_name,
             shown,
         })
     }
@@ -1117,6 +1146,8 @@ mod tests {
             ("CUSTOMER_ORDER_RATE", Some("10/hour")),
             ("RECONCILE_INTERVAL", Some("15m")),
             ("LOG_FORMAT", None),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", None),
+            ("OTEL_SERVICE_NAME", Some("provisioner")),
             ("ALLOW_INSECURE_HTTP", Some("false")),
         ];
         let rendered: Vec<(&str, Option<&str>)> = VARIABLES
@@ -1289,6 +1320,40 @@ mod tests {
         };
         assert!(
             bad.iter().any(|e| e.starts_with("WHMCS_TIMEOUT")),
+            "{bad:?}"
+        );
+    }
+
+    #[test]
+    fn otlp_variables() {
+        let unset = Config::parse(&Sources::from_parts(None, env(&[]))).unwrap();
+        assert_eq!(unset.otlp_endpoint, None);
+        assert_eq!(unset.service_name, "provisioner");
+        let set = Config::parse(&Sources::from_parts(
+            None,
+            env(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", " http://collector:4317 "),
+                ("OTEL_SERVICE_NAME", "provisioner-eu"),
+            ]),
+        ))
+        .unwrap();
+        assert_eq!(set.otlp_endpoint.as_deref(), Some("http://collector:4317"));
+        assert_eq!(set.service_name, "provisioner-eu");
+        let empty = Config::parse(&Sources::from_parts(
+            None,
+            env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "")]),
+        ))
+        .unwrap();
+        assert_eq!(empty.otlp_endpoint, None);
+        let Err(bad) = Config::parse(&Sources::from_parts(
+            None,
+            env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317")]),
+        )) else {
+            panic!("a URL without a scheme is refused");
+        };
+        assert!(
+            bad.iter()
+                .any(|e| e.starts_with("OTEL_EXPORTER_OTLP_ENDPOINT")),
             "{bad:?}"
         );
     }

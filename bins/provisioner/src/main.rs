@@ -17,6 +17,7 @@ mod events;
 mod intake;
 mod jobs_cmd;
 mod ops;
+mod otel;
 
 use cli::{Command, Failure};
 
@@ -48,12 +49,30 @@ fn run(cli: cli::Cli) -> Result<(), Failure> {
         Command::Demo(_) => "error",
         _ => "warn",
     };
-    cli::init_logging(config.log_format, default_filter);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| Failure::Runtime(anyhow::Error::new(e).context("starting the runtime")))?;
-    runtime.block_on(async move {
+    // Spans are exported by `run` only, and only with OTEL_EXPORTER_OTLP_ENDPOINT set; the
+    // exporter's batch task lives on the runtime, so it is built inside it.
+    let otel = match command {
+        Command::Run => {
+            let _entered = runtime.enter();
+            otel::layer(config.otlp_endpoint.as_deref(), &config.service_name)
+                .map_err(Failure::Usage)?
+        }
+        _ => None,
+    };
+    let (otel_layer, exporting) = otel.unzip();
+    cli::init_logging(config.log_format, default_filter, otel_layer);
+    if let Some(exporting) = &exporting {
+        tracing::info!(
+            service_name = %config.service_name,
+            "exporting traces over OTLP to {}",
+            exporting.endpoint()
+        );
+    }
+    let outcome = runtime.block_on(async move {
         match command {
             Command::Run => app::run(config).await,
             Command::Demo(args) => demo::demo(args).await,
@@ -68,5 +87,10 @@ fn run(cli: cli::Cli) -> Result<(), Failure> {
             Command::Doctor => doctor::doctor(&config).await,
             Command::Config(_) => Ok(()),
         }
-    })
+    });
+    // Here, outside the runtime's workers (which send the last batch), so waiting is fine.
+    if let Some(exporting) = exporting {
+        exporting.shutdown();
+    }
+    outcome
 }

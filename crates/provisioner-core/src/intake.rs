@@ -173,8 +173,21 @@ fn inbox_event(
 /// in one transaction each (with the checkpoint moved to the run's last event), anything else
 /// (a bad event, a keepalive) is handled on its own between them, so the checkpoint only ever
 /// moves forward over stored items. An error means the items from the failed one on were not
-/// stored: retry the whole batch (stored events come back as duplicates).
+/// stored: retry the whole batch (stored events come back as duplicates). Runs in an `intake`
+/// span (the topic and the number of items).
 pub async fn handle_batch(
+    ports: &Ports,
+    topic: &str,
+    items: Vec<IntakeItem>,
+) -> provisioner_store::Result<Vec<IntakeResult>> {
+    use tracing::Instrument as _;
+    let span = tracing::info_span!("intake", topic, items = items.len());
+    handle_batch_in_span(ports, topic, items)
+        .instrument(span)
+        .await
+}
+
+async fn handle_batch_in_span(
     ports: &Ports,
     topic: &str,
     items: Vec<IntakeItem>,

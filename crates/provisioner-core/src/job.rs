@@ -396,6 +396,7 @@ impl JobRunner {
     }
 
     async fn run_in_span(&self, job: Job, lease: &LeaseHealth) -> JobOutcome {
+        use tracing::Instrument as _;
         if job.step == Step::Received {
             let wait = match self.rate_wait(&job).await {
                 Ok(wait) => wait,
@@ -436,7 +437,11 @@ impl JobRunner {
                 return self.settle(&job, step, Stop::Shutdown).await;
             }
             let started = std::time::Instant::now();
-            let result = self.step(&job, step, &mut progress, lease).await;
+            // A `step` span per step run, child of the `job` span (its external calls nest in it).
+            let result = self
+                .step(&job, step, &mut progress, lease)
+                .instrument(tracing::info_span!("step", step = %step))
+                .await;
             metrics::histogram!(crate::metrics::STEP_SECONDS, "step" => step.as_str())
                 .record(started.elapsed().as_secs_f64());
             match result {

@@ -236,7 +236,31 @@ impl RestOrderApi {
         self.check(action, request, reply)
     }
 
+    /// One HTTP request in a `salesforce.rest` span: the action and the reply's status (no
+    /// URL, query or body: they carry record ids and customer data).
     async fn send(
+        &self,
+        action: Action,
+        request: &Request<'_>,
+        token: &AccessToken,
+    ) -> Result<Reply> {
+        use tracing::Instrument as _;
+        let span = tracing::info_span!(
+            "salesforce.rest",
+            action = %action,
+            http.response.status_code = tracing::field::Empty,
+        );
+        let reply = self
+            .send_request(action, request, token)
+            .instrument(span.clone())
+            .await;
+        if let Ok(reply) = &reply {
+            span.record("http.response.status_code", reply.status.as_u16());
+        }
+        reply
+    }
+
+    async fn send_request(
         &self,
         action: Action,
         request: &Request<'_>,

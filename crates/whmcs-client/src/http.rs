@@ -103,8 +103,27 @@ impl HttpWhmcsClient {
         body
     }
 
-    /// Sends `body` and returns the success envelope, or the classified error.
+    /// Sends `body` and returns the success envelope, or the classified error, in a
+    /// `whmcs.api` span: the action and the HTTP status (never the form body: it holds the
+    /// credentials and the customer's data).
     async fn call(&self, action: Action, body: FormBody) -> Result<Value> {
+        use tracing::Instrument as _;
+        let span = tracing::info_span!(
+            "whmcs.api",
+            action = action.as_str(),
+            http.response.status_code = tracing::field::Empty,
+        );
+        self.call_in_span(action, body, &span)
+            .instrument(span.clone())
+            .await
+    }
+
+    async fn call_in_span(
+        &self,
+        action: Action,
+        body: FormBody,
+        span: &tracing::Span,
+    ) -> Result<Value> {
         let timeout = if action.provisions() {
             self.config.provisioning_timeout
         } else {
@@ -142,6 +161,7 @@ impl HttpWhmcsClient {
             }
         };
         let status = response.status().as_u16();
+        span.record("http.response.status_code", status);
         let bytes = match read_body(response).await {
             Ok(b) => b,
             Err(reason) => {

@@ -54,6 +54,8 @@ const DESIGN_VARIABLES: &[&str] = &[
     "CUSTOMER_STATUS_RATE",
     "RECONCILE_INTERVAL",
     "LOG_FORMAT",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_SERVICE_NAME",
 ];
 
 /// A complete, valid environment that needs no running sandbox (nothing is contacted).

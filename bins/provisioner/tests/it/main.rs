@@ -23,6 +23,7 @@ mod logs;
 mod metrics;
 mod operate;
 mod orders;
+mod otlp;
 mod processes;
 mod proxy;
 mod rates;
