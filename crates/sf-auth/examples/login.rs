@@ -10,13 +10,23 @@
 //!
 //! `SF_AUDIENCE` is optional (default: the login URL).
 
-// An example program reports on stdout.
-#![allow(clippy::print_stdout)]
+// An example program reports on stdout, and its error on stderr.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use sf_auth::{JwtBearer, JwtBearerConfig, TokenSource as _};
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("login: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let config = JwtBearerConfig::from_vars(|name| std::env::var(name).ok())?;
     let tokens = JwtBearer::new(config)?;
     let token = tokens.token().await?;

@@ -9,8 +9,8 @@
 //!     SF_PUBSUB_ENDPOINT=... cargo run -p sf-pubsub --example subscribe -- 2
 //! ```
 
-// An example program reports on stdout.
-#![allow(clippy::print_stdout)]
+// An example program reports on stdout, and its error on stderr.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::sync::Arc;
 
@@ -25,7 +25,17 @@ fn var(name: &str) -> Result<String, String> {
 }
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("subscribe: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let wanted: usize = match std::env::args().nth(1) {
         Some(n) => n.parse().map_err(|_| format!("{n:?} is not a count"))?,
         None => 1,

@@ -9,8 +9,8 @@
 //!     cargo run -p sf-rest --example approved_orders
 //! ```
 
-// An example program reports on stdout.
-#![allow(clippy::print_stdout)]
+// An example program reports on stdout, and its error on stderr.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +19,17 @@ use sf_auth::{JwtBearer, JwtBearerConfig};
 use sf_rest::{OrderApi as _, RestConfig, RestOrderApi};
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("approved_orders: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let login = JwtBearerConfig::from_vars(|name| std::env::var(name).ok())?;
     let rest = RestOrderApi::new(Arc::new(JwtBearer::new(login)?), RestConfig::default())?;
 

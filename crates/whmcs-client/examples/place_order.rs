@@ -9,8 +9,8 @@
 //!     cargo run -p whmcs-client --example place_order -- 1 1
 //! ```
 
-// An example program reports on stdout.
-#![allow(clippy::print_stdout)]
+// An example program reports on stdout, and its error on stderr.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use secrecy::SecretString;
 use whmcs_client::{
@@ -30,7 +30,17 @@ fn arg(n: usize, what: &str) -> Result<u64, String> {
 }
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("place_order: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let (client_id, product_id) = (arg(1, "client id")?, arg(2, "product id")?);
     let whmcs = HttpWhmcsClient::new(WhmcsConfig::new(
         var("WHMCS_API_URL")?,

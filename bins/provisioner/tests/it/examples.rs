@@ -90,7 +90,7 @@ async fn each_client_example_runs_against_sf_sandbox() {
     let (code, out) = example("login", &[], &Default::default()).await;
     assert_ne!(code, Some(0));
     assert!(
-        out.contains("SF_LOGIN_URL") && out.contains("not set"),
+        out.contains("login: invalid salesforce auth configuration: SF_LOGIN_URL: not set"),
         "{out}"
     );
     sandbox.terminate().await;
