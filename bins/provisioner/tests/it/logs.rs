@@ -122,6 +122,25 @@ pub(crate) fn assert_no_canary(canaries: &[(String, String)], haystacks: &[(&str
     assert!(found.is_empty(), "canaries leaked:\n{}", found.join("\n\n"));
 }
 
+/// The credentials of a run against `world`: the test key's lines, the WHMCS identifier and
+/// secret, and the portal token.
+pub(crate) fn credential_canaries(world: &World) -> Vec<(String, String)> {
+    let mut canaries = Vec::new();
+    for line in pem_body_lines(test_support::keys::PRIVATE_KEY_PEM) {
+        canaries.push(("private key line".to_owned(), line));
+    }
+    canaries.push((
+        "WHMCS_API_SECRET".into(),
+        world.whmcs.config().secret.clone(),
+    ));
+    canaries.push((
+        "WHMCS_API_IDENTIFIER".into(),
+        world.whmcs.config().identifier.clone(),
+    ));
+    canaries.push(("portal token".into(), PORTAL_TOKEN.into()));
+    canaries
+}
+
 /// The seeded customers' names and email addresses.
 pub(crate) fn pii_canaries(customers: u32) -> Vec<(String, String)> {
     let mut canaries = Vec::new();
@@ -187,19 +206,7 @@ async fn nothing_secret_or_personal_leaks_at_trace_level_for_every_crate() {
         .map(|e| e.order_id.as_str())
         .collect();
     assert_logs_nontrivial(&logs, &ids);
-    let mut canaries = Vec::new();
-    for line in pem_body_lines(test_support::keys::PRIVATE_KEY_PEM) {
-        canaries.push(("private key line".to_owned(), line));
-    }
-    canaries.push((
-        "WHMCS_API_SECRET".into(),
-        world.whmcs.config().secret.clone(),
-    ));
-    canaries.push((
-        "WHMCS_API_IDENTIFIER".into(),
-        world.whmcs.config().identifier.clone(),
-    ));
-    canaries.push(("portal token".into(), PORTAL_TOKEN.into()));
+    let mut canaries = credential_canaries(&world);
     canaries.push((
         "FIELD_ENCRYPTION_KEY".into(),
         MASTER_KEY.trim_start_matches("base64:").into(),

@@ -16,7 +16,7 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message as _;
 use test_support::process::{Captured, PATIENCE, free_port};
 
-use crate::logs::{assert_no_canary, encoded_forms, pem_body_lines, pii_canaries};
+use crate::logs::{assert_no_canary, credential_canaries, encoded_forms, pii_canaries};
 use crate::support::{
     CapturedProvisioner as _, PORTAL_TOKEN, ROOT_PASSWORD, World, wait_all_activated, wait_healthy,
 };
@@ -118,6 +118,26 @@ fn under_a_step(span: &Span, by_id: &HashMap<Vec<u8>, &Span>) -> bool {
     false
 }
 
+/// `provisioner run` with `env` (status API on `port`) until every seeded Order of `world` is
+/// Activated, then a graceful stop that must exit 0: the stopped process, its output kept.
+async fn run_to_activation(
+    world: &World,
+    env: &std::collections::BTreeMap<String, String>,
+    port: u16,
+) -> Captured {
+    let mut provisioner = Captured::provisioner("provisioner", &["run"], env);
+    wait_healthy(port, PATIENCE).await;
+    world.publish_all();
+    wait_all_activated(world, PATIENCE).await;
+    assert_eq!(
+        provisioner.terminate().await,
+        Some(0),
+        "{}",
+        provisioner.tail()
+    );
+    provisioner
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn job_step_and_call_spans_are_exported_over_otlp_without_secrets() {
     let (collector, endpoint) = Collector::start().await;
@@ -133,17 +153,8 @@ async fn job_step_and_call_spans_are_exported_over_otlp_without_secrets() {
         "RUST_LOG".into(),
         "warn,provisioner=info,provisioner_core=warn".into(),
     );
-    let mut provisioner = Captured::provisioner("provisioner", &["run"], &env);
-    wait_healthy(port, PATIENCE).await;
-    world.publish_all();
-    wait_all_activated(&world, PATIENCE).await;
     // The graceful stop sends the spans still queued.
-    assert_eq!(
-        provisioner.terminate().await,
-        Some(0),
-        "{}",
-        provisioner.tail()
-    );
+    let provisioner = run_to_activation(&world, &env, port).await;
     let logs = provisioner.stderr();
     assert!(
         logs.contains(&format!("{EXPORTING} {endpoint}")),
@@ -258,19 +269,7 @@ async fn job_step_and_call_spans_are_exported_over_otlp_without_secrets() {
             .any(|w| w == event.order_id.as_bytes()),
         "the search below looks at the spans' text"
     );
-    let mut canaries = Vec::new();
-    for line in pem_body_lines(test_support::keys::PRIVATE_KEY_PEM) {
-        canaries.push(("private key line".to_owned(), line));
-    }
-    canaries.push((
-        "WHMCS_API_SECRET".into(),
-        world.whmcs.config().secret.clone(),
-    ));
-    canaries.push((
-        "WHMCS_API_IDENTIFIER".into(),
-        world.whmcs.config().identifier.clone(),
-    ));
-    canaries.push(("portal token".into(), PORTAL_TOKEN.into()));
+    let mut canaries = credential_canaries(&world);
     canaries.push(("customer number".into(), event.customer_number.clone()));
     for token in world.sf.issued_tokens() {
         canaries.push(("Salesforce access token".into(), token));
@@ -291,16 +290,7 @@ async fn without_the_endpoint_no_exporter_starts() {
     // The other OTEL variables alone start nothing.
     env.insert("OTEL_SERVICE_NAME".into(), "provisioner-otlp-test".into());
     env.insert("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into());
-    let mut provisioner = Captured::provisioner("provisioner", &["run"], &env);
-    wait_healthy(port, PATIENCE).await;
-    world.publish_all();
-    wait_all_activated(&world, PATIENCE).await;
-    assert_eq!(
-        provisioner.terminate().await,
-        Some(0),
-        "{}",
-        provisioner.tail()
-    );
+    let provisioner = run_to_activation(&world, &env, port).await;
     let logs = provisioner.stderr();
     assert!(
         logs.contains("provisioner_core") || logs.contains(&world.seeded.events[0].order_id),
@@ -322,16 +312,7 @@ async fn an_absent_collector_does_not_hold_up_the_service() {
     let endpoint = format!("http://127.0.0.1:{}", free_port());
     env.insert("OTEL_EXPORTER_OTLP_ENDPOINT".into(), endpoint.clone());
     env.insert("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into());
-    let mut provisioner = Captured::provisioner("provisioner", &["run"], &env);
-    wait_healthy(port, PATIENCE).await;
-    world.publish_all();
-    wait_all_activated(&world, PATIENCE).await;
-    assert_eq!(
-        provisioner.terminate().await,
-        Some(0),
-        "{}",
-        provisioner.tail()
-    );
+    let provisioner = run_to_activation(&world, &env, port).await;
     assert!(
         provisioner
             .stderr()
