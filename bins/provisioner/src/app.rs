@@ -337,21 +337,39 @@ pub(crate) fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     }
 }
 
-/// Publishes the audit chain's head (seq, MAC) to the log and, as an `audit_head` alert, to
+/// Publishes each audit chain's head (seq, MAC) to the log and, as an `audit_head` alert, to
 /// the webhook: a copy outside the database that `audit verify --expect-head` checks later.
+/// Chain 0's head is `SEQ:MAC`, another chain's `CHAIN.SEQ:MAC`.
 pub(crate) async fn witness_audit_head(store: &SqlStore, monitor: &security::SecurityMonitor) {
-    match audit::AuditLog::head(store).await {
-        Ok(head) => {
-            let mac = head.mac.to_hex();
-            tracing::info!(
-                audit_seq = head.seq,
-                audit_mac = %mac,
-                head = %format!("{}:{mac}", head.seq),
-                "audit chain head witnessed"
-            );
-            monitor.audit_head(head.seq, &mac).await;
+    let chains = match store.audit_chains().await {
+        Ok(chains) => chains,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not list the audit chains to witness their heads");
+            return;
         }
-        Err(e) => tracing::warn!(error = %e, "could not read the audit chain head to witness it"),
+    };
+    for chain in chains {
+        match audit::AuditLog::head(&chain).await {
+            // An empty chain other than the first has nothing to witness.
+            Ok(head) if head.seq == 0 && chain.chain() > 0 => {}
+            Ok(head) => {
+                let mac = head.mac.to_hex();
+                let position = security::chain_position(chain.chain(), head.seq);
+                tracing::info!(
+                    audit_chain = chain.chain(),
+                    audit_seq = head.seq,
+                    audit_mac = %mac,
+                    head = %format!("{position}:{mac}"),
+                    "audit chain head witnessed"
+                );
+                monitor
+                    .audit_chain_head(chain.chain(), head.seq, &mac)
+                    .await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read an audit chain head to witness it");
+            }
+        }
     }
 }
 
@@ -359,84 +377,105 @@ pub(crate) async fn witness_audit_head(store: &SqlStore, monitor: &security::Sec
 /// witness tick verifies only the records appended since the last verified head.
 const FULL_AUDIT_VERIFY_EVERY: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// The running service's check of its own audit chain: all of it at start and once a day, the
-/// records appended since at every witness tick. A record that fails (edited, removed, out of
-/// place) raises `integrity_failure` naming it.
+/// The running service's check of its own audit chains: all of them at start and once a day,
+/// the records appended since at every witness tick. A record that fails (edited, removed,
+/// out of place) raises `integrity_failure` naming it.
 pub(crate) struct ChainWatch {
-    /// How often the whole chain is verified again.
+    /// How often the whole log is verified again.
     full_every: Duration,
-    /// The head the last successful verification ended at.
-    verified: Option<audit::ChainHead>,
-    /// When the whole chain was last verified.
+    /// Each chain's head as the last successful verification ended at.
+    verified: std::collections::BTreeMap<u32, audit::ChainHead>,
+    /// When the whole log was last verified.
     full_at: Option<tokio::time::Instant>,
 }
 
 impl ChainWatch {
-    /// A watch that verifies the whole chain first and then every `full_every`.
+    /// A watch that verifies the whole log first and then every `full_every`.
     pub(crate) fn new(full_every: Duration) -> Self {
         ChainWatch {
             full_every,
-            verified: None,
+            verified: std::collections::BTreeMap::new(),
             full_at: None,
         }
     }
 
     /// Verifies what is due and raises `integrity_failure` when a record fails.
     pub(crate) async fn check(&mut self, store: &SqlStore, monitor: &security::SecurityMonitor) {
-        let key = store.audit_key();
         let now = tokio::time::Instant::now();
         let full_due = self
             .full_at
             .is_none_or(|at| now.duration_since(at) >= self.full_every);
-        let incremental = match self.verified {
-            Some(head) if !full_due => Some(audit::verify_after(store, key, head).await),
-            _ => None,
+        let chains = match store.audit_chains().await {
+            Ok(chains) => chains,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not list the audit chains to verify them");
+                return;
+            }
         };
-        let result = match incremental {
-            Some(Ok(summary)) => Ok(summary),
-            // Not yet alarming: a retention purge (`audit purge`, another process) may have
-            // moved the chain's start past the last head; the whole chain decides.
-            Some(Err(_)) | None => {
-                let result = verify_whole(store, key).await;
-                if result.is_ok() {
-                    self.full_at = Some(now);
+        let mut whole = true;
+        for chain in chains {
+            match self.check_chain(&chain, full_due, store.audit_key()).await {
+                Ok((summary, full)) => {
+                    whole &= full;
+                    self.verified.insert(chain.chain(), summary.head);
                 }
-                result
+                Err(audit::Error::Tampered { seq, reason }) => {
+                    self.verified.clear();
+                    metrics::gauge!(AUDIT_CHAIN_INTACT).set(0.0);
+                    tracing::error!(
+                        audit_chain = chain.chain(),
+                        audit_seq = seq,
+                        reason = %reason,
+                        "audit chain failed verification: run `provisioner audit verify`"
+                    );
+                    monitor.audit_chain_broken_in(chain.chain(), seq).await;
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not verify the audit chain");
+                    return;
+                }
             }
-        };
-        match result {
-            Ok(summary) => {
-                self.verified = Some(summary.head);
-                metrics::gauge!(AUDIT_CHAIN_INTACT).set(1.0);
-            }
-            Err(audit::Error::Tampered { seq, reason }) => {
-                self.verified = None;
-                metrics::gauge!(AUDIT_CHAIN_INTACT).set(0.0);
-                tracing::error!(
-                    audit_seq = seq,
-                    reason = %reason,
-                    "audit chain failed verification: run `provisioner audit verify`"
-                );
-                monitor.audit_chain_broken(seq).await;
-            }
-            Err(e) => tracing::warn!(error = %e, "could not verify the audit chain"),
         }
+        if whole {
+            self.full_at = Some(now);
+        }
+        metrics::gauge!(AUDIT_CHAIN_INTACT).set(1.0);
+    }
+
+    /// One chain: what was appended since its last verified head, or all of it (when due, the
+    /// first time, or when the short check failed); `true` with the summary when all of it was
+    /// verified.
+    async fn check_chain(
+        &self,
+        chain: &provisioner_store::AuditChain<'_>,
+        full_due: bool,
+        key: &audit::AuditKey,
+    ) -> audit::Result<(audit::VerifySummary, bool)> {
+        if let Some(head) = self.verified.get(&chain.chain()).filter(|_| !full_due) {
+            // A failure is not yet alarming: a retention purge (`audit purge`, another
+            // process) may have moved the chain's start past the last head; all of it decides.
+            if let Ok(summary) = audit::verify_after(chain, key, *head).await {
+                return Ok((summary, false));
+            }
+        }
+        verify_whole(chain, key).await.map(|s| (s, true))
     }
 }
 
-/// [`audit::verify`], once more when a concurrent purge moved the chain's start under it.
+/// [`audit::verify`] of one chain, once more when a concurrent purge moved its start under it.
 async fn verify_whole(
-    store: &SqlStore,
+    chain: &provisioner_store::AuditChain<'_>,
     key: &audit::AuditKey,
 ) -> audit::Result<audit::VerifySummary> {
-    let before = audit::AuditLog::anchor(store).await?;
-    match audit::verify(store, key).await {
+    let before = audit::AuditLog::anchor(chain).await?;
+    match audit::verify(chain, key).await {
         Err(audit::Error::Tampered { .. })
-            if audit::AuditLog::anchor(store)
+            if audit::AuditLog::anchor(chain)
                 .await
                 .is_ok_and(|a| a != before) =>
         {
-            audit::verify(store, key).await
+            audit::verify(chain, key).await
         }
         result => result,
     }

@@ -96,30 +96,51 @@ pub(crate) fn config_check(
     }
 }
 
-/// `SEQ:MAC`, as `audit verify` prints a head and the witness publishes it.
-fn parse_head(text: &str) -> anyhow::Result<(u64, audit::Mac)> {
-    let (seq, mac) = text
+/// `[CHAIN.]SEQ:MAC`, as `audit verify` prints a head and the witness publishes it (no
+/// `CHAIN.`: chain 0).
+fn parse_head(text: &str) -> anyhow::Result<(u32, u64, audit::Mac)> {
+    let (position, mac) = text
         .split_once(':')
-        .ok_or_else(|| anyhow!("--expect-head {text:?}: expected SEQ:MAC"))?;
+        .ok_or_else(|| anyhow!("--expect-head {text:?}: expected [CHAIN.]SEQ:MAC"))?;
+    let (chain, seq) = match position.trim().split_once('.') {
+        Some((chain, seq)) => (
+            chain
+                .parse::<u32>()
+                .map_err(|_| anyhow!("--expect-head: {chain:?} is not a chain number"))?,
+            seq,
+        ),
+        None => (0, position.trim()),
+    };
     let seq = seq
-        .trim()
         .parse::<u64>()
         .map_err(|_| anyhow!("--expect-head: {seq:?} is not a sequence number"))?;
     let mac = mac
         .trim()
         .parse::<audit::Mac>()
         .map_err(|_| anyhow!("--expect-head: the MAC must be 64 hex digits"))?;
-    Ok((seq, mac))
+    Ok((chain, seq, mac))
 }
 
 /// The witnessed record `seq` must still be in the verified chain with MAC `mac`: else the
 /// tail was cut, rows were wiped or an older database was restored.
 async fn check_witness(
     store: &provisioner_store::SqlStore,
-    summary: &audit::VerifySummary,
+    verified: &provisioner_store::AuditSummary,
+    chain: u32,
     seq: u64,
     mac: &audit::Mac,
 ) -> anyhow::Result<()> {
+    let Some(summary) = verified
+        .chains
+        .iter()
+        .find(|c| c.chain == chain)
+        .map(|c| &c.summary)
+    else {
+        anyhow::bail!(
+            "witnessed chain {chain} is missing: its rows were wiped or an older database \
+             restored"
+        );
+    };
     if seq > summary.head.seq {
         anyhow::bail!(
             "witnessed record {seq} is missing: the chain ends at {} (its tail was cut, its rows \
@@ -139,7 +160,7 @@ async fn check_witness(
             summary.anchor.seq
         );
     }
-    let found = audit::AuditLog::read_range(store, seq, 1)
+    let found = audit::AuditLog::read_range(&store.audit_chain(chain), seq, 1)
         .await
         .context("reading the witnessed record")?;
     match found.first() {
@@ -153,6 +174,38 @@ async fn check_witness(
     }
 }
 
+/// `audit verify --json`: chain 0's figures at the top level (`records` and
+/// `purged_before_anchor` over every chain), and every chain under `chains`.
+fn verify_document(
+    summary: &provisioner_store::AuditSummary,
+    witnessed: bool,
+) -> serde_json::Value {
+    let chain = |c: &provisioner_store::ChainSummary| {
+        let s = &c.summary;
+        serde_json::json!({
+            "chain": c.chain,
+            "records": s.records,
+            "first_seq": s.first_seq,
+            "last_seq": s.last_seq,
+            "purged_before_anchor": s.anchor.removed,
+            "anchor_seq": s.anchor.seq,
+            "head": {"seq": s.head.seq, "mac": s.head.mac.to_string()},
+        })
+    };
+    let first = summary.chains.first().map(|c| c.summary);
+    serde_json::json!({
+        "ok": true,
+        "records": summary.records(),
+        "first_seq": first.and_then(|s| s.first_seq),
+        "last_seq": first.and_then(|s| s.last_seq),
+        "purged_before_anchor": summary.purged(),
+        "anchor_seq": first.map(|s| s.anchor.seq),
+        "head": first.map(|s| serde_json::json!({"seq": s.head.seq, "mac": s.head.mac.to_string()})),
+        "chains": summary.chains.iter().map(chain).collect::<Vec<_>>(),
+        "witness": witnessed.then_some("matched"),
+    })
+}
+
 /// `provisioner audit verify|purge`.
 pub(crate) async fn audit(config: &Config, command: AuditCommand) -> Result<(), Failure> {
     let store = store(config, false).await?;
@@ -163,12 +216,13 @@ pub(crate) async fn audit(config: &Config, command: AuditCommand) -> Result<(), 
                 .map(parse_head)
                 .transpose()
                 .map_err(Failure::Usage)?;
-            let verified = match audit::verify(&*store, store.audit_key())
+            let verified = match store
+                .verify_audit()
                 .await
                 .context("audit chain verification failed")
             {
                 Ok(summary) => match expected {
-                    Some((seq, mac)) => check_witness(&store, &summary, seq, &mac)
+                    Some((chain, seq, mac)) => check_witness(&store, &summary, chain, seq, &mac)
                         .await
                         .map(|()| summary),
                     None => Ok(summary),
@@ -177,16 +231,7 @@ pub(crate) async fn audit(config: &Config, command: AuditCommand) -> Result<(), 
             };
             if json {
                 let document = match &verified {
-                    Ok(summary) => serde_json::json!({
-                        "ok": true,
-                        "records": summary.records,
-                        "first_seq": summary.first_seq,
-                        "last_seq": summary.last_seq,
-                        "purged_before_anchor": summary.anchor.removed,
-                        "anchor_seq": summary.anchor.seq,
-                        "head": {"seq": summary.head.seq, "mac": summary.head.mac.to_string()},
-                        "witness": expected.map(|_| "matched"),
-                    }),
+                    Ok(summary) => verify_document(summary, expected.is_some()),
                     Err(e) => serde_json::json!({"ok": false, "error": format!("{e:#}")}),
                 };
                 out(&json_text(&document)?)?;
@@ -195,15 +240,23 @@ pub(crate) async fn audit(config: &Config, command: AuditCommand) -> Result<(), 
             if json {
                 return Ok(());
             }
-            out(&format!(
-                "audit chain ok: {} records (seq {}..{}), {} purged before the anchor; head {}:{}",
-                summary.records,
-                summary.first_seq.unwrap_or(0),
-                summary.last_seq.unwrap_or(0),
-                summary.anchor.removed,
-                summary.head.seq,
-                summary.head.mac,
-            ))
+            for c in &summary.chains {
+                // An empty chain other than the first says nothing.
+                if c.chain > 0 && c.summary.records == 0 && c.summary.anchor.is_genesis() {
+                    continue;
+                }
+                let s = &c.summary;
+                out(&format!(
+                    "audit chain ok: {} records (seq {}..{}), {} purged before the anchor; head {}:{}",
+                    s.records,
+                    s.first_seq.unwrap_or(0),
+                    s.last_seq.unwrap_or(0),
+                    s.anchor.removed,
+                    security::chain_position(c.chain, s.head.seq),
+                    s.head.mac,
+                ))?;
+            }
+            Ok(())
         }
         AuditCommand::Purge => {
             let policy = audit::RetentionPolicy::from_days(i64::from(config.audit_retention_days))

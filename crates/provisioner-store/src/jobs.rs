@@ -190,7 +190,9 @@ const EXPIRED_SCAN_EVERY_MS: i64 = 500;
 #[derive(Clone, Copy)]
 #[repr(usize)]
 pub(crate) enum ClaimKind {
-    /// The oldest due pending job whose customer has nothing running or waiting before it.
+    /// The oldest due pending job whose customer has nothing running and no earlier job that
+    /// is due too. An earlier job that waits for its retry time (backoff, the settle point, the
+    /// customer's rate) does not hold the customer's later jobs back.
     Pending = 0,
     /// A running job whose lease expired (its worker died or stalled).
     Expired = 1,
@@ -212,7 +214,7 @@ pub(crate) fn claim_sql(kind: ClaimKind, backend: Backend, source: NowSource) ->
         ClaimKind::Pending => {
             "j.state = 'pending' AND j.next_attempt_at <= {now} \
              AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.customer_number = j.customer_number \
-                 AND e.seq < j.seq AND e.state IN ('pending', 'running')) \
+                 AND e.seq < j.seq AND e.state = 'pending' AND e.next_attempt_at <= {now}) \
              AND NOT EXISTS (SELECT 1 FROM jobs r WHERE r.customer_number = j.customer_number \
                  AND r.state = 'running')"
         }

@@ -22,10 +22,12 @@ use async_trait::async_trait;
 use audit::NewAuditRecord;
 use chrono::{DateTime, Utc};
 
+pub use audit_log::{AuditChain, AuditSummary, ChainSummary, VerifyFailure};
 pub use error::{Error, Result};
 pub use sql::{
     Backend, Leadership, MigrationStatus, SqlStore, StoreClock, StoreOptions, migration_status,
 };
+pub use tx::POSTGRES_AUDIT_CHAINS;
 pub use types::{
     Checkpoint, DeadLetter, DeadLetterState, InboxEvent, IngestOutcome, Intent, Job, JobCounts,
     JobEnd, JobFilter, JobSource, JobState, JobView, NewAlert, NewDeadLetter, NewJob,

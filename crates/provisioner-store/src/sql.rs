@@ -127,11 +127,16 @@ pub struct SqlStore {
     pub(crate) keyring: RwLock<Arc<Keyring>>,
     pub(crate) master: Arc<MasterKey>,
     audit_key: audit::AuditKey,
-    /// PostgreSQL: the audit chain head as this process last committed or read it (`None`:
-    /// read it first). Held from sealing until the commit; the `audit_log.seq` primary key
-    /// catches a head that another process moved (the unit then re-reads the head and seals
-    /// again). On SQLite the writer thread keeps the head instead.
-    pub(crate) audit_head: tokio::sync::Mutex<Option<audit::ChainHead>>,
+    /// PostgreSQL: each audit chain's head as this process last committed or read it (`None`:
+    /// read it first). Held from sealing until the commit; the `audit_log (chain, seq)`
+    /// primary key catches a head that another process moved (the unit then re-reads the head
+    /// and seals again). On SQLite the writer thread keeps the one chain's head instead.
+    pub(crate) audit_heads: Vec<tokio::sync::Mutex<Option<audit::ChainHead>>>,
+    /// The chain the next unit that finds every chain taken waits for.
+    pub(crate) next_waited_chain: std::sync::atomic::AtomicU32,
+    /// Time units spent waiting for an audit chain or sealing again after another process
+    /// moved its head (µs).
+    pub(crate) serialized_micros: std::sync::atomic::AtomicU64,
     /// When a claim next looks for expired leases first (Unix ms).
     pub(crate) next_expired_scan: AtomicI64,
     /// The job statements that read the database's clock, built for this backend.
@@ -357,7 +362,14 @@ impl SqlStore {
             keyring: RwLock::new(Arc::new(keyring)),
             master,
             audit_key,
-            audit_head: tokio::sync::Mutex::new(None),
+            audit_heads: (0..match backend {
+                Backend::Sqlite => 1,
+                Backend::Postgres => crate::tx::POSTGRES_AUDIT_CHAINS,
+            })
+                .map(|_| tokio::sync::Mutex::new(None))
+                .collect(),
+            next_waited_chain: std::sync::atomic::AtomicU32::new(0),
+            serialized_micros: std::sync::atomic::AtomicU64::new(0),
             next_expired_scan: AtomicI64::new(0),
             job_sql: JobSql {
                 claim: [
@@ -394,6 +406,18 @@ impl SqlStore {
     /// The audit chain key (derived from the keyring's MAC root).
     pub fn audit_key(&self) -> &audit::AuditKey {
         &self.audit_key
+    }
+
+    /// How long this process's writes have spent at a point every instance of the database
+    /// shares: waiting for an audit chain (all of them taken) or sealing again because another
+    /// process had moved a chain's head. PostgreSQL only (SQLite's single writer thread is that
+    /// point by design, and is not counted). The binary exports it as
+    /// `provisioner_store_serialized_seconds_total`.
+    pub fn serialized_time(&self) -> std::time::Duration {
+        std::time::Duration::from_micros(
+            self.serialized_micros
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     /// Writes a consistent copy of the SQLite database at `url` to `path` with `VACUUM INTO`,

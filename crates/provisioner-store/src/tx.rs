@@ -7,12 +7,17 @@
 //!   must therefore await nothing but its [`Tx`].
 //! - **PostgreSQL**: the unit is one transaction on a pooled connection.
 //!
-//! Audit records a unit adds with [`Tx::audit`] are sealed on the chain head and inserted at
+//! Audit records a unit adds with [`Tx::audit`] are sealed on a chain head and inserted at
 //! the end of the unit, inside the same transaction: the state change and its audit record
 //! commit together or not at all. The chain is sealed by one function for both backends
-//! ([`seal_into`]); on PostgreSQL this process's head is held from sealing until the commit,
-//! so no record is ever sealed on one that might still roll back, and the `audit_log.seq`
-//! primary key turns a head moved by another process into a re-read and a new seal.
+//! ([`seal_into`]). SQLite has one chain, kept by its writer thread. PostgreSQL has
+//! [`POSTGRES_AUDIT_CHAINS`]: a unit takes a free one (this process's head of it and its
+//! advisory lock, both held until the commit), so no record is ever sealed on one that might
+//! still roll back, and concurrent units of every instance commit side by side instead of
+//! queueing for one head; the `audit_log (chain, seq)` primary key turns a head moved by
+//! another process into a re-read and a new seal.
+
+use std::time::Duration;
 
 use async_trait::async_trait;
 use audit::{Anchor, ChainHead, NewAuditRecord, SealedRecord};
@@ -176,9 +181,6 @@ impl Row {
 /// What a store operation runs its statements through, inside one transaction.
 #[async_trait]
 pub(crate) trait Tx: Send {
-    /// The database this transaction runs on (for the few places the dialects differ).
-    fn backend(&self) -> Backend;
-
     /// Executes `sql` with `$n` bound to `args[n - 1]`; returns the number of rows changed.
     async fn exec(&mut self, op: &'static str, sql: &str, args: &[Arg]) -> Result<u64>;
 
@@ -207,10 +209,6 @@ struct SqliteTx<'c> {
 
 #[async_trait]
 impl Tx for SqliteTx<'_> {
-    fn backend(&self) -> Backend {
-        Backend::Sqlite
-    }
-
     async fn exec(&mut self, op: &'static str, sql: &str, args: &[Arg]) -> Result<u64> {
         let refs: Vec<&dyn rusqlite::ToSql> =
             args.iter().map(|a| a as &dyn rusqlite::ToSql).collect();
@@ -234,7 +232,6 @@ impl Tx for SqliteTx<'_> {
 /// The sqlx side (PostgreSQL, and SQLite before its writer thread runs): one transaction on a
 /// pooled connection.
 struct SqlxTx {
-    backend: Backend,
     tx: sqlx::Transaction<'static, sqlx::Any>,
     audit: Vec<NewAuditRecord>,
 }
@@ -257,10 +254,6 @@ pub(crate) fn sqlx_query<'q>(
 
 #[async_trait]
 impl Tx for SqlxTx {
-    fn backend(&self) -> Backend {
-        self.backend
-    }
-
     async fn exec(&mut self, op: &'static str, sql: &str, args: &[Arg]) -> Result<u64> {
         Ok(sqlx_query(sql, args)
             .execute(&mut *self.tx)
@@ -288,7 +281,6 @@ impl Tx for SqlxTx {
 /// unit (the chain head, the anchor) read here too. It refuses writes.
 pub(crate) struct Reads<'p> {
     pool: &'p sqlx::AnyPool,
-    backend: Backend,
 }
 
 fn read_only(op: &'static str) -> Error {
@@ -300,10 +292,6 @@ fn read_only(op: &'static str) -> Error {
 
 #[async_trait]
 impl Tx for Reads<'_> {
-    fn backend(&self) -> Backend {
-        self.backend
-    }
-
     async fn exec(&mut self, op: &'static str, _sql: &str, _args: &[Arg]) -> Result<u64> {
         Err(read_only(op))
     }
@@ -334,20 +322,34 @@ impl<R, F> Work<R> for F where
 {
 }
 
-pub(crate) const SQL_ANCHOR: &str = "SELECT anchor FROM audit_anchor WHERE id = 1";
-pub(crate) const SQL_LAST_RECORD: &str = "SELECT record FROM audit_log ORDER BY seq DESC LIMIT 1";
+/// A chain's anchor: row `id` = chain + 1 (row 1 is chain 0's, as before there were chains).
+pub(crate) const SQL_ANCHOR: &str = "SELECT anchor FROM audit_anchor WHERE id = $1 + 1";
+/// A chain's last record.
+pub(crate) const SQL_LAST_RECORD: &str =
+    "SELECT record FROM audit_log WHERE chain = $1 ORDER BY seq DESC LIMIT 1";
 /// A sealed record; `order_id` repeats the record's Order Id (or NULL) so that an Order's
 /// records are found by index (`Store::audit_for_order`).
 const SQL_INSERT_RECORD: &str =
-    "INSERT INTO audit_log (seq, at, record, order_id) VALUES ($1, $2, $3, $4)";
+    "INSERT INTO audit_log (chain, seq, at, record, order_id) VALUES ($5, $1, $2, $3, $4)";
 /// The first record of a unit: a `seq` another process took meanwhile inserts nothing (no
 /// error, which on PostgreSQL would abort the whole transaction).
-const SQL_INSERT_FIRST_RECORD: &str = "INSERT INTO audit_log (seq, at, record, order_id) \
-     VALUES ($1, $2, $3, $4) ON CONFLICT (seq) DO NOTHING";
+const SQL_INSERT_FIRST_RECORD: &str = "INSERT INTO audit_log (chain, seq, at, record, order_id) \
+     VALUES ($5, $1, $2, $3, $4) ON CONFLICT (chain, seq) DO NOTHING";
 
-/// Serialises audit appends (and purges) across PostgreSQL instances for the transaction's
-/// lifetime.
+/// The first of the PostgreSQL advisory lock keys of the audit chains: chain `c` is
+/// `AUDIT_LOCK_KEY + c`, held by the one transaction appending to it (and by a purge of it).
 pub(crate) const AUDIT_LOCK_KEY: i64 = 0x7070_6175_6469_7431; // "ppaudit1"
+
+/// How many audit chains a PostgreSQL store appends to. Each is an independent hash chain
+/// with its own head, lock and anchor; a unit takes whichever is free, so concurrent units
+/// (of this process or of other instances) commit side by side instead of one after another.
+/// SQLite has one chain: its single writer serialises every write anyway.
+pub const POSTGRES_AUDIT_CHAINS: u32 = 16;
+
+/// The advisory lock key of `chain`.
+pub(crate) fn chain_lock_key(chain: u32) -> i64 {
+    AUDIT_LOCK_KEY.wrapping_add(i64::from(chain))
+}
 
 /// How often one unit re-reads the head after another process took its place.
 const APPEND_ATTEMPTS: usize = 16;
@@ -355,6 +357,20 @@ const APPEND_ATTEMPTS: usize = 16;
 fn audit_error(e: impl Into<audit::Error>) -> Error {
     Error::Audit(Box::new(e.into()))
 }
+
+/// A store error while taking an audit chain, as an audit failure.
+fn audit_backend(e: Error) -> Error {
+    match e {
+        Error::Audit(_) => e,
+        other => audit_error(audit::Error::Backend {
+            op: "audit: taking a chain",
+            source: Box::new(other),
+        }),
+    }
+}
+
+/// This process's cached head of one audit chain, held while a unit appends to it.
+type HeadGuard<'a> = tokio::sync::MutexGuard<'a, Option<ChainHead>>;
 
 fn json_error(op: &'static str) -> impl FnOnce(serde_json::Error) -> Error {
     move |e| {
@@ -375,10 +391,15 @@ pub(crate) fn decode_record(row: &Row) -> Result<SealedRecord> {
     serde_json::from_str(&json).map_err(json_error("audit: decoding a record"))
 }
 
-/// The retention anchor (genesis when nothing was ever purged).
-pub(crate) async fn read_anchor(tx: &mut dyn Tx) -> Result<Anchor> {
+/// `chain` as a statement argument.
+pub(crate) fn chain_arg(chain: u32) -> Arg {
+    Arg::Int(i64::from(chain))
+}
+
+/// The retention anchor of `chain` (genesis when nothing was ever purged).
+pub(crate) async fn read_anchor(tx: &mut dyn Tx, chain: u32) -> Result<Anchor> {
     match tx
-        .query_opt("audit: reading the anchor", SQL_ANCHOR, &[])
+        .query_opt("audit: reading the anchor", SQL_ANCHOR, &[chain_arg(chain)])
         .await?
     {
         None => Ok(Anchor::GENESIS),
@@ -393,18 +414,22 @@ pub(crate) async fn read_anchor(tx: &mut dyn Tx) -> Result<Anchor> {
     }
 }
 
-/// The chain head as stored: after the last record, or the anchor's.
-pub(crate) async fn read_head(tx: &mut dyn Tx) -> Result<ChainHead> {
+/// The head of `chain` as stored: after its last record, or its anchor's.
+pub(crate) async fn read_head(tx: &mut dyn Tx, chain: u32) -> Result<ChainHead> {
     match tx
-        .query_opt("audit: reading the head", SQL_LAST_RECORD, &[])
+        .query_opt(
+            "audit: reading the head",
+            SQL_LAST_RECORD,
+            &[chain_arg(chain)],
+        )
         .await?
     {
         Some(row) => Ok(ChainHead::after(&decode_record(&row)?)),
-        None => Ok(read_anchor(tx).await?.head()),
+        None => Ok(read_anchor(tx, chain).await?.head()),
     }
 }
 
-fn record_args(sealed: &SealedRecord) -> Result<Vec<Arg>> {
+fn record_args(chain: u32, sealed: &SealedRecord) -> Result<Vec<Arg>> {
     let json = serde_json::to_string(sealed).map_err(json_error("audit: encoding"))?;
     let seq = i64::try_from(sealed.record.seq).map_err(|_| {
         audit_error(audit::Error::Backend {
@@ -423,18 +448,22 @@ fn record_args(sealed: &SealedRecord) -> Result<Vec<Arg>> {
                 .as_ref()
                 .map(|id| id.as_str().to_owned()),
         ),
+        chain_arg(chain),
     ])
 }
 
-/// Seals `records` on the chain head (`cached`, or the stored one) and inserts them inside
-/// `tx`. Returns the sealed records and the new head; the caller keeps that head only once
-/// the transaction has committed. Every failure is [`Error::Audit`].
+/// Seals `records` on the head of `chain` (`cached`, or the stored one) and inserts them
+/// inside `tx`, which already holds that chain (see [`SqlStore::transact_sealed`]). Returns the
+/// sealed records, the new head and how many times another writer had moved the head first;
+/// the caller keeps that head only once the transaction has committed. Every failure is
+/// [`Error::Audit`].
 pub(crate) async fn seal_into(
     tx: &mut dyn Tx,
+    chain: u32,
     cached: Option<ChainHead>,
     key: &audit::AuditKey,
     records: Vec<NewAuditRecord>,
-) -> Result<(Vec<SealedRecord>, ChainHead)> {
+) -> Result<(Vec<SealedRecord>, ChainHead, u32)> {
     let as_audit = |e: Error| match e {
         Error::Audit(_) => e,
         other => audit_error(audit::Error::Backend {
@@ -442,29 +471,17 @@ pub(crate) async fn seal_into(
             source: Box::new(other),
         }),
     };
-    if tx.backend() == Backend::Postgres {
-        // One appender at a time across instances, until this transaction ends: without it
-        // an instance whose head is cached keeps winning every `seq` and another one that
-        // has to re-read the head after each loss can starve.
-        tx.exec(
-            "audit: lock",
-            "SELECT pg_advisory_xact_lock($1)",
-            &[Arg::Int(AUDIT_LOCK_KEY)],
-        )
-        .await
-        .map_err(as_audit)?;
-    }
     let mut cached = cached;
-    for _ in 0..APPEND_ATTEMPTS {
+    for attempt in 0..APPEND_ATTEMPTS {
         let mut head = match cached {
             Some(head) => head,
-            None => read_head(tx).await.map_err(as_audit)?,
+            None => read_head(tx, chain).await.map_err(as_audit)?,
         };
         let mut sealed = Vec::with_capacity(records.len());
         let mut taken = false;
         for (i, record) in records.iter().enumerate() {
             let s = head.seal(key, record.clone()).map_err(audit_error)?;
-            let args = record_args(&s)?;
+            let args = record_args(chain, &s)?;
             // Once the first record is in, this unit holds the next `seq`: another process
             // can only append after it commits.
             let sql = if i == 0 {
@@ -484,7 +501,8 @@ pub(crate) async fn seal_into(
             sealed.push(s);
         }
         if !taken {
-            return Ok((sealed, head));
+            let moved = u32::try_from(attempt).unwrap_or(u32::MAX);
+            return Ok((sealed, head, moved));
         }
         cached = None;
     }
@@ -512,7 +530,6 @@ pub(crate) async fn on_pool<R>(
     };
     let tx = pool.begin_with(begin).await.map_err(Error::db(op))?;
     let mut tx = SqlxTx {
-        backend,
         tx,
         audit: Vec::new(),
     };
@@ -544,6 +561,18 @@ impl SqlStore {
         op: &'static str,
         work: impl Work<R>,
     ) -> Result<(R, Vec<SealedRecord>)> {
+        self.transact_on(op, None, work).await
+    }
+
+    /// [`SqlStore::transact_sealed`]; with `Some(chain)`, the unit holds that audit chain
+    /// from its start (a purge of it) and its records are sealed on it, otherwise on whichever
+    /// chain is free once the unit's statements have run.
+    pub(crate) async fn transact_on<R: Send + 'static>(
+        &self,
+        op: &'static str,
+        chain: Option<u32>,
+        work: impl Work<R>,
+    ) -> Result<(R, Vec<SealedRecord>)> {
         match &self.sqlite {
             Some(writer) => {
                 writer
@@ -559,8 +588,9 @@ impl SqlStore {
                             return Ok((result, Vec::new()));
                         }
                         let cached = st.audit_head.take();
-                        let (sealed, head) = futures::executor::block_on(seal_into(
+                        let (sealed, head, _) = futures::executor::block_on(seal_into(
                             &mut tx,
+                            chain.unwrap_or(0),
                             cached,
                             &st.audit_key,
                             records,
@@ -578,9 +608,12 @@ impl SqlStore {
                     .await
                     .map_err(Error::db("beginning a transaction"))?;
                 let mut tx = SqlxTx {
-                    backend: Backend::Postgres,
                     tx,
                     audit: Vec::new(),
+                };
+                let mut held = match chain {
+                    Some(chain) => Some(self.wait_for_chain(&mut tx, chain).await?),
+                    None => None,
                 };
                 let result = work(&mut tx).await?;
                 let records = std::mem::take(&mut tx.audit);
@@ -588,15 +621,92 @@ impl SqlStore {
                     tx.tx.commit().await.map_err(Error::db(op))?;
                     return Ok((result, Vec::new()));
                 }
+                let (chain, mut head, waited) = match held.take() {
+                    Some(held) => held,
+                    None => self.take_chain(&mut tx).await?,
+                };
                 // Held until the commit: nothing is sealed on a record that may roll back.
-                let mut head = self.audit_head.lock().await;
                 let cached = head.take();
-                let (sealed, new_head) =
-                    seal_into(&mut tx, cached, self.audit_key(), records).await?;
+                let sealing = std::time::Instant::now();
+                let (sealed, new_head, moved) =
+                    seal_into(&mut tx, chain, cached, self.audit_key(), records).await?;
                 tx.tx.commit().await.map_err(Error::db(op))?;
                 *head = Some(new_head);
+                let mut serialized = waited;
+                if moved > 0 {
+                    // Another process had appended to this chain since this one last did.
+                    serialized += sealing.elapsed();
+                }
+                self.count_serialized(serialized);
                 Ok((result, sealed))
             }
+        }
+    }
+
+    /// PostgreSQL: a free audit chain for `tx`, held until it ends: the first whose head this
+    /// process does not hold and whose advisory lock no other session holds. Only when all
+    /// are taken does it wait, for one picked in turn; returns how long it waited.
+    async fn take_chain(&self, tx: &mut SqlxTx) -> Result<(u32, HeadGuard<'_>, Duration)> {
+        for (chain, slot) in (0..).zip(self.audit_heads.iter()) {
+            let Ok(guard) = slot.try_lock() else {
+                continue;
+            };
+            let held = tx
+                .query_opt(
+                    "audit: taking a chain",
+                    "SELECT pg_try_advisory_xact_lock($1) AS held",
+                    &[Arg::Int(chain_lock_key(chain))],
+                )
+                .await
+                .map_err(audit_backend)?
+                .map(|row| row.int("held", "advisory lock"))
+                .transpose()?
+                .flatten();
+            if held == Some(1) {
+                return Ok((chain, guard, Duration::ZERO));
+            }
+        }
+        let count = u32::try_from(self.audit_heads.len()).unwrap_or(1).max(1);
+        let chain = self
+            .next_waited_chain
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            % count;
+        self.wait_for_chain(tx, chain).await
+    }
+
+    /// PostgreSQL: waits for `chain` (this process's head of it, then its advisory lock).
+    async fn wait_for_chain(
+        &self,
+        tx: &mut SqlxTx,
+        chain: u32,
+    ) -> Result<(u32, HeadGuard<'_>, Duration)> {
+        let started = std::time::Instant::now();
+        let slot = usize::try_from(chain)
+            .ok()
+            .and_then(|i| self.audit_heads.get(i))
+            .ok_or_else(|| {
+                audit_error(audit::Error::Backend {
+                    op: "audit: taking a chain",
+                    source: format!("this store has no audit chain {chain}").into(),
+                })
+            })?;
+        let guard = slot.lock().await;
+        tx.exec(
+            "audit: taking a chain",
+            "SELECT pg_advisory_xact_lock($1)",
+            &[Arg::Int(chain_lock_key(chain))],
+        )
+        .await
+        .map_err(audit_backend)?;
+        Ok((chain, guard, started.elapsed()))
+    }
+
+    /// Adds `spent` to the time units spent waiting for an audit chain or sealing again.
+    fn count_serialized(&self, spent: Duration) {
+        if !spent.is_zero() {
+            let micros = u64::try_from(spent.as_micros()).unwrap_or(u64::MAX);
+            self.serialized_micros
+                .fetch_add(micros, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -604,7 +714,6 @@ impl SqlStore {
     pub(crate) fn reads(&self) -> Reads<'_> {
         Reads {
             pool: self.reader(),
-            backend: self.backend(),
         }
     }
 

@@ -120,6 +120,16 @@ pub enum IntegrityCheck {
     AuditMac,
 }
 
+/// A record's place in an audit log of several chains: `SEQ` in chain 0, `CHAIN.SEQ` in
+/// another.
+pub fn chain_position(chain: u32, seq: u64) -> String {
+    if chain == 0 {
+        seq.to_string()
+    } else {
+        format!("{chain}.{seq}")
+    }
+}
+
 /// An identifier that is safe to put in an alert: at most 64 characters of `A-Z a-z 0-9 . _ : -`.
 ///
 /// Order ids, customer numbers, event ids and key ids all fit. Anything else (an e-mail address,
@@ -307,10 +317,16 @@ impl Details {
     }
 
     /// Sets `audit_seq` and `audit_mac`: an audit chain head.
-    pub fn audit_head(mut self, seq: u64, mac_hex: &str) -> Self {
+    pub fn audit_head(self, seq: u64, mac_hex: &str) -> Self {
+        self.audit_chain_head(0, seq, mac_hex)
+    }
+
+    /// Sets `audit_seq` and `audit_mac`: the head of audit chain `chain` of a log kept as
+    /// several chains. `audit_seq` is `SEQ` for chain 0 and `CHAIN.SEQ` for the others.
+    pub fn audit_chain_head(mut self, chain: u32, seq: u64, mac_hex: &str) -> Self {
         self.0.insert(
             DetailKey::AuditSeq,
-            DetailValue::Id(Id::new(seq.to_string())),
+            DetailValue::Id(Id::new(chain_position(chain, seq))),
         );
         self.0
             .insert(DetailKey::AuditMac, DetailValue::Id(Id::new(mac_hex)));
@@ -318,10 +334,16 @@ impl Details {
     }
 
     /// Sets `audit_seq` alone: the audit record a check is about.
-    pub fn audit_seq(mut self, seq: u64) -> Self {
+    pub fn audit_seq(self, seq: u64) -> Self {
+        self.audit_chain_seq(0, seq)
+    }
+
+    /// Sets `audit_seq` alone, for a record of audit chain `chain` (`CHAIN.SEQ` unless the
+    /// chain is 0).
+    pub fn audit_chain_seq(mut self, chain: u32, seq: u64) -> Self {
         self.0.insert(
             DetailKey::AuditSeq,
-            DetailValue::Id(Id::new(seq.to_string())),
+            DetailValue::Id(Id::new(chain_position(chain, seq))),
         );
         self
     }

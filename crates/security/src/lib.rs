@@ -12,6 +12,7 @@ mod sink;
 
 pub use alert::{
     Alert, AlertKind, DetailKey, DetailValue, Details, Id, IntegrityCheck, Severity, Subject,
+    chain_position,
 };
 pub use allowlist::IpAllowlist;
 pub use dedup::Deduplicator;

@@ -139,8 +139,14 @@ impl SecurityMonitor {
     /// missing or out of place): an [`IntegrityCheck::AuditMac`] integrity failure naming the
     /// record.
     pub async fn audit_chain_broken(&self, seq: u64) -> Option<Alert> {
+        self.audit_chain_broken_in(0, seq).await
+    }
+
+    /// [`SecurityMonitor::audit_chain_broken`] for record `seq` of chain `chain` of a log kept
+    /// as several chains (`audit_seq` is `CHAIN.SEQ` unless the chain is 0).
+    pub async fn audit_chain_broken_in(&self, chain: u32, seq: u64) -> Option<Alert> {
         let subject = Subject::Integrity(IntegrityCheck::AuditMac);
-        let details = subject.details().audit_seq(seq);
+        let details = subject.details().audit_chain_seq(chain, seq);
         self.record(AlertKind::IntegrityFailure, subject, details)
             .await
     }
@@ -237,8 +243,14 @@ impl SecurityMonitor {
     /// Publishes the audit chain's head (`audit_head`, low severity): sent at once, never
     /// deduplicated, so every witness reaches the webhook.
     pub async fn audit_head(&self, seq: u64, mac_hex: &str) -> Alert {
+        self.audit_chain_head(0, seq, mac_hex).await
+    }
+
+    /// [`SecurityMonitor::audit_head`] for chain `chain` of a log kept as several chains
+    /// (`audit_seq` is `CHAIN.SEQ` unless the chain is 0).
+    pub async fn audit_chain_head(&self, chain: u32, seq: u64, mac_hex: &str) -> Alert {
         let subject = Subject::AuditChain;
-        let details = subject.details().audit_head(seq, mac_hex);
+        let details = subject.details().audit_chain_head(chain, seq, mac_hex);
         let alert = Alert::new(AlertKind::AuditHead, subject, 1, Duration::ZERO, details);
         self.inner.sink.send(alert.clone()).await;
         alert

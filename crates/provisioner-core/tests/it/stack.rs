@@ -400,7 +400,8 @@ impl Stack {
     }
 
     /// The invariants every run must end with: one WHMCS order per Salesforce Order, every
-    /// Order activated with its WHMCS ids, per-customer order kept, audit chain clean.
+    /// Order activated with its WHMCS ids, per-customer arrival order kept except past an
+    /// Order that waited for a retry, audit chain clean.
     pub(crate) async fn check_invariants(&self) {
         self.check_invariants_of(&self.store).await;
     }
@@ -438,18 +439,32 @@ impl Stack {
                 .or_default()
                 .push((o.seq, whmcs_id));
         }
+        // A customer's Orders are provisioned in arrival order, except that a later one may
+        // pass an earlier one that waited for a retry or a settle point (a `step_failed`
+        // record) while it waited.
         for (customer, mut list) in per_customer {
             list.sort();
-            let ids: Vec<u64> = list.iter().map(|(_, id)| *id).collect();
-            let mut sorted = ids.clone();
-            sorted.sort();
-            assert_eq!(
-                ids, sorted,
-                "customer {customer}: orders provisioned out of arrival order"
-            );
+            for (i, &(seq, id)) in list.iter().enumerate() {
+                for &(later_seq, later_id) in &list[i + 1..] {
+                    if later_id > id {
+                        continue;
+                    }
+                    let order = &self.orders.iter().find(|o| o.seq == seq).unwrap().order_id;
+                    let waited = provisioner_store::Store::audit_for_order(store, order, 1000)
+                        .await
+                        .unwrap()
+                        .iter()
+                        .any(|r| r.record.action == audit::Action::STEP_FAILED);
+                    assert!(
+                        waited,
+                        "customer {customer}: Order #{later_seq} (WHMCS {later_id}) passed \
+                         #{seq} (WHMCS {id}), which never waited"
+                    );
+                }
+            }
         }
-        let summary = audit::verify(store, store.audit_key()).await.unwrap();
-        assert!(summary.records > self.orders.len() as u64);
+        let summary = store.verify_audit().await.unwrap();
+        assert!(summary.records() > self.orders.len() as u64);
     }
 }
 

@@ -661,7 +661,7 @@ async fn check(world: &World, store: &Arc<SqlStore>, ids: &[String]) {
             .dead_letters(Some(DeadLetterState::Open), 10_000)
             .await
             .unwrap_or_default();
-        let verified = audit::verify(&*s, s.audit_key()).await;
+        let verified = s.verify_audit().await;
         (jobs, letters, verified)
     });
     if let Err(e) = verified {

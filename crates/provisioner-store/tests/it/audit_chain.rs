@@ -1,4 +1,5 @@
-//! The store as an audit log: one chain under concurrency, purge with anchor, tampering found.
+//! The store as an audit log: unbroken chains under concurrency (one on SQLite, a free one per
+//! writer on PostgreSQL), purge with anchor, tampering found in any chain.
 
 use std::sync::Arc;
 
@@ -8,6 +9,10 @@ use sqlx::Connection;
 
 use crate::support::both_backends;
 
+/// The PostgreSQL advisory lock key a writer of audit chain 0 holds until its commit
+/// ("ppaudit1"; chain `c` is this plus `c`).
+const CHAIN_0_LOCK_KEY: i64 = 0x7070_6175_6469_7431;
+
 fn record(i: u32) -> NewAuditRecord {
     NewAuditRecord::new(Actor::ENGINE, Action::STEP_SUCCEEDED, Outcome::Success)
         .order_id(format!("801{i:015}"))
@@ -16,8 +21,31 @@ fn record(i: u32) -> NewAuditRecord {
         .unwrap()
 }
 
+/// Every chain of `store`: its records' sequence numbers must run 1..=n without a gap, and
+/// together they hold `total` records; returns how many chains hold records.
+async fn chains_are_unbroken(store: &provisioner_store::SqlStore, total: u64) -> usize {
+    let summary = store.verify_audit().await.unwrap();
+    assert_eq!(summary.records(), total);
+    let mut used = 0;
+    for c in &summary.chains {
+        if c.summary.records > 0 {
+            used += 1;
+            assert_eq!(
+                (c.summary.first_seq, c.summary.last_seq),
+                (Some(1), Some(c.summary.records)),
+                "chain {}",
+                c.chain
+            );
+        }
+    }
+    if store.backend() == provisioner_store::Backend::Sqlite {
+        assert_eq!(used, 1, "SQLite keeps one chain");
+    }
+    used
+}
+
 both_backends! {
-    async fn concurrent_appends_form_one_verifiable_chain(db: &TestDb) {
+    async fn concurrent_appends_form_verifiable_chains(db: &TestDb) {
         let store = Arc::new(db.open().await);
         let mut tasks = Vec::new();
         for t in 0..16u32 {
@@ -31,15 +59,15 @@ both_backends! {
         for t in tasks {
             t.await.unwrap();
         }
-        let summary = audit::verify(&*store, store.audit_key()).await.unwrap();
-        assert_eq!(summary.records, 320);
-        assert_eq!((summary.first_seq, summary.last_seq), (Some(1), Some(320)));
-        assert_eq!(store.head().await.unwrap().seq, 320);
+        chains_are_unbroken(&store, 320).await;
+        if store.backend() == provisioner_store::Backend::Sqlite {
+            assert_eq!(store.head().await.unwrap().seq, 320);
+        }
     }
 
-    async fn two_stores_appending_to_one_database_never_fork_the_chain(db: &TestDb) {
-        // Each store keeps the chain head in memory; the other one's appends make it stale,
-        // and the `seq` key must turn that into a re-read, not a fork or a gap.
+    async fn two_stores_appending_to_one_database_never_fork_a_chain(db: &TestDb) {
+        // Each store keeps the chain heads in memory; the other one's appends make them stale,
+        // and the `(chain, seq)` key must turn that into a re-read, not a fork or a gap.
         let a = Arc::new(db.open().await);
         let b = Arc::new(db.open_shared().await);
         let mut tasks = Vec::new();
@@ -54,13 +82,12 @@ both_backends! {
         for t in tasks {
             t.await.unwrap();
         }
-        // One more from each, after the other one moved the head.
+        // One more from each, after the other one moved the heads.
         a.append(record(900)).await.unwrap();
         b.append(record(901)).await.unwrap();
         a.append(record(902)).await.unwrap();
-        let summary = audit::verify(&*a, a.audit_key()).await.unwrap();
-        assert_eq!(summary.records, 123);
-        assert_eq!((summary.first_seq, summary.last_seq), (Some(1), Some(123)));
+        chains_are_unbroken(&a, 123).await;
+        chains_are_unbroken(&b, 123).await;
     }
 
     async fn a_batch_of_concurrent_appends_returns_each_its_own_record(db: &TestDb) {
@@ -70,17 +97,19 @@ both_backends! {
             async move { (i, store.append(record(i)).await.unwrap()) }
         });
         let sealed = futures::future::join_all(appends).await;
-        let mut seqs: Vec<u64> = sealed.iter().map(|(_, s)| s.record.seq).collect();
         for (i, s) in &sealed {
             assert_eq!(s.record.details.get(DetailKey::Attempt), Some(i.to_string().as_str()));
         }
-        seqs.sort_unstable();
-        assert_eq!(seqs, (1..=64).collect::<Vec<u64>>());
-        let stored = store.read_range(1, 100).await.unwrap();
-        for (_, s) in &sealed {
-            assert_eq!(&stored[usize::try_from(s.record.seq - 1).unwrap()], s);
+        // Each sealed record is stored as returned, in some chain at its sequence number.
+        let mut stored = Vec::new();
+        for chain in store.audit_chains().await.unwrap() {
+            stored.extend(chain.read_range(1, 100).await.unwrap());
         }
-        assert_eq!(audit::verify(&*store, store.audit_key()).await.unwrap().records, 64);
+        assert_eq!(stored.len(), 64);
+        for (_, s) in &sealed {
+            assert!(stored.contains(s), "{s:?} is not stored as returned");
+        }
+        chains_are_unbroken(&store, 64).await;
     }
 
     async fn purge_keeps_an_anchor_and_the_rest_verifies(db: &TestDb) {
@@ -96,15 +125,15 @@ both_backends! {
         let report = store.purge(policy.cutoff(Utc::now()), Actor::RETENTION).await.unwrap();
         assert_eq!(report.removed, 5);
         assert_eq!(report.anchor.seq, 5);
-        let summary = audit::verify(&store, store.audit_key()).await.unwrap();
-        // 3 kept + the purge record.
-        assert_eq!(summary.records, 4);
-        assert_eq!(summary.first_seq, Some(6));
+        let summary = store.verify_audit().await.unwrap();
+        // 3 kept + the purge record, in chain 0 (one writer at a time takes the first chain).
+        assert_eq!(summary.records(), 4);
+        assert_eq!(summary.chains[0].summary.first_seq, Some(6));
         // Appending after a purge continues the chain; reopening keeps it.
         store.append(record(9)).await.unwrap();
         drop(store);
         let store = db.open().await;
-        assert_eq!(audit::verify(&store, store.audit_key()).await.unwrap().records, 5);
+        assert_eq!(store.verify_audit().await.unwrap().records(), 5);
     }
 
     async fn editing_or_deleting_rows_is_detected(db: &TestDb) {
@@ -122,15 +151,136 @@ both_backends! {
         assert_ne!(forged, json);
         sqlx::query("UPDATE audit_log SET record = $1 WHERE seq = 3")
             .bind(&forged).execute(&mut raw).await.unwrap();
-        let err = audit::verify(&store, store.audit_key()).await.unwrap_err();
-        assert!(matches!(err, audit::Error::Tampered { seq: 3, .. }), "{err}");
+        let err = store.verify_audit().await.unwrap_err();
+        assert!(matches!(err.error, audit::Error::Tampered { seq: 3, .. }), "{err}");
+        assert_eq!(err.chain, Some(0));
         // Put it back, then delete a row.
         sqlx::query("UPDATE audit_log SET record = $1 WHERE seq = 3")
             .bind(&json).execute(&mut raw).await.unwrap();
-        audit::verify(&store, store.audit_key()).await.unwrap();
+        store.verify_audit().await.unwrap();
         sqlx::query("DELETE FROM audit_log WHERE seq = 4").execute(&mut raw).await.unwrap();
-        let err = audit::verify(&store, store.audit_key()).await.unwrap_err();
-        assert!(matches!(err, audit::Error::Tampered { seq: 4, .. }), "{err}");
+        let err = store.verify_audit().await.unwrap_err();
+        assert!(matches!(err.error, audit::Error::Tampered { seq: 4, .. }), "{err}");
         raw.close().await.unwrap();
     }
+}
+
+/// PostgreSQL: writers of two instances spread over several chains; an edit, a deletion or a
+/// record moved to another chain is found in whichever chain it is, and named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tampering_is_found_in_every_chain_on_postgres() {
+    let db = crate::support::TestDb::postgres().await;
+    let a = Arc::new(db.open().await);
+    let b = Arc::new(db.open_shared().await);
+    let mut tasks = Vec::new();
+    for t in 0..8u32 {
+        let store = if t % 2 == 0 {
+            Arc::clone(&a)
+        } else {
+            Arc::clone(&b)
+        };
+        tasks.push(tokio::spawn(async move {
+            for i in 0..10u32 {
+                store.append(record(t * 100 + i)).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // Another session holds chain 0's lock (as a writer of another instance would, until its
+    // commit): the next append takes another chain instead of waiting. No reliance on timing.
+    sqlx::any::install_default_drivers();
+    let mut holder = sqlx::AnyConnection::connect(&db.url()).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(CHAIN_0_LOCK_KEY)
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let first = b.append(record(990)).await.unwrap();
+    let second = b.append(record(991)).await.unwrap();
+    sqlx::query("COMMIT").execute(&mut holder).await.unwrap();
+    holder.close().await.unwrap();
+    let in_chain_0 = a.audit_chain(0).read_range(1, 1000).await.unwrap();
+    assert!(
+        !in_chain_0.contains(&first),
+        "sealed on another chain than the held one"
+    );
+    let used = chains_are_unbroken(&a, 82).await;
+    assert!(
+        used >= 2,
+        "a writer that found chain 0 taken used another one"
+    );
+    let summary = a.verify_audit().await.unwrap();
+    // The chain the two appends went to (the first free one after chain 0: both, since
+    // nothing else was writing).
+    let mut other = None;
+    for c in summary.chains.iter().filter(|c| c.chain > 0) {
+        let records = a.audit_chain(c.chain).read_range(1, 1000).await.unwrap();
+        if records.contains(&first) && records.contains(&second) {
+            other = Some(*c);
+        }
+    }
+    let other = other.expect("both appends in one other chain");
+    let chain = i64::from(other.chain);
+
+    let mut raw = sqlx::AnyConnection::connect(&db.url()).await.unwrap();
+    let row = sqlx::query("SELECT record FROM audit_log WHERE chain = $1 AND seq = 1")
+        .bind(chain)
+        .fetch_one(&mut raw)
+        .await
+        .unwrap();
+    let json: String = sqlx::Row::get(&row, "record");
+    let forged = json.replace("\"success\"", "\"failed\"");
+    sqlx::query("UPDATE audit_log SET record = $1 WHERE chain = $2 AND seq = 1")
+        .bind(&forged)
+        .bind(chain)
+        .execute(&mut raw)
+        .await
+        .unwrap();
+    let err = a.verify_audit().await.unwrap_err();
+    assert!(
+        matches!(err.error, audit::Error::Tampered { seq: 1, .. }),
+        "{err}"
+    );
+    assert_eq!(err.chain, Some(other.chain));
+    sqlx::query("UPDATE audit_log SET record = $1 WHERE chain = $2 AND seq = 1")
+        .bind(&json)
+        .bind(chain)
+        .execute(&mut raw)
+        .await
+        .unwrap();
+    a.verify_audit().await.unwrap();
+
+    // A record moved into chain 0's next place: a gap in its own chain, a stranger in chain 0.
+    let next = i64::try_from(summary.chains[0].summary.records + 1).unwrap();
+    sqlx::query("UPDATE audit_log SET chain = 0, seq = $1 WHERE chain = $2 AND seq = 1")
+        .bind(next)
+        .bind(chain)
+        .execute(&mut raw)
+        .await
+        .unwrap();
+    let err = a.verify_audit().await.unwrap_err();
+    assert!(matches!(err.error, audit::Error::Tampered { .. }), "{err}");
+    sqlx::query("UPDATE audit_log SET chain = $2, seq = 1 WHERE chain = 0 AND seq = $1")
+        .bind(next)
+        .bind(chain)
+        .execute(&mut raw)
+        .await
+        .unwrap();
+    a.verify_audit().await.unwrap();
+
+    // A deleted record of that chain.
+    sqlx::query("DELETE FROM audit_log WHERE chain = $1 AND seq = 1")
+        .bind(chain)
+        .execute(&mut raw)
+        .await
+        .unwrap();
+    let err = a.verify_audit().await.unwrap_err();
+    assert!(matches!(err.error, audit::Error::Tampered { .. }), "{err}");
+    assert_eq!(err.chain, Some(other.chain));
+    raw.close().await.unwrap();
+    drop((a, b));
+    db.cleanup().await;
 }

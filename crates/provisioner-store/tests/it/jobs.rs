@@ -67,18 +67,28 @@ both_backends! {
         assert_eq!(done.lease_owner, None);
     }
 
-    async fn a_retry_waiting_blocks_the_customers_later_orders(db: &TestDb) {
+    async fn a_retry_waiting_lets_the_customers_later_orders_run_one_at_a_time(db: &TestDb) {
         let store = db.open().await;
         let now = Utc::now();
         store.ingest_event(&event(1, "801000000000001AAA", "A"), now).await.unwrap();
         store.ingest_event(&event(2, "801000000000002AAA", "A"), now).await.unwrap();
+        store.ingest_event(&event(3, "801000000000003AAA", "A"), now).await.unwrap();
         let job = store.claim("w1", now, LEASE).await.unwrap().unwrap();
-        let later = now + ChronoDuration::seconds(60);
+        assert_eq!(job.order_id, "801000000000001AAA");
+        // Within the running job's lease (30 s), so nothing is taken over meanwhile.
+        let later = now + ChronoDuration::seconds(20);
         store
             .reschedule(&job.order_id, "w1:1", retry(later, Some("whmcs: 503".into()), true), vec![], now)
             .await
             .unwrap();
-        assert!(store.claim("w1", now, LEASE).await.unwrap().is_none());
+        // The first order waits for its retry time; the customer's next one runs meanwhile,
+        // and only one at a time.
+        let second = store.claim("w1", now, LEASE).await.unwrap().unwrap();
+        assert_eq!(second.order_id, "801000000000002AAA");
+        assert!(store.claim("w2", now, LEASE).await.unwrap().is_none(), "one job per customer");
+        assert!(store.claim("w2", later, LEASE).await.unwrap().is_none(), "one job per customer");
+        store.finish(&second.order_id, "w1:1", end(JobState::Done, None), vec![], now).await.unwrap();
+        // Once its retry time has come, the earlier order goes before the later due one.
         let again = store.claim("w1", later, LEASE).await.unwrap().unwrap();
         assert_eq!(again.order_id, "801000000000001AAA");
         assert_eq!(again.attempts, 1);
@@ -86,7 +96,11 @@ both_backends! {
         // A rate-limit delay does not count as an attempt.
         store.reschedule(&again.order_id, "w1:2", retry(later, None, false), vec![], later).await.unwrap();
         let again = store.claim("w1", later, LEASE).await.unwrap().unwrap();
+        assert_eq!(again.order_id, "801000000000001AAA");
         assert_eq!(again.attempts, 1);
+        store.finish(&again.order_id, "w1:3", end(JobState::Done, None), vec![], later).await.unwrap();
+        let third = store.claim("w1", later, LEASE).await.unwrap().unwrap();
+        assert_eq!(third.order_id, "801000000000003AAA");
     }
 
     async fn an_expired_lease_is_taken_over_and_the_old_owner_is_fenced(db: &TestDb) {
