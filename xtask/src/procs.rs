@@ -30,7 +30,9 @@
 //! The table goes to stdout and, with the raw numbers as JSON, to `<target dir>/bench-procs.md`
 //! and `<target dir>/bench-procs.json`. Exit status: 0 when every scenario that ran drained
 //! exactly once (a failed Done-when check is a measurement, not an error), 1 when a scenario
-//! broke (a process died, an Order went unprovisioned, a duplicate WHMCS order).
+//! broke (a process died, an Order went unprovisioned, a duplicate WHMCS order); the temporary
+//! directory of a scenario that did not drain or made duplicates is kept, with the processes'
+//! logs, and named in the report.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -959,13 +961,17 @@ fn run_scenario(bins: &Bins, scenario: &Scenario, n: usize) -> Result<Outcome> {
             problems.push(format!("provisioner {i} stopped with {code:?}"));
         }
     }
-    if !problems.is_empty() {
-        outcome.broken = Some(problems.join("; "));
-    }
     drop(provisioners);
     drop(sandbox);
     drop(db);
-    drop(dir);
+    if problems.is_empty() {
+        drop(dir);
+    } else {
+        // The logs and the SQLite file of a broken run are worth a look.
+        let kept = dir.keep();
+        problems.push(format!("logs kept in {}", kept.display()));
+        outcome.broken = Some(problems.join("; "));
+    }
     Ok(outcome)
 }
 
