@@ -530,7 +530,32 @@ impl PgDb {
         }
     }
 
+    /// Drops the databases of earlier runs whose harness is gone (interrupted before its
+    /// guards ran: Ctrl-C kills the process without unwinding).
+    fn drop_stale() {
+        let Ok(names) = psql(
+            r"SELECT datname FROM pg_database WHERE datname LIKE 'bench\_procs\_%'",
+            "postgres",
+        ) else {
+            return;
+        };
+        for name in names.lines() {
+            let pid = name
+                .strip_prefix("bench_procs_")
+                .and_then(|rest| rest.split('_').next());
+            let alive = pid.is_some_and(|pid| Path::new("/proc").join(pid).exists());
+            if !alive && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                eprintln!("xtask: dropping {name}, left by an interrupted run");
+                let _ = psql(
+                    &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                    "postgres",
+                );
+            }
+        }
+    }
+
     fn create(n: usize) -> Result<Self> {
+        Self::drop_stale();
         let name = format!("bench_procs_{}_{n}", std::process::id());
         psql(&format!("DROP DATABASE IF EXISTS {name}"), "postgres")?;
         psql(&format!("CREATE DATABASE {name}"), "postgres")?;
