@@ -11,7 +11,8 @@ use std::time::Instant;
 /// The `Status` value whose PATCH counts as the Order's activation.
 pub const ACTIVATED_STATUS: &str = "Activated";
 
-/// What [`Activations`] has counted so far (see [`crate::salesforce::SalesforceSandbox::activation_stats`]).
+/// What the sandbox has counted so far: see
+/// [`crate::salesforce::SalesforceSandbox::activation_stats`] and `GET /sandbox/stats`.
 #[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ActivationStats {
