@@ -5,6 +5,11 @@
 //!   `.proto` (protox + tonic-prost-build, no protoc); `--check` fails when the file is stale.
 //! - `cargo xtask bench [criterion args]`: the criterion benchmarks of every crate, then the
 //!   100,000-event backlog drill (`BACKLOG_ORDERS` changes the size).
+//! - `cargo xtask bench procs [--only NAME,..] [--orders N] ...`: the product through real
+//!   processes (`procs.rs`): release `sf-sandbox` and `provisioner run` children over loopback
+//!   gRPC and HTTP, SQLite and PostgreSQL, one and two instances, a 100,000-event backlog, a
+//!   paced stream and a faulty twin of a clean run; prints a markdown table and the Done-when
+//!   checks, and writes `bench-procs.md` and `bench-procs.json` to the target directory.
 //! - `cargo xtask demo [args]`: `provisioner demo` in release mode.
 //! - `cargo xtask fuzz <target> <seconds>`: one cargo-fuzz target of `fuzz/` for a bounded time
 //!   (needs cargo-fuzz and a nightly toolchain; CI does not fuzz, it runs the proptests).
@@ -20,6 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 mod codegen;
+mod procs;
 #[cfg(test)]
 mod tidy;
 
@@ -44,6 +50,9 @@ fn run(args: &[String]) -> Result<()> {
             Some("--check") => codegen::run(&root, codegen::Mode::Check),
             Some(other) => bail!("unknown codegen option `{other}` (expected `--check`)"),
         },
+        Some("bench") if args.get(1).map(String::as_str) == Some("procs") => {
+            procs::run(&root, &args[2..])
+        }
         Some("bench") => bench(&args[1..]),
         Some("fuzz") => fuzz(&args[1..]),
         Some("demo") => cargo(
@@ -63,7 +72,7 @@ fn run(args: &[String]) -> Result<()> {
         ),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci | codegen [--check] | bench [criterion args] | demo [demo args] | fuzz <target> <seconds>>"
+                "usage: cargo xtask <ci | codegen [--check] | bench [criterion args] | bench procs [--only NAME,..] [--orders N] [--backlog-orders N] [--rate N] [--seconds N] [--fault-orders N] [--fault-cap SECS] | demo [demo args] | fuzz <target> <seconds>>"
             );
             bail!("unknown or missing task")
         }

@@ -17,7 +17,10 @@ use clap::Parser;
 /// `curl -X POST "$SF_LOGIN_URL/sandbox/orders/<order id>" -d '{"status": "Approved",
 /// "publish": true}'` (both fields optional; `GET` on that path shows the Order).
 /// `GET $SF_LOGIN_URL/sandbox/patches` lists the Order PATCHes with the user who sent each
-/// (kept only with `--record-requests`).
+/// (kept only with `--record-requests`). `GET $SF_LOGIN_URL/sandbox/stats` counts the Orders a
+/// PATCH moved to `Activated` (`?latencies=true` adds p50/p99/max of publish-to-activation,
+/// ms); `GET .../sandbox/stats` on the WHMCS server counts orders and duplicates (more than
+/// one WHMCS order carrying one Salesforce Order Id).
 ///
 /// The WHMCS server has admin routes beside its API (`$WHMCS_API_URL` without
 /// `/includes/api.php`; no credentials): `POST /sandbox/faults` with
@@ -79,6 +82,14 @@ pub(crate) struct Cli {
     /// Publish one `OrderProvisionRequested__e` per seeded Order.
     #[arg(long, env = "SF_SANDBOX_PUBLISH")]
     pub(crate) publish: bool,
+    /// With `--publish`: publish the events paced at this many per second instead of all at
+    /// once before `# ready`, starting when the first client subscribes on the Pub/Sub endpoint
+    /// (so a provisioner started after the announcement sees a steady stream, not a backlog).
+    /// `GET $SF_LOGIN_URL/sandbox/stats?latencies=true` then gives the time from each event's
+    /// publish to its Order's `Status = Activated` PATCH (p50, p99, max, in ms).
+    #[arg(long, env = "SF_SANDBOX_PUBLISH_RATE", requires = "publish",
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub(crate) publish_rate: Option<u32>,
     /// The platform event channel (Pub/Sub topic).
     #[arg(long, env = "SF_SANDBOX_CHANNEL", default_value = sf_pubsub::DEFAULT_TOPIC)]
     pub(crate) channel: String,

@@ -3,6 +3,7 @@
 use anyhow::Context as _;
 use sandbox::pubsub::{PubSubConfig, PubSubSandbox};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use sandbox::salesforce::{KeyPair, SalesforceConfig, SalesforceSandbox};
 use sandbox::whmcs::{Fault, WhmcsSandbox, WhmcsSandboxConfig};
@@ -62,10 +63,60 @@ impl KeyFile {
 pub(crate) struct Running {
     env: Vec<(&'static str, String)>,
     _forwarders: Vec<Forwarder>,
-    _pubsub: PubSubSandbox,
+    _pacer: Option<Pacer>,
+    _pubsub: Arc<PubSubSandbox>,
     _whmcs: WhmcsSandbox,
-    _sf: SalesforceSandbox,
+    _sf: Arc<SalesforceSandbox>,
     _key_file: KeyFile,
+}
+
+/// The task publishing `--publish-rate` events; stopped when dropped.
+#[derive(Debug)]
+struct Pacer(tokio::task::JoinHandle<()>);
+
+impl Drop for Pacer {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// How often the pacer looks for the first subscriber.
+const SUBSCRIBER_POLL: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Waits for the first Subscribe call on `pubsub`, then publishes `events` on `channel`, the
+/// k-th at start + k/rate (no catching up in bursts beyond what the timer lost), noting each
+/// publish in `sf` for its activation latency.
+async fn pace(
+    sf: Arc<SalesforceSandbox>,
+    pubsub: Arc<PubSubSandbox>,
+    channel: String,
+    events: Vec<sf_pubsub::OrderProvisionRequested>,
+    rate: u32,
+) {
+    while pubsub.stats().subscribe_calls == 0 {
+        tokio::time::sleep(SUBSCRIBER_POLL).await;
+    }
+    tracing::info!(
+        events = events.len(),
+        rate,
+        "a client subscribed; publishing paced"
+    );
+    let start = tokio::time::Instant::now();
+    let interval = std::time::Duration::from_secs(1) / rate;
+    for (k, event) in events.iter().enumerate() {
+        let k = u32::try_from(k).unwrap_or(u32::MAX);
+        tokio::time::sleep_until(start + interval.saturating_mul(k)).await;
+        sf.note_published(&event.order_id);
+        if let Err(e) = pubsub.publish_order(&channel, event) {
+            tracing::error!(order = %event.order_id, error = %e, "paced publishing stopped");
+            return;
+        }
+    }
+    tracing::info!(
+        events = events.len(),
+        elapsed = ?start.elapsed(),
+        "paced publishing done"
+    );
 }
 
 impl Running {
@@ -107,18 +158,22 @@ pub(crate) async fn start(cli: &Cli) -> anyhow::Result<Running> {
         }
         None => None,
     };
-    let sf = SalesforceSandbox::start(sf_config)
-        .await
-        .context("starting the Salesforce sandbox")?;
+    let sf = Arc::new(
+        SalesforceSandbox::start(sf_config)
+            .await
+            .context("starting the Salesforce sandbox")?,
+    );
     let sf_login_url = sf_login_url.unwrap_or_else(|| sf.base_url());
 
     let checker = sf.token_checker();
     let mut pubsub_config =
         PubSubConfig::default().token_validator(move |token: &str| checker.is_valid(token));
     pubsub_config.topics = vec![cli.channel.clone()];
-    let pubsub = PubSubSandbox::start(pubsub_config)
-        .await
-        .context("starting the Pub/Sub sandbox")?;
+    let pubsub = Arc::new(
+        PubSubSandbox::start(pubsub_config)
+            .await
+            .context("starting the Pub/Sub sandbox")?,
+    );
     // `POST /sandbox/orders/{id}` with `"publish": true` publishes here, on the channel.
     sf.attach_pubsub(pubsub.publisher(), cli.channel.clone());
 
@@ -196,13 +251,32 @@ pub(crate) async fn start(cli: &Cli) -> anyhow::Result<Running> {
         status = %cli.approved_status,
         "seeded the org"
     );
-    if cli.publish {
-        for event in &seeded.events {
-            pubsub
-                .publish_order(&cli.channel, event)
-                .with_context(|| format!("publishing the event of order {}", event.order_id))?;
+    let mut pacer = None;
+    match (cli.publish, cli.publish_rate) {
+        (true, Some(rate)) => {
+            tracing::info!(
+                events = seeded.events.len(),
+                rate,
+                "publishing paced once a client subscribes"
+            );
+            pacer = Some(Pacer(tokio::spawn(pace(
+                sf.clone(),
+                pubsub.clone(),
+                cli.channel.clone(),
+                seeded.events.clone(),
+                rate,
+            ))));
         }
-        tracing::info!(events = seeded.events.len(), topic = %cli.channel, "published");
+        (true, None) => {
+            for event in &seeded.events {
+                sf.note_published(&event.order_id);
+                pubsub
+                    .publish_order(&cli.channel, event)
+                    .with_context(|| format!("publishing the event of order {}", event.order_id))?;
+            }
+            tracing::info!(events = seeded.events.len(), topic = %cli.channel, "published");
+        }
+        (false, _) => {}
     }
 
     let fault_plan = FaultPlan {
@@ -250,6 +324,7 @@ pub(crate) async fn start(cli: &Cli) -> anyhow::Result<Running> {
     Ok(Running {
         env,
         _forwarders: forwarders,
+        _pacer: pacer,
         _pubsub: pubsub,
         _whmcs: whmcs,
         _sf: sf,

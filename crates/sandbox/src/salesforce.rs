@@ -54,6 +54,11 @@
 //! - `GET /sandbox/patches` (admin route too): the recorded PATCHes, oldest first:
 //!   `{"patches": [{"orderId", "username", "status", "body", "atMs"}]}`, `username` being the
 //!   user whose token sent it (with several [`SalesforceConfig::usernames`], who wrote what).
+//! - `GET /sandbox/stats[?latencies=true]` (admin route too): [`ActivationStats`] as
+//!   `{"activated", "published", "latencies", "p50Ms", "p99Ms", "maxMs"}`: how many Orders a
+//!   PATCH moved to [`ACTIVATED_STATUS`], and the time from each one's last publish (by the
+//!   admin route, or noted with [`SalesforceSandbox::note_published`]) to that PATCH. Kept
+//!   whether or not PATCHes are recorded; the percentiles (a sort) only when asked for.
 //!
 //! Every REST answer carries `Sforce-Limit-Info: api-usage=<used>/<limit>`. [`Faults`] injects
 //! latency, 5xx/503, Salesforce error bodies and dropped connections per [`Route`];
@@ -74,6 +79,7 @@
 //! # Ok(()) }
 //! ```
 
+mod activations;
 mod fault;
 mod key_pair;
 mod oauth;
@@ -100,6 +106,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
+pub use activations::{ACTIVATED_STATUS, ActivationStats};
 pub use fault::{FaultKind, Faults, Route, Trigger};
 pub use key_pair::{KEY_BITS, KeyPair, KeyPairError};
 pub use org::{
@@ -107,6 +114,7 @@ pub use org::{
     salesforce_id,
 };
 
+use activations::Activations;
 use org::{ApiError, OrgData};
 
 use crate::pubsub::{PubSubSandboxError, PublishedEvent, Publisher};
@@ -264,6 +272,8 @@ struct Shared {
     next_token: AtomicU64,
     /// Where `publish` of the admin route goes: a Pub/Sub sandbox and the topic.
     pubsub: Mutex<Option<(Publisher, String)>>,
+    /// Publish and activation times, for `GET /sandbox/stats`.
+    activations: Mutex<Activations>,
 }
 
 /// A running Salesforce emulator; stops when dropped.
@@ -322,6 +332,7 @@ impl SalesforceSandbox {
             api_usage: AtomicU64::new(0),
             next_token: AtomicU64::new(1),
             pubsub: Mutex::new(None),
+            activations: Mutex::new(Activations::default()),
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
         tokio::spawn(serve(listener, router(shared.clone()), shutdown_rx));
@@ -430,6 +441,26 @@ impl SalesforceSandbox {
             .order(id)
             .ok_or_else(|| OrderChangeError::UnknownOrder(id.to_owned()))?;
         publish_event(&self.shared, &order)
+    }
+
+    /// Notes that the event of the Order with this id (15 or 18 characters) was published
+    /// now, by whoever published it (events published through [`SalesforceSandbox::attach_pubsub`]'s
+    /// publisher by this sandbox are noted already): its activation's latency is counted from
+    /// here. See [`SalesforceSandbox::activation_stats`].
+    pub fn note_published(&self, id: &str) {
+        let now = Instant::now();
+        let key = self.shared.org.lock().order(id).map(|o| o.id.clone());
+        self.shared
+            .activations
+            .lock()
+            .published(key.as_deref().unwrap_or(id), now);
+    }
+
+    /// How many Orders a PATCH has moved to [`ACTIVATED_STATUS`], and (with `latencies`) the
+    /// percentiles of the time from each one's last noted publish to that PATCH, as `GET
+    /// /sandbox/stats` answers them.
+    pub fn activation_stats(&self, latencies: bool) -> ActivationStats {
+        self.shared.activations.lock().stats(latencies)
     }
 
     /// Every Account.
@@ -746,6 +777,7 @@ fn router(shared: Arc<Shared>) -> Router {
             get(admin_order).post(admin_change_order),
         )
         .route("/sandbox/patches", get(admin_patches))
+        .route("/sandbox/stats", get(admin_stats))
         .route("/services/oauth2/token", post(token))
         .route("/services/data/{version}/query", get(query))
         .route("/services/data/{version}/query/{locator}", get(query_more))
@@ -1114,6 +1146,10 @@ fn publish_event(shared: &Shared, order: &SfOrder) -> Result<PublishedEvent, Ord
     .unwrap_or(i64::MAX);
     let event = crate::seed::provision_event(order, now_ms)
         .ok_or_else(|| OrderChangeError::NoCustomerNumber(order.id.clone()))?;
+    shared
+        .activations
+        .lock()
+        .published(&order.id, Instant::now());
     publisher
         .publish_order(&topic, &event)
         .map_err(OrderChangeError::Publish)
@@ -1188,6 +1224,19 @@ async fn admin_patches(State(shared): State<Arc<Shared>>) -> Response {
         })
         .collect();
     json_response(200, &json!({ "patches": patches }))
+}
+
+/// The query of `GET /sandbox/stats`.
+#[derive(serde::Deserialize)]
+struct StatsQuery {
+    #[serde(default)]
+    latencies: bool,
+}
+
+/// `GET /sandbox/stats[?latencies=true]`: [`ActivationStats`] as JSON.
+async fn admin_stats(State(shared): State<Arc<Shared>>, Query(q): Query<StatsQuery>) -> Response {
+    let stats = shared.activations.lock().stats(q.latencies);
+    json_response(200, &json!(stats))
 }
 
 /// The body of `POST /sandbox/orders/{id}`.
@@ -1431,11 +1480,20 @@ fn patch_order(
         ))
     } else {
         let username = shared.token_users.lock().get(bearer(headers)).cloned();
-        shared
-            .org
-            .lock()
-            .patch_order_as(id, body, &shared.config.statuses, username)
-            .map(|()| StatusCode::NO_CONTENT.into_response())
+        let mut org = shared.org.lock();
+        let before = org
+            .order(id)
+            .map(|o| (o.id.clone(), o.status == ACTIVATED_STATUS));
+        let result = org.patch_order_as(id, body, &shared.config.statuses, username);
+        if let (Ok(()), Some((key, false))) = (&result, before)
+            && org
+                .order(&key)
+                .is_some_and(|o| o.status == ACTIVATED_STATUS)
+        {
+            shared.activations.lock().activated(&key, Instant::now());
+        }
+        drop(org);
+        result.map(|()| StatusCode::NO_CONTENT.into_response())
     };
     rest_answer(shared, result)
 }

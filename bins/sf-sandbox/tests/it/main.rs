@@ -556,3 +556,72 @@ async fn holds_runtime_faults_and_who_sent_what() {
         assert!(help.contains(needle), "{needle}: {help}");
     }
 }
+
+/// `--publish-rate`: nothing is published before a client subscribes; then every event comes,
+/// and `GET /sandbox/stats` counts the publishes, the PATCHes to `Activated` and their latency.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paced_publishing_starts_with_the_first_subscriber_and_stats_follow_activations() {
+    let sandbox = start(&[
+        "--customers",
+        "3",
+        "--orders-per-customer",
+        "2",
+        "--publish",
+        "--publish-rate",
+        "200",
+    ])
+    .await;
+    let login = sandbox.var("SF_LOGIN_URL").to_owned();
+    let before = get_json(&login, "/sandbox/stats").await;
+    assert_eq!(before["published"], 0, "nobody subscribed yet: {before}");
+    assert_eq!(before["activated"], 0, "{before}");
+
+    let tokens = sandbox.tokens();
+    let events = events(&sandbox, tokens.clone(), 6).await;
+    let ids: BTreeSet<&str> = events.iter().map(|e| e.order_id.as_str()).collect();
+    assert_eq!(ids.len(), 6, "{events:?}");
+    assert_eq!(get_json(&login, "/sandbox/stats").await["published"], 6);
+
+    let rest = RestOrderApi::new(tokens, RestConfig::default()).unwrap();
+    let activate = sf_rest::OrderUpdate {
+        status: Some("Activated".to_owned()),
+        ..sf_rest::OrderUpdate::default()
+    };
+    for event in &events[..4] {
+        rest.update_order(&event.order_id, &activate).await.unwrap();
+    }
+    // The same PATCH again is no second activation.
+    rest.update_order(&events[0].order_id, &activate)
+        .await
+        .unwrap();
+    let stats = get_json(&login, "/sandbox/stats?latencies=true").await;
+    assert_eq!(stats["activated"], 4, "{stats}");
+    assert_eq!(stats["latencies"], 4, "{stats}");
+    assert!(stats["p99Ms"].as_f64().unwrap() >= stats["p50Ms"].as_f64().unwrap());
+
+    // No WHMCS order yet, so none twice.
+    let whmcs_base = sandbox
+        .var("WHMCS_API_URL")
+        .trim_end_matches("/includes/api.php")
+        .to_owned();
+    let whmcs_stats = get_json(&whmcs_base, "/sandbox/stats").await;
+    assert_eq!(whmcs_stats["orders"], 0, "{whmcs_stats}");
+    assert_eq!(whmcs_stats["duplicates"], 0, "{whmcs_stats}");
+    assert_eq!(sandbox.terminate().await, Some(0));
+}
+
+#[tokio::test]
+async fn a_publish_rate_needs_publish() {
+    let out = Command::new(BIN)
+        .args(["--publish-rate", "10"])
+        .env_clear()
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--publish"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -15,6 +15,13 @@
 //!   "services": [{"id", "productId", "status", "moduleCreates", "customFields":
 //!   {"<field id>": value}}]}], "holding": n}`, by id (`accepts`: AcceptOrder calls that
 //!   committed; `holding`: calls a hold has not committed or refused yet).
+//! - `GET /sandbox/stats`: counts cheap enough to poll, for a benchmark watching from outside:
+//!   `{"orders": n, "refs": d, "duplicates": k, "withoutRef": m, "accepted": a}`. An order's
+//!   refs are the custom field values of its services (the provisioner writes the Salesforce
+//!   Order Id there); `refs` counts distinct values, `duplicates` the orders beyond the first
+//!   carrying each value (0 when every Salesforce Order has one WHMCS order), `withoutRef` the
+//!   orders with no custom field value, `accepted` the orders with at least one committed
+//!   AcceptOrder.
 
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -36,6 +43,7 @@ pub(super) fn routes() -> Router<Arc<Shared>> {
         .route("/sandbox/faults", axum::routing::post(arm).delete(clear))
         .route("/sandbox/requests", get(requests))
         .route("/sandbox/orders", get(orders))
+        .route("/sandbox/stats", get(stats))
 }
 
 /// The body of `POST /sandbox/faults`.
@@ -183,4 +191,41 @@ async fn orders(AxumState(shared): AxumState<Arc<Shared>>) -> Response {
     let holding = state.holding;
     drop(state);
     axum::Json(json!({ "orders": listed, "holding": holding })).into_response()
+}
+
+/// `GET /sandbox/stats`.
+async fn stats(AxumState(shared): AxumState<Arc<Shared>>) -> Response {
+    let state = shared.state.lock();
+    let mut by_ref: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+    let mut without_ref = 0_u64;
+    let mut accepted = 0_u64;
+    for order in state.orders.values() {
+        if order.accepts > 0 {
+            accepted += 1;
+        }
+        let refs: std::collections::BTreeSet<&str> = order
+            .service_ids
+            .iter()
+            .filter_map(|id| state.services.get(id))
+            .flat_map(|s| s.custom_fields.values())
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+            .collect();
+        if refs.is_empty() {
+            without_ref += 1;
+        }
+        for r in refs {
+            *by_ref.entry(r).or_default() += 1;
+        }
+    }
+    let duplicates: u64 = by_ref.values().map(|n| n - 1).sum();
+    let body = json!({
+        "orders": state.orders.len(),
+        "refs": by_ref.len(),
+        "duplicates": duplicates,
+        "withoutRef": without_ref,
+        "accepted": accepted,
+    });
+    drop(state);
+    axum::Json(body).into_response()
 }

@@ -4,4 +4,5 @@
 
 mod identity;
 mod scale;
+mod stats;
 mod whmcs_concurrency;
