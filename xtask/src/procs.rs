@@ -15,7 +15,7 @@
 //!   fails), the provisioners' from their start (all instances summed), the sandbox's as the
 //!   delta over the same interval, both read when the last Order is activated;
 //! - peak RSS: `VmHWM` of `/proc/<pid>/status` at the end, the largest instance;
-//! - serialized time: `provisioner_store_serialized_seconds_total` on each instance's
+//! - serialized time: `provisioner_store_serialized_seconds` on each instance's
 //!   `/metrics` (status API), summed; `n/a` when the provisioner does not export it.
 //!
 //! Per-order time = wall × instances × `PROVISIONER_CONCURRENCY` / orders: the worker-slot time
@@ -937,7 +937,7 @@ fn run_scenario(bins: &Bins, scenario: &Scenario, n: usize) -> Result<Outcome> {
         if status != 200 {
             bail!("GET /metrics of the provisioner on port {port}: {status}");
         }
-        if let Some(s) = metric_sum(&text, "provisioner_store_serialized_seconds_total", None) {
+        if let Some(s) = metric_sum(&text, "provisioner_store_serialized_seconds", None) {
             *outcome.serialized_s.get_or_insert(0.0) += s;
         }
         if let Some(v) = metric_sum(
@@ -1220,8 +1220,8 @@ mod tests {
                     provisioner_jobs_total{outcome=\"provisioned\"} 4990\n\
                     provisioner_jobs_total{outcome=\"failed\"} 3\n\
                     provisioner_jobs_total_other 7\n\
-                    provisioner_store_serialized_seconds_total{op=\"claim\"} 1.5\n\
-                    provisioner_store_serialized_seconds_total{op=\"intake\"} 0.25\n";
+                    provisioner_store_serialized_seconds{op=\"claim\"} 1.5\n\
+                    provisioner_store_serialized_seconds{op=\"intake\"} 0.25\n";
         assert_eq!(
             metric_sum(
                 text,
@@ -1235,7 +1235,7 @@ mod tests {
             Some(4993.0)
         );
         assert_eq!(
-            metric_sum(text, "provisioner_store_serialized_seconds_total", None),
+            metric_sum(text, "provisioner_store_serialized_seconds", None),
             Some(1.75)
         );
         assert_eq!(metric_sum(text, "absent_total", None), None);

@@ -27,7 +27,7 @@ pub use error::{Error, Result};
 pub use sql::{
     Backend, Leadership, MigrationStatus, SqlStore, StoreClock, StoreOptions, migration_status,
 };
-pub use tx::POSTGRES_AUDIT_CHAINS;
+pub use tx::{POSTGRES_AUDIT_CHAINS, SERIALIZED_SECONDS};
 pub use types::{
     Checkpoint, DeadLetter, DeadLetterState, InboxEvent, IngestOutcome, Intent, Job, JobCounts,
     JobEnd, JobFilter, JobSource, JobState, JobView, NewAlert, NewDeadLetter, NewJob,

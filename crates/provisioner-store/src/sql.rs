@@ -352,6 +352,10 @@ impl SqlStore {
             what: "audit key",
             reason: e.to_string(),
         })?;
+        if backend == Backend::Postgres {
+            // The series exists from the start (0 until a write ever waits).
+            metrics::gauge!(crate::tx::SERIALIZED_SECONDS).set(0.0);
+        }
         let sqlite = sqlite_path
             .map(|path| SqliteWriter::start(&path, SQLITE_BUSY_TIMEOUT, audit_key.clone()))
             .transpose()?;
@@ -412,7 +416,7 @@ impl SqlStore {
     /// shares: waiting for an audit chain (all of them taken) or sealing again because another
     /// process had moved a chain's head. PostgreSQL only (SQLite's single writer thread is that
     /// point by design, and is not counted). The binary exports it as
-    /// `provisioner_store_serialized_seconds_total`.
+    /// `provisioner_store_serialized_seconds`.
     pub fn serialized_time(&self) -> std::time::Duration {
         std::time::Duration::from_micros(
             self.serialized_micros

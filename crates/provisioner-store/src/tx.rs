@@ -346,6 +346,10 @@ pub(crate) const AUDIT_LOCK_KEY: i64 = 0x7070_6175_6469_7431; // "ppaudit1"
 /// SQLite has one chain: its single writer serialises every write anyway.
 pub const POSTGRES_AUDIT_CHAINS: u32 = 16;
 
+/// Gauge (only grows): seconds this process's writes spent at a point every instance of a
+/// PostgreSQL database shares (see [`SqlStore::serialized_time`]).
+pub const SERIALIZED_SECONDS: &str = "provisioner_store_serialized_seconds";
+
 /// The advisory lock key of `chain`.
 pub(crate) fn chain_lock_key(chain: u32) -> i64 {
     AUDIT_LOCK_KEY.wrapping_add(i64::from(chain))
@@ -701,12 +705,17 @@ impl SqlStore {
         Ok((chain, guard, started.elapsed()))
     }
 
-    /// Adds `spent` to the time units spent waiting for an audit chain or sealing again.
+    /// Adds `spent` to the time units spent waiting for an audit chain or sealing again, and
+    /// publishes the total as [`SERIALIZED_SECONDS`].
     fn count_serialized(&self, spent: Duration) {
         if !spent.is_zero() {
             let micros = u64::try_from(spent.as_micros()).unwrap_or(u64::MAX);
-            self.serialized_micros
-                .fetch_add(micros, std::sync::atomic::Ordering::Relaxed);
+            let total = self
+                .serialized_micros
+                .fetch_add(micros, std::sync::atomic::Ordering::Relaxed)
+                .saturating_add(micros);
+            #[allow(clippy::cast_precision_loss)]
+            metrics::gauge!(SERIALIZED_SECONDS).set(total as f64 / 1e6);
         }
     }
 

@@ -46,7 +46,9 @@ pub struct SubscribeConfig {
     /// A stream with no message (event or keepalive) for this long is torn down and
     /// resubscribed. Salesforce sends keepalives at least every 270 s.
     pub watchdog: Duration,
-    /// First reconnect delay (doubles per consecutive failure, with jitter).
+    /// First reconnect delay (doubles per consecutive failure, with jitter). A stream that
+    /// delivered a message before it ended is resubscribed at once: only ends in a row
+    /// without progress wait.
     pub backoff_initial: Duration,
     /// Longest reconnect delay.
     pub backoff_max: Duration,
@@ -308,6 +310,12 @@ impl<R: Record> Engine<R> {
                     }
                 },
             };
+            if progressed {
+                // This stream delivered before it ended: the end is news, not a pattern, so the
+                // first resubscribe goes at once (a server that ends streams now and then must
+                // not cost a backoff each time); only ends in a row without progress back off.
+                continue;
+            }
             failures = failures.saturating_add(1);
             if let (Some(max), Some(err)) = (self.config.max_failures, last)
                 && failures >= max

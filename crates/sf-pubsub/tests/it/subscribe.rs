@@ -354,3 +354,23 @@ async fn retries_are_bounded_and_the_last_error_is_surfaced() {
     assert_eq!(sb.stats().subscribe_calls, 3);
     assert!(sub.next().await.is_none());
 }
+
+/// A stream that delivered before it failed (here the sandbox ends every fourth event's
+/// stream with `UNAVAILABLE`) is resubscribed at once, with no backoff: only failures in a row
+/// without progress back off. With a backoff of an hour, the 20 events arrive only if no
+/// stream end waits for it.
+#[tokio::test]
+async fn a_stream_that_delivered_and_then_failed_is_resumed_at_once() {
+    let sb = sandbox(PubSubConfig::default().max_events_per_response(2)).await;
+    sb.seed_orders(TOPIC, 20).unwrap();
+    sb.faults().end_stream_every(4);
+    let client = default_client(&sb);
+    let mut sub = client.subscribe::<OrderProvisionRequested>(
+        config()
+            .backoff(Duration::from_secs(3600), Duration::from_secs(3600))
+            .max_failures(None),
+    );
+    let got = events(&mut sub, 20).await;
+    assert_eq!(order_ids(&got), seeded_ids(0..20));
+    assert!(sb.stats().subscribe_calls >= 5, "{:?}", sb.stats());
+}
