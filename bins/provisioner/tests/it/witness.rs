@@ -250,3 +250,78 @@ async fn an_edited_audit_record_raises_integrity_failure_in_the_running_service(
     assert_eq!(code, 1, "{out}");
     assert!(out.contains(&format!("{EDITED}")), "{out}");
 }
+
+/// The PostgreSQL advisory lock key a writer of audit chain 0 holds until its commit
+/// ("ppaudit1"; chain `c` is this plus `c`).
+const CHAIN_0_LOCK_KEY: i64 = 0x7070_6175_6469_7431;
+
+/// PostgreSQL keeps the audit log as several chains and the witness covers each: with chain 0
+/// held by another session for the whole run (as a busy writer of another instance would),
+/// every record goes to another chain; its head is witnessed as `CHAIN.SEQ:MAC`, verifies with
+/// `--expect-head`, and a cut tail of that chain, which a plain verification cannot see,
+/// fails it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_chain_head_is_witnessed_and_checked_on_postgres() {
+    use sqlx::Connection as _;
+    let db = test_support::pg::PgTempDb::create().await;
+    let world = World::start(3, 2).await;
+    let port = free_port();
+    let mut env = world.env(port);
+    env.insert("DATABASE_URL".into(), db.url());
+    let log = world.dir.path().join("run.log");
+    // Migrations first, so the lock below is the only thing holding chain 0.
+    let (code, out) = provisioner(&["migrate"], &env).await;
+    assert_eq!(code, 0, "{out}");
+    let mut holder = sqlx::PgConnection::connect(&db.url()).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(CHAIN_0_LOCK_KEY)
+        .execute(&mut holder)
+        .await
+        .unwrap();
+
+    let mut child = spawn_logged(&["run"], &env, &log);
+    wait_healthy(port, Duration::from_secs(30)).await;
+    world.publish_all();
+    wait_all_activated(&world, Duration::from_secs(60)).await;
+    stop(&mut child).await;
+    sqlx::query("COMMIT").execute(&mut holder).await.unwrap();
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    let heads: Vec<String> = text
+        .lines()
+        .filter(|l| l.contains("audit chain head witnessed"))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["fields"]["head"].as_str().map(str::to_owned))
+        .filter(|h| h.split(':').next().is_some_and(|p| p.contains('.')))
+        .collect();
+    let head = heads
+        .last()
+        .expect("a witnessed head of a chain other than 0")
+        .clone();
+    let (position, _) = head.split_once(':').unwrap();
+    let (chain, seq) = position.split_once('.').unwrap();
+    let chain: i64 = chain.parse().unwrap();
+    assert!(chain > 0, "{head}");
+
+    let (code, out) = provisioner(&["audit", "verify", "--expect-head", &head], &env).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("head {head}")), "{out}");
+
+    // The chain's tail cut: each chain still verifies on its own, the witness does not.
+    sqlx::query(
+        "DELETE FROM audit_log WHERE chain = $1 AND seq = \
+         (SELECT MAX(seq) FROM audit_log WHERE chain = $1)",
+    )
+    .bind(i32::try_from(chain).unwrap())
+    .execute(&mut holder)
+    .await
+    .unwrap();
+    holder.close().await.unwrap();
+    let (code, out) = provisioner(&["audit", "verify"], &env).await;
+    assert_eq!(code, 0, "plain verify: {out}");
+    let (code, out) = provisioner(&["audit", "verify", "--expect-head", &head], &env).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(&format!("witnessed record {seq}")), "{out}");
+    db.close().await;
+}
