@@ -18,6 +18,17 @@ fn on(env: &BTreeMap<String, String>, db: &std::path::Path) -> BTreeMap<String, 
     env
 }
 
+/// The heads the service witnessed in its JSON log at `log`, in order.
+fn witnessed_heads(log: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("audit chain head witnessed"))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["fields"]["head"].as_str().map(str::to_owned))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cut_tail_wiped_rows_or_an_older_backup_fail_the_witnessed_head() {
     let world = World::start(5, 1).await;
@@ -39,13 +50,7 @@ async fn a_cut_tail_wiped_rows_or_an_older_backup_fail_the_witnessed_head() {
     stop(&mut child).await;
 
     // The witnesses: in the log (start and shutdown), the last one the head at shutdown.
-    let text = std::fs::read_to_string(&log).unwrap();
-    let heads: Vec<String> = text
-        .lines()
-        .filter(|l| l.contains("audit chain head witnessed"))
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| v["fields"]["head"].as_str().map(str::to_owned))
-        .collect();
+    let heads = witnessed_heads(&log);
     assert!(
         heads.len() >= 2,
         "witnessed on start and on shutdown: {heads:?}"
@@ -287,12 +292,8 @@ async fn every_chain_head_is_witnessed_and_checked_on_postgres() {
     stop(&mut child).await;
     sqlx::query("COMMIT").execute(&mut holder).await.unwrap();
 
-    let text = std::fs::read_to_string(&log).unwrap();
-    let heads: Vec<String> = text
-        .lines()
-        .filter(|l| l.contains("audit chain head witnessed"))
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| v["fields"]["head"].as_str().map(str::to_owned))
+    let heads: Vec<String> = witnessed_heads(&log)
+        .into_iter()
         .filter(|h| h.split(':').next().is_some_and(|p| p.contains('.')))
         .collect();
     let head = heads
