@@ -591,16 +591,25 @@ impl SqlStore {
                         if records.is_empty() {
                             return Ok((result, Vec::new()));
                         }
-                        let cached = st.audit_head.take();
+                        // The writer keeps the head of chain 0, the one SQLite appends to; a
+                        // unit on another chain (`audit_chain(n)`) reads that chain's head.
+                        let chain = chain.unwrap_or(0);
+                        let cached = if chain == 0 {
+                            st.audit_head.take()
+                        } else {
+                            None
+                        };
                         let (sealed, head, _) = futures::executor::block_on(seal_into(
                             &mut tx,
-                            chain.unwrap_or(0),
+                            chain,
                             cached,
                             &st.audit_key,
                             records,
                         ))?;
                         // A failed batch commit clears it again (the writer re-reads it).
-                        st.audit_head = Some(head);
+                        if chain == 0 {
+                            st.audit_head = Some(head);
+                        }
                         Ok((result, sealed))
                     })
                     .await

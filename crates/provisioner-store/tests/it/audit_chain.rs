@@ -112,6 +112,20 @@ both_backends! {
         chains_are_unbroken(&store, 64).await;
     }
 
+    async fn an_append_to_a_named_chain_leaves_the_others_unbroken(db: &TestDb) {
+        let store = db.open().await;
+        store.append(record(1)).await.unwrap();
+        let other = store.audit_chain(3).append(record(2)).await.unwrap();
+        assert_eq!(other.record.seq, 1, "chain 3 starts at 1");
+        store.append(record(3)).await.unwrap();
+        store.audit_chain(3).append(record(4)).await.unwrap();
+        let summary = store.verify_audit().await.unwrap();
+        let chains: Vec<(u32, u64)> =
+            summary.chains.iter().map(|c| (c.chain, c.summary.records)).collect();
+        assert_eq!(chains, vec![(0, 2), (3, 2)]);
+        assert_eq!(store.head().await.unwrap().seq, 2, "chain 0 went on from its own head");
+    }
+
     async fn purge_keeps_an_anchor_and_the_rest_verifies(db: &TestDb) {
         let store = db.open().await;
         let old = Utc::now() - Duration::days(3000);
