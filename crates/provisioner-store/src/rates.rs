@@ -8,7 +8,7 @@ use crate::Backend;
 use crate::error::Result;
 use crate::jobs::now_sql;
 use crate::sql::{NowSource, SqlStore};
-use crate::tx::Arg;
+use crate::tx::{Arg, Row};
 use crate::types::{SharedRate, ms};
 
 impl SqlStore {
@@ -49,6 +49,22 @@ impl SqlStore {
         if self.now_source == NowSource::Caller {
             args.push(Arg::Int(ms(now)));
         }
+        if self.backend() == Backend::Postgres {
+            // Each statement on its own, without BEGIN and COMMIT round trips: the take is
+            // atomic by itself, and the wait it reads after a refusal is only advice (the
+            // next take decides again).
+            if !self
+                .one_statement("taking a rate slot", &take, &args)
+                .await?
+                .is_empty()
+            {
+                return Ok(None);
+            }
+            let rows = self
+                .one_statement("reading a rate limit", &wait, &args)
+                .await?;
+            return wait_of(rows.first()).map(Some);
+        }
         self.transact("taking a rate slot", move |tx| {
             Box::pin(async move {
                 if tx
@@ -59,14 +75,20 @@ impl SqlStore {
                     return Ok(None);
                 }
                 let row = tx.query_opt("reading a rate limit", &wait, &args).await?;
-                let wait_ms = match row {
-                    Some(row) => row.int("wait_ms", "rate limit")?.unwrap_or(0),
-                    None => 0,
-                };
-                let wait_ms = u64::try_from(wait_ms.max(1)).unwrap_or(1);
-                Ok(Some(Duration::from_millis(wait_ms)))
+                wait_of(row.as_ref()).map(Some)
             })
         })
         .await
     }
+}
+
+/// The wait the rate-limit row gives after a refused take (at least 1 ms).
+fn wait_of(row: Option<&Row>) -> Result<Duration> {
+    let wait_ms = match row {
+        Some(row) => row.int("wait_ms", "rate limit")?.unwrap_or(0),
+        None => 0,
+    };
+    Ok(Duration::from_millis(
+        u64::try_from(wait_ms.max(1)).unwrap_or(1),
+    ))
 }

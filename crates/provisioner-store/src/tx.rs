@@ -340,11 +340,25 @@ const SQL_INSERT_FIRST_RECORD: &str = "INSERT INTO audit_log (chain, seq, at, re
 /// `AUDIT_LOCK_KEY + c`, held by the one transaction appending to it (and by a purge of it).
 pub(crate) const AUDIT_LOCK_KEY: i64 = 0x7070_6175_6469_7431; // "ppaudit1"
 
+/// How long a process tries an audit chain only after the others once it found another
+/// session (another instance) holding it.
+pub(crate) const CHAIN_ELSEWHERE_FOR: Duration = Duration::from_secs(60);
+
+/// The order in which a process tries the `count` audit chains: chain 0 first (so a single
+/// writer keeps to chain 0), then the others from this process's own `offset` (in
+/// `1..count`), so instances that keep away from each other's chains end up on different
+/// ones instead of all moving to the same next chain.
+pub(crate) fn scan_order(count: u32, offset: u32) -> impl Iterator<Item = u32> {
+    let others = count.saturating_sub(1);
+    std::iter::once(0)
+        .chain((0..others).map(move |j| 1 + (offset.saturating_sub(1).saturating_add(j)) % others))
+}
+
 /// How many audit chains a PostgreSQL store appends to. Each is an independent hash chain
 /// with its own head, lock and anchor; a unit takes whichever is free, so concurrent units
 /// (of this process or of other instances) commit side by side instead of one after another.
 /// SQLite has one chain: its single writer serialises every write anyway.
-pub const POSTGRES_AUDIT_CHAINS: u32 = 16;
+pub const POSTGRES_AUDIT_CHAINS: u32 = 32;
 
 /// Gauge (only grows): seconds this process's writes spent at a point every instance of a
 /// PostgreSQL database shares (see [`SqlStore::serialized_time`]).
@@ -647,8 +661,10 @@ impl SqlStore {
                 *head = Some(new_head);
                 let mut serialized = waited;
                 if moved > 0 {
-                    // Another process had appended to this chain since this one last did.
+                    // Another process had appended to this chain since this one last did:
+                    // this one tries it last for a while, so the two stop sharing it.
                     serialized += sealing.elapsed();
+                    self.mark_chain_elsewhere(chain);
                 }
                 self.count_serialized(serialized);
                 Ok((result, sealed))
@@ -657,34 +673,71 @@ impl SqlStore {
     }
 
     /// PostgreSQL: a free audit chain for `tx`, held until it ends: the first whose head this
-    /// process does not hold and whose advisory lock no other session holds. Only when all
-    /// are taken does it wait, for one picked in turn; returns how long it waited.
+    /// process does not hold and whose advisory lock no other session holds, trying first the
+    /// chains no other session was found holding in the last [`CHAIN_ELSEWHERE_FOR`]. Only
+    /// when all are taken does it wait, for one picked in turn; returns how long it waited.
     async fn take_chain(&self, tx: &mut SqlxTx) -> Result<(u32, HeadGuard<'_>, Duration)> {
-        for (chain, slot) in (0..).zip(self.audit_heads.iter()) {
-            let Ok(guard) = slot.try_lock() else {
-                continue;
-            };
-            let held = tx
-                .query_opt(
-                    "audit: taking a chain",
-                    "SELECT pg_try_advisory_xact_lock($1) AS held",
-                    &[Arg::Int(chain_lock_key(chain))],
-                )
-                .await
-                .map_err(audit_backend)?
-                .map(|row| row.int("held", "advisory lock"))
-                .transpose()?
-                .flatten();
-            if held == Some(1) {
-                return Ok((chain, guard, Duration::ZERO));
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = self.chain_clock_ms();
+        let count = u32::try_from(self.audit_heads.len()).unwrap_or(1).max(1);
+        for recently_elsewhere in [false, true] {
+            for chain in scan_order(count, self.chain_scan_offset) {
+                let Some(slot) = usize::try_from(chain)
+                    .ok()
+                    .and_then(|i| self.audit_heads.get(i))
+                else {
+                    continue;
+                };
+                let marked = self
+                    .chain_elsewhere_until
+                    .get(usize::try_from(chain).unwrap_or(usize::MAX));
+                if marked.is_some_and(|m| m.load(Relaxed) > now) != recently_elsewhere {
+                    continue;
+                }
+                let Ok(guard) = slot.try_lock() else {
+                    continue;
+                };
+                let held = tx
+                    .query_opt(
+                        "audit: taking a chain",
+                        "SELECT pg_try_advisory_xact_lock($1) AS held",
+                        &[Arg::Int(chain_lock_key(chain))],
+                    )
+                    .await
+                    .map_err(audit_backend)?
+                    .map(|row| row.int("held", "advisory lock"))
+                    .transpose()?
+                    .flatten();
+                if held == Some(1) {
+                    return Ok((chain, guard, Duration::ZERO));
+                }
+                self.mark_chain_elsewhere(chain);
             }
         }
-        let count = u32::try_from(self.audit_heads.len()).unwrap_or(1).max(1);
         let chain = self
             .next_waited_chain
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             % count;
         self.wait_for_chain(tx, chain).await
+    }
+
+    /// Milliseconds since this store's `chain_clock` began.
+    fn chain_clock_ms(&self) -> u64 {
+        u64::try_from(self.chain_clock.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Another session was found holding `chain`, or had appended to it: this process tries
+    /// it after the others for [`CHAIN_ELSEWHERE_FOR`].
+    fn mark_chain_elsewhere(&self, chain: u32) {
+        let until = self
+            .chain_clock_ms()
+            .saturating_add(u64::try_from(CHAIN_ELSEWHERE_FOR.as_millis()).unwrap_or(u64::MAX));
+        if let Some(m) = usize::try_from(chain)
+            .ok()
+            .and_then(|i| self.chain_elsewhere_until.get(i))
+        {
+            m.store(until, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// PostgreSQL: waits for `chain` (this process's head of it, then its advisory lock).
@@ -728,6 +781,38 @@ impl SqlStore {
         }
     }
 
+    /// PostgreSQL: one statement on its own (atomic by itself, no BEGIN and COMMIT round
+    /// trips), on the writer pool; its rows. For a unit that is one statement and seals no
+    /// audit record.
+    pub(crate) async fn one_statement(
+        &self,
+        op: &'static str,
+        sql: &str,
+        args: &[Arg],
+    ) -> Result<Vec<Row>> {
+        let rows = sqlx_query(sql, args)
+            .fetch_all(self.writer())
+            .await
+            .map_err(Error::db(op))?;
+        rows.iter()
+            .map(|r| Row::from_any(r).map_err(Error::db(op)))
+            .collect()
+    }
+
+    /// [`SqlStore::one_statement`] for a statement without rows: how many rows it changed.
+    pub(crate) async fn one_statement_exec(
+        &self,
+        op: &'static str,
+        sql: &str,
+        args: &[Arg],
+    ) -> Result<u64> {
+        Ok(sqlx_query(sql, args)
+            .execute(self.writer())
+            .await
+            .map_err(Error::db(op))?
+            .rows_affected())
+    }
+
     /// Reads on the reader pool, each statement on its own (no transaction).
     pub(crate) fn reads(&self) -> Reads<'_> {
         Reads {
@@ -761,5 +846,25 @@ impl SqlStore {
             Box::pin(async move { tx.exec(op, sql, &args).await })
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_chain_is_tried_once_chain_0_first_then_from_the_offset() {
+        for count in [1_u32, 2, 3, 16] {
+            for offset in 1..count.max(2) {
+                let order: Vec<u32> = super::scan_order(count, offset).collect();
+                assert_eq!(order.len(), count as usize, "{count} {offset}");
+                assert_eq!(order[0], 0);
+                if count > 1 {
+                    assert_eq!(order[1], offset, "{count} {offset}");
+                }
+                let mut sorted = order.clone();
+                sorted.sort_unstable();
+                assert_eq!(sorted, (0..count).collect::<Vec<_>>(), "{count} {offset}");
+            }
+        }
     }
 }

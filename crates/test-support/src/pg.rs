@@ -111,6 +111,38 @@ impl Drop for PgTempDb {
     }
 }
 
+/// The PostgreSQL advisory lock key a writer of audit chain 0 holds until its commit
+/// ("ppaudit1"; chain `c` is this plus `c`). The store's own constant is private; a test that
+/// fails when the two differ is one that holds this lock and expects another chain.
+pub const AUDIT_CHAIN_0_LOCK_KEY: i64 = 0x7070_6175_6469_7431;
+
+/// A session that holds audit chain 0's lock in an open transaction, as a busy writer of
+/// another instance would until its commit: every append meanwhile goes to another chain,
+/// with no reliance on timing.
+#[derive(Debug)]
+pub struct ChainZeroHolder(sqlx::PgConnection);
+
+impl ChainZeroHolder {
+    /// Connects to `url` and takes the lock; panics if that fails.
+    pub async fn hold(url: &str) -> ChainZeroHolder {
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+        sqlx::query("BEGIN").execute(&mut conn).await.unwrap();
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(AUDIT_CHAIN_0_LOCK_KEY)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        ChainZeroHolder(conn)
+    }
+
+    /// Commits, which releases the lock; the session stays open for the caller's further
+    /// statements (close it when done). Panics if the commit fails.
+    pub async fn release(mut self) -> sqlx::PgConnection {
+        sqlx::query("COMMIT").execute(&mut self.0).await.unwrap();
+        self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

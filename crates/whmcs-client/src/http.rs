@@ -5,6 +5,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 use reqwest::header::{CONTENT_TYPE, HeaderValue};
 use secrecy::ExposeSecret;
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -103,10 +104,10 @@ impl HttpWhmcsClient {
         body
     }
 
-    /// Sends `body` and returns the success envelope, or the classified error, in a
+    /// Sends `body` and returns the body of a success reply, or the classified error, in a
     /// `whmcs.api` span: the action and the HTTP status (never the form body: it holds the
     /// credentials and the customer's data).
-    async fn call(&self, action: Action, body: FormBody) -> Result<Value> {
+    async fn call(&self, action: Action, body: FormBody) -> Result<Vec<u8>> {
         use tracing::Instrument as _;
         let span = tracing::info_span!(
             "whmcs.api",
@@ -123,7 +124,7 @@ impl HttpWhmcsClient {
         action: Action,
         body: FormBody,
         span: &tracing::Span,
-    ) -> Result<Value> {
+    ) -> Result<Vec<u8>> {
         let timeout = if action.provisions() {
             self.config.provisioning_timeout
         } else {
@@ -170,7 +171,7 @@ impl HttpWhmcsClient {
                 return Err(err);
             }
         };
-        let result = interpret(action, status, &bytes);
+        let result = interpret(action, status, &bytes).map(|()| bytes);
         metrics::histogram!(crate::REQUEST_SECONDS, "action" => action.as_str())
             .record(started.elapsed().as_secs_f64());
         match &result {
@@ -213,8 +214,8 @@ impl HttpWhmcsClient {
     }
 
     async fn call_typed<T: DeserializeOwned>(&self, action: Action, body: FormBody) -> Result<T> {
-        let value = self.call(action, body).await?;
-        crate::reply::decode_typed(action, value)
+        let bytes = self.call(action, body).await?;
+        crate::reply::decode_typed(action, &bytes)
     }
 
     async fn products_page(&self, query: &ProductsQuery, page: Page) -> Result<ListPage<Service>> {
@@ -342,10 +343,41 @@ async fn read_body(mut response: reqwest::Response) -> Result<Vec<u8>, String> {
     }
 }
 
+/// The envelope fields of a WHMCS reply. Everything else is skipped without being built into
+/// values: the typed reading of a success reply parses the body once more, straight into its
+/// model. A page of services is never held as a JSON tree, and the service passwords WHMCS
+/// includes in it are never copied out of the reply's bytes.
+#[derive(Deserialize)]
+struct Envelope {
+    #[serde(default)]
+    result: Option<Value>,
+    #[serde(default)]
+    status: Option<Value>,
+    #[serde(default)]
+    message: Option<Value>,
+    #[serde(default)]
+    warning: Option<Value>,
+    #[serde(default)]
+    error: Option<Value>,
+}
+
+impl Envelope {
+    /// A JSON object's envelope; `None` for anything else (a derived struct would also read a
+    /// JSON array by position).
+    fn parse(bytes: &[u8]) -> Option<Envelope> {
+        let first = bytes.iter().find(|b| !b.is_ascii_whitespace())?;
+        if *first != b'{' {
+            return None;
+        }
+        serde_json::from_slice(bytes).ok()
+    }
+}
+
 /// Reads the WHMCS envelope from a reply of any HTTP status: business errors come with HTTP 200,
 /// auth and IP errors with 400/403 and still a JSON body; a body that is not JSON (an HTML
-/// page from a proxy or a PHP fatal error) is a transport error.
-pub(crate) fn interpret(action: Action, status: u16, bytes: &[u8]) -> Result<Value> {
+/// page from a proxy or a PHP fatal error) is a transport error. `Ok` means a success reply,
+/// to be read as the action's type.
+pub(crate) fn interpret(action: Action, status: u16, bytes: &[u8]) -> Result<()> {
     if (300..400).contains(&status) {
         // The redirect was not followed (it would turn the POST into a GET): the URL is wrong.
         return Err(Error::Configuration {
@@ -355,8 +387,7 @@ pub(crate) fn interpret(action: Action, status: u16, bytes: &[u8]) -> Result<Val
                 .to_owned(),
         });
     }
-    let parsed: Option<Value> = serde_json::from_slice(bytes).ok();
-    let Some(Value::Object(map)) = parsed else {
+    let Some(envelope) = Envelope::parse(bytes) else {
         // HTML from a WAF, proxy or PHP fatal error.
         let reason = format!("http {status} with a reply that is not a whmcs json object");
         return Err(if status >= 500 || action.is_mutating() && status < 400 {
@@ -370,23 +401,24 @@ pub(crate) fn interpret(action: Action, status: u16, bytes: &[u8]) -> Result<Val
             }
         });
     };
-    let field = |name: &str| {
-        map.get(name)
+    let field = |value: &Option<Value>| {
+        value
+            .as_ref()
             .and_then(Value::as_str)
             .map(|s| s.trim().to_ascii_lowercase())
     };
-    let result = field("result");
-    let state = field("status");
+    let result = field(&envelope.result);
+    let state = field(&envelope.status);
     let is_error = result.as_deref() == Some("error") || state.as_deref() == Some("error");
     let is_success = result.as_deref() == Some("success") || state.as_deref() == Some("success");
     if is_error || !is_success {
-        let message = ["message", "warning", "error"]
-            .iter()
-            .find_map(|k| map.get(*k).and_then(Value::as_str))
+        let message = [&envelope.message, &envelope.warning, &envelope.error]
+            .into_iter()
+            .find_map(|v| v.as_ref().and_then(Value::as_str))
             .unwrap_or("error reply without a message");
         return Err(Error::from_envelope(action, status, message));
     }
-    Ok(Value::Object(map))
+    Ok(())
 }
 
 #[async_trait]
@@ -545,6 +577,23 @@ mod tests {
         );
         assert_eq!(class(a, 500, "<html>500</html>"), Some(Transient));
         assert_eq!(class(a, 200, r#"["success"]"#), Some(Transient));
+        // Only the envelope's own fields decide; the rest is skipped, but must be JSON.
+        assert_eq!(
+            class(
+                a,
+                200,
+                r#" {"client":{"status":"error","result":"error"},"result":"success","status":"Active","stats":[1,{"a":null}]}"#
+            ),
+            None
+        );
+        assert_eq!(
+            class(a, 200, r#"{"result":"success","client":{"id":1}} trailing"#),
+            Some(Transient)
+        );
+        assert_eq!(
+            class(a, 200, r#"{"result":"success","client":{"id":1}"#),
+            Some(Transient)
+        );
         assert_eq!(
             class(Action::AddOrder, 500, "<html>500</html>"),
             Some(UnknownOutcome)

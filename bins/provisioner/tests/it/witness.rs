@@ -256,10 +256,6 @@ async fn an_edited_audit_record_raises_integrity_failure_in_the_running_service(
     assert!(out.contains(&format!("{EDITED}")), "{out}");
 }
 
-/// The PostgreSQL advisory lock key a writer of audit chain 0 holds until its commit
-/// ("ppaudit1"; chain `c` is this plus `c`).
-const CHAIN_0_LOCK_KEY: i64 = 0x7070_6175_6469_7431;
-
 /// PostgreSQL keeps the audit log as several chains and the witness covers each: with chain 0
 /// held by another session for the whole run (as a busy writer of another instance would),
 /// every record goes to another chain; its head is witnessed as `CHAIN.SEQ:MAC`, verifies with
@@ -277,20 +273,14 @@ async fn every_chain_head_is_witnessed_and_checked_on_postgres() {
     // Migrations first, so the lock below is the only thing holding chain 0.
     let (code, out) = provisioner(&["migrate"], &env).await;
     assert_eq!(code, 0, "{out}");
-    let mut holder = sqlx::PgConnection::connect(&db.url()).await.unwrap();
-    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(CHAIN_0_LOCK_KEY)
-        .execute(&mut holder)
-        .await
-        .unwrap();
+    let holder = test_support::pg::ChainZeroHolder::hold(&db.url()).await;
 
     let mut child = spawn_logged(&["run"], &env, &log);
     wait_healthy(port, Duration::from_secs(30)).await;
     world.publish_all();
     wait_all_activated(&world, Duration::from_secs(60)).await;
     stop(&mut child).await;
-    sqlx::query("COMMIT").execute(&mut holder).await.unwrap();
+    let mut holder = holder.release().await;
 
     let heads: Vec<String> = witnessed_heads(&log)
         .into_iter()

@@ -9,10 +9,6 @@ use sqlx::Connection;
 
 use crate::support::both_backends;
 
-/// The PostgreSQL advisory lock key a writer of audit chain 0 holds until its commit
-/// ("ppaudit1"; chain `c` is this plus `c`).
-const CHAIN_0_LOCK_KEY: i64 = 0x7070_6175_6469_7431;
-
 fn record(i: u32) -> NewAuditRecord {
     NewAuditRecord::new(Actor::ENGINE, Action::STEP_SUCCEEDED, Outcome::Success)
         .order_id(format!("801{i:015}"))
@@ -204,18 +200,11 @@ async fn tampering_is_found_in_every_chain_on_postgres() {
     }
     // Another session holds chain 0's lock (as a writer of another instance would, until its
     // commit): the next append takes another chain instead of waiting. No reliance on timing.
-    sqlx::any::install_default_drivers();
-    let mut holder = sqlx::AnyConnection::connect(&db.url()).await.unwrap();
-    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(CHAIN_0_LOCK_KEY)
-        .execute(&mut holder)
-        .await
-        .unwrap();
+    let holder = test_support::pg::ChainZeroHolder::hold(&db.url()).await;
     let first = b.append(record(990)).await.unwrap();
     let second = b.append(record(991)).await.unwrap();
-    sqlx::query("COMMIT").execute(&mut holder).await.unwrap();
-    holder.close().await.unwrap();
+    holder.release().await.close().await.unwrap();
+    sqlx::any::install_default_drivers();
     let in_chain_0 = a.audit_chain(0).read_range(1, 1000).await.unwrap();
     assert!(
         !in_chain_0.contains(&first),
@@ -247,54 +236,70 @@ async fn tampering_is_found_in_every_chain_on_postgres() {
         .unwrap();
     let json: String = sqlx::Row::get(&row, "record");
     let forged = json.replace("\"success\"", "\"failed\"");
-    sqlx::query("UPDATE audit_log SET record = $1 WHERE chain = $2 AND seq = 1")
-        .bind(&forged)
-        .bind(chain)
-        .execute(&mut raw)
-        .await
-        .unwrap();
-    let err = a.verify_audit().await.unwrap_err();
-    assert!(
-        matches!(err.error, audit::Error::Tampered { seq: 1, .. }),
-        "{err}"
-    );
-    assert_eq!(err.chain, Some(other.chain));
-    sqlx::query("UPDATE audit_log SET record = $1 WHERE chain = $2 AND seq = 1")
-        .bind(&json)
-        .bind(chain)
-        .execute(&mut raw)
-        .await
-        .unwrap();
-    a.verify_audit().await.unwrap();
-
-    // A record moved into chain 0's next place: a gap in its own chain, a stranger in chain 0.
-    let next = i64::try_from(summary.chains[0].summary.records + 1).unwrap();
-    sqlx::query("UPDATE audit_log SET chain = 0, seq = $1 WHERE chain = $2 AND seq = 1")
-        .bind(next)
-        .bind(chain)
-        .execute(&mut raw)
-        .await
-        .unwrap();
-    let err = a.verify_audit().await.unwrap_err();
-    assert!(matches!(err.error, audit::Error::Tampered { .. }), "{err}");
-    sqlx::query("UPDATE audit_log SET chain = $2, seq = 1 WHERE chain = 0 AND seq = $1")
-        .bind(next)
-        .bind(chain)
-        .execute(&mut raw)
-        .await
-        .unwrap();
-    a.verify_audit().await.unwrap();
-
-    // A deleted record of that chain.
-    sqlx::query("DELETE FROM audit_log WHERE chain = $1 AND seq = 1")
-        .bind(chain)
-        .execute(&mut raw)
-        .await
-        .unwrap();
-    let err = a.verify_audit().await.unwrap_err();
-    assert!(matches!(err.error, audit::Error::Tampered { .. }), "{err}");
-    assert_eq!(err.chain, Some(other.chain));
+    let next = summary.chains[0].summary.records + 1;
+    let set_record = format!("UPDATE audit_log SET record = $1 WHERE chain = {chain} AND seq = 1");
+    // Each tampering (a statement and its text argument), the chain and record verification
+    // must name (`None`: not checked), and the statement that undoes it (`None`: the last).
+    let steps = [
+        // Someone with database access but no key changes an outcome.
+        (
+            (set_record.clone(), Some(forged)),
+            (Some(other.chain), Some(1)),
+            Some((set_record, Some(json))),
+        ),
+        // A record moved into chain 0's next place: a gap in its own chain, a stranger in
+        // chain 0.
+        (
+            (
+                format!(
+                    "UPDATE audit_log SET chain = 0, seq = {next} WHERE chain = {chain} AND seq = 1"
+                ),
+                None,
+            ),
+            (None, None),
+            Some((
+                format!(
+                    "UPDATE audit_log SET chain = {chain}, seq = 1 WHERE chain = 0 AND seq = {next}"
+                ),
+                None,
+            )),
+        ),
+        // A deleted record of that chain.
+        (
+            (
+                format!("DELETE FROM audit_log WHERE chain = {chain} AND seq = 1"),
+                None,
+            ),
+            (Some(other.chain), None),
+            None,
+        ),
+    ];
+    for ((tamper, arg), (named_chain, named_seq), undo) in steps {
+        execute(&mut raw, &tamper, arg).await;
+        let err = a.verify_audit().await.unwrap_err();
+        assert!(
+            matches!(err.error, audit::Error::Tampered { seq, .. } if named_seq.is_none_or(|n| n == seq)),
+            "{tamper}: {err}"
+        );
+        if named_chain.is_some() {
+            assert_eq!(err.chain, named_chain, "{tamper}");
+        }
+        if let Some((sql, arg)) = undo {
+            execute(&mut raw, &sql, arg).await;
+            a.verify_audit().await.unwrap();
+        }
+    }
     raw.close().await.unwrap();
     drop((a, b));
     db.cleanup().await;
+}
+
+/// Runs `sql` with its one text argument, if any.
+async fn execute(raw: &mut sqlx::AnyConnection, sql: &str, arg: Option<String>) {
+    let query = sqlx::query(sql);
+    let query = match arg {
+        Some(arg) => query.bind(arg),
+        None => query,
+    };
+    query.execute(raw).await.unwrap();
 }

@@ -1,39 +1,13 @@
 //! The identity and schema endpoints a third-party client reads: `userinfo` after a real JWT
 //! bearer login, and sObject describe with the org's fields, over plain HTTP.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use sandbox::salesforce::{SalesforceConfig, SalesforceSandbox};
 use serde_json::{Value, json};
 use test_support::keys;
 
 /// Logs in as `sub` with an RS256 assertion signed by the test key; the token response.
 async fn login(sf: &SalesforceSandbox, http: &reqwest::Client, sub: &str) -> Value {
-    let exp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 180;
-    let claims = json!({
-        "iss": sf.config().client_id,
-        "sub": sub,
-        "aud": "https://login.salesforce.com",
-        "exp": exp,
-    });
-    let key = EncodingKey::from_rsa_pem(keys::PRIVATE_KEY_PEM.as_bytes()).unwrap();
-    let assertion = jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims, &key).unwrap();
-    let response = http
-        .post(format!("{}/services/oauth2/token", sf.base_url()))
-        .form(&[
-            ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
-            ("assertion", assertion.as_str()),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    response.json().await.unwrap()
+    crate::login(sf, http, sub, "https://login.salesforce.com").await
 }
 
 async fn sandbox() -> SalesforceSandbox {

@@ -3,9 +3,6 @@
 //! Not timed: with a scan per lookup this test takes minutes instead of seconds in a debug
 //! build, which is the smoke signal; the assertions check the answers.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use sandbox::salesforce::{
     SalesforceConfig, SalesforceSandbox, SfOrder, SfOrderItem, salesforce_id,
 };
@@ -13,37 +10,10 @@ use sandbox::whmcs::{Client, Product, Service, WhmcsSandbox};
 use serde_json::{Value, json};
 use test_support::keys;
 
+use crate::token;
+
 const ORDERS: u64 = 20_000;
 const CLIENTS: u64 = 20_000;
-
-async fn token(sf: &SalesforceSandbox, http: &reqwest::Client) -> String {
-    let exp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 180;
-    let claims = json!({
-        "iss": sf.config().client_id,
-        "sub": sf.config().usernames[0],
-        "aud": sf.base_url(),
-        "exp": exp,
-    });
-    let key = EncodingKey::from_rsa_pem(keys::PRIVATE_KEY_PEM.as_bytes()).unwrap();
-    let assertion = jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims, &key).unwrap();
-    let answer: Value = http
-        .post(format!("{}/services/oauth2/token", sf.base_url()))
-        .form(&[
-            ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
-            ("assertion", assertion.as_str()),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    answer["access_token"].as_str().unwrap().to_owned()
-}
 
 fn order_query(id: &str) -> String {
     format!(

@@ -1,42 +1,12 @@
 //! The counters a benchmark polls from outside: `GET /sandbox/stats` of the Salesforce sandbox
 //! (activations, publish-to-activation latency) and of the WHMCS sandbox (orders per ref).
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use sandbox::salesforce::{SalesforceConfig, SalesforceSandbox, SfOrder, salesforce_id};
 use sandbox::whmcs::{Client, Product, WhmcsSandbox};
 use serde_json::{Value, json};
 use test_support::keys;
 
-async fn token(sf: &SalesforceSandbox, http: &reqwest::Client) -> String {
-    let exp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 180;
-    let claims = json!({
-        "iss": sf.config().client_id,
-        "sub": sf.config().usernames[0],
-        "aud": sf.base_url(),
-        "exp": exp,
-    });
-    let key = EncodingKey::from_rsa_pem(keys::PRIVATE_KEY_PEM.as_bytes()).unwrap();
-    let assertion = jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims, &key).unwrap();
-    let answer: Value = http
-        .post(format!("{}/services/oauth2/token", sf.base_url()))
-        .form(&[
-            ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
-            ("assertion", assertion.as_str()),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    answer["access_token"].as_str().unwrap().to_owned()
-}
+use crate::token;
 
 async fn get_json(http: &reqwest::Client, url: &str) -> Value {
     let response = http.get(url).send().await.unwrap();
