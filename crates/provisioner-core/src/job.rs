@@ -1293,10 +1293,16 @@ impl JobRunner {
                 // module create: the job is never given up on there, only looked up again (an
                 // Order is never marked failed after WHMCS may have accepted).
                 if step == Step::AcceptUnknown || self.config.retry.may_retry(attempts, age) {
+                    // The backoff grows for a job that keeps failing where it stands. One
+                    // that got further in this run before a transient error (a fault at
+                    // another step) waits the first delay again: with a few calls per step,
+                    // unrelated faults in a row would otherwise hold an Order for minutes.
+                    // `attempts` still counts every run towards the limit.
+                    let exponent = if step == job.step { job.attempts } else { 0 };
                     let delay = self
                         .config
                         .retry
-                        .delay(job.attempts, jitter(&job.order_id, job.attempts));
+                        .delay(exponent, jitter(&job.order_id, job.attempts));
                     let at = now + chrono::Duration::from_std(delay).unwrap_or_default();
                     let reason = sanitize_reason(&reason);
                     tracing::info!(order_id = %job.order_id, step = %step, attempt = attempts, %reason, "retrying");

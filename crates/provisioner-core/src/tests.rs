@@ -1087,6 +1087,42 @@ async fn resuming_at_accepted_only_writes_back() {
     assert_eq!(effects(&calls), ["sf_patch:Activated", "finish:done"]);
 }
 
+/// The backoff grows for a job that keeps failing where it stands, not for one that got
+/// further before a transient fault: that one waits the first delay again (`attempts` still
+/// counts towards the limit either way).
+#[tokio::test]
+async fn a_job_that_got_further_before_a_fault_waits_the_first_delay_again() {
+    let retrying_after = |start: Step| async move {
+        let mut w = World::new();
+        w.fetch_returns(order(if start == Step::Received {
+            "Approved"
+        } else {
+            "Provisioning"
+        }));
+        w.client_active();
+        w.whmcs
+            .expect_all_client_services()
+            .returning(|_| Err(transient(whmcs_client::Action::GetClientsProducts)));
+        let policy = w.config.retry.clone();
+        let before = Utc::now();
+        let (outcome, _) = w.run(job(start, 5)).await;
+        let JobOutcome::Retrying { at, .. } = outcome else {
+            panic!("{outcome:?}");
+        };
+        (policy, (at - before).to_std().unwrap())
+    };
+    // From `received` to the lookup, then the fault: progress, so the first delay.
+    let (policy, waited) = retrying_after(Step::Received).await;
+    assert!(
+        waited <= policy.delay(0, 1.0) + std::time::Duration::from_secs(1),
+        "{waited:?}"
+    );
+    // Failing again at the lookup where it stands: the sixth attempt's delay.
+    let (policy, waited) = retrying_after(Step::MarkedProvisioning).await;
+    assert!(waited >= policy.delay(5, 0.0), "{waited:?}");
+    assert!(policy.delay(5, 0.0) > policy.delay(0, 1.0) * 4);
+}
+
 #[tokio::test]
 async fn a_retryable_salesforce_error_is_retried_then_given_up() {
     let make = || {

@@ -23,6 +23,12 @@ use crate::model::{
 /// Largest reply body read; WHMCS replies are small, anything bigger is not WHMCS.
 const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 
+/// How many times a read is sent when it fails transiently (see [`HttpWhmcsClient`]'s `call`).
+pub(crate) const READ_ATTEMPTS: u32 = 2;
+
+/// The pause before a read is sent again.
+pub(crate) const READ_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// Hard stop for list paging, in pages, against a server that keeps answering.
 const MAX_PAGES: u64 = 10_000;
 
@@ -107,22 +113,46 @@ impl HttpWhmcsClient {
     /// Sends `body` and returns the body of a success reply, or the classified error, in a
     /// `whmcs.api` span: the action and the HTTP status (never the form body: it holds the
     /// credentials and the customer's data).
+    ///
+    /// A read (an action that changes nothing) that fails transiently (a 5xx, an HTML page, a
+    /// timeout, a dropped connection) is sent once more after [`READ_RETRY_PAUSE`]: a walk
+    /// through many pages of GetClientsProducts would otherwise start over on any one page's
+    /// fault. A write is sent once; its unknown outcome is the caller's to look up.
     async fn call(&self, action: Action, body: FormBody) -> Result<Vec<u8>> {
         use tracing::Instrument as _;
-        let span = tracing::info_span!(
-            "whmcs.api",
-            action = action.as_str(),
-            http.response.status_code = tracing::field::Empty,
-        );
-        self.call_in_span(action, body, &span)
-            .instrument(span.clone())
-            .await
+        let encoded = zeroize::Zeroizing::new(body.to_urlencoded());
+        drop(body);
+        let attempts = if action.is_mutating() {
+            1
+        } else {
+            READ_ATTEMPTS
+        };
+        let mut attempt = 1;
+        loop {
+            let span = tracing::info_span!(
+                "whmcs.api",
+                action = action.as_str(),
+                attempt,
+                http.response.status_code = tracing::field::Empty,
+            );
+            let result = self
+                .call_in_span(action, String::clone(&encoded), &span)
+                .instrument(span.clone())
+                .await;
+            match result {
+                Err(e) if attempt < attempts && e.class() == crate::ErrorClass::Transient => {
+                    attempt += 1;
+                    tokio::time::sleep(READ_RETRY_PAUSE).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     async fn call_in_span(
         &self,
         action: Action,
-        body: FormBody,
+        encoded: String,
         span: &tracing::Span,
     ) -> Result<Vec<u8>> {
         let timeout = if action.provisions() {
@@ -130,8 +160,6 @@ impl HttpWhmcsClient {
         } else {
             self.config.read_timeout
         };
-        let encoded = body.to_urlencoded();
-        drop(body);
         let started = Instant::now();
         let request_id = uuid::Uuid::new_v4().to_string();
         tracing::debug!(%action, %request_id, "whmcs request");

@@ -85,9 +85,10 @@ async fn catalog_calls_fail_like_every_other_call() {
     );
     w.sandbox.set_allowed_actions(None);
 
-    // A read: an HTML 500 is transient and nothing was changed.
+    // A read: an HTML 500 is transient and nothing was changed (a read is sent twice before
+    // the fault is the caller's).
     w.sandbox
-        .inject_fault("GetProducts", Fault::Html500, Some(1));
+        .inject_fault("GetProducts", Fault::Html500, Some(2));
     let err = whmcs.get_products(None).await.unwrap_err();
     assert_eq!(err.class(), ErrorClass::Transient, "{err}");
     assert_eq!(whmcs.get_products(None).await.unwrap().len(), 2);

@@ -282,8 +282,13 @@ async fn scalar_array_parameters_are_rejected_by_the_sandbox() {
 async fn html_500_is_transient_on_reads_and_unknown_on_writes() {
     let w = world().await;
     let whmcs = client_for(&w.sandbox);
+    // A read that meets one HTML 500 is sent once more, after a short pause, and succeeds.
     w.sandbox
         .inject_fault("GetClientsDetails", Fault::Html500, Some(1));
+    whmcs.get_client_details(w.client_id).await.unwrap();
+    // Two in a row are the caller's: transient.
+    w.sandbox
+        .inject_fault("GetClientsDetails", Fault::Html500, Some(2));
     let err = whmcs.get_client_details(w.client_id).await.unwrap_err();
     assert_eq!(err.class(), ErrorClass::Transient);
     assert!(matches!(
@@ -294,7 +299,7 @@ async fn html_500_is_transient_on_reads_and_unknown_on_writes() {
         }
     ));
     assert!(err.is_retryable());
-    // the fault was for one call only
+    // the fault was for two calls only
     whmcs.get_client_details(w.client_id).await.unwrap();
 
     // An HTML 500 from AddOrder may come from a PHP fatal after the insert.
@@ -329,9 +334,9 @@ async fn timeouts_use_the_timeout_of_the_action() {
     config.provisioning_timeout = Duration::from_secs(30);
     let whmcs = HttpWhmcsClient::new(config).unwrap();
 
-    // a read that times out is transient
+    // a read that times out twice (it is sent twice) is transient
     w.sandbox
-        .inject_fault("GetOrders", Fault::Latency(Duration::from_secs(2)), Some(1));
+        .inject_fault("GetOrders", Fault::Latency(Duration::from_secs(2)), Some(2));
     let err = whmcs.get_order(1).await.unwrap_err();
     assert_eq!(err.class(), ErrorClass::Transient, "{err}");
 
