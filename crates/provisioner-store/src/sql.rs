@@ -386,6 +386,11 @@ impl SqlStore {
         let sqlite = sqlite_path
             .map(|path| SqliteWriter::start(&path, SQLITE_BUSY_TIMEOUT, audit_key.clone()))
             .transpose()?;
+        // SQLite has one audit chain (its writer thread keeps it); PostgreSQL several.
+        let chains = match backend {
+            Backend::Sqlite => 1,
+            Backend::Postgres => crate::tx::POSTGRES_AUDIT_CHAINS,
+        };
         Ok(SqlStore {
             backend,
             writer,
@@ -393,17 +398,9 @@ impl SqlStore {
             keyring: RwLock::new(Arc::new(keyring)),
             master,
             audit_key,
-            audit_heads: (0..match backend {
-                Backend::Sqlite => 1,
-                Backend::Postgres => crate::tx::POSTGRES_AUDIT_CHAINS,
-            })
-                .map(|_| tokio::sync::Mutex::new(None))
-                .collect(),
+            audit_heads: (0..chains).map(|_| tokio::sync::Mutex::new(None)).collect(),
             next_waited_chain: std::sync::atomic::AtomicU32::new(0),
-            chain_elsewhere_until: (0..match backend {
-                Backend::Sqlite => 1,
-                Backend::Postgres => crate::tx::POSTGRES_AUDIT_CHAINS,
-            })
+            chain_elsewhere_until: (0..chains)
                 .map(|_| std::sync::atomic::AtomicU64::new(0))
                 .collect(),
             chain_clock: std::time::Instant::now(),
