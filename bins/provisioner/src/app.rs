@@ -101,10 +101,13 @@ pub(crate) async fn wire(
             ..sf_rest::RestConfig::default()
         },
     )
-    .context("Salesforce REST client")?;
+    .context("Salesforce REST client")?
+    // A job waiting between two attempts of a call lends its worker slot to another job.
+    .with_pause(Arc::new(provisioner_core::pause_outside_slot));
     let rest = Arc::new(rest);
-    let whmcs =
-        whmcs_client::HttpWhmcsClient::new(config.whmcs_config()?).context("WHMCS client")?;
+    let whmcs = whmcs_client::HttpWhmcsClient::new(config.whmcs_config()?)
+        .context("WHMCS client")?
+        .with_pause(Arc::new(provisioner_core::pause_outside_slot));
     let backend = store.backend();
     let sink = alert_sink(config, &store)?;
     let monitor = security::SecurityMonitor::new(sink, security::Thresholds::default());

@@ -153,7 +153,9 @@ pub struct EngineConfig {
     pub send_email: bool,
     /// `WHMCS_NO_INVOICE`.
     pub no_invoice: bool,
-    /// Jobs in flight at once (`PROVISIONER_CONCURRENCY`).
+    /// Jobs at work at once (`PROVISIONER_CONCURRENCY`). A job waiting between two attempts
+    /// of a call lends its slot to another job ([`crate::pause_outside_slot`]); jobs claimed
+    /// at once stay at most [`crate::CLAIMED_PER_SLOT`] times this.
     pub concurrency: usize,
     /// Lease of a claimed job (`JOB_LEASE`).
     pub lease: Duration,

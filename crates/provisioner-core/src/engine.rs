@@ -277,6 +277,11 @@ impl Engine {
 
     async fn dispatch(self, mut shutdown: watch::Receiver<bool>) {
         let permits = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
+        // Jobs claimed at once: those at work (a permit each) and those waiting between two
+        // attempts of a call with their permit lent out (`crate::slot`).
+        let claims = Arc::new(Semaphore::new(
+            self.config.concurrency.max(1) * crate::slot::CLAIMED_PER_SLOT,
+        ));
         // The jobs this process runs now, by Order Id.
         let running_here: Arc<std::sync::Mutex<std::collections::HashSet<String>>> = Arc::default();
         let mut running = JoinSet::new();
@@ -291,9 +296,13 @@ impl Engine {
             if *shutdown.borrow() {
                 break;
             }
-            let permit = tokio::select! {
+            let (claim, permit) = tokio::select! {
                 biased;
-                p = Arc::clone(&permits).acquire_owned() => match p {
+                p = async {
+                    let claim = Arc::clone(&claims).acquire_owned().await?;
+                    let permit = Arc::clone(&permits).acquire_owned().await?;
+                    Ok::<_, tokio::sync::AcquireError>((claim, permit))
+                } => match p {
                     Ok(p) => p,
                     Err(_) => break,
                 },
@@ -330,7 +339,7 @@ impl Engine {
                         {
                             tracing::warn!(order_id = %order_id, error = %e, "could not give the job back");
                         }
-                        drop(permit);
+                        drop((claim, permit));
                         continue;
                     }
                     let runner = Arc::clone(&runner);
@@ -340,8 +349,9 @@ impl Engine {
                     let notify = Arc::clone(&self.notify);
                     let outcomes = self.outcomes.clone();
                     let running_here = Arc::clone(&running_here);
+                    let slot = crate::slot::Slot::new(Arc::clone(&permits), permit);
                     running.spawn(async move {
-                        let _permit = permit;
+                        let _claim = claim;
                         let token = job.lease_owner.clone().unwrap_or_default();
                         let clock = Arc::clone(&runner_clock);
                         let health = Arc::new(LeaseHealth::new(lease, Arc::clone(&clock), claimed_at));
@@ -372,7 +382,7 @@ impl Engine {
                                 }
                             }
                         });
-                        let outcome = runner.run_fenced(job, &health).await;
+                        let outcome = slot.scope(runner.run_fenced(job, &health)).await;
                         renew.abort();
                         if let Ok(mut set) = running_here.lock() {
                             set.remove(&order_id);
@@ -387,7 +397,7 @@ impl Engine {
                     });
                 }
                 Ok(None) => {
-                    drop(permit);
+                    drop((claim, permit));
                     tokio::select! {
                         biased;
                         _ = self.notify.notified() => {}
@@ -396,7 +406,7 @@ impl Engine {
                     }
                 }
                 Err(e) => {
-                    drop(permit);
+                    drop((claim, permit));
                     tracing::warn!(error = %e, "claiming a job failed");
                     tokio::select! {
                         biased;

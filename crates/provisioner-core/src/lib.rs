@@ -13,6 +13,7 @@ pub mod order_intake;
 mod outbox;
 mod reason;
 mod sanitize;
+mod slot;
 pub mod subscriber;
 
 pub use alerts::Alerts;
@@ -30,6 +31,7 @@ pub use job::{JobOutcome, JobRunner, LeaseHealth, PROVISION_RATE_SCOPE, Ports, P
 pub use outbox::{AuditedSink, DEFAULT_ALERT_OUTBOX_MAX, StoreOutbox, alert_audit_record};
 pub use reason::StopReason;
 pub use sanitize::{MAX_REASON_CHARS, sanitize_reason};
+pub use slot::{CLAIMED_PER_SLOT, pause_outside_slot};
 
 #[cfg(test)]
 mod tests;

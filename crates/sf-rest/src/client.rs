@@ -71,6 +71,15 @@ impl RetryPolicy {
     }
 }
 
+/// The future a [`RetryPause`] returns.
+pub type PauseFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// How the client waits between attempts ([`RestOrderApi::with_pause`]; without one it
+/// sleeps). A service that shares a bounded capacity among many callers can lend it out
+/// meanwhile: the provisioner gives a job's worker slot to another job while the job waits,
+/// and takes one back before the next attempt.
+pub type RetryPause = Arc<dyn Fn(Duration) -> PauseFuture + Send + Sync>;
+
 /// Settings of [`RestOrderApi`].
 #[derive(Clone, Debug)]
 pub struct RestConfig {
@@ -136,6 +145,7 @@ pub struct RestOrderApi {
     tokens: Arc<dyn TokenSource>,
     config: RestConfig,
     usage: Mutex<Option<ApiUsage>>,
+    pause: Option<RetryPause>,
 }
 
 impl std::fmt::Debug for RestOrderApi {
@@ -179,7 +189,15 @@ impl RestOrderApi {
             tokens,
             config,
             usage: Mutex::new(None),
+            pause: None,
         }
+    }
+
+    /// This client, waiting between attempts with `pause` instead of sleeping.
+    #[must_use]
+    pub fn with_pause(mut self, pause: RetryPause) -> Self {
+        self.pause = Some(pause);
+        self
     }
 
     /// The configuration.
@@ -209,7 +227,10 @@ impl RestOrderApi {
                 Err(e) if e.is_retryable() && attempt < policy.max_attempts.max(1) => {
                     let wait = policy.backoff(attempt);
                     tracing::warn!(%action, attempt, wait_ms = wait.as_millis() as u64, error = %e, "salesforce call failed, retrying");
-                    tokio::time::sleep(wait).await;
+                    match &self.pause {
+                        Some(pause) => pause(wait).await,
+                        None => tokio::time::sleep(wait).await,
+                    }
                     attempt += 1;
                 }
                 Err(e) => return Err(e),

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-pub use client::{ApiUsage, DEFAULT_API_VERSION, RestConfig, RestOrderApi, RetryPolicy};
+pub use client::{
+    ApiUsage, DEFAULT_API_VERSION, PauseFuture, RestConfig, RestOrderApi, RetryPause, RetryPolicy,
+};
 pub use describe::{
     FieldDescribe, FieldType, MAX_SOBJECT_NAME_CHARS, PicklistValue, SObjectDescribe,
 };

@@ -32,6 +32,14 @@ pub(crate) const READ_RETRY_PAUSE: std::time::Duration = std::time::Duration::fr
 /// Hard stop for list paging, in pages, against a server that keeps answering.
 const MAX_PAGES: u64 = 10_000;
 
+/// The future a [`RetryPause`] returns.
+pub type PauseFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// How the client waits before it sends a read again ([`HttpWhmcsClient::with_pause`];
+/// without one it sleeps). A service that bounds its callers' concurrency can lend the
+/// caller's slot out meanwhile, as the provisioner does with a job's worker slot.
+pub type RetryPause = std::sync::Arc<dyn Fn(std::time::Duration) -> PauseFuture + Send + Sync>;
+
 /// The WHMCS External API client. Cheap to clone (shares the connection pool).
 ///
 /// Nothing it logs contains request or response bodies: only the action, HTTP status, timing
@@ -40,6 +48,7 @@ const MAX_PAGES: u64 = 10_000;
 pub struct HttpWhmcsClient {
     http: reqwest::Client,
     config: WhmcsConfig,
+    pause: Option<RetryPause>,
 }
 
 impl std::fmt::Debug for HttpWhmcsClient {
@@ -89,7 +98,18 @@ impl HttpWhmcsClient {
             .map_err(|e| Error::InvalidInput {
                 reason: format!("cannot build the http client: {e}"),
             })?;
-        Ok(Self { http, config })
+        Ok(Self {
+            http,
+            config,
+            pause: None,
+        })
+    }
+
+    /// This client, waiting before a read is sent again with `pause` instead of sleeping.
+    #[must_use]
+    pub fn with_pause(mut self, pause: RetryPause) -> Self {
+        self.pause = Some(pause);
+        self
     }
 
     /// The configuration in use.
@@ -142,7 +162,10 @@ impl HttpWhmcsClient {
             match result {
                 Err(e) if attempt < attempts && e.class() == crate::ErrorClass::Transient => {
                     attempt += 1;
-                    tokio::time::sleep(READ_RETRY_PAUSE).await;
+                    match &self.pause {
+                        Some(pause) => pause(READ_RETRY_PAUSE).await,
+                        None => tokio::time::sleep(READ_RETRY_PAUSE).await,
+                    }
                 }
                 other => return other,
             }

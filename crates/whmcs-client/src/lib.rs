@@ -14,7 +14,7 @@ use async_trait::async_trait;
 pub use catalog::{CatalogProduct, PaymentMethod, ProductConfigOption, ProductCustomField};
 pub use config::{DEFAULT_PROVISIONING_TIMEOUT, DEFAULT_READ_TIMEOUT, WhmcsConfig};
 pub use error::{Action, Error, ErrorClass, Result};
-pub use http::HttpWhmcsClient;
+pub use http::{HttpWhmcsClient, PauseFuture, RetryPause};
 pub use model::{
     AcceptOrderRequest, ClientDetails, ClientStatus, ConfigOptionValue, ConfigOptions,
     CustomFields, FieldValue, LineItem, ListPage, NewClient, NewOrder, Order, OrderLine,

@@ -162,6 +162,6 @@ async fn drains_a_backlog_exactly_once_within_128_mib() {
         peak_rss_kib <= RSS_LIMIT_KIB,
         "peak RSS {peak_mib:.1} MiB exceeds 128 MiB; trace (s, activated, MiB): {rss_trace:?}"
     );
-    check_invariants(&world);
+    check_invariants(&world, &env).await;
     audit_verify_clean(&env).await;
 }

@@ -109,7 +109,7 @@ async fn sigkill_twenty_times_while_300_orders_flow_keeps_exactly_once() {
     assert_eq!(status.code(), Some(0), "{}", logs.text());
     world.whmcs.clear_faults();
 
-    check_invariants(&world);
+    check_invariants(&world, &env).await;
     audit_verify_clean(&env).await;
     eprintln!(
         "crash test: {KILLS} SIGKILLs, 300 orders, {:?} in all",
@@ -214,7 +214,7 @@ async fn two_instances_on_postgres_fail_over_the_subscriber_without_duplicates()
     assert_eq!(status.code(), Some(0), "{}", logs[survivor].text());
     world.whmcs.clear_faults();
 
-    check_invariants(&world);
+    check_invariants(&world, &envs[survivor]).await;
     audit_verify_clean(&envs[survivor]).await;
     eprintln!(
         "failover: holder #{holder} killed with {at_kill}/300 activated; survivor ran the \

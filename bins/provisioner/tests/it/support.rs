@@ -339,8 +339,11 @@ pub(crate) fn spawn_logged(
 }
 
 /// The invariants of done-when 2: one WHMCS order per Salesforce Order (by the external ref on
-/// its services), every Order Activated with its WHMCS order id, per-customer order kept.
-pub(crate) fn check_invariants(world: &World) {
+/// its services), every Order Activated with its WHMCS order id, and the per-customer order
+/// the product keeps: a customer's Orders reach WHMCS in approval order, except that a later
+/// Order may pass an earlier one that waited for a retry or a settle point meanwhile (a
+/// `step_failed` record in its audit trail, read with `provisioner jobs show` under `env`).
+pub(crate) async fn check_invariants(world: &World, env: &BTreeMap<String, String>) {
     let mut by_ref: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
     for s in world.whmcs.services() {
         let r = s.custom_fields.get(&REF_FIELD).cloned().unwrap_or_default();
@@ -352,7 +355,7 @@ pub(crate) fn check_invariants(world: &World) {
         "one WHMCS order per Salesforce Order"
     );
     // Seeded events are per customer, in the order the customer approved them.
-    let mut per_customer: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+    let mut per_customer: BTreeMap<&str, Vec<(&str, u64)>> = BTreeMap::new();
     for e in &world.seeded.events {
         let ids = by_ref
             .get(&e.order_id)
@@ -371,14 +374,29 @@ pub(crate) fn check_invariants(world: &World) {
         per_customer
             .entry(&e.customer_number)
             .or_default()
-            .push(whmcs_id);
+            .push((e.order_id.as_str(), whmcs_id));
     }
-    for (customer, ids) in per_customer {
-        assert!(
-            ids.windows(2).all(|w| w[0] < w[1]),
-            "customer {customer}: WHMCS orders {ids:?} out of approval order"
-        );
+    let mut passed = 0;
+    for (customer, orders) in per_customer {
+        for (i, &(earlier, earlier_id)) in orders.iter().enumerate() {
+            let Some(&(later, later_id)) = orders[i + 1..].iter().find(|(_, id)| *id < earlier_id)
+            else {
+                continue;
+            };
+            let shown = crate::jobs::run_json(&["jobs", "show", earlier, "--json"], env).await;
+            let waited = shown["audit"]
+                .as_array()
+                .is_some_and(|records| records.iter().any(|r| r["action"] == "step_failed"));
+            assert!(
+                waited,
+                "customer {customer}: {later} (WHMCS order {later_id}) passed {earlier} (WHMCS \
+                 order {earlier_id}), which never waited for a retry; its trail: {}",
+                shown["audit"]
+            );
+            passed += 1;
+        }
     }
+    eprintln!("invariants hold; {passed} Orders were passed while they waited for a retry");
 }
 
 /// Runs `provisioner audit verify` with `env` and asserts a clean chain.

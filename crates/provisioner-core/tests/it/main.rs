@@ -6,5 +6,6 @@ mod faults;
 mod no_lost_order;
 mod order_intake;
 mod settle;
+mod slots;
 mod stack;
 mod subscriber;

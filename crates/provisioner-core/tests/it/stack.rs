@@ -199,13 +199,18 @@ pub(crate) async fn build_tuned(
                 ..sf_rest::RestConfig::default()
             },
         )
-        .unwrap(),
+        .unwrap()
+        // As the provisioner wires them: a job waiting to send a call again lends its slot.
+        .with_pause(Arc::new(provisioner_core::pause_outside_slot)),
     );
     let mut whmcs_config = whmcs_config(&whmcs);
     whmcs_config.read_timeout = WHMCS_TIMEOUT;
     whmcs_config.provisioning_timeout = WHMCS_ACCEPT_TIMEOUT;
-    let whmcs_api: Arc<dyn whmcs_client::WhmcsApi> =
-        Arc::new(whmcs_client::HttpWhmcsClient::new(whmcs_config).unwrap());
+    let whmcs_api: Arc<dyn whmcs_client::WhmcsApi> = Arc::new(
+        whmcs_client::HttpWhmcsClient::new(whmcs_config)
+            .unwrap()
+            .with_pause(Arc::new(provisioner_core::pause_outside_slot)),
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let pg = match db {

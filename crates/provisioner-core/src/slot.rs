@@ -1,0 +1,125 @@
+//! Worker slots lent out while a job waits between two attempts of one call.
+//!
+//! The engine runs at most [`crate::EngineConfig::concurrency`] jobs at work at once: each
+//! holds a worker slot (a semaphore permit). A job whose Salesforce or WHMCS call failed
+//! transiently waits in the client before it sends the call again (a quarter of a second or
+//! more); held through that wait, the slot would idle while other customers' jobs queue. Jobs
+//! run inside [`Slot::scope`], and [`pause_outside_slot`] (the clients' pause hook) gives the
+//! slot back for the wait and takes one again before the call is sent: the bound is on jobs
+//! at work, not on jobs waiting. Jobs claimed at once stay bounded too
+//! ([`CLAIMED_PER_SLOT`] per slot), and the job keeps its lease and its customer's turn
+//! throughout.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Jobs one process may hold claimed at once, per worker slot: the jobs at work plus those
+/// waiting between attempts with their slot lent out.
+pub const CLAIMED_PER_SLOT: usize = 4;
+
+tokio::task_local! {
+    static SLOT: Arc<Slot>;
+}
+
+/// The worker slot of the job that runs in this task.
+pub(crate) struct Slot {
+    permits: Arc<Semaphore>,
+    held: Mutex<Option<OwnedSemaphorePermit>>,
+}
+
+impl Slot {
+    /// A job's slot: `permit`, taken from (and given back to) `permits`.
+    pub(crate) fn new(permits: Arc<Semaphore>, permit: OwnedSemaphorePermit) -> Arc<Self> {
+        Arc::new(Self {
+            permits,
+            held: Mutex::new(Some(permit)),
+        })
+    }
+
+    /// Runs `job` with this slot as its own: a [`pause_outside_slot`] inside it lends it out.
+    pub(crate) async fn scope<F: Future>(self: Arc<Self>, job: F) -> F::Output {
+        SLOT.scope(self, job).await
+    }
+
+    /// Whether the job holds its slot now (not lent out).
+    #[cfg(test)]
+    pub(crate) fn holds(&self) -> bool {
+        self.held.lock().map(|h| h.is_some()).unwrap_or(false)
+    }
+
+    fn lend(&self) -> Option<OwnedSemaphorePermit> {
+        self.held.lock().ok().and_then(|mut held| held.take())
+    }
+
+    async fn take_back(&self) {
+        // The semaphore is never closed; should it be, the job goes on without a slot.
+        if let Ok(permit) = Arc::clone(&self.permits).acquire_owned().await
+            && let Ok(mut held) = self.held.lock()
+        {
+            *held = Some(permit);
+        }
+    }
+}
+
+/// Waits `wait`. Inside a job the engine runs, the job's worker slot serves another job
+/// meanwhile, and the job takes a slot back (waiting its turn for one) before this returns.
+/// Elsewhere it only sleeps. It is the pause hook the provisioner gives its Salesforce and
+/// WHMCS clients (`sf_rest::RetryPause`, `whmcs_client::RetryPause`).
+pub fn pause_outside_slot(wait: Duration) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    // Read now: the hook is called inside the job's task, the future may be polled anywhere.
+    let slot = SLOT.try_with(Arc::clone).ok();
+    Box::pin(async move {
+        let lent = slot.as_ref().and_then(|s| s.lend());
+        let was_held = lent.is_some();
+        drop(lent);
+        tokio::time::sleep(wait).await;
+        if let (Some(slot), true) = (slot, was_held) {
+            slot.take_back().await;
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_lends_the_slot_to_another_job_and_takes_one_back() {
+        let permits = Arc::new(Semaphore::new(1));
+        let permit = Arc::clone(&permits).acquire_owned().await.unwrap();
+        let slot = Slot::new(Arc::clone(&permits), permit);
+        assert_eq!(permits.available_permits(), 0);
+
+        let (paused_tx, paused_rx) = tokio::sync::oneshot::channel();
+        let job = tokio::spawn(Arc::clone(&slot).scope(async move {
+            let pause = pause_outside_slot(Duration::from_millis(250));
+            let _ = paused_tx.send(());
+            pause.await;
+        }));
+        paused_rx.await.unwrap();
+        // While the job waits, another job gets the only slot and keeps it for a while.
+        let other = Arc::clone(&permits).acquire_owned().await.unwrap();
+        assert!(!slot.holds());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(
+            !job.is_finished(),
+            "the paused job must wait for a slot to come back"
+        );
+        drop(other);
+        job.await.unwrap();
+        assert!(slot.holds(), "the job holds a slot again after its pause");
+        assert_eq!(permits.available_permits(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn outside_a_job_a_pause_only_sleeps() {
+        let started = tokio::time::Instant::now();
+        pause_outside_slot(Duration::from_millis(250)).await;
+        assert_eq!(started.elapsed(), Duration::from_millis(250));
+    }
+}
