@@ -51,8 +51,14 @@ impl Slot {
         self.held.lock().map(|h| h.is_some()).unwrap_or(false)
     }
 
-    fn lend(&self) -> Option<OwnedSemaphorePermit> {
-        self.held.lock().ok().and_then(|mut held| held.take())
+    /// Gives the held permit back to the semaphore; whether one was held.
+    fn lend(&self) -> bool {
+        // The permit returns to the semaphore as it is dropped here.
+        self.held
+            .lock()
+            .ok()
+            .and_then(|mut held| held.take())
+            .is_some()
     }
 
     async fn take_back(&self) {
@@ -73,11 +79,10 @@ pub fn pause_outside_slot(wait: Duration) -> Pin<Box<dyn Future<Output = ()> + S
     // Read now: the hook is called inside the job's task, the future may be polled anywhere.
     let slot = SLOT.try_with(Arc::clone).ok();
     Box::pin(async move {
-        let lent = slot.as_ref().and_then(|s| s.lend());
-        let was_held = lent.is_some();
-        drop(lent);
+        // Only a slot that was held is taken back (never a second one).
+        let lender = slot.filter(|s| s.lend());
         tokio::time::sleep(wait).await;
-        if let (Some(slot), true) = (slot, was_held) {
+        if let Some(slot) = lender {
             slot.take_back().await;
         }
     })
