@@ -337,6 +337,11 @@ impl ProvisionLimit {
 /// The scope of the shared per-customer provisioning rate in the store.
 pub const PROVISION_RATE_SCOPE: &str = "customer_provision";
 
+/// How many of a job's attempts may end in an unknown outcome at the step it stands at before
+/// the backoff grows: those look the call up again after the first delay (the settle rule
+/// paces repeats of the call itself).
+const UNKNOWN_OUTCOMES_AT_FIRST_DELAY: u32 = 3;
+
 /// Runs claimed jobs.
 pub struct JobRunner {
     ports: Ports,
@@ -1298,7 +1303,19 @@ impl JobRunner {
                     // another step) waits the first delay again: with a few calls per step,
                     // unrelated faults in a row would otherwise hold an Order for minutes.
                     // `attempts` still counts every run towards the limit.
-                    let exponent = if step == job.step { job.attempts } else { 0 };
+                    //
+                    // A lost answer (an unknown outcome) is not WHMCS failing where the job
+                    // stands: the call went out, and the next run looks it up. Any repeat is
+                    // paced by the settle rule (never before the last send + its timeout +
+                    // `WHMCS_SETTLE`), so the first few in a row look again after the first
+                    // delay; a longer run of them backs off as usual.
+                    let exponent = if step != job.step {
+                        0
+                    } else if code == StopReason::WhmcsUnknownOutcome {
+                        job.attempts.saturating_sub(UNKNOWN_OUTCOMES_AT_FIRST_DELAY)
+                    } else {
+                        job.attempts
+                    };
                     let delay = self
                         .config
                         .retry

@@ -1123,6 +1123,58 @@ async fn a_job_that_got_further_before_a_fault_waits_the_first_delay_again() {
     assert!(policy.delay(5, 0.0) > policy.delay(0, 1.0) * 4);
 }
 
+/// A lost answer at the step the job stands at is not WHMCS failing there: the first few in a
+/// row look the call up again after the first delay (the settle rule paces the repeats). Found
+/// by the faulty `bench procs` run: an Order whose repeated AddOrder lost its answer three times
+/// waited 6.5 s, then 13 s, with WHMCS answering at once.
+#[tokio::test]
+async fn unknown_outcomes_in_a_row_look_again_after_the_first_delay_then_back_off() {
+    let after_lost_add_order = |attempts: u32| async move {
+        let mut w = World::new();
+        w.fetch_returns(order("Provisioning"));
+        w.lookup_finds(None);
+        let c = w.calls.clone();
+        w.whmcs.expect_add_order().returning(move |_| {
+            log(&c, "whmcs_add_order");
+            Err(unknown(whmcs_client::Action::AddOrder))
+        });
+        let policy = w.config.retry.clone();
+        let before = Utc::now();
+        // Past its settle point: the lookup misses and AddOrder is sent again, its answer lost.
+        let job = job_with_intent(Step::OrderUnknown, attempts, chrono::Duration::seconds(61));
+        let (outcome, calls) = w.run(job).await;
+        assert!(calls.contains(&"whmcs_add_order".to_owned()), "{calls:?}");
+        let JobOutcome::Retrying { at, .. } = outcome else {
+            panic!("{outcome:?}");
+        };
+        (policy, (at - before).to_std().unwrap())
+    };
+    for attempts in 0..3 {
+        let (policy, waited) = after_lost_add_order(attempts).await;
+        assert!(
+            waited <= policy.delay(0, 1.0) + std::time::Duration::from_secs(1),
+            "attempt {attempts}: {waited:?}"
+        );
+    }
+    // A longer run of them backs off: after eight attempts, the sixth delay.
+    let (policy, waited) = after_lost_add_order(8).await;
+    assert!(waited >= policy.delay(5, 0.0), "{waited:?}");
+    // A read failing where the job stands still backs off from the second attempt.
+    let mut w = World::new();
+    w.fetch_returns(order("Provisioning"));
+    w.whmcs
+        .expect_all_client_services()
+        .returning(|_| Err(transient(whmcs_client::Action::GetClientsProducts)));
+    let policy = w.config.retry.clone();
+    let before = Utc::now();
+    let job = job_with_intent(Step::OrderUnknown, 2, chrono::Duration::seconds(61));
+    let (outcome, _) = w.run(job).await;
+    let JobOutcome::Retrying { at, .. } = outcome else {
+        panic!("{outcome:?}");
+    };
+    assert!((at - before).to_std().unwrap() >= policy.delay(2, 0.0));
+}
+
 #[tokio::test]
 async fn a_retryable_salesforce_error_is_retried_then_given_up() {
     let make = || {
