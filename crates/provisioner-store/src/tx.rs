@@ -336,6 +336,16 @@ const SQL_INSERT_RECORD: &str =
 const SQL_INSERT_FIRST_RECORD: &str = "INSERT INTO audit_log (chain, seq, at, record, order_id) \
      VALUES ($5, $1, $2, $3, $4) ON CONFLICT (chain, seq) DO NOTHING";
 
+/// PostgreSQL: [`SQL_INSERT_FIRST_RECORD`] that also takes the chain's advisory lock (`$6`),
+/// and inserts nothing when another session holds it: a unit probes a free chain and appends
+/// to it in one round trip instead of two.
+const SQL_INSERT_FIRST_RECORD_IF_LOCKED: &str =
+    "INSERT INTO audit_log (chain, seq, at, record, order_id) \
+     SELECT $5, $1, $2, $3, $4 WHERE pg_try_advisory_xact_lock($6) \
+     ON CONFLICT (chain, seq) DO NOTHING";
+/// PostgreSQL: whether this transaction holds (or now takes) a chain's advisory lock.
+const SQL_TRY_CHAIN_LOCK: &str = "SELECT pg_try_advisory_xact_lock($1) AS held";
+
 /// The first of the PostgreSQL advisory lock keys of the audit chains: chain `c` is
 /// `AUDIT_LOCK_KEY + c`, held by the one transaction appending to it (and by a purge of it).
 pub(crate) const AUDIT_LOCK_KEY: i64 = 0x7070_6175_6469_7431; // "ppaudit1"
@@ -480,8 +490,33 @@ pub(crate) async fn seal_into(
     chain: u32,
     cached: Option<ChainHead>,
     key: &audit::AuditKey,
-    records: Vec<NewAuditRecord>,
-) -> Result<(Vec<SealedRecord>, ChainHead, u32)> {
+    records: &[NewAuditRecord],
+) -> Result<Sealed> {
+    seal_probing(tx, chain, cached, key, records, None)
+        .await?
+        .ok_or_else(|| {
+            audit_error(audit::Error::Backend {
+                op: "audit: append",
+                source: "a chain held by this unit was found held elsewhere".into(),
+            })
+        })
+}
+
+/// What [`seal_into`] returns: the sealed records, the chain's new head, and how many times
+/// another writer had moved the head first.
+pub(crate) type Sealed = (Vec<SealedRecord>, ChainHead, u32);
+
+/// [`seal_into`]; with `probe` (PostgreSQL: the chain's advisory lock key) the unit does not
+/// hold the chain yet, and its first insert takes the lock in the same statement. `None` when
+/// another session holds the chain: nothing was inserted, and the unit may try another one.
+async fn seal_probing(
+    tx: &mut dyn Tx,
+    chain: u32,
+    cached: Option<ChainHead>,
+    key: &audit::AuditKey,
+    records: &[NewAuditRecord],
+    mut probe: Option<i64>,
+) -> Result<Option<Sealed>> {
     let as_audit = |e: Error| match e {
         Error::Audit(_) => e,
         other => audit_error(audit::Error::Backend {
@@ -499,28 +534,48 @@ pub(crate) async fn seal_into(
         let mut taken = false;
         for (i, record) in records.iter().enumerate() {
             let s = head.seal(key, record.clone()).map_err(audit_error)?;
-            let args = record_args(chain, &s)?;
+            let mut args = record_args(chain, &s)?;
             // Once the first record is in, this unit holds the next `seq`: another process
             // can only append after it commits.
-            let sql = if i == 0 {
-                SQL_INSERT_FIRST_RECORD
-            } else {
-                SQL_INSERT_RECORD
+            let sql = match (i, probe) {
+                (0, Some(lock)) => {
+                    args.push(Arg::Int(lock));
+                    SQL_INSERT_FIRST_RECORD_IF_LOCKED
+                }
+                (0, None) => SQL_INSERT_FIRST_RECORD,
+                _ => SQL_INSERT_RECORD,
             };
             let inserted = tx
                 .exec("audit: insert", sql, &args)
                 .await
                 .map_err(as_audit)?;
             if inserted == 0 {
+                // With a probe, nothing inserted means another session holds the chain or
+                // appended to it first; asking for the lock again tells which (a session
+                // holding it gets it again).
+                if let Some(lock) = probe.take() {
+                    let held = tx
+                        .query_opt("audit: taking a chain", SQL_TRY_CHAIN_LOCK, &[Arg::Int(lock)])
+                        .await
+                        .map_err(as_audit)?
+                        .map(|row| row.int("held", "advisory lock"))
+                        .transpose()?
+                        .flatten();
+                    if held != Some(1) {
+                        return Ok(None);
+                    }
+                }
                 taken = true;
                 break;
             }
+            // The first insert took the lock: it is held until the transaction ends.
+            probe = None;
             head = ChainHead::after(&s);
             sealed.push(s);
         }
         if !taken {
             let moved = u32::try_from(attempt).unwrap_or(u32::MAX);
-            return Ok((sealed, head, moved));
+            return Ok(Some((sealed, head, moved)));
         }
         cached = None;
     }
@@ -618,7 +673,7 @@ impl SqlStore {
                             chain,
                             cached,
                             &st.audit_key,
-                            records,
+                            &records,
                         ))?;
                         // A failed batch commit clears it again (the writer re-reads it).
                         if chain == 0 {
@@ -648,15 +703,18 @@ impl SqlStore {
                     tx.tx.commit().await.map_err(Error::db(op))?;
                     return Ok((result, Vec::new()));
                 }
-                let (chain, mut head, waited) = match held.take() {
-                    Some(held) => held,
-                    None => self.take_chain(&mut tx).await?,
-                };
-                // Held until the commit: nothing is sealed on a record that may roll back.
-                let cached = head.take();
+                // The head is held until the commit: nothing is sealed on a record that may
+                // roll back.
                 let sealing = std::time::Instant::now();
-                let (sealed, new_head, moved) =
-                    seal_into(&mut tx, chain, cached, self.audit_key(), records).await?;
+                let (chain, mut head, waited, (sealed, new_head, moved)) = match held.take() {
+                    Some((chain, mut head, waited)) => {
+                        let cached = head.take();
+                        let done =
+                            seal_into(&mut tx, chain, cached, self.audit_key(), &records).await?;
+                        (chain, head, waited, done)
+                    }
+                    None => self.take_chain_and_seal(&mut tx, &records).await?,
+                };
                 tx.tx.commit().await.map_err(Error::db(op))?;
                 *head = Some(new_head);
                 let mut serialized = waited;
@@ -672,11 +730,17 @@ impl SqlStore {
         }
     }
 
-    /// PostgreSQL: a free audit chain for `tx`, held until it ends: the first whose head this
-    /// process does not hold and whose advisory lock no other session holds, trying first the
-    /// chains no other session was found holding in the last [`CHAIN_ELSEWHERE_FOR`]. Only
-    /// when all are taken does it wait, for one picked in turn; returns how long it waited.
-    async fn take_chain(&self, tx: &mut SqlxTx) -> Result<(u32, HeadGuard<'_>, Duration)> {
+    /// PostgreSQL: seals `records` on a free audit chain, held by `tx` until it ends: the
+    /// first whose head this process does not hold and whose advisory lock no other session
+    /// holds, trying first the chains no other session was found holding in the last
+    /// [`CHAIN_ELSEWHERE_FOR`]. The first insert on a chain takes its lock in the same
+    /// statement. Only when all are taken does it wait, for one picked in turn; returns how
+    /// long it waited.
+    async fn take_chain_and_seal(
+        &self,
+        tx: &mut SqlxTx,
+        records: &[NewAuditRecord],
+    ) -> Result<(u32, HeadGuard<'_>, Duration, Sealed)> {
         use std::sync::atomic::Ordering::Relaxed;
         let now = self.chain_clock_ms();
         let count = u32::try_from(self.audit_heads.len()).unwrap_or(1).max(1);
@@ -694,31 +758,29 @@ impl SqlStore {
                 if marked.is_some_and(|m| m.load(Relaxed) > now) != recently_elsewhere {
                     continue;
                 }
-                let Ok(guard) = slot.try_lock() else {
+                let Ok(mut guard) = slot.try_lock() else {
                     continue;
                 };
-                let held = tx
-                    .query_opt(
-                        "audit: taking a chain",
-                        "SELECT pg_try_advisory_xact_lock($1) AS held",
-                        &[Arg::Int(chain_lock_key(chain))],
-                    )
-                    .await
-                    .map_err(audit_backend)?
-                    .map(|row| row.int("held", "advisory lock"))
-                    .transpose()?
-                    .flatten();
-                if held == Some(1) {
-                    return Ok((chain, guard, Duration::ZERO));
+                let cached = guard.take();
+                let probe = Some(chain_lock_key(chain));
+                match seal_probing(tx, chain, cached, self.audit_key(), records, probe).await? {
+                    Some(done) => return Ok((chain, guard, Duration::ZERO, done)),
+                    None => {
+                        // Still this process's last known head of the chain.
+                        *guard = cached;
+                        self.mark_chain_elsewhere(chain);
+                    }
                 }
-                self.mark_chain_elsewhere(chain);
             }
         }
         let chain = self
             .next_waited_chain
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             % count;
-        self.wait_for_chain(tx, chain).await
+        let (chain, mut guard, waited) = self.wait_for_chain(tx, chain).await?;
+        let cached = guard.take();
+        let done = seal_into(tx, chain, cached, self.audit_key(), records).await?;
+        Ok((chain, guard, waited, done))
     }
 
     /// Milliseconds since this store's `chain_clock` began.
