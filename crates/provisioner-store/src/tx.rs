@@ -338,11 +338,14 @@ const SQL_INSERT_FIRST_RECORD: &str = "INSERT INTO audit_log (chain, seq, at, re
 
 /// PostgreSQL: [`SQL_INSERT_FIRST_RECORD`] that also takes the chain's advisory lock (`$6`),
 /// and inserts nothing when another session holds it: a unit probes a free chain and appends
-/// to it in one round trip instead of two.
-const SQL_INSERT_FIRST_RECORD_IF_LOCKED: &str =
-    "INSERT INTO audit_log (chain, seq, at, record, order_id) \
-     SELECT $5, $1, $2, $3, $4 WHERE pg_try_advisory_xact_lock($6) \
-     ON CONFLICT (chain, seq) DO NOTHING";
+/// to it in one round trip instead of two. `held` tells a chain held elsewhere from a head
+/// another process moved (`inserted` is 0 for both).
+const SQL_INSERT_FIRST_RECORD_IF_LOCKED: &str = "WITH lock AS MATERIALIZED \
+     (SELECT pg_try_advisory_xact_lock($6) AS held), \
+     ins AS (INSERT INTO audit_log (chain, seq, at, record, order_id) \
+     SELECT $5, $1, $2, $3, $4 FROM lock WHERE lock.held \
+     ON CONFLICT (chain, seq) DO NOTHING RETURNING seq) \
+     SELECT (SELECT held FROM lock) AS held, (SELECT COUNT(*) FROM ins) AS inserted";
 /// PostgreSQL: whether this transaction holds (or now takes) a chain's advisory lock.
 const SQL_TRY_CHAIN_LOCK: &str = "SELECT pg_try_advisory_xact_lock($1) AS held";
 
@@ -525,6 +528,14 @@ async fn seal_probing(
         }),
     };
     let mut cached = cached;
+    // With no cached head, the head is read under the lock: a chain held elsewhere is not
+    // read at all.
+    if let (None, Some(lock)) = (cached, probe) {
+        if !try_chain_lock(tx, lock).await.map_err(as_audit)? {
+            return Ok(None);
+        }
+        probe = None;
+    }
     for attempt in 0..APPEND_ATTEMPTS {
         let mut head = match cached {
             Some(head) => head,
@@ -537,39 +548,41 @@ async fn seal_probing(
             let mut args = record_args(chain, &s)?;
             // Once the first record is in, this unit holds the next `seq`: another process
             // can only append after it commits.
-            let sql = match (i, probe) {
+            let inserted = match (i, probe.take()) {
                 (0, Some(lock)) => {
                     args.push(Arg::Int(lock));
-                    SQL_INSERT_FIRST_RECORD_IF_LOCKED
-                }
-                (0, None) => SQL_INSERT_FIRST_RECORD,
-                _ => SQL_INSERT_RECORD,
-            };
-            let inserted = tx
-                .exec("audit: insert", sql, &args)
-                .await
-                .map_err(as_audit)?;
-            if inserted == 0 {
-                // With a probe, nothing inserted means another session holds the chain or
-                // appended to it first; asking for the lock again tells which (a session
-                // holding it gets it again).
-                if let Some(lock) = probe.take() {
-                    let held = tx
-                        .query_opt("audit: taking a chain", SQL_TRY_CHAIN_LOCK, &[Arg::Int(lock)])
+                    let row = tx
+                        .query_opt("audit: insert", SQL_INSERT_FIRST_RECORD_IF_LOCKED, &args)
                         .await
-                        .map_err(as_audit)?
-                        .map(|row| row.int("held", "advisory lock"))
-                        .transpose()?
-                        .flatten();
-                    if held != Some(1) {
+                        .map_err(as_audit)?;
+                    let int = |name| -> Result<i64> {
+                        Ok(row
+                            .as_ref()
+                            .map(|r| r.int(name, "audit: insert"))
+                            .transpose()?
+                            .flatten()
+                            .unwrap_or(0))
+                    };
+                    // Nothing inserted and the lock not taken: another session holds the
+                    // chain. Taken, the lock is held until the transaction ends.
+                    if int("held")? != 1 {
                         return Ok(None);
                     }
+                    u64::try_from(int("inserted")?).unwrap_or(0)
                 }
+                (0, None) => tx
+                    .exec("audit: insert", SQL_INSERT_FIRST_RECORD, &args)
+                    .await
+                    .map_err(as_audit)?,
+                _ => tx
+                    .exec("audit: insert", SQL_INSERT_RECORD, &args)
+                    .await
+                    .map_err(as_audit)?,
+            };
+            if inserted == 0 {
                 taken = true;
                 break;
             }
-            // The first insert took the lock: it is held until the transaction ends.
-            probe = None;
             head = ChainHead::after(&s);
             sealed.push(s);
         }
@@ -586,6 +599,17 @@ async fn seal_probing(
         )
         .into(),
     }))
+}
+
+/// PostgreSQL: takes the chain lock `lock` for the rest of `tx` if no other session holds it.
+async fn try_chain_lock(tx: &mut dyn Tx, lock: i64) -> Result<bool> {
+    Ok(tx
+        .query_opt("audit: taking a chain", SQL_TRY_CHAIN_LOCK, &[Arg::Int(lock)])
+        .await?
+        .map(|row| row.int("held", "advisory lock"))
+        .transpose()?
+        .flatten()
+        == Some(1))
 }
 
 /// Runs `work` as one transaction directly on `pool`, where no audit record can be sealed
