@@ -604,7 +604,11 @@ async fn seal_probing(
 /// PostgreSQL: takes the chain lock `lock` for the rest of `tx` if no other session holds it.
 async fn try_chain_lock(tx: &mut dyn Tx, lock: i64) -> Result<bool> {
     Ok(tx
-        .query_opt("audit: taking a chain", SQL_TRY_CHAIN_LOCK, &[Arg::Int(lock)])
+        .query_opt(
+            "audit: taking a chain",
+            SQL_TRY_CHAIN_LOCK,
+            &[Arg::Int(lock)],
+        )
         .await?
         .map(|row| row.int("held", "advisory lock"))
         .transpose()?
