@@ -339,8 +339,9 @@ const SQL_INSERT_FIRST_RECORD: &str = "INSERT INTO audit_log (chain, seq, at, re
 /// PostgreSQL: [`SQL_INSERT_FIRST_RECORD`] that also takes the chain's advisory lock (`$6`),
 /// and inserts nothing when another session holds it: a unit probes a free chain and appends
 /// to it in one round trip instead of two. `held` tells a chain held elsewhere from a head
-/// another process moved (`inserted` is 0 for both).
-const SQL_INSERT_FIRST_RECORD_IF_LOCKED: &str = "WITH lock AS MATERIALIZED \
+/// another process moved (`inserted` is 0 for both). `lock` calls a volatile function, so
+/// PostgreSQL evaluates it once and never inlines it (no `MATERIALIZED`, which needs 12+).
+const SQL_INSERT_FIRST_RECORD_IF_LOCKED: &str = "WITH lock AS \
      (SELECT pg_try_advisory_xact_lock($6) AS held), \
      ins AS (INSERT INTO audit_log (chain, seq, at, record, order_id) \
      SELECT $5, $1, $2, $3, $4 FROM lock WHERE lock.held \
