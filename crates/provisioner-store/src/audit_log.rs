@@ -13,9 +13,9 @@ use audit::{Actor, Anchor, AuditLog, ChainHead, NewAuditRecord, PurgeReport, Sea
 use chrono::{DateTime, Utc};
 
 use crate::error::Error;
-use crate::sql::SqlStore;
-use crate::tx::Row;
+use crate::sql::{Backend, SqlStore};
 use crate::tx::{Arg, SQL_LAST_RECORD, Tx, chain_arg, decode_record, read_anchor, read_head};
+use crate::tx::{OneStatement, Row};
 
 /// A store error as the audit port's error (an audit failure stays what it is).
 fn to_audit(e: Error) -> audit::Error {
@@ -305,6 +305,19 @@ async fn append_on(
     chain: Option<u32>,
     record: NewAuditRecord,
 ) -> audit::Result<SealedRecord> {
+    if chain.is_none() && store.backend() == Backend::Postgres {
+        // One statement on a cached head of a free chain, when there is one.
+        if let OneStatement::Written(mut sealed) = store
+            .unit_in_one_statement("audit: append", None, std::slice::from_ref(&record))
+            .await
+            .map_err(to_audit)?
+        {
+            return sealed.pop().ok_or_else(|| audit::Error::Backend {
+                op: "audit: append",
+                source: "the record was not sealed".into(),
+            });
+        }
+    }
     let ((), mut sealed) = store
         .transact_on("audit: append", chain, move |tx| {
             Box::pin(async move {

@@ -92,6 +92,18 @@ impl Error {
         move |source| Error::Database { op, source }
     }
 
+    /// Whether the database itself answered with an error (the statement, or the
+    /// transaction, rolled back; not a lost connection, whose outcome is unknown).
+    pub(crate) fn is_refused_by_database(&self) -> bool {
+        matches!(
+            self,
+            Error::Database {
+                source: sqlx::Error::Database(_),
+                ..
+            }
+        )
+    }
+
     /// Whether the database refused a duplicate key (a UNIQUE or PRIMARY KEY constraint).
     pub(crate) fn is_unique_violation(&self) -> bool {
         match self {

@@ -11,7 +11,7 @@ use crate::dead_letters;
 use crate::error::{Error, Result};
 use crate::sql::SqlStore;
 use crate::sql::{Backend, NowSource};
-use crate::tx::{Arg, Row, Tx};
+use crate::tx::{Arg, FencedUpdate, OneStatement, Row, Tx};
 use crate::types::{
     Intent, Job, JobCounts, JobEnd, JobFilter, JobSource, JobState, NewJob, Reopen, Reschedule,
     Step, StepUpdate, from_ms, ms,
@@ -306,7 +306,8 @@ async fn fenced(
 
 impl SqlStore {
     /// One fenced statement and its audit records as one unit.
-    /// `sql` is a constant or a statement built for this store's backend.
+    /// `sql` is a constant or a statement built for this store's backend: an `UPDATE jobs`
+    /// that ends with its `WHERE` clause, the fence (PostgreSQL extends that clause).
     async fn fenced_write(
         &self,
         op: &'static str,
@@ -327,6 +328,25 @@ impl SqlStore {
                     owner: owner.to_owned(),
                 })
             };
+        }
+        if self.backend() == Backend::Postgres {
+            // The update and its records in one statement, when a cached chain head is free.
+            let update = FencedUpdate {
+                sql: sql.as_ref(),
+                args: &args,
+                order_id,
+                owner,
+            };
+            match self.unit_in_one_statement(op, Some(update), &audit).await? {
+                OneStatement::Written(_) => return Ok(()),
+                OneStatement::Fenced => {
+                    return Err(Error::LeaseLost {
+                        order_id: order_id.to_owned(),
+                        owner: owner.to_owned(),
+                    });
+                }
+                OneStatement::AsTransaction => {}
+            }
         }
         let (order_id, owner) = (order_id.to_owned(), owner.to_owned());
         self.transact(op, move |tx| {
@@ -518,10 +538,12 @@ impl SqlStore {
             Arg::text(order_id),
             Arg::text(owner),
         ];
-        let letter = end
-            .dead_letter
-            .map(|letter| self.dead_letter_args(letter, now))
-            .transpose()?;
+        let Some(letter) = end.dead_letter else {
+            return self
+                .fenced_write("finishing a job", order_id, owner, SQL_FINISH, args, audit)
+                .await;
+        };
+        let (_, letter) = self.dead_letter_args(letter, now)?;
         let (order_id, owner) = (order_id.to_owned(), owner.to_owned());
         self.transact("finishing a job", move |tx| {
             Box::pin(async move {
@@ -533,9 +555,7 @@ impl SqlStore {
                     &args,
                 )
                 .await?;
-                if let Some((_, letter)) = &letter {
-                    dead_letters::insert(tx, letter).await?;
-                }
+                dead_letters::insert(tx, &letter).await?;
                 audit.into_iter().for_each(|r| tx.audit(r));
                 Ok(())
             })

@@ -5,7 +5,9 @@
 //!   transaction, in its own savepoint. The [`Tx`] methods of that backend are synchronous
 //!   underneath (rusqlite), so the unit's future is driven to completion right there; a unit
 //!   must therefore await nothing but its [`Tx`].
-//! - **PostgreSQL**: the unit is one transaction on a pooled connection.
+//! - **PostgreSQL**: the unit is one transaction on a pooled connection; a unit of one fenced
+//!   job update and its audit records, or of one record, is one statement when a cached chain
+//!   head is free ([`SqlStore::unit_in_one_statement`]).
 //!
 //! Audit records a unit adds with [`Tx::audit`] are sealed on a chain head and inserted at
 //! the end of the unit, inside the same transaction: the state change and its audit record
@@ -347,6 +349,90 @@ const SQL_INSERT_FIRST_RECORD_IF_LOCKED: &str = "WITH lock AS \
      SELECT $5, $1, $2, $3, $4 FROM lock WHERE lock.held \
      ON CONFLICT (chain, seq) DO NOTHING RETURNING seq) \
      SELECT (SELECT held FROM lock) AS held, (SELECT COUNT(*) FROM ins) AS inserted";
+/// A fenced update of a job row for [`SqlStore::unit_in_one_statement`]: `sql` is an
+/// `UPDATE jobs ... WHERE <fence>` on `args` (`$1..`) that ends with its `WHERE` clause, the
+/// fence being the job `order_id` running under the claim token `owner`.
+pub(crate) struct FencedUpdate<'a> {
+    pub(crate) sql: &'a str,
+    pub(crate) args: &'a [Arg],
+    pub(crate) order_id: &'a str,
+    pub(crate) owner: &'a str,
+}
+
+/// How [`SqlStore::unit_in_one_statement`] ended.
+#[derive(Debug)]
+pub(crate) enum OneStatement {
+    /// The update (if any) and the records committed, as sealed here.
+    Written(Vec<SealedRecord>),
+    /// No running job under that owner: another worker holds it now. Nothing was written.
+    Fenced,
+    /// Nothing was written, and the unit is to run as a transaction: no chain with a cached
+    /// head was free, another process had moved the head, or the database refused the
+    /// statement (the transaction's error tells which part it refused).
+    AsTransaction,
+}
+
+/// The statement of [`SqlStore::unit_in_one_statement`]. With an update of `args`
+/// parameters (`$1..=$args`), the fence's order id and owner follow; then the chain's lock
+/// key, and five parameters per record in the order of [`SQL_INSERT_RECORD`]
+/// (`seq, at, record, order_id, chain`). It answers `fenced` (1 without an update), `held`,
+/// `inserted` (the first record) and `updated` (1 without an update).
+fn one_statement_sql(update: Option<(&str, usize)>, records: usize) -> String {
+    use std::fmt::Write as _;
+    let args = update.map_or(0, |(_, n)| n + 2);
+    let lock = args + 1;
+    let values = |k: usize| {
+        let b = lock + 5 * k;
+        format!("${}, ${}, ${}, ${}, ${}", b + 5, b + 1, b + 2, b + 3, b + 4)
+    };
+    let mut sql = match update {
+        Some((_, n)) => format!(
+            "WITH fence AS (SELECT 1 AS one FROM jobs WHERE order_id = ${order} \
+             AND lease_owner = ${owner} AND state = 'running' FOR NO KEY UPDATE), \
+             lock AS (SELECT pg_try_advisory_xact_lock(${lock}) AS held FROM fence), ",
+            order = n + 1,
+            owner = n + 2,
+        ),
+        None => format!("WITH lock AS (SELECT pg_try_advisory_xact_lock(${lock}) AS held), "),
+    };
+    let _ = write!(
+        sql,
+        "first AS (INSERT INTO audit_log (chain, seq, at, record, order_id) \
+         SELECT {} FROM lock WHERE lock.held \
+         ON CONFLICT (chain, seq) DO NOTHING RETURNING seq), ",
+        values(0)
+    );
+    for k in 1..records {
+        let _ = write!(
+            sql,
+            "rec{k} AS (INSERT INTO audit_log (chain, seq, at, record, order_id) \
+             SELECT {} FROM first), ",
+            values(k)
+        );
+    }
+    match update {
+        Some((update, _)) => {
+            let _ = write!(
+                sql,
+                "upd AS ({update} AND EXISTS (SELECT 1 FROM first) RETURNING 1) \
+                 SELECT (SELECT COUNT(*) FROM fence) AS fenced, \
+                 COALESCE((SELECT held FROM lock), FALSE) AS held, \
+                 (SELECT COUNT(*) FROM first) AS inserted, \
+                 (SELECT COUNT(*) FROM upd) AS updated"
+            );
+        }
+        None => {
+            // Without a further CTE, the last comma goes.
+            sql.truncate(sql.len() - 2);
+            sql.push_str(
+                " SELECT 1 AS fenced, (SELECT held FROM lock) AS held, \
+                 (SELECT COUNT(*) FROM first) AS inserted, 1 AS updated",
+            );
+        }
+    }
+    sql
+}
+
 /// PostgreSQL: whether this transaction holds (or now takes) a chain's advisory lock.
 const SQL_TRY_CHAIN_LOCK: &str = "SELECT pg_try_advisory_xact_lock($1) AS held";
 
@@ -810,6 +896,115 @@ impl SqlStore {
         let cached = guard.take();
         let done = seal_into(tx, chain, cached, self.audit_key(), records).await?;
         Ok((chain, guard, waited, done))
+    }
+
+    /// PostgreSQL: a unit of at most one fenced `update` and its audit `records` (at least
+    /// one) as one statement, atomic by itself: one round trip where a transaction takes
+    /// three or four (BEGIN, the update, the first insert, COMMIT).
+    ///
+    /// With an update, the statement locks the job's row under the fence first, then tries the
+    /// advisory lock of a chain whose head this process holds and has cached; the first record
+    /// goes in only with both, and the update and any further records only after it. The
+    /// chain lock is only ever tried, never waited for, after the row lock: no deadlock with
+    /// a unit that holds the row and waits for the chain. A chain held elsewhere is left for
+    /// the next one; a head another process moved, or no cached head free, hands the unit back
+    /// to run as a transaction ([`OneStatement::AsTransaction`]), which reads the head under
+    /// the lock.
+    pub(crate) async fn unit_in_one_statement(
+        &self,
+        op: &'static str,
+        update: Option<FencedUpdate<'_>>,
+        records: &[NewAuditRecord],
+    ) -> Result<OneStatement> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if records.is_empty() {
+            return Ok(OneStatement::AsTransaction);
+        }
+        let now = self.chain_clock_ms();
+        let count = u32::try_from(self.audit_heads.len()).unwrap_or(1).max(1);
+        let sql = one_statement_sql(
+            update.as_ref().map(|u| (u.sql, u.args.len())),
+            records.len(),
+        );
+        for recently_elsewhere in [false, true] {
+            for chain in scan_order(count, self.chain_scan_offset) {
+                let index = usize::try_from(chain).unwrap_or(usize::MAX);
+                let Some(slot) = self.audit_heads.get(index) else {
+                    continue;
+                };
+                let marked = self.chain_elsewhere_until.get(index);
+                if marked.is_some_and(|m| m.load(Relaxed) > now) != recently_elsewhere {
+                    continue;
+                }
+                let Ok(mut guard) = slot.try_lock() else {
+                    continue;
+                };
+                let Some(cached) = *guard else {
+                    continue;
+                };
+                let mut all = Vec::with_capacity(
+                    update.as_ref().map_or(0, |u| u.args.len() + 2) + 1 + 5 * records.len(),
+                );
+                if let Some(u) = &update {
+                    all.extend_from_slice(u.args);
+                    all.extend([Arg::text(u.order_id), Arg::text(u.owner)]);
+                }
+                all.push(Arg::Int(chain_lock_key(chain)));
+                let mut head = cached;
+                let mut sealed = Vec::with_capacity(records.len());
+                for record in records {
+                    let s = head
+                        .seal(self.audit_key(), record.clone())
+                        .map_err(audit_error)?;
+                    all.extend(record_args(chain, &s)?);
+                    head = ChainHead::after(&s);
+                    sealed.push(s);
+                }
+                // Unknown until the statement answers: a failure leaves the head to be read.
+                *guard = None;
+                let started = std::time::Instant::now();
+                let rows = match self.one_statement(op, &sql, &all).await {
+                    // The database answered with an error: the statement rolled back as a
+                    // whole.
+                    Err(e) if e.is_refused_by_database() => {
+                        return Ok(OneStatement::AsTransaction);
+                    }
+                    other => other?,
+                };
+                let int = |name| -> Result<i64> {
+                    Ok(rows
+                        .first()
+                        .map(|r| r.int(name, op))
+                        .transpose()?
+                        .flatten()
+                        .unwrap_or(0))
+                };
+                if int("fenced")? == 0 {
+                    *guard = Some(cached);
+                    return Ok(OneStatement::Fenced);
+                }
+                if int("held")? != 1 {
+                    *guard = Some(cached);
+                    self.mark_chain_elsewhere(chain);
+                    continue;
+                }
+                if int("inserted")? == 0 {
+                    // Another process appended to this chain since this one last did.
+                    self.count_serialized(started.elapsed());
+                    self.mark_chain_elsewhere(chain);
+                    return Ok(OneStatement::AsTransaction);
+                }
+                if int("updated")? != 1 {
+                    return Err(audit_error(audit::Error::Backend {
+                        op,
+                        source: "the job's row, locked under its lease, was not updated".into(),
+                    }));
+                }
+                *guard = Some(head);
+                return Ok(OneStatement::Written(sealed));
+            }
+        }
+        Ok(OneStatement::AsTransaction)
     }
 
     /// Milliseconds since this store's `chain_clock` began.

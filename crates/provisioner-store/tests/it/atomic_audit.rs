@@ -124,6 +124,89 @@ both_backends! {
         drop(job);
     }
 
+    async fn two_instances_steps_commit_once_with_their_records_or_not_at_all(db: &TestDb) {
+        // Each store caches its chain heads; on PostgreSQL a step and its records are one
+        // statement on a cached head. The other store's appends make that head stale, and a
+        // lease taken over fences the step: neither may fork a chain, lose a record, or store
+        // the records of a step that did not happen.
+        let a = db.open().await;
+        let b = db.open_shared().await;
+        let now = Utc::now();
+        let (first, second) = ("801000000000001AAA", "801000000000002AAA");
+        a.ingest_event(&event(1, first, "A"), now).await.unwrap();
+        b.ingest_event(&event(2, second, "B"), now).await.unwrap();
+        let before = a.verify_audit().await.unwrap().records();
+        let one = a.claim("w1", now, LEASE).await.unwrap().unwrap();
+        let two = b.claim("w2", now, LEASE).await.unwrap().unwrap();
+        assert_eq!((one.order_id.as_str(), two.order_id.as_str()), (first, second));
+        let (l1, l2) = (one.lease_owner.unwrap(), two.lease_owner.unwrap());
+        let rec = |order: &str, step| vec![step_record(order, step)];
+        a.advance(first, &l1, Step::Checked, StepUpdate::default(), rec(first, Step::Checked), now)
+            .await
+            .unwrap();
+        b.advance(second, &l2, Step::Checked, StepUpdate::default(), rec(second, Step::Checked), now)
+            .await
+            .unwrap();
+        // `a`'s head of the chain `b` just appended to is stale now; two records in one step.
+        let two_records = [rec(first, Step::WhmcsOrdered), rec(first, Step::WhmcsOrdered)].concat();
+        a.advance(first, &l1, Step::WhmcsOrdered, StepUpdate::default(), two_records, now)
+            .await
+            .unwrap();
+        b.finish(second, &l2, JobEnd { state: JobState::Done, error: None, dead_letter: None },
+                rec(second, Step::Done), now)
+            .await
+            .unwrap();
+
+        // The lease runs out; `b` takes the job over. `a`'s writes, records and all, are fenced.
+        let later = now + chrono::Duration::seconds(31);
+        let taken = b.claim("w3", later, LEASE).await.unwrap().unwrap();
+        assert_eq!(taken.order_id, first);
+        let fenced = [
+            a.advance(first, &l1, Step::Accepted, StepUpdate::default(), rec(first, Step::Accepted), later)
+                .await,
+            a.reschedule(first, &l1, Reschedule::at(later, Some("x".into()), true),
+                    rec(first, Step::Accepted), later)
+                .await,
+            a.finish(first, &l1, JobEnd { state: JobState::Done, error: None, dead_letter: None },
+                    rec(first, Step::Done), later)
+                .await,
+        ];
+        for r in fenced {
+            assert!(matches!(r, Err(Error::LeaseLost { .. })), "{r:?}");
+        }
+        let job = a.job(first).await.unwrap().unwrap();
+        assert_eq!((job.state, job.step, job.attempts), (JobState::Running, Step::WhmcsOrdered, 0));
+        let l3 = taken.lease_owner.unwrap();
+        a.finish(first, &l3, JobEnd { state: JobState::Done, error: None, dead_letter: None },
+                rec(first, Step::Done), later)
+            .await
+            .unwrap();
+
+        // Every chain runs 1..=n, and holds exactly the records of the steps that happened.
+        let summary = b.verify_audit().await.unwrap();
+        for c in &summary.chains {
+            assert_eq!(c.summary.last_seq.unwrap_or(0), c.summary.records, "chain {}", c.chain);
+        }
+        assert_eq!(summary.records(), before + 6);
+        let mut steps = Vec::new();
+        for chain in a.audit_chains().await.unwrap() {
+            for r in chain.read_range(1, 100).await.unwrap() {
+                if let Some(step) = r.record.details.get(DetailKey::Step) {
+                    let order = r.record.order_id.as_ref().map(|o| o.as_str().to_owned());
+                    steps.push((order.unwrap_or_default(), step.to_owned()));
+                }
+            }
+        }
+        steps.sort();
+        let want = [
+            (first, "checked"), (first, "done"), (first, "whmcs_ordered"), (first, "whmcs_ordered"),
+            (second, "checked"), (second, "done"),
+        ];
+        let want: Vec<(String, String)> =
+            want.iter().map(|(o, s)| ((*o).to_owned(), (*s).to_owned())).collect();
+        assert_eq!(steps, want);
+    }
+
     async fn intake_audits_each_event_in_its_transaction(db: &TestDb) {
         let store = db.open().await;
         let now = Utc::now();
