@@ -21,6 +21,12 @@ mod otel;
 
 use cli::{Command, Failure};
 
+/// mimalloc instead of the system allocator: the service allocates many small, short-lived
+/// buffers from every worker thread (HTTP bodies, JSON, SQL arguments); with it the process
+/// spends 11% less CPU per order, for 18-19 MiB more resident memory (README, Performance).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     match run(cli) {

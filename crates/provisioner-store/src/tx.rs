@@ -845,6 +845,29 @@ impl SqlStore {
         }
     }
 
+    /// The audit chains a unit may take now, each with this process's head of it held: in
+    /// [`scan_order`], first those no other session was found holding in the last
+    /// [`CHAIN_ELSEWHERE_FOR`], then those; a head another unit of this process holds is
+    /// skipped. Lazy: each chain's head is tried as the iteration reaches it.
+    fn free_chains(&self) -> impl Iterator<Item = (u32, HeadGuard<'_>)> + Send + '_ {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = self.chain_clock_ms();
+        let count = u32::try_from(self.audit_heads.len()).unwrap_or(1).max(1);
+        [false, true]
+            .into_iter()
+            .flat_map(move |recently_elsewhere| {
+                scan_order(count, self.chain_scan_offset).filter_map(move |chain| {
+                    let index = usize::try_from(chain).ok()?;
+                    let marked = self.chain_elsewhere_until.get(index);
+                    if marked.is_some_and(|m| m.load(Relaxed) > now) != recently_elsewhere {
+                        return None;
+                    }
+                    let guard = self.audit_heads.get(index)?.try_lock().ok()?;
+                    Some((chain, guard))
+                })
+            })
+    }
+
     /// PostgreSQL: seals `records` on a free audit chain, held by `tx` until it ends: the
     /// first whose head this process does not hold and whose advisory lock no other session
     /// holds, trying first the chains no other session was found holding in the last
@@ -856,38 +879,19 @@ impl SqlStore {
         tx: &mut SqlxTx,
         records: &[NewAuditRecord],
     ) -> Result<(u32, HeadGuard<'_>, Duration, Sealed)> {
-        use std::sync::atomic::Ordering::Relaxed;
-        let now = self.chain_clock_ms();
-        let count = u32::try_from(self.audit_heads.len()).unwrap_or(1).max(1);
-        for recently_elsewhere in [false, true] {
-            for chain in scan_order(count, self.chain_scan_offset) {
-                let Some(slot) = usize::try_from(chain)
-                    .ok()
-                    .and_then(|i| self.audit_heads.get(i))
-                else {
-                    continue;
-                };
-                let marked = self
-                    .chain_elsewhere_until
-                    .get(usize::try_from(chain).unwrap_or(usize::MAX));
-                if marked.is_some_and(|m| m.load(Relaxed) > now) != recently_elsewhere {
-                    continue;
-                }
-                let Ok(mut guard) = slot.try_lock() else {
-                    continue;
-                };
-                let cached = guard.take();
-                let probe = Some(chain_lock_key(chain));
-                match seal_probing(tx, chain, cached, self.audit_key(), records, probe).await? {
-                    Some(done) => return Ok((chain, guard, Duration::ZERO, done)),
-                    None => {
-                        // Still this process's last known head of the chain.
-                        *guard = cached;
-                        self.mark_chain_elsewhere(chain);
-                    }
+        for (chain, mut guard) in self.free_chains() {
+            let cached = guard.take();
+            let probe = Some(chain_lock_key(chain));
+            match seal_probing(tx, chain, cached, self.audit_key(), records, probe).await? {
+                Some(done) => return Ok((chain, guard, Duration::ZERO, done)),
+                None => {
+                    // Still this process's last known head of the chain.
+                    *guard = cached;
+                    self.mark_chain_elsewhere(chain);
                 }
             }
         }
+        let count = u32::try_from(self.audit_heads.len()).unwrap_or(1).max(1);
         let chain = self
             .next_waited_chain
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -916,93 +920,77 @@ impl SqlStore {
         update: Option<FencedUpdate<'_>>,
         records: &[NewAuditRecord],
     ) -> Result<OneStatement> {
-        use std::sync::atomic::Ordering::Relaxed;
         if records.is_empty() {
             return Ok(OneStatement::AsTransaction);
         }
-        let now = self.chain_clock_ms();
-        let count = u32::try_from(self.audit_heads.len()).unwrap_or(1).max(1);
         let sql = one_statement_sql(
             update.as_ref().map(|u| (u.sql, u.args.len())),
             records.len(),
         );
-        for recently_elsewhere in [false, true] {
-            for chain in scan_order(count, self.chain_scan_offset) {
-                let index = usize::try_from(chain).unwrap_or(usize::MAX);
-                let Some(slot) = self.audit_heads.get(index) else {
-                    continue;
-                };
-                let marked = self.chain_elsewhere_until.get(index);
-                if marked.is_some_and(|m| m.load(Relaxed) > now) != recently_elsewhere {
-                    continue;
-                }
-                let Ok(mut guard) = slot.try_lock() else {
-                    continue;
-                };
-                let Some(cached) = *guard else {
-                    continue;
-                };
-                let mut all = Vec::with_capacity(
-                    update.as_ref().map_or(0, |u| u.args.len() + 2) + 1 + 5 * records.len(),
-                );
-                if let Some(u) = &update {
-                    all.extend_from_slice(u.args);
-                    all.extend([Arg::text(u.order_id), Arg::text(u.owner)]);
-                }
-                all.push(Arg::Int(chain_lock_key(chain)));
-                let mut head = cached;
-                let mut sealed = Vec::with_capacity(records.len());
-                for record in records {
-                    let s = head
-                        .seal(self.audit_key(), record.clone())
-                        .map_err(audit_error)?;
-                    all.extend(record_args(chain, &s)?);
-                    head = ChainHead::after(&s);
-                    sealed.push(s);
-                }
-                // Unknown until the statement answers: a failure leaves the head to be read.
-                *guard = None;
-                let started = std::time::Instant::now();
-                let rows = match self.one_statement(op, &sql, &all).await {
-                    // The database answered with an error: the statement rolled back as a
-                    // whole.
-                    Err(e) if e.is_refused_by_database() => {
-                        return Ok(OneStatement::AsTransaction);
-                    }
-                    other => other?,
-                };
-                let int = |name| -> Result<i64> {
-                    Ok(rows
-                        .first()
-                        .map(|r| r.int(name, op))
-                        .transpose()?
-                        .flatten()
-                        .unwrap_or(0))
-                };
-                if int("fenced")? == 0 {
-                    *guard = Some(cached);
-                    return Ok(OneStatement::Fenced);
-                }
-                if int("held")? != 1 {
-                    *guard = Some(cached);
-                    self.mark_chain_elsewhere(chain);
-                    continue;
-                }
-                if int("inserted")? == 0 {
-                    // Another process appended to this chain since this one last did.
-                    self.count_serialized(started.elapsed());
-                    self.mark_chain_elsewhere(chain);
+        for (chain, mut guard) in self.free_chains() {
+            let Some(cached) = *guard else {
+                continue;
+            };
+            let mut all = Vec::with_capacity(
+                update.as_ref().map_or(0, |u| u.args.len() + 2) + 1 + 5 * records.len(),
+            );
+            if let Some(u) = &update {
+                all.extend_from_slice(u.args);
+                all.extend([Arg::text(u.order_id), Arg::text(u.owner)]);
+            }
+            all.push(Arg::Int(chain_lock_key(chain)));
+            let mut head = cached;
+            let mut sealed = Vec::with_capacity(records.len());
+            for record in records {
+                let s = head
+                    .seal(self.audit_key(), record.clone())
+                    .map_err(audit_error)?;
+                all.extend(record_args(chain, &s)?);
+                head = ChainHead::after(&s);
+                sealed.push(s);
+            }
+            // Unknown until the statement answers: a failure leaves the head to be read.
+            *guard = None;
+            let started = std::time::Instant::now();
+            let rows = match self.one_statement(op, &sql, &all).await {
+                // The database answered with an error: the statement rolled back as a
+                // whole.
+                Err(e) if e.is_refused_by_database() => {
                     return Ok(OneStatement::AsTransaction);
                 }
-                if int("updated")? != 1 {
-                    return Err(audit_error(audit::Error::Backend {
-                        op,
-                        source: "the job's row, locked under its lease, was not updated".into(),
-                    }));
-                }
-                *guard = Some(head);
-                return Ok(OneStatement::Written(sealed));
+                other => other?,
+            };
+            let int = |name| -> Result<i64> {
+                Ok(rows
+                    .first()
+                    .map(|r| r.int(name, op))
+                    .transpose()?
+                    .flatten()
+                    .unwrap_or(0))
+            };
+            if int("fenced")? == 0 {
+                *guard = Some(cached);
+                return Ok(OneStatement::Fenced);
             }
+            if int("held")? != 1 {
+                *guard = Some(cached);
+                self.mark_chain_elsewhere(chain);
+                continue;
+            }
+            if int("inserted")? == 0 {
+                // Another process appended to this chain since this one last did.
+                self.count_serialized(started.elapsed());
+                self.mark_chain_elsewhere(chain);
+                return Ok(OneStatement::AsTransaction);
+            }
+            if int("updated")? != 1 {
+                return Err(audit_error(audit::Error::Backend {
+                    op,
+                    source: "the job's row, locked under its lease, was not updated".into(),
+                }));
+            }
+            *guard = Some(head);
+            return Ok(OneStatement::Written(sealed));
         }
         Ok(OneStatement::AsTransaction)
     }
