@@ -280,6 +280,9 @@ struct Progress {
     stored_intent: bool,
     /// This run stored the AcceptOrder intent: from here on an AcceptOrder may have been sent.
     accept_intent: bool,
+    /// The `accepted` record of this run, stored with the job's next write (its end, or a
+    /// write-back retry) rather than on its own.
+    accepted: Option<NewAuditRecord>,
 }
 
 /// Where a per-customer rate is held: the provisioning rate (`CUSTOMER_PROVISION_RATE`) and
@@ -436,7 +439,7 @@ impl JobRunner {
         let mut step = job.step;
         loop {
             if step == Step::Done {
-                return self.settle_done(&job, &progress).await;
+                return self.settle_done(&job, &mut progress).await;
             }
             if *self.shutdown.borrow() {
                 return self.settle(&job, step, Stop::Shutdown).await;
@@ -455,7 +458,10 @@ impl JobRunner {
                 Err(stop) if progress.accept_intent && step == Step::WhmcsOrdered => {
                     return self.settle(&job, Step::AcceptUnknown, stop).await;
                 }
-                Err(stop) => return self.settle(&job, step, stop).await,
+                Err(stop) => {
+                    let accepted = progress.accepted.take();
+                    return self.settle_carrying(&job, step, stop, accepted).await;
+                }
             }
         }
     }
@@ -906,7 +912,7 @@ impl JobRunner {
                         .await
                         .map_err(whmcs_stop)?
                     {
-                        Some(o) if o.is_active() => return self.accepted(job, order_id).await,
+                        Some(o) if o.is_active() => return self.accepted(job, progress, order_id),
                         // Still Pending: the AcceptOrder may still be running the server
                         // module; repeated only after its settle point.
                         Some(o) if o.status.eq_ignore_ascii_case("pending") => {
@@ -930,7 +936,7 @@ impl JobRunner {
                 }
                 let request = AcceptOrderRequest::provision(order_id, self.config.send_email);
                 match self.ports.whmcs.accept_order(&request).await {
-                    Ok(()) => self.accepted(job, order_id).await,
+                    Ok(()) => self.accepted(job, progress, order_id),
                     Err(e) if e.is_order_not_pending() => {
                         match self
                             .ports
@@ -939,7 +945,7 @@ impl JobRunner {
                             .await
                             .map_err(whmcs_stop)?
                         {
-                            Some(o) if o.is_active() => self.accepted(job, order_id).await,
+                            Some(o) if o.is_active() => self.accepted(job, progress, order_id),
                             _ => Err(permanent(
                                 StopReason::WhmcsOrderState,
                                 format!("WHMCS order {order_id} is not Pending and not Active"),
@@ -1128,20 +1134,21 @@ impl JobRunner {
     /// AcceptOrder succeeded (or WHMCS shows the order Active). Audited, not stored as a
     /// recovery point of its own: the stored AcceptUnknown point already resumes by asking
     /// WHMCS for the order's status, which finds it Active and goes on to the write-back, an
-    /// idempotent PATCH. One database write less per order, same behaviour after a crash. With
-    /// no state change to share a transaction with, the record is appended on its own: if that
-    /// fails the step is retried (it finds the order Active and audits again).
-    async fn accepted(&self, job: &Job, order_id: u64) -> Result<Step, Stop> {
+    /// idempotent PATCH. One database write less per order, same behaviour after a crash. The
+    /// record goes with the job's next write (its end, or the retry of a failed write-back);
+    /// a run that stops before one (a crash, a lost lease, a shutdown) leaves it unwritten,
+    /// like the step itself, and the next run finds the order Active and audits it then.
+    fn accepted(&self, job: &Job, progress: &mut Progress, order_id: u64) -> Result<Step, Stop> {
         let record = Self::step_record(
             job,
             Step::Accepted,
             Some((DetailKey::WhmcsOrderId, order_id.to_string())),
         )?;
-        self.ports.audit.append(record).await?;
+        progress.accepted = Some(record);
         Ok(Step::Accepted)
     }
 
-    async fn settle_done(&self, job: &Job, progress: &Progress) -> JobOutcome {
+    async fn settle_done(&self, job: &Job, progress: &mut Progress) -> JobOutcome {
         let ids: Vec<String> = progress.service_ids.iter().map(u64::to_string).collect();
         let record =
             NewAuditRecord::new(Actor::WORKER, Action::ORDER_PROVISIONED, Outcome::Success)
@@ -1161,7 +1168,8 @@ impl JobRunner {
             error: None,
             dead_letter: None,
         };
-        let settled = match self.finish(job, end, vec![record]).await {
+        let records = progress.accepted.take().map(Ok).into_iter().chain([record]);
+        let settled = match self.finish(job, end, records.collect()).await {
             Ok(()) => Ok(JobOutcome::Provisioned {
                 whmcs_order_id: progress.whmcs_order_id.unwrap_or_default(),
                 service_ids: progress.service_ids.clone(),
@@ -1238,6 +1246,18 @@ impl JobRunner {
     }
 
     async fn settle(&self, job: &Job, step: Step, stop: Stop) -> JobOutcome {
+        self.settle_carrying(job, step, stop, None).await
+    }
+
+    /// [`Self::settle`], with the `accepted` record of this run if it was not stored yet: it
+    /// goes with a write-back retry; a stop that writes nothing leaves it unwritten.
+    async fn settle_carrying(
+        &self,
+        job: &Job,
+        step: Step,
+        stop: Stop,
+        accepted: Option<NewAuditRecord>,
+    ) -> JobOutcome {
         let now = self.ports.clock.now();
         let store = &self.ports.store;
         let settled = match stop {
@@ -1289,7 +1309,8 @@ impl JobRunner {
             Stop::Retry { reason, code } | Stop::Permanent { reason, code }
                 if step == Step::Accepted =>
             {
-                self.retry_write_back(job, code, reason, now).await
+                self.retry_write_back(job, code, reason, now, accepted)
+                    .await
             }
             Stop::Retry { reason, code } => {
                 let attempts = job.attempts.saturating_add(1);
@@ -1387,6 +1408,19 @@ impl JobRunner {
         code: StopReason,
         retry: Reschedule,
     ) -> Result<(), SettleError> {
+        self.reschedule_carrying(job, step, code, retry, None).await
+    }
+
+    /// [`Self::reschedule`], with a record of this run's earlier work before the
+    /// `step_failed` one.
+    async fn reschedule_carrying(
+        &self,
+        job: &Job,
+        step: Step,
+        code: StopReason,
+        retry: Reschedule,
+        carried: Option<NewAuditRecord>,
+    ) -> Result<(), SettleError> {
         metrics::counter!(crate::metrics::RETRIES_TOTAL, "error" => code.as_str()).increment(1);
         let outcome = if matches!(
             code,
@@ -1401,7 +1435,7 @@ impl JobRunner {
             .detail(DetailKey::Step, step.as_str())
             .and_then(|r| r.detail(DetailKey::ErrorCode, code.as_str()))
             .and_then(|r| r.detail(DetailKey::Attempt, attempt.to_string()));
-        let audit = self.records(job, vec![record])?;
+        let audit = self.records(job, carried.map(Ok).into_iter().chain([record]).collect())?;
         self.ports
             .store
             .reschedule(
@@ -1424,6 +1458,7 @@ impl JobRunner {
         code: StopReason,
         reason: String,
         now: DateTime<Utc>,
+        accepted: Option<NewAuditRecord>,
     ) -> Result<JobOutcome, SettleError> {
         let delay = self
             .config
@@ -1440,7 +1475,8 @@ impl JobRunner {
         let mut retry = Reschedule::at(at, Some(reason.clone()), true);
         retry.step = Some(Step::Accepted);
         retry.stuck_alerted = stuck;
-        self.reschedule(job, Step::Accepted, code, retry).await?;
+        self.reschedule_carrying(job, Step::Accepted, code, retry, accepted)
+            .await?;
         if stuck {
             tracing::error!(order_id = %job.order_id, "write-back stuck");
             self.ports

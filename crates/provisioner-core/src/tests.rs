@@ -1286,6 +1286,37 @@ async fn a_failing_write_back_after_accept_retries_and_never_marks_the_order_fai
 }
 
 #[tokio::test]
+async fn the_accepted_record_goes_with_the_next_write_never_on_its_own() {
+    // AcceptOrder succeeds, the write-back fails: the retry carries `accepted` before its
+    // `step_failed`, and nothing was appended on its own.
+    let mut w = write_back_refused();
+    w.fetch_returns(order("Provisioning"));
+    w.accept_ok();
+    let (outcome, calls) = w.run(job(Step::WhmcsOrdered, 0)).await;
+    assert!(
+        matches!(outcome, JobOutcome::Retrying { .. }),
+        "{outcome:?}"
+    );
+    let after_accept: Vec<&str> = calls
+        .iter()
+        .skip_while(|c| *c != "whmcs_accept")
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        after_accept,
+        [
+            "whmcs_accept",
+            "sf_patch:Activated",
+            "reschedule:count=true:step=accepted",
+            "audit:step_succeeded",
+            "audit:step_succeeded:accepted",
+            "audit:step_failed",
+            "audit:step_failed:accepted",
+        ]
+    );
+}
+
+#[tokio::test]
 async fn a_write_back_failing_for_the_configured_time_raises_writeback_stuck_once() {
     let since = Utc::now() - chrono::Duration::minutes(61);
     let mut failing = job(Step::Accepted, 3);
