@@ -378,59 +378,53 @@ pub(crate) enum OneStatement {
 /// (`seq, at, record, order_id, chain`). It answers `fenced` (1 without an update), `held`,
 /// `inserted` (the first record) and `updated` (1 without an update).
 fn one_statement_sql(update: Option<(&str, usize)>, records: usize) -> String {
-    use std::fmt::Write as _;
     let args = update.map_or(0, |(_, n)| n + 2);
     let lock = args + 1;
-    let values = |k: usize| {
+    let insert = |k: usize, from: &str| {
         let b = lock + 5 * k;
-        format!("${}, ${}, ${}, ${}, ${}", b + 5, b + 1, b + 2, b + 3, b + 4)
+        format!(
+            "INSERT INTO audit_log (chain, seq, at, record, order_id) \
+             SELECT ${}, ${}, ${}, ${}, ${} FROM {from}",
+            b + 5,
+            b + 1,
+            b + 2,
+            b + 3,
+            b + 4
+        )
     };
-    let mut sql = match update {
-        Some((_, n)) => format!(
-            "WITH fence AS (SELECT 1 AS one FROM jobs WHERE order_id = ${order} \
-             AND lease_owner = ${owner} AND state = 'running' FOR NO KEY UPDATE), \
-             lock AS (SELECT pg_try_advisory_xact_lock(${lock}) AS held FROM fence), ",
-            order = n + 1,
-            owner = n + 2,
-        ),
-        None => format!("WITH lock AS (SELECT pg_try_advisory_xact_lock(${lock}) AS held), "),
-    };
-    let _ = write!(
-        sql,
-        "first AS (INSERT INTO audit_log (chain, seq, at, record, order_id) \
-         SELECT {} FROM lock WHERE lock.held \
-         ON CONFLICT (chain, seq) DO NOTHING RETURNING seq), ",
-        values(0)
-    );
-    for k in 1..records {
-        let _ = write!(
-            sql,
-            "rec{k} AS (INSERT INTO audit_log (chain, seq, at, record, order_id) \
-             SELECT {} FROM first), ",
-            values(k)
-        );
+    let mut ctes = Vec::with_capacity(records + 3);
+    if let Some((_, n)) = update {
+        ctes.push(format!(
+            "fence AS (SELECT 1 AS one FROM jobs WHERE order_id = ${} \
+             AND lease_owner = ${} AND state = 'running' FOR NO KEY UPDATE)",
+            n + 1,
+            n + 2
+        ));
     }
-    match update {
+    let fence = if update.is_some() { " FROM fence" } else { "" };
+    ctes.push(format!(
+        "lock AS (SELECT pg_try_advisory_xact_lock(${lock}) AS held{fence})"
+    ));
+    ctes.push(format!(
+        "first AS ({} WHERE lock.held ON CONFLICT (chain, seq) DO NOTHING RETURNING seq)",
+        insert(0, "lock")
+    ));
+    ctes.extend((1..records).map(|k| format!("rec{k} AS ({})", insert(k, "first"))));
+    let answer = match update {
         Some((update, _)) => {
-            let _ = write!(
-                sql,
-                "upd AS ({update} AND EXISTS (SELECT 1 FROM first) RETURNING 1) \
-                 SELECT (SELECT COUNT(*) FROM fence) AS fenced, \
-                 COALESCE((SELECT held FROM lock), FALSE) AS held, \
-                 (SELECT COUNT(*) FROM first) AS inserted, \
-                 (SELECT COUNT(*) FROM upd) AS updated"
-            );
+            ctes.push(format!(
+                "upd AS ({update} AND EXISTS (SELECT 1 FROM first) RETURNING 1)"
+            ));
+            "(SELECT COUNT(*) FROM fence) AS fenced, \
+             COALESCE((SELECT held FROM lock), FALSE) AS held, \
+             (SELECT COUNT(*) FROM first) AS inserted, (SELECT COUNT(*) FROM upd) AS updated"
         }
         None => {
-            // Without a further CTE, the last comma goes.
-            sql.truncate(sql.len() - 2);
-            sql.push_str(
-                " SELECT 1 AS fenced, (SELECT held FROM lock) AS held, \
-                 (SELECT COUNT(*) FROM first) AS inserted, 1 AS updated",
-            );
+            "1 AS fenced, (SELECT held FROM lock) AS held, \
+             (SELECT COUNT(*) FROM first) AS inserted, 1 AS updated"
         }
-    }
-    sql
+    };
+    format!("WITH {} SELECT {answer}", ctes.join(", "))
 }
 
 /// PostgreSQL: whether this transaction holds (or now takes) a chain's advisory lock.
@@ -642,14 +636,7 @@ async fn seal_probing(
                         .query_opt("audit: insert", SQL_INSERT_FIRST_RECORD_IF_LOCKED, &args)
                         .await
                         .map_err(as_audit)?;
-                    let int = |name| -> Result<i64> {
-                        Ok(row
-                            .as_ref()
-                            .map(|r| r.int(name, "audit: insert"))
-                            .transpose()?
-                            .flatten()
-                            .unwrap_or(0))
-                    };
+                    let int = |name| count(row.as_ref(), name, "audit: insert");
                     // Nothing inserted and the lock not taken: another session holds the
                     // chain. Taken, the lock is held until the transaction ends.
                     if int("held")? != 1 {
@@ -686,6 +673,16 @@ async fn seal_probing(
         )
         .into(),
     }))
+}
+
+/// The integer (or boolean) column `name` of a statement's answer `row`; 0 when there is no
+/// row or the value is NULL.
+fn count(row: Option<&Row>, name: &'static str, op: &'static str) -> Result<i64> {
+    Ok(row
+        .map(|r| r.int(name, op))
+        .transpose()?
+        .flatten()
+        .unwrap_or(0))
 }
 
 /// PostgreSQL: takes the chain lock `lock` for the rest of `tx` if no other session holds it.
@@ -960,14 +957,7 @@ impl SqlStore {
                 }
                 other => other?,
             };
-            let int = |name| -> Result<i64> {
-                Ok(rows
-                    .first()
-                    .map(|r| r.int(name, op))
-                    .transpose()?
-                    .flatten()
-                    .unwrap_or(0))
-            };
+            let int = |name| count(rows.first(), name, op);
             if int("fenced")? == 0 {
                 *guard = Some(cached);
                 return Ok(OneStatement::Fenced);
