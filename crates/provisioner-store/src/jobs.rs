@@ -728,8 +728,9 @@ mod tests {
     }
 
     /// The claim's plan on SQLite, whatever the planner would guess without statistics: the
-    /// walk of the pending jobs in turn order, the running customers read once, and one probe
-    /// of the claimed customer's pending jobs, with no sort anywhere.
+    /// walk of the pending jobs in turn order, the running customers read once (both from the
+    /// index alone, no job row read for a job the walk passes over), and one probe of the
+    /// claimed customer's pending jobs, with no sort anywhere.
     #[test]
     fn the_sqlite_claim_walks_indexes_and_sorts_nothing() {
         let conn = migrated_sqlite();
@@ -744,7 +745,11 @@ mod tests {
             .collect();
         let text = details.join("\n");
         assert!(
-            text.contains("SEARCH j USING INDEX jobs_turns (state=?)"),
+            text.contains("SEARCH j USING COVERING INDEX jobs_turns (state=?)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("SEARCH r USING COVERING INDEX jobs_turns (state=?)"),
             "{text}"
         );
         assert!(

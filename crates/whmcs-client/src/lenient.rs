@@ -1,7 +1,10 @@
 //! Lenient readers for WHMCS's inconsistent JSON: ids and counts as numbers or numeric strings,
 //! booleans in many spellings, nested lists that are `""` when empty, comma-separated id lists.
 
-use serde::de::DeserializeOwned;
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::de::{self, DeserializeOwned, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
@@ -95,54 +98,195 @@ pub(crate) fn bool_any<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error
     bool_value(&value).map_err(serde::de::Error::custom)
 }
 
-/// Items of a WHMCS nested list such as `{"product": [...]}`: also accepts `""`/`null` (empty),
-/// a bare array, and a single object instead of an array.
-pub(crate) fn nested_items(value: Value) -> Vec<Value> {
-    match value {
-        Value::Null | Value::String(_) | Value::Bool(_) | Value::Number(_) => Vec::new(),
-        Value::Array(items) => items,
-        Value::Object(map) => {
-            if map.len() == 1 {
-                match map.into_iter().next().map(|(_, v)| v) {
-                    Some(Value::Array(items)) => items,
-                    Some(item @ Value::Object(_)) => vec![item],
-                    _ => Vec::new(),
-                }
-            } else if map.is_empty() {
-                Vec::new()
-            } else {
-                // Not a wrapper: the object itself is the only item.
-                vec![Value::Object(map)]
-            }
-        }
-    }
-}
-
-/// `deserialize_with` for nested lists (`products.product[]`, `lineitems.lineitem[]`, ...).
+/// `deserialize_with` for nested lists (`products.product[]`, `lineitems.lineitem[]`, ...):
+/// `{"product": [...]}`, and also `""`/`null`/any scalar (empty), a bare array, a wrapper
+/// holding a single object instead of an array, and an object of several fields that is
+/// itself the only item.
+///
+/// The items are read straight from the input, never built into a JSON tree first: a page of
+/// services costs one pass, and fields a model does not name (the service password of
+/// `GetClientsProducts`) are skipped in the reply's bytes, not copied out of them.
 pub(crate) fn nested_list<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
 where
     D: Deserializer<'de>,
     T: DeserializeOwned,
 {
-    let value = Value::deserialize(d)?;
-    nested_items(value)
-        .into_iter()
-        .map(|item| serde_json::from_value(item).map_err(serde::de::Error::custom))
-        .collect()
+    d.deserialize_any(NestedList(PhantomData))
 }
 
-/// `deserialize_with` for plain lists that may be `""` or `null` when empty.
+/// `deserialize_with` for plain lists that may be `""` or `null` (or anything but an array)
+/// when empty; items are read straight from the input.
 pub(crate) fn plain_list<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
 where
     D: Deserializer<'de>,
     T: DeserializeOwned,
 {
-    match Value::deserialize(d)? {
-        Value::Array(items) => items
-            .into_iter()
-            .map(|item| serde_json::from_value(item).map_err(serde::de::Error::custom))
-            .collect(),
-        _ => Ok(Vec::new()),
+    d.deserialize_any(PlainList(PhantomData))
+}
+
+/// Every item of a JSON array, read as `T`.
+fn items_of<'de, A: SeqAccess<'de>, T: DeserializeOwned>(mut seq: A) -> Result<Vec<T>, A::Error> {
+    // The hint comes from the input: trusted only as far as a small preallocation.
+    let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(256));
+    while let Some(item) = seq.next_element::<T>()? {
+        items.push(item);
+    }
+    Ok(items)
+}
+
+/// Implements the scalar visits of a list visitor as "no items".
+macro_rules! scalars_are_empty {
+    () => {
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(Self::Value::default())
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(Self::Value::default())
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(Self::Value::default())
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(Self::Value::default())
+        }
+        fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+            Ok(Self::Value::default())
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(Self::Value::default())
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(Self::Value::default())
+        }
+    };
+}
+
+struct PlainList<T>(PhantomData<T>);
+
+impl<'de, T: DeserializeOwned> Visitor<'de> for PlainList<T> {
+    type Value = Vec<T>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a list, or an empty value")
+    }
+
+    scalars_are_empty!();
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        items_of(seq)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Vec::new())
+    }
+}
+
+struct NestedList<T>(PhantomData<T>);
+
+impl<'de, T: DeserializeOwned> Visitor<'de> for NestedList<T> {
+    type Value = Vec<T>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a WHMCS list: an object wrapping an array, an array, or an empty value")
+    }
+
+    scalars_are_empty!();
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        items_of(seq)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let Some(first_key) = map.next_key::<String>()? else {
+            return Ok(Vec::new());
+        };
+        let first = map.next_value_seed(FirstField::<T>(PhantomData))?;
+        let Some(second_key) = map.next_key::<String>()? else {
+            // One field: the wrapper (`{"product": [...]}` or `{"product": {...}}`).
+            return Ok(match first {
+                First::Items(items) => items,
+                First::Item(item) => vec![item],
+                First::Scalar(_) => Vec::new(),
+            });
+        };
+        // Several fields: not a wrapper, the object itself is the only item. Rare enough to
+        // be read through a JSON object; its first field was read as a scalar, or as a list
+        // or item of the wrapper it turned out not to be, which cannot be read back.
+        let First::Scalar(first_value) = first else {
+            return Err(de::Error::custom(
+                "an object of several fields whose first field holds a list or an object is                  neither a WHMCS list wrapper nor a list item",
+            ));
+        };
+        let mut object = serde_json::Map::new();
+        object.insert(first_key, first_value);
+        let second_value = map.next_value::<Value>()?;
+        object.insert(second_key, second_value);
+        while let Some((key, value)) = map.next_entry::<String, Value>()? {
+            object.insert(key, value);
+        }
+        T::deserialize(Value::Object(object))
+            .map(|item| vec![item])
+            .map_err(de::Error::custom)
+    }
+}
+
+/// The first field of an object in a nested list's place: the wrapped items, or one wrapped
+/// item, read straight away; a scalar is kept as a value.
+enum First<T> {
+    Items(Vec<T>),
+    Item(T),
+    Scalar(Value),
+}
+
+struct FirstField<T>(PhantomData<T>);
+
+impl<'de, T: DeserializeOwned> de::DeserializeSeed<'de> for FirstField<T> {
+    type Value = First<T>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de, T: DeserializeOwned> Visitor<'de> for FirstField<T> {
+    type Value = First<T>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a list, an item or a scalar")
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(First::Scalar(Value::Bool(v)))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(First::Scalar(Value::from(v)))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(First::Scalar(Value::from(v)))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(First::Scalar(Value::from(v)))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(First::Scalar(Value::String(v.to_owned())))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+        Ok(First::Scalar(Value::String(v)))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(First::Scalar(Value::Null))
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(First::Scalar(Value::Null))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        items_of(seq).map(First::Items)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        T::deserialize(de::value::MapAccessDeserializer::new(map)).map(First::Item)
     }
 }
 
@@ -210,19 +354,87 @@ mod tests {
         assert!(bool_value(&json!("maybe")).is_err());
     }
 
+    #[derive(Debug, serde::Deserialize)]
+    struct Item {
+        #[serde(deserialize_with = "u64_any", default)]
+        id: u64,
+    }
+
+    #[derive(serde::Deserialize)]
+    struct Lists {
+        #[serde(deserialize_with = "nested_list", default)]
+        nested: Vec<Item>,
+        #[serde(deserialize_with = "plain_list", default)]
+        plain: Vec<Item>,
+    }
+
+    /// The ids a list field reads to, from the text (streamed) and from a JSON value: both
+    /// must agree.
+    fn read(field: &str, list: &serde_json::Value) -> Result<Vec<u64>, String> {
+        let doc = json!({ field: list });
+        let streamed: Result<Lists, _> = serde_json::from_str(&doc.to_string());
+        let from_value: Result<Lists, _> = serde_json::from_value(doc);
+        let ids = |lists: Lists| {
+            let items = if field == "nested" {
+                lists.nested
+            } else {
+                lists.plain
+            };
+            items.iter().map(|i| i.id).collect::<Vec<_>>()
+        };
+        match (streamed, from_value) {
+            (Ok(a), Ok(b)) => {
+                let (a, b) = (ids(a), ids(b));
+                assert_eq!(a, b, "{list}");
+                Ok(a)
+            }
+            (Err(a), Err(_)) => Err(a.to_string()),
+            (a, b) => panic!(
+                "{list}: streamed {:?}, from a value {:?}",
+                a.is_ok(),
+                b.is_ok()
+            ),
+        }
+    }
+
     #[test]
     fn nested_lists() {
-        assert_eq!(nested_items(json!("")).len(), 0);
-        assert_eq!(nested_items(json!(null)).len(), 0);
-        assert_eq!(nested_items(json!([])).len(), 0);
-        assert_eq!(nested_items(json!({"product": []})).len(), 0);
-        assert_eq!(nested_items(json!({"product": ""})).len(), 0);
-        assert_eq!(
-            nested_items(json!({"product": [{"id": 1}, {"id": 2}]})).len(),
-            2
-        );
-        assert_eq!(nested_items(json!({"product": {"id": 1}})).len(), 1);
-        assert_eq!(nested_items(json!([{"id": 1}])).len(), 1);
+        for (list, want) in [
+            (json!(""), vec![]),
+            (json!(null), vec![]),
+            (json!(0), vec![]),
+            (json!(true), vec![]),
+            (json!([]), vec![]),
+            (json!({}), vec![]),
+            (json!({"product": []}), vec![]),
+            (json!({"product": ""}), vec![]),
+            (json!({"product": [{"id": 1}, {"id": "2"}]}), vec![1, 2]),
+            (json!({"product": {"id": 1}}), vec![1]),
+            (json!([{"id": 1}]), vec![1]),
+            // One scalar field: a wrapper holding nothing.
+            (json!({"id": 3}), vec![]),
+            // Several fields: the object is the only item.
+            (json!({"id": 7, "name": "x", "tags": ["a"]}), vec![7]),
+        ] {
+            assert_eq!(read("nested", &list).unwrap(), want, "{list}");
+        }
+        // A wrapper's list followed by more fields is neither a wrapper nor an item.
+        let err = read("nested", &json!({"product": [{"id": 1}], "total": 1})).unwrap_err();
+        assert!(err.contains("neither a WHMCS list wrapper"), "{err}");
+        // An item that is not one is an error, not an empty list.
+        assert!(read("nested", &json!({"product": [{"id": "x"}]})).is_err());
+    }
+
+    #[test]
+    fn plain_lists() {
+        for (list, want) in [
+            (json!(""), vec![]),
+            (json!(null), vec![]),
+            (json!({"a": [1]}), vec![]),
+            (json!([{"id": 4}, {"id": "5"}]), vec![4, 5]),
+        ] {
+            assert_eq!(read("plain", &list).unwrap(), want, "{list}");
+        }
     }
 
     #[derive(serde::Deserialize)]
