@@ -341,9 +341,9 @@ impl ProvisionLimit {
 pub const PROVISION_RATE_SCOPE: &str = "customer_provision";
 
 /// How many of a job's attempts may end in an unknown outcome at the step it stands at before
-/// the backoff grows: those look the call up again after the first delay (the settle rule
-/// paces repeats of the call itself).
-const UNKNOWN_OUTCOMES_AT_FIRST_DELAY: u32 = 3;
+/// the backoff grows: those look the call up again at once (the settle rule paces repeats of
+/// the call itself).
+const UNKNOWN_OUTCOMES_LOOKED_UP_AT_ONCE: u32 = 3;
 
 /// Runs claimed jobs.
 pub struct JobRunner {
@@ -1328,19 +1328,26 @@ impl JobRunner {
                     // A lost answer (an unknown outcome) is not WHMCS failing where the job
                     // stands: the call went out, and the next run looks it up. Any repeat is
                     // paced by the settle rule (never before the last send + its timeout +
-                    // `WHMCS_SETTLE`), so the first few in a row look again after the first
-                    // delay; a longer run of them backs off as usual.
+                    // `WHMCS_SETTLE`), so the first few in a row are looked up at once: a
+                    // call that committed before its answer was lost is found without a wait,
+                    // and one that did not starts waiting for its settle point sooner. A
+                    // longer run of them backs off as usual.
+                    let lost = code == StopReason::WhmcsUnknownOutcome;
                     let exponent = if step != job.step {
                         0
-                    } else if code == StopReason::WhmcsUnknownOutcome {
-                        job.attempts.saturating_sub(UNKNOWN_OUTCOMES_AT_FIRST_DELAY)
+                    } else if lost {
+                        job.attempts
+                            .saturating_sub(UNKNOWN_OUTCOMES_LOOKED_UP_AT_ONCE)
                     } else {
                         job.attempts
                     };
-                    let delay = self
-                        .config
-                        .retry
-                        .delay(exponent, jitter(&job.order_id, job.attempts));
+                    let delay = if lost && exponent == 0 {
+                        Duration::ZERO
+                    } else {
+                        self.config
+                            .retry
+                            .delay(exponent, jitter(&job.order_id, job.attempts))
+                    };
                     let at = now + chrono::Duration::from_std(delay).unwrap_or_default();
                     let reason = sanitize_reason(&reason);
                     tracing::info!(order_id = %job.order_id, step = %step, attempt = attempts, %reason, "retrying");
