@@ -111,7 +111,7 @@ where
     D: Deserializer<'de>,
     T: DeserializeOwned,
 {
-    d.deserialize_any(NestedList(PhantomData))
+    d.deserialize_any(ListVisitor::new(true))
 }
 
 /// `deserialize_with` for plain lists that may be `""` or `null` (or anything but an array)
@@ -121,7 +121,7 @@ where
     D: Deserializer<'de>,
     T: DeserializeOwned,
 {
-    d.deserialize_any(PlainList(PhantomData))
+    d.deserialize_any(ListVisitor::new(false))
 }
 
 /// Every item of a JSON array, read as `T`.
@@ -134,70 +134,60 @@ fn items_of<'de, A: SeqAccess<'de>, T: DeserializeOwned>(mut seq: A) -> Result<V
     Ok(items)
 }
 
-/// Implements the scalar visits of a list visitor as "no items".
-macro_rules! scalars_are_empty {
-    () => {
-        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-            Ok(Self::Value::default())
-        }
-        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-            Ok(Self::Value::default())
-        }
-        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-            Ok(Self::Value::default())
-        }
-        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-            Ok(Self::Value::default())
-        }
-        fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
-            Ok(Self::Value::default())
-        }
-        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-            Ok(Self::Value::default())
-        }
-        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-            Ok(Self::Value::default())
-        }
-    };
+/// Reads a list field: an array is its items, a scalar (`""`, `null`, ...) none. An object is
+/// a WHMCS wrapper for a nested list ([`nested_list`]); for a plain list it is skipped.
+struct ListVisitor<T> {
+    nested: bool,
+    item: PhantomData<T>,
 }
 
-struct PlainList<T>(PhantomData<T>);
-
-impl<'de, T: DeserializeOwned> Visitor<'de> for PlainList<T> {
-    type Value = Vec<T>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a list, or an empty value")
-    }
-
-    scalars_are_empty!();
-
-    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-        items_of(seq)
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(Vec::new())
+impl<T> ListVisitor<T> {
+    fn new(nested: bool) -> Self {
+        ListVisitor {
+            nested,
+            item: PhantomData,
+        }
     }
 }
 
-struct NestedList<T>(PhantomData<T>);
-
-impl<'de, T: DeserializeOwned> Visitor<'de> for NestedList<T> {
+impl<'de, T: DeserializeOwned> Visitor<'de> for ListVisitor<T> {
     type Value = Vec<T>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a WHMCS list: an object wrapping an array, an array, or an empty value")
     }
 
-    scalars_are_empty!();
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Vec::new())
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(Vec::new())
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(Vec::new())
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(Vec::new())
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(Vec::new())
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Vec::new())
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Vec::new())
+    }
 
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
         items_of(seq)
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        if !self.nested {
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            return Ok(Vec::new());
+        }
         let Some(first_key) = map.next_key::<String>()? else {
             return Ok(Vec::new());
         };
@@ -215,7 +205,8 @@ impl<'de, T: DeserializeOwned> Visitor<'de> for NestedList<T> {
         // or item of the wrapper it turned out not to be, which cannot be read back.
         let First::Scalar(first_value) = first else {
             return Err(de::Error::custom(
-                "an object of several fields whose first field holds a list or an object is                  neither a WHMCS list wrapper nor a list item",
+                "an object of several fields whose first field holds a list or an object is \
+                 neither a WHMCS list wrapper nor a list item",
             ));
         };
         let mut object = serde_json::Map::new();
