@@ -283,6 +283,23 @@ struct Progress {
     /// The `accepted` record of this run, stored with the job's next write (its end, or a
     /// write-back retry) rather than on its own.
     accepted: Option<NewAuditRecord>,
+    /// A recovery point reached in this run but not stored yet: it goes with the job's next
+    /// write (see [`Pending`]).
+    pending: Option<Pending>,
+}
+
+/// With `WHMCS_ORDER_REF_FIELD_ID` set, a recovery point that only saves repeating idempotent
+/// work (`marked_provisioning`, `whmcs_ordered`) is not stored on its own: it goes with the
+/// job's next write. When the run goes well that is the intent stored right before the next
+/// non-idempotent WHMCS call; otherwise it is written ahead of the job's reschedule or end. A
+/// run that dies before that resumes from the point stored last, which is safe: from `checked`
+/// the PATCH is sent again (idempotent); an AddOrder whose ids were not stored yet is found by
+/// its external ref, as after a lost answer. `checked` itself is stored at once: the PATCH
+/// after it is decided against the claim's current token (a fenced write).
+struct Pending {
+    step: Step,
+    update: StepUpdate,
+    audit: Vec<NewAuditRecord>,
 }
 
 /// Where a per-customer rate is held: the provisioning rate (`CUSTOMER_PROVISION_RATE`) and
@@ -442,6 +459,9 @@ impl JobRunner {
                 return self.settle_done(&job, &mut progress).await;
             }
             if *self.shutdown.borrow() {
+                if let Err(e) = self.store_pending(&job, &mut progress).await {
+                    return self.settled(&job, Err(e));
+                }
                 return self.settle(&job, step, Stop::Shutdown).await;
             }
             let started = std::time::Instant::now();
@@ -452,6 +472,12 @@ impl JobRunner {
                 .await;
             metrics::histogram!(crate::metrics::STEP_SECONDS, "step" => step.as_str())
                 .record(started.elapsed().as_secs_f64());
+            if let Err(stop) = &result
+                && !matches!(stop, Stop::LeaseLost)
+                && let Err(e) = self.store_pending(&job, &mut progress).await
+            {
+                return self.settled(&job, Err(e));
+            }
             match result {
                 Ok(next) => step = next,
                 // Once the AcceptOrder intent is stored, the job settles as the point it stored.
@@ -512,14 +538,29 @@ impl JobRunner {
     }
 
     /// Stores a recovery point (fenced by the lease) with its audit records, in one
-    /// transaction; intents carry none.
+    /// transaction, together with the point this run reached before it and has not stored
+    /// yet (its records first, its WHMCS ids unless `update` has newer ones).
     async fn store_point(
         &self,
         job: &Job,
+        progress: &mut Progress,
         step: Step,
         update: StepUpdate,
         audit: Vec<NewAuditRecord>,
     ) -> Result<(), Stop> {
+        let (update, audit) = match progress.pending.take() {
+            None => (update, audit),
+            Some(pending) => {
+                let mut records = pending.audit;
+                records.extend(audit);
+                let update = StepUpdate {
+                    whmcs_order_id: update.whmcs_order_id.or(pending.update.whmcs_order_id),
+                    service_ids: update.service_ids.or(pending.update.service_ids),
+                    intent_timeout: update.intent_timeout,
+                };
+                (update, records)
+            }
+        };
         self.ports
             .store
             .advance(
@@ -534,16 +575,58 @@ impl JobRunner {
         Ok(())
     }
 
-    async fn advance(
+    /// Reaches recovery point `step` (with its `step_succeeded` record) without a write of its
+    /// own: it goes with the job's next write ([`Pending`]). Without `WHMCS_ORDER_REF_FIELD_ID`
+    /// it is stored at once: an AddOrder cannot be looked up then, so a run resumed as our own
+    /// work (or after an AddOrder whose ids were not stored) would fail for an operator.
+    async fn reach(
         &self,
         job: &Job,
+        progress: &mut Progress,
         step: Step,
         update: StepUpdate,
         extra: Option<(DetailKey, String)>,
     ) -> Result<Step, Stop> {
         let record = Self::step_record(job, step, extra)?;
-        self.store_point(job, step, update, vec![record]).await?;
+        if self.config.order_ref_fields.is_none() {
+            self.store_point(job, progress, step, update, vec![record])
+                .await?;
+            return Ok(step);
+        }
+        let mut audit = Vec::new();
+        let mut update = update;
+        if let Some(earlier) = progress.pending.take() {
+            audit = earlier.audit;
+            update.whmcs_order_id = update.whmcs_order_id.or(earlier.update.whmcs_order_id);
+            update.service_ids = update.service_ids.or(earlier.update.service_ids);
+        }
+        audit.push(record);
+        progress.pending = Some(Pending {
+            step,
+            update,
+            audit,
+        });
         Ok(step)
+    }
+
+    /// Stores the point this run reached and has not stored yet, if any (before the job's
+    /// reschedule or end).
+    async fn store_pending(&self, job: &Job, progress: &mut Progress) -> Result<(), SettleError> {
+        let Some(pending) = progress.pending.take() else {
+            return Ok(());
+        };
+        self.ports
+            .store
+            .advance(
+                &job.order_id,
+                token(job),
+                pending.step,
+                pending.update,
+                pending.audit,
+                self.ports.clock.now(),
+            )
+            .await?;
+        Ok(())
     }
 
     async fn fetch(&self, job: &Job, progress: &mut Progress) -> Result<(), Stop> {
@@ -802,13 +885,23 @@ impl JobRunner {
                         intent_timeout: Some(self.config.whmcs_timeout),
                         ..StepUpdate::default()
                     };
-                    self.store_point(job, Step::OrderUnknown, update, vec![record])
+                    self.store_point(job, progress, Step::OrderUnknown, update, vec![record])
                         .await?;
                     progress.stored_intent = true;
                     return Ok(Step::OrderUnknown);
                 }
-                self.advance(job, Step::Checked, StepUpdate::default(), None)
-                    .await
+                // Stored at once, unlike the points after it: the PATCH that follows is
+                // decided against the claim's current token (the write is fenced).
+                let record = Self::step_record(job, Step::Checked, None)?;
+                self.store_point(
+                    job,
+                    progress,
+                    Step::Checked,
+                    StepUpdate::default(),
+                    vec![record],
+                )
+                .await?;
+                Ok(Step::Checked)
             }
             Step::Checked => {
                 if let Some(value) = &statuses.provisioning {
@@ -822,8 +915,14 @@ impl JobRunner {
                         .await
                         .map_err(sf_stop)?;
                 }
-                self.advance(job, Step::MarkedProvisioning, StepUpdate::default(), None)
-                    .await
+                self.reach(
+                    job,
+                    progress,
+                    Step::MarkedProvisioning,
+                    StepUpdate::default(),
+                    None,
+                )
+                .await
             }
             Step::MarkedProvisioning | Step::OrderUnknown => {
                 self.fetch(job, progress).await?;
@@ -1009,7 +1108,8 @@ impl JobRunner {
             intent_timeout: Some(self.intent_timeout(step)),
             ..StepUpdate::default()
         };
-        self.store_point(job, step, update, Vec::new()).await?;
+        self.store_point(job, progress, step, update, Vec::new())
+            .await?;
         progress.stored_intent = true;
         Ok(())
     }
@@ -1043,6 +1143,10 @@ impl JobRunner {
         })
     }
 
+    /// Reaches [`Step::WhmcsOrdered`] with the WHMCS ids and the `whmcs_ordered` record
+    /// (`how`): they are stored with the AcceptOrder intent, or ahead of the job's reschedule
+    /// or end ([`Self::reach`]). A run that dies before that finds the order again by its
+    /// external ref.
     async fn ordered(
         &self,
         job: &Job,
@@ -1058,16 +1162,14 @@ impl JobRunner {
             service_ids: Some(progress.service_ids.iter().map(u64::to_string).collect()),
             intent_timeout: None,
         };
-        // The WHMCS ids, with the `whmcs_ordered` audit record in the same transaction. No
-        // AcceptOrder was sent yet: its intent is stored right before it is.
-        let record = Self::step_record(
+        self.reach(
             job,
+            progress,
             Step::WhmcsOrdered,
+            update,
             Some((DetailKey::ReasonCode, how.to_owned())),
-        )?;
-        self.store_point(job, Step::WhmcsOrdered, update, vec![record])
-            .await?;
-        Ok(Step::WhmcsOrdered)
+        )
+        .await
     }
 
     /// The first time each product is ordered in this process: do the new services of
@@ -1149,6 +1251,9 @@ impl JobRunner {
     }
 
     async fn settle_done(&self, job: &Job, progress: &mut Progress) -> JobOutcome {
+        if let Err(e) = self.store_pending(job, progress).await {
+            return self.settled(job, Err(e));
+        }
         let ids: Vec<String> = progress.service_ids.iter().map(u64::to_string).collect();
         let record =
             NewAuditRecord::new(Actor::WORKER, Action::ORDER_PROVISIONED, Outcome::Success)

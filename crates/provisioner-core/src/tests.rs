@@ -489,20 +489,21 @@ async fn happy_path_runs_every_step_in_order() {
         [
             "sf_fetch",
             "whmcs_client",
+            // Stored before the PATCH: it is decided against the claim's current token.
             "advance:checked",
             "sf_patch:Provisioning",
-            "advance:marked_provisioning",
+            // `marked_provisioning` goes with the next write.
             "whmcs_services",
             // Approval is re-checked right before each non-idempotent WHMCS call.
             "sf_fetch",
             // The intent, with its sent time and timeout, right before the call.
             "advance:order_unknown",
             "whmcs_add_order",
-            "advance:whmcs_ordered:77",
             // The product's first order in this process: did WHMCS store the ref?
             "whmcs_services",
             "sf_fetch",
-            "advance:accept_unknown",
+            // The WHMCS ids (`whmcs_ordered`) go with the AcceptOrder intent.
+            "advance:accept_unknown:77",
             "whmcs_accept",
             "sf_patch:Activated",
             "finish:done",
@@ -520,6 +521,13 @@ async fn happy_path_runs_every_step_in_order() {
             "{step}: {calls:?}"
         );
     }
+    // The points that only save idempotent work go with the next write: the intent stored
+    // before the next WHMCS call.
+    let at = |c: &str| calls.iter().position(|x| x == c).unwrap_or(usize::MAX);
+    assert!(at("advance:order_unknown") < at("audit:step_succeeded:marked_provisioning"));
+    assert!(at("audit:step_succeeded:marked_provisioning") < at("whmcs_add_order"));
+    assert!(at("advance:accept_unknown:77") < at("audit:step_succeeded:whmcs_ordered"));
+    assert!(at("audit:step_succeeded:whmcs_ordered") < at("whmcs_accept"));
     assert!(calls.contains(&"audit:order_provisioned".to_owned()));
     assert!(!calls.iter().any(|c| c.starts_with("alert")));
 }
@@ -713,13 +721,14 @@ async fn approval_withdrawn_before_add_order_stops_with_nothing_written() {
                 code: StopReason::ApprovalWithdrawn
             }
         );
-        // The PATCH to Provisioning happened before the change; nothing after it.
+        // The PATCH to Provisioning happened before the change; nothing after it but the
+        // point it reached (stored ahead of the job's end).
         assert_eq!(
             effects(&calls)[4..],
             [
-                "advance:marked_provisioning",
                 "whmcs_services",
                 "sf_fetch",
+                "advance:marked_provisioning",
                 "finish:refused",
                 "alert:withdrawn:"
             ]
@@ -751,6 +760,67 @@ async fn approval_withdrawn_before_accept_order_names_the_pending_whmcs_order() 
             "sf_fetch",
             "finish:refused",
             "alert:withdrawn:77"
+        ]
+    );
+}
+
+/// An AddOrder goes through, then the re-check before AcceptOrder answers `recheck`.
+fn ordered_then_rechecked(recheck: fn() -> Result<Order, sf_rest::Error>) -> World {
+    let mut w = World::new();
+    let c = w.calls.clone();
+    let mut seen = 0;
+    w.orders.expect_fetch_order().returning(move |_| {
+        log(&c, "sf_fetch");
+        seen += 1;
+        if seen <= 2 {
+            Ok(order("Approved"))
+        } else {
+            recheck()
+        }
+    });
+    w.lookup_finds(None);
+    w.add_order_ok();
+    w
+}
+
+#[tokio::test]
+async fn the_whmcs_ids_not_stored_yet_are_stored_ahead_of_a_refusal() {
+    let w = ordered_then_rechecked(|| Ok(order("Draft")));
+    let (outcome, calls) = w.run(job(Step::MarkedProvisioning, 0)).await;
+    assert_eq!(
+        outcome,
+        JobOutcome::Refused {
+            code: StopReason::ApprovalWithdrawn
+        }
+    );
+    assert_eq!(
+        effects(&calls)[5..],
+        [
+            "whmcs_services",
+            "sf_fetch",
+            "advance:whmcs_ordered:77",
+            "finish:refused",
+            "alert:withdrawn:77"
+        ]
+    );
+    assert!(calls.contains(&"audit:step_succeeded:whmcs_ordered".to_owned()));
+}
+
+#[tokio::test]
+async fn the_whmcs_ids_not_stored_yet_are_stored_ahead_of_a_retry() {
+    let w = ordered_then_rechecked(|| Err(sf_timeout()));
+    let (outcome, calls) = w.run(job(Step::MarkedProvisioning, 0)).await;
+    assert!(
+        matches!(outcome, JobOutcome::Retrying { .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        effects(&calls)[5..],
+        [
+            "whmcs_services",
+            "sf_fetch",
+            "advance:whmcs_ordered:77",
+            "reschedule:count=true"
         ]
     );
 }
@@ -861,9 +931,15 @@ async fn resuming_after_an_unknown_add_order_finds_the_earlier_attempt() {
         !calls.contains(&"whmcs_add_order".to_owned()),
         "never a second AddOrder"
     );
+    // The ids found go with the AcceptOrder intent.
     assert_eq!(
-        effects(&calls)[..3],
-        ["sf_fetch", "whmcs_services", "advance:whmcs_ordered:77"]
+        effects(&calls)[..4],
+        [
+            "sf_fetch",
+            "whmcs_services",
+            "sf_fetch",
+            "advance:accept_unknown:77"
+        ]
     );
 }
 
@@ -917,10 +993,18 @@ async fn resuming_at_checked_marks_provisioning_again() {
     w.add_order_ok();
     w.accept_ok();
     let (_, calls) = w.run(job(Step::Checked, 0)).await;
+    // `marked_provisioning` goes with the AddOrder intent.
     assert_eq!(
-        effects(&calls)[..2],
-        ["sf_patch:Provisioning", "advance:marked_provisioning"]
+        effects(&calls)[..5],
+        [
+            "sf_patch:Provisioning",
+            "sf_fetch",
+            "whmcs_services",
+            "sf_fetch",
+            "advance:order_unknown"
+        ]
     );
+    assert!(calls.contains(&"audit:step_succeeded:marked_provisioning".to_owned()));
     assert!(
         !calls.contains(&"whmcs_client".to_owned()),
         "a job resumed past its checks does not run them again"
@@ -1988,9 +2072,9 @@ async fn the_ref_field_is_checked_once_per_product_and_alerts_when_not_stored() 
             .all(|o| matches!(o, JobOutcome::Provisioned { .. }))
     );
     let after_add: Vec<&str> = effects(&calls)
-        .windows(3)
+        .windows(2)
         .filter(|w| w[0] == "whmcs_add_order")
-        .map(|w| w[2])
+        .map(|w| w[1])
         .collect();
     assert_eq!(after_add, ["whmcs_services", "sf_fetch"], "{calls:?}");
     assert!(!calls.iter().any(|c| c.starts_with("alert")), "{calls:?}");
