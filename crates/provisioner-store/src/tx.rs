@@ -329,10 +329,21 @@ pub(crate) const SQL_ANCHOR: &str = "SELECT anchor FROM audit_anchor WHERE id = 
 /// A chain's last record.
 pub(crate) const SQL_LAST_RECORD: &str =
     "SELECT record FROM audit_log WHERE chain = $1 ORDER BY seq DESC LIMIT 1";
-/// A sealed record; `order_id` repeats the record's Order Id (or NULL) so that an Order's
-/// records are found by index (`Store::audit_for_order`).
-const SQL_INSERT_RECORD: &str =
-    "INSERT INTO audit_log (chain, seq, at, record, order_id) VALUES ($5, $1, $2, $3, $4)";
+/// Sealed records after a unit's first, 1 to [`RECORDS_PER_INSERT`] in one statement (the
+/// unit holds the chain by then, so none can conflict); `order_id` repeats each record's Order
+/// Id (or NULL) so that an Order's records are found by index (`Store::audit_for_order`).
+const SQL_INSERT_RECORDS: [&str; RECORDS_PER_INSERT] = [
+    "INSERT INTO audit_log (chain, seq, at, record, order_id) VALUES ($5, $1, $2, $3, $4)",
+    "INSERT INTO audit_log (chain, seq, at, record, order_id) VALUES ($5, $1, $2, $3, $4), \
+     ($10, $6, $7, $8, $9)",
+    "INSERT INTO audit_log (chain, seq, at, record, order_id) VALUES ($5, $1, $2, $3, $4), \
+     ($10, $6, $7, $8, $9), ($15, $11, $12, $13, $14)",
+    "INSERT INTO audit_log (chain, seq, at, record, order_id) VALUES ($5, $1, $2, $3, $4), \
+     ($10, $6, $7, $8, $9), ($15, $11, $12, $13, $14), ($20, $16, $17, $18, $19)",
+];
+/// At most this many records per insert: 5 parameters each, within the SQLite writer's 24
+/// parameter names.
+const RECORDS_PER_INSERT: usize = 4;
 /// The first record of a unit: a `seq` another process took meanwhile inserts nothing (no
 /// error, which on PostgreSQL would abort the whole transaction).
 const SQL_INSERT_FIRST_RECORD: &str = "INSERT INTO audit_log (chain, seq, at, record, order_id) \
@@ -374,7 +385,7 @@ pub(crate) enum OneStatement {
 
 /// The statement of [`SqlStore::unit_in_one_statement`]. With an update of `args`
 /// parameters (`$1..=$args`), the fence's order id and owner follow; then the chain's lock
-/// key, and five parameters per record in the order of [`SQL_INSERT_RECORD`]
+/// key, and five parameters per record in the order of [`SQL_INSERT_FIRST_RECORD`]
 /// (`seq, at, record, order_id, chain`). It answers `fenced` (1 without an update), `held`,
 /// `inserted` (the first record) and `updated` (1 without an update).
 fn one_statement_sql(update: Option<(&str, usize)>, records: usize) -> String {
@@ -622,45 +633,59 @@ async fn seal_probing(
             Some(head) => head,
             None => read_head(tx, chain).await.map_err(as_audit)?,
         };
-        let mut sealed = Vec::with_capacity(records.len());
-        let mut taken = false;
-        for (i, record) in records.iter().enumerate() {
-            let s = head.seal(key, record.clone()).map_err(audit_error)?;
-            let mut args = record_args(chain, &s)?;
-            // Once the first record is in, this unit holds the next `seq`: another process
-            // can only append after it commits.
-            let inserted = match (i, probe.take()) {
-                (0, Some(lock)) => {
-                    args.push(Arg::Int(lock));
-                    let row = tx
-                        .query_opt("audit: insert", SQL_INSERT_FIRST_RECORD_IF_LOCKED, &args)
-                        .await
-                        .map_err(as_audit)?;
-                    let int = |name| count(row.as_ref(), name, "audit: insert");
-                    // Nothing inserted and the lock not taken: another session holds the
-                    // chain. Taken, the lock is held until the transaction ends.
-                    if int("held")? != 1 {
-                        return Ok(None);
-                    }
-                    u64::try_from(int("inserted")?).unwrap_or(0)
+        let Some((first, rest)) = records.split_first() else {
+            return Ok(Some((Vec::new(), head, 0)));
+        };
+        let s = head.seal(key, first.clone()).map_err(audit_error)?;
+        let mut args = record_args(chain, &s)?;
+        let inserted = match probe.take() {
+            Some(lock) => {
+                args.push(Arg::Int(lock));
+                let row = tx
+                    .query_opt("audit: insert", SQL_INSERT_FIRST_RECORD_IF_LOCKED, &args)
+                    .await
+                    .map_err(as_audit)?;
+                let int = |name| count(row.as_ref(), name, "audit: insert");
+                // Nothing inserted and the lock not taken: another session holds the
+                // chain. Taken, the lock is held until the transaction ends.
+                if int("held")? != 1 {
+                    return Ok(None);
                 }
-                (0, None) => tx
-                    .exec("audit: insert", SQL_INSERT_FIRST_RECORD, &args)
-                    .await
-                    .map_err(as_audit)?,
-                _ => tx
-                    .exec("audit: insert", SQL_INSERT_RECORD, &args)
-                    .await
-                    .map_err(as_audit)?,
-            };
-            if inserted == 0 {
-                taken = true;
-                break;
+                u64::try_from(int("inserted")?).unwrap_or(0)
             }
+            None => tx
+                .exec("audit: insert", SQL_INSERT_FIRST_RECORD, &args)
+                .await
+                .map_err(as_audit)?,
+        };
+        if inserted != 0 {
             head = ChainHead::after(&s);
+            let mut sealed = Vec::with_capacity(records.len());
             sealed.push(s);
-        }
-        if !taken {
+            // The first record is in: this unit holds the next `seq`, and another process can
+            // only append after it commits. The rest go in a few rows per statement.
+            for record in rest {
+                let s = head.seal(key, record.clone()).map_err(audit_error)?;
+                head = ChainHead::after(&s);
+                sealed.push(s);
+            }
+            for chunk in sealed[1..].chunks(RECORDS_PER_INSERT) {
+                let mut args = Vec::with_capacity(chunk.len() * 5);
+                for s in chunk {
+                    args.extend(record_args(chain, s)?);
+                }
+                let sql = SQL_INSERT_RECORDS[chunk.len() - 1];
+                let n = tx
+                    .exec("audit: insert", sql, &args)
+                    .await
+                    .map_err(as_audit)?;
+                if n != chunk.len() as u64 {
+                    return Err(audit_error(audit::Error::Backend {
+                        op: "audit: insert",
+                        source: format!("{n} of {} records inserted", chunk.len()).into(),
+                    }));
+                }
+            }
             let moved = u32::try_from(attempt).unwrap_or(u32::MAX);
             return Ok(Some((sealed, head, moved)));
         }

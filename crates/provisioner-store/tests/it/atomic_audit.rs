@@ -219,4 +219,31 @@ both_backends! {
         assert!(records.iter().all(|r| r.record.order_id.as_ref().map(|o| o.as_str()) == Some(order)));
         audit::verify(&store, store.audit_key()).await.unwrap();
     }
+
+    async fn a_unit_of_many_records_stores_each_once_in_order(db: &TestDb) {
+        // Eleven records in one unit: the first on its own, the rest four rows per insert
+        // (4, 4, 2).
+        let store = db.open().await;
+        let now = Utc::now();
+        let orders: Vec<String> = (1..=11).map(|n| format!("8010000000000{n:02}AAA")).collect();
+        let events: Vec<_> = orders
+            .iter()
+            .enumerate()
+            .map(|(i, o)| event(u32::try_from(i).unwrap() + 1, o, "A"))
+            .collect();
+        store.ingest_events(&events, now).await.unwrap();
+        let records = store.read_range(1, 20).await.unwrap();
+        let seqs: Vec<u64> = records.iter().map(|r| r.record.seq).collect();
+        assert_eq!(seqs, (1..=11).collect::<Vec<u64>>());
+        let in_order: Vec<String> = records
+            .iter()
+            .map(|r| r.record.order_id.as_ref().map(|o| o.as_str().to_owned()).unwrap_or_default())
+            .collect();
+        assert_eq!(in_order, orders);
+        assert_eq!(audit::verify(&store, store.audit_key()).await.unwrap().records, 11);
+        // And the next unit goes on from the last of them.
+        store.ingest_event(&event(12, "801000000000012AAA", "A"), now).await.unwrap();
+        assert_eq!(audit::verify(&store, store.audit_key()).await.unwrap().records, 12);
+        assert_eq!(store.verify_audit().await.unwrap().records(), 12);
+    }
 }
