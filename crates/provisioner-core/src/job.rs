@@ -577,8 +577,8 @@ impl JobRunner {
 
     /// Reaches recovery point `step` (with its `step_succeeded` record) without a write of its
     /// own: it goes with the job's next write ([`Pending`]). Without `WHMCS_ORDER_REF_FIELD_ID`
-    /// it is stored at once: an AddOrder cannot be looked up then, so a run resumed as our own
-    /// work (or after an AddOrder whose ids were not stored) would fail for an operator.
+    /// it is stored at once: an AddOrder cannot be looked up then, so a run resumed after an
+    /// AddOrder whose ids were not stored would fail for an operator.
     async fn reach(
         &self,
         job: &Job,
