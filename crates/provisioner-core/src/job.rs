@@ -302,6 +302,26 @@ struct Pending {
     audit: Vec<NewAuditRecord>,
 }
 
+/// `update` and `audit` together with the `pending` point they follow: its records first, its
+/// WHMCS ids unless `update` has newer ones, and `update`'s intent.
+fn carry(
+    pending: Option<Pending>,
+    update: StepUpdate,
+    audit: Vec<NewAuditRecord>,
+) -> (StepUpdate, Vec<NewAuditRecord>) {
+    let Some(pending) = pending else {
+        return (update, audit);
+    };
+    let mut records = pending.audit;
+    records.extend(audit);
+    let update = StepUpdate {
+        whmcs_order_id: update.whmcs_order_id.or(pending.update.whmcs_order_id),
+        service_ids: update.service_ids.or(pending.update.service_ids),
+        intent_timeout: update.intent_timeout,
+    };
+    (update, records)
+}
+
 /// Where a per-customer rate is held: the provisioning rate (`CUSTOMER_PROVISION_RATE`) and
 /// the order intake's (`CUSTOMER_ORDER_RATE`).
 #[derive(Clone, Debug)]
@@ -548,19 +568,7 @@ impl JobRunner {
         update: StepUpdate,
         audit: Vec<NewAuditRecord>,
     ) -> Result<(), Stop> {
-        let (update, audit) = match progress.pending.take() {
-            None => (update, audit),
-            Some(pending) => {
-                let mut records = pending.audit;
-                records.extend(audit);
-                let update = StepUpdate {
-                    whmcs_order_id: update.whmcs_order_id.or(pending.update.whmcs_order_id),
-                    service_ids: update.service_ids.or(pending.update.service_ids),
-                    intent_timeout: update.intent_timeout,
-                };
-                (update, records)
-            }
-        };
+        let (update, audit) = carry(progress.pending.take(), update, audit);
         self.ports
             .store
             .advance(
@@ -593,14 +601,7 @@ impl JobRunner {
                 .await?;
             return Ok(step);
         }
-        let mut audit = Vec::new();
-        let mut update = update;
-        if let Some(earlier) = progress.pending.take() {
-            audit = earlier.audit;
-            update.whmcs_order_id = update.whmcs_order_id.or(earlier.update.whmcs_order_id);
-            update.service_ids = update.service_ids.or(earlier.update.service_ids);
-        }
-        audit.push(record);
+        let (update, audit) = carry(progress.pending.take(), update, vec![record]);
         progress.pending = Some(Pending {
             step,
             update,
