@@ -275,6 +275,34 @@ impl Engine {
         }
     }
 
+    /// Claims the next job; with a rate held in the store, the claim also takes the job's
+    /// slot when it is about to start (one statement on PostgreSQL).
+    async fn claim(
+        &self,
+    ) -> Result<
+        Option<(provisioner_store::Job, provisioner_store::RateTake)>,
+        provisioner_store::Error,
+    > {
+        let (store, now, lease) = (&self.ports.store, self.ports.clock.now(), self.config.lease);
+        match &self.rate {
+            Some(crate::job::ProvisionLimit::Shared(rate)) => {
+                store
+                    .claim_rated(
+                        &self.owner,
+                        now,
+                        lease,
+                        crate::job::PROVISION_RATE_SCOPE,
+                        *rate,
+                    )
+                    .await
+            }
+            _ => Ok(store
+                .claim(&self.owner, now, lease)
+                .await?
+                .map(|job| (job, provisioner_store::RateTake::Undecided))),
+        }
+    }
+
     async fn dispatch(self, mut shutdown: watch::Receiver<bool>) {
         let permits = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
         // Jobs claimed at once: those at work (a permit each) and those waiting between two
@@ -310,13 +338,8 @@ impl Engine {
             };
             while running.try_join_next().is_some() {}
             let claimed_at = self.ports.clock.monotonic();
-            match self
-                .ports
-                .store
-                .claim(&self.owner, self.ports.clock.now(), self.config.lease)
-                .await
-            {
-                Ok(Some(job)) => {
+            match self.claim().await {
+                Ok(Some((job, rate))) => {
                     // One process never runs two claims of one job: an expired claim of a job
                     // still running here (its renewals failed) is given straight back; the run
                     // here is fenced out by the new claim's token and stops.
@@ -382,7 +405,7 @@ impl Engine {
                                 }
                             }
                         });
-                        let outcome = slot.scope(runner.run_fenced(job, &health)).await;
+                        let outcome = slot.scope(runner.run_claimed(job, &health, rate)).await;
                         renew.abort();
                         if let Ok(mut set) = running_here.lock() {
                             set.remove(&order_id);

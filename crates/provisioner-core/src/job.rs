@@ -10,7 +10,7 @@ use std::time::Duration;
 use audit::{Action, Actor, AuditLog, DetailKey, NewAuditRecord, Outcome};
 use chrono::{DateTime, Utc};
 use provisioner_store::{
-    Job, JobEnd, JobSource, JobState, NewDeadLetter, Reschedule, Step, StepUpdate, Store,
+    Job, JobEnd, JobSource, JobState, NewDeadLetter, RateTake, Reschedule, Step, StepUpdate, Store,
 };
 use secrecy::ExposeSecret;
 use sf_rest::{OrderApi, OrderUpdate};
@@ -430,6 +430,12 @@ impl JobRunner {
     /// [`JobRunner::run`] under a lease whose renewals report to `lease`: no external call
     /// starts once the lease may have lapsed (the job is given back instead).
     pub async fn run_fenced(&self, job: Job, lease: &LeaseHealth) -> JobOutcome {
+        self.run_claimed(job, lease, RateTake::Undecided).await
+    }
+
+    /// [`JobRunner::run_fenced`] for a job whose claim already decided its customer's rate
+    /// ([`provisioner_store::Store::claim_rated`]): a job at its start is not asked again.
+    pub async fn run_claimed(&self, job: Job, lease: &LeaseHealth, rate: RateTake) -> JobOutcome {
         use tracing::Instrument as _;
         let span = tracing::info_span!(
             "job",
@@ -437,13 +443,13 @@ impl JobRunner {
             event_id = job.event_id.as_deref().unwrap_or(""),
             step = %job.step,
         );
-        self.run_in_span(job, lease).instrument(span).await
+        self.run_in_span(job, lease, rate).instrument(span).await
     }
 
-    async fn run_in_span(&self, job: Job, lease: &LeaseHealth) -> JobOutcome {
+    async fn run_in_span(&self, job: Job, lease: &LeaseHealth, rate: RateTake) -> JobOutcome {
         use tracing::Instrument as _;
         if job.step == Step::Received {
-            let wait = match self.rate_wait(&job).await {
+            let wait = match self.rate_wait(&job, rate).await {
                 Ok(wait) => wait,
                 Err(_) => return JobOutcome::StoreUnavailable,
             };
@@ -512,20 +518,29 @@ impl JobRunner {
         }
     }
 
-    /// How long the customer's provisioning rate holds `job` back (`None`: it may start now).
-    async fn rate_wait(&self, job: &Job) -> Result<Option<Duration>, provisioner_store::Error> {
+    /// How long the customer's provisioning rate holds `job` back (`None`: it may start now):
+    /// what its claim decided, or else a slot taken now.
+    async fn rate_wait(
+        &self,
+        job: &Job,
+        decided: RateTake,
+    ) -> Result<Option<Duration>, provisioner_store::Error> {
         let Some(rate) = &self.rate else {
             return Ok(None);
         };
-        let wait = rate
-            .take(
-                self.ports.store.as_ref(),
-                PROVISION_RATE_SCOPE,
-                &job.customer_number,
-                self.ports.clock.now(),
-            )
-            .await
-            .inspect_err(crate::metrics::store_failed)?;
+        let wait = match decided {
+            RateTake::Taken => None,
+            RateTake::Refused(wait) => Some(wait),
+            RateTake::Undecided => rate
+                .take(
+                    self.ports.store.as_ref(),
+                    PROVISION_RATE_SCOPE,
+                    &job.customer_number,
+                    self.ports.clock.now(),
+                )
+                .await
+                .inspect_err(crate::metrics::store_failed)?,
+        };
         if wait.is_some() {
             metrics::counter!(crate::metrics::RATE_DELAYED_TOTAL, "scope" => rate.scope_label())
                 .increment(1);

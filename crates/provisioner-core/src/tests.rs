@@ -194,6 +194,8 @@ struct World {
     expect_lines: usize,
     /// Whether the AddOrder of `add_order_ok` drops the custom fields (a wrong field id).
     drops_fields: bool,
+    /// What the claim decided about the customer's rate ([`JobRunner::run_claimed`]).
+    claimed: provisioner_store::RateTake,
 }
 
 impl World {
@@ -274,6 +276,7 @@ impl World {
             services: Arc::default(),
             expect_lines: 2,
             drops_fields: false,
+            claimed: provisioner_store::RateTake::Undecided,
         }
     }
 
@@ -443,7 +446,20 @@ impl World {
         let runner = JobRunner::new(ports, Arc::new(self.config), "w".into(), self.rate, rx);
         let mut outcomes = Vec::new();
         for job in jobs {
-            outcomes.push(runner.run(job).await);
+            let outcome = match self.claimed {
+                provisioner_store::RateTake::Undecided => runner.run(job).await,
+                decided => {
+                    let clock: Arc<dyn crate::Clock> = Arc::new(crate::SystemClock::new());
+                    let now = clock.monotonic();
+                    let lease = crate::job::LeaseHealth::new(
+                        std::time::Duration::from_secs(3_600),
+                        clock,
+                        now,
+                    );
+                    runner.run_claimed(job, &lease, decided).await
+                }
+            };
+            outcomes.push(outcome);
         }
         let calls = calls.lock().unwrap().clone();
         (outcomes, calls)
@@ -1439,6 +1455,18 @@ async fn a_rate_limited_customer_is_delayed_without_an_attempt() {
     assert_eq!(effects(&calls), ["reschedule:count=false"]);
 }
 
+/// Runs a job about to start whose customer's shared rate has no slot for 90 s: delayed at
+/// least that long, with nothing but its reschedule written.
+async fn delayed_90_s_without_an_attempt(w: World) {
+    let before = chrono::Utc::now();
+    let (outcome, calls) = w.run(job(Step::Received, 0)).await;
+    let JobOutcome::Delayed { at } = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert!(at >= before + chrono::Duration::seconds(90), "{at}");
+    assert_eq!(effects(&calls), ["reschedule:count=false"]);
+}
+
 #[tokio::test]
 async fn a_shared_rate_is_taken_from_the_store_and_delays_without_an_attempt() {
     let mut w = World::new();
@@ -1455,13 +1483,41 @@ async fn a_shared_rate_is_taken_from_the_store_and_delays_without_an_attempt() {
     w.rate = Some(crate::job::ProvisionLimit::shared(
         "2/hour".parse().unwrap(),
     ));
-    let before = chrono::Utc::now();
+    delayed_90_s_without_an_attempt(w).await;
+}
+
+#[tokio::test]
+async fn a_rate_refused_with_the_claim_delays_without_asking_the_store_again() {
+    // No `take_rate_slot` expected: the mock fails the test if the runner asks.
+    let mut w = World::new();
+    w.rate = Some(crate::job::ProvisionLimit::shared(
+        "2/hour".parse().unwrap(),
+    ));
+    w.claimed = provisioner_store::RateTake::Refused(std::time::Duration::from_secs(90));
+    delayed_90_s_without_an_attempt(w).await;
+}
+
+#[tokio::test]
+async fn a_rate_slot_taken_with_the_claim_starts_the_job_at_once() {
+    // The job starts (its Order turns out not approved: refused, as without a rate) and the
+    // store is not asked for a slot again: the mock has no `take_rate_slot` expectation.
+    let mut w = World::new();
+    w.fetch_returns(order("Draft"));
+    w.rate = Some(crate::job::ProvisionLimit::shared(
+        "2/hour".parse().unwrap(),
+    ));
+    w.claimed = provisioner_store::RateTake::Taken;
     let (outcome, calls) = w.run(job(Step::Received, 0)).await;
-    let JobOutcome::Delayed { at } = outcome else {
-        panic!("{outcome:?}")
-    };
-    assert!(at >= before + chrono::Duration::seconds(90), "{at}");
-    assert_eq!(effects(&calls), ["reschedule:count=false"]);
+    assert_eq!(
+        outcome,
+        JobOutcome::Refused {
+            code: StopReason::NotApproved
+        }
+    );
+    assert_eq!(
+        effects(&calls),
+        ["sf_fetch", "finish:refused", "alert:refused"]
+    );
 }
 
 #[tokio::test]

@@ -6,12 +6,30 @@ use chrono::{DateTime, Utc};
 
 use crate::error::{Error, Result};
 use crate::jobs::{self, SQL_INSERT_JOB, job_args};
-use crate::sql::SqlStore;
+use crate::sql::{Backend, SqlStore};
 use crate::tx::{Arg, Row, Tx};
 use crate::types::{Checkpoint, InboxEvent, IngestOutcome, JobSource, NewJob, Reopen, ms};
 
 const SQL_INSERT_INBOX: &str = "INSERT INTO inbox (event_id, topic, replay_id, order_id, outcome, \
      received_at) VALUES ($1, $2, $3, $4, 'enqueued', $5) ON CONFLICT (event_id) DO NOTHING";
+
+/// PostgreSQL: [`SQL_INSERT_INBOX`] and, when the event was new, [`SQL_INSERT_JOB`] as one
+/// statement (data-modifying CTEs; SQLite has none and runs the two). `$1`-`$5` are
+/// [`inbox_args`], `$6`-`$8` the job's customer number, account id and source; the row tells
+/// whether the event was stored and whether its job was created.
+const SQL_INSERT_INBOX_AND_JOB: &str = "WITH i AS (INSERT INTO inbox (event_id, topic, \
+     replay_id, order_id, outcome, received_at) VALUES ($1, $2, $3, $4, 'enqueued', $5) \
+     ON CONFLICT (event_id) DO NOTHING RETURNING event_id), \
+     j AS (INSERT INTO jobs (order_id, customer_number, account_id, event_id, source, state, \
+         step, attempts, next_attempt_at, created_at, updated_at, turn) \
+         SELECT $4, $6, $7, i.event_id, $8, 'pending', 'received', 0, $5, $5, $5, \
+         (SELECT CASE WHEN t.mine > t.cur THEN t.mine ELSE t.cur END FROM (SELECT \
+             COALESCE((SELECT l.turn + 1 FROM jobs l WHERE l.customer_number = $6 \
+                 AND l.state = 'pending' ORDER BY l.seq DESC LIMIT 1), 0) AS mine, \
+             COALESCE((SELECT p.turn FROM jobs p WHERE p.state = 'pending' \
+                 ORDER BY p.turn LIMIT 1), 0) AS cur) AS t) \
+         FROM i ON CONFLICT (order_id) DO NOTHING RETURNING order_id) \
+     SELECT (SELECT COUNT(*) FROM i) AS stored, (SELECT COUNT(*) FROM j) AS created";
 
 const SQL_INBOX_DUPLICATE_ORDER: &str =
     "UPDATE inbox SET outcome = 'duplicate_order' WHERE event_id = $1";
@@ -90,23 +108,53 @@ fn event_records(event: &InboxEvent, outcome: IngestOutcome) -> Result<Vec<NewAu
 /// event), then the job unless the order has one, so the common case is two statements.
 async fn ingest_one(
     tx: &mut dyn Tx,
+    backend: Backend,
     event: &InboxEvent,
     now: DateTime<Utc>,
 ) -> Result<IngestOutcome> {
-    let stored = tx
-        .exec("ingest: inbox", SQL_INSERT_INBOX, &inbox_args(event, now))
-        .await?;
-    if stored != 1 {
+    let (stored, created) = match backend {
+        Backend::Postgres => {
+            let job = event_job(event);
+            let mut args = inbox_args(event, now);
+            args.extend([
+                Arg::text(job.customer_number.as_str()),
+                Arg::Text(job.account_id.clone()),
+                Arg::text(job.source.as_str()),
+            ]);
+            let row = tx
+                .query_opt("ingest: inbox and job", SQL_INSERT_INBOX_AND_JOB, &args)
+                .await?;
+            let count = |name| -> Result<bool> {
+                Ok(row
+                    .as_ref()
+                    .map(|r| r.int(name, "ingest"))
+                    .transpose()?
+                    .flatten()
+                    == Some(1))
+            };
+            (count("stored")?, count("created")?)
+        }
+        Backend::Sqlite => {
+            let stored = tx
+                .exec("ingest: inbox", SQL_INSERT_INBOX, &inbox_args(event, now))
+                .await?
+                == 1;
+            let created = stored
+                && tx
+                    .exec(
+                        "ingest: job",
+                        SQL_INSERT_JOB,
+                        &job_args(&event_job(event), now),
+                    )
+                    .await?
+                    == 1;
+            (stored, created)
+        }
+    };
+    if !stored {
         return Ok(IngestOutcome::DuplicateEvent);
     }
-    let created = tx
-        .exec(
-            "ingest: job",
-            SQL_INSERT_JOB,
-            &job_args(&event_job(event), now),
-        )
-        .await?;
-    if created == 1 {
+    if created {
         return Ok(IngestOutcome::Enqueued);
     }
     // A new event for an Order whose job was refused or failed re-evaluates it: the job runs
@@ -144,11 +192,12 @@ impl SqlStore {
         // practice), in the same transaction as the events it passes.
         let checkpoints = batch_checkpoints(events);
         let events = events.to_vec();
+        let backend = self.backend();
         self.transact("ingest", move |tx| {
             Box::pin(async move {
                 let mut outcomes = Vec::with_capacity(events.len());
                 for event in &events {
-                    let outcome = ingest_one(tx, event, now).await?;
+                    let outcome = ingest_one(tx, backend, event, now).await?;
                     event_records(event, outcome)?
                         .into_iter()
                         .for_each(|r| tx.audit(r));

@@ -13,8 +13,8 @@ use crate::sql::SqlStore;
 use crate::sql::{Backend, NowSource};
 use crate::tx::{Arg, FencedUpdate, OneStatement, Row, Tx};
 use crate::types::{
-    Intent, Job, JobCounts, JobEnd, JobFilter, JobSource, JobState, NewJob, Reopen, Reschedule,
-    Step, StepUpdate, from_ms, ms,
+    Intent, Job, JobCounts, JobEnd, JobFilter, JobSource, JobState, NewJob, RateTake, Reopen,
+    Reschedule, SharedRate, Step, StepUpdate, from_ms, ms,
 };
 
 pub(crate) const JOB_COLS: &str = "seq, order_id, customer_number, account_id, event_id, source, \
@@ -281,8 +281,60 @@ pub(crate) fn claim_sql(kind: ClaimKind, backend: Backend, source: NowSource) ->
     )
 }
 
+/// [`claim_sql`] that also takes one slot of the claimed job's customer's shared rate when the
+/// job is at `received` (about to start), as [`crate::Store::take_rate_slot`] would (the same
+/// GCRA, see `rates.rs`), in the same statement: PostgreSQL only (a data-modifying CTE). After
+/// the claim's parameters come the rate's scope, interval and tolerance (ms). The row adds
+/// `rate_taken` (NULL: not asked, the job is past its start; 1 taken; 0 refused) and
+/// `rate_wait_ms` (after a refusal, until a slot comes back: the rate's row as it stood before
+/// the statement, which a refusal leaves as it was).
+pub(crate) fn rated_claim_sql(kind: ClaimKind, backend: Backend, source: NowSource) -> String {
+    let claim = claim_sql(kind, backend, source);
+    let now = now_sql(source, "$3");
+    let (scope, interval, tolerance) = match source {
+        NowSource::Caller => ("$4", "$5", "$6"),
+        NowSource::Postgres => ("$3", "$4", "$5"),
+    };
+    format!(
+        "WITH c AS ({claim}), \
+         r AS (INSERT INTO rate_limits (scope, key, tat_ms) \
+             SELECT {scope}, c.customer_number, {now} + {interval} FROM c \
+             WHERE c.step = 'received' \
+             ON CONFLICT (scope, key) DO UPDATE \
+             SET tat_ms = GREATEST(rate_limits.tat_ms, {now}) + {interval} \
+             WHERE GREATEST(rate_limits.tat_ms, {now}) + {interval} - {now} <= {tolerance} \
+             RETURNING tat_ms) \
+         SELECT c.*, CASE WHEN c.step <> 'received' THEN NULL \
+                 WHEN EXISTS (SELECT 1 FROM r) THEN 1 ELSE 0 END AS rate_taken, \
+             (SELECT GREATEST(l.tat_ms, {now}) + {interval} - {tolerance} - {now} \
+                 FROM rate_limits l WHERE l.scope = {scope} AND l.key = c.customer_number) \
+                 AS rate_wait_ms \
+         FROM c"
+    )
+}
+
 fn lease_ms(lease: Duration) -> i64 {
     i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2)
+}
+
+/// A claimed job and what its claim decided about the customer's rate: the row of
+/// [`claim_sql`] (undecided) or, when `rated`, of [`rated_claim_sql`].
+fn claimed_from_row(row: &Row, rated: bool) -> Result<(Job, RateTake)> {
+    let job = job_from_row(row)?;
+    let taken = if rated {
+        row.int("rate_taken", "claim")?
+    } else {
+        None
+    };
+    let take = match taken {
+        None => RateTake::Undecided,
+        Some(1) => RateTake::Taken,
+        Some(_) => {
+            let wait_ms = row.int("rate_wait_ms", "claim")?.unwrap_or(0).max(1);
+            RateTake::Refused(Duration::from_millis(u64::try_from(wait_ms).unwrap_or(1)))
+        }
+    };
+    Ok((job, take))
 }
 
 /// Runs a statement fenced by the job's lease in `tx`: no row changed means another worker
@@ -385,7 +437,8 @@ impl SqlStore {
         owner: &str,
         now: DateTime<Utc>,
         lease: Duration,
-    ) -> Result<Option<Job>> {
+        rate: Option<(&str, SharedRate)>,
+    ) -> Result<Option<(Job, RateTake)>> {
         let now_ms = ms(now);
         // Expired leases first now and then (they block their customer's queue), otherwise
         // only when nothing is pending: each kind is one index-ordered statement, where a
@@ -397,49 +450,73 @@ impl SqlStore {
                 now_ms.saturating_add(EXPIRED_SCAN_EVERY_MS),
                 Ordering::Relaxed,
             );
-            if let Some(job) = self
-                .claim_kind(ClaimKind::Expired, owner, now_ms, lease)
+            if let Some(claimed) = self
+                .claim_kind(ClaimKind::Expired, owner, now_ms, lease, rate)
                 .await?
             {
-                return Ok(Some(job));
+                return Ok(Some(claimed));
             }
         }
-        if let Some(job) = self
-            .claim_kind(ClaimKind::Pending, owner, now_ms, lease)
+        if let Some(claimed) = self
+            .claim_kind(ClaimKind::Pending, owner, now_ms, lease, rate)
             .await?
         {
-            return Ok(Some(job));
+            return Ok(Some(claimed));
         }
         if due {
             return Ok(None);
         }
-        self.claim_kind(ClaimKind::Expired, owner, now_ms, lease)
+        self.claim_kind(ClaimKind::Expired, owner, now_ms, lease, rate)
             .await
     }
 
-    /// Claims one job of `kind` in one statement.
+    /// Claims one job of `kind` in one statement, with a slot of `rate` when this backend
+    /// takes it in the same statement (else [`RateTake::Undecided`]).
     async fn claim_kind(
         &self,
         kind: ClaimKind,
         owner: &str,
         now_ms: i64,
         lease: Duration,
-    ) -> Result<Option<Job>> {
-        let sql = std::sync::Arc::clone(&self.job_sql.claim[kind as usize]);
+        rate: Option<(&str, SharedRate)>,
+    ) -> Result<Option<(Job, RateTake)>> {
         let mut args = vec![Arg::text(owner), Arg::Int(lease_ms(lease))];
         if self.now_source == NowSource::Caller {
             args.push(Arg::Int(now_ms));
         }
+        let rated = match (rate, &self.job_sql.claim_rated) {
+            (Some((scope, rate)), Some(sql)) => {
+                let interval = rate.interval_ms();
+                args.extend([
+                    Arg::text(scope),
+                    Arg::Int(interval),
+                    Arg::Int(interval.saturating_mul(i64::from(rate.burst.max(1)))),
+                ]);
+                Some(std::sync::Arc::clone(&sql[kind as usize]))
+            }
+            _ => None,
+        };
+        let is_rated = rated.is_some();
         let claimed = if self.backend() == Backend::Postgres {
+            let sql = rated
+                .clone()
+                .unwrap_or_else(|| std::sync::Arc::clone(&self.job_sql.claim[kind as usize]));
             // One statement is atomic by itself: no BEGIN and COMMIT round trips.
             self.one_statement("claiming a job", &sql, &args)
                 .await
-                .and_then(|rows| rows.first().map(job_from_row).transpose())
+                .and_then(|rows| {
+                    rows.first()
+                        .map(|row| claimed_from_row(row, is_rated))
+                        .transpose()
+                })
         } else {
+            let sql = std::sync::Arc::clone(&self.job_sql.claim[kind as usize]);
             self.transact("claiming a job", move |tx| {
                 Box::pin(async move {
                     let row = tx.query_opt("claiming a job", &sql, &args).await?;
-                    row.as_ref().map(job_from_row).transpose()
+                    row.as_ref()
+                        .map(|row| claimed_from_row(row, false))
+                        .transpose()
                 })
             })
             .await

@@ -31,8 +31,8 @@ pub use tx::{POSTGRES_AUDIT_CHAINS, SERIALIZED_SECONDS};
 pub use types::{
     Checkpoint, DeadLetter, DeadLetterState, InboxEvent, IngestOutcome, Intent, Job, JobCounts,
     JobEnd, JobFilter, JobSource, JobState, JobView, NewAlert, NewDeadLetter, NewJob,
-    OrderRequestAnswer, OrderRequestKey, OrderRequestStart, QueuedAlert, Reopen, Reschedule,
-    SharedRate, Step, StepUpdate,
+    OrderRequestAnswer, OrderRequestKey, OrderRequestStart, QueuedAlert, RateTake, Reopen,
+    Reschedule, SharedRate, Step, StepUpdate,
 };
 
 /// Field kind under which dead-letter payloads are encrypted.
@@ -94,6 +94,25 @@ pub trait Store: Send + Sync {
     /// that token as their `owner`: a write of an earlier claim is refused with
     /// [`Error::LeaseLost`], whoever made it (the same owner name included).
     async fn claim(&self, owner: &str, now: DateTime<Utc>, lease: Duration) -> Result<Option<Job>>;
+
+    /// [`Store::claim`], and when the claimed job is at [`Step::Received`] (about to start),
+    /// one slot of its customer's `rate` within `scope`, exactly as [`Store::take_rate_slot`]
+    /// takes it. PostgreSQL does both in one statement; a store that cannot (SQLite, and this
+    /// default) claims and answers [`RateTake::Undecided`], leaving the take to the caller.
+    async fn claim_rated(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease: Duration,
+        scope: &str,
+        rate: SharedRate,
+    ) -> Result<Option<(Job, RateTake)>> {
+        let _ = (scope, rate);
+        Ok(self
+            .claim(owner, now, lease)
+            .await?
+            .map(|job| (job, RateTake::Undecided)))
+    }
 
     /// Extends a held lease (`owner`: the claim's token) to `lease` from now, by the database's
     /// clock (PostgreSQL's own; on SQLite, one process, `now`).

@@ -13,7 +13,7 @@ use crate::sql::{Leadership, SqlStore};
 use crate::types::{
     Checkpoint, DeadLetter, DeadLetterState, InboxEvent, IngestOutcome, Job, JobCounts, JobEnd,
     JobFilter, JobState, NewAlert, NewDeadLetter, NewJob, OrderRequestAnswer, OrderRequestKey,
-    OrderRequestStart, QueuedAlert, Reopen, Reschedule, SharedRate, Step, StepUpdate,
+    OrderRequestStart, QueuedAlert, RateTake, Reopen, Reschedule, SharedRate, Step, StepUpdate,
 };
 
 #[async_trait]
@@ -66,7 +66,21 @@ impl Store for SqlStore {
     }
 
     async fn claim(&self, owner: &str, now: DateTime<Utc>, lease: Duration) -> Result<Option<Job>> {
-        self.claim_job(owner, now, lease).await
+        Ok(self
+            .claim_job(owner, now, lease, None)
+            .await?
+            .map(|(job, _)| job))
+    }
+
+    async fn claim_rated(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease: Duration,
+        scope: &str,
+        rate: SharedRate,
+    ) -> Result<Option<(Job, RateTake)>> {
+        self.claim_job(owner, now, lease, Some((scope, rate))).await
     }
 
     async fn renew_lease(

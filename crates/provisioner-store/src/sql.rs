@@ -14,7 +14,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyConnection, AnyPool, Connection, Executor};
 
 use crate::error::{Error, Result};
-use crate::jobs::{ClaimKind, advance_sql, claim_sql, renew_sql};
+use crate::jobs::{ClaimKind, advance_sql, claim_sql, rated_claim_sql, renew_sql};
 use crate::lock::ProcessLock;
 use crate::sqlite_writer::SqliteWriter;
 use crate::tx::{Arg, Row};
@@ -26,6 +26,9 @@ static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migratio
 pub(crate) struct JobSql {
     /// The claim statements (pending, expired).
     pub(crate) claim: [Arc<str>; 2],
+    /// The same claims taking a slot of the customer's shared rate with them (PostgreSQL
+    /// only: SQLite has no data-modifying CTEs).
+    pub(crate) claim_rated: Option<[Arc<str>; 2]>,
     /// Lease renewal.
     pub(crate) renew: Arc<str>,
     /// Recording a recovery point (and an intent).
@@ -420,6 +423,12 @@ impl SqlStore {
                     claim_sql(ClaimKind::Pending, backend, now_source).into(),
                     claim_sql(ClaimKind::Expired, backend, now_source).into(),
                 ],
+                claim_rated: (backend == Backend::Postgres).then(|| {
+                    [
+                        rated_claim_sql(ClaimKind::Pending, backend, now_source).into(),
+                        rated_claim_sql(ClaimKind::Expired, backend, now_source).into(),
+                    ]
+                }),
                 renew: renew_sql(now_source).into(),
                 advance: advance_sql(now_source).into(),
             },

@@ -513,6 +513,19 @@ pub struct SharedRate {
     pub burst: u32,
 }
 
+/// What a claim decided about the claimed job's customer's shared rate
+/// ([`crate::Store::claim_rated`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RateTake {
+    /// Not decided with the claim: the job is past its start, or this store takes the slot in
+    /// a statement of its own ([`crate::Store::take_rate_slot`], for the caller to ask).
+    Undecided,
+    /// A slot was taken with the claim: the job may start.
+    Taken,
+    /// No slot was free: one comes back in this long (nothing was taken).
+    Refused(Duration),
+}
+
 impl SharedRate {
     pub(crate) fn interval_ms(&self) -> i64 {
         i64::try_from(self.interval.as_millis())

@@ -4,9 +4,12 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use provisioner_store::{NewAlert, SharedRate, Store};
+use provisioner_store::{
+    Backend, JobEnd, JobState, NewAlert, RateTake, Reschedule, SharedRate, SqlStore, Step,
+    StepUpdate, Store,
+};
 
-use crate::support::both_backends;
+use crate::support::{both_backends, event};
 
 fn alert(n: u32) -> NewAlert {
     NewAlert {
@@ -30,6 +33,118 @@ fn t0() -> DateTime<Utc> {
 }
 
 const HOLD: Duration = Duration::from_secs(60);
+
+const LEASE: Duration = Duration::from_secs(30);
+
+/// Claims with a slot of `rate` taken with the claim (on PostgreSQL; SQLite leaves it to the
+/// caller), finishing each job: A1 and B1 get their customers' one slot each, A2 finds A's
+/// used and is refused (still claimed: the caller reschedules it), and a job past its start
+/// is claimed without asking. `at` is the time the claims pass (`None`: the database's own
+/// clock, so a wait is read within a second of the exact one).
+async fn rated_claims(store: &SqlStore, at: Option<chrono::DateTime<Utc>>) {
+    let rate = SharedRate {
+        interval: Duration::from_secs(1_800),
+        burst: 1,
+    };
+    let now = at.unwrap_or_else(Utc::now);
+    let scope = "customer_provision";
+    let pg = store.backend() == Backend::Postgres;
+    let (a1, a2, b1, d1) = (
+        "801000000000001AAA",
+        "801000000000002AAA",
+        "801000000000003AAA",
+        "801000000000004AAA",
+    );
+    store
+        .ingest_events(
+            &[event(1, a1, "A"), event(2, a2, "A"), event(3, b1, "B")],
+            now,
+        )
+        .await
+        .unwrap();
+    let mut takes = Vec::new();
+    while let Some((job, take)) = store
+        .claim_rated("w", now, LEASE, scope, rate)
+        .await
+        .unwrap()
+    {
+        takes.push((job.order_id.clone(), take));
+        let token = job.lease_owner.clone().unwrap();
+        let done = JobEnd {
+            state: JobState::Done,
+            error: None,
+            dead_letter: None,
+        };
+        store
+            .finish(&job.order_id, &token, done, vec![], now)
+            .await
+            .unwrap();
+    }
+    let ids: Vec<&str> = takes.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ids, [a1, b1, a2]);
+    if pg {
+        assert_eq!((takes[0].1, takes[1].1), (RateTake::Taken, RateTake::Taken));
+        let RateTake::Refused(wait) = takes[2].1 else {
+            panic!("{takes:?}")
+        };
+        assert!(
+            wait <= rate.interval && wait >= rate.interval - Duration::from_secs(1),
+            "{wait:?}"
+        );
+        // The refusal took nothing: A's next slot is still the same distance away.
+        let again = store
+            .take_rate_slot(scope, "A", rate, now)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(again <= rate.interval && again >= rate.interval - Duration::from_secs(1));
+    } else {
+        assert!(
+            takes.iter().all(|(_, t)| *t == RateTake::Undecided),
+            "{takes:?}"
+        );
+        assert_eq!(
+            store.take_rate_slot(scope, "A", rate, now).await.unwrap(),
+            None
+        );
+    }
+    // D1 is claimed plainly, gets past its start and waits for a retry: claimed again, it is
+    // not asked for a slot, and D's slot is still free.
+    store
+        .ingest_events(&[event(4, d1, "D")], now)
+        .await
+        .unwrap();
+    let job = store.claim("w", now, LEASE).await.unwrap().unwrap();
+    let token = job.lease_owner.clone().unwrap();
+    store
+        .advance(
+            d1,
+            &token,
+            Step::Checked,
+            StepUpdate::default(),
+            vec![],
+            now,
+        )
+        .await
+        .unwrap();
+    store
+        .reschedule(d1, &token, Reschedule::at(now, None, false), vec![], now)
+        .await
+        .unwrap();
+    let (again, take) = store
+        .claim_rated("w", now, LEASE, scope, rate)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (again.order_id.as_str(), again.step, take),
+        (d1, Step::Checked, RateTake::Undecided)
+    );
+    assert_eq!(
+        store.take_rate_slot(scope, "D", rate, now).await.unwrap(),
+        None
+    );
+}
 
 both_backends! {
     async fn alerts_wait_until_taken_and_each_attempt_is_counted(db: &TestDb) {
@@ -144,5 +259,13 @@ both_backends! {
             .filter(|r| r.as_ref().unwrap().is_none())
             .count();
         assert_eq!(admitted, 10, "ten per hour in all, however many instances ask");
+    }
+
+    async fn a_claim_takes_its_customers_rate_slot_with_it(db: &TestDb) {
+        rated_claims(&db.open().await, Some(t0())).await;
+    }
+
+    async fn a_claim_takes_its_customers_rate_slot_with_it_on_the_database_clock(db: &TestDb) {
+        rated_claims(&db.open_db_clock().await, None).await;
     }
 }

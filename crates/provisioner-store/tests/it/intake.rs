@@ -1,7 +1,9 @@
 //! Event intake: inbox, duplicates, checkpoint in the same transaction.
 
 use chrono::Utc;
-use provisioner_store::{IngestOutcome, JobSource, JobState, NewJob, Step, Store};
+use std::time::Duration;
+
+use provisioner_store::{IngestOutcome, JobEnd, JobSource, JobState, NewJob, Step, Store};
 
 use crate::support::{both_backends, event};
 
@@ -75,5 +77,27 @@ both_backends! {
         let cp = provisioner_store::Checkpoint { topic: e.topic.clone(), replay_id: vec![9; 10] };
         store.save_checkpoint(&cp, Utc::now()).await.unwrap();
         assert_eq!(store.load_checkpoint(&e.topic).await.unwrap(), Some(vec![9; 10]));
+    }
+
+    async fn an_ingested_job_joins_the_round_its_customer_is_due_in(db: &TestDb) {
+        // Customer A's three Orders arrive in one batch and take three rounds; B's single Order,
+        // in the next batch, joins the first round: the claims go A1, B1, A2, A3. On PostgreSQL
+        // the inbox row and the job are one statement; its turn must be the same.
+        let store = db.open().await;
+        let now = Utc::now();
+        let (a1, a2, a3, b1) = ("801000000000001AAA", "801000000000002AAA",
+            "801000000000003AAA", "801000000000004AAA");
+        let batch = [event(1, a1, "A"), event(2, a2, "A"), event(3, a3, "A")];
+        assert_eq!(store.ingest_events(&batch, now).await.unwrap(), [IngestOutcome::Enqueued; 3]);
+        assert_eq!(store.ingest_events(&[event(4, b1, "B")], now).await.unwrap(),
+            [IngestOutcome::Enqueued]);
+        let mut claimed = Vec::new();
+        while let Some(job) = store.claim("w", now, Duration::from_secs(30)).await.unwrap() {
+            claimed.push(job.order_id.clone());
+            let done = JobEnd { state: JobState::Done, error: None, dead_letter: None };
+            let token = job.lease_owner.clone().unwrap();
+            store.finish(&job.order_id, &token, done, vec![], now).await.unwrap();
+        }
+        assert_eq!(claimed, [a1, b1, a2, a3]);
     }
 }
