@@ -105,7 +105,8 @@ fn event_records(event: &InboxEvent, outcome: IngestOutcome) -> Result<Vec<NewAu
 }
 
 /// Stores one event inside `tx`: the inbox row first (its primary key recognises a duplicate
-/// event), then the job unless the order has one, so the common case is two statements.
+/// event), then the job unless the order has one: one statement on PostgreSQL
+/// ([`SQL_INSERT_INBOX_AND_JOB`]), two on SQLite.
 async fn ingest_one(
     tx: &mut dyn Tx,
     backend: Backend,

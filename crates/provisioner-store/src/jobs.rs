@@ -299,17 +299,14 @@ pub(crate) fn rated_claim_sql(kind: ClaimKind, backend: Backend, source: NowSour
         "WITH c AS ({claim}), \
          r AS (INSERT INTO rate_limits (scope, key, tat_ms) \
              SELECT {scope}, c.customer_number, {now} + {interval} FROM c \
-             WHERE c.step = 'received' \
-             ON CONFLICT (scope, key) DO UPDATE \
-             SET tat_ms = GREATEST(rate_limits.tat_ms, {now}) + {interval} \
-             WHERE GREATEST(rate_limits.tat_ms, {now}) + {interval} - {now} <= {tolerance} \
-             RETURNING tat_ms) \
+             WHERE c.step = 'received' {take}) \
          SELECT c.*, CASE WHEN c.step <> 'received' THEN NULL \
                  WHEN EXISTS (SELECT 1 FROM r) THEN 1 ELSE 0 END AS rate_taken, \
-             (SELECT GREATEST(l.tat_ms, {now}) + {interval} - {tolerance} - {now} \
-                 FROM rate_limits l WHERE l.scope = {scope} AND l.key = c.customer_number) \
-                 AS rate_wait_ms \
-         FROM c"
+             (SELECT {wait} FROM rate_limits l \
+                 WHERE l.scope = {scope} AND l.key = c.customer_number) AS rate_wait_ms \
+         FROM c",
+        take = crate::rates::gcra_upsert("GREATEST", &now, interval, tolerance),
+        wait = crate::rates::gcra_wait("GREATEST", "l.tat_ms", &now, interval, tolerance),
     )
 }
 
@@ -484,33 +481,30 @@ impl SqlStore {
         if self.now_source == NowSource::Caller {
             args.push(Arg::Int(now_ms));
         }
-        let rated = match (rate, &self.job_sql.claim_rated) {
-            (Some((scope, rate)), Some(sql)) => {
-                let interval = rate.interval_ms();
+        let (sql, rated) = match (rate, &self.job_sql.claim_rated) {
+            (Some((scope, rate)), Some(rated)) => {
                 args.extend([
                     Arg::text(scope),
-                    Arg::Int(interval),
-                    Arg::Int(interval.saturating_mul(i64::from(rate.burst.max(1)))),
+                    Arg::Int(rate.interval_ms()),
+                    Arg::Int(rate.tolerance_ms()),
                 ]);
-                Some(std::sync::Arc::clone(&sql[kind as usize]))
+                (std::sync::Arc::clone(&rated[kind as usize]), true)
             }
-            _ => None,
+            _ => (
+                std::sync::Arc::clone(&self.job_sql.claim[kind as usize]),
+                false,
+            ),
         };
-        let is_rated = rated.is_some();
         let claimed = if self.backend() == Backend::Postgres {
-            let sql = rated
-                .clone()
-                .unwrap_or_else(|| std::sync::Arc::clone(&self.job_sql.claim[kind as usize]));
             // One statement is atomic by itself: no BEGIN and COMMIT round trips.
             self.one_statement("claiming a job", &sql, &args)
                 .await
                 .and_then(|rows| {
                     rows.first()
-                        .map(|row| claimed_from_row(row, is_rated))
+                        .map(|row| claimed_from_row(row, rated))
                         .transpose()
                 })
         } else {
-            let sql = std::sync::Arc::clone(&self.job_sql.claim[kind as usize]);
             self.transact("claiming a job", move |tx| {
                 Box::pin(async move {
                     let row = tx.query_opt("claiming a job", &sql, &args).await?;

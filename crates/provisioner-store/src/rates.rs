@@ -24,21 +24,14 @@ impl SqlStore {
             Backend::Postgres => "GREATEST",
             Backend::Sqlite => "MAX",
         };
-        let interval = rate.interval_ms();
-        let tolerance = interval.saturating_mul(i64::from(rate.burst.max(1)));
-        // The GCRA: an event is let through when the key's theoretical arrival time, moved on
-        // by one interval, stays within `burst` intervals of now. One statement, so two
-        // instances can't both take the last slot (PostgreSQL locks the row for the upsert).
+        let (interval, tolerance) = (rate.interval_ms(), rate.tolerance_ms());
         let take = format!(
-            "INSERT INTO rate_limits (scope, key, tat_ms) VALUES ($1, $2, {now_expr} + $3) \
-             ON CONFLICT (scope, key) DO UPDATE \
-             SET tat_ms = {greatest}(rate_limits.tat_ms, {now_expr}) + $3 \
-             WHERE {greatest}(rate_limits.tat_ms, {now_expr}) + $3 - {now_expr} <= $4 \
-             RETURNING tat_ms"
+            "INSERT INTO rate_limits (scope, key, tat_ms) VALUES ($1, $2, {now_expr} + $3) {}",
+            gcra_upsert(greatest, &now_expr, "$3", "$4")
         );
         let wait = format!(
-            "SELECT {greatest}(tat_ms, {now_expr}) + $3 - $4 - {now_expr} AS wait_ms \
-             FROM rate_limits WHERE scope = $1 AND key = $2"
+            "SELECT {} AS wait_ms FROM rate_limits WHERE scope = $1 AND key = $2",
+            gcra_wait(greatest, "tat_ms", &now_expr, "$3", "$4")
         );
         let mut args = vec![
             Arg::text(scope),
@@ -80,6 +73,33 @@ impl SqlStore {
         })
         .await
     }
+}
+
+/// The GCRA's take, the tail of an `INSERT INTO rate_limits (scope, key, tat_ms) ...` whose new
+/// row starts at now + `interval`: an event is let through when the key's theoretical arrival
+/// time, moved on by one interval, stays within `tolerance` (`burst` intervals) of now. One
+/// statement, so two instances can't both take the last slot (PostgreSQL locks the row for the
+/// upsert). It returns a row only when the slot was taken. The arguments are SQL expressions:
+/// `greatest` is the backend's two-argument maximum.
+pub(crate) fn gcra_upsert(greatest: &str, now: &str, interval: &str, tolerance: &str) -> String {
+    format!(
+        "ON CONFLICT (scope, key) DO UPDATE \
+         SET tat_ms = {greatest}(rate_limits.tat_ms, {now}) + {interval} \
+         WHERE {greatest}(rate_limits.tat_ms, {now}) + {interval} - {now} <= {tolerance} \
+         RETURNING tat_ms"
+    )
+}
+
+/// The GCRA's wait, in ms, until a slot of the row whose arrival time is `tat` comes back (0 or
+/// less: one is free).
+pub(crate) fn gcra_wait(
+    greatest: &str,
+    tat: &str,
+    now: &str,
+    interval: &str,
+    tolerance: &str,
+) -> String {
+    format!("{greatest}({tat}, {now}) + {interval} - {tolerance} - {now}")
 }
 
 /// The wait the rate-limit row gives after a refused take (at least 1 ms).

@@ -532,6 +532,12 @@ impl SharedRate {
             .unwrap_or(i64::MAX / 4)
             .clamp(1, i64::MAX / 4)
     }
+
+    /// How far ahead of now the GCRA lets the arrival time run: `burst` intervals (at least one).
+    pub(crate) fn tolerance_ms(&self) -> i64 {
+        self.interval_ms()
+            .saturating_mul(i64::from(self.burst.max(1)))
+    }
 }
 
 pub(crate) fn ms(t: DateTime<Utc>) -> i64 {
