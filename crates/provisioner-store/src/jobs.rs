@@ -326,10 +326,9 @@ fn claimed_from_row(row: &Row, rated: bool) -> Result<(Job, RateTake)> {
     let take = match taken {
         None => RateTake::Undecided,
         Some(1) => RateTake::Taken,
-        Some(_) => {
-            let wait_ms = row.int("rate_wait_ms", "claim")?.unwrap_or(0).max(1);
-            RateTake::Refused(Duration::from_millis(u64::try_from(wait_ms).unwrap_or(1)))
-        }
+        Some(_) => RateTake::Refused(crate::rates::refused_wait(
+            row.int("rate_wait_ms", "claim")?,
+        )),
     };
     Ok((job, take))
 }

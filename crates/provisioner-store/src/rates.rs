@@ -105,10 +105,14 @@ pub(crate) fn gcra_wait(
 /// The wait the rate-limit row gives after a refused take (at least 1 ms).
 fn wait_of(row: Option<&Row>) -> Result<Duration> {
     let wait_ms = match row {
-        Some(row) => row.int("wait_ms", "rate limit")?.unwrap_or(0),
-        None => 0,
+        Some(row) => row.int("wait_ms", "rate limit")?,
+        None => None,
     };
-    Ok(Duration::from_millis(
-        u64::try_from(wait_ms.max(1)).unwrap_or(1),
-    ))
+    Ok(refused_wait(wait_ms))
+}
+
+/// A refused take's wait from the [`gcra_wait`] the database computed (NULL when it had no
+/// row to read): at least 1 ms, so a refusal always waits.
+pub(crate) fn refused_wait(wait_ms: Option<i64>) -> Duration {
+    Duration::from_millis(u64::try_from(wait_ms.unwrap_or(0).max(1)).unwrap_or(1))
 }
