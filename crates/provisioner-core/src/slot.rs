@@ -2,7 +2,7 @@
 //!
 //! The engine runs at most [`crate::EngineConfig::concurrency`] jobs at work at once: each
 //! holds a worker slot (a semaphore permit). A job whose Salesforce or WHMCS call failed
-//! transiently waits in the client before it sends the call again (a quarter of a second or
+//! transiently waits in the client before it sends the call again (a tenth of a second or
 //! more); held through that wait, the slot would idle while other customers' jobs queue. Jobs
 //! run inside [`Slot::scope`], and [`pause_outside_slot`] (the clients' pause hook) gives the
 //! slot back for the wait and takes one again before the call is sent: the bound is on jobs
@@ -20,7 +20,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// Jobs one process may hold claimed at once, per worker slot: the jobs at work plus those
 /// waiting between attempts with their slot lent out.
 ///
-/// A wait in the client (a quarter of a second to seconds) is ten to a hundred times a job's
+/// A wait in the client (a tenth of a second to seconds) is ten to a hundred times a job's
 /// work between calls (milliseconds), so under a few percent of transient faults the waiting
 /// jobs outnumber the working ones several times over (jobs claimed = claims per second x
 /// time each is held). At 4 per slot the bound held back the claims in a run with 5% faults:

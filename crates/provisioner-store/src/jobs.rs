@@ -209,6 +209,31 @@ pub(crate) enum ClaimKind {
     Expired = 1,
 }
 
+/// How many due jobs the SQLite claim walks in turn order before it goes customer by customer.
+const CLAIM_WALK: u32 = 64;
+
+/// SQLite: the first due pending job (arrival order) of each customer with a pending job
+/// and nothing running, the lowest turn first, as `SELECT <order_id>`. The customers are
+/// enumerated from `jobs_pending_customer` one seek each (the next customer number after the
+/// last), so the statement reads one entry per queued customer, whatever the queues' lengths.
+/// The claim's fallback when the running customers' queues fill the front of the turn order.
+fn claim_by_customer_sqlite() -> &'static str {
+    "WITH RECURSIVE cust(c) AS (\
+         SELECT (SELECT MIN(f.customer_number) FROM jobs f INDEXED BY jobs_pending_customer \
+             WHERE f.state = 'pending') \
+         UNION ALL \
+         SELECT (SELECT MIN(f.customer_number) FROM jobs f INDEXED BY jobs_pending_customer \
+             WHERE f.state = 'pending' AND f.customer_number > cust.c) \
+         FROM cust WHERE cust.c IS NOT NULL) \
+     SELECT h.order_id FROM cust, jobs h \
+     WHERE cust.c IS NOT NULL AND cust.c NOT IN (SELECT r.customer_number FROM jobs r \
+         WHERE r.state = 'running') \
+     AND h.seq = (SELECT e.seq FROM jobs e INDEXED BY jobs_pending_customer \
+         WHERE e.customer_number = cust.c AND e.state = 'pending' \
+         AND e.next_attempt_at <= {now} ORDER BY e.seq LIMIT 1) \
+     ORDER BY h.turn, h.next_attempt_at, h.seq LIMIT 1"
+}
+
 /// The claim statement of `kind`: `UPDATE ... WHERE order_id = (SELECT ... LIMIT 1)
 /// RETURNING`, so a claim is a single statement. `$1` owner, `$2` lease length (ms); due
 /// times and expiry are judged by the database's clock (`$3` on SQLite, see [`now_sql`]), and
@@ -227,16 +252,31 @@ pub(crate) fn claim_sql(kind: ClaimKind, backend: Backend, source: NowSource) ->
         // wanted each candidate to be its customer's first due job would also pass over every
         // queued job of each customer whose first due job was rescheduled (a later
         // `next_attempt_at`): thousands of rows per claim under faults.
-        (ClaimKind::Pending, Backend::Sqlite) => "SELECT (SELECT e.order_id FROM jobs e \
+        //
+        // The walk is cut after `CLAIM_WALK` due jobs. Past that, the running customers' queues
+        // fill the front of the walk (few customers with long queues, each with a job
+        // running or waiting between two attempts of a call): the claim then goes customer by
+        // customer instead (`claim_by_customer_sqlite`), one probe each, so it costs the
+        // number of queued customers, never the length of their queues. Uncut, a claim that
+        // found nothing walked every pending job (milliseconds with a backlog, on the one
+        // writer thread, after every job that ends).
+        (ClaimKind::Pending, Backend::Sqlite) => format!(
+            "SELECT COALESCE((SELECT (SELECT e.order_id FROM jobs e \
                  INDEXED BY jobs_pending_customer WHERE e.customer_number = j.customer_number \
-                 AND e.state = 'pending' AND e.next_attempt_at <= {now} \
+                 AND e.state = 'pending' AND e.next_attempt_at <= {{now}} \
                  ORDER BY e.seq LIMIT 1) \
-             FROM jobs j INDEXED BY jobs_turns \
-             WHERE j.state = 'pending' AND j.next_attempt_at <= {now} \
-             AND j.customer_number NOT IN (SELECT r.customer_number FROM jobs r \
+             FROM (SELECT w.customer_number FROM jobs w INDEXED BY jobs_turns \
+                 WHERE w.state = 'pending' AND w.next_attempt_at <= {{now}} \
+                 ORDER BY w.turn, w.next_attempt_at, w.seq LIMIT {CLAIM_WALK}) j \
+             WHERE j.customer_number NOT IN (SELECT r.customer_number FROM jobs r \
                  WHERE r.state = 'running') \
-             ORDER BY j.turn, j.next_attempt_at, j.seq LIMIT 1"
-            .to_owned(),
+             LIMIT 1), \
+             CASE WHEN (SELECT COUNT(*) FROM (SELECT 1 FROM jobs g INDEXED BY jobs_turns \
+                 WHERE g.state = 'pending' AND g.next_attempt_at <= {{now}} \
+                 LIMIT {CLAIM_WALK})) = {CLAIM_WALK} \
+             THEN ({by_customer}) END)",
+            by_customer = claim_by_customer_sqlite(),
+        ),
         // On PostgreSQL instances claim at once: the row the walk locks (SKIP LOCKED) must be
         // the row it claims, or two claims would meet on one customer's first job and one of
         // them would come back empty. The customers with a running job are read once per
@@ -798,11 +838,13 @@ mod tests {
     }
 
     /// The claim's plan on SQLite, whatever the planner would guess without statistics: the
-    /// walk of the pending jobs in turn order, the running customers read once (both from the
-    /// index alone, no job row read for a job the walk passes over), and one probe of the
-    /// claimed customer's pending jobs, with no sort anywhere.
+    /// cut walk of the pending jobs in turn order (and its count), the running customers read
+    /// once, all from the index alone (no job row read for a job the walk passes over); one
+    /// probe of a customer's pending jobs; the fallback's customers enumerated by seeks.
+    /// Nothing scans the jobs table, and the one sort is the fallback's, over at most one
+    /// job per queued customer.
     #[test]
-    fn the_sqlite_claim_walks_indexes_and_sorts_nothing() {
+    fn the_sqlite_claim_walks_indexes_and_sorts_no_queue() {
         let conn = migrated_sqlite();
         let sql = claim_sql(ClaimKind::Pending, Backend::Sqlite, NowSource::Caller);
         let mut plan = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
@@ -814,20 +856,28 @@ mod tests {
             .map(Result::unwrap)
             .collect();
         let text = details.join("\n");
-        assert!(
-            text.contains("SEARCH j USING COVERING INDEX jobs_turns (state=?)"),
-            "{text}"
-        );
-        assert!(
-            text.contains("SEARCH r USING COVERING INDEX jobs_turns (state=?)"),
-            "{text}"
-        );
-        assert!(
-            text.contains("SEARCH e USING INDEX jobs_pending_customer (customer_number=?)"),
-            "{text}"
-        );
-        assert!(!text.contains("TEMP B-TREE"), "{text}");
-        assert!(!text.contains("SCAN"), "{text}");
+        for expected in [
+            "SEARCH w USING COVERING INDEX jobs_turns (state=?)",
+            "SEARCH g USING COVERING INDEX jobs_turns (state=?)",
+            "SEARCH r USING COVERING INDEX jobs_turns (state=?)",
+            "SEARCH e USING INDEX jobs_pending_customer (customer_number=?)",
+            "SEARCH f USING COVERING INDEX jobs_pending_customer (customer_number>?)",
+            "SEARCH h USING INTEGER PRIMARY KEY (rowid=?)",
+        ] {
+            assert!(text.contains(expected), "{expected} in\n{text}");
+        }
+        assert_eq!(text.matches("TEMP B-TREE").count(), 1, "{text}");
+        assert!(text.contains("USE TEMP B-TREE FOR ORDER BY"), "{text}");
+        // Scans only of the cut walk's rows, the customers and constant rows: no job table.
+        for scan in details.iter().filter(|l| l.starts_with("SCAN")) {
+            assert!(
+                scan == "SCAN CONSTANT ROW"
+                    || scan == "SCAN j"
+                    || scan == "SCAN cust"
+                    || scan.starts_with("SCAN (subquery-"),
+                "{scan} in\n{text}"
+            );
+        }
     }
 
     /// The new job's turn is read through indexes: the customer's last pending job
@@ -891,33 +941,65 @@ mod tests {
         conn
     }
 
-    /// Claims once at 10,000: the claimed Order and the SQLite VM steps the claim took.
-    fn claim_once(conn: &rusqlite::Connection) -> (String, i32) {
+    /// Claims once at 10,000: the claimed Order (if any) and the SQLite VM steps the claim
+    /// took.
+    fn try_claim_once(conn: &rusqlite::Connection) -> (Option<String>, i32) {
         let sql = claim_sql(ClaimKind::Pending, Backend::Sqlite, NowSource::Caller);
         let mut stmt = conn.prepare(&sql).unwrap();
         let args: [(&str, &dyn rusqlite::ToSql); 3] =
             [("$1", &"owner"), ("$2", &60_000_i64), ("$3", &10_000_i64)];
-        let claimed: String = stmt
-            .query_row(&args[..], |row| row.get("order_id"))
-            .unwrap();
+        let mut rows = stmt.query(&args[..]).unwrap();
+        let claimed: Option<String> = rows.next().unwrap().map(|row| row.get("order_id").unwrap());
+        drop(rows);
         (claimed, stmt.get_status(rusqlite::StatementStatus::VmStep))
     }
 
-    /// A customer whose first job was rescheduled is claimed at that job (arrival order),
-    /// and finding it takes the same work whether 10 or 30 more customers wait behind it with
-    /// 200 queued jobs each: the claim walks past the running customers' jobs only. (A walk
-    /// that wanted each candidate to be its customer's first due job passed over every
-    /// other customer's queue too, on every claim: milliseconds under faults.)
+    /// Claims once at 10,000: the claimed Order and the SQLite VM steps the claim took.
+    fn claim_once(conn: &rusqlite::Connection) -> (String, i32) {
+        let (claimed, steps) = try_claim_once(conn);
+        (claimed.expect("a job to claim"), steps)
+    }
+
+    /// A customer whose first job was rescheduled is claimed at that job (arrival order), and
+    /// the claim never walks a queue: 10 running customers' 200 queued jobs each fill the
+    /// front of the turn order, so the claim goes customer by customer, and finding the job
+    /// takes the same work with 400 queued jobs each, and a few steps per customer more with
+    /// 20 more customers waiting behind it. (A walk that wanted each candidate to be its
+    /// customer's first due job passed over every other customer's queue too, on every claim:
+    /// milliseconds under faults; an uncut walk passed over every running customer's queue.)
     #[test]
-    fn a_claim_under_faults_takes_the_first_job_and_walks_no_other_queue() {
-        let (fewer, fewer_steps) = claim_once(&faulty_queue(20, 200, 10));
+    fn a_claim_under_faults_takes_the_first_job_and_walks_no_queue() {
+        let (base, base_steps) = claim_once(&faulty_queue(20, 200, 10));
+        let (longer, longer_steps) = claim_once(&faulty_queue(20, 400, 10));
         let (more, more_steps) = claim_once(&faulty_queue(40, 200, 10));
         // Customer 10 is the first without a running job; its first job is due again.
-        assert_eq!(fewer, "O-10-0");
+        assert_eq!(base, "O-10-0");
+        assert_eq!(longer, "O-10-0");
         assert_eq!(more, "O-10-0");
         assert_eq!(
-            fewer_steps, more_steps,
-            "the claim walked the queues of customers it did not claim"
+            base_steps, longer_steps,
+            "the claim's work grew with the length of the queues"
+        );
+        // One customer's queue is 200 jobs: walking even one would cost far more.
+        let per_customer = (more_steps - base_steps) / 20;
+        assert!(
+            per_customer > 0 && per_customer < 100,
+            "{per_customer} steps per customer ({base_steps} -> {more_steps})"
+        );
+    }
+
+    /// Every customer with queued jobs has one running (each is waiting between two attempts
+    /// of a call, say): nothing can be claimed, and finding that out costs the same whatever
+    /// the queues' lengths, a bounded walk and one probe per customer. An uncut walk read
+    /// every pending job, on every claim.
+    #[test]
+    fn a_claim_that_finds_nothing_walks_no_queue() {
+        let (none, steps) = try_claim_once(&faulty_queue(20, 200, 20));
+        let (still_none, longer_steps) = try_claim_once(&faulty_queue(20, 2_000, 20));
+        assert_eq!((none, still_none), (None, None));
+        assert_eq!(
+            steps, longer_steps,
+            "a claim that found nothing walked the running customers' queues"
         );
     }
 

@@ -26,8 +26,10 @@ const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 /// How many times a read is sent when it fails transiently (see [`HttpWhmcsClient`]'s `call`).
 pub(crate) const READ_ATTEMPTS: u32 = 2;
 
-/// The pause before a read is sent again.
-pub(crate) const READ_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
+/// The pause before a read is sent again: short, because the caller waits meanwhile (a
+/// provisioner's job holds its customer's queue through it); a longer outage is the caller's
+/// to retry.
+pub(crate) const READ_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Hard stop for list paging, in pages, against a server that keeps answering.
 const MAX_PAGES: u64 = 10_000;
