@@ -860,6 +860,7 @@ mod tests {
             .collect();
         let text = details.join("\n");
         for expected in [
+            "CO-ROUTINE j",
             "SEARCH w USING COVERING INDEX jobs_turns (state=?)",
             "SEARCH g USING COVERING INDEX jobs_turns (state=?)",
             "SEARCH r USING COVERING INDEX jobs_turns (state=?)",
