@@ -58,8 +58,11 @@ async fn a_job_waiting_to_send_a_call_again_lends_its_worker_slot() {
             jobs.push(store.job(&o.order_id).await.unwrap().unwrap());
         }
         if let Some(done) = jobs.iter().find(|j| j.state == JobState::Done) {
-            let waiting = jobs.iter().find(|j| j.order_id != done.order_id).unwrap();
-            break (waiting.clone(), done.clone());
+            // Read the other job again now, after the first was seen done: the two reads above
+            // are not one snapshot, and on a loaded machine the first may predate every claim.
+            let other = jobs.iter().find(|j| j.order_id != done.order_id).unwrap();
+            let waiting = store.job(&other.order_id).await.unwrap().unwrap();
+            break (waiting, done.clone());
         }
         assert!(
             tokio::time::Instant::now() < deadline,
