@@ -212,26 +212,47 @@ pub(crate) enum ClaimKind {
 /// How many due jobs the SQLite claim walks in turn order before it goes customer by customer.
 const CLAIM_WALK: u32 = 64;
 
+/// SQLite: `column` of customer `customer`'s first due pending job (arrival order), as a
+/// scalar subquery: one probe of `jobs_pending_customer`. `{now}` is left for the caller.
+fn first_due_sqlite(column: &str, customer: &str) -> String {
+    format!(
+        "(SELECT e.{column} FROM jobs e INDEXED BY jobs_pending_customer \
+         WHERE e.customer_number = {customer} AND e.state = 'pending' \
+         AND e.next_attempt_at <= {{now}} ORDER BY e.seq LIMIT 1)"
+    )
+}
+
+/// SQLite: the due pending jobs as `alias` in turn order (`jobs_turns`), the first
+/// [`CLAIM_WALK`] of them, selecting `columns`. `{now}` is left for the caller.
+fn due_walk_sqlite(alias: &str, columns: &str) -> String {
+    format!(
+        "SELECT {columns} FROM jobs {alias} INDEXED BY jobs_turns \
+         WHERE {alias}.state = 'pending' AND {alias}.next_attempt_at <= {{now}} \
+         ORDER BY {alias}.turn, {alias}.next_attempt_at, {alias}.seq LIMIT {CLAIM_WALK}"
+    )
+}
+
 /// SQLite: the first due pending job (arrival order) of each customer with a pending job
 /// and nothing running, the lowest turn first, as `SELECT <order_id>`. The customers are
 /// enumerated from `jobs_pending_customer` one seek each (the next customer number after the
 /// last), so the statement reads one entry per queued customer, whatever the queues' lengths.
 /// The claim's fallback when the running customers' queues fill the front of the turn order.
-fn claim_by_customer_sqlite() -> &'static str {
-    "WITH RECURSIVE cust(c) AS (\
-         SELECT (SELECT MIN(f.customer_number) FROM jobs f INDEXED BY jobs_pending_customer \
-             WHERE f.state = 'pending') \
-         UNION ALL \
-         SELECT (SELECT MIN(f.customer_number) FROM jobs f INDEXED BY jobs_pending_customer \
-             WHERE f.state = 'pending' AND f.customer_number > cust.c) \
-         FROM cust WHERE cust.c IS NOT NULL) \
-     SELECT h.order_id FROM cust, jobs h \
-     WHERE cust.c IS NOT NULL AND cust.c NOT IN (SELECT r.customer_number FROM jobs r \
-         WHERE r.state = 'running') \
-     AND h.seq = (SELECT e.seq FROM jobs e INDEXED BY jobs_pending_customer \
-         WHERE e.customer_number = cust.c AND e.state = 'pending' \
-         AND e.next_attempt_at <= {now} ORDER BY e.seq LIMIT 1) \
-     ORDER BY h.turn, h.next_attempt_at, h.seq LIMIT 1"
+fn claim_by_customer_sqlite() -> String {
+    format!(
+        "WITH RECURSIVE cust(c) AS (\
+             SELECT (SELECT MIN(f.customer_number) FROM jobs f INDEXED BY jobs_pending_customer \
+                 WHERE f.state = 'pending') \
+             UNION ALL \
+             SELECT (SELECT MIN(f.customer_number) FROM jobs f INDEXED BY jobs_pending_customer \
+                 WHERE f.state = 'pending' AND f.customer_number > cust.c) \
+             FROM cust WHERE cust.c IS NOT NULL) \
+         SELECT h.order_id FROM cust, jobs h \
+         WHERE cust.c IS NOT NULL AND cust.c NOT IN (SELECT r.customer_number FROM jobs r \
+             WHERE r.state = 'running') \
+         AND h.seq = {first} \
+         ORDER BY h.turn, h.next_attempt_at, h.seq LIMIT 1",
+        first = first_due_sqlite("seq", "cust.c"),
+    )
 }
 
 /// The claim statement of `kind`: `UPDATE ... WHERE order_id = (SELECT ... LIMIT 1)
@@ -264,20 +285,15 @@ pub(crate) fn claim_sql(kind: ClaimKind, backend: Backend, source: NowSource) ->
         // `LIMIT 1` takes the first in turn order without sorting again (the plan test pins
         // the co-routine and the index; the turn test checks the order of the claims).
         (ClaimKind::Pending, Backend::Sqlite) => format!(
-            "SELECT COALESCE((SELECT (SELECT e.order_id FROM jobs e \
-                 INDEXED BY jobs_pending_customer WHERE e.customer_number = j.customer_number \
-                 AND e.state = 'pending' AND e.next_attempt_at <= {{now}} \
-                 ORDER BY e.seq LIMIT 1) \
-             FROM (SELECT w.customer_number FROM jobs w INDEXED BY jobs_turns \
-                 WHERE w.state = 'pending' AND w.next_attempt_at <= {{now}} \
-                 ORDER BY w.turn, w.next_attempt_at, w.seq LIMIT {CLAIM_WALK}) j \
+            "SELECT COALESCE((SELECT {first} FROM ({walk}) j \
              WHERE j.customer_number NOT IN (SELECT r.customer_number FROM jobs r \
                  WHERE r.state = 'running') \
              LIMIT 1), \
-             CASE WHEN (SELECT COUNT(*) FROM (SELECT 1 FROM jobs g INDEXED BY jobs_turns \
-                 WHERE g.state = 'pending' AND g.next_attempt_at <= {{now}} \
-                 LIMIT {CLAIM_WALK})) = {CLAIM_WALK} \
+             CASE WHEN (SELECT COUNT(*) FROM ({count})) = {CLAIM_WALK} \
              THEN ({by_customer}) END)",
+            first = first_due_sqlite("order_id", "j.customer_number"),
+            walk = due_walk_sqlite("w", "w.customer_number"),
+            count = due_walk_sqlite("g", "1"),
             by_customer = claim_by_customer_sqlite(),
         ),
         // On PostgreSQL instances claim at once: the row the walk locks (SKIP LOCKED) must be
