@@ -45,7 +45,15 @@ fn main() -> ExitCode {
 fn run(cli: cli::Cli) -> Result<(), Failure> {
     let sources = config::Sources::load(cli.config.as_deref());
     let command = cli.command.unwrap_or(Command::Run);
-    let parsed = config::Config::parse(&sources);
+    let mut parsed = config::Config::parse(&sources);
+    let threads = worker_threads();
+    if let Err(e) = &threads {
+        let problem = format!("{e:#}");
+        match &mut parsed {
+            Ok(_) => parsed = Err(vec![problem]),
+            Err(errors) => errors.push(problem),
+        }
+    }
     if let Command::Config(cli::ConfigCommand::Check) = command {
         return ops::config_check(&sources, parsed);
     }
@@ -55,7 +63,11 @@ fn run(cli: cli::Cli) -> Result<(), Failure> {
         Command::Demo(_) => "error",
         _ => "warn",
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = threads.map_err(Failure::Usage)? {
+        builder.worker_threads(threads);
+    }
+    let runtime = builder
         .enable_all()
         .build()
         .map_err(|e| Failure::Runtime(anyhow::Error::new(e).context("starting the runtime")))?;
@@ -99,4 +111,28 @@ fn run(cli: cli::Cli) -> Result<(), Failure> {
         exporting.shutdown();
     }
     outcome
+}
+
+/// `TOKIO_WORKER_THREADS`: how many worker threads the runtime runs (unset: one per CPU). The
+/// runtime would read it itself and panic on a value that is not a positive number; read here,
+/// such a value is a configuration error that names it.
+fn worker_threads() -> anyhow::Result<Option<usize>> {
+    const NAME: &str = "TOKIO_WORKER_THREADS";
+    match std::env::var(NAME) {
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            anyhow::bail!("{NAME}: must be a number of threads from 1 to 1024, or unset")
+        }
+        Ok(text) => text
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=1024).contains(n))
+            .map(Some)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{NAME}: {text:?} must be a number of threads from 1 to 1024, or unset (one per CPU)"
+                )
+            }),
+    }
 }

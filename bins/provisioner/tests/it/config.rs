@@ -386,3 +386,39 @@ async fn tls_needs_both_files_and_config_check_shows_whether_it_is_on() {
         );
     }
 }
+
+/// `TOKIO_WORKER_THREADS` that is not a number of threads (empty, zero, a word) is a
+/// configuration error naming it, for `config check` and for `run`, instead of the runtime's
+/// panic; a good value is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_worker_thread_count_is_a_configuration_error() {
+    let dir = tempfile::tempdir().unwrap();
+    for bad in ["", "0", "two", "100000"] {
+        let mut env = complete_env(dir.path());
+        env.insert("TOKIO_WORKER_THREADS".into(), bad.into());
+        let (code, stdout, stderr) = config_check(&env).await;
+        assert_eq!(
+            code,
+            Some(2),
+            "{bad:?}: stdout:\n{stdout}\nstderr:\n{stderr}"
+        );
+        assert!(stderr.contains("TOKIO_WORKER_THREADS"), "{bad:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{bad:?}: {stderr}");
+        let mut run = Captured::provisioner("provisioner run", &["run"], &env);
+        assert_eq!(
+            run.wait_exit(PATIENCE).await,
+            Some(2),
+            "{bad:?}: {}",
+            run.stderr()
+        );
+        assert!(
+            run.stderr().contains("TOKIO_WORKER_THREADS") && !run.stderr().contains("panicked"),
+            "{bad:?}: {}",
+            run.stderr()
+        );
+    }
+    let mut env = complete_env(dir.path());
+    env.insert("TOKIO_WORKER_THREADS".into(), "3".into());
+    let (code, stdout, stderr) = config_check(&env).await;
+    assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+}
