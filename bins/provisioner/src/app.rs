@@ -269,6 +269,10 @@ pub(crate) const SUBSCRIBER_LEADER: &str = "provisioner_subscriber_leader";
 /// chain leaves it as it was.
 pub(crate) const AUDIT_CHAIN_INTACT: &str = "provisioner_audit_chain_intact";
 
+/// Gauge: the runtime's worker threads (`TOKIO_WORKER_THREADS`, else the default of `run`: one
+/// per CPU, but one less with a SQLite store, whose writer has a thread of its own).
+pub(crate) const RUNTIME_WORKERS: &str = "provisioner_runtime_workers";
+
 /// Describes the series the binary itself records, and registers at 0 the counters alert rules
 /// watch, so that `increase()` sees their first step and the series exist before anything
 /// happened.
@@ -285,6 +289,11 @@ fn describe_binary_metrics() {
         AUDIT_CHAIN_INTACT,
         "1 when the last audit chain check passed, 0 when a record failed it"
     );
+    metrics::describe_gauge!(RUNTIME_WORKERS, "worker threads of the async runtime");
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        #[allow(clippy::cast_precision_loss)]
+        metrics::gauge!(RUNTIME_WORKERS).set(runtime.metrics().num_workers() as f64);
+    }
     use provisioner_core::metrics as m;
     for kind in ["event", "job"] {
         metrics::counter!(m::DEAD_LETTERS_TOTAL, "kind" => kind).increment(0);

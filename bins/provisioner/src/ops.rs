@@ -46,12 +46,15 @@ pub(crate) async fn store(
 pub(crate) fn config_check(
     sources: &crate::config::Sources,
     parsed: Result<Config, Vec<String>>,
+    workers: impl FnOnce(&str) -> (usize, &'static str),
 ) -> Result<(), Failure> {
     match parsed {
         Ok(config) => {
             for (name, value, origin) in &config.shown {
                 out(&format!("{name}={value}  # {origin}"))?;
             }
+            let (n, why) = workers(secrecy::ExposeSecret::expose_secret(&config.database_url));
+            out(&format!("# run: {n} runtime worker thread(s) ({why})"))?;
             out(if config.tls.is_some() {
                 "# status API: HTTPS (TLS on)"
             } else {

@@ -417,8 +417,28 @@ async fn a_bad_worker_thread_count_is_a_configuration_error() {
             run.stderr()
         );
     }
-    let mut env = complete_env(dir.path());
-    env.insert("TOKIO_WORKER_THREADS".into(), "3".into());
-    let (code, stdout, stderr) = config_check(&env).await;
-    assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    // `config check` names the number `run` would start: as set; else one per CPU, one less
+    // with a SQLite store.
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    for (set, url, want) in [
+        (Some("3"), "sqlite:///nonexistent/never-opened.db", 3),
+        (
+            None,
+            "sqlite:///nonexistent/never-opened.db",
+            cpus.saturating_sub(1).max(1),
+        ),
+        (None, "postgres://u@127.0.0.1:9/db", cpus),
+    ] {
+        let mut env = complete_env(dir.path());
+        if let Some(n) = set {
+            env.insert("TOKIO_WORKER_THREADS".into(), n.into());
+        }
+        env.insert("DATABASE_URL".into(), url.into());
+        let (code, stdout, stderr) = config_check(&env).await;
+        assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+        assert!(
+            stdout.contains(&format!("# run: {want} runtime worker thread(s) (")),
+            "{set:?} {url}: {stdout}"
+        );
+    }
 }

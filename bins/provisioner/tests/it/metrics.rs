@@ -114,6 +114,14 @@ async fn metrics_are_valid_prometheus_text_and_move_as_orders_flow() {
         assert!(buckets.windows(2).all(|w| w[0].1 <= w[1].1), "{buckets:?}");
         assert_eq!(buckets.last().copied(), Some((f64::INFINITY, count)));
     }
+    // The runtime's workers: on SQLite, one per CPU but one (the store's writer has a thread
+    // of its own), at least one.
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    assert_eq!(
+        total(&second, "provisioner_runtime_workers", &[]),
+        cpus.saturating_sub(1).max(1) as f64,
+        "{text2}"
+    );
     for name in ["provisioner_jobs_total", "provisioner_events_total"] {
         assert!(
             text2.contains(&format!("# TYPE {name} counter")),
