@@ -127,3 +127,28 @@ async fn migration_status_reads_without_writing() {
         db.cleanup().await;
     }
 }
+
+/// On the database's own machine a provisioner can reach PostgreSQL through the server's Unix
+/// socket (`postgres://user@localhost/db?host=<socket directory>`, as README says): the store
+/// opens, migrates and answers there. The directory is `PG_SOCKET_DIR_TEST`, by default
+/// Debian's `/var/run/postgresql`.
+#[tokio::test]
+async fn postgres_opens_over_the_servers_unix_socket() {
+    let dir =
+        std::env::var("PG_SOCKET_DIR_TEST").unwrap_or_else(|_| "/var/run/postgresql".to_owned());
+    assert!(
+        std::path::Path::new(&dir).join(".s.PGSQL.5432").exists(),
+        "no PostgreSQL socket for port 5432 in {dir} (set PG_SOCKET_DIR_TEST)"
+    );
+    let db = test_support::pg::PgTempDb::create().await;
+    let url = format!("postgres://postgres@localhost/{}?host={dir}", db.name());
+    let store = SqlStore::open(&url, &master(), StoreOptions::default())
+        .await
+        .unwrap();
+    store.ping().await.unwrap();
+    let status = provisioner_store::migration_status(&url).await.unwrap();
+    assert_eq!(status.pending, Vec::<String>::new(), "{status:?}");
+    assert!(status.applied > 0, "{status:?}");
+    drop(store);
+    db.close().await;
+}
