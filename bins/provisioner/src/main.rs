@@ -126,7 +126,7 @@ fn run(cli: cli::Cli) -> Result<(), Failure> {
 ///
 /// A SQLite store does its writing on a thread of its own (`sqlite-writer`), busy whenever jobs
 /// are: with a worker per CPU beside it, the threads take CPUs from each other and wake each
-/// other across CPUs. Measured on 2 CPUs (one worker instead of two), the service spent 8-18%
+/// other across CPUs. Measured on 2 CPUs (one worker instead of two), the service spent 8-19%
 /// less CPU per order at the same or higher throughput (README, Performance). On PostgreSQL
 /// there is no such thread, and one worker per CPU is faster.
 pub(crate) fn run_workers(set: Option<usize>, store_url: &str) -> (usize, &'static str) {
