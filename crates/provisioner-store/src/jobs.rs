@@ -112,11 +112,26 @@ pub(crate) fn now_sql(source: NowSource, now_param: &str) -> String {
     }
 }
 
+/// The state test of a claim's fence (`order_id = .. AND lease_owner = .. AND` this), written
+/// so that no index can serve it: the job is found by `order_id` (unique), whatever the
+/// planner's statistics say. PostgreSQL, on statistics taken while few jobs ran (a fresh or a
+/// quiet table), planned `state = 'running'` as an index scan of every running job
+/// (`jobs_turns`, `jobs_one_running_per_customer`) filtered by `order_id`: a write per step
+/// that grows with the jobs claimed, by every instance.
+macro_rules! fence_running {
+    () => {
+        "(state || '') = 'running'"
+    };
+}
+
+/// [`fence_running!`] as a constant, for statements built with `format!`.
+pub(crate) const FENCE_RUNNING: &str = fence_running!();
+
 /// Renews a lease for `$1` milliseconds from the database's now (`$4` on SQLite).
 pub(crate) fn renew_sql(source: NowSource) -> String {
     format!(
         "UPDATE jobs SET lease_until = {now} + $1 \
-         WHERE order_id = $2 AND lease_owner = $3 AND state = 'running'",
+         WHERE order_id = $2 AND lease_owner = $3 AND {FENCE_RUNNING}",
         now = now_sql(source, "$4")
     )
 }
@@ -129,27 +144,36 @@ pub(crate) fn advance_sql(source: NowSource) -> String {
          service_ids = COALESCE($3, service_ids), updated_at = $4, \
          intent_sent_at = CASE WHEN $7 > 0 THEN {now} ELSE NULL END, \
          intent_timeout_ms = CASE WHEN $7 > 0 THEN $7 ELSE NULL END \
-         WHERE order_id = $5 AND lease_owner = $6 AND state = 'running'",
+         WHERE order_id = $5 AND lease_owner = $6 AND {FENCE_RUNNING}",
         now = now_sql(source, "$4")
     )
 }
 
-const SQL_RESCHEDULE: &str = "UPDATE jobs SET state = 'pending', lease_owner = NULL, \
+const SQL_RESCHEDULE: &str = concat!(
+    "UPDATE jobs SET state = 'pending', lease_owner = NULL, \
      lease_until = NULL, next_attempt_at = $1, last_error = COALESCE($2, last_error), \
      attempts = attempts + $3, updated_at = $4, step = COALESCE($7, step), \
      writeback_since = CASE WHEN $7 = 'accepted' THEN COALESCE(writeback_since, $4) \
          ELSE writeback_since END, \
      stuck_alerted_at = CASE WHEN $8 = 1 THEN $4 ELSE stuck_alerted_at END \
-     WHERE order_id = $5 AND lease_owner = $6 AND state = 'running'";
+     WHERE order_id = $5 AND lease_owner = $6 AND ",
+    fence_running!()
+);
 
-const SQL_FINISH: &str = "UPDATE jobs SET state = $1, lease_owner = NULL, lease_until = NULL, \
+const SQL_FINISH: &str = concat!(
+    "UPDATE jobs SET state = $1, lease_owner = NULL, lease_until = NULL, \
      last_error = $2, step = CASE WHEN $1 = 'done' THEN 'done' ELSE step END, \
      attempts = attempts + 1, updated_at = $3 \
-     WHERE order_id = $4 AND lease_owner = $5 AND state = 'running'";
+     WHERE order_id = $4 AND lease_owner = $5 AND ",
+    fence_running!()
+);
 
-const SQL_RELEASE: &str = "UPDATE jobs SET state = 'pending', lease_owner = NULL, \
+const SQL_RELEASE: &str = concat!(
+    "UPDATE jobs SET state = 'pending', lease_owner = NULL, \
      lease_until = NULL, updated_at = $1 \
-     WHERE order_id = $2 AND lease_owner = $3 AND state = 'running'";
+     WHERE order_id = $2 AND lease_owner = $3 AND ",
+    fence_running!()
+);
 
 /// Reopens a refused or failed job. A job that had not got past its checks (`checked`) runs
 /// them again against the Order as it is now; later recovery points are kept, so an AddOrder
@@ -1060,5 +1084,70 @@ mod tests {
         queue("D", 1);
         let rest: Vec<String> = (0..4).map(|_| claim_and_finish()).collect();
         assert_eq!(rest, ["B1", "D0", "A2", "B2"]);
+    }
+
+    /// PostgreSQL finds a fenced write's job by its `order_id` whatever its statistics say.
+    /// Here they were taken while no job ran, so the planner costs a scan of the running jobs
+    /// (`jobs_turns`, `jobs_one_running_per_customer`) as one row. Then 400 jobs run, and the
+    /// statements are planned generically, as prepared statements come to be. A plan by state
+    /// would walk every running job on every step of every job.
+    #[tokio::test]
+    async fn postgres_fences_find_the_job_by_its_order_id() {
+        use sqlx::Connection as _;
+        let db = test_support::pg::PgTempDb::create().await;
+        let key = field_crypto::MasterKey::from_config(
+            "base64:q6v4cT9JkA0x3Fz1lVZqM2fY7p5dE8rW1nB6cH4sK0o=",
+        )
+        .unwrap();
+        let store = SqlStore::open(&db.url(), &key, crate::StoreOptions::default())
+            .await
+            .unwrap();
+        drop(store);
+        let mut conn = sqlx::PgConnection::connect(&db.url()).await.unwrap();
+        sqlx::raw_sql(
+            "INSERT INTO jobs (order_id, customer_number, source, state, step, \
+                 next_attempt_at, created_at, updated_at) \
+             SELECT 'o' || g, 'c' || g, 'event', 'done', 'done', 0, 0, 0 \
+             FROM generate_series(1, 20000) g; \
+             ANALYZE jobs; \
+             UPDATE jobs SET state = 'running', lease_owner = 'w:1' WHERE seq % 50 = 0; \
+             SET plan_cache_mode = force_generic_plan;",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        let advance = advance_sql(NowSource::Postgres);
+        let statements = [
+            ("renew", renew_sql(NowSource::Postgres)),
+            ("advance", advance.clone()),
+            ("reschedule", SQL_RESCHEDULE.to_owned()),
+            ("finish", SQL_FINISH.to_owned()),
+            ("release", SQL_RELEASE.to_owned()),
+            (
+                "advance with its record",
+                crate::tx::one_statement_sql(Some((&advance, 7)), 1),
+            ),
+        ];
+        for (name, sql) in statements {
+            let params = (1..=40).rev().find(|n| sql.contains(&format!("${n}")));
+            let nulls = vec!["NULL"; params.unwrap_or(0)].join(", ");
+            let rows = sqlx::raw_sql(&format!(
+                "PREPARE f AS {sql}; EXPLAIN EXECUTE f({nulls}); DEALLOCATE f;"
+            ))
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+            let plan: Vec<String> = rows
+                .iter()
+                .map(|r| sqlx::Row::get::<String, _>(r, 0))
+                .collect();
+            let plan = plan.join("\n");
+            assert!(plan.contains("jobs_order_id_key"), "{name}:\n{plan}");
+            for index in ["jobs_turns", "jobs_one_running_per_customer"] {
+                assert!(!plan.contains(index), "{name} walks {index}:\n{plan}");
+            }
+        }
+        conn.close().await.unwrap();
+        db.close().await;
     }
 }

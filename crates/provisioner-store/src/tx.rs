@@ -388,7 +388,7 @@ pub(crate) enum OneStatement {
 /// key, and five parameters per record in the order of [`SQL_INSERT_FIRST_RECORD`]
 /// (`seq, at, record, order_id, chain`). It answers `fenced` (1 without an update), `held`,
 /// `inserted` (the first record) and `updated` (1 without an update).
-fn one_statement_sql(update: Option<(&str, usize)>, records: usize) -> String {
+pub(crate) fn one_statement_sql(update: Option<(&str, usize)>, records: usize) -> String {
     let args = update.map_or(0, |(_, n)| n + 2);
     let lock = args + 1;
     let insert = |k: usize, from: &str| {
@@ -407,9 +407,10 @@ fn one_statement_sql(update: Option<(&str, usize)>, records: usize) -> String {
     if let Some((_, n)) = update {
         ctes.push(format!(
             "fence AS (SELECT 1 AS one FROM jobs WHERE order_id = ${} \
-             AND lease_owner = ${} AND state = 'running' FOR NO KEY UPDATE)",
+             AND lease_owner = ${} AND {} FOR NO KEY UPDATE)",
             n + 1,
-            n + 2
+            n + 2,
+            crate::jobs::FENCE_RUNNING
         ));
     }
     let fence = if update.is_some() { " FROM fence" } else { "" };
