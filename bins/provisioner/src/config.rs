@@ -115,6 +115,7 @@ pub(crate) static VARIABLES: LazyLock<Vec<(&'static str, Option<String>)>> = Laz
             Some(format_duration(whmcs_client::DEFAULT_PROVISIONING_TIMEOUT)),
         ),
         ("WHMCS_SETTLE", Some(format_duration(engine.whmcs_settle))),
+        ("WHMCS_PAGE_SIZE", text(&whmcs_client::DEFAULT_PAGE_SIZE)),
         ("DATABASE_URL", text(&DATABASE_URL)),
         ("JOB_LEASE", Some(format_duration(engine.lease))),
         ("FIELD_ENCRYPTION_KEY", None),
@@ -348,6 +349,8 @@ pub(crate) struct Config {
     /// `WHMCS_SETTLE`: the wait after a call's timeout before an unknown outcome may be
     /// repeated.
     pub(crate) whmcs_settle: Duration,
+    /// `WHMCS_PAGE_SIZE`: `limitnum` of WHMCS list calls (the AddOrder lookup's walk).
+    pub(crate) whmcs_page_size: u64,
     /// `DATABASE_URL` (a secret: a password may be in it).
     pub(crate) database_url: SecretString,
     pub(crate) job_lease: Duration,
@@ -660,6 +663,20 @@ impl Config {
         let whmcs_settle = p
             .parsed("WHMCS_SETTLE", parse_duration)
             .unwrap_or(engine.whmcs_settle);
+        let whmcs_page_size = p
+            .parsed("WHMCS_PAGE_SIZE", |t| {
+                t.trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| (1..=whmcs_client::MAX_PAGE_SIZE).contains(n))
+                    .ok_or_else(|| {
+                        format!(
+                            "{t:?} must be a number from 1 to {}",
+                            whmcs_client::MAX_PAGE_SIZE
+                        )
+                    })
+            })
+            .unwrap_or(whmcs_client::DEFAULT_PAGE_SIZE);
         let database_url = p
             .parsed("DATABASE_URL", |t| {
                 if t.starts_with("sqlite://")
@@ -860,6 +877,7 @@ impl Config {
             whmcs_timeout,
             whmcs_accept_timeout,
             whmcs_settle,
+            whmcs_page_size,
             database_url,
             job_lease,
             encryption_key,
@@ -963,6 +981,7 @@ impl Config {
         config.payment_method.clone_from(&self.payment_method);
         config.read_timeout = self.whmcs_timeout;
         config.provisioning_timeout = self.whmcs_accept_timeout;
+        config.page_size = self.whmcs_page_size;
         Ok(config)
     }
 }
@@ -1121,6 +1140,7 @@ mod tests {
             ("WHMCS_TIMEOUT", Some("30s")),
             ("WHMCS_ACCEPT_TIMEOUT", Some("10m")),
             ("WHMCS_SETTLE", Some("30s")),
+            ("WHMCS_PAGE_SIZE", Some("100")),
             ("DATABASE_URL", Some("sqlite://provisioner.db")),
             ("JOB_LEASE", Some("30s")),
             ("FIELD_ENCRYPTION_KEY", None),
@@ -1271,6 +1291,38 @@ mod tests {
             ("sqlite:///var/lib/p@x/db", "sqlite:///var/lib/p@x/db"),
         ] {
             assert_eq!(redact_url_password(url), shown);
+        }
+    }
+
+    #[test]
+    fn whmcs_page_size_reaches_the_whmcs_client_within_its_bounds() {
+        let base = [
+            (
+                "WHMCS_API_URL",
+                "https://whmcs.example.com/includes/api.php",
+            ),
+            ("WHMCS_API_IDENTIFIER", "id"),
+            ("WHMCS_API_SECRET", "secret"),
+        ];
+        let page = |value: Option<&str>| {
+            let mut set = base.to_vec();
+            set.extend(value.map(|v| ("WHMCS_PAGE_SIZE", v)));
+            Config::parse(&Sources::from_parts(None, env(&set)))
+                .map(|c| c.whmcs_config().unwrap().page_size)
+        };
+        assert_eq!(page(None).unwrap(), 100);
+        assert_eq!(page(Some("25")).unwrap(), 25);
+        assert_eq!(page(Some(" 500 ")).unwrap(), 500);
+        for bad in ["0", "501", "-1", "many"] {
+            let Err(errors) = page(Some(bad)) else {
+                panic!("WHMCS_PAGE_SIZE={bad:?} is refused")
+            };
+            assert!(
+                errors
+                    .iter()
+                    .any(|e| e.starts_with("WHMCS_PAGE_SIZE") && e.contains("from 1 to 500")),
+                "{bad:?}: {errors:?}"
+            );
         }
     }
 

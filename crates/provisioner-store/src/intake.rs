@@ -31,6 +31,78 @@ const SQL_INSERT_INBOX_AND_JOB: &str = "WITH i AS (INSERT INTO inbox (event_id, 
          FROM i ON CONFLICT (order_id) DO NOTHING RETURNING order_id) \
      SELECT (SELECT COUNT(*) FROM i) AS stored, (SELECT COUNT(*) FROM j) AS created";
 
+/// PostgreSQL: a whole batch of events in one statement, as [`SQL_INSERT_INBOX_AND_JOB`] would
+/// store them one after the other. `$1` is a JSON array of the events (`n` their position,
+/// `replay_id` in hex), `$2` the time. An event id seen twice in the batch is stored once (its
+/// first time); a stored event creates the job of its Order unless the Order has one, or an
+/// earlier event of the batch created it. Every statement of a `WITH` reads the table as it
+/// was before the statement, so a customer's `k`-th new job of the batch gets the turn its
+/// first one gets, plus `k`: the turns one statement per event would have given. A row per
+/// event, in batch order: `stored` and `created` (1 or 0).
+const SQL_INGEST_BATCH: &str = "WITH v AS (SELECT e.*, \
+         MIN(e.n) OVER (PARTITION BY e.event_id) AS first_n \
+         FROM jsonb_to_recordset($1::jsonb) AS e(n BIGINT, event_id TEXT, topic TEXT, \
+             replay_id TEXT, order_id TEXT, customer_number TEXT, account_id TEXT, \
+             source TEXT)), \
+     i AS (INSERT INTO inbox (event_id, topic, replay_id, order_id, outcome, received_at) \
+         SELECT v.event_id, v.topic, decode(v.replay_id, 'hex'), v.order_id, 'enqueued', $2 \
+         FROM v WHERE v.n = v.first_n ORDER BY v.n \
+         ON CONFLICT (event_id) DO NOTHING RETURNING event_id), \
+     s AS (SELECT v.* FROM v JOIN i ON i.event_id = v.event_id WHERE v.n = v.first_n), \
+     nv AS (SELECT DISTINCT ON (s.order_id) s.* FROM s \
+         WHERE NOT EXISTS (SELECT 1 FROM jobs x WHERE x.order_id = s.order_id) \
+         ORDER BY s.order_id, s.n), \
+     r AS (SELECT nv.*, \
+         ROW_NUMBER() OVER (PARTITION BY nv.customer_number ORDER BY nv.n) - 1 AS k FROM nv), \
+     j AS (INSERT INTO jobs (order_id, customer_number, account_id, event_id, source, state, \
+         step, attempts, next_attempt_at, created_at, updated_at, turn) \
+         SELECT r.order_id, r.customer_number, r.account_id, r.event_id, r.source, 'pending', \
+             'received', 0, $2, $2, $2, \
+             GREATEST(COALESCE((SELECT l.turn + 1 FROM jobs l \
+                     WHERE l.customer_number = r.customer_number AND l.state = 'pending' \
+                     ORDER BY l.seq DESC LIMIT 1), 0), \
+                 COALESCE((SELECT p.turn FROM jobs p WHERE p.state = 'pending' \
+                     ORDER BY p.turn LIMIT 1), 0)) + r.k \
+         FROM r ORDER BY r.n \
+         ON CONFLICT (order_id) DO NOTHING RETURNING event_id) \
+     SELECT v.n, \
+         CASE WHEN s.n IS NOT NULL THEN 1 ELSE 0 END AS stored, \
+         CASE WHEN s.n IS NOT NULL AND j.event_id IS NOT NULL THEN 1 ELSE 0 END AS created \
+     FROM v LEFT JOIN s ON s.n = v.n LEFT JOIN j ON j.event_id = v.event_id \
+     ORDER BY v.n";
+
+/// The JSON array [`SQL_INGEST_BATCH`] reads.
+fn batch_json(events: &[InboxEvent]) -> String {
+    let rows: Vec<serde_json::Value> = events
+        .iter()
+        .enumerate()
+        .map(|(n, event)| {
+            let job = event_job(event);
+            serde_json::json!({
+                "n": n,
+                "event_id": event.event_id,
+                "topic": event.topic,
+                "replay_id": hex(&event.replay_id),
+                "order_id": event.order_id,
+                "customer_number": job.customer_number,
+                "account_id": job.account_id,
+                "source": job.source.as_str(),
+            })
+        })
+        .collect();
+    serde_json::Value::Array(rows).to_string()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
+            let _ = write!(out, "{b:02x}");
+            out
+        })
+}
+
 const SQL_INBOX_DUPLICATE_ORDER: &str =
     "UPDATE inbox SET outcome = 'duplicate_order' WHERE event_id = $1";
 
@@ -152,6 +224,19 @@ async fn ingest_one(
             (stored, created)
         }
     };
+    existing_order(tx, event, stored, created, now).await
+}
+
+/// The outcome of an event the inbox `stored` (or found there already) and whose job it
+/// `created` (or not): a new event for an Order that has a job reopens it when it was refused
+/// or failed, else is a duplicate of the Order.
+async fn existing_order(
+    tx: &mut dyn Tx,
+    event: &InboxEvent,
+    stored: bool,
+    created: bool,
+    now: DateTime<Utc>,
+) -> Result<IngestOutcome> {
     if !stored {
         return Ok(IngestOutcome::DuplicateEvent);
     }
@@ -180,6 +265,27 @@ async fn ingest_one(
     Ok(outcome)
 }
 
+/// [`SQL_INGEST_BATCH`]: each event's `(stored, created)`, in batch order.
+async fn ingest_batch(
+    tx: &mut dyn Tx,
+    events: &[InboxEvent],
+    now: DateTime<Utc>,
+) -> Result<Vec<(bool, bool)>> {
+    let rows = tx
+        .query(
+            "ingest: inbox and jobs",
+            SQL_INGEST_BATCH,
+            &[Arg::Text(Some(batch_json(events))), Arg::Int(ms(now))],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| {
+            let flag = |name| -> Result<bool> { Ok(row.int(name, "ingest")? == Some(1)) };
+            Ok((flag("stored")?, flag("created")?))
+        })
+        .collect()
+}
+
 impl SqlStore {
     pub(crate) async fn ingest(
         &self,
@@ -197,8 +303,24 @@ impl SqlStore {
         self.transact("ingest", move |tx| {
             Box::pin(async move {
                 let mut outcomes = Vec::with_capacity(events.len());
-                for event in &events {
-                    let outcome = ingest_one(tx, backend, event, now).await?;
+                // PostgreSQL stores a batch of several events in one statement.
+                let batched = match backend {
+                    Backend::Postgres if events.len() > 1 => {
+                        Some(ingest_batch(tx, &events, now).await?)
+                    }
+                    _ => None,
+                };
+                for (n, event) in events.iter().enumerate() {
+                    let outcome = match &batched {
+                        Some(rows) => {
+                            let (stored, created) = rows.get(n).copied().ok_or(Error::Corrupt {
+                                what: "intake batch",
+                                reason: format!("{} rows for {} events", rows.len(), events.len()),
+                            })?;
+                            existing_order(tx, event, stored, created, now).await?
+                        }
+                        None => ingest_one(tx, backend, event, now).await?,
+                    };
                     event_records(event, outcome)?
                         .into_iter()
                         .for_each(|r| tx.audit(r));

@@ -26,9 +26,19 @@ pub struct WhmcsConfig {
     /// Whole-request timeout of AcceptOrder and ModuleCreate, which run the control panel's
     /// create call inside the request (default 10 minutes).
     pub provisioning_timeout: Duration,
-    /// `limitnum` of list calls (default 25, WHMCS's default).
+    /// `limitnum` of list calls (`WHMCS_PAGE_SIZE`, default [`DEFAULT_PAGE_SIZE`]).
     pub page_size: u64,
 }
+
+/// Default [`WhmcsConfig::page_size`]: 100 records per list call, not WHMCS's own 25. The
+/// AddOrder lookup walks all of a client's services before every first AddOrder, so a client
+/// with 90 services costs one call instead of four. WHMCS sets no upper bound on `limitnum`,
+/// and a server that returns fewer records than asked is paged through all the same.
+pub const DEFAULT_PAGE_SIZE: u64 = 100;
+
+/// The largest [`WhmcsConfig::page_size`] the client accepts: a page of services with custom
+/// fields and config options stays well under the client's 8 MiB reply limit.
+pub const MAX_PAGE_SIZE: u64 = 500;
 
 /// Default [`WhmcsConfig::read_timeout`] (`WHMCS_TIMEOUT`).
 pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -48,7 +58,7 @@ impl WhmcsConfig {
             connect_timeout: Duration::from_secs(10),
             read_timeout: DEFAULT_READ_TIMEOUT,
             provisioning_timeout: DEFAULT_PROVISIONING_TIMEOUT,
-            page_size: 25,
+            page_size: DEFAULT_PAGE_SIZE,
         }
     }
 }

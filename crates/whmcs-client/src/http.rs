@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::WhmcsApi;
 use crate::catalog::{CatalogEnvelope, CatalogProduct, PaymentMethod, PaymentMethodsEnvelope};
-use crate::config::WhmcsConfig;
+use crate::config::{MAX_PAGE_SIZE, WhmcsConfig};
 use crate::encoding::FormBody;
 use crate::error::{Action, Error, Result};
 use crate::model::{
@@ -83,9 +83,12 @@ impl HttpWhmcsClient {
                 "WHMCS_API_URL does not end in api.php; it should be the full .../includes/api.php url"
             );
         }
-        if config.page_size == 0 {
+        if !(1..=MAX_PAGE_SIZE).contains(&config.page_size) {
             return Err(Error::InvalidInput {
-                reason: "page size must be at least 1".to_owned(),
+                reason: format!(
+                    "page size must be 1 to {MAX_PAGE_SIZE}, not {}",
+                    config.page_size
+                ),
             });
         }
         let http = reqwest::Client::builder()

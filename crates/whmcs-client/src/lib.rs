@@ -12,7 +12,10 @@ mod reply;
 use async_trait::async_trait;
 
 pub use catalog::{CatalogProduct, PaymentMethod, ProductConfigOption, ProductCustomField};
-pub use config::{DEFAULT_PROVISIONING_TIMEOUT, DEFAULT_READ_TIMEOUT, WhmcsConfig};
+pub use config::{
+    DEFAULT_PAGE_SIZE, DEFAULT_PROVISIONING_TIMEOUT, DEFAULT_READ_TIMEOUT, MAX_PAGE_SIZE,
+    WhmcsConfig,
+};
 pub use error::{Action, Error, ErrorClass, Result};
 pub use http::{HttpWhmcsClient, PauseFuture, RetryPause};
 pub use model::{

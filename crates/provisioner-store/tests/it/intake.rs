@@ -7,6 +7,29 @@ use provisioner_store::{IngestOutcome, JobEnd, JobSource, JobState, NewJob, Step
 
 use crate::support::{both_backends, event};
 
+/// Claims and finishes every job one at a time: the Order Ids in claim order.
+async fn claim_all(store: &impl Store, now: chrono::DateTime<Utc>) -> Vec<String> {
+    let mut claimed = Vec::new();
+    while let Some(job) = store
+        .claim("w", now, Duration::from_secs(30))
+        .await
+        .unwrap()
+    {
+        claimed.push(job.order_id.clone());
+        let done = JobEnd {
+            state: JobState::Done,
+            error: None,
+            dead_letter: None,
+        };
+        let token = job.lease_owner.clone().unwrap();
+        store
+            .finish(&job.order_id, &token, done, vec![], now)
+            .await
+            .unwrap();
+    }
+    claimed
+}
+
 both_backends! {
     async fn duplicates_never_make_a_second_job(db: &TestDb) {
         let store = db.open().await;
@@ -91,13 +114,52 @@ both_backends! {
         assert_eq!(store.ingest_events(&batch, now).await.unwrap(), [IngestOutcome::Enqueued; 3]);
         assert_eq!(store.ingest_events(&[event(4, b1, "B")], now).await.unwrap(),
             [IngestOutcome::Enqueued]);
-        let mut claimed = Vec::new();
-        while let Some(job) = store.claim("w", now, Duration::from_secs(30)).await.unwrap() {
-            claimed.push(job.order_id.clone());
-            let done = JobEnd { state: JobState::Done, error: None, dead_letter: None };
-            let token = job.lease_owner.clone().unwrap();
-            store.finish(&job.order_id, &token, done, vec![], now).await.unwrap();
-        }
+        let claimed = claim_all(&store, now).await;
         assert_eq!(claimed, [a1, b1, a2, a3]);
+    }
+
+    async fn batches_give_the_outcomes_and_turns_of_events_stored_one_by_one(db: &TestDb) {
+        // PostgreSQL stores a batch in one statement; what it decides must be what storing the
+        // events one after the other decides: the outcomes, the reopened job, and the turns
+        // (so the order of the claims).
+        let store = db.open().await;
+        let now = Utc::now();
+        let order = |n: u32| format!("8010000000000{n:02}AAA");
+        // D's Order is refused before the batches: a new event for it reopens it.
+        store.ingest_events(&[event(1, &order(1), "D")], now).await.unwrap();
+        let d1 = store.claim("w", now, Duration::from_secs(30)).await.unwrap().unwrap();
+        let refused = JobEnd { state: JobState::Refused, error: None, dead_letter: None };
+        store
+            .finish(&d1.order_id, &d1.lease_owner.clone().unwrap(), refused, vec![], now)
+            .await
+            .unwrap();
+
+        use IngestOutcome::{DuplicateEvent, DuplicateOrder, Enqueued, Reopened};
+        // A1 A2 B1
+        let first = [event(2, &order(2), "A"), event(3, &order(3), "A"), event(4, &order(4), "B")];
+        assert_eq!(store.ingest_events(&first, now).await.unwrap(), [Enqueued; 3]);
+        // C1 A3 B2 C2, event 2 again, a second event for A2, D1 again (refused: reopened),
+        // and that event twice.
+        let second = [
+            event(5, &order(5), "C"),
+            event(6, &order(6), "A"),
+            event(7, &order(7), "B"),
+            event(8, &order(8), "C"),
+            event(2, &order(2), "A"),
+            event(9, &order(3), "A"),
+            event(10, &order(1), "D"),
+            event(10, &order(1), "D"),
+        ];
+        assert_eq!(
+            store.ingest_events(&second, now).await.unwrap(),
+            [Enqueued, Enqueued, Enqueued, Enqueued, DuplicateEvent, DuplicateOrder, Reopened,
+                DuplicateEvent]
+        );
+        assert_eq!(store.jobs(0, 100).await.unwrap().len(), 8);
+
+        // Turns one by one: A1 0, A2 1, B1 0; then C1 0, A3 2, B2 1, C2 1; D1 kept its 0.
+        let claimed = claim_all(&store, now).await;
+        let expected: Vec<String> = [1, 2, 4, 5, 3, 7, 8, 6].into_iter().map(order).collect();
+        assert_eq!(claimed, expected);
     }
 }

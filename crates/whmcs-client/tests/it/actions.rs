@@ -4,11 +4,11 @@ use sandbox::whmcs::php::{Key, Value};
 use sandbox::whmcs::{Client, Service};
 use secrecy::SecretString;
 use whmcs_client::{
-    AcceptOrderRequest, ClientStatus, ConfigOptionValue, ConfigOptions, CustomFields, NewClient,
-    NewOrder, OrderLine, OrdersQuery, Page, ProductsQuery, WhmcsApi,
+    AcceptOrderRequest, ClientStatus, ConfigOptionValue, ConfigOptions, CustomFields,
+    HttpWhmcsClient, NewClient, NewOrder, OrderLine, OrdersQuery, Page, ProductsQuery, WhmcsApi,
 };
 
-use crate::support::{OPT_DISKS, OPT_RAM, REF_FIELD, client_for, world};
+use crate::support::{OPT_DISKS, OPT_RAM, REF_FIELD, client_for, config_for, world};
 
 const SF_ORDER: &str = "801Qy00000AbCdEIAV";
 
@@ -257,6 +257,38 @@ async fn accept_without_autosetup_then_module_create() {
 }
 
 #[tokio::test]
+async fn a_client_with_many_services_is_walked_in_pages_of_a_hundred_by_default() {
+    let w = world().await;
+    for i in 0..250 {
+        w.sandbox.seed_service(
+            Service::new(w.client_id, w.vps).with_custom_field(REF_FIELD, &format!("801-{i:03}")),
+        );
+    }
+    let whmcs = client_for(&w.sandbox);
+
+    let all = whmcs.all_client_services(w.client_id).await.unwrap();
+    assert_eq!(all.len(), 250);
+    // WHMCS's own default (25) would take ten calls.
+    let pages = w.sandbox.requests_for("GetClientsProducts");
+    let asked: Vec<(Option<String>, Option<String>)> = pages
+        .iter()
+        .map(|r| (r.param("limitstart"), r.param("limitnum")))
+        .collect();
+    let page = |start: &str| (Some(start.to_owned()), Some("100".to_owned()));
+    assert_eq!(asked, vec![page("0"), page("100"), page("200")]);
+
+    // The bounds are checked when the client is made.
+    for size in [0, whmcs_client::MAX_PAGE_SIZE + 1] {
+        let mut config = config_for(&w.sandbox);
+        config.page_size = size;
+        let Err(e) = HttpWhmcsClient::new(config) else {
+            panic!("page size {size} is refused");
+        };
+        assert!(e.to_string().contains("page size must be 1 to 500"), "{e}");
+    }
+}
+
+#[tokio::test]
 async fn products_are_paged_through_and_searched_by_custom_field() {
     let w = world().await;
     let other = w
@@ -268,7 +300,9 @@ async fn products_are_paged_through_and_searched_by_custom_field() {
             Service::new(owner, w.vps).with_custom_field(REF_FIELD, &format!("801-{i:03}")),
         );
     }
-    let whmcs = client_for(&w.sandbox);
+    let mut config = config_for(&w.sandbox);
+    config.page_size = 25;
+    let whmcs = HttpWhmcsClient::new(config).unwrap();
 
     let all = whmcs.all_client_services(w.client_id).await.unwrap();
     assert_eq!(all.len(), 30);
