@@ -482,6 +482,18 @@ struct Parser<'a> {
     errors: Vec<String>,
 }
 
+/// `t` as a whole number from 1 to `max`, else the message a configuration error shows.
+fn number_up_to<T>(t: &str, max: T) -> Result<T, String>
+where
+    T: std::str::FromStr + PartialOrd + From<u8> + std::fmt::Display,
+{
+    t.trim()
+        .parse::<T>()
+        .ok()
+        .filter(|n| *n >= T::from(1) && *n <= max)
+        .ok_or_else(|| format!("{t:?} must be a number from 1 to {max}"))
+}
+
 impl Parser<'_> {
     fn text(&self, name: &str) -> Option<String> {
         self.src.raw(name).map(str::to_owned).or_else(|| {
@@ -620,10 +632,7 @@ impl Config {
             })
             .unwrap_or(subscriber.start);
         let pubsub_batch = p
-            .parsed("SF_PUBSUB_BATCH", |t| match t.trim().parse::<u32>() {
-                Ok(n) if (1..=100).contains(&n) => Ok(n),
-                _ => Err(format!("{t:?} must be a number from 1 to 100")),
-            })
+            .parsed("SF_PUBSUB_BATCH", |t| number_up_to(t, 100_u32))
             .unwrap_or(subscriber.batch);
         let insecure_ok = p.parsed("ALLOW_INSECURE_HTTP", parse_bool).unwrap_or(false);
         // Cleartext only to this machine (a sandbox, a local proxy), unless allowed outright.
@@ -665,16 +674,7 @@ impl Config {
             .unwrap_or(engine.whmcs_settle);
         let whmcs_page_size = p
             .parsed("WHMCS_PAGE_SIZE", |t| {
-                t.trim()
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|n| (1..=whmcs_client::MAX_PAGE_SIZE).contains(n))
-                    .ok_or_else(|| {
-                        format!(
-                            "{t:?} must be a number from 1 to {}",
-                            whmcs_client::MAX_PAGE_SIZE
-                        )
-                    })
+                number_up_to(t, whmcs_client::MAX_PAGE_SIZE)
             })
             .unwrap_or(whmcs_client::DEFAULT_PAGE_SIZE);
         let database_url = p
@@ -703,12 +703,7 @@ impl Config {
             .parsed("ENCRYPTION_KEY_ROTATION_DAYS", days)
             .unwrap_or(engine.key_rotation_days);
         let http_max_connections = p
-            .parsed("HTTP_MAX_CONNECTIONS", |t| {
-                match t.trim().parse::<usize>() {
-                    Ok(n) if (1..=1_000_000).contains(&n) => Ok(n),
-                    _ => Err(format!("{t:?} must be a number from 1 to 1000000")),
-                }
-            })
+            .parsed("HTTP_MAX_CONNECTIONS", |t| number_up_to(t, 1_000_000_usize))
             .unwrap_or(status_api::DEFAULT_MAX_CONNECTIONS);
         let http_read_timeout = p
             .parsed("HTTP_READ_TIMEOUT", positive_duration)
@@ -718,10 +713,7 @@ impl Config {
             .unwrap_or(AUDIT_WITNESS_INTERVAL);
         let alert_outbox_max = p
             .parsed("SECURITY_ALERT_OUTBOX_MAX", |t| {
-                match t.trim().parse::<u64>() {
-                    Ok(n) if (1..=10_000_000).contains(&n) => Ok(n),
-                    _ => Err(format!("{t:?} must be a number from 1 to 10000000")),
-                }
+                number_up_to(t, 10_000_000_u64)
             })
             .unwrap_or(provisioner_core::DEFAULT_ALERT_OUTBOX_MAX);
         let alert_max_backoff = p
@@ -750,13 +742,7 @@ impl Config {
             })
             .unwrap_or_else(security::IpAllowlist::deny_all);
         let concurrency = p
-            .parsed("PROVISIONER_CONCURRENCY", |t| {
-                t.trim()
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| (1..=1024).contains(n))
-                    .ok_or_else(|| format!("{t:?} must be a number from 1 to 1024"))
-            })
+            .parsed("PROVISIONER_CONCURRENCY", |t| number_up_to(t, 1024_usize))
             .unwrap_or(engine.concurrency);
         let rate = |t: &str| security::Rate::parse(t).map_err(|e| e.to_string());
         let provision_rate = p.parsed("CUSTOMER_PROVISION_RATE", rate);

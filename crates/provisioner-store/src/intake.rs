@@ -77,16 +77,16 @@ fn batch_json(events: &[InboxEvent]) -> String {
         .iter()
         .enumerate()
         .map(|(n, event)| {
-            let job = event_job(event);
+            // The job's fields as `event_job` makes them, without its copies.
             serde_json::json!({
                 "n": n,
                 "event_id": event.event_id,
                 "topic": event.topic,
                 "replay_id": hex(&event.replay_id),
                 "order_id": event.order_id,
-                "customer_number": job.customer_number,
-                "account_id": job.account_id,
-                "source": job.source.as_str(),
+                "customer_number": event.customer_number,
+                "account_id": event.account_id,
+                "source": JobSource::Event.as_str(),
             })
         })
         .collect();
