@@ -15,7 +15,10 @@
 //!   after the provisioners have stopped;
 //! - CPU: utime+stime of `/proc/<pid>/stat` (clock ticks from `getconf CLK_TCK`, 100 if that
 //!   fails), the provisioners' from their start (all instances summed), the sandbox's as the
-//!   delta over the same interval, both read when the last Order is activated;
+//!   delta over the same interval, both read when the last Order is activated; for the
+//!   `postgres-*` scenarios also the local server's CPU over the same interval ([`ServerCpu`]:
+//!   every process named `postgres`, with what the postmaster collected from backends that
+//!   exited), `n/a` when no such process is visible (a server on another machine);
 //! - peak RSS: `VmHWM` of `/proc/<pid>/status` at the end, the largest instance;
 //! - serialized time: `provisioner_store_serialized_seconds` on each instance's
 //!   `/metrics` (status API), summed; `n/a` when the provisioner does not export it.
@@ -250,6 +253,8 @@ struct Outcome {
     drained: bool,
     prov_cpu_ms: f64,
     sandbox_cpu_ms: f64,
+    /// The PostgreSQL server's CPU over the run (`postgres-*` with a local server only).
+    db_cpu_ms: Option<f64>,
     peak_rss_kib: u64,
     serialized_s: Option<f64>,
     provisioned_metric: Option<f64>,
@@ -277,6 +282,12 @@ impl Outcome {
     #[allow(clippy::cast_precision_loss)]
     fn per_order(&self, total: f64) -> f64 {
         total / (self.orders.max(1) as f64)
+    }
+
+    /// CPU ms per order of every process that did the work: the provisioners, the sandbox and,
+    /// when measured, the PostgreSQL server.
+    fn all_cpu_ms_per_order(&self) -> f64 {
+        self.per_order(self.prov_cpu_ms + self.sandbox_cpu_ms + self.db_cpu_ms.unwrap_or(0.0))
     }
 
     /// Serialized ms per order.
@@ -313,6 +324,9 @@ impl Outcome {
             "sandboxCpuMs": self.sandbox_cpu_ms,
             "provisionerCpuMsPerOrder": self.per_order(self.prov_cpu_ms),
             "sandboxCpuMsPerOrder": self.per_order(self.sandbox_cpu_ms),
+            "databaseCpuMs": self.db_cpu_ms,
+            "databaseCpuMsPerOrder": self.db_cpu_ms.map(|ms| self.per_order(ms)),
+            "allCpuMsPerOrder": self.all_cpu_ms_per_order(),
             "peakRssKiB": self.peak_rss_kib,
             "serializedSeconds": self.serialized_s,
             "serializedMsPerOrder": self.serialized_ms_per_order(),
@@ -793,6 +807,105 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// The CPU of the local PostgreSQL server, in clock ticks: each live process named `postgres`
+/// (the postmaster, its backends and its background workers), and what the postmaster has
+/// collected from its children that exited (a backend whose connection closed).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct ServerCpu {
+    /// utime+stime of each live `postgres` process, by pid and start time (a reused pid is
+    /// another process).
+    live: BTreeMap<(u32, u64), u64>,
+    /// cutime+cstime of the postmaster: the `postgres` process whose parent is not one.
+    reaped: u64,
+}
+
+impl ServerCpu {
+    /// Reads `/proc`; `None` when no postmaster is visible (no local server).
+    fn read() -> Option<Self> {
+        let mut procs = BTreeMap::new();
+        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue; // gone since the listing
+            };
+            if let Some(parsed) = parse_stat(&stat) {
+                procs.insert(pid, parsed);
+            }
+        }
+        Self::from_stats(&procs)
+    }
+
+    /// From parsed `/proc/<pid>/stat` lines, by pid.
+    fn from_stats(procs: &BTreeMap<u32, Stat>) -> Option<Self> {
+        let is_postgres = |pid: &u32| procs.get(pid).is_some_and(|p| p.comm == "postgres");
+        let mut cpu = ServerCpu::default();
+        let mut postmaster = false;
+        for (pid, p) in procs.iter().filter(|(pid, _)| is_postgres(pid)) {
+            cpu.live.insert((*pid, p.start), p.ticks);
+            if !is_postgres(&p.ppid) {
+                postmaster = true;
+                cpu.reaped += p.children_ticks;
+            }
+        }
+        postmaster.then_some(cpu)
+    }
+
+    /// Ticks the server used from `start` until `self`: what live processes added (all of it
+    /// for those started since), plus what the postmaster collected since, less what the
+    /// processes that exited in between had already used at `start`.
+    fn since(&self, start: &ServerCpu) -> u64 {
+        let live: u64 = self
+            .live
+            .iter()
+            .map(|(key, ticks)| ticks.saturating_sub(start.live.get(key).copied().unwrap_or(0)))
+            .sum();
+        let exited_before: u64 = start
+            .live
+            .iter()
+            .filter(|(key, _)| !self.live.contains_key(key))
+            .map(|(_, ticks)| ticks)
+            .sum();
+        (live + self.reaped.saturating_sub(start.reaped)).saturating_sub(exited_before)
+    }
+}
+
+/// What the harness reads of `/proc/<pid>/stat`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stat {
+    comm: String,
+    ppid: u32,
+    /// utime+stime.
+    ticks: u64,
+    /// cutime+cstime: the children it has waited for.
+    children_ticks: u64,
+    /// Start time after boot, in ticks.
+    start: u64,
+}
+
+/// Parses a `/proc/<pid>/stat` line (the command name is in parentheses and may hold spaces
+/// and parentheses itself).
+fn parse_stat(stat: &str) -> Option<Stat> {
+    let (head, rest) = stat.rsplit_once(')')?;
+    let comm = head.split_once('(')?.1.to_owned();
+    // After the name: state (field 3), ppid (4), ..., utime (14), stime (15), cutime (16),
+    // cstime (17), ..., starttime (22).
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let num = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    Some(Stat {
+        comm,
+        ppid: u32::try_from(num(1)?).ok()?,
+        ticks: num(11)? + num(12)?,
+        children_ticks: num(13)? + num(14)?,
+        start: num(19)?,
+    })
+}
+
 /// A `kB` field of `/proc/<pid>/status`, in KiB.
 fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -882,6 +995,7 @@ fn run_scenario(bins: &Bins, scenario: &Scenario, n: usize) -> Result<Outcome> {
     let mut ports = Vec::new();
     let mut provisioners: Vec<Proc> = Vec::new();
     let sandbox_cpu_before = cpu_ticks(sandbox.pid()).context("the sandbox's CPU time")?;
+    let server_before = db.as_ref().and_then(|_| ServerCpu::read());
     let started = Instant::now();
     for i in 0..scenario.instances {
         let port = free_port()?;
@@ -967,6 +1081,9 @@ fn run_scenario(bins: &Bins, scenario: &Scenario, n: usize) -> Result<Outcome> {
         .saturating_sub(sandbox_cpu_before);
     outcome.prov_cpu_ms = ticks_to_ms(prov_ticks, bins.ticks);
     outcome.sandbox_cpu_ms = ticks_to_ms(sandbox_ticks, bins.ticks);
+    outcome.db_cpu_ms = server_before
+        .and_then(|before| Some(ServerCpu::read()?.since(&before)))
+        .map(|ticks| ticks_to_ms(ticks, bins.ticks));
     for port in &ports {
         let (status, text) = http_get(&format!("127.0.0.1:{port}"), "/metrics")?;
         if status != 200 {
@@ -1043,14 +1160,15 @@ fn opt(value: Option<f64>, digits: usize) -> String {
 fn table(outcomes: &[Outcome]) -> String {
     let mut out = String::from(
         "| scenario | orders | wall s | orders/s | prov CPU ms/order | sandbox CPU ms/order | \
-         prov/sandbox CPU | prov peak RSS MiB | serialized ms/order (share) | p50 / p99 ms | \
-         duplicates |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+         prov/sandbox CPU | PostgreSQL CPU ms/order | all CPU ms/order | prov peak RSS MiB | \
+         serialized ms/order (share) | p50 / p99 ms | duplicates |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for o in outcomes {
         if let Some(why) = &o.skipped {
             let _ = writeln!(
                 out,
-                "| {} | {} | skipped: {why} |||||||||",
+                "| {} | {} | skipped: {why} |||||||||||",
                 o.name, o.orders
             );
             continue;
@@ -1059,7 +1177,7 @@ fn table(outcomes: &[Outcome]) -> String {
             let why = o.broken.as_deref().unwrap_or("did not run");
             let _ = writeln!(
                 out,
-                "| {} | {} | broke: {} |||||||||",
+                "| {} | {} | broke: {} |||||||||||",
                 o.name,
                 o.orders,
                 why.lines().next().unwrap_or(why)
@@ -1090,12 +1208,18 @@ fn table(outcomes: &[Outcome]) -> String {
         } else {
             String::new()
         };
+        let db = match o.db_cpu_ms {
+            Some(ms) => format!("{:.3}", o.per_order(ms)),
+            None if o.name.starts_with("postgres") => "n/a".to_owned(),
+            None => String::new(),
+        };
+        let all = o.all_cpu_ms_per_order();
         #[allow(clippy::cast_precision_loss)]
         let rss = o.peak_rss_kib as f64 / 1024.0;
         let _ = writeln!(
             out,
-            "| {} | {} | {:.1} | {rate} | {prov:.3} | {sandbox:.3} | {ratio} | {rss:.1} | \
-             {serialized} | {latency} | {} |",
+            "| {} | {} | {:.1} | {rate} | {prov:.3} | {sandbox:.3} | {ratio} | {db} | {all:.3} | \
+             {rss:.1} | {serialized} | {latency} | {} |",
             o.name, o.orders, o.wall_s, o.duplicates
         );
     }
@@ -1349,5 +1473,95 @@ mod tests {
         assert!(text.contains("PASS (2)"), "{text}");
         assert!(text.contains("N/A  (3)"), "{text}");
         assert!(text.contains("N/A  (6)"), "{text}");
+    }
+
+    fn stat(comm: &str, ppid: u32, ticks: u64, children: u64, start: u64) -> Stat {
+        Stat {
+            comm: comm.to_owned(),
+            ppid,
+            ticks,
+            children_ticks: children,
+            start,
+        }
+    }
+
+    #[test]
+    fn stat_lines_are_read_past_a_name_with_spaces_and_parentheses() {
+        let line = "4242 (odd) name) S 17 4242 4242 0 -1 4194560 100 0 0 0 \
+                    30 12 5 2 20 0 1 0 98765 1000 200 18446744073709551615";
+        assert_eq!(parse_stat(line), Some(stat("odd) name", 17, 42, 7, 98765)));
+        assert_eq!(parse_stat("4242 (short) S 1 2"), None);
+        assert_eq!(parse_stat("no parentheses"), None);
+    }
+
+    #[test]
+    fn the_server_cpu_counts_backends_that_came_and_went_during_the_run() {
+        let procs = |list: &[(u32, Stat)]| list.iter().cloned().collect::<BTreeMap<_, _>>();
+        let before = ServerCpu::from_stats(&procs(&[
+            (1, stat("systemd", 0, 999, 999, 1)),
+            (100, stat("postgres", 1, 50, 400, 10)), // the postmaster
+            (101, stat("postgres", 100, 30, 0, 11)), // a background writer
+            (102, stat("postgres", 100, 20, 0, 12)), // a backend that will exit
+            (103, stat("postgres", 100, 5, 0, 13)),  // its pid will be reused
+            (200, stat("sf-sandbox", 1, 777, 0, 20)),
+        ]))
+        .unwrap();
+        let after = ServerCpu::from_stats(&procs(&[
+            (1, stat("systemd", 0, 1999, 1999, 1)),
+            (100, stat("postgres", 1, 51, 400 + 25 + 9, 10)), // reaped 102 (25) and 103 (9)
+            (101, stat("postgres", 100, 34, 0, 11)),
+            (103, stat("postgres", 100, 3, 0, 50)), // another process with pid 103
+            (104, stat("postgres", 100, 60, 0, 51)), // a backend of the run
+        ]))
+        .unwrap();
+        // postmaster +1, writer +4, 102 +5 (25 - 20), old 103 +4 (9 - 5), new 103 3, 104 60
+        assert_eq!(after.since(&before), 1 + 4 + 5 + 4 + 3 + 60);
+        // Nothing named postgres, or no postmaster among them: no local server to measure.
+        assert_eq!(
+            ServerCpu::from_stats(&procs(&[(1, stat("systemd", 0, 1, 1, 1))])),
+            None
+        );
+        assert_eq!(
+            ServerCpu::from_stats(&procs(&[
+                (100, stat("postgres", 101, 1, 1, 1)),
+                (101, stat("postgres", 100, 1, 1, 1)),
+            ])),
+            None
+        );
+    }
+
+    #[test]
+    fn the_table_shows_the_server_cpu_and_the_sum_of_every_process() {
+        let run = |name: &str, db: Option<f64>| Outcome {
+            name: name.to_owned(),
+            orders: 1_000,
+            instances: 1,
+            wall_s: 2.0,
+            activated: 1_000,
+            drained: true,
+            whmcs_orders: 1_000,
+            prov_cpu_ms: 1_000.0,
+            sandbox_cpu_ms: 800.0,
+            db_cpu_ms: db,
+            ..Outcome::default()
+        };
+        let text = table(&[
+            run("sqlite-1", None),
+            run("postgres-1", Some(1_500.0)),
+            run("postgres-2", None),
+        ]);
+        let rows: Vec<&str> = text.lines().collect();
+        fn cells(row: &str) -> Vec<&str> {
+            row.split('|').map(str::trim).collect()
+        }
+        assert_eq!(cells(rows[0])[8], "PostgreSQL CPU ms/order");
+        assert_eq!(cells(rows[0])[9], "all CPU ms/order");
+        assert!(
+            rows.iter().all(|r| cells(r).len() == cells(rows[0]).len()),
+            "{text}"
+        );
+        assert_eq!(&cells(rows[2])[8..10], ["", "1.800"]);
+        assert_eq!(&cells(rows[3])[8..10], ["1.500", "3.300"]);
+        assert_eq!(&cells(rows[4])[8..10], ["n/a", "1.800"]);
     }
 }
