@@ -799,12 +799,7 @@ fn get_json(authority: &str, path: &str) -> Result<Value> {
 /// utime+stime of a process, in clock ticks; `None` once it is gone.
 fn cpu_ticks(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
-    let rest = stat.rsplit_once(')')?.1;
-    let mut fields = rest.split_whitespace().skip(11);
-    let utime: u64 = fields.next()?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
+    Some(parse_stat(&stat)?.ticks)
 }
 
 /// The CPU of the local PostgreSQL server, in clock ticks: each live process named `postgres`
