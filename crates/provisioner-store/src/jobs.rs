@@ -461,7 +461,22 @@ impl SqlStore {
             };
         }
         if self.backend() == Backend::Postgres {
-            // The update and its records in one statement, when a cached chain head is free.
+            // With the other jobs' writes of the moment, as one statement.
+            let unit = crate::batch::Unit {
+                op,
+                sql: sql.as_ref().to_owned(),
+                args: args.clone(),
+                order_id: order_id.to_owned(),
+                owner: owner.to_owned(),
+                records: audit.clone(),
+            };
+            match self.write_batched(unit).await {
+                crate::batch::Batched::Written => return Ok(()),
+                crate::batch::Batched::Failed(e) => return Err(e),
+                crate::batch::Batched::Alone => {}
+            }
+            // On its own: the update and its records in one statement, when a cached chain
+            // head is free.
             let update = FencedUpdate {
                 sql: sql.as_ref(),
                 args: &args,

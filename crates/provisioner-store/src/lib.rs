@@ -2,6 +2,7 @@
 
 mod alerts;
 mod audit_log;
+mod batch;
 mod dead_letters;
 mod error;
 mod intake;
@@ -23,6 +24,7 @@ use audit::NewAuditRecord;
 use chrono::{DateTime, Utc};
 
 pub use audit_log::{AuditChain, AuditSummary, ChainSummary, VerifyFailure};
+pub use batch::{BATCH_STATEMENTS, BATCHED_WRITES, BatchCounts};
 pub use error::{Error, Result};
 pub use sql::{
     Backend, Leadership, MigrationStatus, SqlStore, StoreClock, StoreOptions, migration_status,

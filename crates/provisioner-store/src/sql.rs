@@ -56,7 +56,8 @@ pub enum Backend {
 /// Tuning of a [`SqlStore`].
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
-    /// Connections to PostgreSQL (readers on SQLite; SQLite has one writer connection).
+    /// Connections to PostgreSQL (readers on SQLite; SQLite has one writer connection). On
+    /// PostgreSQL the batches of fenced job writes use one more, of their own.
     pub max_connections: u32,
     /// How long to wait for a connection or a SQLite lock.
     pub acquire_timeout: Duration,
@@ -134,14 +135,14 @@ pub struct SqlStore {
     /// read it first). Held from sealing until the commit; the `audit_log (chain, seq)`
     /// primary key catches a head that another process moved (the unit then re-reads the head
     /// and seals again). On SQLite the writer thread keeps the one chain's head instead.
-    pub(crate) audit_heads: Vec<tokio::sync::Mutex<Option<audit::ChainHead>>>,
+    pub(crate) audit_heads: crate::tx::Heads,
     /// The chain the next unit that finds every chain taken waits for.
     pub(crate) next_waited_chain: std::sync::atomic::AtomicU32,
     /// PostgreSQL: per chain, until when (ms after `chain_clock`) this process tries it only
     /// after the others, because another session (another instance) was found holding it.
     /// Instances so settle on chains of their own instead of each trying every chain another
     /// one holds, a round trip each.
-    pub(crate) chain_elsewhere_until: Vec<std::sync::atomic::AtomicU64>,
+    pub(crate) chain_elsewhere_until: Arc<Vec<std::sync::atomic::AtomicU64>>,
     /// The time base of `chain_elsewhere_until`.
     pub(crate) chain_clock: std::time::Instant,
     /// Where this process starts trying audit chains after chain 0 (random, in
@@ -149,9 +150,12 @@ pub struct SqlStore {
     pub(crate) chain_scan_offset: u32,
     /// Time units spent waiting for an audit chain or sealing again after another process
     /// moved its head (µs).
-    pub(crate) serialized_micros: std::sync::atomic::AtomicU64,
+    pub(crate) serialized_micros: Arc<std::sync::atomic::AtomicU64>,
     /// When a claim next looks for expired leases first (Unix ms).
     pub(crate) next_expired_scan: AtomicI64,
+    /// PostgreSQL: fenced job writes waiting to go to the database together
+    /// ([`crate::batch`]).
+    pub(crate) batcher: Arc<crate::batch::Batcher>,
     /// The job statements that read the database's clock, built for this backend.
     pub(crate) job_sql: JobSql,
     /// Where those statements read "now".
@@ -291,12 +295,27 @@ fn sqlite_pragmas(
 /// minute or more later), PostgreSQL takes it for a few rows and prefers a bitmap scan of
 /// every due job plus a sort to the ordered walk of the claim that stops at the first
 /// claimable job: 10-20 ms a claim instead of well under one.
+///
+/// Generic plans: every statement of the store is planned once per connection, not at each
+/// execution. The fenced writes of several jobs go as one statement of many parts
+/// ([`crate::batch`]), whose planning cost more than running it (300-700 µs) when PostgreSQL
+/// kept planning it anew for the parameters; none of the store's statements has a parameter
+/// whose value would change the best plan (times come from the database's clock or compare
+/// to an indexed column, ids are unique). A server too old for the setting (before
+/// PostgreSQL 12) keeps its default.
 fn postgres_settings(
     conn: &mut AnyConnection,
     _meta: sqlx::pool::PoolConnectionMetadata,
 ) -> futures::future::BoxFuture<'_, std::result::Result<(), sqlx::Error>> {
     Box::pin(async move {
         conn.execute("SET enable_bitmapscan = off").await?;
+        match conn
+            .execute("SET plan_cache_mode = force_generic_plan")
+            .await
+        {
+            Ok(_) | Err(sqlx::Error::Database(_)) => {}
+            Err(e) => return Err(e),
+        }
         Ok(())
     })
 }
@@ -308,6 +327,7 @@ impl SqlStore {
         // The master key is kept to persist a rotated keyring; it never leaves this crate.
         let master = Arc::new(master.clone());
         sqlx::any::install_default_drivers();
+        let mut batch_pool = None;
         let (backend, writer, reader, lock, sqlite_path) = match parse_url(url)? {
             Target::Sqlite(path) => {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -357,9 +377,20 @@ impl SqlStore {
                     .test_before_acquire(false)
                     .acquire_timeout(options.acquire_timeout)
                     .after_connect(postgres_settings)
-                    .connect_with(opts)
+                    .connect_with(opts.clone())
                     .await
                     .map_err(Error::db("connecting to PostgreSQL"))?;
+                // The batches of fenced writes have a connection of their own per flusher,
+                // opened when first needed: their statements (a text per mix of writes) are
+                // prepared and planned there only, not on every pooled connection.
+                batch_pool = Some(
+                    AnyPoolOptions::new()
+                        .max_connections(crate::batch::MAX_FLUSHERS)
+                        .test_before_acquire(false)
+                        .acquire_timeout(options.acquire_timeout)
+                        .after_connect(postgres_settings)
+                        .connect_lazy_with(opts),
+                );
                 (Backend::Postgres, pool.clone(), pool, None, None)
             }
         };
@@ -401,11 +432,17 @@ impl SqlStore {
             keyring: RwLock::new(Arc::new(keyring)),
             master,
             audit_key,
-            audit_heads: (0..chains).map(|_| tokio::sync::Mutex::new(None)).collect(),
+            audit_heads: Arc::new(
+                (0..chains)
+                    .map(|_| Arc::new(tokio::sync::Mutex::new(None)))
+                    .collect(),
+            ),
             next_waited_chain: std::sync::atomic::AtomicU32::new(0),
-            chain_elsewhere_until: (0..chains)
-                .map(|_| std::sync::atomic::AtomicU64::new(0))
-                .collect(),
+            chain_elsewhere_until: Arc::new(
+                (0..chains)
+                    .map(|_| std::sync::atomic::AtomicU64::new(0))
+                    .collect(),
+            ),
             chain_clock: std::time::Instant::now(),
             chain_scan_offset: {
                 use std::hash::{BuildHasher as _, Hasher as _};
@@ -416,8 +453,9 @@ impl SqlStore {
                 let others = u64::from(crate::tx::POSTGRES_AUDIT_CHAINS.saturating_sub(1)).max(1);
                 u32::try_from(1 + random % others).unwrap_or(1)
             },
-            serialized_micros: std::sync::atomic::AtomicU64::new(0),
+            serialized_micros: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             next_expired_scan: AtomicI64::new(0),
+            batcher: Arc::new(crate::batch::Batcher::new(batch_pool)),
             job_sql: JobSql {
                 claim: [
                     claim_sql(ClaimKind::Pending, backend, now_source).into(),

@@ -439,6 +439,58 @@ pub(crate) fn one_statement_sql(update: Option<(&str, usize)>, records: usize) -
     format!("WITH {} SELECT {answer}", ctes.join(", "))
 }
 
+/// This process's cached head of each audit chain (see `SqlStore::audit_heads`).
+pub(crate) type Heads = std::sync::Arc<Vec<std::sync::Arc<tokio::sync::Mutex<Option<ChainHead>>>>>;
+
+/// The audit chains in the order a unit tries them: in [`scan_order`] from `offset`, first
+/// those `marks` does not show another session holding in the last [`CHAIN_ELSEWHERE_FOR`]
+/// (see [`mark_chain_elsewhere`]), then those.
+pub(crate) fn chain_preference(
+    marks: &[std::sync::atomic::AtomicU64],
+    clock: std::time::Instant,
+    offset: u32,
+) -> impl Iterator<Item = u32> + Send + '_ {
+    use std::sync::atomic::Ordering::Relaxed;
+    let now = u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let count = u32::try_from(marks.len()).unwrap_or(1).max(1);
+    [false, true]
+        .into_iter()
+        .flat_map(move |recently_elsewhere| {
+            scan_order(count, offset).filter(move |&chain| {
+                let marked = usize::try_from(chain).ok().and_then(|i| marks.get(i));
+                marked.is_some_and(|m| m.load(Relaxed) > now) == recently_elsewhere
+            })
+        })
+}
+
+/// Adds `spent` to `total` (µs spent waiting for an audit chain or sealing again) and
+/// publishes it as [`SERIALIZED_SECONDS`].
+pub(crate) fn count_serialized(total: &std::sync::atomic::AtomicU64, spent: Duration) {
+    if !spent.is_zero() {
+        let micros = u64::try_from(spent.as_micros()).unwrap_or(u64::MAX);
+        let sum = total
+            .fetch_add(micros, std::sync::atomic::Ordering::Relaxed)
+            .saturating_add(micros);
+        #[allow(clippy::cast_precision_loss)]
+        metrics::gauge!(SERIALIZED_SECONDS).set(sum as f64 / 1e6);
+    }
+}
+
+/// Marks `chain` in `marks` (per chain, ms after `clock`) as found held or moved by another
+/// session: this process tries it after the others for [`CHAIN_ELSEWHERE_FOR`].
+pub(crate) fn mark_chain_elsewhere(
+    marks: &[std::sync::atomic::AtomicU64],
+    clock: std::time::Instant,
+    chain: u32,
+) {
+    let now = u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let until =
+        now.saturating_add(u64::try_from(CHAIN_ELSEWHERE_FOR.as_millis()).unwrap_or(u64::MAX));
+    if let Some(m) = usize::try_from(chain).ok().and_then(|i| marks.get(i)) {
+        m.store(until, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// PostgreSQL: whether this transaction holds (or now takes) a chain's advisory lock.
 const SQL_TRY_CHAIN_LOCK: &str = "SELECT pg_try_advisory_xact_lock($1) AS held";
 
@@ -553,7 +605,7 @@ pub(crate) async fn read_head(tx: &mut dyn Tx, chain: u32) -> Result<ChainHead> 
     }
 }
 
-fn record_args(chain: u32, sealed: &SealedRecord) -> Result<Vec<Arg>> {
+pub(crate) fn record_args(chain: u32, sealed: &SealedRecord) -> Result<Vec<Arg>> {
     let json = serde_json::to_string(sealed).map_err(json_error("audit: encoding"))?;
     let seq = i64::try_from(sealed.record.seq).map_err(|_| {
         audit_error(audit::Error::Backend {
@@ -868,27 +920,24 @@ impl SqlStore {
         }
     }
 
-    /// The audit chains a unit may take now, each with this process's head of it held: in
-    /// [`scan_order`], first those no other session was found holding in the last
-    /// [`CHAIN_ELSEWHERE_FOR`], then those; a head another unit of this process holds is
-    /// skipped. Lazy: each chain's head is tried as the iteration reaches it.
+    /// The audit chains in the order a unit tries them (see [`chain_preference`]).
+    pub(crate) fn chain_preference(&self) -> impl Iterator<Item = u32> + Send + '_ {
+        chain_preference(
+            &self.chain_elsewhere_until,
+            self.chain_clock,
+            self.chain_scan_offset,
+        )
+    }
+
+    /// The audit chains a unit may take now, each with this process's head of it held, in
+    /// [`SqlStore::chain_preference`]; a head another unit of this process holds is skipped.
+    /// Lazy: each chain's head is tried as the iteration reaches it.
     fn free_chains(&self) -> impl Iterator<Item = (u32, HeadGuard<'_>)> + Send + '_ {
-        use std::sync::atomic::Ordering::Relaxed;
-        let now = self.chain_clock_ms();
-        let count = u32::try_from(self.audit_heads.len()).unwrap_or(1).max(1);
-        [false, true]
-            .into_iter()
-            .flat_map(move |recently_elsewhere| {
-                scan_order(count, self.chain_scan_offset).filter_map(move |chain| {
-                    let index = usize::try_from(chain).ok()?;
-                    let marked = self.chain_elsewhere_until.get(index);
-                    if marked.is_some_and(|m| m.load(Relaxed) > now) != recently_elsewhere {
-                        return None;
-                    }
-                    let guard = self.audit_heads.get(index)?.try_lock().ok()?;
-                    Some((chain, guard))
-                })
-            })
+        self.chain_preference().filter_map(move |chain| {
+            let index = usize::try_from(chain).ok()?;
+            let guard = self.audit_heads.get(index)?.try_lock().ok()?;
+            Some((chain, guard))
+        })
     }
 
     /// PostgreSQL: seals `records` on a free audit chain, held by `tx` until it ends: the
@@ -1011,23 +1060,10 @@ impl SqlStore {
         Ok(OneStatement::AsTransaction)
     }
 
-    /// Milliseconds since this store's `chain_clock` began.
-    fn chain_clock_ms(&self) -> u64 {
-        u64::try_from(self.chain_clock.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
     /// Another session was found holding `chain`, or had appended to it: this process tries
     /// it after the others for [`CHAIN_ELSEWHERE_FOR`].
     fn mark_chain_elsewhere(&self, chain: u32) {
-        let until = self
-            .chain_clock_ms()
-            .saturating_add(u64::try_from(CHAIN_ELSEWHERE_FOR.as_millis()).unwrap_or(u64::MAX));
-        if let Some(m) = usize::try_from(chain)
-            .ok()
-            .and_then(|i| self.chain_elsewhere_until.get(i))
-        {
-            m.store(until, std::sync::atomic::Ordering::Relaxed);
-        }
+        mark_chain_elsewhere(&self.chain_elsewhere_until, self.chain_clock, chain);
     }
 
     /// PostgreSQL: waits for `chain` (this process's head of it, then its advisory lock).
@@ -1060,15 +1096,7 @@ impl SqlStore {
     /// Adds `spent` to the time units spent waiting for an audit chain or sealing again, and
     /// publishes the total as [`SERIALIZED_SECONDS`].
     fn count_serialized(&self, spent: Duration) {
-        if !spent.is_zero() {
-            let micros = u64::try_from(spent.as_micros()).unwrap_or(u64::MAX);
-            let total = self
-                .serialized_micros
-                .fetch_add(micros, std::sync::atomic::Ordering::Relaxed)
-                .saturating_add(micros);
-            #[allow(clippy::cast_precision_loss)]
-            metrics::gauge!(SERIALIZED_SECONDS).set(total as f64 / 1e6);
-        }
+        count_serialized(&self.serialized_micros, spent);
     }
 
     /// PostgreSQL: one statement on its own (atomic by itself, no BEGIN and COMMIT round

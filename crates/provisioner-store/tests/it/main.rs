@@ -9,6 +9,7 @@ mod support;
 mod alerts_and_rates;
 mod atomic_audit;
 mod audit_chain;
+mod batches;
 mod dead_letters;
 mod intake;
 mod jobs;

@@ -1,0 +1,209 @@
+//! PostgreSQL: the fenced writes of several jobs go to the database as one statement, and a
+//! batch the database refuses (a fence, a chain held elsewhere) leaves every write to run on
+//! its own with the outcome it would have had alone.
+//!
+//! On a current-thread runtime, writes started together (`join_all`) are all queued before
+//! the flusher task first runs: which writes share a statement is decided, not raced.
+
+use std::time::Duration;
+
+use audit::{Action, Actor, AuditLog as _, NewAuditRecord, Outcome};
+use chrono::Utc;
+use provisioner_store::{BatchCounts, Error, SqlStore, Step, StepUpdate, Store};
+use sqlx::Connection as _;
+
+use crate::support::{TestDb, event};
+
+const LEASE: Duration = Duration::from_secs(30);
+
+fn step_record(order_id: &str) -> NewAuditRecord {
+    NewAuditRecord::new(Actor::ENGINE, Action::STEP_SUCCEEDED, Outcome::Success)
+        .order_id(order_id.to_owned())
+        .unwrap()
+}
+
+/// `n` jobs of `n` customers, each claimed: their order ids and claim tokens.
+async fn claimed_jobs(store: &SqlStore, n: u32) -> Vec<(String, String)> {
+    let now = Utc::now();
+    for i in 0..n {
+        let order = format!("801{i:015}");
+        store
+            .ingest_event(&event(i, &order, &format!("C{i}")), now)
+            .await
+            .unwrap();
+    }
+    let mut jobs = Vec::new();
+    for i in 0..n {
+        let job = store
+            .claim(&format!("w{i}"), now, LEASE)
+            .await
+            .unwrap()
+            .unwrap();
+        jobs.push((job.order_id, job.lease_owner.unwrap()));
+    }
+    jobs
+}
+
+async fn advance(store: &SqlStore, order_id: &str, owner: &str) -> provisioner_store::Result<()> {
+    store
+        .advance(
+            order_id,
+            owner,
+            Step::Checked,
+            StepUpdate::default(),
+            vec![step_record(order_id)],
+            Utc::now(),
+        )
+        .await
+}
+
+/// Advances every job in `jobs` at once.
+async fn advance_all(
+    store: &SqlStore,
+    jobs: &[(String, String)],
+) -> Vec<provisioner_store::Result<()>> {
+    futures::future::join_all(jobs.iter().map(|(o, w)| advance(store, o, w))).await
+}
+
+/// What `store` counted since `before`.
+fn since(store: &SqlStore, before: BatchCounts) -> BatchCounts {
+    let now = store.batch_counts();
+    BatchCounts {
+        statements: now.statements - before.statements,
+        written: now.written - before.written,
+        refused: now.refused - before.refused,
+    }
+}
+
+/// Advances every job in `jobs` at once again, after one refused batch since `counts`: each
+/// write commits, all in one statement.
+async fn all_in_one_statement_again(
+    store: &SqlStore,
+    jobs: &[(String, String)],
+    counts: BatchCounts,
+) {
+    for result in advance_all(store, jobs).await {
+        result.unwrap();
+    }
+    let written = u64::try_from(jobs.len()).unwrap();
+    assert_eq!(since(store, counts), counted(1, written, 1));
+}
+
+fn counted(statements: u64, written: u64, refused: u64) -> BatchCounts {
+    BatchCounts {
+        statements,
+        written,
+        refused,
+    }
+}
+
+/// The number of audit records, after checking every chain.
+async fn records(store: &SqlStore) -> u64 {
+    store.verify_audit().await.unwrap().records()
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn steps_of_eight_jobs_at_once_commit_as_one_statement() {
+    let db = TestDb::postgres().await;
+    let store = db.open().await;
+    let jobs = claimed_jobs(&store, 9).await;
+    // One write first, so that this process has chain 0's head cached.
+    advance(&store, &jobs[0].0, &jobs[0].1).await.unwrap();
+    let counts = store.batch_counts();
+    let before = records(&store).await;
+
+    for result in advance_all(&store, &jobs[1..]).await {
+        result.unwrap();
+    }
+    assert_eq!(since(&store, counts), counted(1, 8, 0));
+    for (order_id, _) in &jobs {
+        let job = store.job(order_id).await.unwrap().unwrap();
+        assert_eq!(job.step, Step::Checked, "{order_id}");
+    }
+    // Eight records more, every chain unbroken, one step record per Order in chain 0.
+    assert_eq!(records(&store).await, before + 8);
+    let chain0 = store.audit_chain(0).read_range(1, 100).await.unwrap();
+    for (order_id, _) in &jobs[1..] {
+        let mine = chain0
+            .iter()
+            .filter(|r| {
+                r.record.action == Action::STEP_SUCCEEDED
+                    && r.record.order_id.as_ref().map(|o| o.as_str()) == Some(order_id.as_str())
+            })
+            .count();
+        assert_eq!(mine, 1, "{order_id}");
+    }
+    drop(store);
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_fenced_out_write_fails_alone_and_the_rest_of_its_batch_commits() {
+    let db = TestDb::postgres().await;
+    let store = db.open().await;
+    let jobs = claimed_jobs(&store, 4).await;
+    advance(&store, &jobs[0].0, &jobs[0].1).await.unwrap();
+    let counts = store.batch_counts();
+    let before = records(&store).await;
+
+    // Job 1 under a token that is not its claim's (a worker whose lease was taken over).
+    let mut batch = jobs[1..].to_vec();
+    batch[0].1 = "w-stale:1".to_owned();
+    let results = advance_all(&store, &batch).await;
+    assert!(
+        matches!(&results[0], Err(Error::LeaseLost { .. })),
+        "{:?}",
+        results[0]
+    );
+    results[1].as_ref().unwrap();
+    results[2].as_ref().unwrap();
+    // The batch was refused as a whole; the two others then committed on their own.
+    assert_eq!(since(&store, counts), counted(0, 0, 1));
+    assert_eq!(
+        store.job(&jobs[1].0).await.unwrap().unwrap().step,
+        Step::Received
+    );
+    assert_eq!(records(&store).await, before + 2);
+
+    // The next writes of the same jobs batch again.
+    all_in_one_statement_again(&store, &jobs[1..], counts).await;
+    assert_eq!(records(&store).await, before + 5);
+    drop(store);
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_batch_on_a_chain_held_elsewhere_goes_write_by_write_to_other_chains() {
+    let db = TestDb::postgres().await;
+    let store = db.open().await;
+    let jobs = claimed_jobs(&store, 5).await;
+    advance(&store, &jobs[0].0, &jobs[0].1).await.unwrap();
+    let in_chain_0 = store.audit_chain(0).read_range(1, 100).await.unwrap().len();
+    let counts = store.batch_counts();
+    let before = records(&store).await;
+
+    // Another session holds chain 0 (cached here, so the batch tries it first).
+    let holder = test_support::pg::ChainZeroHolder::hold(&db.url()).await;
+    for result in advance_all(&store, &jobs[1..]).await {
+        result.unwrap();
+    }
+    assert_eq!(since(&store, counts), counted(0, 0, 1));
+    holder.release().await.close().await.unwrap();
+    sqlx::any::install_default_drivers();
+    assert_eq!(
+        store.audit_chain(0).read_range(1, 100).await.unwrap().len(),
+        in_chain_0,
+        "nothing went to the held chain"
+    );
+    assert_eq!(records(&store).await, before + 4);
+
+    // Chain 0 is now tried last; the next batch goes to a chain the lone writes cached.
+    all_in_one_statement_again(&store, &jobs[1..], counts).await;
+    assert_eq!(
+        store.audit_chain(0).read_range(1, 100).await.unwrap().len(),
+        in_chain_0
+    );
+    assert_eq!(records(&store).await, before + 8);
+    drop(store);
+    db.cleanup().await;
+}
