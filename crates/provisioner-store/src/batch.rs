@@ -39,7 +39,7 @@ use crate::error::Error;
 use crate::sql::SqlStore;
 use crate::tx::{
     Arg, Heads, chain_lock_key, chain_preference, count_serialized, mark_chain_elsewhere,
-    record_args, sqlx_query,
+    seal_args, sqlx_query,
 };
 
 /// At most this many flushers write at a time (per process), each on a connection of its
@@ -94,7 +94,6 @@ pub(crate) enum Batched {
 pub(crate) struct Batcher {
     /// The flushers' connections (PostgreSQL).
     pool: Option<AnyPool>,
-    flushers: usize,
     queue: std::sync::Mutex<Queue>,
     statements: AtomicU64,
     written: AtomicU64,
@@ -130,7 +129,6 @@ impl Batcher {
     pub(crate) fn new(pool: Option<AnyPool>) -> Batcher {
         Batcher {
             pool,
-            flushers: MAX_FLUSHERS as usize,
             queue: std::sync::Mutex::default(),
             statements: AtomicU64::new(0),
             written: AtomicU64::new(0),
@@ -188,7 +186,7 @@ impl SqlStore {
         let start = {
             let mut queue = self.batcher.queue();
             queue.waiting.push(Waiting { unit, reply });
-            let start = queue.flushers < self.batcher.flushers;
+            let start = queue.flushers < MAX_FLUSHERS as usize;
             if start {
                 queue.flushers += 1;
             }
@@ -308,27 +306,13 @@ impl Flusher {
             args.push(Arg::text(w.unit.owner.as_str()));
         }
         args.push(Arg::Int(chain_lock_key(chain)));
-        let mut next = cached;
-        for record in batch.iter().flat_map(|w| w.unit.records.iter()) {
-            let sealed = match next.seal(&self.key, record.clone()) {
-                Ok(sealed) => sealed,
-                // Each write meets this again on its own, with its error.
-                Err(_) => {
-                    drop(head);
-                    answer_all(batch, || Batched::Alone);
-                    return;
-                }
-            };
-            match record_args(chain, &sealed) {
-                Ok(a) => args.extend(a),
-                Err(_) => {
-                    drop(head);
-                    answer_all(batch, || Batched::Alone);
-                    return;
-                }
-            }
-            next = ChainHead::after(&sealed);
-        }
+        let records = batch.iter().flat_map(|w| w.unit.records.iter());
+        let Ok((next, _)) = seal_args(&self.key, chain, cached, records, &mut args) else {
+            // Each write meets this again on its own, with its error.
+            drop(head);
+            answer_all(batch, || Batched::Alone);
+            return;
+        };
         use std::sync::atomic::Ordering::Relaxed;
         // Unknown until the statement answers.
         *head = None;

@@ -605,7 +605,7 @@ pub(crate) async fn read_head(tx: &mut dyn Tx, chain: u32) -> Result<ChainHead> 
     }
 }
 
-pub(crate) fn record_args(chain: u32, sealed: &SealedRecord) -> Result<Vec<Arg>> {
+fn record_args(chain: u32, sealed: &SealedRecord) -> Result<Vec<Arg>> {
     let json = serde_json::to_string(sealed).map_err(json_error("audit: encoding"))?;
     let seq = i64::try_from(sealed.record.seq).map_err(|_| {
         audit_error(audit::Error::Backend {
@@ -626,6 +626,25 @@ pub(crate) fn record_args(chain: u32, sealed: &SealedRecord) -> Result<Vec<Arg>>
         ),
         chain_arg(chain),
     ])
+}
+
+/// Seals `records` in turn on `head` of `chain` and appends their statement arguments
+/// ([`record_args`]) to `args`; returns the head after the last and the sealed records.
+pub(crate) fn seal_args<'r>(
+    key: &audit::AuditKey,
+    chain: u32,
+    mut head: ChainHead,
+    records: impl IntoIterator<Item = &'r NewAuditRecord>,
+    args: &mut Vec<Arg>,
+) -> Result<(ChainHead, Vec<SealedRecord>)> {
+    let mut sealed = Vec::new();
+    for record in records {
+        let s = head.seal(key, record.clone()).map_err(audit_error)?;
+        args.extend(record_args(chain, &s)?);
+        head = ChainHead::after(&s);
+        sealed.push(s);
+    }
+    Ok((head, sealed))
 }
 
 /// Seals `records` on the head of `chain` (`cached`, or the stored one) and inserts them
@@ -1011,16 +1030,7 @@ impl SqlStore {
                 all.extend([Arg::text(u.order_id), Arg::text(u.owner)]);
             }
             all.push(Arg::Int(chain_lock_key(chain)));
-            let mut head = cached;
-            let mut sealed = Vec::with_capacity(records.len());
-            for record in records {
-                let s = head
-                    .seal(self.audit_key(), record.clone())
-                    .map_err(audit_error)?;
-                all.extend(record_args(chain, &s)?);
-                head = ChainHead::after(&s);
-                sealed.push(s);
-            }
+            let (head, sealed) = seal_args(self.audit_key(), chain, cached, records, &mut all)?;
             // Unknown until the statement answers: a failure leaves the head to be read.
             *guard = None;
             let started = std::time::Instant::now();
