@@ -252,11 +252,17 @@ struct Outcome {
     activated: u64,
     drained: bool,
     prov_cpu_ms: f64,
+    /// The provisioners' CPU by thread name (all instances summed): where `prov_cpu_ms` went.
+    prov_threads_ms: BTreeMap<String, f64>,
     sandbox_cpu_ms: f64,
     /// The PostgreSQL server's CPU over the run (`postgres-*` with a local server only).
     db_cpu_ms: Option<f64>,
     peak_rss_kib: u64,
     serialized_s: Option<f64>,
+    /// PostgreSQL's batched fenced writes (all instances summed): statements sent, and the
+    /// writes they committed (`None` when the binary does not export them).
+    batch_statements: Option<f64>,
+    batched_writes: Option<f64>,
     provisioned_metric: Option<f64>,
     p50_ms: Option<f64>,
     p99_ms: Option<f64>,
@@ -307,6 +313,14 @@ impl Outcome {
             .map(|s| s / slot)
     }
 
+    /// Fenced writes per batch statement, when any batch was sent.
+    fn writes_per_batch(&self) -> Option<f64> {
+        match (self.batch_statements, self.batched_writes) {
+            (Some(statements), Some(writes)) if statements > 0.0 => Some(writes / statements),
+            _ => None,
+        }
+    }
+
     fn exactly_once(&self) -> bool {
         self.drained && self.duplicates == 0 && self.whmcs_orders == self.orders
     }
@@ -323,6 +337,11 @@ impl Outcome {
             "provisionerCpuMs": self.prov_cpu_ms,
             "sandboxCpuMs": self.sandbox_cpu_ms,
             "provisionerCpuMsPerOrder": self.per_order(self.prov_cpu_ms),
+            "provisionerThreadCpuMsPerOrder": self
+                .prov_threads_ms
+                .iter()
+                .map(|(name, ms)| (name.clone(), json!(self.per_order(*ms))))
+                .collect::<serde_json::Map<String, Value>>(),
             "sandboxCpuMsPerOrder": self.per_order(self.sandbox_cpu_ms),
             "databaseCpuMs": self.db_cpu_ms,
             "databaseCpuMsPerOrder": self.db_cpu_ms.map(|ms| self.per_order(ms)),
@@ -332,6 +351,9 @@ impl Outcome {
             "serializedMsPerOrder": self.serialized_ms_per_order(),
             "slotMsPerOrder": self.slot_ms_per_order(),
             "serializedShare": self.serialized_share(),
+            "batchStatements": self.batch_statements,
+            "batchedWrites": self.batched_writes,
+            "writesPerBatch": self.writes_per_batch(),
             "provisionedMetric": self.provisioned_metric,
             "p50Ms": self.p50_ms,
             "p99Ms": self.p99_ms,
@@ -402,7 +424,9 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
                 None => format!("TCP {PG_HOST}:{PG_PORT}"),
             }
         );
+        report.push_str(&batches(&outcomes));
     }
+    report.push_str(&threads(&outcomes));
     report.push('\n');
     report.push_str(&checks(&outcomes));
     let mut stdout = std::io::stdout().lock();
@@ -802,6 +826,27 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
     Some(parse_stat(&stat)?.ticks)
 }
 
+/// utime+stime of each thread of a process, in clock ticks, summed by thread name (a
+/// runtime's workers share one); empty once the process is gone.
+fn thread_ticks(pid: u32) -> BTreeMap<String, u64> {
+    let stats = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("stat")).ok())
+        .filter_map(|stat| parse_stat(&stat));
+    by_name(stats)
+}
+
+/// Ticks summed by command name.
+fn by_name(stats: impl IntoIterator<Item = Stat>) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for stat in stats {
+        *out.entry(stat.comm).or_insert(0) += stat.ticks;
+    }
+    out
+}
+
 /// The CPU of the local PostgreSQL server, in clock ticks: each live process named `postgres`
 /// (the postmaster, its backends and its background workers), and what the postmaster has
 /// collected from its children that exited (a backend whose connection closed).
@@ -1067,6 +1112,9 @@ fn run_scenario(bins: &Bins, scenario: &Scenario, n: usize) -> Result<Outcome> {
     let mut prov_ticks = 0;
     for p in &provisioners {
         prov_ticks += cpu_ticks(p.pid()).context("a provisioner's CPU time")?;
+        for (name, ticks) in thread_ticks(p.pid()) {
+            *outcome.prov_threads_ms.entry(name).or_insert(0.0) += ticks_to_ms(ticks, bins.ticks);
+        }
         outcome.peak_rss_kib = outcome
             .peak_rss_kib
             .max(status_kib(p.pid(), "VmHWM").unwrap_or(0));
@@ -1086,6 +1134,12 @@ fn run_scenario(bins: &Bins, scenario: &Scenario, n: usize) -> Result<Outcome> {
         }
         if let Some(s) = metric_sum(&text, "provisioner_store_serialized_seconds", None) {
             *outcome.serialized_s.get_or_insert(0.0) += s;
+        }
+        if let Some(v) = metric_sum(&text, "provisioner_store_batch_statements_total", None) {
+            *outcome.batch_statements.get_or_insert(0.0) += v;
+        }
+        if let Some(v) = metric_sum(&text, "provisioner_store_batched_writes_total", None) {
+            *outcome.batched_writes.get_or_insert(0.0) += v;
         }
         if let Some(v) = metric_sum(
             &text,
@@ -1217,6 +1271,43 @@ fn table(outcomes: &[Outcome]) -> String {
              {rss:.1} | {serialized} | {latency} | {} |",
             o.name, o.orders, o.wall_s, o.duplicates
         );
+    }
+    out
+}
+
+/// PostgreSQL's batched fenced writes, one line per scenario that sent any: how many writes a
+/// statement carried on average.
+fn batches(outcomes: &[Outcome]) -> String {
+    let mut out = String::new();
+    for o in outcomes {
+        if let (Some(per), Some(statements)) = (o.writes_per_batch(), o.batch_statements) {
+            let _ = writeln!(
+                out,
+                "- {}: {per:.2} fenced writes per batch statement ({statements:.0} statements)",
+                o.name
+            );
+        }
+    }
+    out
+}
+
+/// The provisioners' CPU per Order by thread, one line per scenario that ran: which part of
+/// the process (the runtime's workers, the SQLite writer, ...) the CPU of check (1) went to.
+fn threads(outcomes: &[Outcome]) -> String {
+    let mut out = String::new();
+    for o in outcomes.iter().filter(|o| !o.prov_threads_ms.is_empty()) {
+        let parts: Vec<String> = o
+            .prov_threads_ms
+            .iter()
+            .filter(|(_, ms)| **ms > 0.0)
+            .map(|(name, ms)| format!("{name} {:.3}", o.per_order(*ms)))
+            .collect();
+        if out.is_empty() {
+            out.push_str(
+                "\nProvisioner CPU ms/order by thread (threads that used none left out):\n",
+            );
+        }
+        let _ = writeln!(out, "- {}: {}", o.name, parts.join(", "));
     }
     out
 }
@@ -1478,6 +1569,66 @@ mod tests {
             children_ticks: children,
             start,
         }
+    }
+
+    #[test]
+    fn batches_are_reported_as_writes_per_statement() {
+        let metrics = "provisioner_store_batch_statements_total 400\n\
+                       provisioner_store_batched_writes_total 920\n";
+        let pg = Outcome {
+            name: "postgres-1".to_owned(),
+            batch_statements: metric_sum(metrics, "provisioner_store_batch_statements_total", None),
+            batched_writes: metric_sum(metrics, "provisioner_store_batched_writes_total", None),
+            ..Outcome::default()
+        };
+        assert!((pg.writes_per_batch().unwrap() - 2.3).abs() < 1e-9);
+        let none_sent = Outcome {
+            name: "postgres-2".to_owned(),
+            batch_statements: Some(0.0),
+            batched_writes: Some(0.0),
+            ..Outcome::default()
+        };
+        assert_eq!(none_sent.writes_per_batch(), None);
+        let text = batches(&[pg.clone(), none_sent, Outcome::default()]);
+        assert_eq!(
+            text,
+            "- postgres-1: 2.30 fenced writes per batch statement (400 statements)\n"
+        );
+        assert_eq!(pg.json()["writesPerBatch"], json!(pg.writes_per_batch()));
+    }
+
+    #[test]
+    fn threads_are_summed_by_name_and_reported_per_order() {
+        let ticks = by_name([
+            stat("tokio-rt-worker", 1, 30, 0, 5),
+            stat("sqlite-writer", 1, 20, 0, 5),
+            stat("tokio-rt-worker", 1, 12, 0, 6),
+            stat("provisioner", 1, 0, 0, 4),
+        ]);
+        assert_eq!(ticks["tokio-rt-worker"], 42);
+        assert_eq!(ticks["sqlite-writer"], 20);
+        assert_eq!(ticks["provisioner"], 0);
+        // This process's own threads are readable, and at least one of them has a name.
+        assert!(!thread_ticks(std::process::id()).is_empty());
+        let o = Outcome {
+            name: "sqlite-1".to_owned(),
+            orders: 1_000,
+            prov_threads_ms: ticks
+                .iter()
+                .map(|(name, t)| (name.clone(), ticks_to_ms(*t, 100)))
+                .collect(),
+            ..Outcome::default()
+        };
+        let text = threads(&[o.clone(), Outcome::default()]);
+        assert!(
+            text.contains("- sqlite-1: sqlite-writer 0.200, tokio-rt-worker 0.420\n"),
+            "{text}"
+        );
+        assert_eq!(text.matches("\n- ").count(), 1, "{text}");
+        assert_eq!(
+            o.json()["provisionerThreadCpuMsPerOrder"]["sqlite-writer"],
+            json!(0.2)
+        );
     }
 
     #[test]

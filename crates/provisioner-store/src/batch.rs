@@ -36,10 +36,10 @@ use sqlx::AnyPool;
 use tokio::sync::{OwnedMutexGuard, oneshot};
 
 use crate::error::Error;
+use crate::held::Held;
 use crate::sql::SqlStore;
 use crate::tx::{
-    Arg, Heads, chain_lock_key, chain_preference, count_serialized, mark_chain_elsewhere,
-    seal_args, sqlx_query,
+    Arg, Heads, chain_lock_key, chain_preference, count_serialized, mark_chain_elsewhere, seal_args,
 };
 
 /// At most this many flushers write at a time (per process), each on a connection of its
@@ -92,8 +92,8 @@ pub(crate) enum Batched {
 
 /// The queue of writes waiting for a flusher.
 pub(crate) struct Batcher {
-    /// The flushers' connections (PostgreSQL).
-    pool: Option<AnyPool>,
+    /// The flushers' connections (PostgreSQL), kept between batches.
+    held: Option<Held>,
     queue: std::sync::Mutex<Queue>,
     statements: AtomicU64,
     written: AtomicU64,
@@ -128,7 +128,8 @@ impl Batcher {
     /// A queue whose flushers write on `pool` (none: every write runs on its own).
     pub(crate) fn new(pool: Option<AnyPool>) -> Batcher {
         Batcher {
-            pool,
+            // A flusher's connection waits for the next flusher, not for the pool's ping.
+            held: pool.map(|pool| Held::new(pool, MAX_FLUSHERS as usize)),
             queue: std::sync::Mutex::default(),
             statements: AtomicU64::new(0),
             written: AtomicU64::new(0),
@@ -178,9 +179,9 @@ impl SqlStore {
     /// PostgreSQL: sends `unit` with whatever other fenced writes are waiting, as one
     /// statement (see the module documentation).
     pub(crate) async fn write_batched(&self, unit: Unit) -> Batched {
-        let Some(pool) = &self.batcher.pool else {
+        if self.batcher.held.is_none() {
             return Batched::Alone;
-        };
+        }
         let op = unit.op;
         let (reply, answer) = oneshot::channel();
         let start = {
@@ -195,7 +196,6 @@ impl SqlStore {
         if start {
             let flusher = Flusher {
                 batcher: Arc::clone(&self.batcher),
-                pool: pool.clone(),
                 key: self.audit_key().clone(),
                 heads: Arc::clone(&self.audit_heads),
                 marks: Arc::clone(&self.chain_elsewhere_until),
@@ -223,7 +223,6 @@ fn lost(op: &'static str, why: String) -> Error {
 /// Writes batches until none wait, each on a chain free at the time.
 struct Flusher {
     batcher: Arc<Batcher>,
-    pool: AnyPool,
     key: audit::AuditKey,
     heads: Heads,
     marks: Arc<Vec<AtomicU64>>,
@@ -317,7 +316,11 @@ impl Flusher {
         // Unknown until the statement answers.
         *head = None;
         let started = Instant::now();
-        match sqlx_query(&sql, &args).fetch_all(&self.pool).await {
+        let sent = match &self.batcher.held {
+            Some(held) => held.fetch_all(&sql, &args).await,
+            None => Err(sqlx::Error::PoolClosed),
+        };
+        match sent {
             Ok(_) => {
                 *head = Some(next);
                 let n = u64::try_from(batch.len()).unwrap_or(u64::MAX);

@@ -5,6 +5,7 @@ mod audit_log;
 mod batch;
 mod dead_letters;
 mod error;
+mod held;
 mod intake;
 mod jobs;
 mod keys;

@@ -57,7 +57,9 @@ pub enum Backend {
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
     /// Connections to PostgreSQL (readers on SQLite; SQLite has one writer connection). On
-    /// PostgreSQL the batches of fenced job writes use one more, of their own.
+    /// PostgreSQL the batches of fenced job writes use one more, of their own, and up to half
+    /// of these wait between lone statements (a claim, a write) instead of going back to the
+    /// pool, which would test each with a round trip (at least 2 in all).
     pub max_connections: u32,
     /// How long to wait for a connection or a SQLite lock.
     pub acquire_timeout: Duration,
@@ -156,6 +158,9 @@ pub struct SqlStore {
     /// PostgreSQL: fenced job writes waiting to go to the database together
     /// ([`crate::batch`]).
     pub(crate) batcher: Arc<crate::batch::Batcher>,
+    /// PostgreSQL: writer connections kept between lone statements (a claim, a unit in one
+    /// statement), so they skip the pool's ping ([`crate::held`]). None kept on SQLite.
+    pub(crate) held: crate::held::Held,
     /// The job statements that read the database's clock, built for this backend.
     pub(crate) job_sql: JobSql,
     /// Where those statements read "now".
@@ -272,6 +277,21 @@ fn lock_key(name: &str) -> i64 {
     (h >> 1) as i64
 }
 
+/// How many writer connections the lone statements keep between them ([`crate::held`]): half
+/// the pool on PostgreSQL, so transactions and reads keep the other half; none on SQLite,
+/// whose sqlx writer pool has one connection (its hot writes go through the writer thread).
+fn held_connections(backend: Backend, options: &StoreOptions) -> usize {
+    match backend {
+        Backend::Postgres => (postgres_pool_size(options) / 2) as usize,
+        Backend::Sqlite => 0,
+    }
+}
+
+/// The PostgreSQL pool's size: `max_connections`, at least 2.
+fn postgres_pool_size(options: &StoreOptions) -> u32 {
+    options.max_connections.max(2)
+}
+
 /// How long a SQLite write waits for a lock held by another connection (an operator command).
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -373,7 +393,7 @@ impl SqlStore {
                 // connection broken by a server restart fails its next statement instead, which
                 // every caller already treats as a retryable store error, and is then dropped.
                 let pool = AnyPoolOptions::new()
-                    .max_connections(options.max_connections.max(2))
+                    .max_connections(postgres_pool_size(&options))
                     .test_before_acquire(false)
                     .acquire_timeout(options.acquire_timeout)
                     .after_connect(postgres_settings)
@@ -425,6 +445,7 @@ impl SqlStore {
             Backend::Sqlite => 1,
             Backend::Postgres => crate::tx::POSTGRES_AUDIT_CHAINS,
         };
+        let held = crate::held::Held::new(writer.clone(), held_connections(backend, &options));
         Ok(SqlStore {
             backend,
             writer,
@@ -456,6 +477,7 @@ impl SqlStore {
             serialized_micros: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             next_expired_scan: AtomicI64::new(0),
             batcher: Arc::new(crate::batch::Batcher::new(batch_pool)),
+            held,
             job_sql: JobSql {
                 claim: [
                     claim_sql(ClaimKind::Pending, backend, now_source).into(),

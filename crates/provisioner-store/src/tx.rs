@@ -1118,8 +1118,9 @@ impl SqlStore {
         sql: &str,
         args: &[Arg],
     ) -> Result<Vec<Row>> {
-        let rows = sqlx_query(sql, args)
-            .fetch_all(self.writer())
+        let rows = self
+            .held
+            .fetch_all(sql, args)
             .await
             .map_err(Error::db(op))?;
         rows.iter()
@@ -1134,8 +1135,9 @@ impl SqlStore {
         sql: &str,
         args: &[Arg],
     ) -> Result<u64> {
-        Ok(sqlx_query(sql, args)
-            .execute(self.writer())
+        Ok(self
+            .held
+            .execute(sql, args)
             .await
             .map_err(Error::db(op))?
             .rows_affected())
