@@ -306,8 +306,10 @@ impl Flusher {
         }
         args.push(Arg::Int(chain_lock_key(chain)));
         let records = batch.iter().flat_map(|w| w.unit.records.iter());
-        let Ok((next, _)) = seal_args(&self.key, chain, cached, records, &mut args) else {
-            // Each write meets this again on its own, with its error.
+        let sealed = seal_args(&self.key, chain, cached, records, &mut args);
+        let (Ok((next, _)), Some(held)) = (sealed, &self.batcher.held) else {
+            // Each write meets this again on its own, with its error (a batcher without
+            // connections starts no flusher: `write_batched` answers `Alone` first).
             drop(head);
             answer_all(batch, || Batched::Alone);
             return;
@@ -316,11 +318,7 @@ impl Flusher {
         // Unknown until the statement answers.
         *head = None;
         let started = Instant::now();
-        let sent = match &self.batcher.held {
-            Some(held) => held.fetch_all(&sql, &args).await,
-            None => Err(sqlx::Error::PoolClosed),
-        };
-        match sent {
+        match held.fetch_all(&sql, &args).await {
             Ok(_) => {
                 *head = Some(next);
                 let n = u64::try_from(batch.len()).unwrap_or(u64::MAX);
