@@ -7,7 +7,12 @@
 //! full or fail. A connection whose statement answered in full is idle, in no transaction, with
 //! nothing left to read, so it is kept here for the next such statement instead of going back
 //! through the pool and its ping. A connection whose statement failed, or whose caller was
-//! cancelled mid-statement, goes back to the pool, which tests it as before.
+//! cancelled mid-statement, goes back to the pool, which tests it as before — except one the
+//! database refused: before the error returns, the connection waits for the server to say it is
+//! ready again (a ping), and is then kept like any other. The server sends the error before it
+//! ends the statement's implicit transaction; without that wait, the caller's next statement,
+//! on another connection, could still find the failed one's locks (an audit chain's among
+//! them) held, and take this process's own chain for another instance's.
 //!
 //! At most `keep` connections wait here, so the pool keeps the rest of its connections for
 //! transactions and reads; they count against the pool's `max_connections` like any other.
@@ -16,7 +21,7 @@ use std::sync::Mutex;
 
 use sqlx::any::{AnyQueryResult, AnyRow};
 use sqlx::pool::PoolConnection;
-use sqlx::{Any, AnyPool};
+use sqlx::{Any, AnyPool, Connection};
 
 use crate::tx::{Arg, sqlx_query};
 
@@ -69,9 +74,13 @@ impl Held {
         args: &[Arg],
     ) -> Result<Vec<AnyRow>, sqlx::Error> {
         let mut conn = self.take().await?;
-        let rows = sqlx_query(sql, args).fetch_all(&mut *conn).await?;
-        self.keep(conn);
-        Ok(rows)
+        match sqlx_query(sql, args).fetch_all(&mut *conn).await {
+            Ok(rows) => {
+                self.keep(conn);
+                Ok(rows)
+            }
+            Err(e) => Err(self.settle(conn, e).await),
+        }
     }
 
     /// Runs `sql` on `args` alone, for a statement without rows.
@@ -81,9 +90,23 @@ impl Held {
         args: &[Arg],
     ) -> Result<AnyQueryResult, sqlx::Error> {
         let mut conn = self.take().await?;
-        let done = sqlx_query(sql, args).execute(&mut *conn).await?;
-        self.keep(conn);
-        Ok(done)
+        match sqlx_query(sql, args).execute(&mut *conn).await {
+            Ok(done) => {
+                self.keep(conn);
+                Ok(done)
+            }
+            Err(e) => Err(self.settle(conn, e).await),
+        }
+    }
+
+    /// After `conn`'s statement failed with `e`: when the database refused it, waits until
+    /// the server is ready again (its implicit transaction over, its locks released) and keeps
+    /// the connection; any other failure leaves it to the pool. Returns `e`.
+    async fn settle(&self, mut conn: PoolConnection<Any>, e: sqlx::Error) -> sqlx::Error {
+        if matches!(e, sqlx::Error::Database(_)) && conn.ping().await.is_ok() {
+            self.keep(conn);
+        }
+        e
     }
 
     /// How many connections are kept now.
@@ -157,15 +180,58 @@ mod tests {
         teardown(db, pool, held).await;
     }
 
+    /// Advisory locks any session holds in the test's database.
+    async fn advisory_locks(pool: &AnyPool) -> i64 {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap()
+    }
+
     #[tokio::test(flavor = "current_thread")]
-    async fn a_connection_whose_statement_failed_goes_back_to_the_pool() {
+    async fn a_refused_statement_has_ended_when_its_error_returns_and_its_connection_is_kept() {
+        let (db, pool, held) = setup(3).await;
+        let first = backend_pid(&held).await;
+        // Takes a lock for its implicit transaction, then fails.
+        let refused = "WITH l AS MATERIALIZED (SELECT pg_advisory_xact_lock(42) AS x) \
+                       SELECT 1 / (SELECT CAST(count(*) - 1 AS INTEGER) FROM l)";
+        assert!(matches!(
+            held.fetch_all(refused, &[]).await,
+            Err(sqlx::Error::Database(_))
+        ));
+        // The server was ready again before the error returned: the transaction is over and
+        // its lock is free for any other session, and the connection is kept.
+        assert_eq!(held.kept(), 1);
+        assert_eq!(advisory_locks(&pool).await, 0);
+        assert_eq!(backend_pid(&held).await, first);
+        assert!(matches!(
+            held.execute(refused, &[]).await,
+            Err(sqlx::Error::Database(_))
+        ));
+        assert_eq!(held.kept(), 1);
+        assert_eq!(advisory_locks(&pool).await, 0);
+        assert_eq!(backend_pid(&held).await, first);
+        teardown(db, pool, held).await;
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_connection_left_mid_statement_goes_back_to_the_pool() {
         let (db, pool, held) = setup(2).await;
         backend_pid(&held).await;
         assert_eq!(held.kept(), 1);
-        assert!(held.fetch_all("SELECT 1 / 0", &[]).await.is_err());
-        assert_eq!(held.kept(), 0);
-        backend_pid(&held).await;
-        assert!(held.execute("SELECT 1 / 0", &[]).await.is_err());
+        // The server sleeps far longer than the caller waits: the caller always leaves first.
+        let left = tokio::time::timeout(
+            std::time::Duration::from_millis(20),
+            held.fetch_all("SELECT pg_sleep(0.5)", &[]),
+        )
+        .await;
+        assert!(
+            left.is_err(),
+            "the statement answered before the caller left"
+        );
         assert_eq!(held.kept(), 0);
         // The next statement gets a connection from the pool (tested there) and keeps it.
         backend_pid(&held).await;

@@ -238,6 +238,14 @@ struct SqlxTx {
     audit: Vec<NewAuditRecord>,
 }
 
+/// Rolls `tx` back now. Its error is not the caller's: the unit already failed, and a
+/// connection that cannot roll back is closed by the pool, which ends the transaction.
+async fn roll_back(tx: sqlx::Transaction<'static, sqlx::Any>) {
+    if tx.rollback().await.is_err() {
+        tracing::debug!("a failed unit did not roll back; the pool tests its connection");
+    }
+}
+
 /// `sql` with `args` bound, for sqlx.
 pub(crate) fn sqlx_query<'q>(
     sql: &'q str,
@@ -902,11 +910,27 @@ impl SqlStore {
                     tx,
                     audit: Vec::new(),
                 };
+                // A unit that fails rolls back before its error returns, so the locks it
+                // took (an audit chain's among them) are free when its caller goes on; a
+                // dropped transaction would only queue the rollback for the pool to send
+                // later, and this process's next unit would find its own chain "held
+                // elsewhere".
+                macro_rules! or_roll_back {
+                    ($e:expr) => {
+                        match $e {
+                            Ok(v) => v,
+                            Err(e) => {
+                                roll_back(tx.tx).await;
+                                return Err(e);
+                            }
+                        }
+                    };
+                }
                 let mut held = match chain {
-                    Some(chain) => Some(self.wait_for_chain(&mut tx, chain).await?),
+                    Some(chain) => Some(or_roll_back!(self.wait_for_chain(&mut tx, chain).await)),
                     None => None,
                 };
-                let result = work(&mut tx).await?;
+                let result = or_roll_back!(work(&mut tx).await);
                 let records = std::mem::take(&mut tx.audit);
                 if records.is_empty() {
                     tx.tx.commit().await.map_err(Error::db(op))?;
@@ -918,11 +942,12 @@ impl SqlStore {
                 let (chain, mut head, waited, (sealed, new_head, moved)) = match held.take() {
                     Some((chain, mut head, waited)) => {
                         let cached = head.take();
-                        let done =
-                            seal_into(&mut tx, chain, cached, self.audit_key(), &records).await?;
+                        let done = or_roll_back!(
+                            seal_into(&mut tx, chain, cached, self.audit_key(), &records).await
+                        );
                         (chain, head, waited, done)
                     }
-                    None => self.take_chain_and_seal(&mut tx, &records).await?,
+                    None => or_roll_back!(self.take_chain_and_seal(&mut tx, &records).await),
                 };
                 tx.tx.commit().await.map_err(Error::db(op))?;
                 *head = Some(new_head);

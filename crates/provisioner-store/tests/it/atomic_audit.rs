@@ -41,6 +41,97 @@ async fn refuse_audit(db: &TestDb, on: bool) {
     conn.close().await.unwrap();
 }
 
+/// How many advisory locks any session holds in the test's database, and how many sessions
+/// sit in a failed transaction there, counted from another thread while the caller's blocks:
+/// nothing the caller's runtime would run later (a connection going back to its pool, say)
+/// runs while it looks.
+fn locks_and_failed_transactions(url: String) -> (i64, i64) {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
+            let locks: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            )
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+            let failed: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND state = 'idle in transaction (aborted)'",
+            )
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+            conn.close().await.unwrap();
+            (locks, failed)
+        })
+    })
+    .join()
+    .unwrap()
+}
+
+/// PostgreSQL: a unit whose audit insert fails has rolled back by the time its error returns,
+/// so the audit chain it held is free for this process's next unit. (A dropped transaction
+/// only queues its rollback until the pool takes the connection back, later, on the runtime:
+/// the next unit found the process's own chain "held elsewhere" and moved off it.) The
+/// runtime has one thread, blocked while another counts: the pool cannot roll back meanwhile.
+#[test]
+fn a_failed_unit_holds_no_lock_once_its_error_returns_on_postgres() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let db = TestDb::postgres().await;
+        let store = db.open().await;
+        let now = Utc::now();
+        store
+            .ingest_event(&event(1, "801000000000001AAA", "A"), now)
+            .await
+            .unwrap();
+        let head = store.head().await.unwrap();
+        refuse_audit(&db, true).await;
+
+        let r = store
+            .ingest_event(&event(2, "801000000000002AAA", "B"), now)
+            .await;
+        assert!(is_audit_error(&r), "{r:?}");
+        assert_eq!(locks_and_failed_transactions(db.url()), (0, 0));
+
+        let r = store
+            .enqueue(
+                NewJob {
+                    order_id: "801000000000003AAA".into(),
+                    customer_number: "C".into(),
+                    account_id: None,
+                    event_id: None,
+                    source: JobSource::Reconcile,
+                },
+                vec![step_record("801000000000003AAA", Step::Received)],
+                now,
+            )
+            .await;
+        assert!(is_audit_error(&r), "{r:?}");
+        assert_eq!(locks_and_failed_transactions(db.url()), (0, 0));
+
+        // So the next record goes on chain 0, the chain a lone process keeps to.
+        refuse_audit(&db, false).await;
+        store
+            .ingest_event(&event(2, "801000000000002AAA", "B"), now)
+            .await
+            .unwrap();
+        let last = store.read_range(head.seq + 1, 10).await.unwrap();
+        assert_eq!(last.len(), 1, "the record went to another chain");
+        drop(store);
+        db.cleanup().await;
+    });
+}
+
 fn is_audit_error(r: &Result<impl std::fmt::Debug, Error>) -> bool {
     matches!(r, Err(Error::Audit(_)))
 }
