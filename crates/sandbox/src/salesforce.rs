@@ -839,6 +839,13 @@ async fn intercept(State(shared): State<Arc<Shared>>, req: Request, next: Next) 
             FaultKind::CommitThenDrop | FaultKind::DelayAnswer(_) => after.push(fault),
             FaultKind::Latency(delay) => tokio::time::sleep(delay).await,
             FaultKind::Status(status) => return status_fault(route, status),
+            FaultKind::Redirect(location) => {
+                let mut response = StatusCode::FOUND.into_response();
+                if let Ok(value) = HeaderValue::from_str(&location) {
+                    response.headers_mut().insert(header::LOCATION, value);
+                }
+                return response;
+            }
             FaultKind::SalesforceError {
                 status,
                 error_code,

@@ -170,6 +170,10 @@ impl RestOrderApi {
     /// A client with its own HTTP client (rustls, `config.request_timeout`).
     pub fn new(tokens: Arc<dyn TokenSource>, config: RestConfig) -> Result<Self> {
         let http = reqwest::Client::builder()
+            // The REST API answers where it is asked; a redirect (a proxy, a wrong instance
+            // URL) is a configuration error to report, not a place to send the session token,
+            // and following a 302 would turn a PATCH into a GET that seems to succeed.
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(config.request_timeout)
             .connect_timeout(config.request_timeout.min(Duration::from_secs(10)))
             .build()
@@ -347,6 +351,19 @@ impl RestOrderApi {
             return Ok(reply);
         }
         let status = reply.status.as_u16();
+        if reply.status.is_redirection() {
+            let err = Error::Api {
+                action,
+                status,
+                code: String::new(),
+                message: "Salesforce answered with a redirect, which is not followed: \
+                          check the instance URL the login returned and any proxy in between"
+                    .to_owned(),
+                fields: Vec::new(),
+            };
+            tracing::warn!(%action, status, error = %err, "salesforce rest error");
+            return Err(err);
+        }
         let first = serde_json::from_slice::<Vec<ApiErrorEntry>>(&reply.body)
             .ok()
             .and_then(|v| v.into_iter().next());

@@ -48,7 +48,8 @@ pub enum ErrorClass {
     /// Trying again cannot help (validation, picklist, not found, malformed data): give up on
     /// this order.
     Permanent,
-    /// An operator must fix configuration or permissions (credentials, field access).
+    /// An operator must fix configuration or permissions (credentials, field access, an
+    /// endpoint that answers with a redirect).
     Reconfigure,
 }
 
@@ -230,7 +231,8 @@ fn classify_api(status: u16, code: &str) -> ErrorClass {
     }
     match status {
         408 | 429 | 500..=599 => ErrorClass::Retryable,
-        401 | 403 => ErrorClass::Reconfigure,
+        // A redirect is not followed: the configured endpoint is not where the API answers.
+        300..=399 | 401 | 403 => ErrorClass::Reconfigure,
         _ => ErrorClass::Permanent,
     }
 }
@@ -273,6 +275,8 @@ mod tests {
         check(404, "NOT_FOUND", ErrorClass::Permanent);
         check(403, "INSUFFICIENT_ACCESS", ErrorClass::Reconfigure);
         check(401, "INVALID_SESSION_ID", ErrorClass::Reconfigure);
+        check(302, "", ErrorClass::Reconfigure);
+        check(301, "", ErrorClass::Reconfigure);
     }
 
     #[test]

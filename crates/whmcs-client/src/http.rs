@@ -50,6 +50,8 @@ pub type RetryPause = std::sync::Arc<dyn Fn(std::time::Duration) -> PauseFuture 
 pub struct HttpWhmcsClient {
     http: reqwest::Client,
     config: WhmcsConfig,
+    /// `config.api_url`, parsed once: each request clones it instead of parsing it again.
+    url: url::Url,
     pause: Option<RetryPause>,
 }
 
@@ -106,6 +108,7 @@ impl HttpWhmcsClient {
         Ok(Self {
             http,
             config,
+            url,
             pause: None,
         })
     }
@@ -194,7 +197,7 @@ impl HttpWhmcsClient {
 
         let response = self
             .http
-            .post(&self.config.api_url)
+            .post(self.url.clone())
             .header("X-Request-ID", &request_id)
             .header(
                 CONTENT_TYPE,

@@ -44,6 +44,9 @@ pub enum FaultKind {
         /// `message`.
         message: String,
     },
+    /// Answer `302 Found` with this `Location` (as a proxy or a moved endpoint would); the
+    /// request is not handled.
+    Redirect(String),
     /// Close the connection without answering.
     DropConnection,
     /// Handle the request (its changes are committed), then close the connection without

@@ -148,3 +148,29 @@ async fn tokens_past_their_lifetime_are_refused() {
     assert_eq!(w.sf.requests(Route::Query), 2);
     assert!(w.sf.issued_tokens().iter().all(|t| !w.sf.is_token_valid(t)));
 }
+
+#[tokio::test]
+async fn a_redirect_is_reported_not_followed() {
+    let w = world().await;
+    // Followed, the query would be sent again (to the same route) and answer.
+    let again = format!("{}/services/data/", w.sf.base_url());
+    w.sf.faults()
+        .fail_next(Route::Query, 1, FaultKind::Redirect(again));
+    let err = w.api.fetch_order(&w.order_id).await.unwrap_err();
+    match &err {
+        Error::Api {
+            status, message, ..
+        } => {
+            assert_eq!(*status, 302);
+            assert!(message.contains("redirect"), "{message}");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(err.class(), ErrorClass::Reconfigure);
+    assert_eq!(
+        w.sf.requests(Route::Query),
+        1,
+        "the redirect was not followed"
+    );
+    assert_eq!(w.sf.total_requests() - w.sf.token_requests(), 1);
+}
