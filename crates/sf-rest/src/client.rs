@@ -17,7 +17,9 @@ use crate::intake::{
     account_soql, check_request_id, composite_error, order_by_request_id_soql, parse_composite,
     parse_created, parse_entry, pricebook_entries_soql,
 };
-use crate::model::{approved_orders_soql, order_soql, parse_approved, parse_order, text};
+use crate::model::{
+    OrderAnswer, approved_orders_soql, order_soql, parse_approved, parse_order, text,
+};
 use crate::{
     Action, ApprovedOrder, CreatedOrder, Error, NewOrder, Order, OrderApi, OrderId, OrderIntakeApi,
     OrderUpdate, PricebookEntry, Result,
@@ -295,10 +297,11 @@ impl RestOrderApi {
         token: &AccessToken,
     ) -> Result<Reply> {
         let builder = match request {
-            Request::Query { soql } => self
-                .http
-                .get(self.data_url(token, "query"))
-                .query(&[("q", soql)]),
+            Request::Query { soql } => self.http.get(format!(
+                "{}?q={}",
+                self.data_url(token, "query"),
+                query_param(soql)
+            )),
             Request::Next { path } => self.http.get(format!("{}{path}", token.instance_url)),
             Request::Patch { order_id, body } => self
                 .http
@@ -329,7 +332,7 @@ impl RestOrderApi {
             .header("X-Request-ID", &request_id)
             .send()
             .await;
-        metrics::histogram!(crate::REQUEST_SECONDS, "action" => action.to_string().replace(' ', "_"))
+        metrics::histogram!(crate::REQUEST_SECONDS, "action" => action.metric_label())
             .record(started.elapsed().as_secs_f64());
         let response = sent.map_err(transport)?;
         if let Some(usage) = response
@@ -411,15 +414,37 @@ impl RestOrderApi {
 
     async fn query_page(&self, action: Action, request: &Request<'_>) -> Result<Value> {
         let reply = self.call(action, request).await?;
-        serde_json::from_slice(&reply.body).map_err(|e| Error::InvalidResponse {
-            action,
-            reason: format!(
-                "query answer is not json (line {} column {})",
-                e.line(),
-                e.column()
-            ),
-        })
+        query_answer(action, &reply.body)
     }
+}
+
+/// The `q` parameter of a query URL: `soql` form-urlencoded (what a form or
+/// `RequestBuilder::query` would send). The Order query's fixed text is encoded once per process.
+fn query_param(soql: &str) -> String {
+    use url::form_urlencoded::byte_serialize;
+    static ORDER_QUERY_ENCODED: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| byte_serialize(crate::model::ORDER_QUERY.as_bytes()).collect());
+    match soql.strip_prefix(crate::model::ORDER_QUERY) {
+        Some(rest) => {
+            let mut param = String::with_capacity(ORDER_QUERY_ENCODED.len() + 3 * rest.len());
+            param.push_str(&ORDER_QUERY_ENCODED);
+            param.extend(byte_serialize(rest.as_bytes()));
+            param
+        }
+        None => byte_serialize(soql.as_bytes()).collect(),
+    }
+}
+
+/// A query's answer as a generic JSON tree.
+fn query_answer(action: Action, body: &[u8]) -> Result<Value> {
+    serde_json::from_slice(body).map_err(|e| Error::InvalidResponse {
+        action,
+        reason: format!(
+            "query answer is not json (line {} column {})",
+            e.line(),
+            e.column()
+        ),
+    })
 }
 
 /// One REST request, kept so it can be sent again.
@@ -541,20 +566,26 @@ impl OrderApi for RestOrderApi {
     async fn fetch_order(&self, order_id: &str) -> Result<Order> {
         let action = Action::FetchOrder;
         let id = OrderId::parse(order_id)?;
-        let page = self
-            .query_page(
+        let not_found = || Error::NotFound {
+            action,
+            order_id: id.to_string(),
+        };
+        let reply = self
+            .call(
                 action,
                 &Request::Query {
                     soql: order_soql(&id),
                 },
             )
             .await?;
-        let record = records(&page, action)?
-            .first()
-            .ok_or_else(|| Error::NotFound {
-                action,
-                order_id: id.to_string(),
-            })?;
+        // The answer of the expected shape is read straight into its fields; any other is read
+        // generically, whose errors say what is wrong with it.
+        if let Ok(answer) = serde_json::from_slice::<OrderAnswer>(&reply.body) {
+            let record = answer.records.first().ok_or_else(not_found)?;
+            return parse_order(record, &id);
+        }
+        let page = query_answer(action, &reply.body)?;
+        let record = records(&page, action)?.first().ok_or_else(not_found)?;
         parse_order(record, &id)
     }
 
@@ -715,6 +746,23 @@ impl OrderIntakeApi for RestOrderApi {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    #[test]
+    fn a_query_parameter_is_encoded_as_a_form_would_encode_it() {
+        let id = OrderId::parse("801A0000006Vm9rIAC").unwrap();
+        for soql in [
+            order_soql(&id),
+            approved_orders_soql("Appro'ved & 100%", chrono::DateTime::UNIX_EPOCH),
+            "SELECT Id FROM Order WHERE Name = 'a+b=c/d?é'".to_owned(),
+        ] {
+            let mut expected = url::Url::parse("https://x.example/q").unwrap();
+            expected.query_pairs_mut().append_pair("q", &soql);
+            assert_eq!(
+                Some(format!("q={}", query_param(&soql)).as_str()),
+                expected.query()
+            );
+        }
+    }
 
     #[test]
     fn limit_info_reads_only_the_api_usage_entry() {

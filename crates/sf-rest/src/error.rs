@@ -24,6 +24,22 @@ pub enum Action {
     Describe,
 }
 
+impl Action {
+    /// The `action` label of the request metric: the name with `_` for spaces.
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            Action::FetchOrder => "fetch_order",
+            Action::UpdateOrder => "update_order",
+            Action::ListApprovedOrders => "list_approved_orders",
+            Action::ReadAccount => "read_account",
+            Action::ListPricebookEntries => "list_pricebook_entries",
+            Action::FindOrderByRequestId => "find_order_by_request_id",
+            Action::CreateOrder => "create_order",
+            Action::Describe => "describe_sobject",
+        }
+    }
+}
+
 impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -251,6 +267,22 @@ mod tests {
             code: code.into(),
             message: String::new(),
             fields: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_metric_label_is_the_name_with_underscores() {
+        for action in [
+            Action::FetchOrder,
+            Action::UpdateOrder,
+            Action::ListApprovedOrders,
+            Action::ReadAccount,
+            Action::ListPricebookEntries,
+            Action::FindOrderByRequestId,
+            Action::CreateOrder,
+            Action::Describe,
+        ] {
+            assert_eq!(action.metric_label(), action.to_string().replace(' ', "_"));
         }
     }
 

@@ -160,8 +160,11 @@ impl OrderUpdate {
 }
 
 /// A field read as text: strings as they are, whole numbers without `.0`; `null`/empty = None.
-pub(crate) fn text(record: &Value, field: &str) -> std::result::Result<Option<String>, String> {
-    match record.get(field) {
+pub(crate) fn text(
+    record: &impl Fields,
+    field: &str,
+) -> std::result::Result<Option<String>, String> {
+    match record.field(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
@@ -184,8 +187,8 @@ pub(crate) fn text(record: &Value, field: &str) -> std::result::Result<Option<St
     }
 }
 
-fn quantity(item: &Value) -> std::result::Result<u32, String> {
-    let value = match item.get("Quantity") {
+fn quantity(item: &impl Fields) -> std::result::Result<u32, String> {
+    let value = match item.field("Quantity") {
         Some(Value::Number(n)) => n.as_f64(),
         Some(Value::String(s)) => s.trim().parse::<f64>().ok(),
         _ => None,
@@ -199,22 +202,182 @@ fn quantity(item: &Value) -> std::result::Result<u32, String> {
     Ok(value as u32)
 }
 
-fn config_options(item: &Value) -> std::result::Result<Option<SecretString>, String> {
-    let raw = match item.get("Config_Options__c") {
+fn config_options(item: &impl Fields) -> std::result::Result<Option<SecretString>, String> {
+    let raw = match item.field("Config_Options__c") {
         None | Some(Value::Null) => return Ok(None),
         Some(Value::String(s)) if s.trim().is_empty() => return Ok(None),
         Some(Value::String(s)) => SecretString::from(s.clone()),
         Some(Value::Object(o)) => SecretString::from(Value::Object(o.clone()).to_string()),
         Some(_) => return Err("Config_Options__c is not JSON object text".into()),
     };
-    match serde_json::from_str::<Value>(raw.expose_secret()) {
-        Ok(Value::Object(_)) => Ok(Some(raw)),
-        _ => Err("Config_Options__c is not a JSON object".into()),
+    match serde_json::from_str::<JsonObject>(raw.expose_secret()) {
+        Ok(JsonObject) => Ok(Some(raw)),
+        Err(_) => Err("Config_Options__c is not a JSON object".into()),
+    }
+}
+
+/// Deserializes from any JSON object, and only from one, keeping nothing: checks that a text
+/// is an object without building its tree.
+struct JsonObject;
+
+impl<'de> serde::Deserialize<'de> for JsonObject {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = JsonObject;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<JsonObject, A::Error> {
+                while map
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(JsonObject)
+            }
+        }
+        d.deserialize_map(Visitor)
+    }
+}
+
+/// A record read field by field: a generic JSON object, or one of the typed records below.
+pub(crate) trait Fields {
+    /// The field `name`; `None` when it is absent (a `null` may be either).
+    fn field(&self, name: &str) -> Option<&Value>;
+}
+
+impl Fields for Value {
+    fn field(&self, name: &str) -> Option<&Value> {
+        self.get(name)
+    }
+}
+
+/// [`ORDER_QUERY`]'s answer read straight into its fields (the generic tree costs a map and a
+/// string per field of every record). An answer of another shape fails to read this way and
+/// is read generically instead, which names what is wrong with it.
+#[derive(serde::Deserialize)]
+pub(crate) struct OrderAnswer {
+    pub(crate) records: Vec<OrderRecord>,
+}
+
+/// One Order of [`OrderAnswer`]: the selected fields, each as Salesforce sent it.
+#[derive(serde::Deserialize)]
+pub(crate) struct OrderRecord {
+    #[serde(rename = "Id")]
+    id: Option<Value>,
+    #[serde(rename = "OrderNumber")]
+    order_number: Option<Value>,
+    #[serde(rename = "Status")]
+    status: Option<Value>,
+    #[serde(rename = "AccountId")]
+    account_id: Option<Value>,
+    #[serde(rename = "Customer_Number__c")]
+    customer_number: Option<Value>,
+    #[serde(rename = "WHMCS_Client_Id__c")]
+    whmcs_client_id: Option<Value>,
+    #[serde(rename = "WHMCS_Order_Id__c")]
+    whmcs_order_id: Option<Value>,
+    #[serde(rename = "Portal_Request_Id__c")]
+    request_id: Option<Value>,
+    #[serde(rename = "OrderItems")]
+    items: Option<ItemsAnswer>,
+}
+
+/// The OrderItems subquery of an [`OrderRecord`].
+#[derive(serde::Deserialize)]
+struct ItemsAnswer {
+    done: Option<Value>,
+    records: Vec<ItemRecord>,
+}
+
+/// One OrderItem of [`ItemsAnswer`].
+#[derive(serde::Deserialize)]
+struct ItemRecord {
+    #[serde(rename = "Id")]
+    id: Option<Value>,
+    #[serde(rename = "Quantity")]
+    quantity: Option<Value>,
+    #[serde(rename = "WHMCS_Product_Id__c")]
+    whmcs_product_id: Option<Value>,
+    #[serde(rename = "Billing_Cycle__c")]
+    billing_cycle: Option<Value>,
+    #[serde(rename = "Config_Options__c")]
+    config_options: Option<Value>,
+}
+
+impl Fields for OrderRecord {
+    fn field(&self, name: &str) -> Option<&Value> {
+        match name {
+            "Id" => self.id.as_ref(),
+            "OrderNumber" => self.order_number.as_ref(),
+            "Status" => self.status.as_ref(),
+            "AccountId" => self.account_id.as_ref(),
+            "Customer_Number__c" => self.customer_number.as_ref(),
+            "WHMCS_Client_Id__c" => self.whmcs_client_id.as_ref(),
+            "WHMCS_Order_Id__c" => self.whmcs_order_id.as_ref(),
+            "Portal_Request_Id__c" => self.request_id.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+impl Fields for ItemRecord {
+    fn field(&self, name: &str) -> Option<&Value> {
+        match name {
+            "Id" => self.id.as_ref(),
+            "Quantity" => self.quantity.as_ref(),
+            "WHMCS_Product_Id__c" => self.whmcs_product_id.as_ref(),
+            "Billing_Cycle__c" => self.billing_cycle.as_ref(),
+            "Config_Options__c" => self.config_options.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+/// An Order record with its OrderItems subquery.
+pub(crate) trait OrderFields: Fields {
+    /// The OrderItems, or why they cannot be read.
+    fn order_items(&self) -> std::result::Result<Vec<OrderItem>, String>;
+}
+
+impl OrderFields for Value {
+    fn order_items(&self) -> std::result::Result<Vec<OrderItem>, String> {
+        match self.get("OrderItems") {
+            None | Some(Value::Null) => Ok(Vec::new()),
+            Some(sub) => {
+                if sub.get("done") == Some(&Value::Bool(false)) {
+                    return Err("more OrderItems than one query page holds".to_owned());
+                }
+                sub.get("records")
+                    .and_then(Value::as_array)
+                    .ok_or("OrderItems has no records array")?
+                    .iter()
+                    .map(parse_item)
+                    .collect()
+            }
+        }
+    }
+}
+
+impl OrderFields for OrderRecord {
+    fn order_items(&self) -> std::result::Result<Vec<OrderItem>, String> {
+        match &self.items {
+            None => Ok(Vec::new()),
+            Some(sub) => {
+                if sub.done == Some(Value::Bool(false)) {
+                    return Err("more OrderItems than one query page holds".to_owned());
+                }
+                sub.records.iter().map(parse_item).collect()
+            }
+        }
     }
 }
 
 /// Reads one Order record of [`ORDER_QUERY`]'s answer.
-pub(crate) fn parse_order(record: &Value, requested: &OrderId) -> Result<Order> {
+pub(crate) fn parse_order(record: &impl OrderFields, requested: &OrderId) -> Result<Order> {
     let invalid = |reason: String| Error::InvalidRecord {
         order_id: requested.to_string(),
         reason,
@@ -228,22 +391,7 @@ pub(crate) fn parse_order(record: &Value, requested: &OrderId) -> Result<Order> 
             "salesforce answered with another order ({id})"
         )));
     }
-    let items = match record.get("OrderItems") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(sub) => {
-            if sub.get("done") == Some(&Value::Bool(false)) {
-                return Err(invalid(
-                    "more OrderItems than one query page holds".to_owned(),
-                ));
-            }
-            sub.get("records")
-                .and_then(Value::as_array)
-                .ok_or_else(|| invalid("OrderItems has no records array".into()))?
-                .iter()
-                .map(|item| parse_item(item).map_err(&invalid))
-                .collect::<Result<Vec<_>>>()?
-        }
-    };
+    let items = record.order_items().map_err(&invalid)?;
     Ok(Order {
         id,
         order_number: text(record, "OrderNumber").map_err(&invalid)?,
@@ -257,7 +405,7 @@ pub(crate) fn parse_order(record: &Value, requested: &OrderId) -> Result<Order> 
     })
 }
 
-fn parse_item(item: &Value) -> std::result::Result<OrderItem, String> {
+fn parse_item(item: &impl Fields) -> std::result::Result<OrderItem, String> {
     let id = text(item, "Id")?.ok_or("an OrderItem has no Id")?;
     let with_id = |e: String| format!("OrderItem {id}: {e}");
     Ok(OrderItem {
@@ -380,6 +528,101 @@ mod tests {
         );
         let other = json!({"Id": "801000000000001AAA"});
         assert!(parse_order(&other, &id()).is_err());
+    }
+
+    /// What a reading of an Order says, secrets included (for comparing two readings).
+    fn reading(result: Result<Order>) -> String {
+        match result {
+            Ok(order) => {
+                let options: Vec<Option<String>> = order
+                    .items
+                    .iter()
+                    .map(|i| {
+                        i.config_options
+                            .as_ref()
+                            .map(|c| c.expose_secret().to_owned())
+                    })
+                    .collect();
+                format!("{order:?} {options:?}")
+            }
+            Err(e) => format!("error: {e}"),
+        }
+    }
+
+    #[test]
+    fn the_typed_reading_of_an_order_agrees_with_the_generic_one() {
+        let item = json!({"attributes": {"type": "OrderItem"}, "Id": "802A", "Quantity": 2.0,
+            "WHMCS_Product_Id__c": "5", "Billing_Cycle__c": "monthly",
+            "Config_Options__c": "{\"7\":\"hunter2\"}"});
+        let records = [
+            json!({"attributes": {"type": "Order", "url": "/x"}, "Id": "801A0000006Vm9rIAC",
+                   "OrderNumber": "00000100", "Status": "Approved", "AccountId": "001A0000001abcd",
+                   "Customer_Number__c": "C-1", "WHMCS_Client_Id__c": 12.0,
+                   "WHMCS_Order_Id__c": null, "Portal_Request_Id__c": "",
+                   "OrderItems": {"totalSize": 1, "done": true, "records": [item.clone()]}}),
+            json!({"Id": "801A0000006Vm9r", "OrderItems": null, "WHMCS_Client_Id__c": "12"}),
+            json!({"Id": "801A0000006Vm9r", "Status": true, "WHMCS_Order_Id__c": 7}),
+            json!({"Id": "801A0000006Vm9r", "OrderItems": {"done": true, "records": [
+                {"Id": "802B", "Quantity": "3", "WHMCS_Product_Id__c": 6,
+                 "Config_Options__c": {"7": "x"}},
+                {"Id": "802C", "Quantity": 1, "Config_Options__c": " "}]}}),
+            // Refused readings: both must refuse the same way.
+            json!({"Id": "801A0000006Vm9r", "OrderItems": {"done": false, "records": []}}),
+            json!({"Id": "801A0000006Vm9r", "OrderItems": {"done": true, "records": [
+                {"Id": "802A", "Quantity": 1.5}]}}),
+            json!({"Id": "801A0000006Vm9r", "OrderItems": {"done": true, "records": [
+                {"Id": "802A", "Quantity": 1, "Config_Options__c": "[1]"}]}}),
+            json!({"Id": "801A0000006Vm9r", "OrderItems": {"done": true, "records": [
+                {"Quantity": 1}]}}),
+            json!({"Id": "801000000000001AAA"}),
+            json!({"Status": "Approved"}),
+            json!({"Id": "801A0000006Vm9r", "Status": 1.5}),
+        ];
+        for record in records {
+            let answer = json!({"totalSize": 1, "done": true, "records": [record.clone()]});
+            let typed: OrderAnswer = serde_json::from_value(answer)
+                .unwrap_or_else(|e| panic!("the typed reading failed on {record}: {e}"));
+            assert_eq!(
+                reading(parse_order(&typed.records[0], &id())),
+                reading(parse_order(&record, &id())),
+                "{record}"
+            );
+        }
+        // An answer of another shape is not read the typed way (the generic reading names
+        // what is wrong with it).
+        for odd in [
+            json!({"records": {}}),
+            json!({"records": [{"Id": "801A0000006Vm9r", "OrderItems": {"done": true}}]}),
+            json!({"records": [{"Id": "801A0000006Vm9r", "OrderItems": []}]}),
+            json!({"records": ["801A0000006Vm9r"]}),
+        ] {
+            assert!(
+                serde_json::from_value::<OrderAnswer>(odd.clone()).is_err(),
+                "{odd}"
+            );
+        }
+    }
+
+    #[test]
+    fn config_options_are_checked_to_be_one_json_object() {
+        let item = |options: &str| json!({"Config_Options__c": options});
+        assert!(config_options(&item("{}")).unwrap().is_some());
+        assert!(
+            config_options(&item(r#"{"a": [1, {"b": null}], "c": "d"}"#))
+                .unwrap()
+                .is_some()
+        );
+        for bad in [
+            "[]",
+            "{",
+            r#"{"a": 1} {}"#,
+            r#"{"a" 1}"#,
+            "1",
+            "\"{}\"",
+            "{} x",
+        ] {
+            assert!(config_options(&item(bad)).is_err(), "{bad}");
+        }
     }
 
     #[test]
