@@ -1,13 +1,14 @@
 //! [`RestOrderApi`]: the REST implementation of [`OrderApi`] and [`OrderIntakeApi`] over
-//! reqwest (rustls).
+//! [`http_call`] (hyper, rustls).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::Utc;
+use http_call::http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use http_call::http::{Method, StatusCode};
 use parking_lot::Mutex;
-use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 use serde_json::Value;
 use sf_auth::{AccessToken, TokenSource};
@@ -143,10 +144,14 @@ struct ApiErrorEntry {
     fields: Vec<String>,
 }
 
+/// The largest reply body read. A query page holds at most 2,000 records; anything near this
+/// is not a Salesforce reply.
+const MAX_REPLY_BYTES: usize = 64 * 1024 * 1024;
+
 /// [`OrderApi`] and [`OrderIntakeApi`] over Salesforce REST, authenticated by any
 /// [`TokenSource`].
 pub struct RestOrderApi {
-    http: reqwest::Client,
+    http: http_call::HttpClient,
     tokens: Arc<dyn TokenSource>,
     config: RestConfig,
     usage: Mutex<Option<ApiUsage>>,
@@ -169,29 +174,29 @@ struct Reply {
 }
 
 impl RestOrderApi {
-    /// A client with its own HTTP client (rustls, `config.request_timeout`).
+    /// A client with its own HTTP client (rustls; each exchange bounded by
+    /// `config.request_timeout`).
     pub fn new(tokens: Arc<dyn TokenSource>, config: RestConfig) -> Result<Self> {
-        let http = reqwest::Client::builder()
-            // The REST API answers where it is asked; a redirect (a proxy, a wrong instance
-            // URL) is a configuration error to report, not a place to send the session token,
-            // and following a 302 would turn a PATCH into a GET that seems to succeed.
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(config.request_timeout)
+        // The REST API answers where it is asked; a redirect (a proxy, a wrong instance URL)
+        // is a configuration error to report, not a place to send the session token, and
+        // following a 302 would turn a PATCH into a GET that seems to succeed: http_call
+        // follows none.
+        let http = http_call::HttpClient::builder()
             .connect_timeout(config.request_timeout.min(Duration::from_secs(10)))
             .build()
             .map_err(|e| Error::Transport {
                 action: Action::FetchOrder,
                 timeout: false,
-                reason: format!("cannot build http client: {e}"),
+                reason: e.to_string(),
             })?;
         Ok(Self::with_http_client(tokens, config, http))
     }
 
-    /// A client using `http` (its timeouts apply).
+    /// A client using `http` for its exchanges (each bounded by `config.request_timeout`).
     pub fn with_http_client(
         tokens: Arc<dyn TokenSource>,
         config: RestConfig,
-        http: reqwest::Client,
+        http: http_call::HttpClient,
     ) -> Self {
         Self {
             http,
@@ -296,41 +301,67 @@ impl RestOrderApi {
         request: &Request<'_>,
         token: &AccessToken,
     ) -> Result<Reply> {
-        let builder = match request {
-            Request::Query { soql } => self.http.get(format!(
-                "{}?q={}",
-                self.data_url(token, "query"),
-                query_param(soql)
-            )),
-            Request::Next { path } => self.http.get(format!("{}{path}", token.instance_url)),
-            Request::Patch { order_id, body } => self
-                .http
-                .request(
-                    Method::PATCH,
-                    self.data_url(token, &format!("sobjects/Order/{order_id}")),
-                )
-                .json(body),
-            Request::Composite { body, .. } => {
-                self.http.post(self.data_url(token, "composite")).json(body)
-            }
-            Request::Describe { sobject } => self
-                .http
-                .get(self.data_url(token, &format!("sobjects/{sobject}/describe"))),
-        };
-        // A request id per call, for correlating our logs with the org's.
-        let request_id = uuid::Uuid::new_v4().to_string();
-        tracing::debug!(%action, %request_id, request = %request.describe(), "salesforce rest request");
-        let transport = |e: reqwest::Error| Error::Transport {
+        let transport = |e: http_call::Error| Error::Transport {
             action,
             timeout: e.is_timeout(),
             reason: describe_transport(&e),
         };
+        let (method, url, body) = match request {
+            Request::Query { soql } => (
+                Method::GET,
+                format!("{}?q={}", self.data_url(token, "query"), query_param(soql)),
+                None,
+            ),
+            Request::Next { path } => (Method::GET, format!("{}{path}", token.instance_url), None),
+            Request::Patch { order_id, body } => (
+                Method::PATCH,
+                self.data_url(token, &format!("sobjects/Order/{order_id}")),
+                Some(body),
+            ),
+            Request::Composite { body, .. } => {
+                (Method::POST, self.data_url(token, "composite"), Some(body))
+            }
+            Request::Describe { sobject } => (
+                Method::GET,
+                self.data_url(token, &format!("sobjects/{sobject}/describe")),
+                None,
+            ),
+        };
+        let invalid = |what: &str| Error::Transport {
+            action,
+            timeout: false,
+            reason: format!("request failed: {what}"),
+        };
+        let uri = url.parse::<http_call::http::Uri>().map_err(|_| {
+            invalid("the request url is not valid (check the instance URL the login returned)")
+        })?;
+        let mut http_request = http_call::http::Request::new(match body {
+            Some(body) => http_call::Bytes::from(
+                serde_json::to_vec(body).map_err(|_| invalid("cannot encode the body"))?,
+            ),
+            None => http_call::Bytes::new(),
+        });
+        *http_request.method_mut() = method;
+        *http_request.uri_mut() = uri;
+        // A request id per call, for correlating our logs with the org's.
+        let request_id = uuid::Uuid::new_v4().to_string();
+        tracing::debug!(%action, %request_id, request = %request.describe(), "salesforce rest request");
+        let headers = http_request.headers_mut();
+        let mut bearer = HeaderValue::from_str(&format!("Bearer {}", token.secret()))
+            .map_err(|_| invalid("the access token is not a valid header value"))?;
+        bearer.set_sensitive(true);
+        headers.insert(AUTHORIZATION, bearer);
+        headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
+        if body.is_some() {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+        if let Ok(id) = HeaderValue::from_str(&request_id) {
+            headers.insert("x-request-id", id);
+        }
         let started = std::time::Instant::now();
-        let sent = builder
-            .bearer_auth(token.secret())
-            .header(reqwest::header::ACCEPT, "application/json")
-            .header("X-Request-ID", &request_id)
-            .send()
+        let sent = self
+            .http
+            .send(http_request, self.config.request_timeout)
             .await;
         metrics::histogram!(crate::REQUEST_SECONDS, "action" => action.metric_label())
             .record(started.elapsed().as_secs_f64());
@@ -344,7 +375,7 @@ impl RestOrderApi {
             *self.usage.lock() = Some(usage);
         }
         let status = response.status();
-        let body = response.bytes().await.map_err(transport)?.to_vec();
+        let body = response.bytes(MAX_REPLY_BYTES).await.map_err(transport)?;
         tracing::debug!(%action, status = status.as_u16(), "salesforce rest response");
         Ok(Reply { status, body })
     }
@@ -491,22 +522,13 @@ impl Request<'_> {
     }
 }
 
-fn describe_transport(e: &reqwest::Error) -> String {
-    let kind = if e.is_timeout() {
-        "request timed out"
-    } else if e.is_connect() {
-        "connect failed"
-    } else {
-        "request failed"
-    };
-    let mut text = kind.to_owned();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
+fn describe_transport(e: &http_call::Error) -> String {
+    match e {
+        http_call::Error::Timeout { .. } => "request timed out".to_owned(),
+        http_call::Error::Connect { detail } => format!("connect failed: {detail}"),
+        http_call::Error::Lost { detail, .. } => format!("request failed: {detail}"),
+        other => format!("request failed: {other}"),
     }
-    text
 }
 
 impl RestOrderApi {

@@ -1,9 +1,9 @@
-//! [`HttpWhmcsClient`]: the [`WhmcsApi`] over HTTPS with reqwest (rustls).
+//! [`HttpWhmcsClient`]: the [`WhmcsApi`] over HTTPS with [`http_call`] (hyper, rustls).
 
 use std::time::Instant;
 
 use async_trait::async_trait;
-use reqwest::header::{CONTENT_TYPE, HeaderValue};
+use http_call::http::header::{CONTENT_TYPE, HeaderValue};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -48,10 +48,10 @@ pub type RetryPause = std::sync::Arc<dyn Fn(std::time::Duration) -> PauseFuture 
 /// and error class.
 #[derive(Clone)]
 pub struct HttpWhmcsClient {
-    http: reqwest::Client,
+    http: http_call::HttpClient,
     config: WhmcsConfig,
-    /// `config.api_url`, parsed once: each request clones it instead of parsing it again.
-    url: url::Url,
+    /// `config.api_url`, parsed once: each request clones it (a reference count).
+    uri: http_call::http::Uri,
     pause: Option<RetryPause>,
 }
 
@@ -93,22 +93,27 @@ impl HttpWhmcsClient {
                 ),
             });
         }
-        let http = reqwest::Client::builder()
+        let uri =
+            url.as_str()
+                .parse::<http_call::http::Uri>()
+                .map_err(|_| Error::InvalidInput {
+                    reason: "WHMCS_API_URL is not a valid url".to_owned(),
+                })?;
+        // http_call follows no redirect: one would turn the POST into a GET and drop the form.
+        let http = http_call::HttpClient::builder()
             .connect_timeout(config.connect_timeout)
-            // A redirect would turn the POST into a GET and drop the form: refuse it.
-            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!(
                 "portal-provisioner-whmcs-client/",
                 env!("CARGO_PKG_VERSION")
             ))
             .build()
             .map_err(|e| Error::InvalidInput {
-                reason: format!("cannot build the http client: {e}"),
+                reason: e.to_string(),
             })?;
         Ok(Self {
             http,
             config,
-            url,
+            uri,
             pause: None,
         })
     }
@@ -195,18 +200,18 @@ impl HttpWhmcsClient {
         let request_id = uuid::Uuid::new_v4().to_string();
         tracing::debug!(%action, %request_id, "whmcs request");
 
-        let response = self
-            .http
-            .post(self.url.clone())
-            .header("X-Request-ID", &request_id)
-            .header(
-                CONTENT_TYPE,
-                HeaderValue::from_static("application/x-www-form-urlencoded"),
-            )
-            .timeout(timeout)
-            .body(encoded)
-            .send()
-            .await;
+        let mut request = http_call::http::Request::new(http_call::Bytes::from(encoded));
+        *request.method_mut() = http_call::http::Method::POST;
+        *request.uri_mut() = self.uri.clone();
+        let headers = request.headers_mut();
+        if let Ok(id) = HeaderValue::from_str(&request_id) {
+            headers.insert("x-request-id", id);
+        }
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/x-www-form-urlencoded"),
+        );
+        let response = self.http.send(request, timeout).await;
         let response = match response {
             Ok(r) => r,
             Err(e) => {
@@ -336,21 +341,16 @@ fn elapsed_ms(started: Instant) -> u64 {
     u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Classifies a reqwest error that happened before a reply's headers arrived.
-fn classify_send_error(action: Action, e: &reqwest::Error) -> Error {
-    // Never include the URL or the body; the error's own text may carry the URL, which holds
-    // no secret (credentials are only in the body), but keep it short and generic.
-    let kind = if e.is_connect() {
-        "connection failed"
-    } else if e.is_timeout() {
-        "timed out"
-    } else if e.is_redirect() {
-        "redirect"
-    } else {
-        "connection lost"
+/// Classifies an error that happened before a reply's headers arrived.
+fn classify_send_error(action: Action, e: &http_call::Error) -> Error {
+    // The error's text holds no URL, header or body.
+    let (kind, detail) = match e {
+        http_call::Error::Connect { detail } => ("connection failed", detail.as_str()),
+        http_call::Error::Timeout { .. } => ("timed out", "no reply within the timeout"),
+        http_call::Error::Lost { detail, .. } => ("connection lost", detail.as_str()),
+        _ => ("connection lost", "no detail"),
     };
-    let detail = error_chain(e);
-    if e.is_connect() || e.is_builder() {
+    if e.is_connect() {
         // Nothing was sent: safe to retry for every action.
         Error::Transient {
             action,
@@ -362,44 +362,14 @@ fn classify_send_error(action: Action, e: &reqwest::Error) -> Error {
     }
 }
 
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = Vec::new();
-    let mut current = e.source();
-    while let Some(err) = current {
-        parts.push(err.to_string());
-        current = err.source();
-    }
-    if parts.is_empty() {
-        "no detail".to_owned()
-    } else {
-        parts.join(": ")
-    }
-}
-
-async fn read_body(mut response: reqwest::Response) -> Result<Vec<u8>, String> {
-    let mut bytes = Vec::new();
-    loop {
-        match response.chunk().await {
-            Ok(Some(chunk)) => {
-                if bytes.len() + chunk.len() > MAX_BODY_BYTES {
-                    return Err("reply body too large".to_owned());
-                }
-                bytes.extend_from_slice(&chunk);
-            }
-            Ok(None) => return Ok(bytes),
-            Err(e) => {
-                let kind = if e.is_timeout() {
-                    "timed out"
-                } else {
-                    "connection lost"
-                };
-                return Err(format!(
-                    "{kind} while reading the reply: {}",
-                    error_chain(&e)
-                ));
-            }
+async fn read_body(response: http_call::Response) -> Result<Vec<u8>, String> {
+    response.bytes(MAX_BODY_BYTES).await.map_err(|e| match e {
+        http_call::Error::TooLarge { .. } => "reply body too large".to_owned(),
+        http_call::Error::Lost { detail, .. } => {
+            format!("connection lost while reading the reply: {detail}")
         }
-    }
+        other => other.to_string(),
+    })
 }
 
 /// The envelope fields of a WHMCS reply. Everything else is skipped without being built into
