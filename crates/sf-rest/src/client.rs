@@ -347,7 +347,10 @@ impl RestOrderApi {
         let request_id = uuid::Uuid::new_v4().to_string();
         tracing::debug!(%action, %request_id, request = %request.describe(), "salesforce rest request");
         let headers = http_request.headers_mut();
-        let mut bearer = HeaderValue::from_str(&format!("Bearer {}", token.secret()))
+        // The formatted token is wiped when dropped; the header keeps its own copy, marked
+        // sensitive (left out of its `Debug`).
+        let authorization = secrecy::zeroize::Zeroizing::new(format!("Bearer {}", token.secret()));
+        let mut bearer = HeaderValue::from_str(&authorization)
             .map_err(|_| invalid("the access token is not a valid header value"))?;
         bearer.set_sensitive(true);
         headers.insert(AUTHORIZATION, bearer);
