@@ -17,6 +17,16 @@ use tokio::time::Instant;
 /// How long an idle pooled connection is kept.
 const POOL_IDLE: Duration = Duration::from_secs(90);
 
+/// TCP keepalive: idle time before the first probe, and between probes.
+const KEEPALIVE: Duration = Duration::from_secs(15);
+
+/// TCP keepalive probes unanswered before the connection is dropped.
+const KEEPALIVE_RETRIES: u32 = 3;
+
+/// How long sent data may stay unacknowledged before the connection is dropped (Linux).
+#[cfg(any(target_os = "android", target_os = "fuchsia", target_os = "linux"))]
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
+
 pub use bytes::Bytes;
 /// The `http` crate this API speaks ([`http::Request`], [`http::Uri`],
 /// headers), so callers need no version of their own.
@@ -171,6 +181,14 @@ impl Builder {
         tcp.enforce_http(false);
         tcp.set_nodelay(true);
         tcp.set_connect_timeout(Some(self.connect_timeout));
+        // A pooled connection whose peer vanished (a host gone, a NAT entry dropped) is found
+        // by TCP keepalive, and unacknowledged data gives up after TCP_USER_TIMEOUT, instead
+        // of a request waiting on it until its deadline. The values reqwest uses.
+        tcp.set_keepalive(Some(KEEPALIVE));
+        tcp.set_keepalive_interval(Some(KEEPALIVE));
+        tcp.set_keepalive_retries(Some(KEEPALIVE_RETRIES));
+        #[cfg(any(target_os = "android", target_os = "fuchsia", target_os = "linux"))]
+        tcp.set_tcp_user_timeout(Some(TCP_USER_TIMEOUT));
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
