@@ -152,6 +152,20 @@ impl HttpWhmcsClient {
     /// through many pages of GetClientsProducts would otherwise start over on any one page's
     /// fault. A write is sent once; its unknown outcome is the caller's to look up.
     async fn call(&self, action: Action, body: FormBody) -> Result<Vec<u8>> {
+        self.call_with(action, body, |status, bytes| {
+            interpret(action, status, &bytes).map(|()| bytes)
+        })
+        .await
+    }
+
+    /// [`Self::call`] with `check` in place of the envelope check: it gets the HTTP status
+    /// and the body, and its error is retried as the envelope check's would be.
+    async fn call_with<R>(
+        &self,
+        action: Action,
+        body: FormBody,
+        check: impl Fn(u16, Vec<u8>) -> Result<R> + Send + Sync,
+    ) -> Result<R> {
         use tracing::Instrument as _;
         let encoded = zeroize::Zeroizing::new(body.to_urlencoded());
         drop(body);
@@ -169,7 +183,7 @@ impl HttpWhmcsClient {
                 http.response.status_code = tracing::field::Empty,
             );
             let result = self
-                .call_in_span(action, String::clone(&encoded), &span)
+                .call_in_span(action, String::clone(&encoded), &span, &check)
                 .instrument(span.clone())
                 .await;
             match result {
@@ -185,12 +199,13 @@ impl HttpWhmcsClient {
         }
     }
 
-    async fn call_in_span(
+    async fn call_in_span<R>(
         &self,
         action: Action,
         encoded: String,
         span: &tracing::Span,
-    ) -> Result<Vec<u8>> {
+        check: &(impl Fn(u16, Vec<u8>) -> Result<R> + Sync),
+    ) -> Result<R> {
         let timeout = if action.provisions() {
             self.config.provisioning_timeout
         } else {
@@ -235,7 +250,7 @@ impl HttpWhmcsClient {
                 return Err(err);
             }
         };
-        let result = interpret(action, status, &bytes).map(|()| bytes);
+        let result = check(status, bytes);
         metrics::histogram!(crate::REQUEST_SECONDS, "action" => action.as_str())
             .record(started.elapsed().as_secs_f64());
         match &result {
@@ -286,7 +301,14 @@ impl HttpWhmcsClient {
         let mut body = self.body(Action::GetClientsProducts);
         query.write_form(&mut body);
         page.write_form(&mut body);
-        let env: ProductsEnvelope = self.call_typed(Action::GetClientsProducts, body).await?;
+        let action = Action::GetClientsProducts;
+        let checked = self
+            .call_with(action, body, crate::reply::check_one_pass)
+            .await?;
+        let env: ProductsEnvelope = match checked {
+            crate::reply::Checked::Read(env) => env,
+            crate::reply::Checked::Body(bytes) => crate::reply::decode_typed(action, &bytes)?,
+        };
         Ok(crate::reply::products_page(env))
     }
 
@@ -394,12 +416,33 @@ impl Envelope {
     /// A JSON object's envelope; `None` for anything else (a derived struct would also read a
     /// JSON array by position).
     fn parse(bytes: &[u8]) -> Option<Envelope> {
-        let first = bytes.iter().find(|b| !b.is_ascii_whitespace())?;
-        if *first != b'{' {
+        if !opens_object(bytes) {
             return None;
         }
         serde_json::from_slice(bytes).ok()
     }
+}
+
+/// Whether an envelope's `result` and `status` say success: one of them `success` (trimmed,
+/// any case) and neither `error`.
+pub(crate) fn envelope_success(result: &Option<Value>, status: &Option<Value>) -> bool {
+    let field = |value: &Option<Value>| {
+        value
+            .as_ref()
+            .and_then(Value::as_str)
+            .map(|s| s.trim().to_ascii_lowercase())
+    };
+    let result = field(result);
+    let state = field(status);
+    let is_error = result.as_deref() == Some("error") || state.as_deref() == Some("error");
+    let is_success = result.as_deref() == Some("success") || state.as_deref() == Some("success");
+    is_success && !is_error
+}
+
+/// Whether a body's first byte that is not whitespace opens a JSON object (a derived struct
+/// would also read a JSON array by position).
+pub(crate) fn opens_object(bytes: &[u8]) -> bool {
+    bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
 }
 
 /// Reads the WHMCS envelope from a reply of any HTTP status: business errors come with HTTP 200,
@@ -430,17 +473,7 @@ pub(crate) fn interpret(action: Action, status: u16, bytes: &[u8]) -> Result<()>
             }
         });
     };
-    let field = |value: &Option<Value>| {
-        value
-            .as_ref()
-            .and_then(Value::as_str)
-            .map(|s| s.trim().to_ascii_lowercase())
-    };
-    let result = field(&envelope.result);
-    let state = field(&envelope.status);
-    let is_error = result.as_deref() == Some("error") || state.as_deref() == Some("error");
-    let is_success = result.as_deref() == Some("success") || state.as_deref() == Some("success");
-    if is_error || !is_success {
+    if !envelope_success(&envelope.result, &envelope.status) {
         let message = [&envelope.message, &envelope.warning, &envelope.error]
             .into_iter()
             .find_map(|v| v.as_ref().and_then(Value::as_str))

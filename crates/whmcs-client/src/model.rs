@@ -765,8 +765,21 @@ pub struct ListPage<T> {
     pub items: Vec<T>,
 }
 
+/// A `GetClientsProducts` reply, its envelope fields included, so a success page is checked
+/// and read in one pass over its bytes (`reply::check_one_pass`). The envelope fields are those
+/// of the envelope check, so a reply with one of them twice fails both readings alike.
 #[derive(Deserialize)]
 pub(crate) struct ProductsEnvelope {
+    #[serde(default)]
+    pub(crate) result: Option<serde_json::Value>,
+    #[serde(default)]
+    pub(crate) status: Option<serde_json::Value>,
+    #[serde(default, rename = "message")]
+    _message: Option<serde::de::IgnoredAny>,
+    #[serde(default, rename = "warning")]
+    _warning: Option<serde::de::IgnoredAny>,
+    #[serde(default, rename = "error")]
+    _error: Option<serde::de::IgnoredAny>,
     #[serde(
         rename = "totalresults",
         deserialize_with = "lenient::u64_any",

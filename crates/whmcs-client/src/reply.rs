@@ -7,7 +7,7 @@ use serde::de::DeserializeOwned;
 
 use crate::catalog::{CatalogEnvelope, CatalogProduct, PaymentMethod, PaymentMethodsEnvelope};
 use crate::error::{Action, Error, Result};
-use crate::http::interpret;
+use crate::http::{envelope_success, interpret, opens_object};
 use crate::model::{
     AddClientEnvelope, ClientDetails, ClientDetailsEnvelope, ListPage, Order, OrdersEnvelope,
     PlacedOrder, ProductsEnvelope, Service,
@@ -38,29 +38,73 @@ pub enum Reply {
 /// Decodes the body of a reply to `action` that arrived with `http_status`, as the client does:
 /// any bytes give either a [`Reply`] or a classified [`Error`], never a panic.
 pub fn decode_reply(action: Action, http_status: u16, body: &[u8]) -> Result<Reply> {
-    interpret(action, http_status, body)?;
     let value = body;
+    let envelope = || interpret(action, http_status, body);
     Ok(match action {
         Action::GetClientsDetails => {
+            envelope()?;
             Reply::ClientDetails(client_details(decode_typed(action, value)?)?)
         }
-        Action::GetClientsProducts => Reply::Products(products_page(decode_typed(action, value)?)),
-        Action::AddOrder => Reply::PlacedOrder(decode_typed(action, value)?),
-        Action::GetOrders => Reply::Orders(orders_page(decode_typed(action, value)?)),
+        Action::GetClientsProducts => {
+            let env = match check_one_pass(http_status, body.to_vec())? {
+                Checked::Read(env) => env,
+                Checked::Body(bytes) => decode_typed(action, &bytes)?,
+            };
+            Reply::Products(products_page(env))
+        }
+        Action::AddOrder => {
+            envelope()?;
+            Reply::PlacedOrder(decode_typed(action, value)?)
+        }
+        Action::GetOrders => {
+            envelope()?;
+            Reply::Orders(orders_page(decode_typed(action, value)?))
+        }
         Action::AddClient => {
+            envelope()?;
             let env: AddClientEnvelope = decode_typed(action, value)?;
             Reply::ClientId(env.client_id)
         }
-        Action::AcceptOrder | Action::ModuleCreate => Reply::Done,
+        Action::AcceptOrder | Action::ModuleCreate => {
+            envelope()?;
+            Reply::Done
+        }
         Action::GetProducts => {
+            envelope()?;
             let env: CatalogEnvelope = decode_typed(action, value)?;
             Reply::CatalogProducts(env.products)
         }
         Action::GetPaymentMethods => {
+            envelope()?;
             let env: PaymentMethodsEnvelope = decode_typed(action, value)?;
             Reply::PaymentMethods(env.methods)
         }
     })
+}
+
+/// What [`check_one_pass`] made of a `GetClientsProducts` reply.
+pub(crate) enum Checked {
+    /// A success page, checked and read in one pass.
+    Read(ProductsEnvelope),
+    /// A body that passed the envelope check but must still be read (and may not have the
+    /// page's shape).
+    Body(Vec<u8>),
+}
+
+/// The envelope check of a `GetClientsProducts` reply, reading the page in the same pass when
+/// it can: an HTTP 200 JSON object that reads as a page whose envelope says success is that
+/// page. Anything else goes through [`interpret`] as every other reply does, so errors, and
+/// the replies that pass, are exactly those of the envelope check followed by the typed
+/// reading (the envelope fields are the page type's own, duplicates included).
+pub(crate) fn check_one_pass(http_status: u16, bytes: Vec<u8>) -> Result<Checked> {
+    if http_status == 200
+        && opens_object(&bytes)
+        && let Ok(env) = serde_json::from_slice::<ProductsEnvelope>(&bytes)
+        && envelope_success(&env.result, &env.status)
+    {
+        return Ok(Checked::Read(env));
+    }
+    interpret(Action::GetClientsProducts, http_status, &bytes).map(|()| Checked::Body(bytes))
 }
 
 /// Reads a success envelope as `T`; a shape mismatch is an error after the request was sent.
@@ -104,5 +148,117 @@ pub(crate) fn orders_page(env: OrdersEnvelope) -> ListPage<Order> {
         start_number: env.start_number,
         num_returned: env.num_returned,
         items: env.orders,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// The reading before the one-pass check: the envelope check, then the typed reading.
+    fn two_passes(status: u16, body: &[u8]) -> Result<ListPage<Service>> {
+        let action = Action::GetClientsProducts;
+        interpret(action, status, body)?;
+        Ok(products_page(decode_typed(action, body)?))
+    }
+
+    fn one_pass(status: u16, body: &[u8]) -> Result<ListPage<Service>> {
+        match decode_reply(Action::GetClientsProducts, status, body)? {
+            Reply::Products(page) => Ok(page),
+            other => panic!("not a products reply: {other:?}"),
+        }
+    }
+
+    fn outcome(result: Result<ListPage<Service>>) -> String {
+        match result {
+            Ok(page) => format!(
+                "ok {} {} {} {:?}",
+                page.total_results,
+                page.start_number,
+                page.num_returned,
+                page.items
+                    .iter()
+                    .map(|s| (s.id, s.order_id, s.product_id))
+                    .collect::<Vec<_>>()
+            ),
+            Err(e) => format!("err {:?} {e}", e.class()),
+        }
+    }
+
+    const PAGE: &str = r#"{"result":"success","clientid":"7","totalresults":"2","startnumber":0,"numreturned":2,"products":{"product":[{"id":"11","orderid":"5","pid":"3","status":"Active"},{"id":12,"orderid":5,"pid":4}]}}"#;
+
+    #[test]
+    fn the_one_pass_check_agrees_with_the_two_passes() {
+        let mut cases: Vec<(u16, Vec<u8>)> = Vec::new();
+        let fixed = [
+            PAGE.to_owned(),
+            PAGE.replace(r#""result":"success""#, r#""result":" Success ""#),
+            PAGE.replace(
+                r#""result":"success""#,
+                r#""result":"error","message":"Client Not Found""#,
+            ),
+            PAGE.replace(
+                r#""result":"success""#,
+                r#""result":"success","status":"error""#,
+            ),
+            PAGE.replace(r#""result":"success""#, r#""status":"success""#),
+            PAGE.replace(
+                r#""result":"success""#,
+                r#""result":"success","result":"success""#,
+            ),
+            PAGE.replace(
+                r#""result":"success""#,
+                r#""result":"success","message":1,"message":2"#,
+            ),
+            PAGE.replace(
+                r#""result":"success""#,
+                r#""result":"success","warning":[],"warning":{}"#,
+            ),
+            PAGE.replace(r#""result":"success""#, r#""result":1"#),
+            PAGE.replace(r#""result":"success""#, r#""result":null"#),
+            PAGE.replace(r#""products":{"product":["#, r#""products":{"product":[7,"#),
+            PAGE.replace(r#""numreturned":2"#, r#""numreturned":"two""#),
+            format!("  \n{PAGE}"),
+            format!("{PAGE} x"),
+            format!("[{PAGE}]"),
+            r#"["success"]"#.to_owned(),
+            r#"{"result":"success"}"#.to_owned(),
+            "<html>502</html>".to_owned(),
+            String::new(),
+        ];
+        for body in fixed {
+            for status in [200, 201, 302, 403, 500] {
+                cases.push((status, body.clone().into_bytes()));
+            }
+        }
+        // Every truncation of the page, and every byte of it replaced by a few others.
+        for end in 0..PAGE.len() {
+            cases.push((200, PAGE.as_bytes()[..end].to_vec()));
+        }
+        for at in 0..PAGE.len() {
+            for byte in [b'"', b'}', b'1', b' ', b'x'] {
+                let mut body = PAGE.as_bytes().to_vec();
+                body[at] = byte;
+                cases.push((200, body));
+            }
+        }
+        let mut read_in_one_pass = 0;
+        for (status, body) in &cases {
+            let before = outcome(two_passes(*status, body));
+            let after = outcome(one_pass(*status, body));
+            assert_eq!(
+                before,
+                after,
+                "status {status}, body {:?}",
+                String::from_utf8_lossy(body)
+            );
+            if matches!(check_one_pass(*status, body.clone()), Ok(Checked::Read(_))) {
+                read_in_one_pass += 1;
+            }
+        }
+        // The fast path is taken (the page itself, its lenient variants).
+        assert!(read_in_one_pass > 10, "{read_in_one_pass}");
     }
 }
