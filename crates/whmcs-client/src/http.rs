@@ -426,16 +426,15 @@ impl Envelope {
 /// Whether an envelope's `result` and `status` say success: one of them `success` (trimmed,
 /// any case) and neither `error`.
 pub(crate) fn envelope_success(result: &Option<Value>, status: &Option<Value>) -> bool {
-    let field = |value: &Option<Value>| {
+    // Compared in place: this runs on every reply, and lowercased copies would allocate.
+    let says = |value: &Option<Value>, word: &str| {
         value
             .as_ref()
             .and_then(Value::as_str)
-            .map(|s| s.trim().to_ascii_lowercase())
+            .is_some_and(|s| s.trim().eq_ignore_ascii_case(word))
     };
-    let result = field(result);
-    let state = field(status);
-    let is_error = result.as_deref() == Some("error") || state.as_deref() == Some("error");
-    let is_success = result.as_deref() == Some("success") || state.as_deref() == Some("success");
+    let is_error = says(result, "error") || says(status, "error");
+    let is_success = says(result, "success") || says(status, "success");
     is_success && !is_error
 }
 
