@@ -101,8 +101,19 @@ async fn purge_prefix(
     Ok((anchor, removed))
 }
 
+/// An Order's records (`$1`), oldest first, at most `$2`. Each half reads one partial index;
+/// `order_id` is checked in both, so a record is only ever found under its own Order.
+pub(crate) const SQL_ORDER_AUDIT: &str = "SELECT record FROM (\
+     SELECT record, at, chain, seq FROM audit_log \
+     WHERE job = (SELECT seq FROM jobs WHERE order_id = $1) AND order_id = $1 \
+     UNION ALL \
+     SELECT record, at, chain, seq FROM audit_log WHERE job IS NULL AND order_id = $1\
+     ) AS r ORDER BY at, chain, seq LIMIT $2";
+
 impl SqlStore {
-    /// The records about one Order, oldest first (by the indexed `order_id` column).
+    /// The records about one Order, oldest first: those keyed by its job (`audit_log_job`)
+    /// and those written before it had one, or before records were keyed by job
+    /// (`audit_log_order`).
     pub(crate) async fn read_order_audit(
         &self,
         order_id: &str,
@@ -111,8 +122,7 @@ impl SqlStore {
         let rows = self
             .read(
                 "audit: reading an order's records",
-                "SELECT record FROM audit_log WHERE order_id = $1 ORDER BY at, chain, seq \
-                 LIMIT $2",
+                SQL_ORDER_AUDIT,
                 &[Arg::text(order_id), Arg::Int(i64::from(limit))],
             )
             .await?;
@@ -403,5 +413,74 @@ impl AuditLog for SqlStore {
         })?;
         report.removed = removed;
         Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn plan(
+        conn: &rusqlite::Connection,
+        sql: &str,
+        args: &[(&str, &dyn rusqlite::ToSql)],
+    ) -> String {
+        let mut plan = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let details: Vec<String> = plan
+            .query_map(args, |row| row.get::<_, String>(3))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        details.join("\n")
+    }
+
+    /// On SQLite an Order's records are read by its job (`audit_log_job`) and by its Id among
+    /// the records without a job (`audit_log_order`): two index searches, no scan of the log.
+    #[test]
+    fn an_orders_records_are_read_through_the_two_partial_indexes() {
+        let conn = crate::jobs::tests::migrated_sqlite();
+        let text = plan(&conn, SQL_ORDER_AUDIT, &[("$1", &"O"), ("$2", &100_i64)]);
+        for expected in [
+            "SEARCH audit_log USING INDEX audit_log_job (job=?)",
+            "SEARCH audit_log USING INDEX audit_log_order (order_id=?)",
+            "SEARCH jobs USING COVERING INDEX sqlite_autoindex_jobs_1 (order_id=?)",
+        ] {
+            assert!(text.contains(expected), "{expected} in\n{text}");
+        }
+        assert!(!text.contains("SCAN audit_log"), "{text}");
+    }
+
+    /// A record written after its Order's job carries the job's `seq`; one about no Order, or
+    /// written before its job, has none (and is found by Order Id).
+    #[test]
+    fn a_record_is_keyed_by_its_orders_job_when_it_has_one() {
+        let conn = crate::jobs::tests::migrated_sqlite();
+        conn.execute_batch(
+            "INSERT INTO jobs (seq, order_id, customer_number, source, state, step, \
+             next_attempt_at, created_at, updated_at) \
+             VALUES (41, 'O1', 'C1', 'event', 'pending', 'received', 0, 0, 0)",
+        )
+        .unwrap();
+        let insert = |seq: i64, order: Option<&str>| {
+            conn.execute(
+                crate::tx::SQL_INSERT_FIRST_RECORD,
+                rusqlite::named_params! {
+                    "$1": seq, "$2": seq, "$3": "{}", "$4": order, "$5": 0_i64,
+                },
+            )
+            .unwrap();
+        };
+        insert(1, Some("O1"));
+        insert(2, Some("O2"));
+        insert(3, None);
+        let jobs: Vec<(i64, Option<i64>)> = conn
+            .prepare("SELECT seq, job FROM audit_log ORDER BY seq")
+            .unwrap()
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(jobs, [(1, Some(41)), (2, None), (3, None)]);
     }
 }

@@ -416,15 +416,7 @@ pub(crate) fn batch_sql(writes: &[Shape<'_>]) -> String {
     let records: usize = writes.iter().map(|w| w.records).sum();
     for r in 0..records.max(1) {
         let b = lock + 5 * r;
-        let values = format!(
-            "INSERT INTO audit_log (chain, seq, at, record, order_id) \
-             SELECT ${}, ${}, ${}, ${}, ${}",
-            b + 5,
-            b + 1,
-            b + 2,
-            b + 3,
-            b + 4
-        );
+        let values = crate::tx::audit_select(b + 5, b + 1, b + 2, b + 3, b + 4);
         ctes.push(if r == 0 {
             format!(
                 "r0 AS ({values} FROM lock WHERE lock.held \
@@ -500,8 +492,14 @@ mod tests {
             )
         );
         // Three records, five parameters each after the lock: chain is the fifth.
-        assert!(sql.contains("SELECT $16, $12, $13, $14, $15 FROM lock WHERE lock.held"));
-        assert!(sql.contains("r2 AS (INSERT INTO audit_log (chain, seq, at, record, order_id) SELECT $26, $22, $23, $24, $25 FROM r0)"));
+        assert!(sql.contains(
+            "SELECT $16, $12, $13, $14, $15, (SELECT seq FROM jobs WHERE order_id = $15) \
+             FROM lock WHERE lock.held"
+        ));
+        assert!(sql.contains(
+            "r2 AS (INSERT INTO audit_log (chain, seq, at, record, order_id, job) \
+             SELECT $26, $22, $23, $24, $25, (SELECT seq FROM jobs WHERE order_id = $25) FROM r0)"
+        ));
         assert!(!sql.contains("$27"));
         assert!(sql.contains("(SELECT COUNT(*) FROM u0) + (SELECT COUNT(*) FROM u1) <> 2"));
     }

@@ -875,12 +875,12 @@ impl SqlStore {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     /// A database with the SQLite migrations.
-    fn migrated_sqlite() -> rusqlite::Connection {
+    pub(crate) fn migrated_sqlite() -> rusqlite::Connection {
         let conn = rusqlite::Connection::open_in_memory().unwrap();
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
         let mut files: Vec<_> = std::fs::read_dir(dir)

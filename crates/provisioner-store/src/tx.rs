@@ -339,23 +339,49 @@ pub(crate) const SQL_LAST_RECORD: &str =
     "SELECT record FROM audit_log WHERE chain = $1 ORDER BY seq DESC LIMIT 1";
 /// Sealed records after a unit's first, 1 to [`RECORDS_PER_INSERT`] in one statement (the
 /// unit holds the chain by then, so none can conflict); `order_id` repeats each record's Order
-/// Id (or NULL) so that an Order's records are found by index (`Store::audit_for_order`).
+/// Id (or NULL), and `job` is the `seq` of that Order's job (NULL when it has none yet), so
+/// that an Order's records are found by index (`Store::audit_for_order`).
 const SQL_INSERT_RECORDS: [&str; RECORDS_PER_INSERT] = [
-    "INSERT INTO audit_log (chain, seq, at, record, order_id) VALUES ($5, $1, $2, $3, $4)",
-    "INSERT INTO audit_log (chain, seq, at, record, order_id) VALUES ($5, $1, $2, $3, $4), \
-     ($10, $6, $7, $8, $9)",
-    "INSERT INTO audit_log (chain, seq, at, record, order_id) VALUES ($5, $1, $2, $3, $4), \
-     ($10, $6, $7, $8, $9), ($15, $11, $12, $13, $14)",
-    "INSERT INTO audit_log (chain, seq, at, record, order_id) VALUES ($5, $1, $2, $3, $4), \
-     ($10, $6, $7, $8, $9), ($15, $11, $12, $13, $14), ($20, $16, $17, $18, $19)",
+    "INSERT INTO audit_log (chain, seq, at, record, order_id, job) VALUES \
+     ($5, $1, $2, $3, $4, (SELECT seq FROM jobs WHERE order_id = $4))",
+    "INSERT INTO audit_log (chain, seq, at, record, order_id, job) VALUES \
+     ($5, $1, $2, $3, $4, (SELECT seq FROM jobs WHERE order_id = $4)), \
+     ($10, $6, $7, $8, $9, (SELECT seq FROM jobs WHERE order_id = $9))",
+    "INSERT INTO audit_log (chain, seq, at, record, order_id, job) VALUES \
+     ($5, $1, $2, $3, $4, (SELECT seq FROM jobs WHERE order_id = $4)), \
+     ($10, $6, $7, $8, $9, (SELECT seq FROM jobs WHERE order_id = $9)), \
+     ($15, $11, $12, $13, $14, (SELECT seq FROM jobs WHERE order_id = $14))",
+    "INSERT INTO audit_log (chain, seq, at, record, order_id, job) VALUES \
+     ($5, $1, $2, $3, $4, (SELECT seq FROM jobs WHERE order_id = $4)), \
+     ($10, $6, $7, $8, $9, (SELECT seq FROM jobs WHERE order_id = $9)), \
+     ($15, $11, $12, $13, $14, (SELECT seq FROM jobs WHERE order_id = $14)), \
+     ($20, $16, $17, $18, $19, (SELECT seq FROM jobs WHERE order_id = $19))",
 ];
 /// At most this many records per insert: 5 parameters each, within the SQLite writer's 24
 /// parameter names.
 const RECORDS_PER_INSERT: usize = 4;
 /// The first record of a unit: a `seq` another process took meanwhile inserts nothing (no
 /// error, which on PostgreSQL would abort the whole transaction).
-const SQL_INSERT_FIRST_RECORD: &str = "INSERT INTO audit_log (chain, seq, at, record, order_id) \
-     VALUES ($5, $1, $2, $3, $4) ON CONFLICT (chain, seq) DO NOTHING";
+pub(crate) const SQL_INSERT_FIRST_RECORD: &str = "INSERT INTO audit_log (chain, seq, at, record, order_id, job) \
+     VALUES ($5, $1, $2, $3, $4, (SELECT seq FROM jobs WHERE order_id = $4)) \
+     ON CONFLICT (chain, seq) DO NOTHING";
+
+/// PostgreSQL's one-statement units and batches: the `INSERT ... SELECT` of one audit record
+/// from the parameters numbered `chain`, `seq`, `at`, `record` and `order_id` (the caller adds
+/// its `FROM`); `job` is read from `jobs` as in the inserts above.
+pub(crate) fn audit_select(
+    chain: usize,
+    seq: usize,
+    at: usize,
+    record: usize,
+    order_id: usize,
+) -> String {
+    format!(
+        "INSERT INTO audit_log (chain, seq, at, record, order_id, job) \
+         SELECT ${chain}, ${seq}, ${at}, ${record}, ${order_id}, \
+         (SELECT seq FROM jobs WHERE order_id = ${order_id})"
+    )
+}
 
 /// PostgreSQL: [`SQL_INSERT_FIRST_RECORD`] that also takes the chain's advisory lock (`$6`),
 /// and inserts nothing when another session holds it: a unit probes a free chain and appends
@@ -364,8 +390,9 @@ const SQL_INSERT_FIRST_RECORD: &str = "INSERT INTO audit_log (chain, seq, at, re
 /// PostgreSQL evaluates it once and never inlines it (no `MATERIALIZED`, which needs 12+).
 const SQL_INSERT_FIRST_RECORD_IF_LOCKED: &str = "WITH lock AS \
      (SELECT pg_try_advisory_xact_lock($6) AS held), \
-     ins AS (INSERT INTO audit_log (chain, seq, at, record, order_id) \
-     SELECT $5, $1, $2, $3, $4 FROM lock WHERE lock.held \
+     ins AS (INSERT INTO audit_log (chain, seq, at, record, order_id, job) \
+     SELECT $5, $1, $2, $3, $4, (SELECT seq FROM jobs WHERE order_id = $4) \
+     FROM lock WHERE lock.held \
      ON CONFLICT (chain, seq) DO NOTHING RETURNING seq) \
      SELECT (SELECT held FROM lock) AS held, (SELECT COUNT(*) FROM ins) AS inserted";
 /// A fenced update of a job row for [`SqlStore::unit_in_one_statement`]: `sql` is an
@@ -402,13 +429,8 @@ pub(crate) fn one_statement_sql(update: Option<(&str, usize)>, records: usize) -
     let insert = |k: usize, from: &str| {
         let b = lock + 5 * k;
         format!(
-            "INSERT INTO audit_log (chain, seq, at, record, order_id) \
-             SELECT ${}, ${}, ${}, ${}, ${} FROM {from}",
-            b + 5,
-            b + 1,
-            b + 2,
-            b + 3,
-            b + 4
+            "{} FROM {from}",
+            audit_select(b + 5, b + 1, b + 2, b + 3, b + 4)
         )
     };
     let mut ctes = Vec::with_capacity(records + 3);

@@ -277,6 +277,14 @@ both_backends! {
             .await
             .unwrap();
         assert_eq!(store.audit_for_order(&order(1), 10).await.unwrap(), old[..1]);
+        // A record written now is keyed by the Order's new job, and both are found, oldest
+        // first.
+        store.ingest_event(&event(1, &order(1), "A"), Utc::now()).await.unwrap();
+        let both = store.audit_for_order(&order(1), 10).await.unwrap();
+        assert_eq!(both.len(), 2, "{both:?}");
+        assert_eq!(both[0], old[0]);
+        assert_eq!(both[1].record.action.as_str(), "event_received");
+        assert_eq!(store.audit_for_order(&order(1), 1).await.unwrap(), old[..1]);
         let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
         let row: (i64,) =
             sqlx::query_as("SELECT COUNT(*) FROM audit_log WHERE order_id IS NULL")
@@ -284,6 +292,14 @@ both_backends! {
                 .await
                 .unwrap();
         assert_eq!(row.0, 1, "the record about no Order keeps a NULL");
+        let keyed: (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM audit_log WHERE job = (SELECT seq FROM jobs WHERE order_id = $1)",
+        )
+        .bind(order(1))
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        assert_eq!(keyed.0, 1, "only the new record is keyed by the job");
         conn.close().await.unwrap();
     }
 }
