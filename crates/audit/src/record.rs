@@ -61,9 +61,16 @@ fn check_name(field: &'static str, s: &str) -> Result<()> {
 macro_rules! name_type {
     ($(#[$doc:meta])* $ty:ident, $field:literal, { $($(#[$cdoc:meta])* $c:ident = $v:literal,)* }) => {
         $(#[$doc])*
-        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-        #[serde(try_from = "String", into = "String")]
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+        #[serde(try_from = "String")]
         pub struct $ty(Cow<'static, str>);
+
+        // By reference: serde's `into` would clone the name for every record written.
+        impl Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
 
         impl $ty {
             $( $(#[$cdoc])* pub const $c: $ty = $ty(Cow::Borrowed($v)); )*
@@ -225,9 +232,15 @@ impl fmt::Display for Outcome {
 
 /// An identifier of the record's subject (Salesforce Order Id, customer number):
 /// 1..=64 bytes of `[A-Za-z0-9._:-]`.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(try_from = "String")]
 pub struct SubjectId(String);
+
+impl Serialize for SubjectId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
 
 impl SubjectId {
     /// Validates an identifier.
@@ -462,12 +475,16 @@ fn check_detail(key: DetailKey, v: &str) -> Result<()> {
 /// A record's details: allow-listed [`DetailKey`]s with values of the key's shape.
 ///
 /// Values are stored exactly as given (no normalisation), because the MAC covers them.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(
-    try_from = "BTreeMap<DetailKey, String>",
-    into = "BTreeMap<DetailKey, String>"
-)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "BTreeMap<DetailKey, String>")]
 pub struct Details(BTreeMap<DetailKey, String>);
+
+/// A map in key order, by reference (serde's `into` would clone the map for every record).
+impl Serialize for Details {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_map(&self.0)
+    }
+}
 
 impl Details {
     /// No details.
@@ -633,8 +650,8 @@ pub struct AuditRecord {
 ///
 /// Serialises as one flat JSON object (`seq, at, actor, action, order_id, customer_number,
 /// outcome, details, mac`); the MAC is lowercase hex.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(from = "SealedRepr", into = "SealedRepr")]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(from = "SealedRepr")]
 pub struct SealedRecord {
     /// The record.
     pub record: AuditRecord,
@@ -649,7 +666,103 @@ impl SealedRecord {
     }
 }
 
-#[derive(Clone, Serialize, Deserialize)]
+/// Written field by field from a borrowed record, in [`SealedRepr`]'s order: nothing is
+/// cloned, and `at` is written by [`Rfc3339`]. Every record stored passes here once.
+impl Serialize for SealedRecord {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let r = &self.record;
+        let mut st = s.serialize_struct("SealedRepr", 9)?;
+        st.serialize_field("seq", &r.seq)?;
+        st.serialize_field("at", &Rfc3339(r.at))?;
+        st.serialize_field("actor", &r.actor)?;
+        st.serialize_field("action", &r.action)?;
+        st.serialize_field("order_id", &r.order_id)?;
+        st.serialize_field("customer_number", &r.customer_number)?;
+        st.serialize_field("outcome", &r.outcome)?;
+        st.serialize_field("details", &r.details)?;
+        st.serialize_field("mac", &self.mac)?;
+        st.end()
+    }
+}
+
+/// A UTC instant written as chrono's serde writes it (RFC 3339, `Z`, the fraction in 0, 3, 6
+/// or 9 digits, whichever is exact), without the formatting machinery: digits into a stack
+/// buffer. Years outside 0..=9999 and leap seconds go through chrono.
+struct Rfc3339(DateTime<Utc>);
+
+impl Serialize for Rfc3339 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match rfc3339_fast(&self.0) {
+            Some((buf, len)) => match std::str::from_utf8(buf.get(..len).unwrap_or_default()) {
+                Ok(text) => s.serialize_str(text),
+                Err(_) => self.0.serialize(s),
+            },
+            None => self.0.serialize(s),
+        }
+    }
+}
+
+/// `at` in the form of [`Rfc3339`], or `None` where chrono must write it.
+fn rfc3339_fast(at: &DateTime<Utc>) -> Option<([u8; 32], usize)> {
+    use chrono::{Datelike, Timelike};
+    let year = u32::try_from(at.year()).ok().filter(|y| *y <= 9999)?;
+    let nanos = at.nanosecond();
+    if nanos >= 1_000_000_000 {
+        return None;
+    }
+    let mut out = Digits::default();
+    out.number(year, 4);
+    out.byte(b'-');
+    out.number(at.month(), 2);
+    out.byte(b'-');
+    out.number(at.day(), 2);
+    out.byte(b'T');
+    out.number(at.hour(), 2);
+    out.byte(b':');
+    out.number(at.minute(), 2);
+    out.byte(b':');
+    out.number(at.second(), 2);
+    if nanos != 0 {
+        out.byte(b'.');
+        if nanos.is_multiple_of(1_000_000) {
+            out.number(nanos / 1_000_000, 3);
+        } else if nanos.is_multiple_of(1_000) {
+            out.number(nanos / 1_000, 6);
+        } else {
+            out.number(nanos, 9);
+        }
+    }
+    out.byte(b'Z');
+    Some((out.buf, out.len))
+}
+
+/// A short ASCII text built in place (at most 32 bytes; the longest [`rfc3339_fast`] writes is
+/// 30).
+#[derive(Default)]
+struct Digits {
+    buf: [u8; 32],
+    len: usize,
+}
+
+impl Digits {
+    fn byte(&mut self, b: u8) {
+        if let Some(slot) = self.buf.get_mut(self.len) {
+            *slot = b;
+        }
+        self.len += 1;
+    }
+
+    /// `value` in `width` decimal digits, zero-padded (`value` < 10^`width`).
+    fn number(&mut self, value: u32, width: u32) {
+        for i in (0..width).rev() {
+            let digit = (value / 10_u32.pow(i)) % 10;
+            self.byte(b'0' + u8::try_from(digit).unwrap_or(0));
+        }
+    }
+}
+
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SealedRepr {
     seq: u64,
@@ -681,28 +794,96 @@ impl From<SealedRepr> for SealedRecord {
     }
 }
 
-impl From<SealedRecord> for SealedRepr {
-    fn from(s: SealedRecord) -> Self {
-        let r = s.record;
-        SealedRepr {
-            seq: r.seq,
-            at: r.at,
-            actor: r.actor,
-            action: r.action,
-            order_id: r.order_id,
-            customer_number: r.customer_number,
-            outcome: r.outcome,
-            details: r.details,
-            mac: s.mac,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
+
+    /// The stored `at` is byte for byte what chrono's serde writes, for every fraction width,
+    /// the edges of the year range, and (through chrono itself) years and leap seconds outside
+    /// the fast path.
+    #[test]
+    fn at_is_written_as_chrono_writes_it() {
+        use chrono::TimeZone;
+        let mut instants = Vec::new();
+        for (secs, nanos) in [
+            (0_i64, 0_u32),
+            (1_767_225_599, 0),
+            (1_767_225_599, 1),
+            (1_767_225_599, 7_000_000),
+            (1_767_225_599, 120_000),
+            (1_767_225_599, 123_456_000),
+            (1_767_225_599, 123_456_789),
+            (1_767_225_599, 999_999_999),
+            (1_767_225_599, 100_000_000),
+            (253_402_300_799, 999_000), // 9999-12-31T23:59:59
+            (-62_167_219_200, 5),       // 0000-01-01T00:00:00
+            (-62_167_219_201, 5),       // year -1: chrono writes it
+            (253_402_300_800, 0),       // year 10000: chrono writes it
+        ] {
+            instants.push(Utc.timestamp_opt(secs, nanos).single().unwrap());
+        }
+        // A leap second (nanoseconds past 10^9): chrono writes it.
+        let leap = chrono::NaiveDate::from_ymd_opt(2016, 12, 31)
+            .unwrap()
+            .and_hms_nano_opt(23, 59, 59, 1_500_000_000)
+            .unwrap()
+            .and_utc();
+        instants.push(leap);
+        // A spread of ordinary instants, microseconds as the audit clock keeps them.
+        let mut x: i64 = 0x2545_f491_4f6c_dd1d;
+        for _ in 0..2_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let micros = x.rem_euclid(300_000_000_000_000_000);
+            instants.push(
+                Utc.timestamp_micros(micros - 62_000_000_000_000_000)
+                    .single()
+                    .unwrap(),
+            );
+        }
+        for at in instants {
+            let ours = serde_json::to_string(&Rfc3339(at)).unwrap();
+            let chrono = serde_json::to_string(&at).unwrap();
+            assert_eq!(ours, chrono, "{at:?}");
+        }
+    }
+
+    /// A sealed record serialises by reference to the same flat object it is read from.
+    #[test]
+    fn a_sealed_record_round_trips_through_its_json() {
+        let record = AuditRecord {
+            seq: 42,
+            at: chrono::TimeZone::timestamp_micros(&Utc, 1_767_225_599_123_456)
+                .single()
+                .unwrap(),
+            actor: Actor::new("engine").unwrap(),
+            action: Action::new("whmcs_ordered").unwrap(),
+            order_id: Some(SubjectId::new("801000000000001AAA").unwrap()),
+            customer_number: None,
+            outcome: Outcome::Success,
+            details: Details::new().with(DetailKey::WhmcsOrderId, "17").unwrap(),
+        };
+        let sealed = SealedRecord {
+            record,
+            mac: crate::Mac([7; 32]),
+        };
+        let json = serde_json::to_string(&sealed).unwrap();
+        assert_eq!(
+            json,
+            format!(
+                "{{\"seq\":42,\"at\":\"2025-12-31T23:59:59.123456Z\",\"actor\":\"engine\",\
+                 \"action\":\"whmcs_ordered\",\"order_id\":\"801000000000001AAA\",\
+                 \"customer_number\":null,\"outcome\":\"success\",\
+                 \"details\":{{\"whmcs_order_id\":\"17\"}},\"mac\":\"{}\"}}",
+                "07".repeat(32)
+            )
+        );
+        let back: SealedRecord = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, sealed);
+    }
 
     #[test]
     fn names_must_be_snake_case() {
