@@ -666,8 +666,8 @@ impl SealedRecord {
     }
 }
 
-/// Written field by field from a borrowed record, in [`SealedRepr`]'s order: nothing is
-/// cloned, and `at` is written by [`Rfc3339`]. Every record stored passes here once.
+/// Written field by field from a borrowed record, in the order it is read back: nothing is
+/// cloned, and `at` is written without `core::fmt`. Every record stored passes here once.
 impl Serialize for SealedRecord {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;

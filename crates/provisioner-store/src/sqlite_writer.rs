@@ -3,8 +3,9 @@
 //!
 //! A caller sends a closure and awaits its answer. The thread runs whatever has queued up in
 //! one transaction — each closure inside its own savepoint, so a failing closure undoes only its
-//! own statements — commits, and only then answers the callers: nobody ever sees a write that
-//! is not committed. Under load that is one wake-up of the thread and one commit for many
+//! own statements (the first of a batch needs none: its failure rolls back a transaction that
+//! held only its statements, and the rest get a new one) — commits, and only then answers the
+//! callers: nobody ever sees a write that is not committed. Under load that is one wake-up of the thread and one commit for many
 //! statements of many jobs (group commit), where sqlx's SQLite driver costs a cross-thread round
 //! trip per statement and a commit per autocommitted statement.
 //!
