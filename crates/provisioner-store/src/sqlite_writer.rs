@@ -5,9 +5,10 @@
 //! one transaction — each closure inside its own savepoint, so a failing closure undoes only its
 //! own statements (the first of a batch needs none: its failure rolls back a transaction that
 //! held only its statements, and the rest get a new one) — commits, and only then answers the
-//! callers: nobody ever sees a write that is not committed. Under load that is one wake-up of the thread and one commit for many
-//! statements of many jobs (group commit), where sqlx's SQLite driver costs a cross-thread round
-//! trip per statement and a commit per autocommitted statement.
+//! callers: nobody ever sees a write that is not committed. Under load that is one wake-up of
+//! the thread and one commit for many statements of many jobs (group commit), where sqlx's
+//! SQLite driver costs a cross-thread round trip per statement and a commit per autocommitted
+//! statement.
 //!
 //! Checkpoints (copying the WAL into the database file, with its fsyncs) run on a second
 //! thread with its own connection, so they rarely stall the writer: SQLite's automatic
@@ -281,13 +282,7 @@ fn in_savepoint<R, E: FromSqlite>(
         // A closure that ended the transaction itself leaves nothing this batch can promise.
         Ok(_) if st.conn.is_autocommit() => {
             st.poisoned = true;
-            Err(E::from_sqlite(
-                op,
-                rusqlite::Error::SqliteFailure(
-                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
-                    Some("the batch transaction ended inside a write".to_owned()),
-                ),
-            ))
+            Err(E::from_sqlite(op, ended_inside_a_write()))
         }
         Ok(_) => result,
         Err(e) => {
@@ -296,6 +291,14 @@ fn in_savepoint<R, E: FromSqlite>(
             Err(E::from_sqlite(op, e))
         }
     }
+}
+
+/// The error of a write that committed or rolled back the batch's transaction itself.
+fn ended_inside_a_write() -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+        Some("the batch transaction ended inside a write".to_owned()),
+    )
 }
 
 /// The batch's first write, without a savepoint: nothing precedes it in the transaction, so
@@ -311,15 +314,9 @@ fn first_write<R, E: FromSqlite>(
     let result = f(st);
     if st.conn.is_autocommit() {
         // It ended the transaction itself: whatever it says, nothing of it can be promised.
-        return Err(result.err().unwrap_or_else(|| {
-            E::from_sqlite(
-                op,
-                rusqlite::Error::SqliteFailure(
-                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
-                    Some("the batch transaction ended inside a write".to_owned()),
-                ),
-            )
-        }));
+        return Err(result
+            .err()
+            .unwrap_or_else(|| E::from_sqlite(op, ended_inside_a_write())));
     }
     match result {
         Ok(r) => Ok(r),
@@ -408,11 +405,12 @@ fn run(mut st: State, rx: &mpsc::Receiver<Cmd>, signals: &Signals) {
         st.poisoned = false;
         st.fresh = true;
         replies.push(first(Ok(&mut st)));
+        // Every later write of the batch keeps the ones before it with a savepoint.
+        st.fresh = false;
         if st.conn.is_autocommit() {
             // The first write failed and took the transaction down with it (`first_write`), or
             // ended it itself: its answer is its own error, and the writes queued behind it
             // get a new transaction in the next round.
-            st.fresh = false;
             replies.into_iter().for_each(|reply| reply(None));
             continue;
         }
