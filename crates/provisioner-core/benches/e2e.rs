@@ -181,6 +181,17 @@ impl whmcs_client::WhmcsApi for TimedWhmcs {
         r
     }
 
+    async fn client_service_refs(
+        &self,
+        client_id: u64,
+    ) -> whmcs_client::Result<Vec<whmcs_client::ServiceRef>> {
+        let t = Instant::now();
+        let r = self.inner.client_service_refs(client_id).await;
+        self.timing
+            .charge(self.timing.by_client(client_id), t.elapsed());
+        r
+    }
+
     async fn find_service_by_custom_field(
         &self,
         client_id: u64,

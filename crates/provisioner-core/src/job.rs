@@ -949,7 +949,7 @@ impl JobRunner {
                     let services = self
                         .ports
                         .whmcs
-                        .all_client_services(client_id)
+                        .client_service_refs(client_id)
                         .await
                         .map_err(whmcs_stop)?;
                     let found = services.iter().find(|s| {
@@ -1218,7 +1218,7 @@ impl JobRunner {
         if unchecked.is_empty() {
             return;
         }
-        let services = match self.ports.whmcs.all_client_services(client_id).await {
+        let services = match self.ports.whmcs.client_service_refs(client_id).await {
             Ok(services) => services,
             Err(e) => {
                 tracing::warn!(order_id = %job.order_id, error = %e, "could not check that WHMCS stored the external ref; checking on the next order");

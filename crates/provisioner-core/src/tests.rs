@@ -310,11 +310,16 @@ impl World {
         let c = self.calls.clone();
         let services = self.services.clone();
         self.whmcs
-            .expect_all_client_services()
+            .expect_client_service_refs()
             .returning(move |client| {
                 assert_eq!(client, 12);
                 log(&c, "whmcs_services");
-                Ok(services.lock().unwrap().clone())
+                Ok(services
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .map(whmcs_client::ServiceRef::from)
+                    .collect())
             });
     }
 
@@ -1201,7 +1206,7 @@ async fn a_job_that_got_further_before_a_fault_waits_the_first_delay_again() {
         }));
         w.client_active();
         w.whmcs
-            .expect_all_client_services()
+            .expect_client_service_refs()
             .returning(|_| Err(transient(whmcs_client::Action::GetClientsProducts)));
         let policy = w.config.retry.clone();
         let before = Utc::now();
@@ -1265,7 +1270,7 @@ async fn unknown_outcomes_in_a_row_are_looked_up_at_once_then_back_off() {
     let mut w = World::new();
     w.fetch_returns(order("Provisioning"));
     w.whmcs
-        .expect_all_client_services()
+        .expect_client_service_refs()
         .returning(|_| Err(transient(whmcs_client::Action::GetClientsProducts)));
     let policy = w.config.retry.clone();
     let before = Utc::now();

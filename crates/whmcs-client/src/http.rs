@@ -17,7 +17,7 @@ use crate::error::{Action, Error, Result};
 use crate::model::{
     AcceptOrderRequest, AddClientEnvelope, ClientDetails, ClientDetailsEnvelope, ListPage,
     NewClient, NewOrder, Order, OrdersEnvelope, OrdersQuery, Page, PlacedOrder, ProductsEnvelope,
-    ProductsQuery, Service,
+    ProductsQuery, Service, ServiceRef,
 };
 
 /// Largest reply body read; WHMCS replies are small, anything bigger is not WHMCS.
@@ -297,15 +297,21 @@ impl HttpWhmcsClient {
         crate::reply::decode_typed(action, &bytes)
     }
 
-    async fn products_page(&self, query: &ProductsQuery, page: Page) -> Result<ListPage<Service>> {
+    /// One page of GetClientsProducts, each item read as `T` ([`Service`], or the lean
+    /// [`ServiceRef`]).
+    async fn products_page<T: DeserializeOwned + Send>(
+        &self,
+        query: &ProductsQuery,
+        page: Page,
+    ) -> Result<ListPage<T>> {
         let mut body = self.body(Action::GetClientsProducts);
         query.write_form(&mut body);
         page.write_form(&mut body);
         let action = Action::GetClientsProducts;
         let checked = self
-            .call_with(action, body, crate::reply::check_one_pass)
+            .call_with(action, body, crate::reply::check_one_pass::<T>)
             .await?;
-        let env: ProductsEnvelope = match checked {
+        let env: ProductsEnvelope<T> = match checked {
             crate::reply::Checked::Read(env) => env,
             crate::reply::Checked::Body(bytes) => crate::reply::decode_typed(action, &bytes)?,
         };
@@ -313,20 +319,20 @@ impl HttpWhmcsClient {
     }
 
     /// Walks every page of GetClientsProducts for `query`; `visit` returns `true` to stop.
-    async fn walk_products(
+    async fn walk_products<T: DeserializeOwned + Send + Identified>(
         &self,
         query: &ProductsQuery,
-        mut visit: impl FnMut(Service) -> bool,
+        mut visit: impl FnMut(T) -> bool + Send,
     ) -> Result<()> {
         let size = self.config.page_size;
         let mut start = 0_u64;
         let mut seen = std::collections::HashSet::new();
         for _ in 0..MAX_PAGES {
-            let page = self.products_page(query, Page { start, size }).await?;
+            let page = self.products_page::<T>(query, Page { start, size }).await?;
             let got = page.items.len() as u64;
             let mut new_ids = 0_u64;
             for service in page.items {
-                if seen.insert(service.id) {
+                if seen.insert(service.service_id()) {
                     new_ids += 1;
                 }
                 if visit(service) {
@@ -501,7 +507,17 @@ impl WhmcsApi for HttpWhmcsClient {
 
     async fn all_client_services(&self, client_id: u64) -> Result<Vec<Service>> {
         let mut all = Vec::new();
-        self.walk_products(&ProductsQuery::client(client_id), |s| {
+        self.walk_products(&ProductsQuery::client(client_id), |s: Service| {
+            all.push(s);
+            false
+        })
+        .await?;
+        Ok(all)
+    }
+
+    async fn client_service_refs(&self, client_id: u64) -> Result<Vec<ServiceRef>> {
+        let mut all = Vec::new();
+        self.walk_products(&ProductsQuery::client(client_id), |s: ServiceRef| {
             all.push(s);
             false
         })
@@ -516,7 +532,7 @@ impl WhmcsApi for HttpWhmcsClient {
         value: &str,
     ) -> Result<Option<Service>> {
         let mut found = None;
-        self.walk_products(&ProductsQuery::client(client_id), |s| {
+        self.walk_products(&ProductsQuery::client(client_id), |s: Service| {
             if s.custom_field(field_id) == Some(value) {
                 found = Some(s);
                 true
@@ -571,6 +587,24 @@ impl WhmcsApi for HttpWhmcsClient {
         client.write_form(&mut body);
         let env: AddClientEnvelope = self.call_typed(Action::AddClient, body).await?;
         Ok(env.client_id)
+    }
+}
+
+/// A GetClientsProducts item's service id, which the walk uses to notice a server that
+/// ignores `limitstart`.
+trait Identified {
+    fn service_id(&self) -> u64;
+}
+
+impl Identified for Service {
+    fn service_id(&self) -> u64 {
+        self.id
+    }
+}
+
+impl Identified for ServiceRef {
+    fn service_id(&self) -> u64 {
+        self.id
     }
 }
 

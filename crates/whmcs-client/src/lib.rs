@@ -20,8 +20,8 @@ pub use error::{Action, Error, ErrorClass, Result};
 pub use http::{HttpWhmcsClient, PauseFuture, RetryPause};
 pub use model::{
     AcceptOrderRequest, ClientDetails, ClientStatus, ConfigOptionValue, ConfigOptions,
-    CustomFields, FieldValue, LineItem, ListPage, NewClient, NewOrder, Order, OrderLine,
-    OrdersQuery, Page, PlacedOrder, ProductsQuery, Service, ServiceConfigOption,
+    CustomFields, FieldRef, FieldValue, LineItem, ListPage, NewClient, NewOrder, Order, OrderLine,
+    OrdersQuery, Page, PlacedOrder, ProductsQuery, Service, ServiceConfigOption, ServiceRef,
 };
 pub use reply::{Reply, decode_reply};
 
@@ -46,6 +46,20 @@ pub trait WhmcsApi: Send + Sync {
 
     /// Every service of a client, paging through `GetClientsProducts`.
     async fn all_client_services(&self, client_id: u64) -> Result<Vec<Service>>;
+
+    /// Every service of a client as the external-ref lookup needs it (ids and custom field
+    /// values), paging through `GetClientsProducts` like
+    /// [`all_client_services`](Self::all_client_services). [`HttpWhmcsClient`] reads only
+    /// those fields of each reply, which costs less than reading whole services; the default
+    /// maps `all_client_services`.
+    async fn client_service_refs(&self, client_id: u64) -> Result<Vec<ServiceRef>> {
+        Ok(self
+            .all_client_services(client_id)
+            .await?
+            .iter()
+            .map(ServiceRef::from)
+            .collect())
+    }
 
     /// The first service of `client_id` whose custom field `field_id` equals `value` (an
     /// earlier attempt carrying the same external ref), paging through all services.

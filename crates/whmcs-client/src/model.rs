@@ -752,6 +752,88 @@ impl Service {
     }
 }
 
+/// A service as the external-ref lookup reads it: its ids and its custom field values, and
+/// nothing else of `GetClientsProducts`' item (names, dates, amounts, config options and
+/// secrets are skipped unread), so a client with many services costs less to walk.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+pub struct ServiceRef {
+    /// Service id.
+    #[serde(deserialize_with = "lenient::u64_any", default)]
+    pub id: u64,
+    /// Order id.
+    #[serde(rename = "orderid", deserialize_with = "lenient::u64_any", default)]
+    pub order_id: u64,
+    /// Product id.
+    #[serde(rename = "pid", deserialize_with = "lenient::u64_any", default)]
+    pub product_id: u64,
+    /// `customfields.customfield[]`: id and value of each.
+    #[serde(
+        rename = "customfields",
+        deserialize_with = "lenient::nested_list",
+        default
+    )]
+    pub custom_fields: Vec<FieldRef>,
+}
+
+impl ServiceRef {
+    /// The value of custom field `field_id`, if the service has it.
+    pub fn custom_field(&self, field_id: u64) -> Option<&str> {
+        self.custom_fields
+            .iter()
+            .find(|f| f.id == field_id)
+            .map(|f| f.value.as_str())
+    }
+}
+
+impl From<&Service> for ServiceRef {
+    fn from(s: &Service) -> Self {
+        ServiceRef {
+            id: s.id,
+            order_id: s.order_id,
+            product_id: s.product_id,
+            custom_fields: s
+                .custom_fields
+                .iter()
+                .map(|f| FieldRef {
+                    id: f.id,
+                    value: f.value.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl fmt::Debug for ServiceRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServiceRef")
+            .field("id", &self.id)
+            .field("order_id", &self.order_id)
+            .field("product_id", &self.product_id)
+            .field("custom_fields", &self.custom_fields)
+            .finish()
+    }
+}
+
+/// A custom field's id and value, as [`ServiceRef`] reads them (the name is skipped).
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+pub struct FieldRef {
+    /// Custom field id.
+    #[serde(deserialize_with = "lenient::u64_any", default)]
+    pub id: u64,
+    /// Stored value.
+    #[serde(deserialize_with = "lenient::string_any", default)]
+    pub value: String,
+}
+
+impl fmt::Debug for FieldRef {
+    // Values are customer data: like `FieldValue`, only the id is shown.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FieldRef")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
 /// One page of a list action.
 #[derive(Debug, Clone)]
 pub struct ListPage<T> {
@@ -769,7 +851,8 @@ pub struct ListPage<T> {
 /// and read in one pass over its bytes (`reply::check_one_pass`). The envelope fields are those
 /// of the envelope check, so a reply with one of them twice fails both readings alike.
 #[derive(Deserialize)]
-pub(crate) struct ProductsEnvelope {
+#[serde(bound(deserialize = "T: serde::de::DeserializeOwned"))]
+pub(crate) struct ProductsEnvelope<T = Service> {
     #[serde(default)]
     pub(crate) result: Option<serde_json::Value>,
     #[serde(default)]
@@ -791,7 +874,7 @@ pub(crate) struct ProductsEnvelope {
     #[serde(rename = "numreturned", deserialize_with = "lenient::u64_any", default)]
     pub(crate) num_returned: u64,
     #[serde(deserialize_with = "lenient::nested_list", default)]
-    pub(crate) products: Vec<Service>,
+    pub(crate) products: Vec<T>,
 }
 
 /// A line item of an order (`lineitems.lineitem[]`).

@@ -277,6 +277,14 @@ async fn a_client_with_many_services_is_walked_in_pages_of_a_hundred_by_default(
     let page = |start: &str| (Some(start.to_owned()), Some("100".to_owned()));
     assert_eq!(asked, vec![page("0"), page("100"), page("200")]);
 
+    // The lookup's lean walk pages alike and reads the same ids and ref values.
+    w.sandbox.clear_requests();
+    let refs = whmcs.client_service_refs(w.client_id).await.unwrap();
+    let want: Vec<whmcs_client::ServiceRef> = all.iter().map(Into::into).collect();
+    assert_eq!(refs, want);
+    assert_eq!(refs[249].custom_field(REF_FIELD), Some("801-249"));
+    assert_eq!(w.sandbox.requests_for("GetClientsProducts").len(), 3);
+
     // The bounds are checked when the client is made.
     for size in [0, whmcs_client::MAX_PAGE_SIZE + 1] {
         let mut config = config_for(&w.sandbox);
