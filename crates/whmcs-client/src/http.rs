@@ -318,6 +318,20 @@ impl HttpWhmcsClient {
         Ok(crate::reply::products_page(env))
     }
 
+    /// Every service of `client_id`, each read as `T`, from all pages of GetClientsProducts.
+    async fn every_product<T: DeserializeOwned + Send + Identified>(
+        &self,
+        client_id: u64,
+    ) -> Result<Vec<T>> {
+        let mut all = Vec::new();
+        self.walk_products(&ProductsQuery::client(client_id), |s: T| {
+            all.push(s);
+            false
+        })
+        .await?;
+        Ok(all)
+    }
+
     /// Walks every page of GetClientsProducts for `query`; `visit` returns `true` to stop.
     async fn walk_products<T: DeserializeOwned + Send + Identified>(
         &self,
@@ -506,23 +520,11 @@ impl WhmcsApi for HttpWhmcsClient {
     }
 
     async fn all_client_services(&self, client_id: u64) -> Result<Vec<Service>> {
-        let mut all = Vec::new();
-        self.walk_products(&ProductsQuery::client(client_id), |s: Service| {
-            all.push(s);
-            false
-        })
-        .await?;
-        Ok(all)
+        self.every_product(client_id).await
     }
 
     async fn client_service_refs(&self, client_id: u64) -> Result<Vec<ServiceRef>> {
-        let mut all = Vec::new();
-        self.walk_products(&ProductsQuery::client(client_id), |s: ServiceRef| {
-            all.push(s);
-            false
-        })
-        .await?;
-        Ok(all)
+        self.every_product(client_id).await
     }
 
     async fn find_service_by_custom_field(

@@ -175,20 +175,26 @@ mod tests {
         }
     }
 
-    fn outcome(result: Result<ListPage<Service>>) -> String {
+    /// A reading's result as text: the page's counts and each item as `item` shows it, or
+    /// the error.
+    fn described<T, D: std::fmt::Debug>(
+        result: Result<ListPage<T>>,
+        item: impl Fn(&T) -> D,
+    ) -> String {
         match result {
             Ok(page) => format!(
                 "ok {} {} {} {:?}",
                 page.total_results,
                 page.start_number,
                 page.num_returned,
-                page.items
-                    .iter()
-                    .map(|s| (s.id, s.order_id, s.product_id))
-                    .collect::<Vec<_>>()
+                page.items.iter().map(item).collect::<Vec<_>>()
             ),
             Err(e) => format!("err {:?} {e}", e.class()),
         }
+    }
+
+    fn outcome(result: Result<ListPage<Service>>) -> String {
+        described(result, |s| (s.id, s.order_id, s.product_id))
     }
 
     const PAGE: &str = r#"{"result":"success","clientid":"7","totalresults":"2","startnumber":0,"numreturned":2,"products":{"product":[{"id":"11","orderid":"5","pid":"3","status":"Active"},{"id":12,"orderid":5,"pid":4}]}}"#;
@@ -282,19 +288,9 @@ mod tests {
     const FULL_PAGE: &str = r#"{"result":"success","clientid":"7","totalresults":"3","startnumber":0,"numreturned":3,"products":{"product":[{"id":"11","qty":1,"clientid":"7","orderid":"5","ordernumber":"881","pid":"3","regdate":"2026-01-01","name":"VPS","translated_name":"VPS","groupname":"Servers","domain":"a.example","dedicatedip":"","serverid":0,"firstpaymentamount":"0.00","billingcycle":"Monthly","nextduedate":"0000-00-00","status":"Active","username":"","password":"s3cret","notes":"x\"y","customfields":{"customfield":[{"id":"8","name":"Ref","translated_name":"Ref","value":"801xx"},{"id":9,"name":"Note","value":"\u00e9t\u00e9"}]},"configoptions":{"configoption":[{"id":3,"option":"Root","type":"text","value":"pw"}]}},{"id":12,"orderid":5,"pid":4,"customfields":"","configoptions":""},{"id":"13","orderid":"6","pid":"3","customfields":{"customfield":{"id":"8","value":"801yy"}}}]}}"#;
 
     fn refs(result: Result<ListPage<ServiceRef>>) -> String {
-        match result {
-            Ok(page) => format!(
-                "ok {} {} {} {:?}",
-                page.total_results,
-                page.start_number,
-                page.num_returned,
-                page.items
-                    .iter()
-                    .map(|s| (s.id, s.order_id, s.product_id, fields(&s.custom_fields)))
-                    .collect::<Vec<_>>()
-            ),
-            Err(e) => format!("err {:?} {e}", e.class()),
-        }
+        described(result, |s| {
+            (s.id, s.order_id, s.product_id, fields(&s.custom_fields))
+        })
     }
 
     /// A service's id, order id, product id and custom fields (id, value).
