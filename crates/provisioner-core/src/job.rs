@@ -1011,8 +1011,12 @@ impl JobRunner {
                         "add_order",
                     )
                     .await?;
-                self.check_ref_stored(job, client_id, whmcs_order_id, &products)
-                    .await;
+                // A read, but no call starts on a lease that may have lapsed while AddOrder
+                // was out: the product is then checked on its next order.
+                if lease.is_live() {
+                    self.check_ref_stored(job, client_id, whmcs_order_id, &products)
+                        .await;
+                }
                 Ok(next)
             }
             Step::WhmcsOrdered | Step::AcceptUnknown => {
@@ -1193,7 +1197,8 @@ impl JobRunner {
     /// service without it raises `ref_field_not_stored` (once per product): a wrong field id,
     /// or an admin-only field the WHMCS version does not save, would leave an unknown AddOrder
     /// outcome of that product impossible to look up. The check never stops the job; when
-    /// GetClientsProducts fails, the product is checked on its next order.
+    /// GetClientsProducts fails, or the lease may have lapsed before it (no call starts then),
+    /// the product is checked on its next order.
     async fn check_ref_stored(
         &self,
         job: &Job,

@@ -1943,6 +1943,55 @@ async fn a_lapsed_lease_starts_no_external_call_and_gives_the_job_back() {
     }
 }
 
+/// A run whose lease lapsed while its AddOrder was out (a paused process, a slow WHMCS) makes
+/// no further call once the answer is in, the check that WHMCS stored the external ref
+/// included (a read, but of a claim another instance may hold by now): the run gives the job
+/// back with the WHMCS ids it got, and the product stays unchecked for its next order.
+#[tokio::test]
+async fn a_lease_that_lapses_during_add_order_ends_the_run_at_its_answer() {
+    let mut w = World::new();
+    w.fetch_returns(order("Approved"));
+    w.lookup_finds(None);
+    let lease = std::time::Duration::from_secs(3);
+    let clock = Arc::new(TestClock::at(std::time::Duration::ZERO));
+    let c = w.calls.clone();
+    let paused = clock.clone();
+    w.whmcs.expect_add_order().returning(move |_| {
+        log(&c, "whmcs_add_order");
+        // The answer comes back a whole lease later.
+        paused.set(lease * 2);
+        Ok(PlacedOrder {
+            order_id: 77,
+            service_ids: vec![5, 6],
+            addon_ids: vec![],
+            domain_ids: vec![],
+            invoice_id: None,
+        })
+    });
+    let calls = w.calls.clone();
+    let (ports, config, rate) = w.into_parts();
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    let runner = JobRunner::new(ports, config, "w".into(), rate, rx);
+    let health = crate::LeaseHealth::new(lease, clock, std::time::Duration::ZERO);
+    let outcome = runner
+        .run_fenced(job(Step::MarkedProvisioning, 0), &health)
+        .await;
+    assert_eq!(outcome, JobOutcome::LeaseLost);
+    let calls = calls.lock().unwrap().clone();
+    let effects = effects(&calls);
+    let answered = effects
+        .iter()
+        .position(|c| *c == "whmcs_add_order")
+        .unwrap();
+    assert_eq!(&effects[..=answered], LOOKUP_THEN_ADD_ORDER, "{calls:?}");
+    for after in &effects[answered + 1..] {
+        assert!(
+            !after.starts_with("whmcs_") && !after.starts_with("sf_"),
+            "{after} after the lease lapsed: {calls:?}"
+        );
+    }
+}
+
 /// Wall-clock time from the system, monotonic time set by the test.
 #[derive(Debug)]
 struct TestClock(std::sync::Mutex<std::time::Duration>);
