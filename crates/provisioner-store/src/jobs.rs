@@ -221,7 +221,7 @@ const SQL_TAKE_OVER_LEASES: &str = "UPDATE jobs SET state = 'pending', lease_own
 /// How often a claim looks for expired leases before pending jobs.
 const EXPIRED_SCAN_EVERY_MS: i64 = 500;
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(usize)]
 pub(crate) enum ClaimKind {
     /// A customer's first due pending job (arrival order), for a customer with nothing
@@ -351,6 +351,18 @@ pub(crate) fn claim_sql(kind: ClaimKind, backend: Backend, source: NowSource) ->
         ),
     };
     let pick = pick.replace("{now}", &now);
+    // PostgreSQL commits a claim without waiting for its write-ahead log to reach the disk
+    // (`synchronous_commit` off for the claim's own transaction only; `set_config(.., true)`
+    // ends with it). A claim lost to a server crash is a job still to claim; nothing depends
+    // on a claim being durable until the job's first fenced write, and that write's commit
+    // (synchronous) flushes the log up to itself, so the claim before it too. The calls that
+    // must not repeat (AddOrder, AcceptOrder) each come after such a write (their intent);
+    // what a job may do on a bare claim (reads, the Order's PATCHes) is harmless to repeat.
+    // One flush fewer per Order: see ARCHITECTURE.md, "Claims commit without a flush".
+    let unflushed = match backend {
+        Backend::Postgres => " AND set_config('synchronous_commit', 'off', true) = 'off'",
+        Backend::Sqlite => "",
+    };
     // Every claim gets the next epoch, and the lease owner token names it: `<owner>:<epoch>`.
     // Fenced writes compare the token, so a write of an earlier claim (a paused worker that
     // woke up after a takeover) never passes, whoever made it.
@@ -359,7 +371,7 @@ pub(crate) fn claim_sql(kind: ClaimKind, backend: Backend, source: NowSource) ->
              lease_owner = $1 || ':' || CAST(claim_epoch + 1 AS TEXT), \
              lease_until = {now} + $2, updated_at = {now} \
          WHERE order_id = ({pick}) \
-           AND (state = 'pending' OR (state = 'running' AND lease_until < {now})) \
+           AND (state = 'pending' OR (state = 'running' AND lease_until < {now})){unflushed} \
          RETURNING {JOB_COLS}"
     )
 }
@@ -1101,13 +1113,8 @@ pub(crate) mod tests {
         assert_eq!(rest, ["B1", "D0", "A2", "B2"]);
     }
 
-    /// PostgreSQL finds a fenced write's job by its `order_id` whatever its statistics say.
-    /// Here they were taken while no job ran, so the planner costs a scan of the running jobs
-    /// (`jobs_turns`, `jobs_one_running_per_customer`) as one row. Then 400 jobs run, and the
-    /// statements are planned generically, as prepared statements come to be. A plan by state
-    /// would walk every running job on every step of every job.
-    #[tokio::test]
-    async fn postgres_fences_find_the_job_by_its_order_id() {
+    /// A scratch PostgreSQL database with the store's migrations, and a connection to it.
+    async fn migrated_postgres() -> (test_support::pg::PgTempDb, sqlx::PgConnection) {
         use sqlx::Connection as _;
         let db = test_support::pg::PgTempDb::create().await;
         let key = field_crypto::MasterKey::from_config(
@@ -1118,7 +1125,19 @@ pub(crate) mod tests {
             .await
             .unwrap();
         drop(store);
-        let mut conn = sqlx::PgConnection::connect(&db.url()).await.unwrap();
+        let conn = sqlx::PgConnection::connect(&db.url()).await.unwrap();
+        (db, conn)
+    }
+
+    /// PostgreSQL finds a fenced write's job by its `order_id` whatever its statistics say.
+    /// Here they were taken while no job ran, so the planner costs a scan of the running jobs
+    /// (`jobs_turns`, `jobs_one_running_per_customer`) as one row. Then 400 jobs run, and the
+    /// statements are planned generically, as prepared statements come to be. A plan by state
+    /// would walk every running job on every step of every job.
+    #[tokio::test]
+    async fn postgres_fences_find_the_job_by_its_order_id() {
+        use sqlx::Connection as _;
+        let (db, mut conn) = migrated_postgres().await;
         sqlx::raw_sql(
             "INSERT INTO jobs (order_id, customer_number, source, state, step, \
                  next_attempt_at, created_at, updated_at) \
@@ -1161,6 +1180,80 @@ pub(crate) mod tests {
             for index in ["jobs_turns", "jobs_one_running_per_customer"] {
                 assert!(!plan.contains(index), "{name} walks {index}:\n{plan}");
             }
+        }
+        conn.close().await.unwrap();
+        db.close().await;
+    }
+
+    /// A PostgreSQL claim commits without waiting for the log flush: its statement turns
+    /// `synchronous_commit` off for its own transaction (seen inside an explicit one), and
+    /// for nothing after it: the session, where the fenced writes that must be durable run
+    /// next, is synchronous again once the claim's transaction ends, whether the claim ran
+    /// alone (its own transaction) or inside one. Both claims, plain and rated, both kinds.
+    #[tokio::test]
+    async fn postgres_claims_skip_the_flush_and_only_their_own() {
+        use sqlx::Connection as _;
+        let (db, mut conn) = migrated_postgres().await;
+        async fn setting(conn: &mut sqlx::PgConnection) -> String {
+            sqlx::query_scalar("SHOW synchronous_commit")
+                .fetch_one(conn)
+                .await
+                .unwrap()
+        }
+        /// The order ids `sql` claimed, its parameters those the store binds.
+        async fn run_claim(conn: &mut sqlx::PgConnection, sql: &str, rated: bool) -> Vec<String> {
+            let mut query = sqlx::query(sql).bind("w").bind(30_000_i64);
+            if rated {
+                query = query.bind("scope").bind(1_i64).bind(0_i64);
+            }
+            let rows = query.fetch_all(conn).await.unwrap();
+            rows.iter()
+                .map(|r| sqlx::Row::get::<String, _>(r, "order_id"))
+                .collect()
+        }
+        let cases = [
+            (ClaimKind::Pending, false),
+            (ClaimKind::Pending, true),
+            (ClaimKind::Expired, false),
+            (ClaimKind::Expired, true),
+        ];
+        for (n, (kind, rated)) in cases.into_iter().enumerate() {
+            // One job claimable by `kind`: pending and due, or running on a lapsed lease.
+            let (state, lease_until) = match kind {
+                ClaimKind::Pending => ("pending", "NULL"),
+                ClaimKind::Expired => ("running", "1"),
+            };
+            let claimable = format!(
+                "DELETE FROM jobs; \
+                 INSERT INTO jobs (order_id, customer_number, source, state, step, \
+                     next_attempt_at, lease_owner, lease_until, created_at, updated_at) \
+                 VALUES ('o{n}', 'c{n}', 'event', '{state}', 'received', 0, 'x:1', \
+                     {lease_until}, 0, 0)"
+            );
+            let sql = if rated {
+                rated_claim_sql(kind, Backend::Postgres, NowSource::Postgres)
+            } else {
+                claim_sql(kind, Backend::Postgres, NowSource::Postgres)
+            };
+            let case = format!("{kind:?} rated={rated}");
+            sqlx::raw_sql(&claimable).execute(&mut conn).await.unwrap();
+            let mut tx = conn.begin().await.unwrap();
+            assert_eq!(
+                run_claim(&mut tx, &sql, rated).await,
+                [format!("o{n}")],
+                "{case}"
+            );
+            assert_eq!(setting(&mut tx).await, "off", "{case}");
+            tx.commit().await.unwrap();
+            assert_eq!(setting(&mut conn).await, "on", "{case}");
+            // Alone, as the store sends it: the claim is its own transaction.
+            sqlx::raw_sql(&claimable).execute(&mut conn).await.unwrap();
+            assert_eq!(
+                run_claim(&mut conn, &sql, rated).await,
+                [format!("o{n}")],
+                "{case}"
+            );
+            assert_eq!(setting(&mut conn).await, "on", "{case}");
         }
         conn.close().await.unwrap();
         db.close().await;
