@@ -270,7 +270,7 @@ pub(crate) const SUBSCRIBER_LEADER: &str = "provisioner_subscriber_leader";
 pub(crate) const AUDIT_CHAIN_INTACT: &str = "provisioner_audit_chain_intact";
 
 /// Gauge: the runtime's worker threads (`TOKIO_WORKER_THREADS`, else the default of `run`: one
-/// per CPU, but one less with a SQLite store, whose writer has a thread of its own).
+/// per CPU, but one less with a SQLite store, whose writer is busy whenever jobs are).
 pub(crate) const RUNTIME_WORKERS: &str = "provisioner_runtime_workers";
 
 /// Describes the series the binary itself records, and registers at 0 the counters alert rules

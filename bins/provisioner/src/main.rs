@@ -124,11 +124,13 @@ fn run(cli: cli::Cli) -> Result<(), Failure> {
 /// How many runtime worker threads `run` starts, and why: `set` (`TOKIO_WORKER_THREADS`) when
 /// given; else, with a SQLite store, one per CPU but one, at least one; else one per CPU.
 ///
-/// A SQLite store does its writing on a thread of its own (`sqlite-writer`), busy whenever jobs
-/// are: with a worker per CPU beside it, the threads take CPUs from each other and wake each
-/// other across CPUs. Measured on 2 CPUs (one worker instead of two), the service spent 8-19%
-/// less CPU per order at the same or higher throughput (README, Performance). On PostgreSQL
-/// there is no such thread, and one worker per CPU is faster.
+/// A SQLite store's writer is busy whenever jobs are: with more than one worker it runs on a
+/// thread of its own (`sqlite-writer`), and a worker per CPU beside it made the threads take
+/// CPUs from each other and wake each other across CPUs. Measured on 2 CPUs (one worker
+/// instead of two), the service spent 8-19% less CPU per order at the same or higher
+/// throughput (README, Performance); with that one worker the writer is a task on it (see
+/// the store's docs), a further 5-22% (median 9%). On PostgreSQL there is no writer of its own, and one
+/// worker per CPU is faster.
 pub(crate) fn run_workers(set: Option<usize>, store_url: &str) -> (usize, &'static str) {
     if let Some(n) = set {
         return (n, "TOKIO_WORKER_THREADS");
@@ -137,7 +139,7 @@ pub(crate) fn run_workers(set: Option<usize>, store_url: &str) -> (usize, &'stat
     if store_url.starts_with("sqlite://") {
         (
             cpus.saturating_sub(1).max(1),
-            "one per CPU but one, for the SQLite writer thread",
+            "one per CPU but one, for the SQLite writer",
         )
     } else {
         (cpus, "one per CPU")

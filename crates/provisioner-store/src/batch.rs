@@ -166,7 +166,7 @@ fn answer_all(batch: Vec<Waiting>, answer: impl Fn() -> Batched) {
 impl SqlStore {
     /// PostgreSQL: how this process's fenced writes (steps, reschedules, finishes with their
     /// audit records) went to the database together, several jobs' writes per statement. All
-    /// zero on SQLite, whose writer thread commits its writes in batches of its own.
+    /// zero on SQLite, whose writer commits its writes in batches of its own.
     pub fn batch_counts(&self) -> BatchCounts {
         use std::sync::atomic::Ordering::Relaxed;
         BatchCounts {

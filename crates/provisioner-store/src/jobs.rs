@@ -304,7 +304,7 @@ pub(crate) fn claim_sql(kind: ClaimKind, backend: Backend, source: NowSource) ->
         // customer instead (`claim_by_customer_sqlite`), one probe each, so it costs the
         // number of queued customers, never the length of their queues. Uncut, a claim that
         // found nothing walked every pending job (milliseconds with a backlog, on the one
-        // writer thread, after every job that ends). The cut walk is a subquery in FROM, which
+        // writer, after every job that ends). The cut walk is a subquery in FROM, which
         // SQLite runs as a co-routine walking `jobs_turns` in its ORDER BY order, so the outer
         // `LIMIT 1` takes the first in turn order without sorting again (the plan test pins
         // the co-routine and the index; the turn test checks the order of the claims).

@@ -1,5 +1,5 @@
 //! [`SqlStore`]: the [`crate::Store`] on SQLite or PostgreSQL: opening it (migrations, the
-//! keyring, the SQLite writer thread), backups and subscriber leadership. The operations live
+//! keyring, the SQLite writer), backups and subscriber leadership. The operations live
 //! by concern in `jobs`, `intake`, `dead_letters`, `keys` and `audit_log`, each written once
 //! over the transaction API of `tx`.
 
@@ -136,7 +136,7 @@ pub struct SqlStore {
     /// PostgreSQL: each audit chain's head as this process last committed or read it (`None`:
     /// read it first). Held from sealing until the commit; the `audit_log (chain, seq)`
     /// primary key catches a head that another process moved (the unit then re-reads the head
-    /// and seals again). On SQLite the writer thread keeps the one chain's head instead.
+    /// and seals again). On SQLite the writer keeps the one chain's head instead.
     pub(crate) audit_heads: crate::tx::Heads,
     /// The chain the next unit that finds every chain taken waits for.
     pub(crate) next_waited_chain: std::sync::atomic::AtomicU32,
@@ -279,7 +279,7 @@ fn lock_key(name: &str) -> i64 {
 
 /// How many writer connections the lone statements keep between them ([`crate::held`]): half
 /// the pool on PostgreSQL, so transactions and reads keep the other half; none on SQLite,
-/// whose sqlx writer pool has one connection (its hot writes go through the writer thread).
+/// whose sqlx writer pool has one connection (its hot writes go through the writer).
 fn held_connections(backend: Backend, options: &StoreOptions) -> usize {
     match backend {
         Backend::Postgres => (postgres_pool_size(options) / 2) as usize,
@@ -440,7 +440,7 @@ impl SqlStore {
         let sqlite = sqlite_path
             .map(|path| SqliteWriter::start(&path, SQLITE_BUSY_TIMEOUT, audit_key.clone()))
             .transpose()?;
-        // SQLite has one audit chain (its writer thread keeps it); PostgreSQL several.
+        // SQLite has one audit chain (its writer keeps it); PostgreSQL several.
         let chains = match backend {
             Backend::Sqlite => 1,
             Backend::Postgres => crate::tx::POSTGRES_AUDIT_CHAINS,
@@ -523,7 +523,7 @@ impl SqlStore {
 
     /// How long this process's writes have spent at a point every instance of the database
     /// shares: waiting for an audit chain (all of them taken) or sealing again because another
-    /// process had moved a chain's head. PostgreSQL only (SQLite's single writer thread is that
+    /// process had moved a chain's head. PostgreSQL only (SQLite's single writer is that
     /// point by design, and is not counted). The binary exports it as
     /// `provisioner_store_serialized_seconds`.
     pub fn serialized_time(&self) -> std::time::Duration {

@@ -1,7 +1,7 @@
 //! The one transaction API of the store: every write is written once, as SQL plus bindings
 //! over [`Tx`], and runs on either backend.
 //!
-//! - **SQLite**: the unit runs on the writer thread ([`crate::sqlite_writer`]) inside the batch
+//! - **SQLite**: the unit runs on the writer ([`crate::sqlite_writer`]) inside the batch
 //!   transaction, in its own savepoint. The [`Tx`] methods of that backend are synchronous
 //!   underneath (rusqlite), so the unit's future is driven to completion right there; a unit
 //!   must therefore await nothing but its [`Tx`].
@@ -12,7 +12,7 @@
 //! Audit records a unit adds with [`Tx::audit`] are sealed on a chain head and inserted at
 //! the end of the unit, inside the same transaction: the state change and its audit record
 //! commit together or not at all. The chain is sealed by one function for both backends
-//! ([`seal_into`]). SQLite has one chain, kept by its writer thread. PostgreSQL has
+//! ([`seal_into`]). SQLite has one chain, kept by its writer. PostgreSQL has
 //! [`POSTGRES_AUDIT_CHAINS`]: a unit takes a free one (this process's head of it and its
 //! advisory lock, both held until the commit), so no record is ever sealed on one that might
 //! still roll back, and concurrent units of every instance commit side by side instead of
@@ -203,7 +203,7 @@ pub(crate) trait Tx: Send {
     }
 }
 
-/// The SQLite side: the writer thread's connection, inside the batch transaction.
+/// The SQLite side: the writer's connection, inside the batch transaction.
 struct SqliteTx<'c> {
     conn: &'c mut rusqlite::Connection,
     audit: Vec<NewAuditRecord>,
@@ -231,7 +231,7 @@ impl Tx for SqliteTx<'_> {
     }
 }
 
-/// The sqlx side (PostgreSQL, and SQLite before its writer thread runs): one transaction on a
+/// The sqlx side (PostgreSQL, and SQLite before its writer runs): one transaction on a
 /// pooled connection.
 struct SqlxTx {
     tx: sqlx::Transaction<'static, sqlx::Any>,

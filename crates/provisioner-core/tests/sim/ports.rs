@@ -208,8 +208,9 @@ impl SimStore {
         self.step(false, f).await
     }
 
-    /// A call that only writes: on SQLite it goes to the writer thread alone, which needs no
-    /// runtime, so this thread waits for it directly (one thread hop fewer).
+    /// A call that only writes: on SQLite it goes to the writer alone (on the two-worker
+    /// store runtime, a thread of its own), so this thread waits for it directly (one thread
+    /// hop fewer).
     async fn write<T, Fut>(&self, f: impl FnOnce(Arc<SqlStore>, DateTime<Utc>) -> Fut) -> T
     where
         T: Send + 'static,
