@@ -138,11 +138,16 @@ struct Owned {
 }
 
 impl Owned {
+    /// One batch: `first` and whatever has queued behind it.
+    fn batch(&mut self, first: Cmd) {
+        let rx = &self.rx;
+        run_batch(&mut self.st, first, || rx.try_recv().ok(), &self.signals);
+    }
+
     /// Runs batches until the queue is empty.
     fn drain(&mut self) {
         while let Ok(first) = self.rx.try_recv() {
-            let rx = &self.rx;
-            run_batch(&mut self.st, first, || rx.try_recv().ok(), &self.signals);
+            self.batch(first);
         }
     }
 }
@@ -271,7 +276,13 @@ impl SqliteWriter {
         let writer = match runtime {
             None => SqliteWriter {
                 tx: Some(tx),
-                thread: Some(spawn("sqlite-writer", move || run(state, &rx, &signals))?),
+                thread: Some(spawn("sqlite-writer", move || {
+                    run(Owned {
+                        st: state,
+                        rx,
+                        signals,
+                    });
+                })?),
                 task: None,
                 checkpointer: None,
             },
@@ -522,9 +533,9 @@ struct Signals {
 
 /// The writer's thread ([`Placement::Thread`]): a batch for whatever has queued whenever it
 /// wakes up.
-fn run(mut st: State, rx: &mpsc::Receiver<Cmd>, signals: &Signals) {
-    while let Ok(first) = rx.recv() {
-        run_batch(&mut st, first, || rx.try_recv().ok(), signals);
+fn run(mut owned: Owned) {
+    while let Ok(first) = owned.rx.recv() {
+        owned.batch(first);
     }
 }
 
