@@ -896,6 +896,39 @@ impl JobRunner {
                         Step::Checked,
                         Some((DetailKey::ReasonCode, "own_work_resumed".to_owned())),
                     )?;
+                    // Found: the lost run's AddOrder committed, and its AcceptOrder may have
+                    // been sent too and still be running the server module (the order stays
+                    // Pending meanwhile, so a second AcceptOrder would create the services a
+                    // second time). It counts as sent now: the job resumes as "AcceptOrder
+                    // outcome unknown", settled by the order's status or after the settle
+                    // point. Not found: the lost run never had an answer to an AddOrder (it
+                    // stopped before this lookup, and an AddOrder commits before it answers),
+                    // so it sent no AcceptOrder.
+                    if let Some((order_id, ids)) = self.find_by_ref(job, client_id).await? {
+                        let ordered = Self::step_record(
+                            job,
+                            Step::WhmcsOrdered,
+                            Some((DetailKey::ReasonCode, "found_existing".to_owned())),
+                        )?;
+                        let update = StepUpdate {
+                            whmcs_order_id: Some(order_id.to_string()),
+                            service_ids: Some(ids.iter().map(u64::to_string).collect()),
+                            intent_timeout: Some(self.config.whmcs_accept_timeout),
+                        };
+                        progress.whmcs_order_id = Some(order_id);
+                        progress.service_ids = ids;
+                        self.store_point(
+                            job,
+                            progress,
+                            Step::AcceptUnknown,
+                            update,
+                            vec![record, ordered],
+                        )
+                        .await?;
+                        progress.stored_intent = true;
+                        progress.accept_intent = true;
+                        return Ok(Step::AcceptUnknown);
+                    }
                     // When that AddOrder was sent is unknown: it counts as sent now.
                     let update = StepUpdate {
                         intent_timeout: Some(self.config.whmcs_timeout),
@@ -943,27 +976,8 @@ impl JobRunner {
             Step::MarkedProvisioning | Step::OrderUnknown => {
                 self.fetch(job, progress).await?;
                 let client_id = Self::client_id(progress)?;
-                if let Some(refs) = &self.config.order_ref_fields {
-                    // One walk through the client's services: a service carries the external
-                    // ref in the field configured for *its* product.
-                    let services = self
-                        .ports
-                        .whmcs
-                        .client_service_refs(client_id)
-                        .await
-                        .map_err(whmcs_stop)?;
-                    let found = services.iter().find(|s| {
-                        refs.field_for(s.product_id).is_some_and(|field| {
-                            s.custom_field(field) == Some(job.order_id.as_str())
-                        })
-                    });
-                    if let Some(service) = found {
-                        let ids: Vec<u64> = services
-                            .iter()
-                            .filter(|s| s.order_id == service.order_id)
-                            .map(|s| s.id)
-                            .collect();
-                        let order_id = service.order_id;
+                if self.config.order_ref_fields.is_some() {
+                    if let Some((order_id, ids)) = self.find_by_ref(job, client_id).await? {
                         return self
                             .ordered(job, progress, order_id, ids, "found_existing")
                             .await;
@@ -985,13 +999,16 @@ impl JobRunner {
                 let lines = self.lines(job, progress)?;
                 // The intent, with its sent time and timeout, right before every AddOrder: a
                 // run that loses track of it looks it up, and repeats it only after the settle
-                // point.
+                // point. The call's timeout counts from before the intent's write (see
+                // `intent_deadline`).
+                let deadline = self.intent_deadline(Step::OrderUnknown);
                 self.store_intent(job, progress, Step::OrderUnknown).await?;
                 let products: BTreeSet<u64> = lines.iter().map(|l| l.product_id).collect();
                 let mut order = NewOrder::new(client_id, lines);
                 order.payment_method = Some(self.config.payment_method.clone());
                 order.no_email = !self.config.send_email;
                 order.no_invoice = self.config.no_invoice;
+                order.deadline = Some(deadline);
                 if !lease.is_live() {
                     return Err(Stop::LeaseLapsed);
                 }
@@ -1047,13 +1064,15 @@ impl JobRunner {
                 }
                 // Approval is checked again right before the non-idempotent call.
                 self.recheck(job, progress).await?;
+                let deadline = self.intent_deadline(Step::AcceptUnknown);
                 self.store_intent(job, progress, Step::AcceptUnknown)
                     .await?;
                 progress.accept_intent = true;
                 if !lease.is_live() {
                     return Err(Stop::LeaseLapsed);
                 }
-                let request = AcceptOrderRequest::provision(order_id, self.config.send_email);
+                let mut request = AcceptOrderRequest::provision(order_id, self.config.send_email);
+                request.deadline = Some(deadline);
                 match self.ports.whmcs.accept_order(&request).await {
                     Ok(()) => self.accepted(job, progress, order_id),
                     Err(e) if e.is_order_not_pending() => {
@@ -1106,6 +1125,38 @@ impl JobRunner {
         }
     }
 
+    /// The WHMCS order an earlier AddOrder of this Order made, found by its external ref: its
+    /// id and the ids of its services. `None` when nothing carries the ref, or when no ref
+    /// field is configured (nothing can be found then). One walk through the client's
+    /// services: a service carries the ref in the field configured for *its* product.
+    async fn find_by_ref(
+        &self,
+        job: &Job,
+        client_id: u64,
+    ) -> Result<Option<(u64, Vec<u64>)>, Stop> {
+        let Some(refs) = &self.config.order_ref_fields else {
+            return Ok(None);
+        };
+        let services = self
+            .ports
+            .whmcs
+            .client_service_refs(client_id)
+            .await
+            .map_err(whmcs_stop)?;
+        let found = services.iter().find(|s| {
+            refs.field_for(s.product_id)
+                .is_some_and(|field| s.custom_field(field) == Some(job.order_id.as_str()))
+        });
+        Ok(found.map(|service| {
+            let ids = services
+                .iter()
+                .filter(|s| s.order_id == service.order_id)
+                .map(|s| s.id)
+                .collect();
+            (service.order_id, ids)
+        }))
+    }
+
     /// The client timeout of the call whose intent is stored at `step`.
     fn intent_timeout(&self, step: Step) -> Duration {
         if step == Step::AcceptUnknown {
@@ -1113,6 +1164,18 @@ impl JobRunner {
         } else {
             self.config.whmcs_timeout
         }
+    }
+
+    /// The deadline of the call whose intent is about to be stored at `step`: now (before the
+    /// intent's write begins) + the call's timeout. The store stamps the intent's sent time
+    /// while it writes, so no earlier than now; the settle rule counts from that time + the
+    /// timeout. Were the timeout counted from the send instead, a slow write or a pause of the
+    /// process between the intent and the send (a second, say) would let the call be out, and
+    /// commit, past the settle point another run goes by: a second AddOrder. With this
+    /// deadline the request is given up by the recorded time + the timeout, and not sent at all
+    /// once that has passed.
+    fn intent_deadline(&self, step: Step) -> tokio::time::Instant {
+        tokio::time::Instant::now() + self.intent_timeout(step)
     }
 
     /// Stores the intent of the call about to be sent (`step`: [`Step::OrderUnknown`] for

@@ -481,6 +481,21 @@ const LOOKUP_THEN_ADD_ORDER: [&str; 5] = [
 ];
 
 /// The calls that change something outside (no audit lines).
+/// `outcome` is a provisioning with WHMCS order 77 (the lookups' and AddOrder's order here).
+#[track_caller]
+fn assert_provisioned_77(outcome: &JobOutcome) {
+    assert!(
+        matches!(
+            outcome,
+            JobOutcome::Provisioned {
+                whmcs_order_id: 77,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+}
+
 fn effects(calls: &[String]) -> Vec<&str> {
     calls
         .iter()
@@ -633,43 +648,89 @@ async fn an_already_provisioned_order_is_done_without_alert() {
 
 #[tokio::test]
 async fn our_own_unfinished_work_is_resumed_with_a_lookup_not_refused() {
-    // A restored backup or a lost job: the Order already says Provisioning, with no WHMCS id.
+    // A restored backup or a lost job: the Order already says Provisioning, with no WHMCS id,
+    // and WHMCS holds nothing with its ref: the lost run never had an AddOrder answered.
     let mut w = World::new();
+    w.config.whmcs_settle = std::time::Duration::from_secs(30);
     w.fetch_returns(order("Provisioning"));
     w.client_active();
-    w.lookup_finds(Some(77));
-    let c = w.calls.clone();
-    w.whmcs.expect_get_order().returning(move |_| {
-        log(&c, "whmcs_get_order");
-        Ok(Some(whmcs_order("Pending")))
-    });
-    w.accept_ok();
-    let (outcome, calls) = w.run(job(Step::Received, 0)).await;
-    assert!(
-        matches!(
-            outcome,
-            JobOutcome::Provisioned {
-                whmcs_order_id: 77,
-                ..
-            }
-        ),
-        "{outcome:?}"
-    );
-    let effects = effects(&calls);
+    w.lookup_finds(None);
+    // No AddOrder expectation: one sent before the settle point panics the mock.
+    let job = job(Step::Received, 0);
+    let claimed = job.claimed_at();
+    let wait = w.config.whmcs_timeout + w.config.whmcs_settle;
+    let (outcome, calls) = w.run(job).await;
+    // The lost run's AddOrder counts as sent now: not repeated before its settle point.
     assert_eq!(
-        effects[..4],
+        outcome,
+        JobOutcome::Delayed {
+            at: claimed + chrono::Duration::from_std(wait).unwrap()
+        }
+    );
+    assert_eq!(
+        effects(&calls)[..5],
         [
             "sf_fetch",
             "whmcs_client",
-            // Resumed as "AddOrder outcome unknown": no PATCH (it already says so) and a
-            // lookup before anything is created.
+            // Looked up at once; nothing found.
+            "whmcs_services",
+            // Resumed as "AddOrder outcome unknown": no PATCH (it already says so).
             "advance:order_unknown",
             "whmcs_services",
         ]
     );
-    assert!(!calls.contains(&"whmcs_add_order".to_owned()), "{calls:?}");
-    assert!(calls.contains(&"whmcs_accept".to_owned()));
     assert!(!calls.iter().any(|c| c.starts_with("alert")), "{calls:?}");
+}
+
+#[tokio::test]
+async fn our_own_unfinished_work_found_in_whmcs_is_never_accepted_twice() {
+    // A restored backup or a lost job, and the lost run's AddOrder is in WHMCS: its AcceptOrder
+    // may have been sent too and still be running the server module (the order stays Pending
+    // meanwhile). It counts as sent now: an order still Pending is accepted only after the
+    // settle point, one already Active is done without an AcceptOrder.
+    for (status, settles) in [("Pending", true), ("Active", false)] {
+        let mut w = World::new();
+        w.config.whmcs_settle = std::time::Duration::from_secs(30);
+        w.fetch_returns(order("Provisioning"));
+        w.client_active();
+        w.lookup_finds(Some(77));
+        let c = w.calls.clone();
+        w.whmcs.expect_get_order().returning(move |_| {
+            log(&c, "whmcs_get_order");
+            Ok(Some(whmcs_order(status)))
+        });
+        // No AcceptOrder expectation: an AcceptOrder panics the mock.
+        let job = job(Step::Received, 0);
+        let claimed = job.claimed_at();
+        let wait = w.config.whmcs_accept_timeout + w.config.whmcs_settle;
+        let (outcome, calls) = w.run(job).await;
+        if settles {
+            assert_eq!(
+                outcome,
+                JobOutcome::Delayed {
+                    at: claimed + chrono::Duration::from_std(wait).unwrap()
+                },
+                "{status}"
+            );
+        } else {
+            assert_provisioned_77(&outcome);
+        }
+        assert_eq!(
+            effects(&calls)[..5],
+            [
+                "sf_fetch",
+                "whmcs_client",
+                "whmcs_services",
+                // The found order's ids and the AcceptOrder intent (sent now), in one write.
+                "advance:accept_unknown:77",
+                "whmcs_get_order",
+            ],
+            "{status}"
+        );
+        assert!(!calls.contains(&"whmcs_add_order".to_owned()), "{calls:?}");
+        assert!(!calls.contains(&"whmcs_accept".to_owned()), "{calls:?}");
+        assert!(!calls.iter().any(|c| c.starts_with("alert")), "{calls:?}");
+    }
 }
 
 #[tokio::test]
@@ -1113,16 +1174,7 @@ async fn resuming_after_an_unknown_accept_checks_the_order_first() {
             w.accept_ok();
         }
         let (outcome, calls) = w.run(settled_job(Step::AcceptUnknown, 1)).await;
-        assert!(
-            matches!(
-                outcome,
-                JobOutcome::Provisioned {
-                    whmcs_order_id: 77,
-                    ..
-                }
-            ),
-            "{outcome:?}"
-        );
+        assert_provisioned_77(&outcome);
         assert_eq!(
             calls.contains(&"whmcs_accept".to_owned()),
             accepts,

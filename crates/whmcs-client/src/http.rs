@@ -152,7 +152,18 @@ impl HttpWhmcsClient {
     /// through many pages of GetClientsProducts would otherwise start over on any one page's
     /// fault. A write is sent once; its unknown outcome is the caller's to look up.
     async fn call(&self, action: Action, body: FormBody) -> Result<Vec<u8>> {
-        self.call_with(action, body, |status, bytes| {
+        self.call_until(action, body, None).await
+    }
+
+    /// [`Self::call`], given up at `deadline` at the latest and not sent once it has passed
+    /// ([`NewOrder::deadline`]).
+    async fn call_until(
+        &self,
+        action: Action,
+        body: FormBody,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<Vec<u8>> {
+        self.call_with(action, body, deadline, |status, bytes| {
             interpret(action, status, &bytes).map(|()| bytes)
         })
         .await
@@ -164,6 +175,7 @@ impl HttpWhmcsClient {
         &self,
         action: Action,
         body: FormBody,
+        deadline: Option<tokio::time::Instant>,
         check: impl Fn(u16, Vec<u8>) -> Result<R> + Send + Sync,
     ) -> Result<R> {
         use tracing::Instrument as _;
@@ -183,7 +195,7 @@ impl HttpWhmcsClient {
                 http.response.status_code = tracing::field::Empty,
             );
             let result = self
-                .call_in_span(action, String::clone(&encoded), &span, &check)
+                .call_in_span(action, String::clone(&encoded), deadline, &span, &check)
                 .instrument(span.clone())
                 .await;
             match result {
@@ -203,13 +215,37 @@ impl HttpWhmcsClient {
         &self,
         action: Action,
         encoded: String,
+        deadline: Option<tokio::time::Instant>,
         span: &tracing::Span,
         check: &(impl Fn(u16, Vec<u8>) -> Result<R> + Sync),
     ) -> Result<R> {
-        let timeout = if action.provisions() {
+        let configured = if action.provisions() {
             self.config.provisioning_timeout
         } else {
             self.config.read_timeout
+        };
+        let timeout = match deadline {
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if left.is_zero() {
+                    // Not sent: the caller's deadline passed before the request went out. The
+                    // outcome is "unknown" like any timeout, which is what a caller that
+                    // recorded the intent must assume anyway.
+                    let err = classify_send_error(
+                        action,
+                        &http_call::Error::Timeout {
+                            stage: http_call::Stage::BeforeHeaders,
+                        },
+                    );
+                    tracing::warn!(
+                        action = action.as_str(),
+                        "whmcs call not sent: its deadline had passed"
+                    );
+                    return Err(err);
+                }
+                left.min(configured)
+            }
+            None => configured,
         };
         let started = Instant::now();
         let request_id = uuid::Uuid::new_v4().to_string();
@@ -309,7 +345,7 @@ impl HttpWhmcsClient {
         page.write_form(&mut body);
         let action = Action::GetClientsProducts;
         let checked = self
-            .call_with(action, body, crate::reply::check_one_pass::<T>)
+            .call_with(action, body, None, crate::reply::check_one_pass::<T>)
             .await?;
         let env: ProductsEnvelope<T> = match checked {
             crate::reply::Checked::Read(env) => env,
@@ -554,13 +590,18 @@ impl WhmcsApi for HttpWhmcsClient {
         }
         let mut body = self.body(Action::AddOrder);
         order.write_form(&self.config.payment_method, &mut body);
-        self.call_typed(Action::AddOrder, body).await
+        let bytes = self
+            .call_until(Action::AddOrder, body, order.deadline)
+            .await?;
+        crate::reply::decode_typed(Action::AddOrder, &bytes)
     }
 
     async fn accept_order(&self, request: &AcceptOrderRequest) -> Result<()> {
         let mut body = self.body(Action::AcceptOrder);
         request.write_form(&mut body);
-        self.call(Action::AcceptOrder, body).await.map(drop)
+        self.call_until(Action::AcceptOrder, body, request.deadline)
+            .await
+            .map(drop)
     }
 
     async fn get_orders(&self, query: &OrdersQuery, page: Page) -> Result<ListPage<Order>> {

@@ -266,6 +266,13 @@ pub struct NewOrder {
     pub no_email: bool,
     /// `noinvoice`: create no invoice.
     pub no_invoice: bool,
+    /// When the client gives up on the request at the latest (before its configured
+    /// timeout runs out, if earlier); once it has passed, the request is not sent at all and
+    /// the call ends as a timeout. A caller that records the call's intent (with its time)
+    /// before sending it sets this to the moment it began that record + the timeout: however
+    /// long the record took to write or the process was paused after it, the request is
+    /// never out past the recorded time + the timeout.
+    pub deadline: Option<tokio::time::Instant>,
 }
 
 impl NewOrder {
@@ -277,6 +284,7 @@ impl NewOrder {
             lines,
             no_email: false,
             no_invoice: false,
+            deadline: None,
         }
     }
 
@@ -325,6 +333,8 @@ pub struct AcceptOrderRequest {
     pub auto_setup: bool,
     /// `sendemail`: send welcome emails.
     pub send_email: bool,
+    /// When the client gives up on the request at the latest: as [`NewOrder::deadline`].
+    pub deadline: Option<tokio::time::Instant>,
 }
 
 impl AcceptOrderRequest {
@@ -334,6 +344,7 @@ impl AcceptOrderRequest {
             order_id,
             auto_setup: true,
             send_email,
+            deadline: None,
         }
     }
 

@@ -309,17 +309,20 @@ impl SimWhmcs {
 
     /// A non-idempotent call: `arrive` decides at the true arrival time; a run commits in a
     /// task of the world (it lands whatever happens to the caller); the caller waits for it
-    /// until its deadline.
+    /// until its deadline: `timeout` from now, or the caller's own `requested` deadline when
+    /// that is sooner (as the real client: `NewOrder::deadline`).
     async fn write<T: Send + 'static>(
         &self,
         action: Action,
         timeout: Duration,
+        requested: Option<Instant>,
         what: String,
         arrive: impl FnOnce(&World, Instant) -> Arrival<T>,
     ) -> whmcs_client::Result<T> {
         let world = Arc::clone(&self.world);
         let name = self.inst.name.clone();
-        let deadline = Instant::now() + timeout;
+        let own = Instant::now() + timeout;
+        let deadline = requested.map_or(own, |r| r.min(own));
         self.inst.gate().await;
         tokio::time::sleep(world.latency()).await;
         if Instant::now() > deadline {
@@ -552,22 +555,28 @@ impl whmcs_client::WhmcsApi for SimWhmcs {
             .unwrap_or_default();
         let what = format!("AddOrder {sf_ref}");
         let usual = self.timeout / 4;
-        self.write(Action::AddOrder, self.timeout, what, move |w, deadline| {
-            let took = self.run_time(w, deadline, usual);
-            Arrival::Run {
-                took,
-                commit: Box::new(move |w: &World| {
-                    let placed = w.state().add_whmcs_order(client_id, &sf_ref, &pids);
-                    Ok(whmcs_client::PlacedOrder {
-                        order_id: placed.id,
-                        service_ids: placed.services.iter().map(|(id, _)| *id).collect(),
-                        addon_ids: Vec::new(),
-                        domain_ids: Vec::new(),
-                        invoice_id: None,
-                    })
-                }),
-            }
-        })
+        self.write(
+            Action::AddOrder,
+            self.timeout,
+            order.deadline,
+            what,
+            move |w, deadline| {
+                let took = self.run_time(w, deadline, usual);
+                Arrival::Run {
+                    took,
+                    commit: Box::new(move |w: &World| {
+                        let placed = w.state().add_whmcs_order(client_id, &sf_ref, &pids);
+                        Ok(whmcs_client::PlacedOrder {
+                            order_id: placed.id,
+                            service_ids: placed.services.iter().map(|(id, _)| *id).collect(),
+                            addon_ids: Vec::new(),
+                            domain_ids: Vec::new(),
+                            invoice_id: None,
+                        })
+                    }),
+                }
+            },
+        )
         .await
     }
 
@@ -580,6 +589,7 @@ impl whmcs_client::WhmcsApi for SimWhmcs {
         self.write(
             Action::AcceptOrder,
             self.accept_timeout,
+            request.deadline,
             format!("AcceptOrder {id}"),
             move |w, deadline| {
                 let pending = w.state().whmcs.get(&id).is_some_and(|o| !o.active);

@@ -240,6 +240,7 @@ async fn accept_without_autosetup_then_module_create() {
         order_id: placed.order_id,
         auto_setup: false,
         send_email: true,
+        deadline: None,
     };
     whmcs.accept_order(&request).await.unwrap();
     let service_id = placed.service_ids[0];

@@ -135,3 +135,41 @@ async fn add_order_committed_after_the_client_gave_up_is_found_only_later() {
         .expect("found once committed");
     assert_eq!(found.order_id, w.sandbox.orders()[0].id);
 }
+
+/// A caller that records its intent before a write bounds the write by a deadline taken
+/// before that record: one already past when the call starts is not sent at all (an unknown
+/// outcome, and nothing reaches WHMCS), and one sooner than the configured timeout ends the
+/// wait then.
+#[tokio::test]
+async fn a_write_is_never_out_past_the_callers_deadline() {
+    let w = world().await;
+    let whmcs = client_for(&w.sandbox);
+    let mut line = OrderLine::new(w.vps, "monthly");
+    line.custom_fields = CustomFields::new().with(REF_FIELD, "801Qy00000LateOneAAA");
+    let mut order = NewOrder::new(w.client_id, vec![line]);
+    order.deadline = Some(tokio::time::Instant::now());
+    let err = whmcs.add_order(&order).await.unwrap_err();
+    assert_eq!(err.class(), ErrorClass::UnknownOutcome, "{err}");
+    assert!(w.sandbox.requests_for("AddOrder").is_empty());
+    assert!(w.sandbox.orders().is_empty());
+
+    order.deadline = None;
+    let placed = whmcs.add_order(&order).await.unwrap();
+    // AcceptOrder held at WHMCS for longer than the client's own timeout (20 s here).
+    w.sandbox.inject_fault(
+        "AcceptOrder",
+        Fault::Latency(std::time::Duration::from_secs(60)),
+        Some(1),
+    );
+    let mut request = AcceptOrderRequest::provision(placed.order_id, false);
+    request.deadline = Some(tokio::time::Instant::now() + std::time::Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let err = whmcs.accept_order(&request).await.unwrap_err();
+    assert_eq!(err.class(), ErrorClass::UnknownOutcome, "{err}");
+    assert_eq!(w.sandbox.requests_for("AcceptOrder").len(), 1);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "given up at the caller's deadline, not after the configured timeout: {:?}",
+        started.elapsed()
+    );
+}
