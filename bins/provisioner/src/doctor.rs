@@ -608,6 +608,7 @@ mod tests {
             whmcs_service_ids: Some(vec!["1".into()]),
             provisioned_at: Some(chrono::Utc::now()),
             provisioning_error: Some("x".into()),
+            deadline: None,
         };
         let order = sf_rest::NewOrder {
             account_id: "001A0000006Vm9rIAC".into(),

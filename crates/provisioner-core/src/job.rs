@@ -258,6 +258,23 @@ impl LeaseHealth {
         self.lost.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// Until when (on the runtime's clock) the lease is known to hold: no external write may
+    /// go out after it ([`sf_rest::OrderUpdate::deadline`]). Now, when the lease may have lapsed
+    /// already. A check of [`Self::is_live`] before a call does not bound when the call goes
+    /// out: a pause of the process after the check would send it late, past a takeover.
+    pub fn deadline(&self) -> tokio::time::Instant {
+        let now = tokio::time::Instant::now();
+        if self.lost.load(std::sync::atomic::Ordering::SeqCst) {
+            return now;
+        }
+        let left = self
+            .valid_until
+            .lock()
+            .map(|until| until.saturating_sub(self.clock.monotonic()))
+            .unwrap_or_default();
+        now + left
+    }
+
     /// Whether an external call may start now.
     pub fn is_live(&self) -> bool {
         !self.lost.load(std::sync::atomic::Ordering::SeqCst)
@@ -956,6 +973,7 @@ impl JobRunner {
                 if let Some(value) = &statuses.provisioning {
                     let update = OrderUpdate {
                         status: Some(value.clone()),
+                        deadline: Some(lease.deadline()),
                         ..OrderUpdate::default()
                     };
                     self.ports
@@ -1105,6 +1123,7 @@ impl JobRunner {
                     ),
                     provisioned_at: Some(self.ports.clock.now()),
                     provisioning_error: None,
+                    deadline: Some(lease.deadline()),
                 };
                 // After WHMCS accepted, the Order is never marked failed: every write-back
                 // error is retried (settle keeps this step's retries unbounded).
@@ -1704,7 +1723,11 @@ impl JobRunner {
                 .detail(DetailKey::ErrorCode, code.as_str()),
         ];
         let audit = self.records(job, records)?;
-        // The fence first: a claim that was taken over writes nothing to the Order.
+        // The fence first: a claim that was taken over writes nothing to the Order. The PATCH
+        // goes out while the renewed lease is known to hold (as `LeaseHealth` counts it), or
+        // not at all: sent late, it could mark failed an Order the lease's next holder
+        // provisioned.
+        let renewed_at = tokio::time::Instant::now();
         self.ports
             .store
             .renew_lease(
@@ -1717,6 +1740,7 @@ impl JobRunner {
         let update = OrderUpdate {
             status: Some(self.config.statuses.failed.clone()),
             provisioning_error: Some(reason.clone()),
+            deadline: Some(renewed_at + LeaseHealth::usable(self.config.lease)),
             ..OrderUpdate::default()
         };
         if let Err(e) = self.ports.orders.update_order(&job.order_id, &update).await {

@@ -256,6 +256,15 @@ impl World {
         let mut orders = MockOrderApi::new();
         let c = calls.clone();
         orders.expect_update_order().returning(move |_, update| {
+            // Every Order PATCH is bounded by the lease (a paused worker's PATCH sent late
+            // would overwrite what the lease's next holder wrote).
+            let deadline = update
+                .deadline
+                .expect("every Order PATCH carries a deadline");
+            assert!(
+                deadline > tokio::time::Instant::now(),
+                "a PATCH on a live lease has time left"
+            );
             log(
                 &c,
                 format!("sf_patch:{}", update.status.clone().unwrap_or_default()),

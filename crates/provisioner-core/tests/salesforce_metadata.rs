@@ -376,6 +376,7 @@ fn code_use() -> CodeUse {
         whmcs_service_ids: Some(vec!["1234567".to_owned(); MAX_QUANTITY as usize]),
         provisioned_at: Some(cutoff),
         provisioning_error: Some("x".repeat(MAX_PROVISIONING_ERROR_CHARS + 10)),
+        deadline: None,
     };
     body_uses("Order", &update.to_json(), "OrderUpdate", &mut uses);
     let mut updated = BTreeSet::from(["Order".to_owned()]);

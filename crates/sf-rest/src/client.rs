@@ -313,7 +313,7 @@ impl RestOrderApi {
                 None,
             ),
             Request::Next { path } => (Method::GET, format!("{}{path}", token.instance_url), None),
-            Request::Patch { order_id, body } => (
+            Request::Patch { order_id, body, .. } => (
                 Method::PATCH,
                 self.data_url(token, &format!("sobjects/Order/{order_id}")),
                 Some(body),
@@ -361,11 +361,23 @@ impl RestOrderApi {
         if let Ok(id) = HeaderValue::from_str(&request_id) {
             headers.insert("x-request-id", id);
         }
+        let timeout = match request.deadline() {
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if left.is_zero() {
+                    tracing::warn!(%action, "salesforce request not sent: its deadline had passed");
+                    return Err(Error::Transport {
+                        action,
+                        timeout: true,
+                        reason: "not sent: the caller's deadline had passed".to_owned(),
+                    });
+                }
+                left.min(self.config.request_timeout)
+            }
+            None => self.config.request_timeout,
+        };
         let started = std::time::Instant::now();
-        let sent = self
-            .http
-            .send(http_request, self.config.request_timeout)
-            .await;
+        let sent = self.http.send(http_request, timeout).await;
         metrics::histogram!(crate::REQUEST_SECONDS, "action" => action.metric_label())
             .record(started.elapsed().as_secs_f64());
         let response = sent.map_err(transport)?;
@@ -482,6 +494,16 @@ fn query_answer(action: Action, body: &[u8]) -> Result<Value> {
 }
 
 /// One REST request, kept so it can be sent again.
+impl Request<'_> {
+    /// The caller's deadline, if the request has one ([`OrderUpdate::deadline`]).
+    fn deadline(&self) -> Option<tokio::time::Instant> {
+        match self {
+            Request::Patch { deadline, .. } => *deadline,
+            _ => None,
+        }
+    }
+}
+
 enum Request<'a> {
     Query {
         soql: String,
@@ -492,6 +514,8 @@ enum Request<'a> {
     Patch {
         order_id: &'a OrderId,
         body: Value,
+        /// [`OrderUpdate::deadline`].
+        deadline: Option<tokio::time::Instant>,
     },
     /// A composite create; `items` is for logs (the body may carry encrypted secrets).
     Composite {
@@ -510,7 +534,7 @@ impl Request<'_> {
         match self {
             Request::Query { soql } => format!("query {soql}"),
             Request::Next { path } => format!("query more {path}"),
-            Request::Patch { order_id, body } => {
+            Request::Patch { order_id, body, .. } => {
                 let fields: Vec<&str> = body
                     .as_object()
                     .map(|o| o.keys().map(String::as_str).collect())
@@ -626,6 +650,7 @@ impl OrderApi for RestOrderApi {
                 &Request::Patch {
                     order_id: &id,
                     body: update.to_json(),
+                    deadline: update.deadline,
                 },
             )
             .await?;

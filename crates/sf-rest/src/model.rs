@@ -119,15 +119,26 @@ pub struct OrderUpdate {
     pub provisioned_at: Option<DateTime<Utc>>,
     /// `Provisioning_Error__c`, cut to 255 characters. Callers keep it free of PII and secrets.
     pub provisioning_error: Option<String>,
+    /// Not a field: the moment after which the PATCH must not go out. The client gives up
+    /// then (at the latest after its configured timeout) and sends no attempt, first or retry,
+    /// once it has passed. A caller that may only write while it
+    /// holds a lease sets it to the end of what it knows of the lease, so a paused worker
+    /// cannot overwrite what the lease's next holder wrote (`Activated` with a
+    /// `Provisioning` sent late).
+    pub deadline: Option<tokio::time::Instant>,
 }
 
 /// Longest `Provisioning_Error__c`.
 pub const MAX_PROVISIONING_ERROR_CHARS: usize = 255;
 
 impl OrderUpdate {
-    /// Whether no field is set.
+    /// Whether no field is set ([`OrderUpdate::deadline`] is not a field).
     pub fn is_empty(&self) -> bool {
-        self == &OrderUpdate::default()
+        self.status.is_none()
+            && self.whmcs_order_id.is_none()
+            && self.whmcs_service_ids.is_none()
+            && self.provisioned_at.is_none()
+            && self.provisioning_error.is_none()
     }
 
     /// The PATCH body: only the fields that are set.

@@ -32,7 +32,10 @@
 //!   (skewed) clock drives its retry times, its `LeaseHealth` and its write-back times.
 //! - **The outside** (`outside`): every call has a client deadline (AddOrder's and
 //!   AcceptOrder's the engine's own, counted from before the call's intent was written, as the
-//!   real client honours it: `NewOrder::deadline`); requests and answers
+//!   real client honours it: `NewOrder::deadline`; a PATCH's the end of the worker's lease).
+//!   A Salesforce request held up past its own timeout by a pause still goes out (the caller
+//!   hears a timeout), as with the real client; one past the caller's deadline does not.
+//!   Requests and answers
 //!   travel with seeded latency; transient errors; answers lost after a commit (unknown
 //!   outcome); AddOrder/AcceptOrder that run past the client's timeout and commit later, in a
 //!   task of the world that lands whatever happens to the caller, but within timeout +
@@ -93,7 +96,12 @@ const DEFAULT_SEEDS: u64 = 2_000;
 ///   intent's write and the send. The client's timeout counted from the send, so a slow
 ///   AddOrder committed past the settle point (intent time + timeout + settle) that another
 ///   claim went by: two WHMCS orders. The timeout now counts from before the intent's write.
-const REGRESSIONS: &[u64] = &[100_024_272];
+/// - `2_850`, `4_621`, `6_647` (the same day, once the simulated Salesforce client sent a
+///   request held up past its timeout, as the real one does, instead of dropping it): a worker
+///   paused after its lease check sent `Status = Provisioning` after its lease had lapsed,
+///   over the `Activated` the next claim had written. Every Order PATCH now carries the end of
+///   what the worker knows of its lease as its deadline (`OrderUpdate::deadline`).
+const REGRESSIONS: &[u64] = &[100_024_272, 2_850, 4_621, 6_647];
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok())

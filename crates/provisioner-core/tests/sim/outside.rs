@@ -67,20 +67,33 @@ fn unreachable_id() -> sf_rest::OrderId {
 
 impl SimSalesforce {
     /// One call: the request travels, `handle` runs at the true time it arrives, the answer
-    /// travels back.
+    /// travels back. As the real client: a request held up past its own timeout (a pause of
+    /// the process before it went out) still goes out, and the caller hears a timeout; one
+    /// past the caller's `requested` deadline (`OrderUpdate::deadline`) does not go out.
     async fn call<T>(
         &self,
         action: sf_rest::Action,
+        requested: Option<Instant>,
         what: String,
         handle: impl FnOnce(&World) -> sf_rest::Result<T>,
     ) -> sf_rest::Result<T> {
         let world = &self.world;
-        let deadline = Instant::now() + self.timeout;
+        let own = Instant::now() + self.timeout;
+        let deadline = requested.map_or(own, |r| r.min(own));
         self.inst.gate().await;
         tokio::time::sleep(world.latency()).await;
-        if Instant::now() > deadline {
-            world.trace(format!("{} sf {what} -> not sent (paused)", self.inst.name));
+        if requested.is_some_and(|r| Instant::now() > r) {
+            world.trace(format!(
+                "{} sf {what} -> not sent (past the caller's deadline)",
+                self.inst.name
+            ));
             return Err(sf_transport(action));
+        }
+        if Instant::now() > deadline {
+            world.trace(format!(
+                "{} sf {what} -> sent late (paused)",
+                self.inst.name
+            ));
         }
         let faults = &world.faults;
         let out = if world.chance(faults.sf_transient) {
@@ -119,6 +132,7 @@ impl sf_rest::OrderApi for SimSalesforce {
         let id = order_id.to_owned();
         self.call(
             sf_rest::Action::FetchOrder,
+            None,
             format!("fetch {order_id}"),
             move |w| {
                 let state = w.state();
@@ -145,7 +159,8 @@ impl sf_rest::OrderApi for SimSalesforce {
             "patch {order_id} {}",
             update.status.as_deref().unwrap_or("-")
         );
-        self.call(sf_rest::Action::UpdateOrder, what, move |w| {
+        let requested = update.deadline;
+        self.call(sf_rest::Action::UpdateOrder, requested, what, move |w| {
             let permanent = w.chance(w.faults.sf_permanent);
             let now = w.now();
             let mut state = w.state();
@@ -209,6 +224,7 @@ impl sf_rest::OrderApi for SimSalesforce {
     ) -> sf_rest::Result<Vec<sf_rest::ApprovedOrder>> {
         self.call(
             sf_rest::Action::ListApprovedOrders,
+            None,
             "list approved".to_owned(),
             move |w| {
                 let cutoff: DateTime<Utc> =

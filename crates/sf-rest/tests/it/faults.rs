@@ -174,3 +174,37 @@ async fn a_redirect_is_reported_not_followed() {
     );
     assert_eq!(w.sf.total_requests() - w.sf.token_requests(), 1);
 }
+
+/// A PATCH with the caller's deadline (the end of a lease, say) does not go out once the
+/// deadline has passed, neither first nor as a retry: a paused worker cannot overwrite what
+/// the lease's next holder wrote.
+#[tokio::test]
+async fn a_patch_never_goes_out_past_the_callers_deadline() {
+    let w = world().await;
+    let mut late = activate();
+    late.deadline = Some(tokio::time::Instant::now());
+    let err = w.api.update_order(&w.order_id, &late).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Transport { timeout: true, .. }),
+        "{err:?}"
+    );
+    assert_eq!(w.sf.requests(Route::Patch), 0);
+    assert_ne!(w.sf.order(&w.order_id).unwrap().status, "Activated");
+
+    // An answer held for 5 s and a deadline in 1 s: the client gives up at the deadline and
+    // sends no second attempt (without the deadline it would send one 1 ms later: the test
+    // client's first wait).
+    w.sf.faults().fail_next(
+        Route::Patch,
+        1,
+        FaultKind::DelayAnswer(std::time::Duration::from_secs(5)),
+    );
+    let mut soon = activate();
+    soon.deadline = Some(tokio::time::Instant::now() + std::time::Duration::from_secs(1));
+    let err = w.api.update_order(&w.order_id, &soon).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Transport { timeout: true, .. }),
+        "{err:?}"
+    );
+    assert_eq!(w.sf.requests(Route::Patch), 1);
+}

@@ -39,6 +39,7 @@ async fn fetch_and_update_round_trip() {
         whmcs_service_ids: Some(vec!["301".into(), "302".into(), "303".into()]),
         provisioned_at: Some(provisioned_at),
         provisioning_error: None,
+        deadline: None,
     };
     w.api.update_order(&w.order_id, &update).await.unwrap();
 
