@@ -202,6 +202,19 @@ impl Builder {
     }
 }
 
+/// How long an exchange may take: `timeout`, or less when the caller's `deadline` comes
+/// sooner. `None` when the deadline has passed: the request must not be sent at all (a caller
+/// that bounds when a write may still be out, by a recorded intent or a lease).
+pub fn time_left(deadline: Option<tokio::time::Instant>, timeout: Duration) -> Option<Duration> {
+    match deadline {
+        Some(deadline) => {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            (!left.is_zero()).then(|| left.min(timeout))
+        }
+        None => Some(timeout),
+    }
+}
+
 /// A pooled HTTP client for request/reply exchanges whose body is known up front. Cheap to
 /// clone (clones share the pool).
 ///
@@ -328,4 +341,26 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_left_is_the_timeout_or_less_and_none_past_the_deadline() {
+        let timeout = Duration::from_secs(30);
+        let now = tokio::time::Instant::now();
+        assert_eq!(time_left(None, timeout), Some(timeout));
+        assert_eq!(time_left(Some(now), timeout), None);
+        let soon = time_left(Some(now + Duration::from_secs(5)), timeout);
+        assert!(
+            soon.is_some_and(|left| left <= Duration::from_secs(5)),
+            "{soon:?}"
+        );
+        assert_eq!(
+            time_left(Some(now + Duration::from_secs(3600)), timeout),
+            Some(timeout)
+        );
+    }
 }

@@ -361,20 +361,14 @@ impl RestOrderApi {
         if let Ok(id) = HeaderValue::from_str(&request_id) {
             headers.insert("x-request-id", id);
         }
-        let timeout = match request.deadline() {
-            Some(deadline) => {
-                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                if left.is_zero() {
-                    tracing::warn!(%action, "salesforce request not sent: its deadline had passed");
-                    return Err(Error::Transport {
-                        action,
-                        timeout: true,
-                        reason: "not sent: the caller's deadline had passed".to_owned(),
-                    });
-                }
-                left.min(self.config.request_timeout)
-            }
-            None => self.config.request_timeout,
+        let Some(timeout) = http_call::time_left(request.deadline(), self.config.request_timeout)
+        else {
+            tracing::warn!(%action, "salesforce request not sent: its deadline had passed");
+            return Err(Error::Transport {
+                action,
+                timeout: true,
+                reason: "not sent: the caller's deadline had passed".to_owned(),
+            });
         };
         let started = std::time::Instant::now();
         let sent = self.http.send(http_request, timeout).await;

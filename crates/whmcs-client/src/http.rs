@@ -224,28 +224,20 @@ impl HttpWhmcsClient {
         } else {
             self.config.read_timeout
         };
-        let timeout = match deadline {
-            Some(deadline) => {
-                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                if left.is_zero() {
-                    // Not sent: the caller's deadline passed before the request went out. The
-                    // outcome is "unknown" like any timeout, which is what a caller that
-                    // recorded the intent must assume anyway.
-                    let err = classify_send_error(
-                        action,
-                        &http_call::Error::Timeout {
-                            stage: http_call::Stage::BeforeHeaders,
-                        },
-                    );
-                    tracing::warn!(
-                        action = action.as_str(),
-                        "whmcs call not sent: its deadline had passed"
-                    );
-                    return Err(err);
-                }
-                left.min(configured)
-            }
-            None => configured,
+        let Some(timeout) = http_call::time_left(deadline, configured) else {
+            // Not sent: the caller's deadline passed before the request went out. The outcome
+            // is "unknown" like any timeout, which is what a caller that recorded the intent
+            // must assume anyway.
+            tracing::warn!(
+                action = action.as_str(),
+                "whmcs call not sent: its deadline had passed"
+            );
+            return Err(classify_send_error(
+                action,
+                &http_call::Error::Timeout {
+                    stage: http_call::Stage::BeforeHeaders,
+                },
+            ));
         };
         let started = Instant::now();
         let request_id = uuid::Uuid::new_v4().to_string();
