@@ -944,9 +944,11 @@ mod tests {
         assert!(rows.contains(&1) && rows.contains(&4) && !rows.contains(&2));
     }
 
-    /// Writes sent within [`GATHER_ROUNDS`] rounds of the runtime after the one that woke the
-    /// task writer share its commit: a job whose answer comes in while the writer gathers
-    /// does not cost a commit of its own. Deterministic: a current-thread runtime, no I/O.
+    /// Writes sent in the two rounds of the runtime after the one that woke the task writer
+    /// share its commit: a job whose answer comes in while the writer gathers does not cost a
+    /// commit of its own. (Without I/O, a caller three rounds late already misses it: the
+    /// writer's first yield falls in the round of the send.) Deterministic: a current-thread
+    /// runtime, no I/O.
     #[tokio::test]
     async fn writes_sent_while_the_task_writer_gathers_share_one_commit() {
         let dir = tempfile::tempdir().unwrap();
