@@ -64,20 +64,15 @@ fn run(cli: cli::Cli) -> Result<(), Failure> {
         Command::Demo(_) => "error",
         _ => "warn",
     };
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
     let set = threads.map_err(Failure::Usage)?;
-    let workers = if matches!(command, Command::Run) {
+    let (workers, one_thread) = if matches!(command, Command::Run) {
         let store_url = secrecy::ExposeSecret::expose_secret(&config.database_url);
-        Some(run_workers(set, store_url).0)
+        let n = run_workers(set, store_url).0;
+        (Some(n), n == 1)
     } else {
-        set
+        (set, false)
     };
-    if let Some(n) = workers {
-        builder.worker_threads(n);
-    }
-    let runtime = builder
-        .enable_all()
-        .build()
+    let runtime = build_runtime(workers, one_thread)
         .map_err(|e| Failure::Runtime(anyhow::Error::new(e).context("starting the runtime")))?;
     // Spans are exported by `run` only, and only with OTEL_EXPORTER_OTLP_ENDPOINT set; the
     // exporter's batch task lives on the runtime, so it is built inside it.
@@ -98,8 +93,8 @@ fn run(cli: cli::Cli) -> Result<(), Failure> {
             exporting.endpoint()
         );
     }
-    let outcome = runtime.block_on(async move {
-        match command {
+    runtime.block_on(async move {
+        let outcome = match command {
             Command::Run => app::run(config).await,
             Command::Demo(args) => demo::demo(args).await,
             Command::Events(cli::EventsCommand::Tail(args)) => events::tail(&config, args).await,
@@ -112,13 +107,44 @@ fn run(cli: cli::Cli) -> Result<(), Failure> {
             Command::Backup(args) => ops::backup(&config, args).await,
             Command::Doctor => doctor::doctor(&config).await,
             Command::Config(_) => Ok(()),
+        };
+        // The exporter's shutdown blocks until its export task, a task of this runtime, has
+        // sent the last spans: it waits on a blocking thread while the runtime runs that task
+        // (on a current-thread runtime, this thread runs it while awaiting).
+        if let Some(exporting) = exporting
+            && tokio::task::spawn_blocking(move || exporting.shutdown())
+                .await
+                .is_err()
+        {
+            tracing::warn!("OTLP exporter shutdown did not finish; some spans may be lost");
         }
-    });
-    // Here, outside the runtime's workers (which send the last batch), so waiting is fine.
-    if let Some(exporting) = exporting {
-        exporting.shutdown();
-    }
-    outcome
+        outcome
+    })
+}
+
+/// The runtime a command runs on: with `one_thread`, a current-thread runtime, whose one
+/// thread (the one that calls `block_on`, here the main thread) runs every task; else a
+/// multi-thread runtime with `workers` worker threads (one per CPU when `None`).
+///
+/// `run` with one worker takes the current-thread runtime: a multi-thread runtime with one
+/// worker has the same one thread for the tasks, plus the work-stealing scheduler's
+/// bookkeeping and a main thread parked beside it. Measured (README, Performance), eight
+/// alternating pairs of the process benchmark's SQLite run: 5% less CPU per order, 3.7% more
+/// orders per second.
+fn build_runtime(
+    workers: Option<usize>,
+    one_thread: bool,
+) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = if one_thread {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        if let Some(n) = workers {
+            builder.worker_threads(n);
+        }
+        builder
+    };
+    builder.enable_all().build()
 }
 
 /// How many runtime worker threads `run` starts, and why: `set` (`TOKIO_WORKER_THREADS`) when
@@ -129,8 +155,9 @@ fn run(cli: cli::Cli) -> Result<(), Failure> {
 /// CPUs from each other and wake each other across CPUs. Measured on 2 CPUs (one worker
 /// instead of two), the service spent 8-19% less CPU per order at the same or higher
 /// throughput (README, Performance); with that one worker the writer is a task on it (see
-/// the store's docs), a further 5-22% (median 9%). On PostgreSQL there is no writer of its own, and one
-/// worker per CPU is faster.
+/// the store's docs), a further 5-22% (median 9%), and the runtime a current-thread one
+/// ([`build_runtime`]), 5% more. On PostgreSQL there is no writer of its own, and one worker
+/// per CPU is faster.
 pub(crate) fn run_workers(set: Option<usize>, store_url: &str) -> (usize, &'static str) {
     if let Some(n) = set {
         return (n, "TOKIO_WORKER_THREADS");
@@ -167,5 +194,62 @@ fn worker_threads() -> anyhow::Result<Option<usize>> {
                     "{NAME}: {text:?} must be a number of threads from 1 to 1024, or unset (one per CPU)"
                 )
             }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use tokio::runtime::RuntimeFlavor;
+
+    use super::*;
+
+    #[test]
+    fn one_thread_runs_every_task_on_the_thread_that_blocks_on_the_runtime() {
+        let runtime = build_runtime(Some(1), true).unwrap();
+        assert_eq!(
+            runtime.handle().runtime_flavor(),
+            RuntimeFlavor::CurrentThread
+        );
+        // What the SQLite store reads to run its writer as a task.
+        assert_eq!(runtime.metrics().num_workers(), 1);
+        let here = std::thread::current().id();
+        let spawned_on = runtime
+            .block_on(async { tokio::spawn(async { std::thread::current().id() }).await })
+            .unwrap();
+        assert_eq!(spawned_on, here);
+        // A blocking wait for a task of the runtime (as the OTLP exporter's shutdown does)
+        // finishes when it waits on a blocking thread while the runtime runs the task.
+        let (tx, rx) = std::sync::mpsc::channel::<u8>();
+        let answer = runtime.block_on(async move {
+            tokio::spawn(async move {
+                tokio::task::yield_now().await;
+                tx.send(7).unwrap();
+            });
+            tokio::task::spawn_blocking(move || rx.recv().unwrap())
+                .await
+                .unwrap()
+        });
+        assert_eq!(answer, 7);
+    }
+
+    #[test]
+    fn more_workers_or_none_set_is_a_multi_thread_runtime() {
+        let runtime = build_runtime(Some(2), false).unwrap();
+        assert_eq!(
+            runtime.handle().runtime_flavor(),
+            RuntimeFlavor::MultiThread
+        );
+        assert_eq!(runtime.metrics().num_workers(), 2);
+        let runtime = build_runtime(None, false).unwrap();
+        assert_eq!(
+            runtime.handle().runtime_flavor(),
+            RuntimeFlavor::MultiThread
+        );
+        assert_eq!(
+            runtime.metrics().num_workers(),
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        );
     }
 }

@@ -3,8 +3,8 @@
 //! The batch span processor is the SDK's async-runtime one: its export loop is a task on the
 //! service's tokio runtime, where the tonic exporter runs. [`layer`] must therefore be called
 //! inside that runtime (under `Runtime::enter`), and [`Exporting::shutdown`] from a thread that
-//! is not one of its workers (the main thread once `block_on` has returned): it waits for the
-//! last batch, which the runtime's workers send.
+//! does not run the runtime's tasks (a blocking thread awaited from inside it, as `main` does):
+//! it waits for the last batch, which that task sends.
 
 use anyhow::Context as _;
 use opentelemetry::trace::TracerProvider as _;
@@ -42,8 +42,8 @@ impl Exporting {
         &self.endpoint
     }
 
-    /// Sends the spans still queued and stops the exporter. Blocks until then: call it outside
-    /// the runtime's workers (see the module docs).
+    /// Sends the spans still queued and stops the exporter. Blocks until then: call it from a
+    /// thread that does not run the runtime's tasks (see the module docs).
     pub(crate) fn shutdown(self) {
         if let Err(e) = self.provider.shutdown() {
             tracing::warn!(error = %e, "OTLP exporter shutdown failed; some spans may be lost");
