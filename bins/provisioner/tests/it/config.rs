@@ -419,7 +419,7 @@ async fn a_bad_worker_thread_count_is_a_configuration_error() {
         );
     }
     // `config check` names the number `run` would start: as set; else one per CPU, one less
-    // with a SQLite store.
+    // with a SQLite store or a PostgreSQL server on this machine.
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     for (set, url, want) in [
         (Some("3"), "sqlite:///nonexistent/never-opened.db", 3),
@@ -428,7 +428,12 @@ async fn a_bad_worker_thread_count_is_a_configuration_error() {
             "sqlite:///nonexistent/never-opened.db",
             cpus.saturating_sub(1).max(1),
         ),
-        (None, "postgres://u@127.0.0.1:9/db", cpus),
+        (
+            None,
+            "postgres://u@127.0.0.1:9/db",
+            cpus.saturating_sub(1).max(1),
+        ),
+        (None, "postgres://u@db.invalid:9/db", cpus),
     ] {
         let mut env = complete_env(dir.path());
         if let Some(n) = set {
