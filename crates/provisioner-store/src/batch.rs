@@ -12,8 +12,15 @@
 //! 2. then the chain's advisory lock is *tried* (never waited for, so no deadlock with a
 //!    session that holds the chain and waits for a row);
 //! 3. the records, sealed here one after another on the chain head this process cached, are
-//!    inserted; the first one inserts nothing if another process moved the head;
+//!    inserted; a record whose place another process took (the head moved) inserts nothing;
 //! 4. each job's row is updated.
+//!
+//! The writes and the records go as two JSON arrays, so the statement's text depends only on
+//! which kinds of write the batch holds (their `UPDATE` texts and argument types), not on how
+//! many or in what order: one prepared statement per set of kinds, and a plan of the same
+//! size for one write as for eight ([`batch_sql`]). A batch of parts per write (a fence, an
+//! insert and an update each) spent a fifth of the server's CPU setting up its plan's nodes
+//! at every execution.
 //!
 //! The statement is all or nothing. If a fence fails, the chain is held elsewhere, its head
 //! moved or a row was not updated, the statement raises an error, PostgreSQL rolls all of it
@@ -39,7 +46,8 @@ use crate::error::Error;
 use crate::held::Held;
 use crate::sql::SqlStore;
 use crate::tx::{
-    Arg, Heads, chain_lock_key, chain_preference, count_serialized, mark_chain_elsewhere, seal_args,
+    Arg, Heads, chain_arg, chain_lock_key, chain_preference, count_serialized,
+    mark_chain_elsewhere, seal_args,
 };
 
 /// At most this many flushers write at a time (per process), each on a connection of its
@@ -277,42 +285,56 @@ impl Flusher {
         &self,
         chain: u32,
         mut head: OwnedMutexGuard<Option<ChainHead>>,
-        mut batch: Vec<Waiting>,
+        batch: Vec<Waiting>,
     ) {
         let Some(cached) = *head else {
             drop(head);
             answer_all(batch, || Batched::Alone);
             return;
         };
-        // Writes of the same kinds give the same text, so the prepared statement is reused.
-        batch.sort_by(|a, b| {
-            (a.unit.sql.as_str(), a.unit.records.len())
-                .cmp(&(b.unit.sql.as_str(), b.unit.records.len()))
-        });
-        let shapes: Vec<Shape<'_>> = batch
-            .iter()
-            .map(|w| Shape {
-                update: &w.unit.sql,
-                args: w.unit.args.len(),
-                records: w.unit.records.len(),
-            })
-            .collect();
-        let sql = batch_sql(&shapes);
-        let mut args = Vec::with_capacity(batch.iter().map(|w| w.unit.args.len() + 7).sum());
-        for w in &batch {
-            args.extend_from_slice(&w.unit.args);
-            args.push(Arg::text(w.unit.order_id.as_str()));
-            args.push(Arg::text(w.unit.owner.as_str()));
-        }
-        args.push(Arg::Int(chain_lock_key(chain)));
+        // The statement's text depends only on which kinds of write the batch holds (their
+        // update texts and argument types), never on how many of each or in what order: one
+        // prepared statement per set of kinds, and a plan whose size does not grow with the
+        // batch.
+        let Some(form) = BatchForm::of(batch.iter().map(|w| (w.unit.sql.as_str(), &w.unit.args)))
+        else {
+            // An argument the form cannot carry: each write runs on its own.
+            drop(head);
+            answer_all(batch, || Batched::Alone);
+            return;
+        };
+        let sql = batch_sql(&form.kinds);
+        let mut record_args =
+            Vec::with_capacity(batch.iter().map(|w| 5 * w.unit.records.len()).sum());
         let records = batch.iter().flat_map(|w| w.unit.records.iter());
-        let sealed = seal_args(&self.key, chain, cached, records, &mut args);
+        let sealed = seal_args(&self.key, chain, cached, records, &mut record_args);
         let (Ok((next, _)), Some(held)) = (sealed, &self.batcher.held) else {
             // Each write meets this again on its own, with its error (a batcher without
             // connections starts no flusher: `write_batched` answers `Alone` first).
             drop(head);
             answer_all(batch, || Batched::Alone);
             return;
+        };
+        let writes = batch.iter().zip(&form.groups).map(|(w, &group)| {
+            (
+                group,
+                w.unit.order_id.as_str(),
+                w.unit.owner.as_str(),
+                w.unit.args.as_slice(),
+            )
+        });
+        let args = match batch_args(
+            writes,
+            chain_lock_key(chain),
+            chain_arg(chain),
+            &record_args,
+        ) {
+            Some(args) => args,
+            None => {
+                drop(head);
+                answer_all(batch, || Batched::Alone);
+                return;
+            }
         };
         use std::sync::atomic::Ordering::Relaxed;
         // Unknown until the statement answers.
@@ -360,147 +382,321 @@ impl Flusher {
     }
 }
 
-/// The shape of one write in a batch statement.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Shape<'a> {
-    /// Its `UPDATE jobs ... WHERE <fence>`, parameters from `$1`.
+/// The most arguments an update of a batch may take (`advance` takes 7, a reschedule 8).
+const MAX_ARGS: usize = 12;
+
+/// One kind of write in a batch: its `UPDATE jobs ... WHERE <fence>` (parameters from `$1`)
+/// and the type of each parameter (`'i'` a 64-bit integer, `'t'` text, which may be null).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Kind<'a> {
     pub(crate) update: &'a str,
-    /// How many parameters `update` takes.
-    pub(crate) args: usize,
-    /// How many audit records it carries (at least one).
-    pub(crate) records: usize,
+    pub(crate) types: Vec<u8>,
 }
 
-/// `sql` with every parameter `$n` renumbered `$(n + offset)`.
-pub(crate) fn renumber(sql: &str, offset: usize) -> String {
-    let mut out = String::with_capacity(sql.len() + 16);
-    let mut rest = sql;
-    while let Some(at) = rest.find('$') {
-        out.push_str(&rest[..=at]);
-        rest = &rest[at + 1..];
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        if let Ok(n) = rest[..digits].parse::<usize>() {
-            out.push_str(&(n + offset).to_string());
-            rest = &rest[digits..];
+/// The kinds of write a batch holds, in a canonical order, and each write's kind (an index
+/// into `kinds`), in the batch's order.
+#[derive(Debug)]
+pub(crate) struct BatchForm<'a> {
+    pub(crate) kinds: Vec<Kind<'a>>,
+    pub(crate) groups: Vec<usize>,
+}
+
+impl<'a> BatchForm<'a> {
+    /// The form of writes given as (update, arguments); `None` when an update takes more than
+    /// [`MAX_ARGS`] parameters or one is a blob, which the statement does not carry.
+    pub(crate) fn of(writes: impl Iterator<Item = (&'a str, &'a Vec<Arg>)>) -> Option<Self> {
+        let mut each = Vec::new();
+        for (update, args) in writes {
+            if args.len() > MAX_ARGS {
+                return None;
+            }
+            let types = args
+                .iter()
+                .map(|a| match a {
+                    Arg::Int(_) => Some(b'i'),
+                    Arg::Text(_) => Some(b't'),
+                    Arg::Blob(_) => None,
+                })
+                .collect::<Option<Vec<u8>>>()?;
+            each.push(Kind { update, types });
         }
+        let mut kinds = each.clone();
+        kinds.sort();
+        kinds.dedup();
+        let groups = each
+            .iter()
+            .map(|k| kinds.binary_search(k).unwrap_or_default())
+            .collect();
+        Some(BatchForm { kinds, groups })
     }
-    out.push_str(rest);
-    out
 }
 
-/// The statement of one batch. Parameters: per write, its update's, then its order id and
-/// owner; then the chain's lock key; then five per record in the order of the writes
-/// (`seq, at, record, order_id, chain`). It answers one row, or raises one of the
-/// `REFUSED_*` errors, in which case nothing of it was written.
-pub(crate) fn batch_sql(writes: &[Shape<'_>]) -> String {
-    let mut ctes = Vec::with_capacity(3 * writes.len() + 2);
-    let mut fences = Vec::with_capacity(writes.len());
-    let mut updates = Vec::with_capacity(writes.len());
-    let mut used = 0;
-    for (k, w) in writes.iter().enumerate() {
-        let (order_id, owner) = (used + w.args + 1, used + w.args + 2);
-        ctes.push(format!(
-            "f{k} AS (SELECT 1 AS one FROM jobs WHERE order_id = ${order_id} \
-             AND lease_owner = ${owner} AND {} FOR NO KEY UPDATE)",
+/// `update` (an `UPDATE jobs SET .. WHERE ..` on `$1..`) as one update of every write of kind
+/// `group` in the batch's writes `w`: each `$n` becomes that write's column, and the writes
+/// are joined by the `WHERE` clause's own `order_id` test.
+fn set_update(kind: &Kind<'_>, group: usize) -> Option<String> {
+    let at = kind.update.rfind(" WHERE ")?;
+    let (set, rest) = kind.update.split_at(at);
+    let rest = &rest[" WHERE ".len()..];
+    let column = |sql: &str| -> Option<String> {
+        let mut out = String::with_capacity(sql.len() + 64);
+        let mut tail = sql;
+        while let Some(at) = tail.find('$') {
+            out.push_str(&tail[..at]);
+            tail = &tail[at + 1..];
+            let digits = tail.bytes().take_while(u8::is_ascii_digit).count();
+            let n: usize = tail[..digits].parse().ok()?;
+            let t = *kind.types.get(n.checked_sub(1)?)?;
+            out.push_str(&format!("w.w_{}{n}", char::from(t)));
+            tail = &tail[digits..];
+        }
+        out.push_str(tail);
+        Some(out)
+    };
+    Some(format!(
+        "{} FROM w WHERE w.w_g = {group} AND {}",
+        column(set)?,
+        column(rest)?
+    ))
+}
+
+/// The statement of a batch whose writes are of `kinds` ([`BatchForm`]). Its text depends
+/// on the kinds only. Parameters: `$1` the writes as a JSON array (per write: `w_g` its kind,
+/// `w_order`, `w_owner`, and its update's parameters as `w_i<n>` / `w_t<n>`), `$2` how many,
+/// `$3` the chain's lock key, `$4` the chain, `$5` the records as a JSON array (per record:
+/// `s` seq, `a` at, `r` the sealed record, `o` its Order Id), `$6` how many. It answers one
+/// row, or raises one of the `REFUSED_*` errors, in which case nothing of it was written.
+///
+/// 1. `f` locks each write's job under its fence (the job running under the claim token),
+///    one probe of the unique `order_id` per write (a lateral subquery, whatever the
+///    statistics say);
+/// 2. `lock` tries the chain's advisory lock only if every fence held;
+/// 3. `r` inserts the records; a record whose `(chain, seq)` another process took first
+///    inserts nothing (the head moved);
+/// 4. one `UPDATE` per kind updates its writes' rows, only if every record went in.
+pub(crate) fn batch_sql(kinds: &[Kind<'_>]) -> String {
+    let width = kinds.iter().map(|k| k.types.len()).max().unwrap_or(0);
+    let mut columns = String::from("w_g INTEGER, w_order TEXT, w_owner TEXT");
+    for n in 1..=width {
+        columns.push_str(&format!(", w_i{n} BIGINT, w_t{n} TEXT"));
+    }
+    let mut ctes = vec![
+        // At most `MAX_BATCH` rows: a constant limit, so the planner expects a handful of
+        // writes and joins each to `jobs` by its unique `order_id`.
+        format!(
+            "w AS (SELECT * FROM json_to_recordset(CAST($1 AS json)) AS x({columns}) \
+             LIMIT {MAX_BATCH})"
+        ),
+        format!(
+            "f AS (SELECT l.one FROM w CROSS JOIN LATERAL (SELECT 1 AS one FROM jobs \
+             WHERE order_id = w.w_order AND lease_owner = w.w_owner AND {} \
+             FOR NO KEY UPDATE) l)",
             crate::jobs::FENCE_RUNNING
-        ));
-        fences.push(format!("f{k}"));
-        updates.push(renumber(w.update, used));
-        used += w.args + 2;
-    }
-    let lock = used + 1;
-    ctes.push(format!(
-        "lock AS (SELECT pg_try_advisory_xact_lock(${lock}) AS held FROM {})",
-        fences.join(", ")
-    ));
-    let records: usize = writes.iter().map(|w| w.records).sum();
-    for r in 0..records.max(1) {
-        let b = lock + 5 * r;
-        let values = crate::tx::audit_select(b + 5, b + 1, b + 2, b + 3, b + 4);
-        ctes.push(if r == 0 {
-            format!(
-                "r0 AS ({values} FROM lock WHERE lock.held \
-                 ON CONFLICT (chain, seq) DO NOTHING RETURNING seq)"
-            )
-        } else {
-            format!("r{r} AS ({values} FROM r0)")
-        });
-    }
-    let mut updated = Vec::with_capacity(writes.len());
-    for (k, update) in updates.iter().enumerate() {
+        ),
+        "lock AS (SELECT pg_try_advisory_xact_lock($3) AS held \
+         WHERE (SELECT COUNT(*) FROM f) = $2)"
+            .to_owned(),
+        "r AS (INSERT INTO audit_log (chain, seq, at, record, order_id, job) \
+         SELECT $4, x.s, x.a, x.r, x.o, (SELECT j.seq FROM jobs j WHERE j.order_id = x.o) \
+         FROM json_to_recordset(CAST($5 AS json)) AS x(s BIGINT, a BIGINT, r TEXT, o TEXT), \
+         lock WHERE lock.held \
+         ON CONFLICT (chain, seq) DO NOTHING RETURNING seq)"
+            .to_owned(),
+    ];
+    let mut updated = Vec::with_capacity(kinds.len());
+    for (k, kind) in kinds.iter().enumerate() {
+        // A kind whose text cannot be rewritten updates nothing: the batch is refused, and
+        // each write runs on its own.
+        let update = set_update(kind, k).unwrap_or_else(|| "SELECT 0 WHERE false".to_owned());
         ctes.push(format!(
-            "u{k} AS ({update} AND EXISTS (SELECT 1 FROM r0) RETURNING 1)"
+            "u{k} AS ({update} AND (SELECT COUNT(*) FROM r) = $6 RETURNING 1)"
         ));
         updated.push(format!("(SELECT COUNT(*) FROM u{k})"));
+    }
+    if updated.is_empty() {
+        updated.push("0".to_owned());
     }
     format!(
         "WITH {} SELECT CAST(CASE \
          WHEN (SELECT COUNT(*) FROM lock) = 0 THEN '{REFUSED_FENCE}' \
          WHEN NOT (SELECT held FROM lock) THEN '{REFUSED_HELD}' \
-         WHEN (SELECT COUNT(*) FROM r0) = 0 THEN '{REFUSED_MOVED}' \
-         WHEN {} <> {} THEN '{REFUSED_NOT_UPDATED}' \
+         WHEN (SELECT COUNT(*) FROM r) <> $6 THEN '{REFUSED_MOVED}' \
+         WHEN {} <> $2 THEN '{REFUSED_NOT_UPDATED}' \
          ELSE '1' END AS INTEGER) AS ok",
         ctes.join(", "),
         updated.join(" + "),
-        writes.len()
     )
+}
+
+/// The parameters of [`batch_sql`]: the writes as (kind, order id, claim token, update
+/// arguments), the chain's lock key and chain, and the records' arguments as
+/// [`seal_args`] gives them (five per record: seq, at, record, Order Id, chain). `None` when
+/// an argument does not fit the form (a blob).
+pub(crate) fn batch_args<'w>(
+    writes: impl Iterator<Item = (usize, &'w str, &'w str, &'w [Arg])>,
+    lock_key: i64,
+    chain: Arg,
+    record_args: &[Arg],
+) -> Option<Vec<Arg>> {
+    use serde_json::{Map, Value};
+    fn value(arg: &Arg) -> Option<Value> {
+        match arg {
+            Arg::Int(v) => Some(Value::from(*v)),
+            Arg::Text(Some(v)) => Some(Value::from(v.as_str())),
+            Arg::Text(None) => Some(Value::Null),
+            Arg::Blob(_) => None,
+        }
+    }
+    let mut rows = Vec::new();
+    for (group, order_id, owner, args) in writes {
+        let mut row = Map::new();
+        row.insert("w_g".to_owned(), Value::from(group));
+        row.insert("w_order".to_owned(), Value::from(order_id));
+        row.insert("w_owner".to_owned(), Value::from(owner));
+        for (n, arg) in args.iter().enumerate() {
+            let t = match arg {
+                Arg::Int(_) => 'i',
+                _ => 't',
+            };
+            row.insert(format!("w_{t}{}", n + 1), value(arg)?);
+        }
+        rows.push(Value::Object(row));
+    }
+    let mut records = Vec::with_capacity(record_args.len() / 5);
+    for r in record_args.chunks(5) {
+        let [seq, at, record, order_id, _chain] = r else {
+            return None;
+        };
+        let mut row = Map::new();
+        row.insert("s".to_owned(), value(seq)?);
+        row.insert("a".to_owned(), value(at)?);
+        row.insert("r".to_owned(), value(record)?);
+        row.insert("o".to_owned(), value(order_id)?);
+        records.push(Value::Object(row));
+    }
+    let count = |n: usize| Arg::Int(i64::try_from(n).unwrap_or(i64::MAX));
+    let (writes, recorded) = (count(rows.len()), count(records.len()));
+    Some(vec![
+        Arg::text(Value::Array(rows).to_string()),
+        writes,
+        Arg::Int(lock_key),
+        chain,
+        Arg::text(Value::Array(records).to_string()),
+        recorded,
+    ])
 }
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
     use super::*;
 
-    #[test]
-    fn parameters_are_renumbered_past_the_writes_before() {
-        assert_eq!(
-            renumber("UPDATE jobs SET a = $1, b = $12 WHERE c = $2", 10),
-            "UPDATE jobs SET a = $11, b = $22 WHERE c = $12"
-        );
-        assert_eq!(renumber("no parameters", 3), "no parameters");
-        assert_eq!(renumber("a lone $ sign, $x", 3), "a lone $ sign, $x");
-        assert_eq!(renumber("ends with $9", 1), "ends with $10");
+    const ADVANCE: &str =
+        "UPDATE jobs SET step = $1, n = COALESCE($2, n) WHERE order_id = $3 AND lease_owner = $4";
+    const FINISH: &str = "UPDATE jobs SET state = $1 WHERE order_id = $2 AND lease_owner = $3";
+
+    fn text(v: &str) -> Arg {
+        Arg::text(v)
     }
 
     #[test]
-    fn a_batch_numbers_each_write_then_the_lock_then_the_records() {
-        let update = "UPDATE jobs SET step = $1 WHERE order_id = $2 AND lease_owner = $3";
-        let sql = batch_sql(&[
-            Shape {
-                update,
-                args: 3,
-                records: 1,
-            },
-            Shape {
-                update,
-                args: 3,
-                records: 2,
-            },
-        ]);
-        // Write 0: $1..$3, fence $4 $5; write 1: $6..$8, fence $9 $10; lock $11.
-        assert!(
-            sql.contains(
-                "f0 AS (SELECT 1 AS one FROM jobs WHERE order_id = $4 AND lease_owner = $5"
-            )
+    fn the_text_depends_on_the_kinds_of_write_not_their_number_or_order() {
+        let a = vec![text("checked"), Arg::Text(None), text("o1"), text("w:1")];
+        let b = vec![text("intent"), Arg::Text(None), text("o2"), text("w:2")];
+        let f = vec![text("done"), text("o3"), text("w:3")];
+        let one = BatchForm::of([(ADVANCE, &a), (FINISH, &f)].into_iter()).unwrap();
+        let other =
+            BatchForm::of([(FINISH, &f), (ADVANCE, &a), (ADVANCE, &b)].into_iter()).unwrap();
+        assert_eq!(one.kinds, other.kinds);
+        assert_eq!(batch_sql(&one.kinds), batch_sql(&other.kinds));
+        // Each write names its kind by its place among the sorted kinds.
+        let advance = one.kinds.iter().position(|k| k.update == ADVANCE).unwrap();
+        let finish = one.kinds.iter().position(|k| k.update == FINISH).unwrap();
+        assert_eq!(other.groups, vec![finish, advance, advance]);
+        // Another argument type is another kind (another text).
+        let typed = vec![Arg::Int(1), Arg::Text(None), text("o1"), text("w:1")];
+        let third = BatchForm::of([(ADVANCE, &a), (ADVANCE, &typed)].into_iter()).unwrap();
+        assert_eq!(third.kinds.len(), 2);
+        // A blob is not carried: the writes run on their own.
+        let blob = vec![Arg::Blob(Some(vec![1]))];
+        assert!(BatchForm::of([(FINISH, &blob)].into_iter()).is_none());
+    }
+
+    #[test]
+    fn each_kind_updates_its_writes_from_their_columns() {
+        let a = vec![text("checked"), Arg::Text(None), text("o1"), text("w:1")];
+        let f = vec![Arg::Int(7), text("o3"), text("w:3")];
+        let form = BatchForm::of([(ADVANCE, &a), (FINISH, &f)].into_iter()).unwrap();
+        let sql = batch_sql(&form.kinds);
+        let advance = form.kinds.iter().position(|k| k.update == ADVANCE).unwrap();
+        let finish = form.kinds.iter().position(|k| k.update == FINISH).unwrap();
+        assert!(sql.contains(&format!(
+            "u{advance} AS (UPDATE jobs SET step = w.w_t1, n = COALESCE(w.w_t2, n) FROM w \
+             WHERE w.w_g = {advance} AND order_id = w.w_t3 AND lease_owner = w.w_t4 \
+             AND (SELECT COUNT(*) FROM r) = $6 RETURNING 1)"
+        )));
+        assert!(sql.contains(&format!(
+            "u{finish} AS (UPDATE jobs SET state = w.w_i1 FROM w WHERE w.w_g = {finish} \
+             AND order_id = w.w_t2 AND lease_owner = w.w_t3"
+        )));
+        assert!(sql.contains("w_g INTEGER, w_order TEXT, w_owner TEXT, w_i1 BIGINT, w_t1 TEXT"));
+        assert!(sql.contains("w_i4 BIGINT, w_t4 TEXT)"));
+        assert!(!sql.contains("w_t5"));
+        assert!(sql.contains("(SELECT COUNT(*) FROM u0) + (SELECT COUNT(*) FROM u1) <> $2"));
+        assert!(!sql.contains("$7"));
+    }
+
+    #[test]
+    fn the_writes_and_records_go_as_json_rows() {
+        let a = vec![text("checked"), Arg::Text(None), text("o1"), text("w:1")];
+        let records = vec![
+            Arg::Int(41),
+            Arg::Int(1_700_000_000_000_001),
+            text("{\"seq\":41,\"x\":\"\\\"q\\\"\"}"),
+            text("801000000000000001"),
+            Arg::Int(3),
+        ];
+        let args = batch_args(
+            [(0, "o1", "w:1", a.as_slice())].into_iter(),
+            99,
+            Arg::Int(3),
+            &records,
+        )
+        .unwrap();
+        let [
+            Arg::Text(Some(writes)),
+            Arg::Int(1),
+            Arg::Int(99),
+            Arg::Int(3),
+            Arg::Text(Some(recs)),
+            Arg::Int(1),
+        ] = args.as_slice()
+        else {
+            panic!("unexpected arguments {args:?}");
+        };
+        let writes: serde_json::Value = serde_json::from_str(writes).unwrap();
+        assert_eq!(
+            writes,
+            serde_json::json!([{"w_g": 0, "w_order": "o1", "w_owner": "w:1",
+                "w_t1": "checked", "w_t2": null, "w_t3": "o1", "w_t4": "w:1"}])
         );
-        assert!(sql.contains(
-            "f1 AS (SELECT 1 AS one FROM jobs WHERE order_id = $9 AND lease_owner = $10"
-        ));
-        assert!(sql.contains("pg_try_advisory_xact_lock($11) AS held FROM f0, f1"));
-        assert!(
-            sql.contains(
-                "u1 AS (UPDATE jobs SET step = $6 WHERE order_id = $7 AND lease_owner = $8"
-            )
+        let recs: serde_json::Value = serde_json::from_str(recs).unwrap();
+        assert_eq!(
+            recs,
+            serde_json::json!([{"s": 41, "a": 1_700_000_000_000_001_i64,
+                "r": "{\"seq\":41,\"x\":\"\\\"q\\\"\"}", "o": "801000000000000001"}])
         );
-        // Three records, five parameters each after the lock: chain is the fifth.
-        assert!(sql.contains(
-            "SELECT $16, $12, $13, $14, $15, (SELECT seq FROM jobs WHERE order_id = $15) \
-             FROM lock WHERE lock.held"
-        ));
-        assert!(sql.contains(
-            "r2 AS (INSERT INTO audit_log (chain, seq, at, record, order_id, job) \
-             SELECT $26, $22, $23, $24, $25, (SELECT seq FROM jobs WHERE order_id = $25) FROM r0)"
-        ));
-        assert!(!sql.contains("$27"));
-        assert!(sql.contains("(SELECT COUNT(*) FROM u0) + (SELECT COUNT(*) FROM u1) <> 2"));
+        // A blob anywhere: not carried.
+        let blob = vec![Arg::Blob(None)];
+        assert!(
+            batch_args(
+                [(0, "o1", "w:1", blob.as_slice())].into_iter(),
+                1,
+                Arg::Int(0),
+                &[]
+            )
+            .is_none()
+        );
     }
 }

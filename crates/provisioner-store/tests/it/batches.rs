@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use audit::{Action, Actor, AuditLog as _, NewAuditRecord, Outcome};
 use chrono::Utc;
-use provisioner_store::{BatchCounts, Error, SqlStore, Step, StepUpdate, Store};
+use provisioner_store::{
+    BatchCounts, Error, JobEnd, JobState, Reschedule, SqlStore, Step, StepUpdate, Store,
+};
 use sqlx::Connection as _;
 
 use crate::support::{TestDb, event};
@@ -205,5 +207,138 @@ async fn a_batch_on_a_chain_held_elsewhere_goes_write_by_write_to_other_chains()
     );
     assert_eq!(records(&store).await, before + 8);
     drop(store);
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn steps_retries_and_ends_of_different_jobs_share_one_statement() {
+    let db = TestDb::postgres().await;
+    let store = db.open().await;
+    let jobs = claimed_jobs(&store, 7).await;
+    advance(&store, &jobs[0].0, &jobs[0].1).await.unwrap();
+    let counts = store.batch_counts();
+    let before = records(&store).await;
+    let now = Utc::now();
+    let later = now + chrono::Duration::seconds(60);
+
+    // Two plain steps, a step with a WHMCS order id, two retries (one with a recovery
+    // point) and an end: four kinds of write, queued together, in one statement.
+    let step = |i: usize, update: StepUpdate| {
+        let (o, w) = jobs[i].clone();
+        let store = &store;
+        async move {
+            store
+                .advance(&o, &w, Step::Checked, update, vec![step_record(&o)], now)
+                .await
+        }
+    };
+    let retry = |i: usize, step: Option<Step>| {
+        let (o, w) = jobs[i].clone();
+        let store = &store;
+        async move {
+            let mut retry = Reschedule::at(later, Some("503 from WHMCS".to_owned()), true);
+            retry.step = step;
+            store
+                .reschedule(&o, &w, retry, vec![step_record(&o)], now)
+                .await
+        }
+    };
+    let end = |i: usize| {
+        let (o, w) = jobs[i].clone();
+        let store = &store;
+        async move {
+            let end = JobEnd {
+                state: JobState::Done,
+                error: None,
+                dead_letter: None,
+            };
+            store
+                .finish(&o, &w, end, vec![step_record(&o), step_record(&o)], now)
+                .await
+        }
+    };
+    let with_order = StepUpdate {
+        whmcs_order_id: Some("4711".to_owned()),
+        ..StepUpdate::default()
+    };
+    let (a, b, c, d, e, f) = futures::join!(
+        step(1, StepUpdate::default()),
+        retry(2, None),
+        step(3, with_order),
+        end(4),
+        retry(5, Some(Step::Checked)),
+        step(6, StepUpdate::default()),
+    );
+    for result in [a, b, c, d, e, f] {
+        result.unwrap();
+    }
+    assert_eq!(since(&store, counts), counted(1, 6, 0));
+
+    let job = |i: usize| {
+        let store = &store;
+        let o = jobs[i].0.clone();
+        async move { store.job(&o).await.unwrap().unwrap() }
+    };
+    for i in [1, 6] {
+        let j = job(i).await;
+        assert_eq!((j.state, j.step), (JobState::Running, Step::Checked));
+        assert_eq!(j.whmcs_order_id, None);
+    }
+    let j = job(3).await;
+    assert_eq!(j.step, Step::Checked);
+    assert_eq!(j.whmcs_order_id.as_deref(), Some("4711"));
+    let j = job(2).await;
+    assert_eq!((j.state, j.step), (JobState::Pending, Step::Received));
+    assert_eq!(j.last_error.as_deref(), Some("503 from WHMCS"));
+    assert_eq!(
+        j.next_attempt_at.timestamp_millis(),
+        later.timestamp_millis()
+    );
+    assert_eq!(j.attempts, 1);
+    let j = job(5).await;
+    assert_eq!((j.state, j.step), (JobState::Pending, Step::Checked));
+    let j = job(4).await;
+    assert_eq!(
+        (j.state, j.step, j.lease_owner),
+        (JobState::Done, Step::Done, None)
+    );
+    // Seven records, every chain unbroken.
+    assert_eq!(records(&store).await, before + 7);
+    drop(store);
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_batch_whose_chain_head_another_instance_moved_goes_write_by_write() {
+    let db = TestDb::postgres().await;
+    let store = db.open().await;
+    let other = db.open_shared().await;
+    let jobs = claimed_jobs(&store, 4).await;
+    // This instance caches chain 0's head; the other then appends to chain 0.
+    advance(&store, &jobs[0].0, &jobs[0].1).await.unwrap();
+    let in_chain_0 = store.audit_chain(0).read_range(1, 100).await.unwrap().len();
+    other
+        .audit_chain(0)
+        .append(step_record("801999999999999999"))
+        .await
+        .unwrap();
+    let counts = store.batch_counts();
+    let before = records(&store).await;
+
+    for result in advance_all(&store, &jobs[1..]).await {
+        result.unwrap();
+    }
+    // Refused as a whole (its first record's place was taken); each write then ran alone.
+    let seen = since(&store, counts);
+    assert_eq!((seen.statements, seen.refused), (0, 1), "{seen:?}");
+    for (order_id, _) in &jobs[1..] {
+        assert_eq!(
+            store.job(order_id).await.unwrap().unwrap().step,
+            Step::Checked
+        );
+    }
+    assert_eq!(records(&store).await, before + 3);
+    assert!(store.audit_chain(0).read_range(1, 100).await.unwrap().len() > in_chain_0);
+    drop((store, other));
     db.cleanup().await;
 }
