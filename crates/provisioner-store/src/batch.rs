@@ -303,7 +303,12 @@ impl Flusher {
             answer_all(batch, || Batched::Alone);
             return;
         };
-        let sql = batch_sql(&form.kinds);
+        let Some(sql) = batch_sql(&form.kinds) else {
+            // An update whose text cannot be rewritten: each write runs on its own.
+            drop(head);
+            answer_all(batch, || Batched::Alone);
+            return;
+        };
         let mut record_args =
             Vec::with_capacity(batch.iter().map(|w| 5 * w.unit.records.len()).sum());
         let records = batch.iter().flat_map(|w| w.unit.records.iter());
@@ -385,6 +390,16 @@ impl Flusher {
 /// The most arguments an update of a batch may take (`advance` takes 7, a reschedule 8).
 const MAX_ARGS: usize = 12;
 
+/// How an argument is carried: `'i'` a 64-bit integer, `'t'` text (which may be null); a blob
+/// is not.
+fn arg_type(arg: &Arg) -> Option<u8> {
+    match arg {
+        Arg::Int(_) => Some(b'i'),
+        Arg::Text(_) => Some(b't'),
+        Arg::Blob(_) => None,
+    }
+}
+
 /// One kind of write in a batch: its `UPDATE jobs ... WHERE <fence>` (parameters from `$1`)
 /// and the type of each parameter (`'i'` a 64-bit integer, `'t'` text, which may be null).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -410,14 +425,7 @@ impl<'a> BatchForm<'a> {
             if args.len() > MAX_ARGS {
                 return None;
             }
-            let types = args
-                .iter()
-                .map(|a| match a {
-                    Arg::Int(_) => Some(b'i'),
-                    Arg::Text(_) => Some(b't'),
-                    Arg::Blob(_) => None,
-                })
-                .collect::<Option<Vec<u8>>>()?;
+            let types = args.iter().map(arg_type).collect::<Option<Vec<u8>>>()?;
             each.push(Kind { update, types });
         }
         let mut kinds = each.clone();
@@ -466,6 +474,7 @@ fn set_update(kind: &Kind<'_>, group: usize) -> Option<String> {
 /// `$3` the chain's lock key, `$4` the chain, `$5` the records as a JSON array (per record:
 /// `s` seq, `a` at, `r` the sealed record, `o` its Order Id), `$6` how many. It answers one
 /// row, or raises one of the `REFUSED_*` errors, in which case nothing of it was written.
+/// `None` when an update is not of the form `UPDATE jobs SET .. WHERE ..` on `$1..$n`.
 ///
 /// 1. `f` locks each write's job under its fence (the job running under the claim token),
 ///    one probe of the unique `order_id` per write (a lateral subquery, whatever the
@@ -474,7 +483,7 @@ fn set_update(kind: &Kind<'_>, group: usize) -> Option<String> {
 /// 3. `r` inserts the records; a record whose `(chain, seq)` another process took first
 ///    inserts nothing (the head moved);
 /// 4. one `UPDATE` per kind updates its writes' rows, only if every record went in.
-pub(crate) fn batch_sql(kinds: &[Kind<'_>]) -> String {
+pub(crate) fn batch_sql(kinds: &[Kind<'_>]) -> Option<String> {
     let width = kinds.iter().map(|k| k.types.len()).max().unwrap_or(0);
     let mut columns = String::from("w_g INTEGER, w_order TEXT, w_owner TEXT");
     for n in 1..=width {
@@ -505,9 +514,7 @@ pub(crate) fn batch_sql(kinds: &[Kind<'_>]) -> String {
     ];
     let mut updated = Vec::with_capacity(kinds.len());
     for (k, kind) in kinds.iter().enumerate() {
-        // A kind whose text cannot be rewritten updates nothing: the batch is refused, and
-        // each write runs on its own.
-        let update = set_update(kind, k).unwrap_or_else(|| "SELECT 0 WHERE false".to_owned());
+        let update = set_update(kind, k)?;
         ctes.push(format!(
             "u{k} AS ({update} AND (SELECT COUNT(*) FROM r) = $6 RETURNING 1)"
         ));
@@ -516,7 +523,7 @@ pub(crate) fn batch_sql(kinds: &[Kind<'_>]) -> String {
     if updated.is_empty() {
         updated.push("0".to_owned());
     }
-    format!(
+    Some(format!(
         "WITH {} SELECT CAST(CASE \
          WHEN (SELECT COUNT(*) FROM lock) = 0 THEN '{REFUSED_FENCE}' \
          WHEN NOT (SELECT held FROM lock) THEN '{REFUSED_HELD}' \
@@ -525,7 +532,7 @@ pub(crate) fn batch_sql(kinds: &[Kind<'_>]) -> String {
          ELSE '1' END AS INTEGER) AS ok",
         ctes.join(", "),
         updated.join(" + "),
-    )
+    ))
 }
 
 /// The parameters of [`batch_sql`]: the writes as (kind, order id, claim token, update
@@ -554,10 +561,7 @@ pub(crate) fn batch_args<'w>(
         row.insert("w_order".to_owned(), Value::from(order_id));
         row.insert("w_owner".to_owned(), Value::from(owner));
         for (n, arg) in args.iter().enumerate() {
-            let t = match arg {
-                Arg::Int(_) => 'i',
-                _ => 't',
-            };
+            let t = char::from(arg_type(arg)?);
             row.insert(format!("w_{t}{}", n + 1), value(arg)?);
         }
         rows.push(Value::Object(row));
@@ -610,6 +614,7 @@ mod tests {
             BatchForm::of([(FINISH, &f), (ADVANCE, &a), (ADVANCE, &b)].into_iter()).unwrap();
         assert_eq!(one.kinds, other.kinds);
         assert_eq!(batch_sql(&one.kinds), batch_sql(&other.kinds));
+        assert!(batch_sql(&one.kinds).is_some());
         // Each write names its kind by its place among the sorted kinds.
         let advance = one.kinds.iter().position(|k| k.update == ADVANCE).unwrap();
         let finish = one.kinds.iter().position(|k| k.update == FINISH).unwrap();
@@ -628,7 +633,7 @@ mod tests {
         let a = vec![text("checked"), Arg::Text(None), text("o1"), text("w:1")];
         let f = vec![Arg::Int(7), text("o3"), text("w:3")];
         let form = BatchForm::of([(ADVANCE, &a), (FINISH, &f)].into_iter()).unwrap();
-        let sql = batch_sql(&form.kinds);
+        let sql = batch_sql(&form.kinds).unwrap();
         let advance = form.kinds.iter().position(|k| k.update == ADVANCE).unwrap();
         let finish = form.kinds.iter().position(|k| k.update == FINISH).unwrap();
         assert!(sql.contains(&format!(
@@ -645,6 +650,18 @@ mod tests {
         assert!(!sql.contains("w_t5"));
         assert!(sql.contains("(SELECT COUNT(*) FROM u0) + (SELECT COUNT(*) FROM u1) <> $2"));
         assert!(!sql.contains("$7"));
+        // An update without a WHERE clause, or a parameter past its arguments: no statement
+        // (each write then runs on its own).
+        let no_where = Kind {
+            update: "UPDATE jobs SET step = $1",
+            types: vec![b't'],
+        };
+        assert!(batch_sql(&[no_where]).is_none());
+        let past = Kind {
+            update: "UPDATE jobs SET step = $2 WHERE order_id = $1",
+            types: vec![b't'],
+        };
+        assert!(batch_sql(&[past]).is_none());
     }
 
     #[test]
