@@ -154,8 +154,10 @@ pub struct EngineConfig {
     /// `WHMCS_NO_INVOICE`.
     pub no_invoice: bool,
     /// Jobs at work at once (`PROVISIONER_CONCURRENCY`). A job waiting between two attempts
-    /// of a call lends its slot to another job ([`crate::pause_outside_slot`]); jobs claimed
-    /// at once stay at most [`crate::CLAIMED_PER_SLOT`] times this.
+    /// of a call lends its slot to another job ([`crate::pause_outside_slot`]), and so does a
+    /// job waiting for its store write to commit; every Salesforce and WHMCS call is made
+    /// holding a slot. Jobs claimed at once stay at most [`crate::CLAIMED_PER_SLOT`] times
+    /// this.
     pub concurrency: usize,
     /// Lease of a claimed job (`JOB_LEASE`).
     pub lease: Duration,

@@ -473,17 +473,14 @@ impl JobRunner {
             if let Some(wait) = wait {
                 let at =
                     self.ports.clock.now() + chrono::Duration::from_std(wait).unwrap_or_default();
-                return match self
-                    .ports
-                    .store
-                    .reschedule(
-                        &job.order_id,
-                        token(&job),
-                        Reschedule::at(at, None, false),
-                        Vec::new(),
-                        self.ports.clock.now(),
-                    )
-                    .await
+                return match crate::slot::outside_slot(self.ports.store.reschedule(
+                    &job.order_id,
+                    token(&job),
+                    Reschedule::at(at, None, false),
+                    Vec::new(),
+                    self.ports.clock.now(),
+                ))
+                .await
                 {
                     Ok(()) => JobOutcome::Delayed { at },
                     Err(provisioner_store::Error::LeaseLost { .. }) => JobOutcome::LeaseLost,
@@ -601,17 +598,15 @@ impl JobRunner {
         audit: Vec<NewAuditRecord>,
     ) -> Result<(), Stop> {
         let (update, audit) = carry(progress.pending.take(), update, audit);
-        self.ports
-            .store
-            .advance(
-                &job.order_id,
-                token(job),
-                step,
-                update,
-                audit,
-                self.ports.clock.now(),
-            )
-            .await?;
+        crate::slot::outside_slot(self.ports.store.advance(
+            &job.order_id,
+            token(job),
+            step,
+            update,
+            audit,
+            self.ports.clock.now(),
+        ))
+        .await?;
         Ok(())
     }
 
@@ -648,17 +643,15 @@ impl JobRunner {
         let Some(pending) = progress.pending.take() else {
             return Ok(());
         };
-        self.ports
-            .store
-            .advance(
-                &job.order_id,
-                token(job),
-                pending.step,
-                pending.update,
-                pending.audit,
-                self.ports.clock.now(),
-            )
-            .await?;
+        crate::slot::outside_slot(self.ports.store.advance(
+            &job.order_id,
+            token(job),
+            pending.step,
+            pending.update,
+            pending.audit,
+            self.ports.clock.now(),
+        ))
+        .await?;
         Ok(())
     }
 
@@ -1406,16 +1399,14 @@ impl JobRunner {
         end: JobEnd,
         audit: Vec<NewAuditRecord>,
     ) -> Result<(), SettleError> {
-        self.ports
-            .store
-            .finish(
-                &job.order_id,
-                token(job),
-                end,
-                audit,
-                self.ports.clock.now(),
-            )
-            .await?;
+        crate::slot::outside_slot(self.ports.store.finish(
+            &job.order_id,
+            token(job),
+            end,
+            audit,
+            self.ports.clock.now(),
+        ))
+        .await?;
         Ok(())
     }
 
@@ -1651,16 +1642,14 @@ impl JobRunner {
             .and_then(|r| r.detail(DetailKey::ErrorCode, code.as_str()))
             .and_then(|r| r.detail(DetailKey::Attempt, attempt.to_string()));
         let audit = self.records(job, carried.map(Ok).into_iter().chain([record]).collect())?;
-        self.ports
-            .store
-            .reschedule(
-                &job.order_id,
-                token(job),
-                retry,
-                audit,
-                self.ports.clock.now(),
-            )
-            .await?;
+        crate::slot::outside_slot(self.ports.store.reschedule(
+            &job.order_id,
+            token(job),
+            retry,
+            audit,
+            self.ports.clock.now(),
+        ))
+        .await?;
         Ok(())
     }
 

@@ -23,7 +23,12 @@ const CUSTOMER: &str = "C-1001";
 type Calls = Arc<Mutex<Vec<String>>>;
 
 fn log(calls: &Calls, s: impl Into<String>) {
-    calls.lock().unwrap().push(s.into());
+    let mut s = s.into();
+    // A job run in a worker slot (`World::run_in_slot`): whether it held its slot for this.
+    if let Some(held) = crate::slot::current_slot_held() {
+        s.push_str(if held { "@held" } else { "@lent" });
+    }
+    calls.lock().unwrap().push(s);
 }
 
 /// Logs audit records as the audit mock does (`audit:<action>`, `audit:<action>:<step>`):
@@ -402,6 +407,17 @@ impl World {
         (outcomes.remove(0), calls)
     }
 
+    /// [`World::run`] in a worker slot of its own, as the engine runs a job: every logged
+    /// call says whether the job held its slot for it (`@held`, `@lent`). Also returns the
+    /// slots free afterwards.
+    async fn run_in_slot(self, job: Job) -> (JobOutcome, Vec<String>, usize) {
+        let permits = Arc::new(tokio::sync::Semaphore::new(1));
+        let permit = Arc::clone(&permits).acquire_owned().await.unwrap();
+        let slot = crate::slot::Slot::new(Arc::clone(&permits), permit);
+        let (outcome, calls) = Arc::clone(&slot).scope(self.run(job)).await;
+        (outcome, calls, permits.available_permits())
+    }
+
     /// Runs `jobs` one after the other through one runner (one process).
     async fn run_all(self, jobs: Vec<Job>) -> (Vec<JobOutcome>, Vec<String>) {
         let calls = self.calls.clone();
@@ -513,15 +529,21 @@ fn effects(calls: &[String]) -> Vec<&str> {
         .collect()
 }
 
-#[tokio::test]
-async fn happy_path_runs_every_step_in_order() {
+/// A world where every call succeeds: an approved Order, an active client, nothing ordered
+/// yet, AddOrder and AcceptOrder answered.
+fn happy_world() -> World {
     let mut w = World::new();
     w.fetch_returns(order("Approved"));
     w.client_active();
     w.lookup_finds(None);
     w.add_order_ok();
     w.accept_ok();
-    let (outcome, calls) = w.run(job(Step::Received, 0)).await;
+    w
+}
+
+#[tokio::test]
+async fn happy_path_runs_every_step_in_order() {
+    let (outcome, calls) = happy_world().run(job(Step::Received, 0)).await;
     assert_eq!(
         outcome,
         JobOutcome::Provisioned {
@@ -575,6 +597,29 @@ async fn happy_path_runs_every_step_in_order() {
     assert!(at("audit:step_succeeded:whmcs_ordered") < at("whmcs_accept"));
     assert!(calls.contains(&"audit:order_provisioned".to_owned()));
     assert!(!calls.iter().any(|c| c.starts_with("alert")));
+}
+
+/// A job waiting for a store write to commit lends its worker slot (the bound is on jobs at
+/// work: on PostgreSQL a commit is a round trip and a log flush, and a slot held through it
+/// idles); every call to Salesforce and WHMCS is made holding one, and the job ends holding
+/// its slot again.
+#[tokio::test]
+async fn store_writes_lend_the_worker_slot_and_external_calls_hold_it() {
+    let (outcome, calls, free) = happy_world().run_in_slot(job(Step::Received, 0)).await;
+    assert_provisioned_77(&outcome);
+    let writes: Vec<&String> = calls
+        .iter()
+        .filter(|c| c.starts_with("advance:") || c.starts_with("finish:"))
+        .collect();
+    assert_eq!(writes.len(), 4, "{calls:?}");
+    assert!(writes.iter().all(|c| c.ends_with("@lent")), "{calls:?}");
+    let external: Vec<&String> = calls
+        .iter()
+        .filter(|c| c.starts_with("sf_") || c.starts_with("whmcs_"))
+        .collect();
+    assert!(external.len() >= 8, "{calls:?}");
+    assert!(external.iter().all(|c| c.ends_with("@held")), "{calls:?}");
+    assert_eq!(free, 0, "the job ends holding its slot");
 }
 
 #[tokio::test]

@@ -29,10 +29,15 @@
 //! known (the connection was lost) is every write's error, as it would be for one write.
 //!
 //! A batch of one write costs what the write costs alone; a write never waits for others to
-//! join (a flusher takes what is queued when it is free). The flusher is a task of its own,
-//! not a caller's future: a caller that stops waiting (a cancelled job) cannot strand the
-//! writes of the others or lose a chain head. It holds a chain only for one statement, so a
-//! unit waiting for that chain is not kept out while writes keep coming.
+//! join on a timer. Before it takes a batch, a flusher lets the tasks that are ready run
+//! (`yield_now`, until the queue stops growing, [`GATHER_ROUNDS`] times at most): jobs whose
+//! answers just came in and are about to write join this batch instead of the next one. That
+//! costs a turn of the runtime's queue, not a wait on a clock, and it made the batches larger
+//! (4-5 writes per statement to 6-7 on one instance) and the server's CPU per Order smaller.
+//! The flusher is a task of its own, not a caller's future: a caller that stops waiting (a
+//! cancelled job) cannot strand the writes of the others or lose a chain head. It holds a
+//! chain only for one statement, so a unit waiting for that chain is not kept out while
+//! writes keep coming.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -56,9 +61,14 @@ use crate::tx::{
 /// batch.
 pub(crate) const MAX_FLUSHERS: u32 = 1;
 
-/// At most this many writes go in one statement (16 gave no more Orders per second than 8,
-/// and more texts to prepare).
-pub(crate) const MAX_BATCH: usize = 8;
+/// At most this many writes go in one statement. The statement's text does not depend on
+/// the number; eight was often reached once the flusher gathered the ready writes
+/// ([`GATHER_ROUNDS`]).
+pub(crate) const MAX_BATCH: usize = 16;
+
+/// How many times at most a flusher lets the ready tasks run before it takes its batch (it
+/// stops as soon as a turn queued nothing new).
+pub(crate) const GATHER_ROUNDS: usize = 3;
 
 /// The counter of statements that committed a batch of fenced writes.
 pub const BATCH_STATEMENTS: &str = "provisioner_store_batch_statements_total";
@@ -259,7 +269,21 @@ impl Drop for Flusher {
 
 impl Flusher {
     async fn run(mut self) {
-        while let Some(batch) = self.batcher.take() {
+        loop {
+            // Let every job that is ready run first: those about to write join this batch.
+            // Until the queue stops growing, a few times at most.
+            let mut queued = self.batcher.queue().waiting.len();
+            for _ in 0..GATHER_ROUNDS {
+                tokio::task::yield_now().await;
+                let now = self.batcher.queue().waiting.len();
+                if now == queued || now >= MAX_BATCH {
+                    break;
+                }
+                queued = now;
+            }
+            let Some(batch) = self.batcher.take() else {
+                break;
+            };
             match self.free_cached_chain() {
                 Some((chain, head)) => self.flush(chain, head, batch).await,
                 // Every head is held or unknown: each write takes its chain on its own.

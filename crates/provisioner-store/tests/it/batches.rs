@@ -139,6 +139,33 @@ async fn steps_of_eight_jobs_at_once_commit_as_one_statement() {
     db.cleanup().await;
 }
 
+/// The flusher lets the tasks that are ready run before it takes its batch: a write made
+/// after the first one started a flusher, while that flusher takes its turns, still goes in
+/// the same statement. On this current-thread runtime the test's own task yields once: the
+/// first write's task runs, queues its write and spawns the flusher, whose turn comes after
+/// this task's; this task then writes.
+#[tokio::test(flavor = "current_thread")]
+async fn a_write_made_while_the_flusher_lets_ready_tasks_run_joins_its_batch() {
+    let db = TestDb::postgres().await;
+    let store = std::sync::Arc::new(db.open().await);
+    let jobs = claimed_jobs(&store, 3).await;
+    advance(&store, &jobs[0].0, &jobs[0].1).await.unwrap();
+    // That write's flusher finds the queue empty at its next turn and ends: the next write
+    // starts a flusher of its own.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let counts = store.batch_counts();
+    let first = {
+        let (store, (order, owner)) = (std::sync::Arc::clone(&store), jobs[1].clone());
+        tokio::spawn(async move { advance(&store, &order, &owner).await })
+    };
+    tokio::task::yield_now().await;
+    advance(&store, &jobs[2].0, &jobs[2].1).await.unwrap();
+    first.await.unwrap().unwrap();
+    assert_eq!(since(&store, counts), counted(1, 2, 0));
+    drop(store);
+    db.cleanup().await;
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn a_fenced_out_write_fails_alone_and_the_rest_of_its_batch_commits() {
     let db = TestDb::postgres().await;
