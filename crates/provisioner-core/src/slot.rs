@@ -88,7 +88,12 @@ impl Slot {
 /// (waiting its turn for one) before it returns. Outside a job the engine runs, it only runs
 /// `f`.
 pub(crate) async fn outside_slot<F: Future>(f: F) -> F::Output {
-    let slot = SLOT.try_with(Arc::clone).ok();
+    lent(SLOT.try_with(Arc::clone).ok(), f).await
+}
+
+/// Runs `f` with `slot` lent out, if it is held, and takes one back after; a slot that was
+/// not held (already lent) is left as it is, so a job never takes a second one.
+async fn lent<F: Future>(slot: Option<Arc<Slot>>, f: F) -> F::Output {
     let lender = slot.filter(|s| s.lend());
     let out = f.await;
     if let Some(slot) = lender {
@@ -110,14 +115,7 @@ pub(crate) fn current_slot_held() -> Option<bool> {
 pub fn pause_outside_slot(wait: Duration) -> Pin<Box<dyn Future<Output = ()> + Send>> {
     // Read now: the hook is called inside the job's task, the future may be polled anywhere.
     let slot = SLOT.try_with(Arc::clone).ok();
-    Box::pin(async move {
-        // Only a slot that was held is taken back (never a second one).
-        let lender = slot.filter(|s| s.lend());
-        tokio::time::sleep(wait).await;
-        if let Some(slot) = lender {
-            slot.take_back().await;
-        }
-    })
+    Box::pin(lent(slot, tokio::time::sleep(wait)))
 }
 
 #[cfg(test)]
