@@ -59,6 +59,20 @@ async fn wait_job(
     }
 }
 
+/// Waits until the engine raised `alert`: a job raises its alert after its end committed,
+/// so a test that saw the end may look before the alert is out.
+async fn wait_alert(stack: &Stack, alert: &str) {
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while !stack.alerts.all().iter().any(|a| a == alert) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never raised {alert}: {:?}",
+            stack.alerts.all()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn wait_state(stack: &Stack, order_id: &str, state: JobState) -> provisioner_store::Job {
     wait_job(stack, order_id, state.as_str(), |j| j.state == state).await
 }
@@ -275,14 +289,7 @@ async fn a_withdrawn_approval_stops_the_job_before_its_next_whmcs_write() {
         "nothing written to the Order after the change"
     );
     assert_eq!(stack.sf.order(&a.order_id).unwrap().status, "Draft");
-    assert!(
-        stack
-            .alerts
-            .all()
-            .contains(&format!("approval_withdrawn:{}", a.order_id)),
-        "{:?}",
-        stack.alerts.all()
-    );
+    wait_alert(&stack, &format!("approval_withdrawn:{}", a.order_id)).await;
 
     // Between AddOrder and AcceptOrder.
     stack
@@ -305,14 +312,11 @@ async fn a_withdrawn_approval_stops_the_job_before_its_next_whmcs_write() {
         "no AcceptOrder went through"
     );
     assert_eq!(patches_of(&stack, &b.order_id).len(), patches_before);
-    assert!(
-        stack
-            .alerts
-            .all()
-            .contains(&format!("approval_withdrawn:{}:{whmcs_id}", b.order_id)),
-        "{:?}",
-        stack.alerts.all()
-    );
+    wait_alert(
+        &stack,
+        &format!("approval_withdrawn:{}:{whmcs_id}", b.order_id),
+    )
+    .await;
 
     // Approved again later: the Pending order is found and accepted, never ordered twice.
     set_status(&stack, &b.order_id, "Approved", false);
