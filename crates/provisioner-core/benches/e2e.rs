@@ -142,6 +142,14 @@ impl sf_rest::OrderApi for TimedOrders {
     ) -> sf_rest::Result<Vec<sf_rest::ApprovedOrder>> {
         self.inner.list_approved_orders(older_than).await
     }
+
+    async fn list_orders_in_status(
+        &self,
+        status: &str,
+        older_than: Duration,
+    ) -> sf_rest::Result<Vec<sf_rest::ApprovedOrder>> {
+        self.inner.list_orders_in_status(status, older_than).await
+    }
 }
 
 struct TimedWhmcs {

@@ -132,14 +132,34 @@ impl Engine {
 
     /// One reconcile sweep over every approved Order older than the configured age: one with
     /// no job is enqueued, one whose job was refused or failed is reopened with the Order's
-    /// own data; Orders whose job is live or done are passed over. Returns how many jobs were
-    /// enqueued or reopened.
+    /// own data; Orders whose job is live or done are passed over. Orders in the provisioning
+    /// status (when one is configured) are treated alike: their work was lost (see the
+    /// body). Returns how many jobs were enqueued or reopened.
     pub async fn reconcile_once(&self) -> crate::Result<usize> {
-        let orders = self
+        let approved = self
             .ports
             .orders
             .list_approved_orders(self.config.reconcile_min_age)
             .await?;
+        // An Order in the provisioning status is this provisioner's own work under way. With
+        // no job for it, or a refused or failed one, that work was lost (a backup restored to
+        // before the job, or to before the job was reopened, past the event's replay):
+        // nothing else would ever take it up again. The job resumes it as such work (looked
+        // up in WHMCS before any AddOrder).
+        // The approved Orders are swept whatever becomes of this second query.
+        let provisioning = match self.config.statuses.provisioning.as_deref() {
+            Some(status) => self
+                .ports
+                .orders
+                .list_orders_in_status(status, self.config.reconcile_min_age)
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "reconcile could not list the Orders in the provisioning status; the approved ones are swept alone");
+                    Vec::new()
+                }),
+            None => Vec::new(),
+        };
+        let orders: Vec<&sf_rest::ApprovedOrder> = approved.iter().chain(&provisioning).collect();
         let ids: Vec<String> = orders.iter().map(|o| o.id.to_18()).collect();
         let states: std::collections::HashMap<String, JobState> = self
             .ports

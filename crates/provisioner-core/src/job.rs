@@ -700,6 +700,21 @@ impl JobRunner {
         };
         let status = order.status.as_deref().unwrap_or_default();
         let statuses = &self.config.statuses;
+        // Provisioned meanwhile by an earlier run of this job (a restored backup resumes a job
+        // from before its end; that run's write-back stands in Salesforce): done, as when the
+        // job starts on such an Order, unless the Order names another WHMCS order than the one
+        // this job added (that is not this job's work: refused, with its alert).
+        let ours = match (progress.whmcs_order_id, order.whmcs_order_id.as_deref()) {
+            (Some(added), Some(named)) => parse_id(named) == Some(added),
+            _ => true,
+        };
+        if status == statuses.provisioned
+            && has_whmcs_order(&order)
+            && ours
+            && same_customer(&order, job)
+        {
+            return Err(Stop::AlreadyDone);
+        }
         let approved =
             self.approved_for(job, status) || statuses.provisioning.as_deref() == Some(status);
         if !approved || !same_customer(&order, job) || has_whmcs_order(&order) {
@@ -962,6 +977,11 @@ impl JobRunner {
                 .await?;
                 Ok(Step::Checked)
             }
+            // Resumed here (a crash or a takeover between the check and the PATCH, a restored
+            // backup): this run has not seen the Order, which may have moved on since the
+            // check (approval withdrawn, or provisioned by the run the backup predates). The
+            // PATCH would overwrite that status: the Order is checked again first (reads only).
+            Step::Checked if progress.order.is_none() => Ok(Step::Received),
             Step::Checked => {
                 if let Some(value) = &statuses.provisioning {
                     let update = OrderUpdate {

@@ -1121,36 +1121,107 @@ async fn without_a_ref_field_the_add_order_intent_is_stored_before_the_call() {
     );
 }
 
+/// A run that starts at `checked` (a crash or takeover between the check and the PATCH, a
+/// restored backup) has not seen the Order: it checks it again before the PATCH, which would
+/// otherwise overwrite whatever the Order says now.
 #[tokio::test]
-async fn resuming_at_checked_marks_provisioning_again() {
-    let mut w = World::new();
-    w.fetch_returns(order("Approved"));
-    w.lookup_finds(None);
-    w.add_order_ok();
-    w.accept_ok();
-    let (_, calls) = w.run(job(Step::Checked, 0)).await;
-    // `marked_provisioning` goes with the AddOrder intent.
+async fn resuming_at_checked_checks_the_order_again_before_marking_it() {
+    let (_, calls) = happy_world().run(job(Step::Checked, 0)).await;
     assert_eq!(
-        effects(&calls)[..5],
+        effects(&calls)[..4],
         [
-            "sf_patch:Provisioning",
             "sf_fetch",
-            "whmcs_services",
-            "sf_fetch",
-            "advance:order_unknown"
+            "whmcs_client",
+            "advance:checked",
+            "sf_patch:Provisioning"
         ]
     );
-    assert!(calls.contains(&"audit:step_succeeded:marked_provisioning".to_owned()));
-    assert!(
-        !calls.contains(&"whmcs_client".to_owned()),
-        "a job resumed past its checks does not run them again"
-    );
-    let fetch = calls.iter().position(|c| c == "sf_fetch");
+    let patch = calls.iter().position(|c| c == "sf_patch:Provisioning");
     let add = calls.iter().position(|c| c == "whmcs_add_order");
+    let refetch = calls
+        .iter()
+        .enumerate()
+        .any(|(i, c)| c == "sf_fetch" && Some(i) > patch && Some(i) < add);
     assert!(
-        fetch.is_some() && fetch < add,
-        "but approval is re-checked before AddOrder: {calls:?}"
+        add.is_some() && refetch,
+        "approval is re-checked between the PATCH and AddOrder: {calls:?}"
     );
+    assert!(calls.contains(&"whmcs_accept".to_owned()), "{calls:?}");
+}
+
+/// Resumed at `checked` from a restored backup while the run the backup predates has
+/// finished the Order: done, and the `Activated` it wrote stays (no PATCH at all).
+#[tokio::test]
+async fn resuming_at_checked_on_an_order_provisioned_since_is_done_without_a_patch() {
+    let mut w = World::new();
+    let mut provisioned = order("Activated");
+    provisioned.whmcs_order_id = Some("77".into());
+    w.fetch_returns(provisioned);
+    let (outcome, calls) = w.run(job(Step::Checked, 0)).await;
+    assert!(
+        matches!(outcome, JobOutcome::AlreadyProvisioned),
+        "{outcome:?}"
+    );
+    assert!(
+        !calls
+            .iter()
+            .any(|c| c.starts_with("sf_patch") || c.starts_with("whmcs_")),
+        "{calls:?}"
+    );
+}
+
+/// Resumed at `checked` after the approval was withdrawn: refused, and the withdrawal stays
+/// (no `Provisioning` PATCH over it).
+#[tokio::test]
+async fn resuming_at_checked_after_a_withdrawal_is_refused_without_a_patch() {
+    let mut w = World::new();
+    w.fetch_returns(order("Draft"));
+    let (outcome, calls) = w.run(job(Step::Checked, 0)).await;
+    assert!(matches!(outcome, JobOutcome::Refused { .. }), "{outcome:?}");
+    assert!(
+        !calls
+            .iter()
+            .any(|c| c.starts_with("sf_patch") || c.starts_with("whmcs_")),
+        "{calls:?}"
+    );
+}
+
+/// A job resumed at `whmcs_ordered` (WHMCS order 77 added) whose Order is `Activated`
+/// naming WHMCS order `named`.
+async fn resumed_before_accept_on_an_order_naming(named: &str) -> (JobOutcome, Vec<String>) {
+    let mut w = World::new();
+    let mut provisioned = order("Activated");
+    provisioned.whmcs_order_id = Some(named.into());
+    w.fetch_returns(provisioned);
+    let mut resumed = job(Step::WhmcsOrdered, 0);
+    resumed.whmcs_order_id = Some("77".into());
+    resumed.service_ids = vec!["501".into()];
+    w.run(resumed).await
+}
+
+/// The re-fetch before AcceptOrder finds the Order provisioned with this job's WHMCS order
+/// (a restored job behind the run that finished it): done, no AcceptOrder, no refusal.
+#[tokio::test]
+async fn the_refetch_before_accept_finds_the_order_provisioned_by_this_job() {
+    let (outcome, calls) = resumed_before_accept_on_an_order_naming("77").await;
+    assert!(
+        matches!(outcome, JobOutcome::AlreadyProvisioned),
+        "{outcome:?}"
+    );
+    assert!(!calls.contains(&"whmcs_accept".to_owned()), "{calls:?}");
+    assert!(
+        !calls.iter().any(|c| c.starts_with("sf_patch")),
+        "{calls:?}"
+    );
+}
+
+/// The same re-fetch finding another WHMCS order named on the Order: not this job's work,
+/// refused `approval_withdrawn` (with its alert), nothing sent.
+#[tokio::test]
+async fn the_refetch_before_accept_refuses_an_order_provisioned_with_another_whmcs_order() {
+    let (outcome, calls) = resumed_before_accept_on_an_order_naming("78").await;
+    assert!(matches!(outcome, JobOutcome::Refused { .. }), "{outcome:?}");
+    assert!(!calls.contains(&"whmcs_accept".to_owned()), "{calls:?}");
 }
 
 #[tokio::test]
@@ -1908,6 +1979,9 @@ async fn an_engine_shut_down_right_after_start_stops() {
     orders
         .expect_list_approved_orders()
         .returning(|_| Ok(vec![]));
+    orders
+        .expect_list_orders_in_status()
+        .returning(|_, _| Ok(vec![]));
     ports.orders = Arc::new(orders);
     let engine = crate::Engine::new(ports, EngineConfig::default(), None);
     let handle = engine.start();

@@ -658,13 +658,22 @@ impl OrderApi for RestOrderApi {
     }
 
     async fn list_approved_orders(&self, older_than: Duration) -> Result<Vec<ApprovedOrder>> {
+        self.list_orders_in_status(&self.config.approved_status, older_than)
+            .await
+    }
+
+    async fn list_orders_in_status(
+        &self,
+        status: &str,
+        older_than: Duration,
+    ) -> Result<Vec<ApprovedOrder>> {
         let action = Action::ListApprovedOrders;
         let age = chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
         let cutoff = Utc::now()
             .checked_sub_signed(age)
             .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC);
         let mut request = Request::Query {
-            soql: approved_orders_soql(&self.config.approved_status, cutoff),
+            soql: approved_orders_soql(status, cutoff),
         };
         let mut found = Vec::new();
         loop {

@@ -48,6 +48,16 @@ pub trait OrderApi: Send + Sync {
     /// Every Order in the approved status last modified more than `older_than` ago, oldest
     /// first (all result batches, followed through `nextRecordsUrl`).
     async fn list_approved_orders(&self, older_than: Duration) -> Result<Vec<ApprovedOrder>>;
+
+    /// Every Order in `status` last modified more than `older_than` ago, oldest first: the
+    /// same query as [`OrderApi::list_approved_orders`] with another status literal. The
+    /// reconcile sweep uses it for the provisioning status, where an Order whose job was lost
+    /// (a restored backup) would otherwise stay for good.
+    async fn list_orders_in_status(
+        &self,
+        status: &str,
+        older_than: Duration,
+    ) -> Result<Vec<ApprovedOrder>>;
 }
 
 /// The Salesforce operations the order intake (`POST /v1/orders`) needs.

@@ -93,7 +93,7 @@ pub struct OrderItem {
     pub config_options: Option<SecretString>,
 }
 
-/// An approved Order found by the reconcile sweep.
+/// An Order found by the reconcile sweep (approved, or in the provisioning status).
 #[derive(Clone, Debug, PartialEq)]
 pub struct ApprovedOrder {
     /// `Id`.

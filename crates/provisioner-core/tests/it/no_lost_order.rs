@@ -431,6 +431,25 @@ async fn a_failing_write_back_after_accept_never_fails_the_order() {
     stack.cleanup().await;
 }
 
+/// An Order this provisioner left in the provisioning status whose job is gone (a backup
+/// restored to before the job, with no event to replay: the sweep had enqueued it) is found
+/// by the sweep and provisioned once; its job resumes it as the provisioner's own work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_provisioning_order_whose_job_was_lost_is_found_by_the_sweep() {
+    let stack = stack_of(Db::Sqlite, 1, 1).await;
+    let a = &stack.orders[0];
+    set_status(&stack, &a.order_id, "Provisioning", true);
+    // Before the workers start (their start-up sweep would find it too).
+    assert_eq!(stack.engine.reconcile_once().await.unwrap(), 1);
+    let handle = stack.engine.start();
+    let job = wait_state(&stack, &a.order_id, JobState::Done).await;
+    assert_eq!(job.source, JobSource::Reconcile);
+    provisioned_once(&stack, &a.order_id);
+    assert_eq!(stack.engine.reconcile_once().await.unwrap(), 0);
+    handle.shutdown().await;
+    stack.cleanup().await;
+}
+
 /// Done-when 7: 2,500 approved Orders that all have jobs, and one orphan approved last → one
 /// sweep enqueues the orphan (Salesforce answers in batches of 2,000).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

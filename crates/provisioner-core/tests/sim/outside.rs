@@ -222,17 +222,27 @@ impl sf_rest::OrderApi for SimSalesforce {
         &self,
         older_than: Duration,
     ) -> sf_rest::Result<Vec<sf_rest::ApprovedOrder>> {
+        self.list_orders_in_status(world::APPROVED, older_than)
+            .await
+    }
+
+    async fn list_orders_in_status(
+        &self,
+        status: &str,
+        older_than: Duration,
+    ) -> sf_rest::Result<Vec<sf_rest::ApprovedOrder>> {
+        let status = status.to_owned();
         self.call(
             sf_rest::Action::ListApprovedOrders,
             None,
-            "list approved".to_owned(),
+            format!("list {status}"),
             move |w| {
                 let cutoff: DateTime<Utc> =
                     w.now() - chrono::Duration::from_std(older_than).unwrap_or_default();
                 Ok(w.state()
                     .orders
                     .values()
-                    .filter(|o| o.status == world::APPROVED && o.last_modified <= cutoff)
+                    .filter(|o| o.status == status && o.last_modified <= cutoff)
                     .filter_map(|o| {
                         Some(sf_rest::ApprovedOrder {
                             id: sf_rest::OrderId::parse(&o.id).ok()?,

@@ -25,6 +25,8 @@ const LEASE: Duration = Duration::from_secs(2);
 const FAULT_WINDOW_MS: u64 = 20_000;
 /// A seed whose approved Orders are not all settled by then breaks liveness.
 const LIMIT: Duration = Duration::from_secs(600);
+/// The share of SQLite seeds with a backup and a later restore ([`draw_restore`]).
+const RESTORE_SHARE: f64 = 0.25;
 
 /// Where a seed's store lives.
 #[derive(Clone, Debug)]
@@ -46,6 +48,9 @@ pub struct Report {
     pub stats: BTreeMap<&'static str, u64>,
 }
 
+/// Events delivered together: (Order Id, event id) in delivery order.
+type Batch = Vec<(String, String)>;
+
 /// Something the scenario does at a time.
 #[derive(Clone, Debug)]
 enum Action {
@@ -59,6 +64,12 @@ enum Action {
     FailRenewals(usize, Duration),
     Withdraw(String),
     Reapprove(String, Option<String>),
+    /// A backup of the store (SQLite: `VACUUM INTO`), kept for a later [`Action::Restore`].
+    Backup,
+    /// Every process stops; after the given downtime the store is the last backup and every
+    /// process starts again on it. The subscriber resumes from the restored checkpoint: every
+    /// event taken in since the backup is delivered again.
+    Restore(Duration),
 }
 
 /// The store runtime: the real store answers from here (see [`SimStore`]).
@@ -229,6 +240,23 @@ fn draw(seed: u64, world: &World) -> Scenario {
     }
 }
 
+/// A restore of the store from a backup, in some SQLite seeds: the backup at a seeded time in
+/// the fault window, the restore later, the service down in between for at least the longest
+/// a WHMCS call may still commit after it was sent (`WHMCS_ACCEPT_TIMEOUT` + `WHMCS_SETTLE`,
+/// the contract of §4; a restore takes minutes, not seconds). Drawn from a stream of its own,
+/// so that the seeds without one run exactly as before.
+fn draw_restore(seed: u64, config: &EngineConfig) -> Vec<(u64, Action)> {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x7265_7374_6f72_6531);
+    if !rng.random_bool(RESTORE_SHARE) {
+        return Vec::new();
+    }
+    let backup = rng.random_range(0..FAULT_WINDOW_MS);
+    let restore = backup + rng.random_range(300..15_000);
+    let min_down = config.whmcs_accept_timeout.max(config.whmcs_timeout) + config.whmcs_settle;
+    let down = min_down + Duration::from_millis(rng.random_range(0..10_000));
+    vec![(backup, Action::Backup), (restore, Action::Restore(down))]
+}
+
 /// A running instance.
 struct Live {
     inst: Arc<Inst>,
@@ -283,6 +311,41 @@ fn start(
     let handle = engine.start();
     world.trace(format!("{} started", inst.name));
     (Live { inst, engine }, handle, sim_store)
+}
+
+/// What a process started after the first ones starts over.
+struct Next<'a> {
+    world: &'a Arc<World>,
+    store: &'a Arc<SqlStore>,
+    scenario: &'a Scenario,
+    db: &'a Db,
+}
+
+impl Next<'_> {
+    /// Starts the next generation of `slot`'s process. A starting SQLite service takes every
+    /// lease over when it is the only process.
+    async fn start(
+        &self,
+        slot: usize,
+        generations: &mut [u32],
+        handles: &mut [Option<EngineHandle>],
+        live: &Mutex<Vec<Option<Live>>>,
+    ) {
+        generations[slot] += 1;
+        let (l, handle, sim_store) = start(
+            self.world,
+            self.store,
+            &self.scenario.config,
+            slot,
+            generations[slot],
+            self.scenario.skews_ms[slot],
+        );
+        if matches!(self.db, Db::Sqlite(_)) && self.scenario.instances == 1 {
+            let _ = sim_store.take_over_leases(self.world.now()).await;
+        }
+        handles[slot] = Some(handle);
+        lock(live)[slot] = Some(l);
+    }
 }
 
 /// Opens the seed's store on the store runtime.
@@ -349,11 +412,12 @@ pub fn run_seed(seed: u64, db: &Db) -> Report {
         .start_paused(true)
         .build()
         .unwrap_or_else(|e| panic!("the simulation runtime: {e}"));
-    let report = rt.block_on(simulate(seed, db, Arc::clone(&store)));
+    let (report, restored) = rt.block_on(simulate(seed, db, Arc::clone(&store), dir.path()));
     drop(rt);
     // The last handle on the store goes on the store runtime (its pools close there), in the
-    // background: closing waits for the writer's checkpoint thread.
-    drop(store_runtime().spawn_blocking(move || drop((store, dir))));
+    // background: closing waits for the writer's checkpoint thread. The stores a restore
+    // replaced or opened go with it, now that no task of the simulation holds them.
+    drop(store_runtime().spawn_blocking(move || drop((store, restored, dir))));
     if std::env::var("SIM_PROFILE").is_ok() {
         eprintln!(
             "seed {seed}: open {:?} total {:?} trace {}",
@@ -365,9 +429,27 @@ pub fn run_seed(seed: u64, db: &Db) -> Report {
     report
 }
 
-async fn simulate(seed: u64, db: &Db, store: Arc<SqlStore>) -> Report {
+/// Runs the seed over `store`; returns its report and the stores its restores opened (to be
+/// closed by the caller once the simulation's tasks are gone).
+async fn simulate(
+    seed: u64,
+    db: &Db,
+    mut store: Arc<SqlStore>,
+    dir: &std::path::Path,
+) -> (Report, Vec<Arc<SqlStore>>) {
     let world = Arc::new(World::new(seed));
-    let scenario = draw(seed, &world);
+    let mut scenario = draw(seed, &world);
+    if matches!(db, Db::Sqlite(_)) {
+        scenario
+            .actions
+            .extend(draw_restore(seed, &scenario.config));
+        scenario.actions.sort_by_key(|(at, _)| *at);
+    }
+    let mut stores = Vec::new();
+    let mut backup: Option<(std::path::PathBuf, Duration)> = None;
+    let mut restored_at = None;
+    // Every batch the subscriber took in, and when: what a restore's replay delivers again.
+    let taken_in: Arc<Mutex<Vec<(Duration, Batch)>>> = Arc::default();
     {
         let mut state = world.state();
         for o in &scenario.orders {
@@ -399,6 +481,7 @@ async fn simulate(seed: u64, db: &Db, store: Arc<SqlStore>) -> Report {
     let feeder = {
         let world = Arc::clone(&world);
         let live = Arc::clone(&live);
+        let taken_in = Arc::clone(&taken_in);
         let customers: BTreeMap<String, String> = scenario
             .orders
             .iter()
@@ -453,6 +536,7 @@ async fn simulate(seed: u64, db: &Db, store: Arc<SqlStore>) -> Report {
                     match delivered {
                         Ok(Ok(results)) => {
                             world.trace(format!("{name} intake {batch:?} -> {results:?}"));
+                            lock(&taken_in).push((world.elapsed(), batch.clone()));
                             world.state().undelivered -= 1;
                             break;
                         }
@@ -519,21 +603,14 @@ async fn simulate(seed: u64, db: &Db, store: Arc<SqlStore>) -> Report {
                     l.inst.disarm();
                     continue;
                 }
-                generations[slot] += 1;
-                let (l, handle, sim_store) = start(
-                    &world,
-                    &store,
-                    config,
-                    slot,
-                    generations[slot],
-                    scenario.skews_ms[slot],
-                );
-                // A starting SQLite service takes every lease over (the only process).
-                if matches!(db, Db::Sqlite(_)) && scenario.instances == 1 {
-                    let _ = sim_store.take_over_leases(world.now()).await;
-                }
-                handles[slot] = Some(handle);
-                lock(&live)[slot] = Some(l);
+                let next = Next {
+                    world: &world,
+                    store: &store,
+                    scenario: &scenario,
+                    db,
+                };
+                next.start(slot, &mut generations, &mut handles, &live)
+                    .await;
             }
             Action::Pause(slot, d) => {
                 if let Some(l) = &lock(&live)[slot] {
@@ -578,6 +655,61 @@ async fn simulate(seed: u64, db: &Db, store: Arc<SqlStore>) -> Report {
                     let _ = events_tx.send(vec![(id, event)]);
                 }
             }
+            Action::Backup => {
+                let path = dir.join(format!("backup-{}.db", stores.len()));
+                let (s, to) = (Arc::clone(&store), path.clone());
+                complete(&store_runtime().handle().clone(), async move {
+                    s.backup_to(&to).await
+                })
+                .unwrap_or_else(|e| panic!("backing the simulated store up: {e}"));
+                backup = Some((path, world.elapsed()));
+                world.count("backup");
+            }
+            Action::Restore(down) => {
+                let Some((path, taken)) = backup.clone() else {
+                    continue;
+                };
+                // Every process stops (as in a crash: whatever it sent is on its way).
+                for l in lock(&live).iter_mut().filter_map(Option::take) {
+                    l.inst.kill();
+                }
+                for handle in &mut handles {
+                    drop(handle.take());
+                }
+                tokio::time::sleep(down).await;
+                let copy = dir.join(format!("restored-{}.db", stores.len()));
+                std::fs::copy(&path, &copy)
+                    .unwrap_or_else(|e| panic!("restoring the simulated store: {e}"));
+                let restored = open_store(&format!("sqlite://{}", copy.display()), false);
+                stores.push(std::mem::replace(&mut store, restored));
+                world.trace(format!(
+                    "store restored from the backup of {} ms",
+                    taken.as_millis()
+                ));
+                world.count("restore");
+                restored_at = Some(world.now());
+                let next = Next {
+                    world: &world,
+                    store: &store,
+                    scenario: &scenario,
+                    db,
+                };
+                for slot in 0..scenario.instances {
+                    next.start(slot, &mut generations, &mut handles, &live)
+                        .await;
+                }
+                // The subscriber resumes after the restored checkpoint: what it took in since
+                // the backup comes again.
+                let again: Vec<Batch> = lock(&taken_in)
+                    .iter()
+                    .filter(|(at, _)| *at >= taken)
+                    .map(|(_, batch)| batch.clone())
+                    .collect();
+                for batch in again {
+                    world.state().undelivered += 1;
+                    let _ = events_tx.send(batch);
+                }
+            }
         }
     }
     // Until nothing more will happen (or the limit).
@@ -600,17 +732,20 @@ async fn simulate(seed: u64, db: &Db, store: Arc<SqlStore>) -> Report {
             LIMIT.as_secs()
         ));
     }
-    check(&world, &store, &ids).await;
+    check(&world, &store, &ids, restored_at).await;
     let state = world.state();
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     state.trace.hash(&mut hasher);
-    Report {
+    let report = Report {
         seed,
         violations: state.violations.clone(),
         trace_hash: hasher.finish(),
         trace: state.trace.clone(),
         stats: state.stats.clone(),
-    }
+    };
+    drop(state);
+    stores.push(store);
+    (report, stores)
 }
 
 /// `SIM_STRICT=1`: the findings the simulation tolerates by default fail their seeds too.
@@ -623,8 +758,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Nothing more will happen: no event waits for delivery, nothing is in flight at WHMCS,
-/// every job is final, and no Order stands approved without a live or done job (the sweep
-/// would take it up).
+/// every job is final, and no Order stands approved or in the provisioning status without a
+/// done job (the sweep would take it up).
 fn quiescent(world: &World, store: &Arc<SqlStore>, ids: &[String]) -> bool {
     {
         let state = world.state();
@@ -641,12 +776,19 @@ fn quiescent(world: &World, store: &Arc<SqlStore>, ids: &[String]) -> bool {
     let state = world.state();
     states.values().all(|s| s.is_final())
         && state.orders.values().all(|o| {
-            o.status != world::APPROVED || matches!(states.get(&o.id), Some(JobState::Done))
+            let sweepable = o.status == world::APPROVED || o.status == world::PROVISIONING;
+            !sweepable || matches!(states.get(&o.id), Some(JobState::Done))
         })
 }
 
-/// The invariants, after the run.
-async fn check(world: &World, store: &Arc<SqlStore>, ids: &[String]) {
+/// The invariants, after the run. `restored_at`: when the last restore started the processes
+/// again on a backup.
+async fn check(
+    world: &World,
+    store: &Arc<SqlStore>,
+    ids: &[String],
+    restored_at: Option<chrono::DateTime<chrono::Utc>>,
+) {
     let rt = store_runtime().handle().clone();
     let s = Arc::clone(store);
     let wanted = ids.to_vec();
@@ -693,6 +835,26 @@ async fn check(world: &World, store: &Arc<SqlStore>, ids: &[String]) {
         }
         let job = jobs.get(id);
         let job_state = job.map(|j| j.state);
+        // Salesforce and WHMCS both say provisioned, with one WHMCS order.
+        let provisioned = order.status == world::ACTIVATED
+            && whmcs.len() == 1
+            && whmcs[0].active
+            && order.whmcs_order_id.as_deref() == Some(&whmcs[0].id.to_string());
+        // A restore takes the store back to its backup: the job of an Order that ended after
+        // the backup may be gone, or back at a refusal or failure from before it, while
+        // Salesforce and WHMCS keep the end (the sweep takes up only approved Orders and our
+        // own work under way). Counted, as long as the job has not run since the restore: one
+        // that ran and still ended other than done is a violation.
+        let stale = match (restored_at, job) {
+            (Some(_), None) => true,
+            (Some(at), Some(job)) => job.updated_at < at,
+            (None, _) => false,
+        };
+        if stale && provisioned && job_state != Some(JobState::Done) {
+            tolerated
+                .push("restore: the job's record predates its end (Salesforce says Activated)");
+            continue;
+        }
         if job_state == Some(JobState::Failed) && creates > 0 {
             found.push(format!("Order {id} failed after AcceptOrder ran"));
         }
@@ -744,6 +906,11 @@ async fn check(world: &World, store: &Arc<SqlStore>, ids: &[String]) {
                     && !strict() =>
             {
                 tolerated.push("F1: a late event closed a failed job's dead letter (refused)");
+            }
+            None if restored_at.is_some() && order.status == world::FAILED => {
+                tolerated.push(
+                    "restore: a failed Order's job and dead letter lost (Salesforce says failed)",
+                );
             }
             other => found.push(format!(
                 "approved Order {id} ended {other:?}, not provisioned (job {job:?})"

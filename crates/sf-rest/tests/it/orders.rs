@@ -185,3 +185,35 @@ async fn reconcile_lists_old_approved_orders_across_pages() {
     // 5 records at 2 per page: 3 requests.
     assert_eq!(w.sf.requests(Route::Query), 3);
 }
+
+#[tokio::test]
+async fn the_sweep_lists_old_orders_in_another_status_with_the_same_query() {
+    let w = world().await;
+    let now = Utc::now();
+    let mut provisioning = SfOrder::new(salesforce_id("801", 300), "Provisioning");
+    provisioning.customer_number = Some("C-9".into());
+    provisioning.last_modified = now - chrono::Duration::hours(3);
+    w.sf.insert_order(provisioning);
+    let mut recent = SfOrder::new(salesforce_id("801", 301), "Provisioning");
+    recent.last_modified = now;
+    w.sf.insert_order(recent);
+    let mut approved = SfOrder::new(salesforce_id("801", 302), "Approved");
+    approved.last_modified = now - chrono::Duration::hours(3);
+    w.sf.insert_order(approved);
+
+    let found = w
+        .api
+        .list_orders_in_status("Provisioning", Duration::from_secs(60 * 60))
+        .await
+        .unwrap();
+    let ids: Vec<&str> = found.iter().map(|o| o.id.as_str()).collect();
+    assert_eq!(ids, [salesforce_id("801", 300).as_str()]);
+    assert_eq!(found[0].customer_number.as_deref(), Some("C-9"));
+    // A status literal is quoted like any other: nothing of it reaches the query unescaped.
+    let none = w
+        .api
+        .list_orders_in_status("Provisioning' OR Status != '", Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(none.is_empty(), "{none:?}");
+}
