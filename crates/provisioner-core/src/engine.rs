@@ -130,6 +130,29 @@ impl Engine {
         Ok(results)
     }
 
+    /// Whether the Order of a refused or failed job the sweep found listed is still approved
+    /// or in the provisioning status, read now. The listing predates the job states: a job
+    /// that ended in between wrote its end to the Order first (a failed job PATCHes the failed
+    /// status before it stores its end), so a listing taken before that PATCH would reopen a
+    /// failed Order's job, which then refuses it (`approval_withdrawn` past its checks, with a
+    /// false alert). A refused or failed job with its Order still approved is rare (a retry, a
+    /// restore), so the fetch costs little. An Order that cannot be read now waits for the
+    /// next sweep.
+    async fn still_open_to_reopen(&self, order_id: &str) -> bool {
+        match self.ports.orders.fetch_order(order_id).await {
+            Ok(order) => {
+                let statuses = &self.config.statuses;
+                let status = order.status.as_deref();
+                status == Some(statuses.approved.as_str())
+                    || (status.is_some() && status == statuses.provisioning.as_deref())
+            }
+            Err(e) => {
+                tracing::warn!(order_id = %order_id, error = %e, "reconcile could not read an Order again before reopening its job; the next sweep tries again");
+                false
+            }
+        }
+    }
+
     /// One reconcile sweep over every approved Order older than the configured age: one with
     /// no job is enqueued, one whose job was refused or failed is reopened with the Order's
     /// own data; Orders whose job is live or done are passed over. Orders in the provisioning
@@ -184,6 +207,9 @@ impl Engine {
                 tracing::warn!(order_id = %order_id, "approved Order without Customer_Number__c skipped by reconcile");
                 continue;
             };
+            if state.is_some() && !self.still_open_to_reopen(&order_id).await {
+                continue;
+            }
             let action = if state.is_some() {
                 Action::JOB_REOPENED
             } else {

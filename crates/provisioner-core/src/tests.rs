@@ -2471,3 +2471,78 @@ async fn an_unknown_outcome_without_a_recorded_intent_waits_a_whole_period() {
         ]
     );
 }
+
+/// The sweep lists the Orders before it reads their jobs' states: a job that failed in
+/// between (its Order PATCHed failed before its end was stored) shows as failed with its Order
+/// listed approved. Reopened on that stale listing, the job would find the Order failed and
+/// refuse it (`approval_withdrawn` with a false alert once past its checks). The Order is read
+/// again first: only one still approved (or in the provisioning status) is reopened, and one
+/// that cannot be read waits for the next sweep.
+#[tokio::test]
+async fn the_sweep_reopens_a_failed_job_only_when_its_order_reads_approved_again() {
+    const STALE: &str = "801000000000001AAA";
+    const APPROVED: &str = "801000000000002AAA";
+    const PROVISIONING: &str = "801000000000003AAA";
+    const UNREADABLE: &str = "801000000000004AAA";
+    let calls: Calls = Arc::default();
+    let mut store = MockStore::new();
+    store.expect_job_states().returning(|ids| {
+        Ok(ids
+            .iter()
+            .map(|id| (id.clone(), JobState::Failed))
+            .collect())
+    });
+    let c = calls.clone();
+    store.expect_reopen().returning(move |id, _, _, _| {
+        log(&c, format!("reopen:{id}"));
+        Ok(true)
+    });
+    let mut ports = intake_ports(store, &calls);
+    let listed = |id: &str| sf_rest::ApprovedOrder {
+        id: OrderId::parse(id).unwrap(),
+        account_id: None,
+        customer_number: Some(CUSTOMER.into()),
+        last_modified: None,
+    };
+    let mut orders = MockOrderApi::new();
+    orders
+        .expect_list_approved_orders()
+        .returning(move |_| Ok(vec![listed(STALE), listed(APPROVED), listed(UNREADABLE)]));
+    orders
+        .expect_list_orders_in_status()
+        .returning(move |_, _| Ok(vec![listed(PROVISIONING)]));
+    let c = calls.clone();
+    orders.expect_fetch_order().returning(move |id| {
+        log(&c, format!("fetch:{id}"));
+        let status = match id {
+            STALE => "Provisioning Failed",
+            APPROVED => "Approved",
+            PROVISIONING => "Provisioning",
+            _ => return Err(sf_timeout()),
+        };
+        let mut o = order(status);
+        o.id = OrderId::parse(id).unwrap();
+        Ok(o)
+    });
+    ports.orders = Arc::new(orders);
+    let engine = crate::Engine::new(ports, EngineConfig::default(), None);
+    assert_eq!(engine.reconcile_once().await.unwrap(), 2);
+    let calls: Vec<String> = calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|c| !c.starts_with("audit:"))
+        .cloned()
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            format!("fetch:{STALE}"),
+            format!("fetch:{APPROVED}"),
+            format!("reopen:{APPROVED}"),
+            format!("fetch:{UNREADABLE}"),
+            format!("fetch:{PROVISIONING}"),
+            format!("reopen:{PROVISIONING}"),
+        ]
+    );
+}

@@ -188,6 +188,14 @@ const SQL_REOPEN: &str = "UPDATE jobs SET state = 'pending', attempts = 0, \
 const SQL_RETRY_DEAD_LETTERS: &str = "UPDATE dead_letters SET state = 'retried', updated_at = $1 \
      WHERE order_id = $2 AND state = 'open'";
 
+/// A reopened job that is refused (its Order is not approved now: a stale or repeated event
+/// reopened a failed job) has not got past the failure its dead letters report: the letters
+/// its reopening marked retried (at the same instant, `reopened_at`) are open again, so the
+/// failure stays in the operator's queue.
+const SQL_REOPEN_LETTERS: &str = "UPDATE dead_letters SET state = 'open', updated_at = $1 \
+     WHERE order_id = $2 AND state = 'retried' \
+     AND updated_at = (SELECT reopened_at FROM jobs WHERE order_id = $2)";
+
 /// Reopens the refused or failed job of `order_id` inside `tx`; `true` when there was one.
 pub(crate) async fn reopen(
     tx: &mut dyn Tx,
@@ -718,12 +726,18 @@ impl SqlStore {
             Arg::text(order_id),
             Arg::text(owner),
         ];
-        let Some(letter) = end.dead_letter else {
-            return self
-                .fenced_write("finishing a job", order_id, owner, SQL_FINISH, args, audit)
-                .await;
+        // A failed end stores its dead letter with it; a refused end opens again the dead
+        // letters its job's last reopening closed ([`SQL_REOPEN_LETTERS`]). Both are rare, so
+        // they go on their own, not in a batch.
+        let letter = match end.dead_letter {
+            Some(letter) => Some(self.dead_letter_args(letter, now)?.1),
+            None if end.state == JobState::Refused => None,
+            None => {
+                return self
+                    .fenced_write("finishing a job", order_id, owner, SQL_FINISH, args, audit)
+                    .await;
+            }
         };
-        let (_, letter) = self.dead_letter_args(letter, now)?;
         let (order_id, owner) = (order_id.to_owned(), owner.to_owned());
         self.transact("finishing a job", move |tx| {
             Box::pin(async move {
@@ -735,7 +749,17 @@ impl SqlStore {
                     &args,
                 )
                 .await?;
-                dead_letters::insert(tx, &letter).await?;
+                match letter {
+                    Some(letter) => dead_letters::insert(tx, &letter).await?,
+                    None => {
+                        tx.exec(
+                            "finishing a job: dead letters",
+                            SQL_REOPEN_LETTERS,
+                            &[Arg::Int(ms(now)), Arg::text(order_id.as_str())],
+                        )
+                        .await?;
+                    }
+                }
                 audit.into_iter().for_each(|r| tx.audit(r));
                 Ok(())
             })

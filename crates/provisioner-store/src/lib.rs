@@ -151,7 +151,9 @@ pub trait Store: Send + Sync {
     ) -> Result<()>;
 
     /// Ends a running job as done, failed or refused (fenced by the lease), with its dead
-    /// letter and audit records, in one transaction.
+    /// letter and audit records, in one transaction. A refused end also opens again the dead
+    /// letters the job's last reopening marked retried: the Order is not approved, so the
+    /// failure they report stands (a stale event reopened the job).
     async fn finish(
         &self,
         order_id: &str,
@@ -163,7 +165,8 @@ pub trait Store: Send + Sync {
 
     /// Reopens a refused or failed job: pending at once from its recovery point (a job that
     /// had not got past its checks runs them again), attempts reset, with what `how` carries,
-    /// its open dead letters marked retried, and `audit`, in one transaction. `false` (and
+    /// its open dead letters marked retried (a refused end of the reopened job opens them
+    /// again: see [`Store::finish`]), and `audit`, in one transaction. `false` (and
     /// nothing stored) when the order has no refused or failed job.
     async fn reopen(
         &self,

@@ -31,6 +31,17 @@ fn retry(
     Reschedule::at(next_attempt_at, error, count_attempt)
 }
 
+/// The Orders of the open dead letters, sorted.
+async fn open_letters(store: &provisioner_store::SqlStore) -> Vec<String> {
+    let letters = store
+        .dead_letters(Some(provisioner_store::DeadLetterState::Open), 10)
+        .await
+        .unwrap();
+    let mut ids: Vec<String> = letters.into_iter().filter_map(|l| l.order_id).collect();
+    ids.sort();
+    ids
+}
+
 fn reopen_by(by: JobSource) -> Reopen {
     Reopen {
         by,
@@ -278,6 +289,60 @@ both_backends! {
         assert_eq!(again.attempts_since(), again.reopened_at.unwrap(), "the retry budget restarts");
         let letters = store.dead_letters(Some(provisioner_store::DeadLetterState::Open), 10).await.unwrap();
         assert!(letters.is_empty(), "its open dead letter is marked retried: {letters:?}");
+    }
+
+    async fn a_reopened_failed_job_that_is_refused_keeps_its_dead_letter_open(db: &TestDb) {
+        let store = db.open().await;
+        let now = Utc::now();
+        let order = "801000000000001AAA";
+        let other = "801000000000002AAA";
+        let letter = |order_id: &str| NewDeadLetter {
+            topic: None, event_id: None, replay_id: None, order_id: Some(order_id.to_owned()),
+            reason: "invalid product".into(), payload: None, attempts: 1,
+        };
+        let failed = |order_id: &str| JobEnd {
+            state: JobState::Failed, error: Some("invalid product".into()),
+            dead_letter: Some(letter(order_id)),
+        };
+        // Two Orders fail, each with a dead letter.
+        store.ingest_event(&event(1, order, "A"), now).await.unwrap();
+        store.ingest_event(&event(2, other, "B"), now).await.unwrap();
+        for _ in 0..2 {
+            let job = store.claim("w1", now, LEASE).await.unwrap().unwrap();
+            let owner = job.lease_owner.clone().unwrap();
+            store.finish(&job.order_id, &owner, failed(&job.order_id), vec![], now).await.unwrap();
+        }
+        assert_eq!(open_letters(&store).await, [order, other]);
+
+        // An event published before the failure and delivered after it reopens the first
+        // job, which marks its letter retried; the job's checks find the Order failed, not
+        // approved, and refuse it: the failure is still there, and so is its letter.
+        let later = now + ChronoDuration::seconds(5);
+        assert_eq!(store.ingest_event(&event(3, order, "A"), later).await.unwrap(), IngestOutcome::Reopened);
+        assert_eq!(open_letters(&store).await, [other]);
+        let job = store.claim("w1", later, LEASE).await.unwrap().unwrap();
+        assert_eq!(job.order_id, order);
+        let owner = job.lease_owner.clone().unwrap();
+        store.finish(order, &owner, end(JobState::Refused, Some("not_approved".into())), vec![], later)
+            .await.unwrap();
+        assert_eq!(open_letters(&store).await, [order, other], "the refusal opens its letter again");
+        assert_eq!(store.job(order).await.unwrap().unwrap().state, JobState::Refused);
+
+        // Reopened again and provisioned this time: the letter is retried for good.
+        let last = later + ChronoDuration::seconds(5);
+        assert!(store.reopen(order, reopen_by(JobSource::Reconcile), vec![], last).await.unwrap());
+        let job = store.claim("w1", last, LEASE).await.unwrap().unwrap();
+        let owner = job.lease_owner.clone().unwrap();
+        store.finish(order, &owner, end(JobState::Done, None), vec![], last).await.unwrap();
+        assert_eq!(open_letters(&store).await, [other]);
+        // A refusal of a job that was never reopened touches no letter: `other`'s stays open,
+        // and a letter an operator marked retried stays so.
+        store.ingest_event(&event(4, "801000000000003AAA", "C"), last).await.unwrap();
+        let fresh = store.claim("w1", last, LEASE).await.unwrap().unwrap();
+        let owner = fresh.lease_owner.clone().unwrap();
+        store.finish(&fresh.order_id, &owner, end(JobState::Refused, Some("not_approved".into())), vec![], last)
+            .await.unwrap();
+        assert_eq!(open_letters(&store).await, [other]);
     }
 
     async fn a_new_event_reopens_a_refused_job_and_it_runs_its_checks_again(db: &TestDb) {
