@@ -100,6 +100,9 @@ enum Stop {
     Refuse {
         code: StopReason,
     },
+    /// The Order is in the failed status an earlier run of this job wrote, and that run's end
+    /// was never stored (`earlier_failure`): ended failed with its dead letter, no writes.
+    FailedEarlier,
     /// The Order left the approved status before a WHMCS write (`approval_withdrawn`).
     Withdrawn {
         whmcs_order_id: Option<u64>,
@@ -686,6 +689,29 @@ impl JobRunner {
             || (job.reopened_by == Some(JobSource::Operator) && status == statuses.failed)
     }
 
+    /// Whether the Order's `status` is the failed status this provisioner writes because an
+    /// earlier run of this job failed it and stopped before its end was stored (a permanent
+    /// failure PATCHes the Order before it stores the end; a crash, or a restored backup from
+    /// before the end, lost the end). Refused `not_approved`, that failure would have no dead
+    /// letter. That holds for a job never reopened (only a run of this job writes the failed
+    /// status for its Order), and for one reopened by an event or the sweep whose reopening
+    /// closed no dead letter (its earlier end was a refusal, so the failure is its own run's).
+    /// A reopened failed job that finds the status is refused instead, its letters opened
+    /// again (a late event: the failure stands); an operator's retry accepts the status (see
+    /// [`Self::approved_for`]).
+    async fn failed_earlier(&self, job: &Job, status: &str) -> Result<bool, Stop> {
+        if status != self.config.statuses.failed {
+            return Ok(false);
+        }
+        Ok(match job.reopened_by {
+            None => true,
+            Some(JobSource::Operator) => false,
+            Some(JobSource::Event | JobSource::Reconcile) => {
+                self.ports.store.reopened_letters(&job.order_id).await? == 0
+            }
+        })
+    }
+
     /// Fetches the Order again right before a non-idempotent WHMCS call: it must still be
     /// approved (or in our provisioning status) and the job's customer's, else the job stops
     /// as `approval_withdrawn` with nothing more written.
@@ -714,6 +740,9 @@ impl JobRunner {
             && same_customer(&order, job)
         {
             return Err(Stop::AlreadyDone);
+        }
+        if self.failed_earlier(job, status).await? {
+            return Err(Stop::FailedEarlier);
         }
         let approved =
             self.approved_for(job, status) || statuses.provisioning.as_deref() == Some(status);
@@ -883,6 +912,9 @@ impl JobRunner {
                 // Provisioned before (a replay, a restore): done, not refused, no alert.
                 if status == statuses.provisioned && has_whmcs_order(order) {
                     return Err(Stop::AlreadyDone);
+                }
+                if self.failed_earlier(job, status).await? {
+                    return Err(Stop::FailedEarlier);
                 }
                 // Our own unfinished work (a restored backup, a lost job) is resumed, never
                 // refused: it is looked up in WHMCS before any AddOrder.
@@ -1510,6 +1542,13 @@ impl JobRunner {
                     .map(|()| JobOutcome::AlreadyProvisioned)
             }
             Stop::Refuse { code } => self.refuse(job, code, None).await,
+            Stop::FailedEarlier => {
+                let reason = "an earlier run of this job marked the Order failed and stopped \
+                              before its end was stored (a crash, or a restored backup); the \
+                              Order's Provisioning_Error__c says why";
+                self.fail(job, step, StopReason::EarlierFailure, reason, false)
+                    .await
+            }
             // Not an attempt: the call's outcome is still open, nothing failed.
             Stop::Settling { until } => self
                 .reschedule(
@@ -1580,10 +1619,10 @@ impl JobRunner {
                     .map(|()| JobOutcome::Retrying { at, reason })
                 } else {
                     let reason = format!("gave up after {attempts} attempts: {reason}");
-                    self.fail(job, step, code, &reason).await
+                    self.fail(job, step, code, &reason, true).await
                 }
             }
-            Stop::Permanent { reason, code } => self.fail(job, step, code, &reason).await,
+            Stop::Permanent { reason, code } => self.fail(job, step, code, &reason, true).await,
         };
         self.settled(job, settled)
     }
@@ -1715,12 +1754,15 @@ impl JobRunner {
         Ok(JobOutcome::Retrying { at, reason })
     }
 
+    /// Ends the job failed: the Order marked failed with the reason (when `mark_order`), the
+    /// end stored with its dead letter and audit records, then the alerts.
     async fn fail(
         &self,
         job: &Job,
         step: Step,
         code: StopReason,
         reason: &str,
+        mark_order: bool,
     ) -> Result<JobOutcome, SettleError> {
         let reason = sanitize_reason(reason);
         tracing::error!(order_id = %job.order_id, step = %step, %code, %reason, "order failed");
@@ -1736,24 +1778,28 @@ impl JobRunner {
         // goes out while the renewed lease is known to hold (as `LeaseHealth` counts it), or
         // not at all: sent late, it could mark failed an Order the lease's next holder
         // provisioned.
-        let renewed_at = tokio::time::Instant::now();
-        self.ports
-            .store
-            .renew_lease(
-                &job.order_id,
-                token(job),
-                self.config.lease,
-                self.ports.clock.now(),
-            )
-            .await?;
-        let update = OrderUpdate {
-            status: Some(self.config.statuses.failed.clone()),
-            provisioning_error: Some(reason.clone()),
-            deadline: Some(renewed_at + LeaseHealth::usable(self.config.lease)),
-            ..OrderUpdate::default()
-        };
-        if let Err(e) = self.ports.orders.update_order(&job.order_id, &update).await {
-            tracing::warn!(order_id = %job.order_id, error = %e, "could not mark the Order failed in Salesforce");
+        // `mark_order` is false when the Order already says failed (`earlier_failure`): its
+        // `Provisioning_Error__c` holds the first run's reason, which this one does not know.
+        if mark_order {
+            let renewed_at = tokio::time::Instant::now();
+            self.ports
+                .store
+                .renew_lease(
+                    &job.order_id,
+                    token(job),
+                    self.config.lease,
+                    self.ports.clock.now(),
+                )
+                .await?;
+            let update = OrderUpdate {
+                status: Some(self.config.statuses.failed.clone()),
+                provisioning_error: Some(reason.clone()),
+                deadline: Some(renewed_at + LeaseHealth::usable(self.config.lease)),
+                ..OrderUpdate::default()
+            };
+            if let Err(e) = self.ports.orders.update_order(&job.order_id, &update).await {
+                tracing::warn!(order_id = %job.order_id, error = %e, "could not mark the Order failed in Salesforce");
+            }
         }
         let end = JobEnd {
             state: JobState::Failed,

@@ -53,6 +53,11 @@ pub enum StopReason {
     /// A config option the order intake sealed did not decrypt (tampered, or under a key this
     /// provisioner does not hold): nothing is written to WHMCS, `integrity_failure` is raised.
     IntegrityFailure,
+    /// A run of the job found its Order in the failed status an earlier run of this job had
+    /// written, with that run's end never stored (it stopped between its PATCH and its end: a
+    /// crash, or a restored backup from before the end). The failure stands: the job ends
+    /// failed with its dead letter, and nothing is written to the Order or WHMCS.
+    EarlierFailure,
 }
 
 impl StopReason {
@@ -80,6 +85,7 @@ impl StopReason {
             StopReason::NoRefFieldForProduct => "no_ref_field_for_product",
             StopReason::OutcomeSettling => "outcome_settling",
             StopReason::IntegrityFailure => "integrity_failure",
+            StopReason::EarlierFailure => "earlier_failure",
         }
     }
 }

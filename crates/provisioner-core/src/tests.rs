@@ -800,15 +800,27 @@ async fn our_own_unfinished_work_without_a_ref_field_is_never_ordered_twice() {
 
 #[tokio::test]
 async fn an_operator_retry_accepts_the_failed_status_an_event_does_not() {
-    let mut w = World::new();
-    w.fetch_returns(order("Provisioning Failed"));
-    let (outcome, _) = w.run(job(Step::Received, 0)).await;
-    assert_eq!(
-        outcome,
-        JobOutcome::Refused {
-            code: StopReason::NotApproved
-        }
-    );
+    // A failed job reopened by a late event (its reopening closed its dead letter): the
+    // failure stands, refused, and the store opens the letter again.
+    for source in [JobSource::Event, JobSource::Reconcile] {
+        let mut w = World::new();
+        w.fetch_returns(order("Provisioning Failed"));
+        w.store.expect_reopened_letters().returning(|_| Ok(1));
+        let mut reopened = job(Step::Received, 0);
+        reopened.reopened_by = Some(source);
+        let (outcome, calls) = w.run(reopened).await;
+        assert_eq!(
+            outcome,
+            JobOutcome::Refused {
+                code: StopReason::NotApproved
+            },
+            "{source:?}"
+        );
+        assert_eq!(
+            effects(&calls),
+            ["sf_fetch", "finish:refused", "alert:refused"]
+        );
+    }
 
     let mut w = World::new();
     w.fetch_returns(order("Provisioning Failed"));
@@ -824,6 +836,44 @@ async fn an_operator_retry_accepts_the_failed_status_an_event_does_not() {
         "{outcome:?}"
     );
     assert!(calls.contains(&"sf_patch:Provisioning".to_owned()));
+}
+
+/// A job never reopened that finds its Order in the failed status: only an earlier run of
+/// this job wrote it, and that run stopped between its PATCH and storing its end (a crash, a
+/// restored backup). It ends failed with its dead letter and alert, writing nothing to the
+/// Order (whose `Provisioning_Error__c` holds the first run's reason) or to WHMCS; refused
+/// `not_approved`, the failure would have no dead letter.
+#[tokio::test]
+async fn a_failure_whose_end_was_not_stored_ends_failed_with_its_dead_letter() {
+    // At the checks (a run from the start: taken over, restored) and at the re-fetch before
+    // AcceptOrder (a run resumed after its AddOrder); a job never reopened, and one a new
+    // event reopened after a refusal (its reopening closed no dead letter: the failed status
+    // is its own run's).
+    let cases = [None, Some(JobSource::Event), Some(JobSource::Reconcile)];
+    for (start, reopened_by) in [Step::Received, Step::WhmcsOrdered]
+        .into_iter()
+        .flat_map(|s| cases.into_iter().map(move |r| (s, r)))
+    {
+        let mut w = World::new();
+        w.fetch_returns(order("Provisioning Failed"));
+        w.store.expect_reopened_letters().returning(|_| Ok(0));
+        let mut resumed = job(start, 0);
+        resumed.reopened_by = reopened_by;
+        let (outcome, calls) = w.run(resumed).await;
+        let JobOutcome::Failed { reason } = outcome else {
+            panic!("{start:?}: expected failure, got {outcome:?}")
+        };
+        assert!(reason.contains("earlier run"), "{reason}");
+        let effects = effects(&calls);
+        assert_eq!(effects.len(), 4, "{start:?}: {effects:?}");
+        assert_eq!(effects[0], "sf_fetch");
+        assert!(effects[1].starts_with("dead_letter:"), "{effects:?}");
+        assert_eq!(&effects[2..], ["finish:failed", "alert:failed"]);
+        assert!(
+            calls.contains(&"audit:order_failed".to_owned()),
+            "{calls:?}"
+        );
+    }
 }
 
 /// Fetches answer `first` once, then `then` (an Order changed while the job runs).

@@ -176,6 +176,12 @@ pub trait Store: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<bool>;
 
+    /// How many of `order_id`'s dead letters its job's last reopening marked retried: the
+    /// ones a refused end of the reopened job opens again (see [`Store::finish`]). 0 when the
+    /// job was never reopened, or its reopening closed no letter (it had been refused, not
+    /// failed).
+    async fn reopened_letters(&self, order_id: &str) -> Result<u64>;
+
     /// The state of the job of each of `order_ids` that has one (any order).
     async fn job_states(&self, order_ids: &[String]) -> Result<Vec<(String, JobState)>>;
 

@@ -139,6 +139,10 @@ impl Store for SqlStore {
         self.reopen_job(order_id, how, audit, now).await
     }
 
+    async fn reopened_letters(&self, order_id: &str) -> Result<u64> {
+        self.count_reopened_letters(order_id).await
+    }
+
     async fn job_states(&self, order_ids: &[String]) -> Result<Vec<(String, JobState)>> {
         self.read_job_states(order_ids).await
     }

@@ -123,7 +123,24 @@ const DEFAULT_SEEDS: u64 = 2_000;
 ///   its end; the sweep, reading the job's state after its listing, reopened the failed job,
 ///   which found the Order failed and refused it `approval_withdrawn`. The sweep now reads an
 ///   Order again before it reopens its job.
-const REGRESSIONS: &[u64] = &[100_024_272, 2_850, 4_621, 6_647, 29, 151, 315, 95, 37_317];
+/// - `1_932` (when the check for a failure whose end was never stored became strict): a job
+///   refused (the Order not yet approved) was reopened by the re-approval's event, failed
+///   for good (PATCHed the failed status, stored its end); a restore took the store back to
+///   the refusal, the event's replay reopened the job again, which found the failed status
+///   and was refused `not_approved`, with no dead letter ever left. Such a run now ends the
+///   job failed with its letter (`earlier_failure`).
+const REGRESSIONS: &[u64] = &[
+    100_024_272,
+    2_850,
+    4_621,
+    6_647,
+    29,
+    151,
+    315,
+    95,
+    37_317,
+    1_932,
+];
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok())

@@ -456,6 +456,12 @@ impl Store for SimStore {
         reopened
     }
 
+    async fn reopened_letters(&self, order_id: &str) -> provisioner_store::Result<u64> {
+        let id = order_id.to_owned();
+        self.call(|s, _| async move { s.reopened_letters(&id).await })
+            .await
+    }
+
     async fn job_states(
         &self,
         order_ids: &[String],

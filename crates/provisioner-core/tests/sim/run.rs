@@ -881,7 +881,16 @@ async fn check(
                 if budget {
                     tolerated.push("failed: retry budget exhausted");
                 }
-                if !letter || !(order.permanent_cause || budget) {
+                // A run stopped between its failed PATCH and its end (a crash, a restore): the
+                // next run finds the failed status and ends the job failed itself.
+                let earlier = job.and_then(|j| j.last_error.as_deref()).is_some_and(|e| {
+                    e.contains("an earlier run of this job marked the Order failed")
+                });
+                if earlier {
+                    tolerated
+                        .push("failed: an earlier run's failure, its end stored by the next run");
+                }
+                if !letter || !(order.permanent_cause || budget || earlier) {
                     found.push(format!(
                         "Order {id} failed without a permanent cause or dead letter \
                          (permanent cause: {}, dead letter: {letter}, error: {:?})",
@@ -895,7 +904,7 @@ async fn check(
             // status and refuse it. The failure stands, and so must its dead letter (it was
             // F1: the reopening closed the letter and nothing opened it again). A job whose
             // failed PATCH went out but whose end was never stored (a crash or a restore in
-            // between) is refused the same way with no letter ever written: counted.
+            // between) must not be refused with no letter ever written.
             Some(JobState::Refused)
                 if order.status == world::FAILED
                     && job.is_some_and(|j| j.last_error.as_deref() == Some("not_approved")) =>
@@ -910,10 +919,18 @@ async fn check(
                         "Order {id} failed, its job reopened by a late event and refused, \
                          and its dead letter closed"
                     ));
-                } else {
+                } else if stale {
+                    // The restore took the job back to a refusal from before its re-approval
+                    // and failure, and nothing ran it since (no event; the sweep reads no
+                    // failed Orders): the same loss as a job gone with its letter, below.
                     tolerated.push(
-                        "a failed Order's end not stored (crash or restore after its PATCH): refused, no dead letter",
+                        "restore: a failed Order's job back at an earlier refusal (Salesforce says failed)",
                     );
+                } else {
+                    found.push(format!(
+                        "Order {id} failed in Salesforce, its job refused not_approved with no \
+                         dead letter (a failure whose end was not stored)"
+                    ));
                 }
             }
             None if restored_at.is_some() && order.status == world::FAILED => {

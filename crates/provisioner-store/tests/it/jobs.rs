@@ -320,12 +320,16 @@ both_backends! {
         let later = now + ChronoDuration::seconds(5);
         assert_eq!(store.ingest_event(&event(3, order, "A"), later).await.unwrap(), IngestOutcome::Reopened);
         assert_eq!(open_letters(&store).await, [other]);
+        // The engine asks how many letters the reopening closed: a refused end opens them again.
+        assert_eq!(store.reopened_letters(order).await.unwrap(), 1);
+        assert_eq!(store.reopened_letters(other).await.unwrap(), 0, "never reopened");
         let job = store.claim("w1", later, LEASE).await.unwrap().unwrap();
         assert_eq!(job.order_id, order);
         let owner = job.lease_owner.clone().unwrap();
         store.finish(order, &owner, end(JobState::Refused, Some("not_approved".into())), vec![], later)
             .await.unwrap();
         assert_eq!(open_letters(&store).await, [order, other], "the refusal opens its letter again");
+        assert_eq!(store.reopened_letters(order).await.unwrap(), 0);
         assert_eq!(store.job(order).await.unwrap().unwrap().state, JobState::Refused);
 
         // Reopened again and provisioned this time: the letter is retried for good.
@@ -343,6 +347,10 @@ both_backends! {
         store.finish(&fresh.order_id, &owner, end(JobState::Refused, Some("not_approved".into())), vec![], last)
             .await.unwrap();
         assert_eq!(open_letters(&store).await, [other]);
+        // Reopened after that refusal: its reopening closed no letter.
+        let fresh_id = fresh.order_id.clone();
+        assert!(store.reopen(&fresh_id, reopen_by(JobSource::Event), vec![], last + ChronoDuration::seconds(1)).await.unwrap());
+        assert_eq!(store.reopened_letters(&fresh_id).await.unwrap(), 0);
     }
 
     async fn a_new_event_reopens_a_refused_job_and_it_runs_its_checks_again(db: &TestDb) {
