@@ -1021,11 +1021,19 @@ impl JobRunner {
                         deadline: Some(lease.deadline()),
                         ..OrderUpdate::default()
                     };
-                    self.ports
-                        .orders
-                        .update_order(&job.order_id, &update)
-                        .await
-                        .map_err(sf_stop)?;
+                    if let Err(e) = self.ports.orders.update_order(&job.order_id, &update).await {
+                        let stop = sf_stop(e);
+                        // The provisioning status is guarded by a validation rule (reached
+                        // only from the approved or the failed status): an Order withdrawn
+                        // since the check refuses the PATCH instead of having its withdrawal
+                        // overwritten. A refusal reads like any permanent error, so the Order
+                        // is read again: withdrawn -> refused `approval_withdrawn`, nothing
+                        // written; still approved -> the error stands.
+                        if matches!(stop, Stop::Permanent { .. }) {
+                            self.recheck(job, progress).await?;
+                        }
+                        return Err(stop);
+                    }
                 }
                 self.reach(
                     job,

@@ -1576,8 +1576,14 @@ async fn fails_with_job(w: World, job: Job, needle: &str) {
     assert!(calls.contains(&"alert:failed".to_owned()));
 }
 
-/// A world whose write-back (PATCH Activated) fails with a permanent-looking error.
-fn write_back_refused() -> World {
+/// A world whose PATCH to `status` fails with the permanent-looking error `code` (`message`,
+/// `fields`); every other PATCH goes through.
+fn patch_refused(
+    status: &'static str,
+    code: &'static str,
+    message: &'static str,
+    fields: &'static [&'static str],
+) -> World {
     let mut w = World::new();
     w.orders.checkpoint();
     let c = w.calls.clone();
@@ -1586,19 +1592,84 @@ fn write_back_refused() -> World {
             &c,
             format!("sf_patch:{}", update.status.clone().unwrap_or_default()),
         );
-        if update.status.as_deref() == Some("Activated") {
+        if update.status.as_deref() == Some(status) {
             Err(sf_rest::Error::Api {
                 action: sf_rest::Action::UpdateOrder,
                 status: 400,
-                code: "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST".into(),
-                message: "bad value for restricted picklist field: Activated".into(),
-                fields: vec!["Status".into()],
+                code: code.into(),
+                message: message.into(),
+                fields: fields.iter().map(|f| (*f).to_owned()).collect(),
             })
         } else {
             Ok(())
         }
     });
     w
+}
+
+/// A world whose write-back (PATCH Activated) fails with a permanent-looking error.
+fn write_back_refused() -> World {
+    patch_refused(
+        "Activated",
+        "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST",
+        "bad value for restricted picklist field: Activated",
+        &["Status"],
+    )
+}
+
+/// A world whose PATCH to the provisioning status is refused by the validation rule that
+/// guards it (the Order left the approved status since the check).
+fn provisioning_patch_refused() -> World {
+    let mut w = patch_refused(
+        "Provisioning",
+        "FIELD_CUSTOM_VALIDATION_EXCEPTION",
+        "Status can be set to Provisioning only from Approved",
+        &[],
+    );
+    w.client_active();
+    w
+}
+
+/// A withdrawal that lands between the check and the PATCH to the provisioning status: the
+/// validation rule refuses the PATCH, the Order read again says withdrawn, and the job is
+/// refused `approval_withdrawn` with nothing written (it used to overwrite the withdrawal,
+/// then provision the Order). A refusal while the Order still reads approved is the permanent
+/// error it looks like.
+#[tokio::test]
+async fn a_withdrawal_after_the_check_is_not_overwritten_by_the_provisioning_patch() {
+    let mut w = provisioning_patch_refused();
+    fetch_changes(&mut w, order("Approved"), order("Draft"));
+    let (outcome, calls) = w.run(job(Step::Received, 0)).await;
+    assert_eq!(
+        outcome,
+        JobOutcome::Refused {
+            code: StopReason::ApprovalWithdrawn
+        }
+    );
+    assert_eq!(
+        effects(&calls),
+        [
+            "sf_fetch",
+            "whmcs_client",
+            "advance:checked",
+            "sf_patch:Provisioning",
+            "sf_fetch",
+            "finish:refused",
+            "alert:withdrawn:"
+        ]
+    );
+
+    let mut w = provisioning_patch_refused();
+    w.fetch_returns(order("Approved"));
+    let (outcome, calls) = w.run(job(Step::Received, 0)).await;
+    let JobOutcome::Failed { reason } = outcome else {
+        panic!("expected failure, got {outcome:?}")
+    };
+    assert!(
+        reason.contains("FIELD_CUSTOM_VALIDATION_EXCEPTION"),
+        "{reason}"
+    );
+    assert!(calls.contains(&"sf_patch:Provisioning Failed".to_owned()));
 }
 
 #[tokio::test]

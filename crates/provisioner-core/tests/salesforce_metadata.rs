@@ -763,6 +763,44 @@ fn every_order_status_the_code_uses_is_a_picklist_value() {
     assert!(problems.is_empty(), "\n{}", problems.join("\n"));
 }
 
+/// The validation rule that keeps the provisioner's PATCH to the provisioning status from
+/// overwriting a withdrawal (its compare-and-set): active, and naming the statuses the code
+/// uses as the guarded one and the two it may be reached from.
+#[test]
+fn the_provisioning_status_is_guarded_by_an_active_validation_rule() {
+    let statuses = OrderStatuses::default();
+    let Some(provisioning) = &statuses.provisioning else {
+        panic!("the default statuses have a provisioning status");
+    };
+    let doc = xml_required(&app().join(
+        "objects/Order/validationRules/Provisioning_Only_When_Approved.validationRule-meta.xml",
+    ));
+    let root = doc.root_element();
+    assert_eq!(text(root, "active"), Some("true"));
+    let formula: String = text(root, "errorConditionFormula")
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    for wanted in [
+        "ISCHANGED(Status)".to_owned(),
+        format!("ISPICKVAL(Status, \"{provisioning}\")"),
+        format!(
+            "NOT(ISPICKVAL(PRIORVALUE(Status), \"{}\"))",
+            statuses.approved
+        ),
+        format!(
+            "NOT(ISPICKVAL(PRIORVALUE(Status), \"{}\"))",
+            statuses.failed
+        ),
+    ] {
+        assert!(
+            formula.contains(&wanted),
+            "the rule's formula lacks {wanted}: {formula}"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The project and the templates
 

@@ -10,7 +10,8 @@
 //!   `ORDER_QUERY`, recognised by its text) and the reconcile sweep's approved-Orders query
 //!   (with `nextRecordsUrl` paging), answered from the in-memory org in Salesforce's JSON shape.
 //! - `PATCH /services/data/{version}/sobjects/Order/{id}`: validates the `Status` picklist and
-//!   the writable fields, answers 204, records every write.
+//!   the writable fields, applies [`SalesforceConfig::status_rules`] (validation rules), answers
+//!   204, records every write.
 //! - `GET` and `POST /services/oauth2/userinfo` with `Authorization: Bearer`: the token's user
 //!   (`sub`, `user_id`, `organization_id` matching the token response's `id` URL,
 //!   `preferred_username`, `urls` with `{version}` placeholders, ...); a missing token is
@@ -145,6 +146,33 @@ pub struct SalesforceConfig {
     pub api_limit: u64,
     /// Records per query page before `nextRecordsUrl` is used (Salesforce: 2000).
     pub query_page_size: usize,
+    /// Validation rules on the Order `Status`, as the provisioner's Salesforce setup installs
+    /// them: by default, [`StatusRule::provisioning`].
+    pub status_rules: Vec<StatusRule>,
+}
+
+/// A validation rule on Order: a PATCH may change `Status` to [`StatusRule::status`] only
+/// from one of [`StatusRule::from`]; a PATCH that leaves it as it is passes. Otherwise 400
+/// `FIELD_CUSTOM_VALIDATION_EXCEPTION`, nothing written: the compare-and-set that keeps a
+/// writer from overwriting a change it has not seen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatusRule {
+    /// The guarded status.
+    pub status: String,
+    /// The statuses it may be reached from.
+    pub from: Vec<String>,
+}
+
+impl StatusRule {
+    /// `Provisioning` only from `Approved` (or `Provisioning Failed`, which an operator's
+    /// retry provisions again): a withdrawal that lands between the provisioner's check and
+    /// its PATCH is not overwritten.
+    pub fn provisioning() -> Self {
+        Self {
+            status: "Provisioning".into(),
+            from: vec!["Approved".into(), "Provisioning Failed".into()],
+        }
+    }
 }
 
 impl Default for SalesforceConfig {
@@ -172,6 +200,7 @@ impl Default for SalesforceConfig {
             .to_vec(),
             api_limit: 15_000,
             query_page_size: 2000,
+            status_rules: vec![StatusRule::provisioning()],
         }
     }
 }
@@ -1491,7 +1520,13 @@ fn patch_order(
         let before = org
             .order(id)
             .map(|o| (o.id.clone(), o.status == ACTIVATED_STATUS));
-        let result = org.patch_order_as(id, body, &shared.config.statuses, username);
+        let result = org.patch_order_as(
+            id,
+            body,
+            &shared.config.statuses,
+            &shared.config.status_rules,
+            username,
+        );
         if let (Ok(()), Some((key, false))) = (&result, before)
             && org
                 .order(&key)

@@ -259,6 +259,44 @@ async fn a_failed_order_is_provisioned_once_after_the_cause_is_fixed() {
     stack.cleanup().await;
 }
 
+/// A withdrawal that lands after the job's check and before its PATCH to the provisioning
+/// status (the PATCH is held at the sandbox's door while the Order is set back to Draft): the
+/// sandbox's validation rule refuses the PATCH, the job reads the Order again and is refused
+/// `approval_withdrawn`. The withdrawal stands, and no WHMCS order is ever added.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_withdrawal_between_the_check_and_the_provisioning_patch_is_kept() {
+    let stack = stack_of(Db::Sqlite, 1, 1).await;
+    let a = &stack.orders[0];
+    stack.sf.pause(sandbox::salesforce::Route::Patch);
+    stack.publish(a);
+    let handle = start(&stack);
+    stack
+        .sf
+        .wait_until_waiting(sandbox::salesforce::Route::Patch, 1)
+        .await;
+    set_status(&stack, &a.order_id, "Draft", false);
+    stack.sf.resume(sandbox::salesforce::Route::Patch);
+    let job = wait_state(&stack, &a.order_id, JobState::Refused).await;
+    assert_eq!(job.last_error.as_deref(), Some("approval_withdrawn"));
+    assert_eq!(stack.sf.order(&a.order_id).unwrap().status, "Draft");
+    let codes: Vec<u16> = stack
+        .sf
+        .patches()
+        .into_iter()
+        .filter(|p| p.order_id == a.order_id)
+        .map(|p| p.status)
+        .collect();
+    assert_eq!(
+        codes,
+        [400],
+        "only the refused PATCH to the provisioning status"
+    );
+    assert!(stack.whmcs.orders().is_empty(), "no WHMCS order was added");
+    wait_alert(&stack, &format!("approval_withdrawn:{}", a.order_id)).await;
+    handle.shutdown().await;
+    stack.cleanup().await;
+}
+
 /// Done-when 4: approval withdrawn while AddOrder keeps failing → no WHMCS order ever
 /// committed, nothing written to the Order after the change, an alert names it; the same
 /// between AddOrder and AcceptOrder → no AcceptOrder, the alert names the Pending WHMCS order.

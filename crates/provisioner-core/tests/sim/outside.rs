@@ -190,6 +190,22 @@ impl sf_rest::OrderApi for SimSalesforce {
                     fields: Vec::new(),
                 });
             }
+            // The validation rule the README's Salesforce setup installs: the provisioning
+            // status only from the approved or the failed status (or kept as it is), so a
+            // withdrawal that lands after a run's check is never overwritten.
+            if update.status.as_deref() == Some(world::PROVISIONING)
+                && ![world::PROVISIONING, world::APPROVED, world::FAILED]
+                    .contains(&order.status.as_str())
+            {
+                state.count("Provisioning PATCH refused by its validation rule");
+                return Err(sf_rest::Error::Api {
+                    action: sf_rest::Action::UpdateOrder,
+                    status: 400,
+                    code: "FIELD_CUSTOM_VALIDATION_EXCEPTION".to_owned(),
+                    message: "Status can be set to Provisioning only from Approved".to_owned(),
+                    fields: Vec::new(),
+                });
+            }
             let failed_after_accept =
                 update.status.as_deref() == Some(world::FAILED) && module_creates > 0;
             let withdrawn_overwritten = update.status.as_deref() == Some(world::PROVISIONING)
@@ -204,10 +220,12 @@ impl sf_rest::OrderApi for SimSalesforce {
                 order.service_ids = ids.clone();
             }
             order.last_modified = now;
-            if withdrawn_overwritten {
-                state.count("withdrawal overwritten by the Provisioning PATCH");
-            }
             drop(state);
+            if withdrawn_overwritten {
+                w.violation(format!(
+                    "Order {id}: a withdrawal overwritten by the Provisioning PATCH"
+                ));
+            }
             if failed_after_accept {
                 w.violation(format!(
                     "Order {id} marked failed after its AcceptOrder ran a module create"

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use chrono::{DateTime, NaiveDate, Utc};
 use serde_json::{Value, json};
 
+use super::StatusRule;
 use super::schema::Schema;
 use crate::record_log::RecordLog;
 
@@ -535,7 +536,7 @@ impl OrgData {
         body: &[u8],
         statuses: &[String],
     ) -> Result<(), ApiError> {
-        self.patch_order_as(id, body, statuses, None)
+        self.patch_order_as(id, body, statuses, &[], None)
     }
 
     /// Applies a PATCH that `username` sent to an Order; records it whatever the outcome.
@@ -544,10 +545,11 @@ impl OrgData {
         id: &str,
         body: &[u8],
         statuses: &[String],
+        rules: &[StatusRule],
         username: Option<String>,
     ) -> Result<(), ApiError> {
         let parsed: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-        let result = self.apply_patch(id, &parsed, statuses);
+        let result = self.apply_patch(id, &parsed, statuses, rules);
         self.patches.push(RecordedPatch {
             order_id: id.to_owned(),
             body: parsed,
@@ -558,7 +560,13 @@ impl OrgData {
         result
     }
 
-    fn apply_patch(&mut self, id: &str, body: &Value, statuses: &[String]) -> Result<(), ApiError> {
+    fn apply_patch(
+        &mut self,
+        id: &str,
+        body: &Value,
+        statuses: &[String],
+        rules: &[StatusRule],
+    ) -> Result<(), ApiError> {
         let Some(key) = self.order(id).map(|o| o.id.clone()) else {
             return Err(ApiError::new(
                 404,
@@ -586,6 +594,21 @@ impl OrgData {
         let mut updated = self.orders.get(&key).cloned().ok_or_else(|| {
             ApiError::new(404, "NOT_FOUND", "The requested resource does not exist")
         })?;
+        if let Some(Value::String(status)) = fields.get("Status")
+            && *status != updated.status
+            && let Some(rule) = rules
+                .iter()
+                .find(|r| r.status == *status && !r.from.contains(&updated.status))
+        {
+            return Err(ApiError::new(
+                400,
+                "FIELD_CUSTOM_VALIDATION_EXCEPTION",
+                format!(
+                    "Status can be set to {status} only from {} (validation rule)",
+                    rule.from.join(" or ")
+                ),
+            ));
+        }
         for (name, value) in fields {
             self.schema.check_update("Order", name)?;
             apply_field(&mut updated, name, value, statuses)?;

@@ -104,6 +104,46 @@ async fn a_bad_picklist_value_is_a_permanent_error_and_not_retried() {
     assert_eq!(w.sf.patches()[0].status, 400);
 }
 
+/// The validation rule the Salesforce setup installs (the sandbox's default): `Provisioning`
+/// only from `Approved` or `Provisioning Failed`, or kept as it is. A withdrawal that lands
+/// between the provisioner's check and its PATCH refuses the PATCH instead of being
+/// overwritten.
+#[tokio::test]
+async fn the_provisioning_status_is_reached_only_from_approved_or_failed() {
+    let w = world().await;
+    let provisioning = OrderUpdate {
+        status: Some("Provisioning".into()),
+        ..OrderUpdate::default()
+    };
+    // From the approved status; kept as it is (our own work resumed); from Draft (a withdrawal
+    // after the check): refused, not overwritten; from the failed status (an operator's retry
+    // of a failed Order): passes.
+    for (before, passes) in [
+        ("Approved", true),
+        ("Provisioning", true),
+        ("Draft", false),
+        ("Provisioning Failed", true),
+    ] {
+        w.sf.set_order_status(&w.order_id, before).unwrap();
+        let result = w.api.update_order(&w.order_id, &provisioning).await;
+        let after = w.sf.order(&w.order_id).unwrap().status;
+        if passes {
+            result.unwrap();
+            assert_eq!(after, "Provisioning", "from {before}");
+        } else {
+            let err = result.unwrap_err();
+            assert!(
+                matches!(&err, Error::Api { status: 400, code, .. } if code == "FIELD_CUSTOM_VALIDATION_EXCEPTION"),
+                "{err:?}"
+            );
+            assert_eq!(err.class(), ErrorClass::Permanent);
+            assert_eq!(after, before, "not overwritten");
+        }
+    }
+    let codes: Vec<u16> = w.sf.patches().iter().map(|p| p.status).collect();
+    assert_eq!(codes, [204, 204, 400, 204]);
+}
+
 #[tokio::test]
 async fn missing_orders_are_not_found() {
     let w = world().await;
