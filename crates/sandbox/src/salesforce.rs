@@ -345,11 +345,12 @@ impl SalesforceSandbox {
         .into_iter()
         .map(|r| (r, Gate::new()))
         .collect();
+        let org = OrgData::with_pricebook(standard_pricebook_id(), config.status_rules.clone());
         let shared = Arc::new(Shared {
             config,
             key,
             base_url: format!("http://{addr}"),
-            org: Mutex::new(OrgData::with_pricebook(standard_pricebook_id())),
+            org: Mutex::new(org),
             tokens: TokenChecker::default(),
             issued: Mutex::new(Vec::new()),
             token_users: Mutex::new(HashMap::new()),
@@ -627,9 +628,10 @@ impl SalesforceSandbox {
         self.shared.org.lock().clear_patches();
     }
 
-    /// Emulates a validation rule on Order: while set, a PATCH setting `Status` to `status`
-    /// is refused with 400 `FIELD_CUSTOM_VALIDATION_EXCEPTION` (an error that looks
-    /// permanent); other PATCHes go through. `None` removes the rule.
+    /// Emulates a validation rule on Order besides [`SalesforceConfig::status_rules`]: while
+    /// set, a PATCH changing `Status` to `status` is refused with 400
+    /// `FIELD_CUSTOM_VALIDATION_EXCEPTION` (an error that looks permanent); other PATCHes go
+    /// through. `None` removes the rule.
     pub fn reject_status_updates_to(&self, status: Option<&str>) {
         self.shared
             .org
@@ -1520,13 +1522,7 @@ fn patch_order(
         let before = org
             .order(id)
             .map(|o| (o.id.clone(), o.status == ACTIVATED_STATUS));
-        let result = org.patch_order_as(
-            id,
-            body,
-            &shared.config.statuses,
-            &shared.config.status_rules,
-            username,
-        );
+        let result = org.patch_order_as(id, body, &shared.config.statuses, username);
         if let (Ok(()), Some((key, false))) = (&result, before)
             && org
                 .order(&key)

@@ -168,8 +168,10 @@ pub(crate) struct OrgData {
     patches: RecordLog<RecordedPatch>,
     pages: BTreeMap<String, Vec<Value>>,
     next_locator: u64,
-    /// A validation rule: a PATCH setting `Status` to this value is refused.
-    rejected_status: Option<String>,
+    /// Validation rules on `Status` ([`super::SalesforceConfig::status_rules`]).
+    status_rules: Vec<StatusRule>,
+    /// A validation rule a test turned on: `Status` may not change to its status at all.
+    refused_status: Option<StatusRule>,
     /// `Portal_Request_Id__c` -> the key in `orders` (the field is unique).
     by_request_id: HashMap<String, String>,
     /// The highest numeric `OrderNumber` stored: the next created Order gets the one after.
@@ -284,9 +286,12 @@ fn string_or_null(v: &Option<String>) -> Value {
 }
 
 impl OrgData {
-    /// An empty org with one price book.
-    pub(crate) fn with_pricebook(pricebook_id: String) -> Self {
-        let mut org = Self::default();
+    /// An empty org with one price book and the validation rules `status_rules`.
+    pub(crate) fn with_pricebook(pricebook_id: String, status_rules: Vec<StatusRule>) -> Self {
+        let mut org = Self {
+            status_rules,
+            ..Self::default()
+        };
         org.insert_pricebook(pricebook_id);
         org
     }
@@ -525,7 +530,10 @@ impl OrgData {
 
     /// Installs (or with `None` removes) a validation rule refusing `Status = status`.
     pub(crate) fn set_rejected_status(&mut self, status: Option<String>) {
-        self.rejected_status = status;
+        self.refused_status = status.map(|status| StatusRule {
+            status,
+            from: Vec::new(),
+        });
     }
 
     /// Applies a PATCH to an Order sent with no known user.
@@ -536,7 +544,7 @@ impl OrgData {
         body: &[u8],
         statuses: &[String],
     ) -> Result<(), ApiError> {
-        self.patch_order_as(id, body, statuses, &[], None)
+        self.patch_order_as(id, body, statuses, None)
     }
 
     /// Applies a PATCH that `username` sent to an Order; records it whatever the outcome.
@@ -545,11 +553,10 @@ impl OrgData {
         id: &str,
         body: &[u8],
         statuses: &[String],
-        rules: &[StatusRule],
         username: Option<String>,
     ) -> Result<(), ApiError> {
         let parsed: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-        let result = self.apply_patch(id, &parsed, statuses, rules);
+        let result = self.apply_patch(id, &parsed, statuses);
         self.patches.push(RecordedPatch {
             order_id: id.to_owned(),
             body: parsed,
@@ -560,13 +567,7 @@ impl OrgData {
         result
     }
 
-    fn apply_patch(
-        &mut self,
-        id: &str,
-        body: &Value,
-        statuses: &[String],
-        rules: &[StatusRule],
-    ) -> Result<(), ApiError> {
+    fn apply_patch(&mut self, id: &str, body: &Value, statuses: &[String]) -> Result<(), ApiError> {
         let Some(key) = self.order(id).map(|o| o.id.clone()) else {
             return Err(ApiError::new(
                 404,
@@ -581,32 +582,29 @@ impl OrgData {
                 "The request body is not a JSON object",
             ));
         };
-        if let (Some(rejected), Some(Value::String(status))) =
-            (&self.rejected_status, fields.get("Status"))
-            && rejected == status
-        {
-            return Err(ApiError::new(
-                400,
-                "FIELD_CUSTOM_VALIDATION_EXCEPTION",
-                format!("Status cannot be set to {status} (validation rule)"),
-            ));
-        }
         let mut updated = self.orders.get(&key).cloned().ok_or_else(|| {
             ApiError::new(404, "NOT_FOUND", "The requested resource does not exist")
         })?;
         if let Some(Value::String(status)) = fields.get("Status")
             && *status != updated.status
-            && let Some(rule) = rules
+            && let Some(rule) = self
+                .status_rules
                 .iter()
+                .chain(&self.refused_status)
                 .find(|r| r.status == *status && !r.from.contains(&updated.status))
         {
-            return Err(ApiError::new(
-                400,
-                "FIELD_CUSTOM_VALIDATION_EXCEPTION",
+            let message = if rule.from.is_empty() {
+                format!("Status cannot be set to {status} (validation rule)")
+            } else {
                 format!(
                     "Status can be set to {status} only from {} (validation rule)",
                     rule.from.join(" or ")
-                ),
+                )
+            };
+            return Err(ApiError::new(
+                400,
+                "FIELD_CUSTOM_VALIDATION_EXCEPTION",
+                message,
             ));
         }
         for (name, value) in fields {

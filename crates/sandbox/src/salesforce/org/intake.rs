@@ -977,7 +977,7 @@ mod tests {
     /// An org with one Account, one price book and two products (pid 5 and 6) priced in it.
     fn org() -> (OrgData, String, String, [String; 2]) {
         let book = salesforce_id("01s", 1);
-        let mut org = OrgData::with_pricebook(book.clone());
+        let mut org = OrgData::with_pricebook(book.clone(), Vec::new());
         let account = salesforce_id("001", 1);
         org.accounts.insert(
             account.clone(),
