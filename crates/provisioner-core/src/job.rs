@@ -1021,18 +1021,25 @@ impl JobRunner {
                         deadline: Some(lease.deadline()),
                         ..OrderUpdate::default()
                     };
-                    if let Err(e) = self.ports.orders.update_order(&job.order_id, &update).await {
+                    // The provisioning status is guarded by a validation rule (reached only
+                    // from the approved or the failed status): an Order withdrawn since the
+                    // check refuses the PATCH instead of having its withdrawal overwritten. A
+                    // refusal reads like any permanent error, so the Order is read again:
+                    // withdrawn -> refused `approval_withdrawn`, nothing written; approved
+                    // (again: withdrawn and approved between the check and the re-read) ->
+                    // the PATCH once more, whose error then stands.
+                    let mut refused = false;
+                    while let Err(e) = self.ports.orders.update_order(&job.order_id, &update).await
+                    {
                         let stop = sf_stop(e);
-                        // The provisioning status is guarded by a validation rule (reached
-                        // only from the approved or the failed status): an Order withdrawn
-                        // since the check refuses the PATCH instead of having its withdrawal
-                        // overwritten. A refusal reads like any permanent error, so the Order
-                        // is read again: withdrawn -> refused `approval_withdrawn`, nothing
-                        // written; still approved -> the error stands.
-                        if matches!(stop, Stop::Permanent { .. }) {
-                            self.recheck(job, progress).await?;
+                        if refused || !matches!(stop, Stop::Permanent { .. }) {
+                            return Err(stop);
                         }
-                        return Err(stop);
+                        refused = true;
+                        self.recheck(job, progress).await?;
+                        if !lease.is_live() {
+                            return Err(Stop::LeaseLapsed);
+                        }
                     }
                 }
                 self.reach(

@@ -1669,6 +1669,13 @@ async fn a_withdrawal_after_the_check_is_not_overwritten_by_the_provisioning_pat
         reason.contains("FIELD_CUSTOM_VALIDATION_EXCEPTION"),
         "{reason}"
     );
+    // Read again, approved: the PATCH once more (the Order may have been withdrawn and
+    // approved again in between), whose refusal then stands.
+    let patches = calls
+        .iter()
+        .filter(|c| *c == "sf_patch:Provisioning")
+        .count();
+    assert_eq!(patches, 2, "{calls:?}");
     assert!(calls.contains(&"sf_patch:Provisioning Failed".to_owned()));
 }
 

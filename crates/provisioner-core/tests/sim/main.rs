@@ -129,6 +129,11 @@ const DEFAULT_SEEDS: u64 = 2_000;
 ///   the refusal, the event's replay reopened the job again, which found the failed status
 ///   and was refused `not_approved`, with no dead letter ever left. Such a run now ends the
 ///   job failed with its letter (`earlier_failure`).
+/// - `44_443` (a sweep of seeds 40,000-59,999 when the provisioning status got its validation
+///   rule): the Order was withdrawn before the job's PATCH to the provisioning status (the rule
+///   refused it) and approved again before the job read it again; the refusal was taken as the
+///   permanent error it looks like and the Order failed. The PATCH is now sent once more when
+///   the Order reads approved again.
 const REGRESSIONS: &[u64] = &[
     100_024_272,
     2_850,
@@ -140,6 +145,7 @@ const REGRESSIONS: &[u64] = &[
     95,
     37_317,
     1_932,
+    44_443,
 ];
 
 fn env_u64(name: &str) -> Option<u64> {
