@@ -763,41 +763,57 @@ fn every_order_status_the_code_uses_is_a_picklist_value() {
     assert!(problems.is_empty(), "\n{}", problems.join("\n"));
 }
 
-/// The validation rule that keeps the provisioner's PATCH to the provisioning status from
-/// overwriting a withdrawal (its compare-and-set): active, and naming the statuses the code
-/// uses as the guarded one and the two it may be reached from.
+/// The formula of the Order validation rule `name`, whitespace-normalised, checked active.
+fn validation_rule(name: &str) -> String {
+    let doc = xml_required(&app().join(format!(
+        "objects/Order/validationRules/{name}.validationRule-meta.xml"
+    )));
+    let root = doc.root_element();
+    assert_eq!(text(root, "active"), Some("true"), "{name}");
+    text(root, "errorConditionFormula")
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The validation rules that keep the provisioner's PATCHes from overwriting a status they
+/// have not seen (their compare-and-set): active, naming the statuses the code uses as the
+/// guarded one and the two it may be reached from.
 #[test]
-fn the_provisioning_status_is_guarded_by_an_active_validation_rule() {
+fn the_provisioning_and_failed_statuses_are_guarded_by_active_validation_rules() {
     let statuses = OrderStatuses::default();
     let Some(provisioning) = &statuses.provisioning else {
         panic!("the default statuses have a provisioning status");
     };
-    let doc = xml_required(&app().join(
-        "objects/Order/validationRules/Provisioning_Only_When_Approved.validationRule-meta.xml",
-    ));
-    let root = doc.root_element();
-    assert_eq!(text(root, "active"), Some("true"));
-    let formula: String = text(root, "errorConditionFormula")
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ");
-    for wanted in [
-        "ISCHANGED(Status)".to_owned(),
-        format!("ISPICKVAL(Status, \"{provisioning}\")"),
-        format!(
-            "NOT(ISPICKVAL(PRIORVALUE(Status), \"{}\"))",
-            statuses.approved
+    let rules = [
+        (
+            "Provisioning_Only_When_Approved",
+            provisioning.as_str(),
+            [statuses.approved.as_str(), statuses.failed.as_str()],
         ),
-        format!(
-            "NOT(ISPICKVAL(PRIORVALUE(Status), \"{}\"))",
-            statuses.failed
+        (
+            "Provisioning_Failed_Only_While_Provisioning",
+            statuses.failed.as_str(),
+            [statuses.approved.as_str(), provisioning.as_str()],
         ),
-    ] {
-        assert!(
-            formula.contains(&wanted),
-            "the rule's formula lacks {wanted}: {formula}"
+    ];
+    for (name, guarded, from) in rules {
+        let formula = validation_rule(name);
+        let mut wanted = vec![
+            "ISCHANGED(Status)".to_owned(),
+            format!("ISPICKVAL(Status, \"{guarded}\")"),
+        ];
+        wanted.extend(
+            from.iter()
+                .map(|s| format!("NOT(ISPICKVAL(PRIORVALUE(Status), \"{s}\"))")),
         );
+        for w in wanted {
+            assert!(
+                formula.contains(&w),
+                "{name}: the formula lacks {w}: {formula}"
+            );
+        }
     }
 }
 

@@ -147,7 +147,7 @@ pub struct SalesforceConfig {
     /// Records per query page before `nextRecordsUrl` is used (Salesforce: 2000).
     pub query_page_size: usize,
     /// Validation rules on the Order `Status`, as the provisioner's Salesforce setup installs
-    /// them: by default, [`StatusRule::provisioning`].
+    /// them: by default, [`StatusRule::provisioning`] and [`StatusRule::failed`].
     pub status_rules: Vec<StatusRule>,
 }
 
@@ -171,6 +171,15 @@ impl StatusRule {
         Self {
             status: "Provisioning".into(),
             from: vec!["Approved".into(), "Provisioning Failed".into()],
+        }
+    }
+
+    /// `Provisioning Failed` only from `Approved` or `Provisioning`: a failure that finds the
+    /// Order withdrawn (or provisioned) meanwhile does not overwrite that status.
+    pub fn failed() -> Self {
+        Self {
+            status: "Provisioning Failed".into(),
+            from: vec!["Approved".into(), "Provisioning".into()],
         }
     }
 }
@@ -200,7 +209,7 @@ impl Default for SalesforceConfig {
             .to_vec(),
             api_limit: 15_000,
             query_page_size: 2000,
-            status_rules: vec![StatusRule::provisioning()],
+            status_rules: vec![StatusRule::provisioning(), StatusRule::failed()],
         }
     }
 }

@@ -190,21 +190,36 @@ impl sf_rest::OrderApi for SimSalesforce {
                     fields: Vec::new(),
                 });
             }
-            // The validation rule the README's Salesforce setup installs: the provisioning
-            // status only from the approved or the failed status (or kept as it is), so a
-            // withdrawal that lands after a run's check is never overwritten.
-            if update.status.as_deref() == Some(world::PROVISIONING)
-                && ![world::PROVISIONING, world::APPROVED, world::FAILED]
-                    .contains(&order.status.as_str())
-            {
-                state.count("Provisioning PATCH refused by its validation rule");
-                return Err(sf_rest::Error::Api {
-                    action: sf_rest::Action::UpdateOrder,
-                    status: 400,
-                    code: "FIELD_CUSTOM_VALIDATION_EXCEPTION".to_owned(),
-                    message: "Status can be set to Provisioning only from Approved".to_owned(),
-                    fields: Vec::new(),
-                });
+            // The validation rules the README's Salesforce setup installs: the provisioning
+            // status only from the approved or the failed status, the failed status only from
+            // the approved or the provisioning status (either kept as it is), so neither PATCH
+            // overwrites a withdrawal (or `Activated`) that landed after the run's last read.
+            let rules = [
+                (
+                    world::PROVISIONING,
+                    [world::APPROVED, world::FAILED],
+                    "Provisioning PATCH refused by its validation rule",
+                ),
+                (
+                    world::FAILED,
+                    [world::APPROVED, world::PROVISIONING],
+                    "failed PATCH refused by its validation rule",
+                ),
+            ];
+            for (guarded, from, counter) in rules {
+                if update.status.as_deref() == Some(guarded)
+                    && order.status != guarded
+                    && !from.contains(&order.status.as_str())
+                {
+                    state.count(counter);
+                    return Err(sf_rest::Error::Api {
+                        action: sf_rest::Action::UpdateOrder,
+                        status: 400,
+                        code: "FIELD_CUSTOM_VALIDATION_EXCEPTION".to_owned(),
+                        message: format!("Status can be set to {guarded} only from {from:?}"),
+                        fields: Vec::new(),
+                    });
+                }
             }
             let failed_after_accept =
                 update.status.as_deref() == Some(world::FAILED) && module_creates > 0;

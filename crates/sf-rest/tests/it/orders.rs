@@ -104,12 +104,13 @@ async fn a_bad_picklist_value_is_a_permanent_error_and_not_retried() {
     assert_eq!(w.sf.patches()[0].status, 400);
 }
 
-/// The validation rule the Salesforce setup installs (the sandbox's default): `Provisioning`
-/// only from `Approved` or `Provisioning Failed`, or kept as it is. A withdrawal that lands
+/// The validation rules the Salesforce setup installs (the sandbox's default): `Provisioning`
+/// only from `Approved` or `Provisioning Failed`, `Provisioning Failed` only from `Approved`
+/// or `Provisioning`, either kept as it is. A withdrawal that lands
 /// between the provisioner's check and its PATCH refuses the PATCH instead of being
 /// overwritten.
 #[tokio::test]
-async fn the_provisioning_status_is_reached_only_from_approved_or_failed() {
+async fn the_provisioning_and_failed_statuses_are_reached_only_from_where_rules_allow() {
     let w = world().await;
     let provisioning = OrderUpdate {
         status: Some("Provisioning".into()),
@@ -142,6 +143,31 @@ async fn the_provisioning_status_is_reached_only_from_approved_or_failed() {
     }
     let codes: Vec<u16> = w.sf.patches().iter().map(|p| p.status).collect();
     assert_eq!(codes, [204, 204, 400, 204]);
+
+    // The failed status the same way: from the approved or provisioning status only, never
+    // over a withdrawal or `Activated`.
+    let failed = OrderUpdate {
+        status: Some("Provisioning Failed".into()),
+        provisioning_error: Some("invalid product".into()),
+        ..OrderUpdate::default()
+    };
+    for (before, passes) in [
+        ("Approved", true),
+        ("Provisioning", true),
+        ("Draft", false),
+        ("Activated", false),
+    ] {
+        w.sf.set_order_status(&w.order_id, before).unwrap();
+        let result = w.api.update_order(&w.order_id, &failed).await;
+        let after = w.sf.order(&w.order_id).unwrap().status;
+        assert_eq!(result.is_ok(), passes, "from {before}: {result:?}");
+        let expected = if passes {
+            "Provisioning Failed"
+        } else {
+            before
+        };
+        assert_eq!(after, expected, "from {before}");
+    }
 }
 
 #[tokio::test]
