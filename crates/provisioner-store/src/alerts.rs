@@ -123,18 +123,12 @@ impl SqlStore {
     }
 
     pub(crate) async fn count_alert_rows(&self) -> Result<u64> {
-        let row = self
-            .read_opt(
-                "counting waiting alerts",
-                "SELECT COUNT(*) AS n FROM alert_outbox",
-                &[],
-            )
-            .await?;
-        let n = match row {
-            Some(row) => row.int("n", "alert outbox")?.unwrap_or(0),
-            None => 0,
-        };
-        Ok(u64::try_from(n).unwrap_or(0))
+        self.read_count(
+            "counting waiting alerts",
+            "SELECT COUNT(*) AS n FROM alert_outbox",
+            &[],
+        )
+        .await
     }
 }
 

@@ -810,18 +810,12 @@ impl SqlStore {
         let sql = "SELECT COUNT(*) AS n FROM dead_letters WHERE order_id = $1 \
              AND state = 'retried' \
              AND updated_at = (SELECT reopened_at FROM jobs WHERE order_id = $1)";
-        let row = self
-            .read_opt(
-                "counting reopened dead letters",
-                sql,
-                &[Arg::text(order_id)],
-            )
-            .await?;
-        let n = match row {
-            Some(row) => row.int("n", "reopened dead letters")?.unwrap_or(0),
-            None => 0,
-        };
-        Ok(u64::try_from(n).unwrap_or(0))
+        self.read_count(
+            "counting reopened dead letters",
+            sql,
+            &[Arg::text(order_id)],
+        )
+        .await
     }
 
     pub(crate) async fn read_job_states(

@@ -1212,6 +1212,20 @@ impl SqlStore {
         self.reads().query_opt(op, sql, args).await
     }
 
+    /// The count a read selects as its column `n` (0 when it selects no row).
+    pub(crate) async fn read_count(
+        &self,
+        op: &'static str,
+        sql: &str,
+        args: &[Arg],
+    ) -> Result<u64> {
+        let n = match self.read_opt(op, sql, args).await? {
+            Some(row) => row.int("n", op)?.unwrap_or(0),
+            None => 0,
+        };
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     /// One statement as its own unit; returns the rows it changed.
     pub(crate) async fn write(
         &self,
