@@ -21,7 +21,9 @@
 //!   exited), `n/a` when no such process is visible (a server on another machine);
 //! - peak RSS: `VmHWM` of `/proc/<pid>/status` at the end, the largest instance;
 //! - serialized time: `provisioner_store_serialized_seconds` on each instance's
-//!   `/metrics` (status API), summed; `n/a` when the provisioner does not export it.
+//!   `/metrics` (status API), summed; `n/a` when the provisioner does not export it;
+//! - the last tenth: the poll at which 90% of the Orders were activated, and each instance's
+//!   `provisioner_retries_total` by error code, summed (what a faulty run's tail waited for).
 //!
 //! Per-order time = wall × instances × `PROVISIONER_CONCURRENCY` / orders: the worker-slot time
 //! each order had; the serialized share is serialized time per order over that.
@@ -266,6 +268,12 @@ struct Outcome {
     provisioned_metric: Option<f64>,
     p50_ms: Option<f64>,
     p99_ms: Option<f64>,
+    /// Provisioner start until 90% of the Orders were activated: with `wall_s`, how long the
+    /// last tenth took (the tail of a faulty run).
+    wall_90_s: Option<f64>,
+    /// Retries the provisioners scheduled (`provisioner_retries_total`), by error code, all
+    /// instances summed: what the tail waited for.
+    retries: BTreeMap<String, f64>,
     whmcs_orders: u64,
     duplicates: u64,
     refs: u64,
@@ -357,6 +365,8 @@ impl Outcome {
             "provisionedMetric": self.provisioned_metric,
             "p50Ms": self.p50_ms,
             "p99Ms": self.p99_ms,
+            "wall90Seconds": self.wall_90_s,
+            "retries": self.retries,
             "whmcsOrders": self.whmcs_orders,
             "whmcsRefs": self.refs,
             "duplicates": self.duplicates,
@@ -427,6 +437,7 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
         report.push_str(&batches(&outcomes));
     }
     report.push_str(&threads(&outcomes));
+    report.push_str(&tails(&outcomes));
     report.push('\n');
     report.push_str(&checks(&outcomes));
     let mut stdout = std::io::stdout().lock();
@@ -955,34 +966,47 @@ fn status_kib(pid: u32, field: &str) -> Option<u64> {
     })
 }
 
+/// The samples of `name` in a Prometheus text exposition, as (the labels inside the braces,
+/// empty when there are none; the value). Comments, other names and unreadable values are
+/// skipped.
+fn samples<'a>(text: &'a str, name: &'a str) -> impl Iterator<Item = (&'a str, f64)> + 'a {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(move |line| {
+            let rest = line.strip_prefix(name)?;
+            let (labels, value) = match rest.strip_prefix('{') {
+                Some(labelled) => labelled.split_once('}')?,
+                None if rest.starts_with(' ') => ("", rest),
+                None => return None,
+            };
+            let value = value.split_whitespace().next()?.parse::<f64>().ok()?;
+            Some((labels, value))
+        })
+}
+
+/// The samples of `name` summed by the value of their label `key` (samples without it left
+/// out).
+fn metric_by_label(text: &str, name: &str, key: &str) -> BTreeMap<String, f64> {
+    let mut by = BTreeMap::new();
+    for (labels, value) in samples(text, name) {
+        let found = labels.split(',').find_map(|pair| {
+            let (k, quoted) = pair.split_once('=')?;
+            (k.trim() == key).then(|| quoted.trim().trim_matches('"').to_owned())
+        });
+        if let Some(label) = found {
+            *by.entry(label).or_insert(0.0) += value;
+        }
+    }
+    by
+}
+
 /// The sum of every sample of `name` (with `labels` inside its braces, if given) in a
 /// Prometheus text exposition; `None` when there is none.
 fn metric_sum(text: &str, name: &str, labels: Option<&str>) -> Option<f64> {
-    let mut found = None;
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some(rest) = line.strip_prefix(name) else {
-            continue;
-        };
-        let (series, value) = match rest.strip_prefix('{') {
-            Some(labelled) => match labelled.split_once('}') {
-                Some((l, v)) => (l, v),
-                None => continue,
-            },
-            None if rest.starts_with(' ') => ("", rest),
-            None => continue,
-        };
-        if labels.is_some_and(|want| !series.contains(want)) {
-            continue;
-        }
-        if let Some(v) = value
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse::<f64>().ok())
-        {
-            *found.get_or_insert(0.0) += v;
-        }
-    }
-    found
+    samples(text, name)
+        .filter(|(series, _)| labels.is_none_or(|want| series.contains(want)))
+        .map(|(_, value)| value)
+        .reduce(|a, b| a + b)
 }
 
 #[allow(clippy::cast_precision_loss)]
@@ -1088,6 +1112,9 @@ fn run_scenario(bins: &Bins, scenario: &Scenario, n: usize) -> Result<Outcome> {
         }
         let stats = get_json(&sf, "/sandbox/stats")?;
         outcome.activated = stats["activated"].as_u64().unwrap_or(0);
+        if outcome.wall_90_s.is_none() && outcome.activated * 10 >= total * 9 {
+            outcome.wall_90_s = Some(started.elapsed().as_secs_f64());
+        }
         if outcome.activated >= total {
             outcome.drained = true;
             break;
@@ -1131,6 +1158,9 @@ fn run_scenario(bins: &Bins, scenario: &Scenario, n: usize) -> Result<Outcome> {
         let (status, text) = http_get(&format!("127.0.0.1:{port}"), "/metrics")?;
         if status != 200 {
             bail!("GET /metrics of the provisioner on port {port}: {status}");
+        }
+        for (code, n) in metric_by_label(&text, "provisioner_retries_total", "error") {
+            *outcome.retries.entry(code).or_insert(0.0) += n;
         }
         if let Some(s) = metric_sum(&text, "provisioner_store_serialized_seconds", None) {
             *outcome.serialized_s.get_or_insert(0.0) += s;
@@ -1308,6 +1338,46 @@ fn threads(outcomes: &[Outcome]) -> String {
             );
         }
         let _ = writeln!(out, "- {}: {}", o.name, parts.join(", "));
+    }
+    out
+}
+
+/// How each scenario's last tenth went, one line per scenario that ran: when 90% of its
+/// Orders were activated against when all were, and the retries the provisioners scheduled
+/// by error code. A faulty run's tail is its Orders that lost several answers in a row;
+/// the codes say whether they waited for a retry's backoff or for the settle rule.
+fn tails(outcomes: &[Outcome]) -> String {
+    let mut out = String::new();
+    for o in outcomes
+        .iter()
+        .filter(|o| o.skipped.is_none() && o.wall_s > 0.0)
+    {
+        let Some(ninety) = o.wall_90_s else {
+            continue;
+        };
+        if out.is_empty() {
+            out.push_str(
+                "\nThe last tenth (90% of the Orders activated at, all at; retries scheduled by \
+                 error code):\n",
+            );
+        }
+        let retries = if o.retries.values().all(|n| *n <= 0.0) {
+            "no retries".to_owned()
+        } else {
+            let mut codes: Vec<(&String, &f64)> =
+                o.retries.iter().filter(|(_, n)| **n > 0.0).collect();
+            codes.sort_by(|a, b| b.1.total_cmp(a.1).then_with(|| a.0.cmp(b.0)));
+            codes
+                .iter()
+                .map(|(code, n)| format!("{code} {n:.0}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = writeln!(
+            out,
+            "- {}: 90% at {ninety:.1} s, all at {:.1} s; {retries}",
+            o.name, o.wall_s
+        );
     }
     out
 }
@@ -1595,6 +1665,56 @@ mod tests {
             "- postgres-1: 2.30 fenced writes per batch statement (400 statements)\n"
         );
         assert_eq!(pg.json()["writesPerBatch"], json!(pg.writes_per_batch()));
+    }
+
+    #[test]
+    fn the_last_tenth_is_reported_with_the_retries_by_code() {
+        let metrics = "# TYPE provisioner_retries_total counter\n\
+                       provisioner_retries_total{error=\"whmcs_transient\"} 51\n\
+                       provisioner_retries_total{error=\"outcome_settling\",x=\"1\"} 1051\n\
+                       provisioner_retries_total{error=\"whmcs_unknown_outcome\"} 1509\n\
+                       provisioner_retries_total{error=\"whmcs_transient\"} 9\n\
+                       provisioner_retries_total 7\n\
+                       provisioner_retries_totally{error=\"no\"} 3\n";
+        let retries = metric_by_label(metrics, "provisioner_retries_total", "error");
+        assert_eq!(
+            retries.into_iter().collect::<Vec<_>>(),
+            vec![
+                ("outcome_settling".to_owned(), 1051.0),
+                ("whmcs_transient".to_owned(), 60.0),
+                ("whmcs_unknown_outcome".to_owned(), 1509.0),
+            ]
+        );
+        let faults = Outcome {
+            name: "faults-0.05".to_owned(),
+            wall_s: 23.5,
+            wall_90_s: Some(11.94),
+            retries: metric_by_label(metrics, "provisioner_retries_total", "error"),
+            ..Outcome::default()
+        };
+        let clean = Outcome {
+            name: "clean-10k".to_owned(),
+            wall_s: 15.7,
+            wall_90_s: Some(13.9),
+            ..Outcome::default()
+        };
+        let unfinished = Outcome {
+            name: "sqlite-1".to_owned(),
+            wall_s: 3.0,
+            ..Outcome::default()
+        };
+        let text = tails(&[clean, faults.clone(), unfinished]);
+        assert!(
+            text.ends_with(
+                "- clean-10k: 90% at 13.9 s, all at 15.7 s; no retries\n\
+                 - faults-0.05: 90% at 11.9 s, all at 23.5 s; whmcs_unknown_outcome 1509, \
+                 outcome_settling 1051, whmcs_transient 60\n"
+            ),
+            "{text}"
+        );
+        assert_eq!(faults.json()["retries"]["outcome_settling"], json!(1051.0));
+        assert_eq!(faults.json()["wall90Seconds"], json!(11.94));
+        assert_eq!(tails(&[Outcome::default()]), "");
     }
 
     #[test]
