@@ -92,10 +92,39 @@ fn cargo(args: &[&str]) -> Result<()> {
     cargo_env(args, &[])
 }
 
+/// Whether `key` is one of the variables `cargo run` sets for the binary it runs (this one),
+/// describing the xtask package: nothing the cargo commands we start should see.
+fn set_by_cargo_run(key: &str) -> bool {
+    [
+        "CARGO_PKG_",
+        "CARGO_MANIFEST_",
+        "CARGO_BIN_",
+        "CARGO_CRATE_",
+    ]
+    .iter()
+    .any(|prefix| key.starts_with(prefix))
+        || ["OUT_DIR", "CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR"].contains(&key)
+}
+
+/// `$CARGO` (the cargo that runs this xtask), without the variables `cargo run` set for the
+/// xtask package. Some build scripts and crates watch one of them (ring's fingerprint tracks
+/// `CARGO_MANIFEST_DIR`): a value that differs from one cargo command to the next (ours say
+/// `xtask/`, the process tests' own builds and a plain `cargo nextest run` say nothing)
+/// rebuilt ring, rustls, sqlx, tonic and every workspace library again in the doc-test step
+/// of `ci`, and once more after it.
+fn cargo_command() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
+    for (key, _) in std::env::vars_os() {
+        if set_by_cargo_run(&key.to_string_lossy()) {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd
+}
+
 fn cargo_env(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     eprintln!("xtask: $ cargo {}", args.join(" "));
-    let mut cmd = Command::new(cargo);
+    let mut cmd = cargo_command();
     cmd.args(args);
     for (k, v) in env {
         cmd.env(k, v);
@@ -211,8 +240,7 @@ fn package() -> Result<()> {
 
 /// The workspace's packages that may be published (`publish` not `false`), by package name.
 pub(crate) fn publishable_packages() -> Result<Vec<String>> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let out = Command::new(cargo)
+    let out = cargo_command()
         .args(["metadata", "--format-version", "1", "--no-deps", "--locked"])
         .output()
         .context("running cargo metadata")?;
@@ -242,8 +270,7 @@ fn deny() -> Result<()> {
     }
     cargo(&["deny", "--locked", "check", "bans", "licenses", "sources"])?;
     // Advisories need the advisory database from the network: try, never fail on it.
-    let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let mut child = Command::new(cargo_bin)
+    let mut child = cargo_command()
         .args(["deny", "--locked", "check", "advisories"])
         .spawn()
         .context("starting cargo deny check advisories")?;
@@ -357,4 +384,52 @@ fn fuzz(args: &[String]) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cargo_commands_do_not_inherit_what_cargo_run_set_for_the_xtask() {
+        for key in [
+            "CARGO_MANIFEST_DIR",
+            "CARGO_MANIFEST_PATH",
+            "CARGO_PKG_NAME",
+            "CARGO_CRATE_NAME",
+            "CARGO_BIN_NAME",
+            "CARGO_PRIMARY_PACKAGE",
+            "OUT_DIR",
+            "CARGO_TARGET_TMPDIR",
+        ] {
+            assert!(set_by_cargo_run(key), "{key}");
+        }
+        for key in [
+            "CARGO",
+            "CARGO_HOME",
+            "CARGO_TARGET_DIR",
+            "CARGO_INCREMENTAL",
+            "CARGO_TERM_COLOR",
+            "RUSTFLAGS",
+            "PATH",
+        ] {
+            assert!(!set_by_cargo_run(key), "{key}");
+        }
+        // Cargo sets them for this test process as `cargo run` does for the xtask: every one
+        // is taken out of the command's environment, and nothing else is.
+        assert!(std::env::var_os("CARGO_MANIFEST_DIR").is_some());
+        let removed: Vec<String> = cargo_command()
+            .get_envs()
+            .filter(|(_, value)| value.is_none())
+            .map(|(key, _)| key.to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            removed.iter().any(|key| key == "CARGO_MANIFEST_DIR"),
+            "{removed:?}"
+        );
+        assert!(
+            removed.iter().all(|key| set_by_cargo_run(key)),
+            "{removed:?}"
+        );
+    }
 }
