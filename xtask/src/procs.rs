@@ -18,7 +18,9 @@
 //!   delta over the same interval, both read when the last Order is activated; for the
 //!   `postgres-*` scenarios also the local server's CPU over the same interval ([`ServerCpu`]:
 //!   every process named `postgres`, with what the postmaster collected from backends that
-//!   exited), `n/a` when no such process is visible (a server on another machine);
+//!   exited), `n/a` when no such process is visible (a server on another machine); the CPUs
+//!   busy: all of that CPU time over wall × the CPUs the harness may use
+//!   (`available_parallelism`);
 //! - peak RSS: `VmHWM` of `/proc/<pid>/status` at the end, the largest instance;
 //! - serialized time: `provisioner_store_serialized_seconds` on each instance's
 //!   `/metrics` (status API), summed; `n/a` when the provisioner does not export it;
@@ -281,6 +283,8 @@ struct Outcome {
     broken: Option<String>,
     /// Why it did not run, if it did not.
     skipped: Option<String>,
+    /// The CPUs the processes could use (`available_parallelism` of the harness; 0: unknown).
+    cpus: u32,
 }
 
 impl Outcome {
@@ -302,6 +306,15 @@ impl Outcome {
     /// when measured, the PostgreSQL server.
     fn all_cpu_ms_per_order(&self) -> f64 {
         self.per_order(self.prov_cpu_ms + self.sandbox_cpu_ms + self.db_cpu_ms.unwrap_or(0.0))
+    }
+
+    /// The share of the machine's CPUs that the measured processes (provisioners, sandbox,
+    /// local PostgreSQL server) kept busy over the run: their CPU time over wall × CPUs. Near
+    /// 100%, orders/s is the CPU budget divided by the CPU per Order, whatever the concurrency.
+    fn cpus_busy(&self) -> Option<f64> {
+        let total = self.prov_cpu_ms + self.sandbox_cpu_ms + self.db_cpu_ms.unwrap_or(0.0);
+        (self.cpus > 0 && self.wall_s > 0.0)
+            .then(|| total / (self.wall_s * 1000.0 * f64::from(self.cpus)))
     }
 
     /// Serialized ms per order.
@@ -354,6 +367,7 @@ impl Outcome {
             "databaseCpuMs": self.db_cpu_ms,
             "databaseCpuMsPerOrder": self.db_cpu_ms.map(|ms| self.per_order(ms)),
             "allCpuMsPerOrder": self.all_cpu_ms_per_order(),
+            "cpusBusy": self.cpus_busy(),
             "peakRssKiB": self.peak_rss_kib,
             "serializedSeconds": self.serialized_s,
             "serializedMsPerOrder": self.serialized_ms_per_order(),
@@ -395,6 +409,10 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
         provisioner: target.join("release").join("provisioner"),
         ticks: clock_ticks(),
     };
+    let cpus = std::thread::available_parallelism()
+        .ok()
+        .and_then(|n| u32::try_from(n.get()).ok())
+        .unwrap_or(0);
     let mut outcomes = Vec::new();
     for (n, scenario) in scenarios(&options).into_iter().enumerate() {
         if !options.wants(scenario.name) {
@@ -406,7 +424,7 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
             scenario.orders(),
             scenario.instances
         );
-        let outcome = match run_scenario(&bins, &scenario, n) {
+        let mut outcome = match run_scenario(&bins, &scenario, n) {
             Ok(outcome) => outcome,
             Err(e) => Outcome {
                 name: scenario.name.to_owned(),
@@ -416,6 +434,7 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
                 ..Outcome::default()
             },
         };
+        outcome.cpus = cpus;
         if let Some(why) = outcome.broken.as_ref().or(outcome.skipped.as_ref()) {
             eprintln!("xtask: procs {}: {why}", outcome.name);
         }
@@ -452,6 +471,7 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
     let raw = json!({
         "clockTicksPerSecond": bins.ticks,
         "concurrency": CONCURRENCY,
+        "cpus": cpus,
         "scenarios": outcomes.iter().map(Outcome::json).collect::<Vec<_>>(),
     });
     let json_path = target.join("bench-procs.json");
@@ -1235,19 +1255,24 @@ fn opt(value: Option<f64>, digits: usize) -> String {
     value.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.digits$}"))
 }
 
+/// A share as a whole percentage, `n/a` when unknown.
+fn percent(share: Option<f64>) -> String {
+    share.map_or_else(|| "n/a".to_owned(), |s| format!("{:.0}%", s * 100.0))
+}
+
 /// The markdown table.
 fn table(outcomes: &[Outcome]) -> String {
     let mut out = String::from(
         "| scenario | orders | wall s | orders/s | prov CPU ms/order | sandbox CPU ms/order | \
-         prov/sandbox CPU | PostgreSQL CPU ms/order | all CPU ms/order | prov peak RSS MiB | \
-         serialized ms/order (share) | p50 / p99 ms | duplicates |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+         prov/sandbox CPU | PostgreSQL CPU ms/order | all CPU ms/order | CPUs busy | \
+         prov peak RSS MiB | serialized ms/order (share) | p50 / p99 ms | duplicates |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for o in outcomes {
         if let Some(why) = &o.skipped {
             let _ = writeln!(
                 out,
-                "| {} | {} | skipped: {why} |||||||||||",
+                "| {} | {} | skipped: {why} ||||||||||||",
                 o.name, o.orders
             );
             continue;
@@ -1256,7 +1281,7 @@ fn table(outcomes: &[Outcome]) -> String {
             let why = o.broken.as_deref().unwrap_or("did not run");
             let _ = writeln!(
                 out,
-                "| {} | {} | broke: {} |||||||||||",
+                "| {} | {} | broke: {} ||||||||||||",
                 o.name,
                 o.orders,
                 why.lines().next().unwrap_or(why)
@@ -1293,12 +1318,13 @@ fn table(outcomes: &[Outcome]) -> String {
             None => String::new(),
         };
         let all = o.all_cpu_ms_per_order();
+        let busy = percent(o.cpus_busy());
         #[allow(clippy::cast_precision_loss)]
         let rss = o.peak_rss_kib as f64 / 1024.0;
         let _ = writeln!(
             out,
             "| {} | {} | {:.1} | {rate} | {prov:.3} | {sandbox:.3} | {ratio} | {db} | {all:.3} | \
-             {rss:.1} | {serialized} | {latency} | {} |",
+             {busy} | {rss:.1} | {serialized} | {latency} | {} |",
             o.name, o.orders, o.wall_s, o.duplicates
         );
     }
@@ -1437,10 +1463,12 @@ fn checks(outcomes: &[Outcome]) -> String {
                 3,
                 &format!(
                     "postgres-2 {:.0}/s >= postgres-1 {:.0}/s, serialized {} of per-order time \
-                     (<= 5%)",
+                     (<= 5%); CPUs busy {} and {}",
                     p2.rate(),
                     p1.rate(),
-                    share.map_or_else(|| "n/a".to_owned(), |s| format!("{:.1}%", s * 100.0))
+                    share.map_or_else(|| "n/a".to_owned(), |s| format!("{:.1}%", s * 100.0)),
+                    percent(p2.cpus_busy()),
+                    percent(p1.cpus_busy()),
                 ),
                 share.map(|s| p2.drained && p2.rate() >= p1.rate() && s <= 0.05),
             );
@@ -1797,7 +1825,7 @@ mod tests {
     }
 
     #[test]
-    fn the_table_shows_the_server_cpu_and_the_sum_of_every_process() {
+    fn the_table_shows_the_server_cpu_the_sum_of_every_process_and_the_cpus_busy() {
         let run = |name: &str, db: Option<f64>| Outcome {
             name: name.to_owned(),
             orders: 1_000,
@@ -1809,12 +1837,22 @@ mod tests {
             prov_cpu_ms: 1_000.0,
             sandbox_cpu_ms: 800.0,
             db_cpu_ms: db,
+            cpus: 2,
             ..Outcome::default()
+        };
+        let unknown_cpus = Outcome {
+            cpus: 0,
+            ..run("postgres-2", None)
+        };
+        let skipped = Outcome {
+            skipped: Some("no server".to_owned()),
+            ..run("postgres-2", None)
         };
         let text = table(&[
             run("sqlite-1", None),
-            run("postgres-1", Some(1_500.0)),
-            run("postgres-2", None),
+            run("postgres-1", Some(1_600.0)),
+            unknown_cpus,
+            skipped,
         ]);
         let rows: Vec<&str> = text.lines().collect();
         fn cells(row: &str) -> Vec<&str> {
@@ -1822,12 +1860,52 @@ mod tests {
         }
         assert_eq!(cells(rows[0])[8], "PostgreSQL CPU ms/order");
         assert_eq!(cells(rows[0])[9], "all CPU ms/order");
+        assert_eq!(cells(rows[0])[10], "CPUs busy");
+        assert_eq!(cells(rows[0])[11], "prov peak RSS MiB");
         assert!(
             rows.iter().all(|r| cells(r).len() == cells(rows[0]).len()),
             "{text}"
         );
-        assert_eq!(&cells(rows[2])[8..10], ["", "1.800"]);
-        assert_eq!(&cells(rows[3])[8..10], ["1.500", "3.300"]);
-        assert_eq!(&cells(rows[4])[8..10], ["n/a", "1.800"]);
+        // 1,800 ms of CPU in 2 s on 2 CPUs: 45%; with the server's 1,600 ms, 85%.
+        assert_eq!(&cells(rows[2])[8..11], ["", "1.800", "45%"]);
+        assert_eq!(&cells(rows[3])[8..11], ["1.600", "3.400", "85%"]);
+        assert_eq!(&cells(rows[4])[8..11], ["n/a", "1.800", "n/a"]);
+        assert!(cells(rows[5])[3].starts_with("skipped"), "{text}");
+    }
+
+    #[test]
+    fn check_3_says_how_busy_the_cpus_were_in_both_runs() {
+        let run = |name: &str, instances: u32, wall_s: f64, db: f64| Outcome {
+            name: name.to_owned(),
+            orders: 1_000,
+            instances,
+            wall_s,
+            activated: 1_000,
+            drained: true,
+            whmcs_orders: 1_000,
+            prov_cpu_ms: 500.0,
+            sandbox_cpu_ms: 600.0,
+            db_cpu_ms: Some(db),
+            serialized_s: Some(0.0),
+            cpus: 2,
+            ..Outcome::default()
+        };
+        // One instance: 1,640 ms in 1 s on 2 CPUs (82%); two: 2,050 ms in 1.25 s (82%), slower.
+        let text = checks(&[
+            run("postgres-1", 1, 1.0, 540.0),
+            run("postgres-2", 2, 1.25, 950.0),
+        ]);
+        let line = text
+            .lines()
+            .find(|l| l.contains("(3)"))
+            .expect("a line for check 3");
+        assert!(
+            line.starts_with("FAIL (3) postgres-2 800/s >= postgres-1 1000/s"),
+            "{line}"
+        );
+        assert!(line.ends_with("; CPUs busy 82% and 82%"), "{line}");
+        let o = run("postgres-1", 1, 1.0, 540.0);
+        assert!((o.cpus_busy().unwrap() - 0.82).abs() < 1e-9);
+        assert_eq!(Outcome { wall_s: 0.0, ..o }.cpus_busy(), None);
     }
 }
