@@ -305,16 +305,20 @@ impl Outcome {
     /// CPU ms per order of every process that did the work: the provisioners, the sandbox and,
     /// when measured, the PostgreSQL server.
     fn all_cpu_ms_per_order(&self) -> f64 {
-        self.per_order(self.prov_cpu_ms + self.sandbox_cpu_ms + self.db_cpu_ms.unwrap_or(0.0))
+        self.per_order(self.all_cpu_ms())
+    }
+
+    /// CPU ms of every process that did the work, over the whole run.
+    fn all_cpu_ms(&self) -> f64 {
+        self.prov_cpu_ms + self.sandbox_cpu_ms + self.db_cpu_ms.unwrap_or(0.0)
     }
 
     /// The share of the machine's CPUs that the measured processes (provisioners, sandbox,
     /// local PostgreSQL server) kept busy over the run: their CPU time over wall × CPUs. Near
     /// 100%, orders/s is the CPU budget divided by the CPU per Order, whatever the concurrency.
     fn cpus_busy(&self) -> Option<f64> {
-        let total = self.prov_cpu_ms + self.sandbox_cpu_ms + self.db_cpu_ms.unwrap_or(0.0);
         (self.cpus > 0 && self.wall_s > 0.0)
-            .then(|| total / (self.wall_s * 1000.0 * f64::from(self.cpus)))
+            .then(|| self.all_cpu_ms() / (self.wall_s * 1000.0 * f64::from(self.cpus)))
     }
 
     /// Serialized ms per order.
