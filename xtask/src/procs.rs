@@ -1391,12 +1391,11 @@ fn tails(outcomes: &[Outcome]) -> String {
                  error code):\n",
             );
         }
-        let retries = if o.retries.values().all(|n| *n <= 0.0) {
+        let mut codes: Vec<(&String, &f64)> = o.retries.iter().filter(|(_, n)| **n > 0.0).collect();
+        codes.sort_by(|a, b| b.1.total_cmp(a.1).then_with(|| a.0.cmp(b.0)));
+        let retries = if codes.is_empty() {
             "no retries".to_owned()
         } else {
-            let mut codes: Vec<(&String, &f64)> =
-                o.retries.iter().filter(|(_, n)| **n > 0.0).collect();
-            codes.sort_by(|a, b| b.1.total_cmp(a.1).then_with(|| a.0.cmp(b.0)));
             codes
                 .iter()
                 .map(|(code, n)| format!("{code} {n:.0}"))
