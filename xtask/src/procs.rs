@@ -1264,6 +1264,22 @@ fn percent(share: Option<f64>) -> String {
     share.map_or_else(|| "n/a".to_owned(), |s| format!("{:.0}%", s * 100.0))
 }
 
+/// How much more (or less) CPU per Order the sandbox used in `two` (two instances) than in
+/// `one`, as `+34% (0.570 -> 0.764 ms)`. The sandbox answers the same requests per Order
+/// however many provisioners send them, so a change in it comes from the machine (more
+/// processes sharing its CPUs), not from work the second instance asked of the sandbox.
+fn sandbox_rise(one: &Outcome, two: &Outcome) -> String {
+    let (a, b) = (
+        one.per_order(one.sandbox_cpu_ms),
+        two.per_order(two.sandbox_cpu_ms),
+    );
+    if a > 0.0 {
+        format!("{:+.0}% ({a:.3} -> {b:.3} ms)", (b / a - 1.0) * 100.0)
+    } else {
+        "n/a".to_owned()
+    }
+}
+
 /// The markdown table.
 fn table(outcomes: &[Outcome]) -> String {
     let mut out = String::from(
@@ -1466,12 +1482,13 @@ fn checks(outcomes: &[Outcome]) -> String {
                 3,
                 &format!(
                     "postgres-2 {:.0}/s >= postgres-1 {:.0}/s, serialized {} of per-order time \
-                     (<= 5%); CPUs busy {} and {}",
+                     (<= 5%); CPUs busy {} and {}; sandbox CPU/order {}",
                     p2.rate(),
                     p1.rate(),
                     share.map_or_else(|| "n/a".to_owned(), |s| format!("{:.1}%", s * 100.0)),
                     percent(p2.cpus_busy()),
                     percent(p1.cpus_busy()),
+                    sandbox_rise(p1, p2),
                 ),
                 share.map(|s| p2.drained && p2.rate() >= p1.rate() && s <= 0.05),
             );
@@ -1877,7 +1894,7 @@ mod tests {
     }
 
     #[test]
-    fn check_3_says_how_busy_the_cpus_were_in_both_runs() {
+    fn check_3_says_how_busy_the_cpus_were_and_how_the_sandbox_cost_moved() {
         let run = |name: &str, instances: u32, wall_s: f64, db: f64| Outcome {
             name: name.to_owned(),
             orders: 1_000,
@@ -1893,10 +1910,15 @@ mod tests {
             cpus: 2,
             ..Outcome::default()
         };
-        // One instance: 1,640 ms in 1 s on 2 CPUs (82%); two: 2,050 ms in 1.25 s (82%), slower.
+        // One instance: 1,640 ms in 1 s on 2 CPUs (82%); two: 2,050 ms in 1.25 s (82%), slower,
+        // and the sandbox's 600 ms became 750 ms for the same Orders (+25%).
         let text = checks(&[
             run("postgres-1", 1, 1.0, 540.0),
-            run("postgres-2", 2, 1.25, 950.0),
+            Outcome {
+                prov_cpu_ms: 350.0,
+                sandbox_cpu_ms: 750.0,
+                ..run("postgres-2", 2, 1.25, 950.0)
+            },
         ]);
         let line = text
             .lines()
@@ -1906,7 +1928,19 @@ mod tests {
             line.starts_with("FAIL (3) postgres-2 800/s >= postgres-1 1000/s"),
             "{line}"
         );
-        assert!(line.ends_with("; CPUs busy 82% and 82%"), "{line}");
+        assert!(
+            line.ends_with("; CPUs busy 82% and 82%; sandbox CPU/order +25% (0.600 -> 0.750 ms)"),
+            "{line}"
+        );
+        let idle = Outcome {
+            sandbox_cpu_ms: 0.0,
+            ..run("postgres-1", 1, 1.0, 540.0)
+        };
+        assert_eq!(sandbox_rise(&idle, &run("postgres-2", 2, 1.0, 0.0)), "n/a");
+        assert_eq!(
+            sandbox_rise(&run("postgres-1", 1, 1.0, 0.0), &idle),
+            "-100% (0.600 -> 0.000 ms)"
+        );
         let o = run("postgres-1", 1, 1.0, 540.0);
         assert!((o.cpus_busy().unwrap() - 0.82).abs() < 1e-9);
         assert_eq!(Outcome { wall_s: 0.0, ..o }.cpus_busy(), None);
