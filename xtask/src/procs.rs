@@ -302,6 +302,16 @@ impl Outcome {
         total / (self.orders.max(1) as f64)
     }
 
+    /// The provisioners' CPU ms per order (all instances).
+    fn prov_ms_per_order(&self) -> f64 {
+        self.per_order(self.prov_cpu_ms)
+    }
+
+    /// The sandbox's CPU ms per order.
+    fn sandbox_ms_per_order(&self) -> f64 {
+        self.per_order(self.sandbox_cpu_ms)
+    }
+
     /// CPU ms per order of every process that did the work: the provisioners, the sandbox and,
     /// when measured, the PostgreSQL server.
     fn all_cpu_ms_per_order(&self) -> f64 {
@@ -361,13 +371,13 @@ impl Outcome {
             "ordersPerSecond": self.rate(),
             "provisionerCpuMs": self.prov_cpu_ms,
             "sandboxCpuMs": self.sandbox_cpu_ms,
-            "provisionerCpuMsPerOrder": self.per_order(self.prov_cpu_ms),
+            "provisionerCpuMsPerOrder": self.prov_ms_per_order(),
             "provisionerThreadCpuMsPerOrder": self
                 .prov_threads_ms
                 .iter()
                 .map(|(name, ms)| (name.clone(), json!(self.per_order(*ms))))
                 .collect::<serde_json::Map<String, Value>>(),
-            "sandboxCpuMsPerOrder": self.per_order(self.sandbox_cpu_ms),
+            "sandboxCpuMsPerOrder": self.sandbox_ms_per_order(),
             "databaseCpuMs": self.db_cpu_ms,
             "databaseCpuMsPerOrder": self.db_cpu_ms.map(|ms| self.per_order(ms)),
             "allCpuMsPerOrder": self.all_cpu_ms_per_order(),
@@ -1269,10 +1279,7 @@ fn percent(share: Option<f64>) -> String {
 /// however many provisioners send them, so a change in it comes from the machine (more
 /// processes sharing its CPUs), not from work the second instance asked of the sandbox.
 fn sandbox_rise(one: &Outcome, two: &Outcome) -> String {
-    let (a, b) = (
-        one.per_order(one.sandbox_cpu_ms),
-        two.per_order(two.sandbox_cpu_ms),
-    );
+    let (a, b) = (one.sandbox_ms_per_order(), two.sandbox_ms_per_order());
     if a > 0.0 {
         format!("{:+.0}% ({a:.3} -> {b:.3} ms)", (b / a - 1.0) * 100.0)
     } else {
@@ -1308,8 +1315,8 @@ fn table(outcomes: &[Outcome]) -> String {
             );
             continue;
         }
-        let prov = o.per_order(o.prov_cpu_ms);
-        let sandbox = o.per_order(o.sandbox_cpu_ms);
+        let prov = o.prov_ms_per_order();
+        let sandbox = o.sandbox_ms_per_order();
         let ratio = if sandbox > 0.0 {
             format!("{:.2}", prov / sandbox)
         } else {
@@ -1451,8 +1458,8 @@ fn checks(outcomes: &[Outcome]) -> String {
             1,
             &format!(
                 "sqlite-1: provisioner CPU/order {:.3} ms <= sandbox CPU/order {:.3} ms",
-                s.per_order(s.prov_cpu_ms),
-                s.per_order(s.sandbox_cpu_ms)
+                s.prov_ms_per_order(),
+                s.sandbox_ms_per_order()
             ),
             Some(s.drained && s.prov_cpu_ms <= s.sandbox_cpu_ms),
         ),
