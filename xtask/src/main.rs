@@ -157,8 +157,9 @@ fn step(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
 /// The variables every build step of `ci` runs with. `CARGO_INCREMENTAL=0`: incremental
 /// compilation saves work only when a crate is built again after a small edit, and costs
 /// extra work on every build to keep its caches; `ci` on a fresh clone builds every crate
-/// once. Without it, the workspace's own crates (every target, dependencies already built)
-/// built in 106-108 s instead of 177-178 s (two runs each, 2 cores). A `CARGO_INCREMENTAL`
+/// once. With `CARGO_INCREMENTAL=0`, the workspace's own crates (every target, dependencies
+/// already built) built in 106-108 s instead of 177-178 s, and clippy checked them in 33 s
+/// instead of 40 s (2 cores). A `CARGO_INCREMENTAL`
 /// the caller set is kept (a developer who runs `ci` again and again after small edits may want
 /// `CARGO_INCREMENTAL=1`).
 fn ci_env(caller_set_incremental: bool) -> Vec<(&'static str, &'static str)> {
