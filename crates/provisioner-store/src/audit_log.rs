@@ -188,7 +188,8 @@ fn in_chain(chain: u32, e: audit::Error) -> audit::Error {
 }
 
 impl SqlStore {
-    /// Chain `chain` of the audit log.
+    /// Chain `chain` of the audit log. SQLite has chain 0 only: an append to another is
+    /// refused there (its reads find nothing).
     pub fn audit_chain(&self, chain: u32) -> AuditChain<'_> {
         AuditChain { store: self, chain }
     }
@@ -315,6 +316,15 @@ async fn append_on(
     chain: Option<u32>,
     record: NewAuditRecord,
 ) -> audit::Result<SealedRecord> {
+    if let (Some(n @ 1..), Backend::Sqlite) = (chain, store.backend()) {
+        return Err(audit::Error::Backend {
+            op: "audit: append",
+            source: format!(
+                "chain {n}: SQLite keeps one audit chain, chain 0 (several exist on PostgreSQL only)"
+            )
+            .into(),
+        });
+    }
     if chain.is_none() && store.backend() == Backend::Postgres {
         // One statement on a cached head of a free chain, when there is one.
         if let OneStatement::Written(mut sealed) = store
@@ -482,5 +492,57 @@ mod tests {
             .map(Result::unwrap)
             .collect();
         assert_eq!(jobs, [(1, Some(41)), (2, None), (3, None)]);
+        // A `seq` taken already inserts nothing, and is no error.
+        let again = conn
+            .execute(
+                crate::tx::SQL_INSERT_FIRST_RECORD,
+                rusqlite::named_params! {
+                    "$1": 2_i64, "$2": 9_i64, "$3": "{\"forged\":1}", "$4": "O1", "$5": 0_i64,
+                },
+            )
+            .unwrap();
+        assert_eq!(again, 0);
+        let kept: String = conn
+            .query_row("SELECT record FROM audit_log WHERE seq = 2", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(kept, "{}");
+    }
+
+    /// SQLite's one chain is keyed by its rowid: a record costs the table's B-tree and one of
+    /// the two partial indexes, no separate key index; the chain's last record and a
+    /// retention range are rowid reads; a record of another chain is refused.
+    #[test]
+    fn the_sqlite_log_is_keyed_by_seq_alone() {
+        let conn = crate::jobs::tests::migrated_sqlite();
+        let mut indexes: Vec<String> = conn
+            .prepare("SELECT name FROM pragma_index_list('audit_log')")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        indexes.sort();
+        assert_eq!(indexes, ["audit_log_job", "audit_log_order"]);
+        let last = plan(&conn, crate::tx::SQL_LAST_RECORD, &[("$1", &0_i64)]);
+        assert_eq!(last, "SCAN audit_log", "the last record is the last rowid");
+        let range = plan(
+            &conn,
+            "DELETE FROM audit_log WHERE chain = $2 AND seq <= $1",
+            &[("$1", &5_i64), ("$2", &0_i64)],
+        );
+        assert_eq!(
+            range,
+            "SEARCH audit_log USING INTEGER PRIMARY KEY (rowid<?)"
+        );
+        let other_chain = conn.execute(
+            crate::tx::SQL_INSERT_FIRST_RECORD,
+            rusqlite::named_params! {
+                "$1": 1_i64, "$2": 1_i64, "$3": "{}", "$4": None::<String>, "$5": 1_i64,
+            },
+        );
+        let err = other_chain.unwrap_err().to_string();
+        assert!(err.contains("CHECK constraint failed"), "{err}");
     }
 }

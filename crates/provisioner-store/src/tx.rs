@@ -361,10 +361,12 @@ const SQL_INSERT_RECORDS: [&str; RECORDS_PER_INSERT] = [
 /// parameter names.
 const RECORDS_PER_INSERT: usize = 4;
 /// The first record of a unit: a `seq` another process took meanwhile inserts nothing (no
-/// error, which on PostgreSQL would abort the whole transaction).
+/// error, which on PostgreSQL would abort the whole transaction). The conflict has no target
+/// because the key differs: `(chain, seq)` on PostgreSQL, `seq` alone (the rowid) on SQLite,
+/// whose one chain is 0; `audit_log` has no other unique key on either.
 pub(crate) const SQL_INSERT_FIRST_RECORD: &str = "INSERT INTO audit_log (chain, seq, at, record, order_id, job) \
      VALUES ($5, $1, $2, $3, $4, (SELECT seq FROM jobs WHERE order_id = $4)) \
-     ON CONFLICT (chain, seq) DO NOTHING";
+     ON CONFLICT DO NOTHING";
 
 /// PostgreSQL's one-statement units and batches: the `INSERT ... SELECT` of one audit record
 /// from the parameters numbered `chain`, `seq`, `at`, `record` and `order_id` (the caller adds
@@ -899,8 +901,9 @@ impl SqlStore {
                         if records.is_empty() {
                             return Ok((result, Vec::new()));
                         }
-                        // The writer keeps the head of chain 0, the one SQLite appends to; a
-                        // unit on another chain (`audit_chain(n)`) reads that chain's head.
+                        // The writer keeps the head of chain 0, SQLite's one chain (the
+                        // schema and `append_on` refuse another; a unit naming one would
+                        // read that chain's head here and fail at its insert).
                         let chain = chain.unwrap_or(0);
                         let cached = if chain == 0 {
                             st.audit_head.take()

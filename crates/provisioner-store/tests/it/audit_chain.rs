@@ -111,6 +111,15 @@ both_backends! {
     async fn an_append_to_a_named_chain_leaves_the_others_unbroken(db: &TestDb) {
         let store = db.open().await;
         store.append(record(1)).await.unwrap();
+        if store.backend() == provisioner_store::Backend::Sqlite {
+            // SQLite keeps one chain: another is refused, by name, and nothing is written.
+            let err = store.audit_chain(3).append(record(2)).await.unwrap_err().to_string();
+            assert!(err.contains("chain 3: SQLite keeps one audit chain"), "{err}");
+            store.append(record(3)).await.unwrap();
+            assert_eq!(chains_are_unbroken(&store, 2).await, 1);
+            assert_eq!(store.head().await.unwrap().seq, 2);
+            return;
+        }
         let other = store.audit_chain(3).append(record(2)).await.unwrap();
         assert_eq!(other.record.seq, 1, "chain 3 starts at 1");
         store.append(record(3)).await.unwrap();
@@ -302,4 +311,84 @@ async fn execute(raw: &mut sqlx::AnyConnection, sql: &str, arg: Option<String>) 
         None => query,
     };
     query.execute(raw).await.unwrap();
+}
+
+/// A SQLite log written under the `(chain, seq)` key it had up to migration 0013 is carried
+/// whole into the table keyed by `seq` alone: the chain verifies, an Order's records read the
+/// same, retention purges from it, and appending goes on from its head.
+#[tokio::test]
+async fn a_sqlite_log_keyed_by_chain_and_seq_migrates_whole() {
+    use provisioner_store::{SqlStore, Store as _, StoreClock, StoreOptions};
+
+    let db = crate::support::TestDb::sqlite();
+    // The schema as migration 0013 left it.
+    let mut conn = db.migrated_before("0014").await;
+    assert_eq!(
+        key_indexes(&mut conn).await,
+        1,
+        "the old schema has its (chain, seq) index"
+    );
+    conn.close().await.unwrap();
+
+    // Records written by the store on that schema: three past retention, three recent, and
+    // an Order's event keyed by its job.
+    let unmigrated = StoreOptions {
+        migrate: false,
+        exclusive: false,
+        clock: StoreClock::Caller,
+        ..StoreOptions::default()
+    };
+    let store = SqlStore::open(&db.url(), &crate::support::master(), unmigrated)
+        .await
+        .unwrap();
+    let old = Utc::now() - Duration::days(3000);
+    for i in 0..3 {
+        store.append(record(i).at(old)).await.unwrap();
+    }
+    for i in 3..6 {
+        store.append(record(i)).await.unwrap();
+    }
+    let order = format!("801{:015}", 4);
+    store
+        .ingest_event(&crate::support::event(1, &order, "A"), Utc::now())
+        .await
+        .unwrap();
+    let order_records = store.audit_for_order(&order, 100).await.unwrap();
+    assert_eq!(order_records.len(), 2, "{order_records:?}");
+    assert_eq!(store.verify_audit().await.unwrap().records(), 7);
+    drop(store);
+
+    let store = crate::support::TestDb::open(&db).await;
+    let mut conn = sqlx::AnyConnection::connect(&db.url()).await.unwrap();
+    assert_eq!(key_indexes(&mut conn).await, 0, "seq is the rowid now");
+    conn.close().await.unwrap();
+    assert_eq!(chains_are_unbroken(&store, 7).await, 1);
+    assert_eq!(
+        store.audit_for_order(&order, 100).await.unwrap(),
+        order_records
+    );
+    store.append(record(7)).await.unwrap();
+    assert_eq!(store.head().await.unwrap().seq, 8);
+    let report = store
+        .purge(
+            audit::RetentionPolicy::default().cutoff(Utc::now()),
+            Actor::RETENTION,
+        )
+        .await
+        .unwrap();
+    assert_eq!((report.removed, report.anchor.seq), (3, 3));
+    let summary = store.verify_audit().await.unwrap();
+    assert_eq!(summary.records(), 6, "5 kept, the purge's own record");
+    assert_eq!(summary.chains[0].summary.first_seq, Some(4));
+    db.cleanup().await;
+}
+
+/// How many indexes SQLite keeps for `audit_log`'s primary key (none when it is the rowid).
+async fn key_indexes(conn: &mut sqlx::AnyConnection) -> i64 {
+    let (n,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM pragma_index_list('audit_log') WHERE origin = 'pk'")
+            .fetch_one(conn)
+            .await
+            .unwrap();
+    n
 }

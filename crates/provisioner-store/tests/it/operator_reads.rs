@@ -227,28 +227,11 @@ both_backends! {
 
     async fn records_written_before_the_order_column_are_found_after_the_migration(db: &TestDb) {
         // The schema as it was before the `order_id` column: only the first migration.
-        let dir = tempfile::tempdir().unwrap();
-        let backend = match db {
-            TestDb::Sqlite(_) => "sqlite",
-            TestDb::Postgres(_) => "postgres",
-        };
-        let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("migrations")
-            .join(backend)
-            .join("0001_init.sql");
-        std::fs::copy(&source, dir.path().join("0001_init.sql")).unwrap();
-        sqlx::any::install_default_drivers();
+        let mut conn = db.migrated_before("0002").await;
         let url = match db {
             TestDb::Sqlite(_) => format!("{}?mode=rwc", db.url()),
             TestDb::Postgres(_) => db.url(),
         };
-        let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
-        sqlx::migrate::Migrator::new(dir.path())
-            .await
-            .unwrap()
-            .run(&mut conn)
-            .await
-            .unwrap();
         // Two old records (sealed with some key: only their stored form matters here).
         let key = audit::AuditKey::from_bytes(&[7; 32]).unwrap();
         let mut head = audit::Anchor::GENESIS.head();

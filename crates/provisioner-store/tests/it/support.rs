@@ -64,6 +64,36 @@ impl TestDb {
             .unwrap()
     }
 
+    /// The schema as an older release left it: the backend's migrations whose file names sort
+    /// before `first_left_out`, applied on a fresh database; returns a connection to it.
+    pub(crate) async fn migrated_before(&self, first_left_out: &str) -> sqlx::AnyConnection {
+        use sqlx::Connection as _;
+        let (backend, url) = match self {
+            TestDb::Sqlite(_) => ("sqlite", format!("{}?mode=rwc", self.url())),
+            TestDb::Postgres(_) => ("postgres", self.url()),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("migrations")
+            .join(backend);
+        for entry in std::fs::read_dir(&source).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+            if name.as_str() < first_left_out {
+                std::fs::copy(&path, dir.path().join(name)).unwrap();
+            }
+        }
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
+        sqlx::migrate::Migrator::new(dir.path())
+            .await
+            .unwrap()
+            .run(&mut conn)
+            .await
+            .unwrap();
+        conn
+    }
+
     pub(crate) async fn cleanup(self) {
         if let TestDb::Postgres(db) = self {
             db.close().await;
