@@ -188,8 +188,8 @@ fn in_chain(chain: u32, e: audit::Error) -> audit::Error {
 }
 
 impl SqlStore {
-    /// Chain `chain` of the audit log. SQLite has chain 0 only: an append to another is
-    /// refused there (its reads find nothing).
+    /// Chain `chain` of the audit log. SQLite has chain 0 only: an append to or a purge of
+    /// another is refused there (its reads find nothing).
     pub fn audit_chain(&self, chain: u32) -> AuditChain<'_> {
         AuditChain { store: self, chain }
     }
@@ -316,15 +316,6 @@ async fn append_on(
     chain: Option<u32>,
     record: NewAuditRecord,
 ) -> audit::Result<SealedRecord> {
-    if let (Some(n @ 1..), Backend::Sqlite) = (chain, store.backend()) {
-        return Err(audit::Error::Backend {
-            op: "audit: append",
-            source: format!(
-                "chain {n}: SQLite keeps one audit chain, chain 0 (several exist on PostgreSQL only)"
-            )
-            .into(),
-        });
-    }
     if chain.is_none() && store.backend() == Backend::Postgres {
         // One statement on a cached head of a free chain, when there is one.
         if let OneStatement::Written(mut sealed) = store

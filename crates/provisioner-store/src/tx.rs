@@ -889,6 +889,17 @@ impl SqlStore {
     ) -> Result<(R, Vec<SealedRecord>)> {
         match &self.sqlite {
             Some(writer) => {
+                if let Some(n @ 1..) = chain {
+                    // SQLite keeps one chain, 0 (its `audit_log` is keyed by `seq` alone).
+                    return Err(audit_error(audit::Error::Backend {
+                        op,
+                        source: format!(
+                            "chain {n}: SQLite keeps one audit chain, chain 0 \
+                             (several exist on PostgreSQL only)"
+                        )
+                        .into(),
+                    }));
+                }
                 writer
                     .call(op, move |st| {
                         let mut tx = SqliteTx {
@@ -901,26 +912,16 @@ impl SqlStore {
                         if records.is_empty() {
                             return Ok((result, Vec::new()));
                         }
-                        // The writer keeps the head of chain 0, SQLite's one chain (the
-                        // schema and `append_on` refuse another; a unit naming one would
-                        // read that chain's head here and fail at its insert).
-                        let chain = chain.unwrap_or(0);
-                        let cached = if chain == 0 {
-                            st.audit_head.take()
-                        } else {
-                            None
-                        };
+                        // The writer keeps the head of chain 0, SQLite's one chain.
                         let (sealed, head, _) = futures::executor::block_on(seal_into(
                             &mut tx,
-                            chain,
-                            cached,
+                            0,
+                            st.audit_head.take(),
                             &st.audit_key,
                             &records,
                         ))?;
                         // A failed batch commit clears it again (the writer re-reads it).
-                        if chain == 0 {
-                            st.audit_head = Some(head);
-                        }
+                        st.audit_head = Some(head);
                         Ok((result, sealed))
                     })
                     .await

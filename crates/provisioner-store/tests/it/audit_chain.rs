@@ -115,6 +115,13 @@ both_backends! {
             // SQLite keeps one chain: another is refused, by name, and nothing is written.
             let err = store.audit_chain(3).append(record(2)).await.unwrap_err().to_string();
             assert!(err.contains("chain 3: SQLite keeps one audit chain"), "{err}");
+            let err = store
+                .audit_chain(3)
+                .purge(Utc::now(), Actor::RETENTION)
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("chain 3: SQLite keeps one audit chain"), "{err}");
             store.append(record(3)).await.unwrap();
             assert_eq!(chains_are_unbroken(&store, 2).await, 1);
             assert_eq!(store.head().await.unwrap().seq, 2);
