@@ -12,7 +12,7 @@ use provisioner_store::{
 };
 use sqlx::Connection as _;
 
-use crate::support::{TestDb, both_backends, event, master};
+use crate::support::{both_backends, event, master};
 
 const LEASE: Duration = Duration::from_secs(30);
 
@@ -228,10 +228,7 @@ both_backends! {
     async fn records_written_before_the_order_column_are_found_after_the_migration(db: &TestDb) {
         // The schema as it was before the `order_id` column: only the first migration.
         let mut conn = db.migrated_before("0002").await;
-        let url = match db {
-            TestDb::Sqlite(_) => format!("{}?mode=rwc", db.url()),
-            TestDb::Postgres(_) => db.url(),
-        };
+        let url = db.raw_url();
         // Two old records (sealed with some key: only their stored form matters here).
         let key = audit::AuditKey::from_bytes(&[7; 32]).unwrap();
         let mut head = audit::Anchor::GENESIS.head();

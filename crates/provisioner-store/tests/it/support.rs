@@ -64,13 +64,21 @@ impl TestDb {
             .unwrap()
     }
 
+    /// The URL a raw connection opens the database with (a SQLite file it may create).
+    pub(crate) fn raw_url(&self) -> String {
+        match self {
+            TestDb::Sqlite(_) => format!("{}?mode=rwc", self.url()),
+            TestDb::Postgres(_) => self.url(),
+        }
+    }
+
     /// The schema as an older release left it: the backend's migrations whose file names sort
     /// before `first_left_out`, applied on a fresh database; returns a connection to it.
     pub(crate) async fn migrated_before(&self, first_left_out: &str) -> sqlx::AnyConnection {
         use sqlx::Connection as _;
-        let (backend, url) = match self {
-            TestDb::Sqlite(_) => ("sqlite", format!("{}?mode=rwc", self.url())),
-            TestDb::Postgres(_) => ("postgres", self.url()),
+        let backend = match self {
+            TestDb::Sqlite(_) => "sqlite",
+            TestDb::Postgres(_) => "postgres",
         };
         let dir = tempfile::tempdir().unwrap();
         let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -84,7 +92,7 @@ impl TestDb {
             }
         }
         sqlx::any::install_default_drivers();
-        let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
+        let mut conn = sqlx::AnyConnection::connect(&self.raw_url()).await.unwrap();
         sqlx::migrate::Migrator::new(dir.path())
             .await
             .unwrap()
